@@ -1,0 +1,156 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_OK: _ClassVar[Outcome]
+    OUTCOME_INVALID_PASSWORD: _ClassVar[Outcome]
+    OUTCOME_LOCKED: _ClassVar[Outcome]
+    OUTCOME_NOT_REGISTERED: _ClassVar[Outcome]
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_OK: Outcome
+OUTCOME_INVALID_PASSWORD: Outcome
+OUTCOME_LOCKED: Outcome
+OUTCOME_NOT_REGISTERED: Outcome
+
+class SealedEnvelope(_message.Message):
+    __slots__ = ("version", "fleet_id", "enc", "ciphertext")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ID_FIELD_NUMBER: _ClassVar[int]
+    ENC_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    fleet_id: bytes
+    enc: bytes
+    ciphertext: bytes
+    def __init__(self, version: _Optional[int] = ..., fleet_id: _Optional[bytes] = ..., enc: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SealedResponse(_message.Message):
+    __slots__ = ("nonce", "ciphertext")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class RegisterStart(_message.Message):
+    __slots__ = ("registration_request",)
+    REGISTRATION_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    registration_request: bytes
+    def __init__(self, registration_request: _Optional[bytes] = ...) -> None: ...
+
+class RegisterFinish(_message.Message):
+    __slots__ = ("registration_record", "wrapped_key", "max_attempts")
+    REGISTRATION_RECORD_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    registration_record: bytes
+    wrapped_key: bytes
+    max_attempts: int
+    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+
+class RecoverStart(_message.Message):
+    __slots__ = ("ke1",)
+    KE1_FIELD_NUMBER: _ClassVar[int]
+    ke1: bytes
+    def __init__(self, ke1: _Optional[bytes] = ...) -> None: ...
+
+class RecoverFinish(_message.Message):
+    __slots__ = ("ke3", "ticket")
+    KE3_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    ke3: bytes
+    ticket: bytes
+    def __init__(self, ke3: _Optional[bytes] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VaultRequest(_message.Message):
+    __slots__ = ("response_key", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status")
+    RESPONSE_KEY_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_START_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_FINISH_FIELD_NUMBER: _ClassVar[int]
+    RECOVER_START_FIELD_NUMBER: _ClassVar[int]
+    RECOVER_FINISH_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    response_key: bytes
+    register_start: RegisterStart
+    register_finish: RegisterFinish
+    recover_start: RecoverStart
+    recover_finish: RecoverFinish
+    delete: DeleteRequest
+    status: StatusRequest
+    def __init__(self, response_key: _Optional[bytes] = ..., register_start: _Optional[_Union[RegisterStart, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinish, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStart, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinish, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ...) -> None: ...
+
+class RegisterStartReply(_message.Message):
+    __slots__ = ("registration_response",)
+    REGISTRATION_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    registration_response: bytes
+    def __init__(self, registration_response: _Optional[bytes] = ...) -> None: ...
+
+class RegisterFinishReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RecoverStartReply(_message.Message):
+    __slots__ = ("ke2", "ticket")
+    KE2_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    ke2: bytes
+    ticket: bytes
+    def __init__(self, ke2: _Optional[bytes] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+
+class RecoverFinishReply(_message.Message):
+    __slots__ = ("transported_key",)
+    TRANSPORTED_KEY_FIELD_NUMBER: _ClassVar[int]
+    transported_key: bytes
+    def __init__(self, transported_key: _Optional[bytes] = ...) -> None: ...
+
+class DeleteReply(_message.Message):
+    __slots__ = ("existed",)
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    existed: bool
+    def __init__(self, existed: _Optional[bool] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("registered", "locked", "max_attempts")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    registered: bool
+    locked: bool
+    max_attempts: int
+    def __init__(self, registered: _Optional[bool] = ..., locked: _Optional[bool] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+
+class VaultResponse(_message.Message):
+    __slots__ = ("outcome", "guesses_left", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    GUESSES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_START_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_FINISH_FIELD_NUMBER: _ClassVar[int]
+    RECOVER_START_FIELD_NUMBER: _ClassVar[int]
+    RECOVER_FINISH_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    outcome: Outcome
+    guesses_left: int
+    register_start: RegisterStartReply
+    register_finish: RegisterFinishReply
+    recover_start: RecoverStartReply
+    recover_finish: RecoverFinishReply
+    delete: DeleteReply
+    status: StatusReply
+    def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., guesses_left: _Optional[int] = ..., register_start: _Optional[_Union[RegisterStartReply, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinishReply, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStartReply, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinishReply, _Mapping]] = ..., delete: _Optional[_Union[DeleteReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,63 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecordState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECORD_STATE_UNSPECIFIED: _ClassVar[RecordState]
+    RECORD_STATE_ACTIVE: _ClassVar[RecordState]
+    RECORD_STATE_LOCKED: _ClassVar[RecordState]
+RECORD_STATE_UNSPECIFIED: RecordState
+RECORD_STATE_ACTIVE: RecordState
+RECORD_STATE_LOCKED: RecordState
+
+class Sealed(_message.Message):
+    __slots__ = ("key_name", "nonce", "ciphertext")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, key_name: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPAQUE_RECORD_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    LAST_REDEEMED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    state: RecordState
+    opaque_record: bytes
+    wrapped_key: bytes
+    attempts: int
+    max_attempts: int
+    generation: bytes
+    evaluations: int
+    last_redeemed: int
+    version: int
+    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class Ticket(_message.Message):
+    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CLIENT_MAC_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    record_id: bytes
+    generation: bytes
+    evaluation: int
+    expected_client_mac: bytes
+    session_key: bytes
+    expires_at_ms: int
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
