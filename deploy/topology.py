@@ -1,0 +1,395 @@
+"""The cluster topology: data centres, etcd members, vault nodes, frontends and options.
+
+Read from TOML (see `deploy/local-3dc.toml`). Parsing and `validate()` collect every problem and
+raise one `TopologyError` listing them all. A port of 0 means "choose a free loopback port at
+`up`"; `with_ports()` returns the topology with every port fixed, which `cluster.json` keeps so
+that restarts reuse the same addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from deploy.errors import TopologyError
+
+Role = Literal["etcd", "node", "frontend"]
+
+# Names end up in file names, certificate SANs and etcd member names: keep them plain.
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_COMPACTION_MODES = ("revision", "periodic")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Cluster-wide options.
+
+    etcd_fsync: etcd fsyncs its WAL (off only for tests: `--unsafe-no-fsync`).
+    etcd_heartbeat_ms / etcd_election_ms: raft timing; short on loopback (etcd wants
+        election >= 5 x heartbeat).
+    etcd_compaction_mode / etcd_compaction_retention: etcd auto-compaction, so that erased
+        records also leave etcd's history ("revision" keeps that many revisions; "periodic"
+        takes a duration such as "5m").
+    max_attempts: default guess limit written to every node.toml.
+    ticket_ttl_s, lease_ttl_s: vault-node settings written to node.toml.
+    session_ttl_s: frontend session lifetime written to frontend.toml.
+    start_timeout_s: how long `up`/`start-dc` wait for a process to become healthy.
+    max_restarts: how many times a supervisor restarts a child that exits unexpectedly.
+    """
+
+    etcd_fsync: bool = True
+    etcd_heartbeat_ms: int = 100
+    etcd_election_ms: int = 1000
+    etcd_compaction_mode: str = "revision"
+    etcd_compaction_retention: str = "1000"
+    max_attempts: int = 10
+    ticket_ttl_s: int = 120
+    lease_ttl_s: int = 4
+    session_ttl_s: int = 3600
+    start_timeout_s: float = 60.0
+    max_restarts: int = 5
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        if self.etcd_heartbeat_ms < 10:
+            out.append("options.etcd_heartbeat_ms must be >= 10")
+        if self.etcd_election_ms < 5 * self.etcd_heartbeat_ms:
+            out.append("options.etcd_election_ms must be >= 5 x etcd_heartbeat_ms")
+        if self.etcd_compaction_mode not in _COMPACTION_MODES:
+            out.append(f"options.etcd_compaction_mode must be one of {_COMPACTION_MODES}")
+        if not self.etcd_compaction_retention.strip():
+            out.append("options.etcd_compaction_retention must not be empty")
+        elif self.etcd_compaction_mode == "revision" and not (
+            self.etcd_compaction_retention.isdigit() and int(self.etcd_compaction_retention) > 0
+        ):
+            out.append("options.etcd_compaction_retention must be a positive revision count")
+        if not 1 <= self.max_attempts <= 1000:
+            out.append("options.max_attempts must be between 1 and 1000")
+        for name in ("ticket_ttl_s", "lease_ttl_s", "session_ttl_s", "start_timeout_s"):
+            if getattr(self, name) <= 0:
+                out.append(f"options.{name} must be > 0")
+        if self.max_restarts < 0:
+            out.append("options.max_restarts must be >= 0")
+        return out
+
+
+@dataclass(frozen=True)
+class FrontendLimits:
+    """The `[limits]` table of every frontend.toml (see docs/architecture.md)."""
+
+    account_rate_per_s: float = 20.0
+    account_burst: int = 40
+    peer_rate_per_s: float = 200.0
+    peer_burst: int = 400
+    max_request_bytes: int = 65536
+    node_deadline_s: float = 5.0
+
+    def problems(self) -> list[str]:
+        return [f"limits.{f.name} must be > 0" for f in fields(self) if getattr(self, f.name) <= 0]
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    name: str
+    dc: str
+    client_port: int = 0
+    peer_port: int = 0
+
+
+@dataclass(frozen=True)
+class VaultNode:
+    name: str
+    dc: str
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Frontend:
+    name: str
+    dc: str
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole cluster. `host` is the address every process binds (loopback for the launcher)."""
+
+    name: str
+    datacenters: tuple[str, ...]
+    etcd: tuple[EtcdMember, ...]
+    nodes: tuple[VaultNode, ...]
+    frontends: tuple[Frontend, ...]
+    host: str = "127.0.0.1"
+    options: Options = field(default_factory=Options)
+    limits: FrontendLimits = field(default_factory=FrontendLimits)
+
+    def problems(self) -> list[str]:
+        """Every problem of this topology (empty when valid)."""
+        out: list[str] = []
+        if not _NAME_RE.match(self.name):
+            out.append(f"cluster.name {self.name!r} must match {_NAME_RE.pattern}")
+        try:
+            if not ipaddress.ip_address(self.host).is_loopback:
+                out.append(f"cluster.host {self.host!r}: the local launcher binds loopback only")
+        except ValueError:
+            out.append(f"cluster.host {self.host!r} is not an IP address")
+        if not self.datacenters:
+            out.append("at least one [[datacenter]] is required")
+        seen_dc: set[str] = set()
+        for dc in self.datacenters:
+            if not _NAME_RE.match(dc):
+                out.append(f"datacenter name {dc!r} must match {_NAME_RE.pattern}")
+            if dc in seen_dc:
+                out.append(f"datacenter {dc!r} is declared twice")
+            seen_dc.add(dc)
+        if not self.etcd:
+            out.append("at least one etcd member is required")
+        if not self.nodes:
+            out.append("at least one vault node is required")
+        if not self.frontends:
+            out.append("at least one frontend is required")
+        names: set[str] = set()
+        for role, name, dc in self._named():
+            if not _NAME_RE.match(name):
+                out.append(f"{role} name {name!r} must match {_NAME_RE.pattern}")
+            if name in names:
+                out.append(f"process name {name!r} is used twice")
+            names.add(name)
+            if dc not in seen_dc:
+                out.append(f"{role} {name!r} is in unknown datacenter {dc!r}")
+        members_per_dc: dict[str, int] = {}
+        for member in self.etcd:
+            members_per_dc[member.dc] = members_per_dc.get(member.dc, 0) + 1
+        out += [
+            f"datacenter {dc!r} has {n} etcd members (at most one)"
+            for dc, n in members_per_dc.items()
+            if n > 1
+        ]
+        ports: dict[int, str] = {}
+        for label, port in self._ports():
+            if not 0 <= port <= 65535:
+                out.append(f"{label} = {port} is not a port number (0 = choose a free one)")
+            elif port:
+                if port in ports:
+                    out.append(f"{label} = {port} is also used by {ports[port]}")
+                ports[port] = label
+        return out + self.options.problems() + self.limits.problems()
+
+    def validate(self) -> None:
+        """Raise `TopologyError` listing every problem, or return."""
+        problems = self.problems()
+        if problems:
+            raise TopologyError(problems)
+
+    def _named(self) -> Iterator[tuple[str, str, str]]:
+        for m in self.etcd:
+            yield "etcd member", m.name, m.dc
+        for n in self.nodes:
+            yield "vault node", n.name, n.dc
+        for f in self.frontends:
+            yield "frontend", f.name, f.dc
+
+    def _ports(self) -> Iterator[tuple[str, int]]:
+        for m in self.etcd:
+            yield f"etcd {m.name}.client_port", m.client_port
+            yield f"etcd {m.name}.peer_port", m.peer_port
+        for n in self.nodes:
+            yield f"node {n.name}.port", n.port
+        for f in self.frontends:
+            yield f"frontend {f.name}.port", f.port
+
+    def process_names(self) -> list[str]:
+        return [name for _, name, _ in self._named()]
+
+    def role_of(self, name: str) -> Role | None:
+        for role, names in (
+            ("etcd", [m.name for m in self.etcd]),
+            ("node", [n.name for n in self.nodes]),
+            ("frontend", [f.name for f in self.frontends]),
+        ):
+            if name in names:
+                return role  # type: ignore[return-value]
+        return None
+
+    def unassigned_ports(self) -> int:
+        return sum(1 for _, port in self._ports() if port == 0)
+
+    def with_ports(self, allocate: Callable[[int], list[int]]) -> Topology:
+        """This topology with every 0 port replaced by one of `allocate(count)`."""
+        free = iter(allocate(self.unassigned_ports()))
+
+        def pick(port: int) -> int:
+            return port or next(free)
+
+        return replace(
+            self,
+            etcd=tuple(
+                replace(m, client_port=pick(m.client_port), peer_port=pick(m.peer_port))
+                for m in self.etcd
+            ),
+            nodes=tuple(replace(n, port=pick(n.port)) for n in self.nodes),
+            frontends=tuple(replace(f, port=pick(f.port)) for f in self.frontends),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A TOML/JSON-shaped dict that `parse_topology` reads back unchanged."""
+        return {
+            "cluster": {"name": self.name, "host": self.host},
+            "options": {f.name: getattr(self.options, f.name) for f in fields(Options)},
+            "limits": {f.name: getattr(self.limits, f.name) for f in fields(FrontendLimits)},
+            "datacenter": [self._dc_dict(dc) for dc in self.datacenters],
+            "frontend": [{"name": f.name, "dc": f.dc, "port": f.port} for f in self.frontends],
+        }
+
+    def _dc_dict(self, dc: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": dc}
+        for m in self.etcd:
+            if m.dc == dc:
+                out["etcd"] = {
+                    "name": m.name,
+                    "client_port": m.client_port,
+                    "peer_port": m.peer_port,
+                }
+        out["nodes"] = [{"name": n.name, "port": n.port} for n in self.nodes if n.dc == dc]
+        return out
+
+
+class _Reader:
+    """Reads typed values out of parsed TOML, recording problems instead of stopping."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def table(self, data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, Mapping):
+            self.problems.append(f"{where}{key} must be a table")
+            return {}
+        return value
+
+    def tables(self, data: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            self.problems.append(f"{where}{key} must be an array of tables")
+            return []
+        return value
+
+    def value(self, data: Mapping[str, Any], key: str, kind: type[T], default: T, where: str) -> T:
+        if key not in data:
+            return default
+        value = data[key]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # type: ignore[return-value]
+        if not ok:
+            self.problems.append(f"{where}{key} must be a {kind.__name__}, not {value!r}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def required(self, data: Mapping[str, Any], key: str, where: str) -> str:
+        if key not in data:
+            self.problems.append(f"{where}{key} is required")
+            return ""
+        return self.value(data, key, str, "", where)
+
+    def unknown(self, data: Mapping[str, Any], known: set[str], where: str) -> None:
+        self.problems += [f"{where}{k} is not a known setting" for k in data if k not in known]
+
+    def dataclass(self, data: Mapping[str, Any], cls: type[T], where: str) -> T:
+        defaults = cls()
+        self.unknown(data, {f.name for f in fields(cls)}, where)  # type: ignore[arg-type]
+        values = {
+            f.name: self.value(
+                data, f.name, type(getattr(defaults, f.name)), getattr(defaults, f.name), where
+            )
+            for f in fields(cls)  # type: ignore[arg-type]
+        }
+        return cls(**values)
+
+
+def parse_topology(data: Mapping[str, Any]) -> Topology:
+    """Build and validate a topology from parsed TOML; raise one `TopologyError` for all."""
+    r = _Reader()
+    r.unknown(data, {"cluster", "options", "limits", "datacenter", "frontend"}, "")
+    cluster = r.table(data, "cluster", "")
+    r.unknown(cluster, {"name", "host"}, "cluster.")
+    options = r.dataclass(r.table(data, "options", ""), Options, "options.")
+    limits = r.dataclass(r.table(data, "limits", ""), FrontendLimits, "limits.")
+    dcs: list[str] = []
+    etcd: list[EtcdMember] = []
+    nodes: list[VaultNode] = []
+    for i, dc_data in enumerate(r.tables(data, "datacenter", "")):
+        where = f"datacenter[{i}]."
+        r.unknown(dc_data, {"name", "etcd", "nodes"}, where)
+        dc = r.required(dc_data, "name", where)
+        dcs.append(dc)
+        if "etcd" in dc_data:
+            e = r.table(dc_data, "etcd", where)
+            r.unknown(e, {"name", "client_port", "peer_port"}, where + "etcd.")
+            etcd.append(
+                EtcdMember(
+                    name=r.value(e, "name", str, f"etcd-{dc}", where + "etcd."),
+                    dc=dc,
+                    client_port=r.value(e, "client_port", int, 0, where + "etcd."),
+                    peer_port=r.value(e, "peer_port", int, 0, where + "etcd."),
+                )
+            )
+        for j, n in enumerate(r.tables(dc_data, "nodes", where)):
+            nwhere = f"{where}nodes[{j}]."
+            r.unknown(n, {"name", "port"}, nwhere)
+            nodes.append(
+                VaultNode(
+                    name=r.required(n, "name", nwhere),
+                    dc=dc,
+                    port=r.value(n, "port", int, 0, nwhere),
+                )
+            )
+    frontends: list[Frontend] = []
+    for i, f in enumerate(r.tables(data, "frontend", "")):
+        where = f"frontend[{i}]."
+        r.unknown(f, {"name", "dc", "port"}, where)
+        frontends.append(
+            Frontend(
+                name=r.required(f, "name", where),
+                dc=r.required(f, "dc", where),
+                port=r.value(f, "port", int, 0, where),
+            )
+        )
+    topology = Topology(
+        name=r.value(cluster, "name", str, "local", "cluster."),
+        host=r.value(cluster, "host", str, "127.0.0.1", "cluster."),
+        datacenters=tuple(dcs),
+        etcd=tuple(etcd),
+        nodes=tuple(nodes),
+        frontends=tuple(frontends),
+        options=options,
+        limits=limits,
+    )
+    problems = r.problems + topology.problems()
+    if problems:
+        raise TopologyError(problems)
+    return topology
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and validate a topology TOML file."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise TopologyError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse_topology(data)
+
+
+def default_topology_path() -> Path:
+    """The bundled three-data-centre topology."""
+    return Path(__file__).with_name("local-3dc.toml")
