@@ -1,0 +1,472 @@
+"""The vault node's PKCS#11 token: fleet-key operations that run inside the HSM.
+
+Two process-wide rules, both forced by python-pkcs11 on SoftHSM2 (see shared/PLATFORM.md):
+
+* **One thread.** python-pkcs11 calls `C_Initialize(NULL)`, which leaves SoftHSM without any
+  locking; concurrent calls corrupted its heap. Every PKCS#11 call of this process therefore
+  runs on one dedicated thread (`_PKCS11`, a single-worker executor shared by every `Token`);
+  sync methods submit to it and wait, the `a*` coroutines await it.
+* **One SOFTHSM2_CONF.** SoftHSM reads `SOFTHSM2_CONF` when the library is loaded, and
+  python-pkcs11 loads each module once per process. One process can therefore open tokens of
+  one softhsm2.conf only; opening a token of another conf raises `HsmLibraryConflict`. Use one
+  process per token directory (the key ceremony drives each token in its own subprocess).
+  Load the library after any fork (never fork a process that has opened a `Token`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar, cast
+
+import pkcs11
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.exceptions import (
+    AttributeSensitive,
+    AttributeTypeInvalid,
+    MultipleObjectsReturned,
+    MultipleTokensReturned,
+    NoSuchKey,
+    NoSuchToken,
+    PKCS11Error,
+    UserAlreadyLoggedIn,
+)
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from vault_node.softhsm import SoftHsmError, TokenSpec, softhsm_env
+
+__all__ = [
+    "AES_LABELS",
+    "FLEET_LABELS",
+    "HMAC_SHA256_LABELS",
+    "HMAC_SHA512_LABELS",
+    "KEM_LABEL",
+    "P256_EC_PARAMS",
+    "HsmDecryptError",
+    "HsmError",
+    "HsmInputError",
+    "HsmKeyMissing",
+    "HsmLibraryConflict",
+    "HsmLoginError",
+    "Token",
+    "TokenSpec",
+    "decode_ec_point",
+    "encode_ec_point",
+    "softhsm_env",
+    "validate_p256_point",
+]
+
+T = TypeVar("T")
+
+KEM_LABEL: Final = "kem"
+AES_LABELS: Final = frozenset({"record", "ticket"})
+HMAC_SHA512_LABELS: Final = frozenset({"oprf_seed", "ake_seed"})
+HMAC_SHA256_LABELS: Final = frozenset({"id_mac"})
+FLEET_LABELS: Final = (KEM_LABEL, "record", "ticket", "oprf_seed", "ake_seed", "id_mac")
+P256_EC_PARAMS: Final = encode_named_curve_parameters("secp256r1")
+P256_POINT_LEN: Final = 65
+GCM_NONCE_LEN: Final = 12
+GCM_TAG_LEN: Final = 16
+ECDH_SECRET_LEN: Final = 32
+_ATTRIBUTE_NAMES: Final = ("SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE")
+
+
+class HsmError(Exception):
+    """The token failed or is unusable. Never holds a PIN or key bytes; not retryable as is."""
+
+
+class HsmLibraryConflict(HsmError):
+    """This process already loaded the PKCS#11 library with another SOFTHSM2_CONF."""
+
+
+class HsmLoginError(HsmError):
+    """The token was not found by label, or the PIN was refused."""
+
+
+class HsmKeyMissing(HsmError):
+    """The token holds no key with this label (or more than one): it is not provisioned."""
+
+    def __init__(self, label: str, detail: str = "no such key") -> None:
+        super().__init__(f"token key {label!r}: {detail}")
+        self.label = label
+
+
+class HsmInputError(HsmError, ValueError):
+    """The caller passed malformed input (bad point, nonce length, unknown label)."""
+
+
+class HsmDecryptError(HsmError):
+    """AES-GCM open failed: wrong key, nonce, AAD or a tampered ciphertext (one error for all)."""
+
+
+# --- the one PKCS#11 thread of this process -------------------------------------------------
+
+_PKCS11_THREAD: list[threading.Thread] = []  # filled when the worker thread starts
+_LOADED: dict[str, Any] = {}  # "conf" -> Path, "lib" -> pkcs11 lib, set on the PKCS#11 thread
+
+
+def _mark_thread() -> None:
+    _PKCS11_THREAD.append(threading.current_thread())
+
+
+# max_workers=1 is the whole point: SoftHSM runs unlocked, so calls must never overlap.
+_PKCS11: Final = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="pkcs11", initializer=_mark_thread
+)
+
+
+def _run(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)` on the PKCS#11 thread and wait for it (re-entrant on that thread)."""
+    if threading.current_thread() in _PKCS11_THREAD:
+        return fn(*args)
+    return _PKCS11.submit(fn, *args).result()
+
+
+async def _arun(fn: Callable[..., T], *args: Any) -> T:
+    """Await `fn(*args)` on the PKCS#11 thread without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_PKCS11, fn, *args)
+
+
+def _load_library(spec: TokenSpec) -> Any:
+    """Load the PKCS#11 module for `spec`'s softhsm2.conf (PKCS#11 thread only)."""
+    conf = spec.softhsm_conf.resolve()
+    if "lib" in _LOADED:
+        if _LOADED["conf"] != conf:
+            raise HsmLibraryConflict(
+                f"this process already loaded SoftHSM with {_LOADED['conf']}; "
+                f"token {spec.token_label!r} needs {conf} (use one process per token directory)"
+            )
+        return _LOADED["lib"]
+    # SoftHSM reads SOFTHSM2_CONF while the library initialises: set it first.
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    try:
+        lib = pkcs11.lib(spec.module)
+    except (PKCS11Error, RuntimeError, OSError) as exc:
+        raise HsmError(f"cannot load PKCS#11 module {spec.module}: {type(exc).__name__}") from exc
+    _LOADED["conf"] = conf
+    _LOADED["lib"] = lib
+    return lib
+
+
+# --- encodings ---------------------------------------------------------------------------------
+
+
+def validate_p256_point(point: bytes) -> None:
+    """Raise `HsmInputError` unless `point` is an uncompressed P-256 point on the curve."""
+    if len(point) != P256_POINT_LEN or point[0] != 0x04:
+        raise HsmInputError("peer point must be a 65-byte uncompressed P-256 point")
+    try:
+        # Off-curve (invalid-curve attack) points must never reach the private key.
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise HsmInputError("peer point is not on P-256") from None
+
+
+_DER_POINT_PREFIX: Final = bytes([0x04, P256_POINT_LEN])  # OCTET STRING, length 65
+
+
+def encode_ec_point(point: bytes) -> bytes:
+    """DER OCTET STRING around a raw P-256 point, as CKA_EC_POINT stores it."""
+    validate_p256_point(point)
+    return _DER_POINT_PREFIX + point
+
+
+def decode_ec_point(value: bytes) -> bytes:
+    """The raw uncompressed P-256 point of a CKA_EC_POINT value (DER-wrapped or raw)."""
+    raw = value
+    if len(value) == len(_DER_POINT_PREFIX) + P256_POINT_LEN and value.startswith(
+        _DER_POINT_PREFIX
+    ):
+        raw = value[len(_DER_POINT_PREFIX) :]
+    try:
+        validate_p256_point(raw)
+    except HsmInputError:
+        raise HsmError("token returned a malformed EC point") from None
+    return raw
+
+
+# --- the token ---------------------------------------------------------------------------------
+
+
+class Token:
+    """One logged-in session on a vault node's token, holding the fleet keys.
+
+    Open with `Token.open(spec)`; use as a context manager or call `close()`.
+    """
+
+    def __init__(self, spec: TokenSpec, session: Any) -> None:
+        """Internal: use `Token.open`."""
+        self._spec = spec
+        self._session: Any = session
+        self._keys: dict[tuple[str, ObjectClass], Any] = {}
+        self._kem_public: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Token(label={self._spec.token_label!r}, open={self._session is not None})"
+
+    @property
+    def label(self) -> str:
+        """The token's label."""
+        return self._spec.token_label
+
+    @classmethod
+    def open(cls, spec: TokenSpec, *, read_write: bool = False) -> Token:
+        """Load the library for `spec`, find the token by label and log in once.
+
+        `read_write` is for the key ceremony only: a serving node never writes token objects.
+        """
+        spec.validate()
+        try:
+            pin = spec.read_pin()
+        except (OSError, SoftHsmError) as exc:
+            raise HsmLoginError(f"cannot read the PIN of token {spec.token_label!r}") from exc
+        return cls(spec, _run(_open_session, spec, pin, read_write))
+
+    def close(self) -> None:
+        """Close the session (idempotent). The library stays loaded for this process."""
+        session, self._session = self._session, None
+        self._keys.clear()
+        if session is not None:
+            _run(session.close)
+
+    def __enter__(self) -> Token:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- raw access (key ceremony, tests) --
+
+    def run_in_session(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(session)` on the PKCS#11 thread (for the key ceremony and tests only)."""
+        return cast(T, _run(self._call, fn))
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        if self._session is None:
+            raise HsmError(f"token {self.label!r} is closed")
+        return fn(self._session)
+
+    def _key(self, label: str, object_class: ObjectClass) -> Any:
+        """The key object called `label` (PKCS#11 thread only); handles are cached."""
+        cached = self._keys.get((label, object_class))
+        if cached is not None:
+            return cached
+        if self._session is None:
+            raise HsmError(f"token {self.label!r} is closed")
+        try:
+            key = self._session.get_key(object_class=object_class, label=label)
+        except NoSuchKey:
+            raise HsmKeyMissing(label) from None
+        except MultipleObjectsReturned:
+            # Two keys under one label: refuse rather than pick one at random.
+            raise HsmKeyMissing(label, "more than one key with this label") from None
+        self._keys[(label, object_class)] = key
+        return key
+
+    # -- ECDH (HPKE decapsulation) --
+
+    def ecdh(self, peer_point: bytes) -> bytes:
+        """ECDH between the `kem` private key and `peer_point` (65-byte uncompressed): 32 bytes."""
+        validate_p256_point(peer_point)
+        return _run(self._ecdh, peer_point)
+
+    async def aecdh(self, peer_point: bytes) -> bytes:
+        """`ecdh` for asyncio callers."""
+        validate_p256_point(peer_point)
+        return await _arun(self._ecdh, peer_point)
+
+    def _ecdh(self, peer_point: bytes) -> bytes:
+        private = self._key(KEM_LABEL, ObjectClass.PRIVATE_KEY)
+        try:
+            # The DH output has to leave the token (RFC 9180's key schedule runs in Python),
+            # so it is derived into a session-only, non-sensitive secret, read, and destroyed.
+            secret = private.derive_key(
+                KeyType.GENERIC_SECRET,
+                ECDH_SECRET_LEN * 8,
+                mechanism=Mechanism.ECDH1_DERIVE,
+                mechanism_param=(pkcs11.KDF.NULL, None, peer_point),
+                capabilities=0,
+                template={
+                    Attribute.TOKEN: False,
+                    Attribute.SENSITIVE: False,
+                    Attribute.EXTRACTABLE: True,
+                },
+            )
+        except PKCS11Error as exc:
+            raise HsmError(f"ECDH failed in token {self.label!r}: {type(exc).__name__}") from None
+        try:
+            value = bytes(secret[Attribute.VALUE])
+        finally:
+            secret.destroy()
+        if len(value) != ECDH_SECRET_LEN:
+            raise HsmError("token returned an ECDH secret of the wrong length")
+        return value
+
+    def kem_public_key(self) -> bytes:
+        """The fleet's `kem` public key as a 65-byte uncompressed P-256 point."""
+        if self._kem_public is None:
+            self._kem_public = _run(self._read_kem_public)
+        return self._kem_public
+
+    async def akem_public_key(self) -> bytes:
+        """`kem_public_key` for asyncio callers."""
+        if self._kem_public is None:
+            self._kem_public = await _arun(self._read_kem_public)
+        return self._kem_public
+
+    def _read_kem_public(self) -> bytes:
+        public = self._key(KEM_LABEL, ObjectClass.PUBLIC_KEY)
+        return decode_ec_point(bytes(public[Attribute.EC_POINT]))
+
+    # -- AES-256-GCM --
+
+    def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM under fleet key `label` (record/ticket): ciphertext || 16-byte tag."""
+        _check_gcm(label, nonce)
+        return _run(self._seal, label, nonce, plaintext, aad)
+
+    async def aaes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """`aes_gcm_seal` for asyncio callers."""
+        _check_gcm(label, nonce)
+        return await _arun(self._seal, label, nonce, plaintext, aad)
+
+    def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Open `aes_gcm_seal`'s output; any failure raises `HsmDecryptError`."""
+        _check_gcm(label, nonce)
+        return _run(self._open, label, nonce, ciphertext, aad)
+
+    async def aaes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """`aes_gcm_open` for asyncio callers."""
+        _check_gcm(label, nonce)
+        return await _arun(self._open, label, nonce, ciphertext, aad)
+
+    def _seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        key = self._key(label, ObjectClass.SECRET_KEY)
+        try:
+            return bytes(
+                key.encrypt(
+                    plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=_gcm(nonce, aad)
+                )
+            )
+        except PKCS11Error as exc:
+            raise HsmError(
+                f"AES-GCM seal failed with key {label!r}: {type(exc).__name__}"
+            ) from None
+
+    def _open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        key = self._key(label, ObjectClass.SECRET_KEY)
+        if len(ciphertext) < GCM_TAG_LEN:
+            raise HsmDecryptError(f"AES-GCM open failed with key {label!r}")
+        try:
+            return bytes(
+                key.decrypt(
+                    ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=_gcm(nonce, aad)
+                )
+            )
+        except PKCS11Error:
+            # One error for every cause: no oracle on why an open failed.
+            raise HsmDecryptError(f"AES-GCM open failed with key {label!r}") from None
+
+    # -- HMAC --
+
+    def hmac_sha512(self, label: str, data: bytes) -> bytes:
+        """HMAC-SHA512 under `oprf_seed` or `ake_seed` (64 bytes)."""
+        _check_label(label, HMAC_SHA512_LABELS, "HMAC-SHA512")
+        return _run(self._hmac, label, Mechanism.SHA512_HMAC, data)
+
+    async def ahmac_sha512(self, label: str, data: bytes) -> bytes:
+        """`hmac_sha512` for asyncio callers."""
+        _check_label(label, HMAC_SHA512_LABELS, "HMAC-SHA512")
+        return await _arun(self._hmac, label, Mechanism.SHA512_HMAC, data)
+
+    def hmac_sha256(self, label: str, data: bytes) -> bytes:
+        """HMAC-SHA256 under `id_mac` (32 bytes)."""
+        _check_label(label, HMAC_SHA256_LABELS, "HMAC-SHA256")
+        return _run(self._hmac, label, Mechanism.SHA256_HMAC, data)
+
+    async def ahmac_sha256(self, label: str, data: bytes) -> bytes:
+        """`hmac_sha256` for asyncio callers."""
+        _check_label(label, HMAC_SHA256_LABELS, "HMAC-SHA256")
+        return await _arun(self._hmac, label, Mechanism.SHA256_HMAC, data)
+
+    def _hmac(self, label: str, mechanism: Mechanism, data: bytes) -> bytes:
+        key = self._key(label, ObjectClass.SECRET_KEY)
+        try:
+            return bytes(key.sign(data, mechanism=mechanism))
+        except PKCS11Error as exc:
+            raise HsmError(f"HMAC failed with key {label!r}: {type(exc).__name__}") from None
+
+    # -- inspection --
+
+    def key_attributes(self, label: str) -> dict[str, bool]:
+        """SENSITIVE, EXTRACTABLE, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE of fleet key `label`."""
+        if label not in FLEET_LABELS:
+            raise HsmInputError(f"unknown fleet key label {label!r}")
+        return _run(self._attributes, label)
+
+    def _attributes(self, label: str) -> dict[str, bool]:
+        object_class = ObjectClass.PRIVATE_KEY if label == KEM_LABEL else ObjectClass.SECRET_KEY
+        key = self._key(label, object_class)
+        found: dict[str, bool] = {}
+        for name in _ATTRIBUTE_NAMES:
+            try:
+                found[name] = bool(key[Attribute[name]])
+            except (AttributeTypeInvalid, AttributeSensitive):
+                continue  # not every token reports every attribute
+        return found
+
+    def missing_fleet_keys(self) -> list[str]:
+        """Labels of fleet keys this token lacks (empty when fully provisioned)."""
+        return _run(self._missing)
+
+    def _missing(self) -> list[str]:
+        missing: list[str] = []
+        for label in FLEET_LABELS:
+            object_class = ObjectClass.PRIVATE_KEY if label == KEM_LABEL else ObjectClass.SECRET_KEY
+            try:
+                self._key(label, object_class)
+            except HsmKeyMissing:
+                missing.append(label)
+        return missing
+
+
+def _open_session(spec: TokenSpec, pin: str, read_write: bool) -> Any:
+    """Find the token by label and log in (PKCS#11 thread only)."""
+    lib = _load_library(spec)
+    try:
+        token = lib.get_token(token_label=spec.token_label)
+    except NoSuchToken:
+        raise HsmLoginError(
+            f"no token labelled {spec.token_label!r} in {spec.softhsm_conf}"
+        ) from None
+    except MultipleTokensReturned:
+        raise HsmLoginError(f"several tokens labelled {spec.token_label!r}") from None
+    try:
+        return token.open(rw=read_write, user_pin=pin)
+    except UserAlreadyLoggedIn:
+        # Login is per process: a second session of this process is already authenticated.
+        return token.open(rw=read_write)
+    except PKCS11Error as exc:
+        raise HsmLoginError(
+            f"login to token {spec.token_label!r} failed: {type(exc).__name__}"
+        ) from None
+
+
+def _gcm(nonce: bytes, aad: bytes) -> pkcs11.GCMParams:
+    return pkcs11.GCMParams(nonce, aad if aad else None, GCM_TAG_LEN * 8)
+
+
+def _check_gcm(label: str, nonce: bytes) -> None:
+    _check_label(label, AES_LABELS, "AES-GCM")
+    if len(nonce) != GCM_NONCE_LEN:
+        raise HsmInputError(f"AES-GCM nonce must be {GCM_NONCE_LEN} bytes")
+
+
+def _check_label(label: str, allowed: frozenset[str], operation: str) -> None:
+    # Key separation: each fleet key serves exactly one purpose.
+    if label not in allowed:
+        raise HsmInputError(f"key {label!r} is not a {operation} key ({sorted(allowed)})")
