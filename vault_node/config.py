@@ -1,0 +1,218 @@
+"""`node.toml`: the vault node's configuration, read once at start and validated as a whole."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MAX_ATTEMPTS_LIMIT = 100
+"""Highest `max_attempts` a node or a registration may ask for."""
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid node configuration:\n  " + "\n  ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """`[node]`: who this node is and how it behaves."""
+
+    name: str  # unique node name, also the membership key's last component
+    dc: str  # data centre the node runs in (frontends prefer their own)
+    listen: str  # host:port the gRPC server binds
+    advertise: str  # host:port frontends dial; written to the membership key
+    max_attempts: int = 10  # default guess limit when a registration asks for 0
+    ticket_ttl_s: int = 120  # lifetime of a login ticket between the two recovery steps
+    lease_ttl_s: int = 4  # membership lease TTL; also the fail-closed horizon
+    audit_log: str = ""  # absolute path of the JSON-lines audit log
+
+
+@dataclass(frozen=True)
+class EtcdSection:
+    """`[etcd]`: the etcd members, dialled as one round-robin target."""
+
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """`[tls]`: the server certificate and the CA that signs frontend client certificates."""
+
+    ca: str = ""  # cluster CA (chain only)
+    cert: str = ""  # server certificate (PEM)
+    key: str = ""  # server private key (PEM)
+    client_ca: str = ""  # only client certificates signed by this CA are accepted
+
+
+@dataclass(frozen=True)
+class HsmSection:
+    """`[hsm]`: the node's own PKCS#11 token."""
+
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    softhsm_conf: str = ""  # SOFTHSM2_CONF of this node's token directory
+    token_label: str = ""
+    pin_file: str = ""  # file holding the user PIN (never the PIN itself in the config)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole `node.toml`."""
+
+    node: NodeSection
+    etcd: EtcdSection = field(default_factory=EtcdSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    hsm: HsmSection = field(default_factory=HsmSection)
+
+    def problems(self, *, check_files: bool = False) -> list[str]:
+        """Every problem of this configuration (empty when it is usable)."""
+        out: list[str] = []
+        n = self.node
+        for name in ("name", "dc"):
+            value = getattr(n, name)
+            if not value or "/" in value or value.strip() != value:
+                out.append(f"node.{name} must be non-empty, without '/' or surrounding spaces")
+        for name in ("listen", "advertise"):
+            if not _is_host_port(getattr(n, name)):
+                out.append(f"node.{name} must be host:port with a port in 1..65535")
+        if not 1 <= n.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            out.append(f"node.max_attempts must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        if not 1 <= n.ticket_ttl_s <= 3600:
+            out.append("node.ticket_ttl_s must be in 1..3600")
+        if not 2 <= n.lease_ttl_s <= 600:
+            out.append("node.lease_ttl_s must be in 2..600")
+        if not self.etcd.endpoints:
+            out.append("etcd.endpoints must list at least one host:port")
+        for ep in self.etcd.endpoints:
+            if not _is_host_port(ep):
+                out.append(f"etcd.endpoints entry {ep!r} must be host:port")
+        paths = {
+            "node.audit_log": n.audit_log,
+            "tls.cert": self.tls.cert,
+            "tls.key": self.tls.key,
+            "tls.client_ca": self.tls.client_ca,
+            "hsm.module": self.hsm.module,
+            "hsm.softhsm_conf": self.hsm.softhsm_conf,
+            "hsm.pin_file": self.hsm.pin_file,
+        }
+        if self.tls.ca:
+            paths["tls.ca"] = self.tls.ca
+        for name, value in paths.items():
+            if not value or not Path(value).is_absolute():
+                out.append(f"{name} must be an absolute path")
+            elif check_files and name != "node.audit_log" and not Path(value).is_file():
+                out.append(f"{name}: file {value} does not exist")
+        if check_files and n.audit_log and Path(n.audit_log).is_absolute():
+            if not Path(n.audit_log).parent.is_dir():
+                out.append(f"node.audit_log: directory {Path(n.audit_log).parent} does not exist")
+        if not self.hsm.token_label:
+            out.append("hsm.token_label must be non-empty")
+        return out
+
+    def validate(self, *, check_files: bool = False) -> None:
+        """Raise `ConfigError` listing every problem at once."""
+        problems = self.problems(check_files=check_files)
+        if problems:
+            raise ConfigError(problems)
+
+    @staticmethod
+    def from_mapping(data: dict[str, Any]) -> NodeConfig:
+        """Build from parsed TOML; unknown or mistyped keys are reported together."""
+        problems: list[str] = []
+        known = {"node", "etcd", "tls", "hsm"}
+        problems += [f"unknown section [{k}]" for k in data if k not in known]
+        node = _section(data, "node", NodeSection, problems, required=True)
+        etcd_raw = data.get("etcd", {})
+        if isinstance(etcd_raw, dict) and isinstance(etcd_raw.get("endpoints"), list):
+            etcd_raw = {**etcd_raw, "endpoints": tuple(etcd_raw["endpoints"])}
+        etcd = _section({"etcd": etcd_raw}, "etcd", EtcdSection, problems, required=False)
+        tls = _section(data, "tls", TlsSection, problems, required=False)
+        hsm = _section(data, "hsm", HsmSection, problems, required=False)
+        if problems or node is None:
+            raise ConfigError(problems or ["[node] section is missing"])
+        assert etcd is not None and tls is not None and hsm is not None
+        config = NodeConfig(node=node, etcd=etcd, tls=tls, hsm=hsm)
+        config.validate()
+        return config
+
+    @staticmethod
+    def load(path: str | Path, *, check_files: bool = True) -> NodeConfig:
+        """Read and validate a `node.toml`."""
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError([f"cannot read {path}: {e}"]) from e
+        config = NodeConfig.from_mapping(data)
+        config.validate(check_files=check_files)
+        return config
+
+
+def _section(
+    data: dict[str, Any],
+    name: str,
+    cls: type[Any],
+    problems: list[str],
+    *,
+    required: bool,
+) -> Any:
+    raw = data.get(name)
+    if raw is None:
+        if required:
+            problems.append(f"[{name}] section is missing")
+            return None
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"[{name}] must be a table")
+        return None
+    declared = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for key, value in raw.items():
+        if key not in declared:
+            problems.append(f"unknown key {name}.{key}")
+            ok = False
+            continue
+        expected = _expected_type(cls, key)
+        if expected is tuple:
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{name}.{key} must be a list of strings")
+                ok = False
+                continue
+        elif expected is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{name}.{key} must be an integer")
+                ok = False
+                continue
+        elif not isinstance(value, str):
+            problems.append(f"{name}.{key} must be a string")
+            ok = False
+            continue
+        kwargs[key] = value
+    for key, f in declared.items():
+        if key not in raw and f.default is MISSING and f.default_factory is MISSING:
+            problems.append(f"missing key {name}.{key}")
+            ok = False
+    return cls(**kwargs) if ok else None
+
+
+def _expected_type(cls: type[Any], key: str) -> type:
+    annotation = {f.name: f.type for f in fields(cls)}[key]
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if text.startswith("tuple"):
+        return tuple
+    if text == "int":
+        return int
+    return str
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return False
+    return 1 <= int(port) <= 65535

@@ -1,0 +1,140 @@
+"""Membership: the node's key in etcd on a lease, our own keep-alive loop, and the fail-closed gate.
+
+The node serves only while (a) its membership key is registered and (b) its last successful etcd
+round trip (grant, put or lease refresh) is younger than the lease TTL. A refresh that fails
+marks the node not-serving at once; the loop keeps refreshing (or re-granting and re-putting when
+the lease is gone) and the node serves again by itself when etcd answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vault_node.store import NODES_PREFIX, LeaseStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    name: str
+    dc: str
+    address: str
+
+    @property
+    def key(self) -> str:
+        return f"{NODES_PREFIX}{self.dc}/{self.name}"
+
+    def value(self) -> bytes:
+        return json.dumps(
+            {"name": self.name, "dc": self.dc, "address": self.address}, separators=(",", ":")
+        ).encode("utf-8")
+
+
+class Membership:
+    """Keeps `info` registered in etcd on a lease of `ttl_s` seconds."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        info: MemberInfo,
+        ttl_s: int,
+        *,
+        monotonic: Callable[[], float],
+        on_change: Callable[[bool], None] = lambda serving: None,
+        retry_interval_s: float | None = None,
+    ) -> None:
+        self._store = store
+        self._info = info
+        self._ttl = ttl_s
+        self._now = monotonic
+        self._on_change = on_change
+        self._refresh_interval = ttl_s / 3
+        self._retry_interval = (
+            retry_interval_s if retry_interval_s is not None else min(0.5, ttl_s / 3)
+        )
+        self._lease: int | None = None
+        self._registered = False
+        self._last_ok: float | None = None
+        self._reported: bool | None = None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def serving(self) -> bool:
+        """Fail closed: registered and the last etcd round trip is younger than the TTL."""
+        if not self._registered or self._last_ok is None:
+            return False
+        return self._now() - self._last_ok < self._ttl
+
+    def _report(self) -> None:
+        state = self.serving()
+        if state != self._reported:
+            self._reported = state
+            log.info("membership %s: serving=%s", self._info.key, state)
+            self._on_change(state)
+
+    async def register_once(self) -> None:
+        """Grant a lease and put the membership key (raises `StoreUnavailable`)."""
+        lease = await self._store.grant_lease(self._ttl)
+        await self._store.put_leased(self._info.key, self._info.value(), lease)
+        # Only a lease that carries our key counts; a lease whose put failed expires by itself.
+        self._lease = lease
+        self._last_ok = self._now()
+        self._registered = True
+        self._report()
+
+    async def step(self) -> float:
+        """One iteration of the loop; returns how long to wait before the next one."""
+        try:
+            if self._lease is None:
+                await self.register_once()
+                return self._refresh_interval
+            ttl_left = await self._store.keep_alive(self._lease)
+            if ttl_left <= 0:
+                # The lease expired while we could not refresh it: the key is gone with it.
+                log.warning("membership lease expired; registering again")
+                self._registered = False
+                self._lease = None
+                self._report()
+                return 0.0
+            self._last_ok = self._now()
+            self._registered = True
+            self._report()
+            return self._refresh_interval
+        except StoreUnavailable:
+            # Fail closed at once: a node that cannot reach etcd must not evaluate passwords.
+            self._registered = False
+            self._report()
+            return self._retry_interval
+
+    async def run(self) -> None:
+        """Run the keep-alive loop until `stop()`."""
+        while not self._stopping.is_set():
+            delay = await self.step()
+            self._report()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="membership")
+
+    async def stop(self) -> None:
+        """Stop the loop and revoke the lease (best effort), which removes the key at once."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._registered = False
+        self._report()
+        if self._lease is not None:
+            try:
+                await self._store.revoke_lease(self._lease)
+            except StoreUnavailable:
+                log.warning("could not revoke the membership lease; it expires by itself")
+            self._lease = None

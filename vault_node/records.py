@@ -1,0 +1,106 @@
+"""Records at rest and login tickets, sealed with AES-256-GCM under keys that never leave the token.
+
+`TokenOps` is the small slice of `vault_node.hsm.Token` that the request logic needs; tests pass a
+software fake. Every failure to open a record or a ticket is one `DecryptError` (no oracle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from bkv.v1 import sealed_pb2
+from google.protobuf.message import DecodeError
+
+from vault_protocol.errors import DecryptError
+
+NONCE_LEN = 12
+RECORD_KEY = "record"
+TICKET_KEY = "ticket"
+RECORD_AAD_PREFIX = b"bkv-v1 record "
+TICKET_AAD = b"bkv-v1 ticket"
+MAX_SEALED_BYTES = 16 * 1024
+
+Rng = Callable[[int], bytes]
+
+
+class TokenOps(Protocol):
+    """What the vault node needs from its PKCS#11 token (labels are the fleet key labels)."""
+
+    def ecdh(self, peer_point: bytes) -> bytes:
+        """ECDH with the `kem` private key: the 32-byte x-coordinate."""
+        ...
+
+    def kem_public_key(self) -> bytes:
+        """The fleet `kem` public key as a 65-byte uncompressed point."""
+        ...
+
+    def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM ciphertext || tag under the token key `label`."""
+        ...
+
+    def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Inverse of `aes_gcm_seal`; raises on any failure."""
+        ...
+
+    def hmac_sha512(self, label: str, data: bytes) -> bytes: ...
+
+    def hmac_sha256(self, label: str, data: bytes) -> bytes: ...
+
+
+def record_aad(record_id: bytes) -> bytes:
+    """Binds a sealed record to its id, so etcd cannot move one account's record to another."""
+    return RECORD_AAD_PREFIX + record_id
+
+
+def _seal(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rng: Rng) -> bytes:
+    nonce = rng(NONCE_LEN)
+    if len(nonce) != NONCE_LEN:
+        raise ValueError("rng returned the wrong number of bytes")
+    ciphertext = token.aes_gcm_seal(key_name, nonce, plaintext, aad)
+    sealed = sealed_pb2.Sealed(key_name=key_name, nonce=nonce, ciphertext=ciphertext)
+    return bytes(sealed.SerializeToString())
+
+
+def _open(token: TokenOps, key_name: str, blob: bytes, aad: bytes) -> bytes:
+    if len(blob) > MAX_SEALED_BYTES:
+        raise DecryptError("sealed data failed to open")
+    try:
+        sealed = sealed_pb2.Sealed.FromString(blob)
+    except DecodeError:
+        raise DecryptError("sealed data failed to open") from None
+    if sealed.key_name != key_name or len(sealed.nonce) != NONCE_LEN:
+        raise DecryptError("sealed data failed to open")
+    try:
+        return token.aes_gcm_open(key_name, sealed.nonce, sealed.ciphertext, aad)
+    except Exception:  # noqa: BLE001
+        # One error for every cause (tag, length, token refusal): nothing to learn from failures.
+        raise DecryptError("sealed data failed to open") from None
+
+
+def seal_record(token: TokenOps, record_id: bytes, record: sealed_pb2.Record, rng: Rng) -> bytes:
+    """Serialized `Sealed` of `record` under the `record` key, bound to `record_id`."""
+    return _seal(token, RECORD_KEY, record.SerializeToString(), record_aad(record_id), rng)
+
+
+def open_record(token: TokenOps, record_id: bytes, blob: bytes) -> sealed_pb2.Record:
+    """Open a sealed record read from etcd; `DecryptError` for any failure."""
+    plaintext = _open(token, RECORD_KEY, blob, record_aad(record_id))
+    try:
+        return sealed_pb2.Record.FromString(plaintext)
+    except DecodeError:
+        raise DecryptError("sealed data failed to open") from None
+
+
+def seal_ticket(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:
+    """Serialized `Sealed` of `ticket` under the fleet's `ticket` key (any node can open it)."""
+    return _seal(token, TICKET_KEY, ticket.SerializeToString(), TICKET_AAD, rng)
+
+
+def open_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.Ticket:
+    """Open a ticket the client sent back; `DecryptError` for any failure."""
+    plaintext = _open(token, TICKET_KEY, blob, TICKET_AAD)
+    try:
+        return sealed_pb2.Ticket.FromString(plaintext)
+    except DecodeError:
+        raise DecryptError("sealed data failed to open") from None

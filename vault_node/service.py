@@ -1,0 +1,457 @@
+"""The vault node's request logic: open the envelope, run the server side of OPAQUE, keep records.
+
+Pure over injected parts (no gRPC, no sockets): a `TokenOps` (the HSM), a `RecordStore` (etcd),
+a millisecond clock, randomness and an audit sink. `handle` returns the sealed response or raises
+one of the `ServiceError` subclasses, which `server.py` maps to a gRPC status in one place.
+Protocol outcomes (wrong password, locked, not registered) are not errors: they travel inside the
+sealed response, which the frontend cannot read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bkv.v1 import envelope_pb2, sealed_pb2
+
+from vault_node.audit import AuditSink
+from vault_node.config import MAX_ATTEMPTS_LIMIT
+from vault_node.records import (
+    TokenOps,
+    open_record,
+    open_ticket,
+    seal_record,
+    seal_ticket,
+)
+from vault_node.store import RecordStore, StoreUnavailable
+from vault_protocol import opaque, ristretto
+from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
+from vault_protocol.envelope import FleetKey, open_request, seal_response
+from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+Outcome = envelope_pb2.Outcome
+Rng = Callable[[int], bytes]
+
+GENERATION_LEN = 16
+MAX_ACCOUNT_ID_BYTES = 256
+CAS_RETRIES = 16
+
+
+class ServiceError(Exception):
+    """Base of the errors `handle` raises; messages hold no secret and may reach the caller."""
+
+
+class BadRequest(ServiceError):
+    """Malformed or unopenable input (INVALID_ARGUMENT). Nothing was changed."""
+
+
+class Precondition(ServiceError):
+    """A ticket that is expired, stale or already used (FAILED_PRECONDITION). Nothing changed."""
+
+
+class Unavailable(ServiceError):
+    """etcd has no quorum, the node is not registered, or contention (UNAVAILABLE): retry."""
+
+
+class RecordCorrupt(ServiceError):
+    """A record in etcd failed to open under the fleet's record key (DATA_LOSS)."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    node_name: str
+    default_max_attempts: int = 10
+    ticket_ttl_ms: int = 120_000
+    opaque_context: bytes = opaque.DEFAULT_CONTEXT
+
+    def validate(self) -> None:
+        problems = []
+        if not self.node_name:
+            problems.append("node_name must be non-empty")
+        if not 1 <= self.default_max_attempts <= MAX_ATTEMPTS_LIMIT:
+            problems.append(f"default_max_attempts must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        if self.ticket_ttl_ms <= 0:
+            problems.append("ticket_ttl_ms must be positive")
+        if problems:
+            raise ValueError("invalid service config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TokenServerKeys:
+    """OPAQUE `ServerKeys` whose OPRF seed stays in the token; the AKE pair is derived once."""
+
+    token: TokenOps = field(repr=False)
+    server_private_key: bytes = field(repr=False)
+    server_public_key: bytes
+
+    @classmethod
+    def derive(cls, token: TokenOps) -> TokenServerKeys:
+        sk, pk = opaque.derive_ake_key_pair(lambda data: token.hmac_sha512("ake_seed", data))
+        return cls(token=token, server_private_key=sk, server_public_key=pk)
+
+    def oprf_seed_hmac(self, data: bytes) -> bytes:
+        return self.token.hmac_sha512("oprf_seed", data)
+
+
+class _KsfUnused:
+    """The server never stretches: OPAQUE's KSF runs only on the client."""
+
+    def stretch(self, data: bytes) -> bytes:
+        raise AssertionError("the server side of OPAQUE never calls the KSF")
+
+
+class VaultService:
+    """Handles one sealed request for an account (as authenticated by the frontend)."""
+
+    def __init__(
+        self,
+        *,
+        token: TokenOps,
+        store: RecordStore,
+        keys: opaque.ServerKeys,
+        config: ServiceConfig,
+        clock_ms: Callable[[], int],
+        rng: Rng,
+        audit: AuditSink,
+        serving: Callable[[], bool] = lambda: True,
+    ) -> None:
+        config.validate()
+        self._token = token
+        self._store = store
+        self._keys = keys
+        self._config = config
+        self._clock_ms = clock_ms
+        self._rng = rng
+        self._audit = audit
+        self._serving = serving
+        self._fleet = FleetKey(token.kem_public_key())
+        self._opaque = opaque.OpaqueConfig(context=config.opaque_context, ksf=_KsfUnused())
+
+    @property
+    def fleet_id(self) -> bytes:
+        return self._fleet.fleet_id
+
+    async def handle(self, account_id: str, envelope: bytes) -> bytes:
+        """Open `envelope` for `account_id`, run the operation, return the sealed response."""
+        # Fail closed: without a fresh etcd round trip no request is served at all.
+        if not self._serving():
+            raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
+        account = _account_bytes(account_id)
+        try:
+            request = open_request(
+                envelope,
+                account_id,
+                self._fleet.fleet_id,
+                self._token.ecdh,
+                self._fleet.public_key_bytes,
+            )
+        except (InvalidInput, DecryptError) as exc:
+            # One answer for every cause: the frontend learns nothing about why it failed.
+            raise BadRequest("envelope could not be opened") from exc
+        if len(request.response_key) != 32:
+            raise BadRequest("envelope could not be opened")
+        record_id = self._token.hmac_sha256("id_mac", account)
+        try:
+            response = await self._dispatch(request, account, record_id)
+        except StoreUnavailable as exc:
+            raise Unavailable("etcd is unavailable") from exc
+        return seal_response(request.response_key, response, self._rng)
+
+    async def _dispatch(
+        self, request: envelope_pb2.VaultRequest, account: bytes, record_id: bytes
+    ) -> envelope_pb2.VaultResponse:
+        op = request.WhichOneof("op")
+        if op == "register_start":
+            return self._register_start(request.register_start, account)
+        if op == "register_finish":
+            return await self._register_finish(request.register_finish, record_id)
+        if op == "recover_start":
+            return await self._recover_start(request.recover_start, account, record_id)
+        if op == "recover_finish":
+            return await self._recover_finish(request.recover_finish, record_id)
+        if op == "delete":
+            return await self._delete(record_id)
+        if op == "status":
+            return await self._status(record_id)
+        raise BadRequest("request carries no operation")
+
+    # -- records --
+
+    async def _read(self, record_id: bytes) -> tuple[sealed_pb2.Record, int] | None:
+        entry = await self._store.get(record_id)
+        if entry is None:
+            return None
+        blob, mod_revision = entry
+        try:
+            return open_record(self._token, record_id, blob), mod_revision
+        except DecryptError as exc:
+            raise RecordCorrupt("stored record failed to open") from exc
+
+    async def _write(self, record_id: bytes, record: sealed_pb2.Record, mod_revision: int) -> bool:
+        return await self._store.put(
+            record_id, seal_record(self._token, record_id, record, self._rng), mod_revision
+        )
+
+    # -- register --
+
+    def _register_start(
+        self, msg: envelope_pb2.RegisterStart, account: bytes
+    ) -> envelope_pb2.VaultResponse:
+        try:
+            reply = opaque.server_registration_response(
+                msg.registration_request, account, self._keys
+            )
+        except InvalidInput as exc:
+            raise BadRequest("malformed registration request") from exc
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK,
+            register_start=envelope_pb2.RegisterStartReply(registration_response=reply),
+        )
+
+    async def _register_finish(
+        self, msg: envelope_pb2.RegisterFinish, record_id: bytes
+    ) -> envelope_pb2.VaultResponse:
+        _check_registration_record(msg.registration_record)
+        if len(msg.wrapped_key) != WRAPPED_KEY_LEN:
+            raise BadRequest(f"wrapped key must be {WRAPPED_KEY_LEN} bytes")
+        if msg.max_attempts > MAX_ATTEMPTS_LIMIT:
+            raise BadRequest(f"max_attempts must be in 0..{MAX_ATTEMPTS_LIMIT}")
+        max_attempts = msg.max_attempts or self._config.default_max_attempts
+        generation = self._rng(GENERATION_LEN)
+        for _ in range(CAS_RETRIES):
+            current = await self._store.get(record_id)
+            # Re-registering replaces whatever was there; a corrupt or locked record included.
+            mod_revision = 0 if current is None else current[1]
+            old_version = 0
+            if current is not None:
+                try:
+                    old_version = open_record(self._token, record_id, current[0]).version
+                except DecryptError:
+                    old_version = 0
+            record = sealed_pb2.Record(
+                state=sealed_pb2.RECORD_STATE_ACTIVE,
+                opaque_record=msg.registration_record,
+                wrapped_key=msg.wrapped_key,
+                attempts=0,
+                max_attempts=max_attempts,
+                generation=generation,
+                evaluations=0,
+                last_redeemed=0,
+                version=old_version + 1,
+            )
+            if await self._write(record_id, record, mod_revision):
+                self._audit.write("register", record_id, 0, max_attempts)
+                return envelope_pb2.VaultResponse(
+                    outcome=Outcome.OUTCOME_OK,
+                    guesses_left=max_attempts,
+                    register_finish=envelope_pb2.RegisterFinishReply(),
+                )
+        raise Unavailable("too much contention on this record; retry")
+
+    # -- recover --
+
+    async def _recover_start(
+        self, msg: envelope_pb2.RecoverStart, account: bytes, record_id: bytes
+    ) -> envelope_pb2.VaultResponse:
+        _check_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
+        for _ in range(CAS_RETRIES):
+            current = await self._read(record_id)
+            if current is None:
+                self._audit.write("not_registered", record_id)
+                return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+            record, mod_revision = current
+            if record.state == sealed_pb2.RECORD_STATE_LOCKED:
+                self._audit.write("locked", record_id, record.attempts, record.max_attempts)
+                return _locked()
+            if record.attempts >= record.max_attempts:
+                # Out of guesses: erase the record's secrets for good (permanent lockout).
+                tombstone = _tombstone(record)
+                if await self._write(record_id, tombstone, mod_revision):
+                    self._audit.write("lock", record_id, record.attempts, record.max_attempts)
+                    return _locked()
+                continue
+            counted = sealed_pb2.Record()
+            counted.CopyFrom(record)
+            counted.attempts = record.attempts + 1
+            counted.evaluations = record.evaluations + 1
+            counted.version = record.version + 1
+            # The guess is committed to etcd BEFORE the OPRF runs: a crash or a lost answer
+            # after this point costs the client a guess, never the attacker a free one.
+            if await self._write(record_id, counted, mod_revision):
+                break
+        else:
+            raise Unavailable("too much contention on this record; retry")
+        self._audit.write("evaluate", record_id, counted.attempts, counted.max_attempts)
+        try:
+            ke2, state = opaque.server_login_start(
+                counted.opaque_record, account, msg.ke1, self._keys, self._opaque, self._rng
+            )
+        except InvalidInput as exc:
+            raise BadRequest("malformed KE1") from exc
+        ticket = sealed_pb2.Ticket(
+            record_id=record_id,
+            generation=counted.generation,
+            evaluation=counted.evaluations,
+            expected_client_mac=state.expected_client_mac,
+            session_key=state.session_key,
+            expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
+        )
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK,
+            guesses_left=counted.max_attempts - counted.attempts,
+            recover_start=envelope_pb2.RecoverStartReply(
+                ke2=ke2, ticket=seal_ticket(self._token, ticket, self._rng)
+            ),
+        )
+
+    async def _recover_finish(
+        self, msg: envelope_pb2.RecoverFinish, record_id: bytes
+    ) -> envelope_pb2.VaultResponse:
+        try:
+            ticket = open_ticket(self._token, msg.ticket)
+        except DecryptError as exc:
+            raise BadRequest("ticket could not be opened") from exc
+        # A ticket is bound to the record it was issued for: another account's is refused.
+        if ticket.record_id != record_id:
+            raise BadRequest("ticket does not belong to this account")
+        if self._clock_ms() >= ticket.expires_at_ms:
+            raise Precondition("ticket expired")
+        try:
+            opaque.server_login_finish(ticket.expected_client_mac, msg.ke3)
+            good_mac = True
+        except AuthenticationError:
+            good_mac = False
+        except InvalidInput as exc:
+            raise BadRequest("malformed KE3") from exc
+        if not good_mac:
+            # The guess was counted at step 1; a wrong MAC writes nothing more.
+            current = await self._read(record_id)
+            if current is None:
+                return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+            record = current[0]
+            self._audit.write("bad_mac", record_id, record.attempts, record.max_attempts)
+            if record.state == sealed_pb2.RECORD_STATE_LOCKED:
+                return _locked()
+            return envelope_pb2.VaultResponse(
+                outcome=Outcome.OUTCOME_INVALID_PASSWORD,
+                guesses_left=_guesses_left(record),
+            )
+        for _ in range(CAS_RETRIES):
+            current = await self._read(record_id)
+            if current is None:
+                self._audit.write("not_registered", record_id)
+                return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+            record, mod_revision = current
+            if record.state == sealed_pb2.RECORD_STATE_LOCKED:
+                self._audit.write("locked", record_id, record.attempts, record.max_attempts)
+                return _locked()
+            # Single use: a ticket of an older registration, or one already redeemed (or older
+            # than one redeemed), cannot release the key again.
+            if (
+                record.generation != ticket.generation
+                or ticket.evaluation <= record.last_redeemed
+                or ticket.evaluation > record.evaluations
+            ):
+                self._audit.write("stale_ticket", record_id, record.attempts, record.max_attempts)
+                raise Precondition("ticket is stale or was already used")
+            redeemed = sealed_pb2.Record()
+            redeemed.CopyFrom(record)
+            redeemed.attempts = 0
+            redeemed.last_redeemed = ticket.evaluation
+            redeemed.version = record.version + 1
+            if await self._write(record_id, redeemed, mod_revision):
+                break
+        else:
+            raise Unavailable("too much contention on this record; retry")
+        self._audit.write("success", record_id, 0, redeemed.max_attempts)
+        transported = seal_transport(ticket.session_key, redeemed.wrapped_key, self._rng)
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK,
+            guesses_left=redeemed.max_attempts,
+            recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
+        )
+
+    # -- delete, status --
+
+    async def _delete(self, record_id: bytes) -> envelope_pb2.VaultResponse:
+        for _ in range(CAS_RETRIES):
+            entry = await self._store.get(record_id)
+            if entry is None:
+                return envelope_pb2.VaultResponse(
+                    outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
+                )
+            if await self._store.delete(record_id, entry[1]):
+                self._audit.write("delete", record_id)
+                return envelope_pb2.VaultResponse(
+                    outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=True)
+                )
+        raise Unavailable("too much contention on this record; retry")
+
+    async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
+        current = await self._read(record_id)
+        if current is None:
+            return envelope_pb2.VaultResponse(
+                outcome=Outcome.OUTCOME_OK, status=envelope_pb2.StatusReply(registered=False)
+            )
+        record = current[0]
+        locked = record.state == sealed_pb2.RECORD_STATE_LOCKED
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK,
+            guesses_left=_guesses_left(record),
+            status=envelope_pb2.StatusReply(
+                registered=True, locked=locked, max_attempts=record.max_attempts
+            ),
+        )
+
+
+def _account_bytes(account_id: str) -> bytes:
+    account = account_id.encode("utf-8")
+    if not account or len(account) > MAX_ACCOUNT_ID_BYTES:
+        raise BadRequest(f"account id must be 1..{MAX_ACCOUNT_ID_BYTES} bytes")
+    return account
+
+
+def _check_registration_record(record: bytes) -> None:
+    if len(record) != opaque.RECORD_BYTES:
+        raise BadRequest(f"registration record must be {opaque.RECORD_BYTES} bytes")
+    try:
+        ristretto.decode_element(record[: opaque.NPK])
+    except InvalidInput as exc:
+        raise BadRequest("registration record holds an invalid client public key") from exc
+
+
+def _check_ke1(ke1: bytes) -> None:
+    if len(ke1) != opaque.KE1_BYTES:
+        raise BadRequest(f"KE1 must be {opaque.KE1_BYTES} bytes")
+    try:
+        ristretto.decode_element(ke1[: opaque.NOE])
+        ristretto.decode_element(ke1[opaque.NOE + opaque.NN :])
+    except InvalidInput as exc:
+        raise BadRequest("KE1 holds an invalid group element") from exc
+
+
+def _guesses_left(record: sealed_pb2.Record) -> int:
+    if record.state == sealed_pb2.RECORD_STATE_LOCKED:
+        return 0
+    return max(0, int(record.max_attempts) - int(record.attempts))
+
+
+def _tombstone(record: sealed_pb2.Record) -> sealed_pb2.Record:
+    return sealed_pb2.Record(
+        state=sealed_pb2.RECORD_STATE_LOCKED,
+        opaque_record=b"",
+        wrapped_key=b"",
+        attempts=record.attempts,
+        max_attempts=record.max_attempts,
+        generation=record.generation,
+        evaluations=record.evaluations,
+        last_redeemed=record.last_redeemed,
+        version=record.version + 1,
+    )
+
+
+def _locked() -> envelope_pb2.VaultResponse:
+    return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_LOCKED, guesses_left=0)
