@@ -1,0 +1,264 @@
+"""Provisioned SoftHSM tokens for integration tests, and a probe that drives a token elsewhere.
+
+python-pkcs11 binds a process to the first SOFTHSM2_CONF it loads, so a pytest process can open
+at most one token directory in-process. `TokenProbe` runs a `vault_node.hsm.Token` in a child
+process (this file run as a script) and forwards calls to it as JSON lines; open as many probes
+as there are tokens.
+
+    specs, fleet = provision_tokens(tmp_path, ["node-a", "node-b"])
+    with TokenProbe(specs[0]) as a:
+        a.call("hmac_sha256", label="id_mac", data=b"alice")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vault_node.ceremony import FleetPublic, run_ceremony
+from vault_node.softhsm import TokenSpec, create_token
+
+PROBE_TIMEOUT_S = 30.0
+
+
+def provision_tokens(base_dir: Path, names: list[str]) -> tuple[list[TokenSpec], FleetPublic]:
+    """Make one token per name under `base_dir/<name>` and run the ceremony over them.
+
+    The fleet's public files go to `base_dir/fleet`. Deleting `base_dir` removes everything.
+    """
+    specs = [create_token(base_dir / name, name) for name in names]
+    fleet = run_ceremony(specs, base_dir / "fleet")
+    return specs, fleet
+
+
+class ProbeError(Exception):
+    """The token raised `kind` in the probe process."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"hex"}:
+            return bytes.fromhex(value["hex"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _spec_json(spec: TokenSpec) -> dict[str, str]:
+    return {
+        "module": spec.module,
+        "softhsm_conf": str(spec.softhsm_conf),
+        "token_label": spec.token_label,
+        "pin_file": str(spec.pin_file),
+    }
+
+
+def _spec_from(value: dict[str, str]) -> TokenSpec:
+    return TokenSpec(
+        module=value["module"],
+        softhsm_conf=Path(value["softhsm_conf"]),
+        token_label=value["token_label"],
+        pin_file=Path(value["pin_file"]),
+    )
+
+
+class TokenProbe:
+    """A `Token` opened in a child process; `call(op, **kwargs)` runs one operation there."""
+
+    def __init__(self, spec: TokenSpec, *, read_write: bool = False) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--probe-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.call("open", spec=_spec_json(spec), read_write=read_write)
+
+    def call(self, op: str, **kwargs: Any) -> Any:
+        """Run `op` in the child; return its result or raise `ProbeError`."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps({"op": op, "args": _encode(kwargs)}) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"probe process died (exit {self._proc.wait(PROBE_TIMEOUT_S)})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise ProbeError(reply["error"], reply["message"])
+        return _decode(reply["ok"])
+
+    def close(self) -> None:
+        """End the child process (closes its token session)."""
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+    def __enter__(self) -> TokenProbe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- the child side ---------------------------------------------------------------------------
+
+
+def _serve() -> None:  # pragma: no cover - runs in the probe process
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    from vault_node.hsm import P256_EC_PARAMS, Token
+
+    token: Token | None = None
+
+    def need() -> Token:
+        assert token is not None
+        return token
+
+    def read_value(label: str) -> bytes:
+        def read(session: Any) -> bytes:
+            key = session.get_key(label=label)
+            return bytes(key[Attribute.VALUE])
+
+        return need().run_in_session(read)
+
+    def labels() -> list[str]:
+        def read(session: Any) -> list[str]:
+            return sorted(
+                f"{obj.object_class.name}:{obj[Attribute.LABEL]}" for obj in session.get_objects()
+            )
+
+        return need().run_in_session(read)
+
+    def import_ec_private(label: str, value: bytes, public_point: bytes) -> None:
+        def create(session: Any) -> None:
+            session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC,
+                    Attribute.EC_PARAMS: P256_EC_PARAMS,
+                    Attribute.VALUE: value,
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.DERIVE: True,
+                }
+            )
+            session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC,
+                    Attribute.EC_PARAMS: P256_EC_PARAMS,
+                    Attribute.EC_POINT: b"\x04\x41" + public_point,
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: True,
+                }
+            )
+
+        need().run_in_session(create)
+
+    def import_secret(label: str, value: bytes) -> None:
+        def create(session: Any) -> None:
+            session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+                    Attribute.VALUE: value,
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                    Attribute.VERIFY: True,
+                }
+            )
+
+        need().run_in_session(create)
+
+    def async_burst(peer: bytes, data: bytes, count: int) -> dict[str, Any]:
+        tok = need()
+
+        async def burst() -> tuple[list[bytes], list[bytes]]:
+            ecdhs = [tok.aecdh(peer) for _ in range(count)]
+            macs = [tok.ahmac_sha512("oprf_seed", data) for _ in range(count)]
+            return list(await asyncio.gather(*ecdhs)), list(await asyncio.gather(*macs))
+
+        ecdhs, macs = asyncio.run(burst())
+        return {"ecdh_distinct": len(set(ecdhs)), "mac_distinct": len(set(macs)), "ecdh": ecdhs[0]}
+
+    def threads_burst(peer: bytes, count: int) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda _: need().ecdh(peer), range(count)))
+        return len(set(results))
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        args = _decode(request["args"])
+        try:
+            op = request["op"]
+            if op == "open":
+                token = Token.open(_spec_from(args["spec"]), read_write=args["read_write"])
+                result: Any = token.label
+            elif op == "open_other":
+                result = Token.open(_spec_from(args["spec"])).label
+            elif op == "read_value":
+                result = read_value(args["label"])
+            elif op == "labels":
+                result = labels()
+            elif op == "import_ec_private":
+                result = import_ec_private(**args)
+            elif op == "import_secret":
+                result = import_secret(**args)
+            elif op == "async_burst":
+                result = async_burst(**args)
+            elif op == "threads_burst":
+                result = threads_burst(**args)
+            elif op == "close":
+                need().close()
+                result = None
+            else:
+                result = getattr(need(), op)(**args)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the test
+            reply = {"error": type(exc).__name__, "message": str(exc)}
+        else:
+            reply = {"ok": _encode(result)}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    if token is not None:
+        token.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if sys.argv[1:] == ["--probe-worker"]:
+        _serve()

@@ -1,0 +1,437 @@
+"""One step of the key ceremony on one token: `python -m vault_node.ceremony_cli STEP ...`.
+
+SoftHSM binds a process to one SOFTHSM2_CONF, so every step on a token runs in a process of its
+own (as it would on separate machines); `vault_node.ceremony` drives the steps. Steps exchange
+JSON files that hold public points and wrapped (encrypted) keys only, never a PIN or a key.
+
+    fleet-generate --out F   ceremony token: fleet keys (EXTRACTABLE, SENSITIVE) + transport pair
+    node-transport --out F   node token: a fresh transport pair; refuses a provisioned token
+    fleet-wrap --in F        ceremony token: per node, KEK = ECDH(ceremony, node) and wrap every
+                             fleet key into that node's blob file; then destroy every key
+    node-unwrap --in F       node token: same KEK, unwrap every key as SENSITIVE, not EXTRACTABLE,
+                             store the kem public key, check it, destroy the transport pair
+
+Exit status 0 on success; otherwise one line `error: ...` on stderr (no secrets) and status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pkcs11
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.exceptions import PKCS11Error
+
+from vault_node.hsm import (
+    FLEET_LABELS,
+    KEM_LABEL,
+    P256_EC_PARAMS,
+    HsmError,
+    Token,
+    decode_ec_point,
+    encode_ec_point,
+    validate_p256_point,
+)
+from vault_node.softhsm import SoftHsmError, TokenSpec
+
+BLOB_VERSION: Final = 1
+CEREMONY_TRANSPORT: Final = "ceremony-transport"
+NODE_TRANSPORT: Final = "node-transport"
+WRAP_MECHANISM: Final = Mechanism.AES_KEY_WRAP_PAD  # RFC 5649: integrity-checked key wrap
+
+
+class CeremonyStepError(Exception):
+    """A ceremony step failed; the message names the reason, never a secret."""
+
+
+@dataclass(frozen=True)
+class FleetKeySpec:
+    """How one fleet key is made in the ceremony token and unwrapped in a node token."""
+
+    label: str
+    object_class: ObjectClass
+    key_type: KeyType
+    bits: int
+    capabilities: MechanismFlag
+
+
+FLEET_KEYS: Final = (
+    FleetKeySpec(KEM_LABEL, ObjectClass.PRIVATE_KEY, KeyType.EC, 256, MechanismFlag.DERIVE),
+    FleetKeySpec(
+        "record",
+        ObjectClass.SECRET_KEY,
+        KeyType.AES,
+        256,
+        MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+    ),
+    FleetKeySpec(
+        "ticket",
+        ObjectClass.SECRET_KEY,
+        KeyType.AES,
+        256,
+        MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+    ),
+    FleetKeySpec(
+        "oprf_seed",
+        ObjectClass.SECRET_KEY,
+        KeyType.GENERIC_SECRET,
+        512,
+        MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    ),
+    FleetKeySpec(
+        "ake_seed",
+        ObjectClass.SECRET_KEY,
+        KeyType.GENERIC_SECRET,
+        512,
+        MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    ),
+    FleetKeySpec(
+        "id_mac",
+        ObjectClass.SECRET_KEY,
+        KeyType.GENERIC_SECRET,
+        256,
+        MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    ),
+)
+assert tuple(k.label for k in FLEET_KEYS) == FLEET_LABELS
+
+# EC private keys have no ENCRYPT/VERIFY/WRAP attributes; python-pkcs11's unwrap template sets
+# every capability and SoftHSM then answers AttributeTypeInvalid. DEFAULT drops them.
+_EC_PRIVATE_UNWRAP_FIX: Final = {
+    Attribute.ENCRYPT: pkcs11.DEFAULT,
+    Attribute.VERIFY: pkcs11.DEFAULT,
+    Attribute.WRAP: pkcs11.DEFAULT,
+}
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def _objects_labelled(session: Any, label: str) -> list[Any]:
+    return list(session.get_objects({Attribute.LABEL: label}))
+
+
+def _p256_keypair(session: Any, label: str, *, extractable: bool) -> tuple[Any, Any]:
+    params = session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: P256_EC_PARAMS}, local=True
+    )
+    public, private = params.generate_keypair(
+        store=True,
+        label=label,
+        capabilities=MechanismFlag.DERIVE,
+        public_template={Attribute.TOKEN: True},
+        private_template={
+            Attribute.TOKEN: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: extractable,
+        },
+    )
+    return public, private
+
+
+def _point_of(public: Any) -> bytes:
+    return decode_ec_point(bytes(public[Attribute.EC_POINT]))
+
+
+def _one(session: Any, label: str, object_class: ObjectClass) -> Any:
+    found = [o for o in _objects_labelled(session, label) if o.object_class == object_class]
+    if len(found) != 1:
+        raise CeremonyStepError(f"expected one {object_class.name} {label!r}, found {len(found)}")
+    return found[0]
+
+
+def _derive_kek(private: Any, peer_point: bytes, capability: MechanismFlag) -> Any:
+    validate_p256_point(peer_point)
+    # SoftHSM accepts only KDF.NULL: the KEK is the raw ECDH x-coordinate of two single-use
+    # transport keys, used for one wrap session and never stored (session object).
+    return private.derive_key(
+        KeyType.AES,
+        256,
+        mechanism=Mechanism.ECDH1_DERIVE,
+        mechanism_param=(pkcs11.KDF.NULL, None, peer_point),
+        capabilities=capability,
+        template={Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+    )
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise CeremonyStepError(f"{path} does not hold a JSON object")
+    return value
+
+
+def _hex_field(value: dict[str, Any], name: str) -> bytes:
+    field = value.get(name)
+    if not isinstance(field, str):
+        raise CeremonyStepError(f"field {name!r} missing")
+    try:
+        return bytes.fromhex(field)
+    except ValueError:
+        raise CeremonyStepError(f"field {name!r} is not hex") from None
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def fleet_generate(session: Any) -> dict[str, Any]:
+    """Ceremony token: make the fleet keys and the ceremony transport key pair."""
+    for label in (*FLEET_LABELS, CEREMONY_TRANSPORT):
+        if _objects_labelled(session, label):
+            raise CeremonyStepError(f"ceremony token already holds {label!r}: use a fresh token")
+    kem_point = b""
+    for spec in FLEET_KEYS:
+        # EXTRACTABLE only so that they can be wrapped for the nodes; SENSITIVE so that their
+        # value can never be read in clear, even here.
+        if spec.key_type == KeyType.EC:
+            public, _ = _p256_keypair(session, spec.label, extractable=True)
+            kem_point = _point_of(public)
+            continue
+        session.generate_key(
+            spec.key_type,
+            spec.bits,
+            label=spec.label,
+            store=True,
+            capabilities=spec.capabilities,
+            template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
+        )
+    transport_public, _ = _p256_keypair(session, CEREMONY_TRANSPORT, extractable=False)
+    return {"ceremony_point": _point_of(transport_public).hex(), "kem_point": kem_point.hex()}
+
+
+def node_transport(session: Any) -> dict[str, Any]:
+    """Node token: refuse if provisioned; make a fresh transport key pair, return its point."""
+    present = [label for label in FLEET_LABELS if _objects_labelled(session, label)]
+    if present:
+        raise CeremonyStepError(
+            f"token is already provisioned (holds {', '.join(present)}); "
+            "re-initialise it to join a new fleet"
+        )
+    for stale in _objects_labelled(session, NODE_TRANSPORT):
+        stale.destroy()  # left by an aborted ceremony; a transport key is single-use anyway
+    public, _ = _p256_keypair(session, NODE_TRANSPORT, extractable=False)
+    return {"transport_point": _point_of(public).hex()}
+
+
+def fleet_wrap(session: Any, requests: Sequence[dict[str, Any]], kem_point: bytes) -> None:
+    """Ceremony token: write one blob file per node, then destroy every key in the token."""
+    ceremony_private = _one(session, CEREMONY_TRANSPORT, ObjectClass.PRIVATE_KEY)
+    ceremony_point = _point_of(_one(session, CEREMONY_TRANSPORT, ObjectClass.PUBLIC_KEY))
+    keys = [_one(session, spec.label, spec.object_class) for spec in FLEET_KEYS]
+    try:
+        for request in requests:
+            node_point = _hex_field(request, "transport_point")
+            out = Path(str(request["out"]))
+            kek = _derive_kek(ceremony_private, node_point, MechanismFlag.WRAP)
+            try:
+                blobs = {
+                    spec.label: bytes(kek.wrap_key(key, mechanism=WRAP_MECHANISM)).hex()
+                    for spec, key in zip(FLEET_KEYS, keys, strict=True)
+                }
+            finally:
+                kek.destroy()
+            _write_json(
+                out,
+                {
+                    "version": BLOB_VERSION,
+                    "token_label": str(request["token_label"]),
+                    "ceremony_point": ceremony_point.hex(),
+                    "node_point": node_point.hex(),
+                    "kem_point": kem_point.hex(),
+                    "keys": blobs,
+                },
+            )
+    finally:
+        # The ceremony's copies exist in extractable form for as short a time as possible.
+        for obj in list(session.get_objects()):
+            obj.destroy()
+
+
+def node_unwrap(session: Any, blob: dict[str, Any]) -> dict[str, Any]:
+    """Node token: unwrap the fleet keys non-extractable, store the kem public key, check it."""
+    if blob.get("version") != BLOB_VERSION:
+        raise CeremonyStepError("unsupported blob file version")
+    node_private = _one(session, NODE_TRANSPORT, ObjectClass.PRIVATE_KEY)
+    node_public = _one(session, NODE_TRANSPORT, ObjectClass.PUBLIC_KEY)
+    if _point_of(node_public) != _hex_field(blob, "node_point"):
+        raise CeremonyStepError(
+            "blob file was made for another transport key (stale or wrong node)"
+        )
+    kem_point = _hex_field(blob, "kem_point")
+    validate_p256_point(kem_point)
+    wrapped = blob.get("keys")
+    if not isinstance(wrapped, dict) or set(wrapped) != set(FLEET_LABELS):
+        raise CeremonyStepError("blob file does not hold exactly the fleet keys")
+    created: list[Any] = []
+    kek = _derive_kek(node_private, _hex_field(blob, "ceremony_point"), MechanismFlag.UNWRAP)
+    try:
+        for spec in FLEET_KEYS:
+            template: dict[Any, Any] = {
+                # Non-extractable from birth: no later call can take the key out of this token.
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+            }
+            if spec.key_type == KeyType.EC:
+                template.update(_EC_PRIVATE_UNWRAP_FIX)
+            created.append(
+                kek.unwrap_key(
+                    spec.object_class,
+                    spec.key_type,
+                    _hex_field(wrapped, spec.label),
+                    label=spec.label,
+                    mechanism=WRAP_MECHANISM,
+                    store=True,
+                    capabilities=spec.capabilities,
+                    template=template,
+                )
+            )
+        created.append(
+            session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC,
+                    Attribute.EC_PARAMS: P256_EC_PARAMS,
+                    Attribute.EC_POINT: encode_ec_point(kem_point),
+                    Attribute.LABEL: KEM_LABEL,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: False,
+                }
+            )
+        )
+        _check_kem(created[0], kem_point)
+    except BaseException:
+        for obj in created:  # all or nothing: never leave a half-provisioned token behind
+            obj.destroy()
+        raise
+    finally:
+        kek.destroy()
+    node_private.destroy()
+    node_public.destroy()
+    return {"kem_point": kem_point.hex()}
+
+
+def _check_kem(private: Any, kem_point: bytes) -> None:
+    """The unwrapped kem key must match the published point: one ECDH with a throwaway key."""
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+    eph_point = ephemeral.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    secret = private.derive_key(
+        KeyType.GENERIC_SECRET,
+        256,
+        mechanism=Mechanism.ECDH1_DERIVE,
+        mechanism_param=(pkcs11.KDF.NULL, None, eph_point),
+        capabilities=0,
+        template={Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+    )
+    try:
+        got = bytes(secret[Attribute.VALUE])
+    finally:
+        secret.destroy()
+    fleet = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), kem_point)
+    if got != ephemeral.exchange(ec.ECDH(), fleet):
+        raise CeremonyStepError("unwrapped kem key does not match the fleet public key")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vault_node.ceremony_cli")
+    parser.add_argument(
+        "step", choices=["fleet-generate", "node-transport", "fleet-wrap", "node-unwrap"]
+    )
+    parser.add_argument("--module", required=True)
+    parser.add_argument("--conf", required=True, type=Path)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--pin-file", required=True, type=Path)
+    parser.add_argument("--in", dest="in_file", type=Path)
+    parser.add_argument("--out", dest="out_file", type=Path)
+    return parser
+
+
+def spec_args(spec: TokenSpec) -> list[str]:
+    """The command-line arguments naming `spec` (paths only: the PIN stays in its file)."""
+    return [
+        "--module",
+        spec.module,
+        "--conf",
+        str(spec.softhsm_conf),
+        "--label",
+        spec.token_label,
+        "--pin-file",
+        str(spec.pin_file),
+    ]
+
+
+def run_step(step: str, spec: TokenSpec, in_file: Path | None, out_file: Path | None) -> None:
+    """Run one step on the token of `spec` in this process."""
+    with Token.open(spec, read_write=True) as token:
+        if step == "fleet-generate":
+            _write_json(_need(out_file, "--out"), token.run_in_session(fleet_generate))
+        elif step == "node-transport":
+            _write_json(_need(out_file, "--out"), token.run_in_session(node_transport))
+        elif step == "fleet-wrap":
+            request = _read_json(_need(in_file, "--in"))
+            nodes = request.get("nodes")
+            if not isinstance(nodes, list):
+                raise CeremonyStepError("wrap request has no node list")
+            kem_point = _hex_field(request, "kem_point")
+            token.run_in_session(lambda session: fleet_wrap(session, nodes, kem_point))
+        elif step == "node-unwrap":
+            blob = _read_json(_need(in_file, "--in"))
+            result = token.run_in_session(lambda session: node_unwrap(session, blob))
+            if out_file is not None:
+                _write_json(out_file, result)
+        else:
+            raise CeremonyStepError(f"unknown step {step!r}")
+
+
+def _need(path: Path | None, flag: str) -> Path:
+    if path is None:
+        raise CeremonyStepError(f"this step needs {flag}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    spec = TokenSpec(
+        module=args.module,
+        softhsm_conf=args.conf,
+        token_label=args.label,
+        pin_file=args.pin_file,
+    )
+    try:
+        run_step(args.step, spec, args.in_file, args.out_file)
+    except (CeremonyStepError, HsmError, SoftHsmError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except PKCS11Error as exc:
+        # python-pkcs11's messages name the failed call, never attribute values.
+        print(f"error: PKCS#11 {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
