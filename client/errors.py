@@ -1,0 +1,206 @@
+"""Every error the client library raises, and the one place gRPC statuses become them.
+
+An application catches `VaultError` (or one of its subclasses) and nothing else: no raw
+`grpc.RpcError` ever leaves the library. Each class says whether a retry is safe, so that a caller
+knows what to do without reading the code:
+
+>>> try:
+...     raise InvalidPassword(guesses_left=3)
+... except VaultError as err:
+...     (type(err).__name__, err.guesses_left, err.retry_safe)
+('InvalidPassword', 3, False)
+
+Security: messages carry counts, codes and addresses only, never a password, a key, a session
+token or a server's free-text details that could echo request bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import grpc
+
+
+class VaultError(Exception):
+    """Base of every client error.
+
+    `retry_safe` tells the caller whether repeating the same call may succeed without a change
+    on its side. `code` is the short machine name the command line prints with `--json`.
+    """
+
+    retry_safe: bool = False
+    code: str = "protocol"
+
+
+class InvalidPassword(VaultError):
+    """The password is wrong; `guesses_left` more wrong ones erase the key for good.
+
+    Retry: only with a different password (the same one fails again and spends a guess).
+    """
+
+    code = "invalid_password"
+
+    def __init__(self, guesses_left: int) -> None:
+        super().__init__(f"wrong password: {guesses_left} guesses left")
+        self.guesses_left = guesses_left
+
+
+class Locked(VaultError):
+    """Too many wrong passwords: the vault erased the key for good. Retry: never (permanent)."""
+
+    code = "locked"
+
+    def __init__(self, message: str = "the key is locked: too many wrong passwords") -> None:
+        super().__init__(message)
+        self.guesses_left = 0
+
+
+class NotRegistered(VaultError):
+    """The account has no key in the vault. Retry: never; register first."""
+
+    code = "not_registered"
+
+    def __init__(self, message: str = "no key is registered for this account") -> None:
+        super().__init__(message)
+
+
+class Unauthenticated(VaultError):
+    """The frontend refused the account's session (bad signature, mismatched account key).
+
+    Retry: not as is. The client already re-logs in once on its own before raising this; check the
+    account id and its key file.
+    """
+
+    code = "unauthenticated"
+
+
+class RateLimited(VaultError):
+    """The frontend throttled this account or peer.
+
+    Retry: safe after `retry_after` seconds (None when the frontend did not say).
+    """
+
+    retry_safe = True
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float | None, message: str = "") -> None:
+        if not message:
+            wait = "" if retry_after is None else f"; retry after {retry_after:.3f} s"
+            message = f"rate limited{wait}"
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(VaultError):
+    """No frontend or vault node could serve the call in time (down, no quorum, deadline).
+
+    Retry: safe (transient). The library has already retried as `client.retry` describes.
+    `sent` is False when the request provably never left this process (no frontend connection),
+    so a retry cannot have counted a guess twice.
+    """
+
+    retry_safe = True
+    code = "unavailable"
+
+    def __init__(self, message: str = "the vault is unavailable", *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class ProtocolError(VaultError):
+    """A bug, an attack or an incompatible peer: a malformed, stale or undecryptable message.
+
+    Retry: not safe to retry blindly; report it.
+    """
+
+    code = "protocol"
+
+
+class ConfigError(VaultError):
+    """client.toml or an argument is invalid; the message lists every problem. Retry: never."""
+
+    code = "bad_input"
+
+
+class BadInput(VaultError):
+    """Input the caller gave is unusable (key format, missing file). Retry: never as is."""
+
+    code = "bad_input"
+
+
+class _StatusCarrier(Protocol):
+    """What both `grpc.RpcError` (sync) and `grpc.aio.AioRpcError` offer."""
+
+    def code(self) -> grpc.StatusCode: ...
+
+    def trailing_metadata(self) -> Any: ...
+
+
+def _retry_after_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+    for key, value in metadata or ():
+        if key.lower() == "retry-after-ms":
+            try:
+                ms = float(value.decode() if isinstance(value, bytes) else value)
+            except ValueError:
+                return None
+            return max(ms, 0.0) / 1000.0
+    return None
+
+
+def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
+    """Map a failed gRPC call to a client error: the library's only gRPC status → error mapping.
+
+    `where` names the frontend for the message (an address, never a secret). The server's
+    `details()` are deliberately not copied: they are untrusted text.
+
+    >>> class Fake:
+    ...     def code(self): return grpc.StatusCode.RESOURCE_EXHAUSTED
+    ...     def trailing_metadata(self): return (("retry-after-ms", "1500"),)
+    >>> error_from_status(Fake()).retry_after
+    1.5
+    """
+    try:
+        code = err.code()
+    except Exception:  # noqa: BLE001 - a broken call object is itself a protocol failure
+        code = grpc.StatusCode.UNKNOWN
+    suffix = f" ({where})" if where else ""
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(f"the frontend refused the account session{suffix}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        try:
+            retry_after = _retry_after_seconds(err.trailing_metadata())
+        except Exception:  # noqa: BLE001 - missing metadata just means "no hint"
+            retry_after = None
+        if retry_after is not None:
+            return RateLimited(retry_after)
+        return ProtocolError(f"request refused as too large (RESOURCE_EXHAUSTED){suffix}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"vault unavailable: {name}{suffix}")
+    return ProtocolError(f"the vault rejected the request: {name}{suffix}")
+
+
+def error_from_outcome(outcome: int, guesses_left: int) -> VaultError | None:
+    """Map a sealed `VaultResponse.outcome` to a client error; None for `OUTCOME_OK`.
+
+    The only place outcomes become errors (the vault says wrong password / locked / not
+    registered inside the sealed answer, so the frontend cannot forge or read them).
+
+    >>> from bkv.v1 import envelope_pb2
+    >>> error_from_outcome(envelope_pb2.OUTCOME_INVALID_PASSWORD, 4).guesses_left
+    4
+    >>> error_from_outcome(envelope_pb2.OUTCOME_OK, 10) is None
+    True
+    """
+    from bkv.v1 import envelope_pb2  # local: keeps `import client.errors` light
+
+    if outcome == envelope_pb2.OUTCOME_OK:
+        return None
+    if outcome == envelope_pb2.OUTCOME_INVALID_PASSWORD:
+        return InvalidPassword(guesses_left)
+    if outcome == envelope_pb2.OUTCOME_LOCKED:
+        return Locked()
+    if outcome == envelope_pb2.OUTCOME_NOT_REGISTERED:
+        return NotRegistered()
+    return ProtocolError(f"the vault answered an unknown outcome ({int(outcome)})")

@@ -1,0 +1,280 @@
+"""The register / recover / delete / status flows, without I/O.
+
+Each flow is a generator: it yields an `Outbound` (which step, the sealed envelope bytes), is
+sent back the frontend's `sealed_response` bytes, and finally returns its result or raises a
+`client.errors` error. `run(flow, send)` drives one with a synchronous `send(outbound) ->
+sealed_response`; `client.aio` drives the same generators asynchronously. Nothing here knows
+about gRPC, sessions or retries (those belong to `client.vault` / `client.aio` / `client.retry`).
+
+>>> def flow():  # a toy flow: one exchange, returns the answer's length
+...     answer = yield Outbound(Step.STATUS, b"sealed")
+...     return len(answer)
+>>> run(flow(), lambda outbound: b"12345")
+5
+
+Security: the password, the export key, the session key and K stay inside these generator frames;
+`Outbound` shows only the step and the size of the envelope.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import unicodedata
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from bkv.v1 import envelope_pb2
+
+from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError, error_from_outcome
+from vault_protocol import backup_key, opaque
+from vault_protocol import errors as vp_errors
+from vault_protocol.backup_key import BackupKey
+from vault_protocol.envelope import FleetKey, open_response, seal_request
+
+T = TypeVar("T")
+RESPONSE_KEY_BYTES = 32
+MAX_ATTEMPTS_LIMIT = 1000
+
+
+class Step(enum.Enum):
+    """One envelope exchange of a flow."""
+
+    REGISTER_START = "register_start"
+    REGISTER_FINISH = "register_finish"
+    RECOVER_START = "recover_start"
+    RECOVER_FINISH = "recover_finish"
+    DELETE = "delete"
+    STATUS = "status"
+
+    @property
+    def counts_guess(self) -> bool:
+        """True for the step that makes the vault count a password guess (retry at most once)."""
+        return self is Step.RECOVER_START
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """An envelope a flow wants relayed to the vault."""
+
+    step: Step
+    envelope: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Outbound(step={self.step.value}, {len(self.envelope)} bytes)"
+
+
+Flow = Generator[Outbound, bytes, T]
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the vault holds for the account.
+
+    registered: a key is escrowed (False also when it was locked: nothing can be recovered).
+    guesses_left: wrong passwords left before the key is erased (0 when locked or unregistered).
+    locked: the key was erased after too many wrong passwords.
+    max_attempts: the record's guess limit (0 when unknown).
+    """
+
+    registered: bool
+    guesses_left: int
+    locked: bool
+    max_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class FlowContext:
+    """What every flow needs: the pinned fleet key, the account, OPAQUE settings, randomness."""
+
+    fleet: FleetKey
+    account_id: str
+    opaque: opaque.OpaqueConfig = field(default_factory=opaque.OpaqueConfig)
+    rng: Callable[[int], bytes] = os.urandom
+
+
+def encode_password(password: str | bytes) -> bytes:
+    """UTF-8 of the NFC form, so the same password typed on two devices gives the same bytes.
+
+    >>> encode_password("e\\u0301") == "\\u00e9".encode()
+    True
+    """
+    if isinstance(password, bytes):
+        return password
+    return unicodedata.normalize("NFC", password).encode("utf-8")
+
+
+def _exchange(
+    ctx: FlowContext, step: Step, request: envelope_pb2.VaultRequest, reply: str
+) -> Generator[Outbound, bytes, envelope_pb2.VaultResponse]:
+    """Seal `request`, yield it, open the answer, map its outcome, check the reply kind."""
+    response_key = ctx.rng(RESPONSE_KEY_BYTES)
+    request.response_key = response_key
+    sealed = yield Outbound(step, seal_request(ctx.fleet, ctx.account_id, request))
+    try:
+        response = open_response(response_key, sealed)
+    except vp_errors.ProtocolError:
+        # Security: one error for every cause; the frontend could have forged or cut it.
+        raise ProtocolError("the vault's answer failed to open") from None
+    error = error_from_outcome(response.outcome, response.guesses_left)
+    if error is not None:
+        raise error
+    if response.WhichOneof("reply") != reply:
+        raise ProtocolError(f"the vault answered {step.value} with the wrong reply")
+    return response
+
+
+def _guarded(flow: Flow[T]) -> Flow[T]:
+    """Turn any `vault_protocol` error escaping a flow into the client's `ProtocolError`."""
+    try:
+        return (yield from flow)
+    except vp_errors.ProtocolError as err:
+        raise ProtocolError(f"protocol failure: {type(err).__name__}") from None
+
+
+def register_flow(
+    ctx: FlowContext,
+    password: str | bytes,
+    key: BackupKey | None = None,
+    max_attempts: int | None = None,
+) -> Flow[BackupKey]:
+    """Escrow `key` (a fresh one when None) behind `password`; returns the key.
+
+    `max_attempts`: wrong guesses allowed before the key is erased (None: the vault's default).
+    """
+    if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise ValueError(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+    return _guarded(_register(ctx, encode_password(password), key, max_attempts or 0))
+
+
+def _register(
+    ctx: FlowContext, password: bytes, key: BackupKey | None, max_attempts: int
+) -> Flow[BackupKey]:
+    state, request = opaque.registration_start(password, ctx.rng)
+    start = envelope_pb2.VaultRequest(
+        register_start=envelope_pb2.RegisterStart(registration_request=request)
+    )
+    reply = yield from _exchange(ctx, Step.REGISTER_START, start, "register_start")
+    record, export_key = opaque.registration_finish(
+        state, reply.register_start.registration_response, ctx.opaque, ctx.rng
+    )
+    k = key if key is not None else BackupKey.generate(ctx.rng)
+    # The vault gets K only locked under the password's export key: it never holds K itself.
+    wrapped = backup_key.wrap_key(k, export_key, ctx.account_id, ctx.rng)
+    finish = envelope_pb2.VaultRequest(
+        register_finish=envelope_pb2.RegisterFinish(
+            registration_record=record, wrapped_key=wrapped, max_attempts=max_attempts
+        )
+    )
+    yield from _exchange(ctx, Step.REGISTER_FINISH, finish, "register_finish")
+    return k
+
+
+def recover_flow(ctx: FlowContext, password: str | bytes) -> Flow[BackupKey]:
+    """Get the key back with `password`.
+
+    Raises InvalidPassword(guesses_left), Locked or NotRegistered from the vault's answer.
+    """
+    return _guarded(_recover(ctx, encode_password(password)))
+
+
+def _recover(ctx: FlowContext, password: bytes) -> Flow[BackupKey]:
+    state, ke1 = opaque.login_start(password, ctx.rng)
+    start = envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=ke1))
+    first = yield from _exchange(ctx, Step.RECOVER_START, start, "recover_start")
+    guesses_left = int(first.guesses_left)
+    try:
+        ke3, session_key, export_key = opaque.login_finish(
+            state, first.recover_start.ke2, ctx.opaque
+        )
+    except vp_errors.AuthenticationError:
+        # The vault counted this guess before answering KE2; KE3 would tell it nothing new.
+        raise InvalidPassword(guesses_left) from None
+    finish = envelope_pb2.VaultRequest(
+        recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=first.recover_start.ticket)
+    )
+    second = yield from _exchange(ctx, Step.RECOVER_FINISH, finish, "recover_finish")
+    try:
+        wrapped = backup_key.open_transport(session_key, second.recover_finish.transported_key)
+        return backup_key.unwrap_key(wrapped, export_key, ctx.account_id)
+    except vp_errors.ProtocolError:
+        raise ProtocolError("the recovered key failed to open") from None
+
+
+def delete_flow(ctx: FlowContext) -> Flow[bool]:
+    """Erase the account's record; returns whether there was one."""
+    return _guarded(_delete(ctx))
+
+
+def _delete(ctx: FlowContext) -> Flow[bool]:
+    request = envelope_pb2.VaultRequest(delete=envelope_pb2.DeleteRequest())
+    reply = yield from _exchange(ctx, Step.DELETE, request, "delete")
+    return bool(reply.delete.existed)
+
+
+def status_flow(ctx: FlowContext) -> Flow[Status]:
+    """Ask whether a key is registered, locked, and how many guesses are left."""
+    return _guarded(_status(ctx))
+
+
+def _status(ctx: FlowContext) -> Flow[Status]:
+    request = envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest())
+    try:
+        reply = yield from _exchange(ctx, Step.STATUS, request, "status")
+    except (NotRegistered, Locked) as err:
+        # A status question is answered, not refused, whatever the account's state.
+        locked = err.code == "locked"
+        return Status(registered=False, guesses_left=0, locked=locked)
+    s = reply.status
+    locked = bool(s.locked)
+    return Status(
+        registered=bool(s.registered) and not locked,
+        guesses_left=0 if locked or not s.registered else int(reply.guesses_left),
+        locked=locked,
+        max_attempts=int(s.max_attempts),
+    )
+
+
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    """A flow's result (what `advance` returns once the flow has finished)."""
+
+    value: T
+
+    def __repr__(self) -> str:
+        return "Done(...)"  # the value may be a key
+
+
+def advance(
+    flow: Flow[T], answer: bytes | None = None, error: BaseException | None = None
+) -> Outbound | Done[T]:
+    """Run `flow` to its next yield: start it (no argument), send it `answer`, or throw `error`.
+
+    Returns the next `Outbound` or `Done(result)`; errors of the flow propagate. Safe to call from
+    a worker thread (the asyncio client does so: the KSF may take a fraction of a second).
+    """
+    try:
+        if error is not None:
+            return flow.throw(error)
+        if answer is None:
+            return next(flow)
+        return flow.send(answer)
+    except StopIteration as stop:
+        return Done(stop.value)
+
+
+def run(flow: Flow[T], send: Callable[[Outbound], bytes]) -> T:
+    """Drive `flow` to its end with a synchronous `send(outbound) -> sealed_response`.
+
+    Errors from `send` are thrown into the flow and propagate unchanged.
+    """
+    step = advance(flow)
+    while not isinstance(step, Done):
+        try:
+            answer = send(step)
+        except BaseException as err:  # noqa: BLE001 - thrown into the flow, which re-raises it
+            step = advance(flow, error=err)
+            continue
+        step = advance(flow, answer)
+    return step.value

@@ -1,0 +1,165 @@
+"""The client's one retry policy (and its only retry loops, one sync, one asyncio).
+
+Policy, written down as STYLE.md asks:
+
+* Only `Unavailable` is retried. Every other error (wrong password, locked, not registered,
+  rate limited, unauthenticated, protocol) goes straight back to the caller.
+* A step that counts a guess (the first recovery step, `RecoverStart`) is sent **at most twice**:
+  the first try and one retry. **A retried recovery start may count a guess twice**: when the
+  first attempt reached a vault node, which committed `attempts+1` before the answer was lost,
+  the retry counts another one. We accept that (DESIGN.md: counting an attempt that then failed
+  to answer is allowed) but never retry such a step silently more than once.
+  An attempt that failed with `Unavailable(sent=False)` (no connection to any frontend: the
+  request never left this process) cannot have counted a guess and does not use up that budget.
+* Every other step is tried up to `max_attempts` times in all.
+* Between tries: exponential backoff with full jitter, `delay = u * min(max_delay_s,
+  base_delay_s * multiplier**n)` with `u` from an injected uniform `rng` in [0, 1), and never past
+  the overall deadline (`overall_deadline_s` from the first try): when the next try could not
+  start before it, the last `Unavailable` is raised.
+
+>>> policy = RetryPolicy(base_delay_s=0.1, multiplier=2.0, max_delay_s=1.0)
+>>> [policy.backoff(n, lambda: 0.5) for n in range(5)]
+[0.05, 0.1, 0.2, 0.4, 0.5]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from client.errors import ConfigError, Unavailable
+
+T = TypeVar("T")
+
+Clock = Callable[[], float]
+Uniform = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently the client retries `Unavailable`.
+
+    max_attempts: tries in all for a step that does not count a guess (>= 1).
+    guess_step_max_attempts: tries in all for a step that counts a guess; 2 = one retry (1..2).
+    base_delay_s: backoff before the first retry, before jitter.
+    multiplier: growth of the backoff per retry (>= 1).
+    max_delay_s: cap on one backoff, before jitter.
+    overall_deadline_s: no try starts later than this after the first.
+    """
+
+    max_attempts: int = 4
+    guess_step_max_attempts: int = 2
+    base_delay_s: float = 0.05
+    multiplier: float = 2.0
+    max_delay_s: float = 1.0
+    overall_deadline_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError listing every out-of-range field at once."""
+        problems: list[str] = []
+        if self.max_attempts < 1:
+            problems.append("max_attempts must be at least 1")
+        if not 1 <= self.guess_step_max_attempts <= 2:
+            problems.append("guess_step_max_attempts must be 1 or 2 (never more than one retry)")
+        if self.base_delay_s < 0:
+            problems.append("base_delay_s must not be negative")
+        if self.multiplier < 1:
+            problems.append("multiplier must be at least 1")
+        if self.max_delay_s < self.base_delay_s:
+            problems.append("max_delay_s must be at least base_delay_s")
+        if self.overall_deadline_s <= 0:
+            problems.append("overall_deadline_s must be positive")
+        if problems:
+            raise ConfigError("retry policy: " + "; ".join(problems))
+
+    def backoff(self, retry_index: int, uniform: Uniform) -> float:
+        """Delay before retry number `retry_index` (0 = first retry), full jitter."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * self.multiplier**retry_index)
+        return uniform() * ceiling
+
+
+class RetryState:
+    """The pure decision part of a retry loop: after a failure, wait how long, or give up.
+
+    >>> state = RetryState(RetryPolicy(), counts_guess=True, clock=lambda: 0.0, uniform=lambda: 0.0)
+    >>> state.after_failure(Unavailable())
+    0.0
+    >>> state.after_failure(Unavailable()) is None  # a guess-counting step: one retry only
+    True
+    """
+
+    def __init__(self, policy: RetryPolicy, *, counts_guess: bool, clock: Clock, uniform: Uniform):
+        self._policy = policy
+        self._counts_guess = counts_guess
+        self._clock = clock
+        self._uniform = uniform
+        self._deadline = clock() + policy.overall_deadline_s
+        self._tries = 0
+        self._sent_tries = 0
+
+    def remaining(self) -> float:
+        """Seconds left before the overall deadline (never negative)."""
+        return max(0.0, self._deadline - self._clock())
+
+    def after_failure(self, err: Unavailable) -> float | None:
+        """Record a failed try; return the delay before the next one, or None to give up."""
+        self._tries += 1
+        if err.sent:
+            self._sent_tries += 1
+        if self._tries >= self._policy.max_attempts:
+            return None
+        if self._counts_guess and self._sent_tries >= self._policy.guess_step_max_attempts:
+            return None
+        delay = self._policy.backoff(self._tries - 1, self._uniform)
+        if self._clock() + delay >= self._deadline:
+            return None
+        return delay
+
+
+def call_with_retry(
+    attempt: Callable[[float], T],
+    policy: RetryPolicy,
+    *,
+    counts_guess: bool,
+    clock: Clock = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    uniform: Uniform = random.random,
+) -> T:
+    """Run `attempt(time_left_s)` under `policy`, retrying only `Unavailable` (sync loop)."""
+    state = RetryState(policy, counts_guess=counts_guess, clock=clock, uniform=uniform)
+    while True:
+        try:
+            return attempt(state.remaining())
+        except Unavailable as err:
+            delay = state.after_failure(err)
+            if delay is None:
+                raise
+        sleep(delay)
+
+
+async def acall_with_retry(
+    attempt: Callable[[float], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    counts_guess: bool,
+    clock: Clock = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    uniform: Uniform = random.random,
+) -> T:
+    """The asyncio twin of `call_with_retry`, with the same `RetryState` decisions."""
+    state = RetryState(policy, counts_guess=counts_guess, clock=clock, uniform=uniform)
+    while True:
+        try:
+            return await attempt(state.remaining())
+        except Unavailable as err:
+            delay = state.after_failure(err)
+            if delay is None:
+                raise
+        await sleep(delay)

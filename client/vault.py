@@ -1,0 +1,453 @@
+"""`VaultClient`: the synchronous client applications embed.
+
+>>> # doctest: +SKIP
+>>> with VaultClient.from_config("client.toml", account_id="alice") as vault:
+...     vault.create_account()              # once: makes alice's key file (0600) and logs in
+...     key = vault.register("correct horse battery staple")
+...     vault.status()                      # Status(registered=True, guesses_left=10, ...)
+...     same = vault.recover("correct horse battery staple")
+...     vault.encrypt_backup("chat.db", "chat.db.bkv", key)
+
+How calls travel: one gRPC channel per frontend, opened lazily and reused; a call goes to the
+frontend that last answered; a frontend that cannot connect within `connect_timeout_s` is skipped
+(nothing was sent); one that answers UNAVAILABLE sends the next try to the next frontend, under
+the policy of `client.retry`. Every RPC carries a deadline. A session token is fetched on first
+use, refreshed before it expires, and once more on UNAUTHENTICATED.
+
+Not thread-safe: use one client per thread (or `AsyncVaultClient` in asyncio code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import grpc
+from bkv.v1 import frontend_pb2, frontend_pb2_grpc
+
+from client import protocol
+from client.config import ClientConfig, ksf_named, load_config, load_fleet_key
+from client.errors import (
+    BadInput,
+    ProtocolError,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+    error_from_status,
+)
+from client.protocol import FlowContext, Outbound, Status
+from client.retry import RetryPolicy, call_with_retry
+from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
+from vault_protocol import backup_file
+from vault_protocol import errors as vp_errors
+from vault_protocol.backup_key import BackupKey
+from vault_protocol.ksf import Ksf
+from vault_protocol.opaque import OpaqueConfig
+
+__all__ = [
+    "CorruptBackup",
+    "VaultClient",
+    "decrypt_backup",
+    "default_config_path",
+    "encrypt_backup",
+]
+
+T = TypeVar("T")
+Progress = Callable[[int], None]
+_METHODS = ("GetChallenge", "Login", "Relay")
+_CORRUPT = "the backup file is corrupt, truncated or the key is wrong"
+
+
+def default_config_path() -> Path:
+    """`$BKV_CONFIG` if set, else `./client.toml`."""
+    return Path(os.environ.get("BKV_CONFIG") or "client.toml")
+
+
+def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
+    """gRPC channel options shared by the sync and asyncio clients."""
+    options: list[tuple[str, Any]] = [
+        # Reconnect quickly when a frontend restarts (gRPC's default backoff is 1 s, up to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if not config.insecure:
+        options.append(("grpc.ssl_target_name_override", config.server_name))
+    return options
+
+
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials trusting only the cluster CA (None with `insecure = true`)."""
+    if config.insecure:
+        return None
+    try:
+        return grpc.ssl_channel_credentials(root_certificates=Path(config.ca).read_bytes())
+    except OSError:
+        raise BadInput(f"cannot read the cluster CA {config.ca}") from None
+
+
+def resolve_ksf(config: ClientConfig, ksf: Ksf | str | None) -> Ksf:
+    """The KSF to use: an explicit object, a preset name, or the config's `ksf` preset."""
+    if ksf is None:
+        return ksf_named(config.ksf)
+    if isinstance(ksf, str):
+        return ksf_named(ksf)
+    return ksf
+
+
+class CorruptBackup(BadInput):
+    """The backup file is corrupt, truncated, not a backup, or the key is wrong.
+
+    Retry: never as is (the same bytes and key fail the same way).
+    """
+
+
+@contextlib.contextmanager
+def _atomic_output(dst: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A temp file beside `dst`, renamed onto it only when the block succeeds; removed otherwise."""
+    target = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _open_source(src: str | os.PathLike[str]) -> BinaryIO:
+    try:
+        return open(src, "rb")  # closed by the caller's `with`
+    except OSError as err:
+        raise BadInput(f"cannot read {src}: {err.strerror}") from None
+
+
+def encrypt_backup(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    key: BackupKey,
+    *,
+    progress: Progress | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> int:
+    """Encrypt file `src` into `dst` in constant memory; returns the plaintext size.
+
+    `dst` appears only complete (written beside it, then renamed).
+    """
+    with _open_source(src) as fin:
+        try:
+            with _atomic_output(dst) as fout:
+                return backup_file.encrypt_stream(fin, fout, key, rng, progress=progress)
+        except OSError as err:
+            raise BadInput(f"cannot write {dst}: {err.strerror}") from None
+
+
+def decrypt_backup(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    key: BackupKey,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Decrypt backup file `src` into `dst` in constant memory; returns the plaintext size.
+
+    Raises CorruptBackup for any failure to decrypt; `dst` is then left untouched.
+    """
+    with _open_source(src) as fin:
+        try:
+            with _atomic_output(dst) as fout:
+                return backup_file.decrypt_stream(fin, fout, key, progress=progress)
+        except vp_errors.ProtocolError:
+            raise CorruptBackup(_CORRUPT) from None
+        except OSError as err:
+            raise BadInput(f"cannot write {dst}: {err.strerror}") from None
+
+
+class VaultClient:
+    """Synchronous client of the Backup Key Vault (see the module docstring for an example).
+
+    config: the validated client.toml contents.
+    account_id: the account to act as (needed by everything but the backup file functions).
+    key_dir: where `<account>.account.key` lives (default: the config file's folder).
+    ksf: the client KSF; None = the config's preset ("default": Argon2id t=3 p=4 64 MiB). A
+        cheaper one (e.g. `"fast"` or `Argon2idKsf(time_cost=1, ...)`) only for load tests.
+    retry: the retry policy (default: `RetryPolicy()` with the config's overall deadline).
+    rng, clock, sleep, uniform, clock_ms, channel_factory: injected for tests.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        account_id: str | None = None,
+        key_dir: str | os.PathLike[str] | None = None,
+        ksf: Ksf | str | None = None,
+        retry: RetryPolicy | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        uniform: Callable[[], float] = random.random,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        channel_factory: Callable[[str], grpc.Channel] | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.account_id = account_id
+        base = Path(config.source).parent if config.source else Path.cwd()
+        self.key_dir = Path(key_dir) if key_dir is not None else base
+        self._ksf = resolve_ksf(config, ksf)
+        self._retry = retry or RetryPolicy(overall_deadline_s=config.overall_deadline_s)
+        self._rng = rng
+        self._clock = clock
+        self._sleep = sleep
+        self._uniform = uniform
+        self._session = Session(clock_ms=clock_ms)
+        self._channel_factory = channel_factory or self._make_channel
+        self._channels: dict[int, tuple[grpc.Channel, frontend_pb2_grpc.FrontendStub]] = {}
+        self._preferred = 0
+        self._account: AccountKey | None = None
+        self._fleet: Any = None
+        self._closed = False
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> VaultClient:
+        """Build from client.toml (`path`, else `$BKV_CONFIG`, else `./client.toml`)."""
+        return cls(load_config(path if path is not None else default_config_path()), **kwargs)
+
+    @classmethod
+    def from_args(
+        cls,
+        *,
+        frontends: list[str] | tuple[str, ...],
+        fleet_public_key: str,
+        fleet_id: str,
+        ca: str = "",
+        server_name: str = "localhost",
+        insecure: bool = False,
+        **kwargs: Any,
+    ) -> VaultClient:
+        """Build without a file; the arguments mean what client.toml's [cluster] fields mean."""
+        config = ClientConfig(
+            frontends=tuple(frontends),
+            ca=ca,
+            server_name=server_name,
+            fleet_public_key=fleet_public_key,
+            fleet_id=fleet_id,
+            insecure=insecure,
+        )
+        return cls(config, **kwargs)
+
+    def __enter__(self) -> VaultClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VaultClient(account_id={self.account_id!r}, frontends={self.config.frontends!r})"
+
+    def close(self) -> None:
+        """Close every channel; the client cannot be used afterwards."""
+        self._closed = True
+        for channel, _ in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    # -- accounts -------------------------------------------------------------------------------
+
+    @property
+    def account(self) -> AccountKey:
+        """The account key, loaded from `key_dir` on first use (BadInput if there is none)."""
+        if self._account is None:
+            if not self.account_id:
+                raise BadInput("no account: pass account_id (or --account / $BKV_ACCOUNT)")
+            self._account = AccountKey.load(self.key_dir, self.account_id)
+        return self._account
+
+    def create_account(self, account_id: str | None = None, *, login: bool = True) -> str:
+        """Make the account's Ed25519 key (0600 file in `key_dir`) and, by default, log in once
+        so the frontend binds the account id to it. Returns the account id (fresh if none given).
+        """
+        account_id = account_id or self.account_id or new_account_id()
+        self._account = AccountKey.create(self.key_dir, account_id)
+        self.account_id = account_id
+        self._session.invalidate()
+        if login:
+            self.login()
+        return account_id
+
+    def login(self) -> None:
+        """Get a fresh session token (GetChallenge → sign → Login)."""
+        account = self.account
+        challenge = self._rpc(
+            "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
+        )
+        reply = self._rpc(
+            "Login", login_request(account, challenge.challenge, self.config.enrollment_token)
+        )
+        self._session.store(reply)
+
+    # -- vault operations -----------------------------------------------------------------------
+
+    def register(
+        self,
+        password: str | bytes,
+        key: BackupKey | None = None,
+        max_attempts: int | None = None,
+    ) -> BackupKey:
+        """Escrow `key` (a fresh random one when None) behind `password`; returns the key.
+
+        Re-registering replaces the previous key. `max_attempts`: wrong passwords allowed before
+        the key is erased (None: the vault's default, 10).
+        """
+        return self._run(protocol.register_flow(self._context(), password, key, max_attempts))
+
+    def recover(self, password: str | bytes) -> BackupKey:
+        """Get the key back. InvalidPassword(guesses_left) / Locked / NotRegistered otherwise.
+
+        Note: if the first step is retried after an UNAVAILABLE, one wrong password may count
+        twice (see `client.retry`).
+        """
+        return self._run(protocol.recover_flow(self._context(), password))
+
+    def delete(self) -> bool:
+        """Erase the account's key from the vault; returns whether there was one."""
+        return self._run(protocol.delete_flow(self._context()))
+
+    def status(self) -> Status:
+        """Registered?, guesses left, locked?"""
+        return self._run(protocol.status_flow(self._context()))
+
+    def encrypt_backup(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        key: BackupKey,
+        progress: Progress | None = None,
+    ) -> int:
+        """`client.vault.encrypt_backup` (no network)."""
+        return encrypt_backup(src, dst, key, progress=progress, rng=self._rng)
+
+    def decrypt_backup(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        key: BackupKey,
+        progress: Progress | None = None,
+    ) -> int:
+        """`client.vault.decrypt_backup` (no network)."""
+        return decrypt_backup(src, dst, key, progress=progress)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _context(self) -> FlowContext:
+        if self._fleet is None:
+            self._fleet = load_fleet_key(self.config)
+        return FlowContext(
+            fleet=self._fleet,
+            account_id=self.account.account_id,
+            opaque=OpaqueConfig(ksf=self._ksf),
+            rng=self._rng,
+        )
+
+    def _run(self, flow: protocol.Flow[T]) -> T:
+        return protocol.run(flow, self._relay)
+
+    def _relay(self, outbound: Outbound) -> bytes:
+        request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
+        for auth_try in range(2):
+            if self._session.token() is None:
+                self.login()
+            try:
+                reply = self._rpc(
+                    "Relay",
+                    request,
+                    metadata=self._session.metadata(),
+                    counts_guess=outbound.step.counts_guess,
+                )
+                return bytes(reply.sealed_response)
+            except Unauthenticated:
+                # The frontend refused the session before relaying: no guess was counted, so
+                # one fresh login and one more try are safe.
+                self._session.invalidate()
+                if auth_try == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _make_channel(self, address: str) -> grpc.Channel:
+        creds = channel_credentials(self.config)
+        options = channel_options(self.config)
+        if creds is None:
+            return grpc.insecure_channel(address, options=options)
+        return grpc.secure_channel(address, creds, options=options)
+
+    def _stub(self, index: int) -> frontend_pb2_grpc.FrontendStub:
+        if index not in self._channels:
+            channel = self._channel_factory(self.config.frontends[index])
+            self._channels[index] = (channel, frontend_pb2_grpc.FrontendStub(channel))
+        return self._channels[index][1]
+
+    def _ready(self, index: int, timeout: float) -> bool:
+        self._stub(index)
+        channel = self._channels[index][0]
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def _attempt(self, method: str, request: Any, metadata: Any, remaining: float) -> Any:
+        """One try: the first frontend (from the preferred one) that connects gets the call."""
+        n = len(self.config.frontends)
+        for offset in range(n):
+            index = (self._preferred + offset) % n
+            if not self._ready(index, min(self.config.connect_timeout_s, max(remaining, 0.001))):
+                continue  # nothing was sent to this one: skipping it cannot count a guess
+            address = self.config.frontends[index]
+            call = getattr(self._stub(index), method)
+            try:
+                reply = call(
+                    request,
+                    timeout=max(0.001, min(self.config.call_timeout_s, remaining)),
+                    metadata=metadata,
+                )
+            except grpc.RpcError as err:
+                error = error_from_status(err, where=address)
+                if isinstance(error, Unavailable):
+                    self._preferred = (index + 1) % n  # the next try goes to the next frontend
+                raise error from None
+            self._preferred = index
+            return reply
+        raise Unavailable("no frontend could be reached", sent=False)
+
+    def _rpc(
+        self, method: str, request: Any, *, metadata: Any = None, counts_guess: bool = False
+    ) -> Any:
+        if self._closed:
+            raise ProtocolError("the client is closed")
+        if method not in _METHODS:
+            raise ValueError(method)
+        try:
+            return call_with_retry(
+                lambda remaining: self._attempt(method, request, metadata, remaining),
+                self._retry,
+                counts_guess=counts_guess,
+                clock=self._clock,
+                sleep=self._sleep,
+                uniform=self._uniform,
+            )
+        except VaultError:
+            raise
+        except grpc.RpcError:  # defensive: nothing above should let one through
+            raise ProtocolError(f"unexpected gRPC failure on {method}") from None
