@@ -1,0 +1,645 @@
+"""vault_node.service: every flow and error, over a software token and an in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from bkv.v1 import envelope_pb2, sealed_pb2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault_node import records
+from vault_node.audit import MemoryAudit
+from vault_node.records import open_record, seal_record
+from vault_node.service import (
+    BadRequest,
+    Precondition,
+    RecordCorrupt,
+    ServiceConfig,
+    TokenServerKeys,
+    Unavailable,
+    VaultService,
+)
+from vault_node.store import MemoryRecordStore, StoreUnavailable
+from vault_protocol import opaque
+from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
+from vault_protocol.envelope import FleetKey, open_response, seal_request
+from vault_protocol.errors import AuthenticationError, DecryptError
+from vault_protocol.ksf import IdentityKsf
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+T = TypeVar("T")
+OK = envelope_pb2.OUTCOME_OK
+INVALID_PASSWORD = envelope_pb2.OUTCOME_INVALID_PASSWORD
+LOCKED = envelope_pb2.OUTCOME_LOCKED
+NOT_REGISTERED = envelope_pb2.OUTCOME_NOT_REGISTERED
+ACCOUNT = "alice@example"
+OPAQUE_CONFIG = opaque.OpaqueConfig(context=b"BKV-v1", ksf=IdentityKsf())
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class FakeToken:
+    """Software stand-in for `vault_node.hsm.Token` (same operations, keys in memory)."""
+
+    def __init__(self) -> None:
+        self._kem = ec.generate_private_key(ec.SECP256R1())
+        self._aes = {"record": AESGCM.generate_key(256), "ticket": AESGCM.generate_key(256)}
+        self._secrets = {name: os.urandom(32) for name in ("oprf_seed", "ake_seed", "id_mac")}
+
+    def ecdh(self, peer_point: bytes) -> bytes:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), peer_point)
+        return self._kem.exchange(ec.ECDH(), peer)
+
+    def kem_public_key(self) -> bytes:
+        return self._kem.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+
+    def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return AESGCM(self._aes[label]).encrypt(nonce, plaintext, aad)
+
+    def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        return AESGCM(self._aes[label]).decrypt(nonce, ciphertext, aad)
+
+    def hmac_sha512(self, label: str, data: bytes) -> bytes:
+        assert label in ("oprf_seed", "ake_seed")
+        return hmac.new(self._secrets[label], data, hashlib.sha512).digest()
+
+    def hmac_sha256(self, label: str, data: bytes) -> bytes:
+        assert label == "id_mac"
+        return hmac.new(self._secrets[label], data, hashlib.sha256).digest()
+
+
+class SpyKeys:
+    """ServerKeys that log every OPRF-key derivation (= every OPRF evaluation) into `log`."""
+
+    def __init__(self, inner: TokenServerKeys, log: list[str]) -> None:
+        self._inner = inner
+        self.log = log
+        self.server_private_key = inner.server_private_key
+        self.server_public_key = inner.server_public_key
+
+    def oprf_seed_hmac(self, data: bytes) -> bytes:
+        self.log.append("oprf")
+        return self._inner.oprf_seed_hmac(data)
+
+
+class OrderedAudit(MemoryAudit):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def write(
+        self,
+        event: Any,
+        record_id: bytes,
+        attempts: int | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        self.log.append(event)
+        super().write(event, record_id, attempts, max_attempts)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Harness:
+    def __init__(self, store: Any = None, *, max_attempts: int = 10) -> None:
+        self.token = FakeToken()
+        self.store = store if store is not None else MemoryRecordStore()
+        self.log: list[str] = []
+        self.keys = SpyKeys(TokenServerKeys.derive(self.token), self.log)
+        self.audit = OrderedAudit(self.log)
+        self.clock = Clock()
+        self.serving = True
+        self.service = VaultService(
+            token=self.token,
+            store=self.store,
+            keys=self.keys,
+            config=ServiceConfig(
+                node_name="n1", default_max_attempts=max_attempts, ticket_ttl_ms=60_000
+            ),
+            clock_ms=self.clock,
+            rng=os.urandom,
+            audit=self.audit,
+            serving=lambda: self.serving,
+        )
+        self.fleet = FleetKey(self.token.kem_public_key())
+
+    def record_id(self, account: str = ACCOUNT) -> bytes:
+        return self.token.hmac_sha256("id_mac", account.encode())
+
+    def record(self, account: str = ACCOUNT) -> sealed_pb2.Record:
+        blob, _ = self.store.data[self.record_id(account)]
+        return open_record(self.token, self.record_id(account), blob)
+
+    def evaluations(self) -> int:
+        return self.log.count("oprf")
+
+    async def call(
+        self, request: envelope_pb2.VaultRequest, account: str = ACCOUNT, as_account: str = ""
+    ) -> envelope_pb2.VaultResponse:
+        request.response_key = os.urandom(32)
+        sealed = seal_request(self.fleet, account, request)
+        reply = await self.service.handle(as_account or account, sealed)
+        return open_response(request.response_key, reply)
+
+    async def register(
+        self, password: bytes, account: str = ACCOUNT, max_attempts: int = 0
+    ) -> BackupKey:
+        state, req = opaque.registration_start(password, os.urandom)
+        r1 = await self.call(
+            envelope_pb2.VaultRequest(
+                register_start=envelope_pb2.RegisterStart(registration_request=req)
+            ),
+            account,
+        )
+        assert r1.outcome == OK
+        record, export_key = opaque.registration_finish(
+            state, r1.register_start.registration_response, OPAQUE_CONFIG, os.urandom
+        )
+        key = BackupKey.generate(os.urandom)
+        wrapped = wrap_key(key, export_key, account, os.urandom)
+        r2 = await self.call(
+            envelope_pb2.VaultRequest(
+                register_finish=envelope_pb2.RegisterFinish(
+                    registration_record=record, wrapped_key=wrapped, max_attempts=max_attempts
+                )
+            ),
+            account,
+        )
+        assert r2.outcome == OK
+        return key
+
+    async def start(
+        self, password: bytes, account: str = ACCOUNT
+    ) -> tuple[opaque.ClientLoginState, envelope_pb2.VaultResponse]:
+        state, ke1 = opaque.login_start(password, os.urandom)
+        reply = await self.call(
+            envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=ke1)), account
+        )
+        return state, reply
+
+    async def finish(
+        self, ke3: bytes, ticket: bytes, account: str = ACCOUNT
+    ) -> envelope_pb2.VaultResponse:
+        return await self.call(
+            envelope_pb2.VaultRequest(
+                recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket)
+            ),
+            account,
+        )
+
+    async def recover(self, password: bytes, account: str = ACCOUNT) -> BackupKey:
+        state, r1 = await self.start(password, account)
+        assert r1.outcome == OK
+        ke3, session_key, export_key = opaque.login_finish(
+            state, r1.recover_start.ke2, OPAQUE_CONFIG
+        )
+        r2 = await self.finish(ke3, r1.recover_start.ticket, account)
+        assert r2.outcome == OK
+        wrapped = open_transport(session_key, r2.recover_finish.transported_key)
+        return unwrap_key(wrapped, export_key, account)
+
+    async def wrong_guess(self, account: str = ACCOUNT) -> envelope_pb2.VaultResponse:
+        state, r1 = await self.start(b"wrong password", account)
+        if r1.outcome == OK:
+            with pytest.raises(AuthenticationError):
+                opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        return r1
+
+    async def status(self, account: str = ACCOUNT) -> envelope_pb2.VaultResponse:
+        return await self.call(
+            envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest()), account
+        )
+
+    async def delete(self, account: str = ACCOUNT) -> envelope_pb2.VaultResponse:
+        return await self.call(
+            envelope_pb2.VaultRequest(delete=envelope_pb2.DeleteRequest()), account
+        )
+
+
+# -- register and recover -----------------------------------------------------------------------
+
+
+def test_register_then_recover_returns_the_key_and_resets_attempts() -> None:
+    async def go() -> None:
+        h = Harness()
+        key = await h.register(b"correct horse")
+        assert h.record().attempts == 0 and h.record().max_attempts == 10
+        await h.wrong_guess()
+        assert h.record().attempts == 1
+        assert (await h.recover(b"correct horse")).display() == key.display()
+        record = h.record()
+        assert record.attempts == 0 and record.last_redeemed == record.evaluations == 2
+        assert "success" in h.audit.events() and "register" in h.audit.events()
+
+    run(go())
+
+
+def test_record_id_is_the_hmac_of_the_account_and_reveals_nothing() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        (record_id,) = h.store.data
+        assert record_id == h.record_id() and ACCOUNT.encode() not in record_id
+        blob = h.store.data[record_id][0]
+        assert b"pw" not in blob and ACCOUNT.encode() not in blob
+
+    run(go())
+
+
+def test_wrong_password_decrements_guesses_left() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=5)
+        await h.register(b"pw")
+        lefts = [(await h.wrong_guess()).guesses_left for _ in range(3)]
+        assert lefts == [4, 3, 2]
+        assert (await h.status()).guesses_left == 2
+
+    run(go())
+
+
+def test_bad_client_mac_answers_invalid_password_without_a_write() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=5)
+        await h.register(b"pw")
+        _, r1 = await h.start(b"pw")
+        revision = h.store.revision
+        r2 = await h.finish(bytes(64), r1.recover_start.ticket)
+        assert r2.outcome == INVALID_PASSWORD and r2.guesses_left == 4
+        assert h.store.revision == revision
+        assert "bad_mac" in h.audit.events()
+
+    run(go())
+
+
+def test_max_attempts_from_registration_and_bounds() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw", max_attempts=3)
+        assert h.record().max_attempts == 3
+        await h.register(b"pw", max_attempts=100)
+        assert h.record().max_attempts == 100
+        with pytest.raises(BadRequest):
+            await h.register(b"pw", max_attempts=101)
+
+    run(go())
+
+
+def test_reregistration_replaces_the_record_and_voids_old_tickets() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"old")
+        state, r1 = await h.start(b"old")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        new_key = await h.register(b"new")
+        assert h.record().version == 3  # register, evaluate, register again
+        with pytest.raises(Precondition):
+            await h.finish(ke3, r1.recover_start.ticket)
+        assert (await h.recover(b"new")).display() == new_key.display()
+
+    run(go())
+
+
+# -- the guess limit ----------------------------------------------------------------------------
+
+
+def test_attempt_is_committed_and_audited_before_the_oprf_evaluation() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        h.log.clear()
+        await h.wrong_guess()
+        assert h.log == ["evaluate", "oprf"]
+
+    run(go())
+
+
+class FailingPuts(MemoryRecordStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "ok"
+
+    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> bool:
+        if self.mode == "raise":
+            raise StoreUnavailable("etcd down")
+        if self.mode == "conflict":
+            return False
+        return await super().put(record_id, value, expected_mod_revision)
+
+
+@pytest.mark.parametrize(("mode", "error"), [("raise", Unavailable), ("conflict", Unavailable)])
+def test_no_evaluation_when_the_attempt_cannot_be_committed(mode: str, error: type) -> None:
+    async def go() -> None:
+        store = FailingPuts()
+        h = Harness(store)
+        await h.register(b"pw")
+        h.log.clear()
+        store.mode = mode
+        with pytest.raises(error):
+            await h.start(b"pw")
+        assert h.evaluations() == 0 and "evaluate" not in h.log
+        assert h.record().attempts == 0
+
+    run(go())
+
+
+def test_lock_after_max_attempts_erases_the_key_for_good() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=3)
+        await h.register(b"pw")
+        assert [(await h.wrong_guess()).guesses_left for _ in range(3)] == [2, 1, 0]
+        evaluations = h.evaluations()
+        r = await h.wrong_guess()
+        assert r.outcome == LOCKED and r.guesses_left == 0
+        record = h.record()
+        assert record.state == sealed_pb2.RECORD_STATE_LOCKED
+        assert record.opaque_record == b"" and record.wrapped_key == b""
+        # The right password no longer helps, and no OPRF runs for a locked record.
+        _, r = await h.start(b"pw")
+        assert r.outcome == LOCKED
+        assert h.evaluations() == evaluations
+        status = await h.status()
+        assert status.status.locked and status.status.registered and status.guesses_left == 0
+        assert h.audit.events().count("lock") == 1 and "locked" in h.audit.events()
+
+    run(go())
+
+
+def test_ticket_issued_before_the_lock_cannot_release_the_key() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=2)
+        await h.register(b"pw")
+        state, r1 = await h.start(b"pw")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        await h.wrong_guess()
+        assert (await h.wrong_guess()).outcome == LOCKED
+        r2 = await h.finish(ke3, r1.recover_start.ticket)
+        assert r2.outcome == LOCKED and not r2.HasField("recover_finish")
+
+    run(go())
+
+
+def test_concurrent_recoveries_never_exceed_max_attempts_evaluations() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=5)
+        await h.register(b"pw")
+        h.log.clear()
+        results = await asyncio.gather(
+            *(h.start(b"wrong") for _ in range(40)), return_exceptions=True
+        )
+        outcomes = [r[1].outcome for r in results if isinstance(r, tuple)]
+        for r in results:
+            assert isinstance(r, tuple) or isinstance(r, Unavailable)
+        assert h.evaluations() <= 5
+        assert outcomes.count(OK) == h.evaluations() == h.log.count("evaluate")
+        assert h.record().attempts == h.evaluations()
+        assert h.evaluations() == 5  # the CAS retries let every guess be used, never one more
+        assert outcomes.count(LOCKED) >= 1
+
+    run(go())
+
+
+# -- tickets ------------------------------------------------------------------------------------
+
+
+def test_expired_ticket_is_a_failed_precondition() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        state, r1 = await h.start(b"pw")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        h.clock.now += 60_000
+        with pytest.raises(Precondition):
+            await h.finish(ke3, r1.recover_start.ticket)
+        assert h.record().attempts == 1
+
+    run(go())
+
+
+def test_replayed_ticket_is_a_failed_precondition() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        state, r1 = await h.start(b"pw")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        assert (await h.finish(ke3, r1.recover_start.ticket)).outcome == OK
+        with pytest.raises(Precondition):
+            await h.finish(ke3, r1.recover_start.ticket)
+        assert "stale_ticket" in h.audit.events()
+
+    run(go())
+
+
+def test_older_ticket_after_a_newer_one_was_redeemed_is_stale() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        s1, a = await h.start(b"pw")
+        s2, b = await h.start(b"pw")
+        ke3_a, _, _ = opaque.login_finish(s1, a.recover_start.ke2, OPAQUE_CONFIG)
+        ke3_b, _, _ = opaque.login_finish(s2, b.recover_start.ke2, OPAQUE_CONFIG)
+        assert (await h.finish(ke3_b, b.recover_start.ticket)).outcome == OK
+        with pytest.raises(Precondition):
+            await h.finish(ke3_a, a.recover_start.ticket)
+
+    run(go())
+
+
+def test_ticket_of_another_account_or_garbage_is_a_bad_request() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        await h.register(b"pw", account="bob")
+        state, r1 = await h.start(b"pw")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        with pytest.raises(BadRequest):
+            await h.finish(ke3, r1.recover_start.ticket, account="bob")
+        with pytest.raises(BadRequest):
+            await h.finish(ke3, b"\x00" * 80)
+        other = Harness()  # another fleet's ticket key
+        await other.register(b"pw")
+        _, r_other = await other.start(b"pw")
+        with pytest.raises(BadRequest):
+            await h.finish(ke3, r_other.recover_start.ticket)
+        assert h.record("bob").attempts == 0
+
+    run(go())
+
+
+# -- bad input, no state change -----------------------------------------------------------------
+
+
+def test_account_swap_by_the_frontend_is_a_bad_request() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        with pytest.raises(BadRequest):
+            await h.call(
+                envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest()),
+                ACCOUNT,
+                as_account="mallory",
+            )
+
+    run(go())
+
+
+def test_malformed_inputs_are_bad_requests_and_change_nothing() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        revision = h.store.revision
+        bad_requests = [
+            envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=b"short")),
+            envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=bytes(96))),
+            envelope_pb2.VaultRequest(
+                register_start=envelope_pb2.RegisterStart(registration_request=bytes(32))
+            ),
+            envelope_pb2.VaultRequest(
+                register_finish=envelope_pb2.RegisterFinish(
+                    registration_record=bytes(192), wrapped_key=bytes(60)
+                )
+            ),
+            envelope_pb2.VaultRequest(
+                register_finish=envelope_pb2.RegisterFinish(
+                    registration_record=bytes(100), wrapped_key=bytes(60)
+                )
+            ),
+        ]
+        for request in bad_requests:
+            with pytest.raises(BadRequest):
+                await h.call(request)
+        for junk in (b"", b"\x00" * 100, os.urandom(600)):
+            with pytest.raises(BadRequest):
+                await h.service.handle(ACCOUNT, junk)
+        with pytest.raises(BadRequest):
+            await h.service.handle("", b"x")
+        assert h.store.revision == revision and "evaluate" not in h.audit.events()
+
+    run(go())
+
+
+def test_bad_wrapped_key_length_is_a_bad_request() -> None:
+    async def go() -> None:
+        h = Harness()
+        state, req = opaque.registration_start(b"pw", os.urandom)
+        r1 = await h.call(
+            envelope_pb2.VaultRequest(
+                register_start=envelope_pb2.RegisterStart(registration_request=req)
+            )
+        )
+        record, _ = opaque.registration_finish(
+            state, r1.register_start.registration_response, OPAQUE_CONFIG, os.urandom
+        )
+        with pytest.raises(BadRequest):
+            await h.call(
+                envelope_pb2.VaultRequest(
+                    register_finish=envelope_pb2.RegisterFinish(
+                        registration_record=record, wrapped_key=bytes(59)
+                    )
+                )
+            )
+        assert h.store.data == {}
+
+    run(go())
+
+
+# -- delete, status, fail closed, corruption ----------------------------------------------------
+
+
+def test_delete_and_status() -> None:
+    async def go() -> None:
+        h = Harness()
+        status = await h.status()
+        assert status.outcome == OK and not status.status.registered
+        _, r = await h.start(b"pw")
+        assert r.outcome == NOT_REGISTERED
+        await h.register(b"pw", max_attempts=7)
+        status = await h.status()
+        assert status.status.registered and not status.status.locked
+        assert status.status.max_attempts == 7 and status.guesses_left == 7
+        assert (await h.delete()).delete.existed
+        assert not (await h.delete()).delete.existed
+        assert not (await h.status()).status.registered
+        assert h.audit.events().count("delete") == 1
+
+    run(go())
+
+
+def test_not_serving_answers_unavailable() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        h.log.clear()
+        h.serving = False
+        with pytest.raises(Unavailable):
+            await h.status()
+        with pytest.raises(Unavailable):
+            await h.start(b"pw")
+        assert h.evaluations() == 0
+
+    run(go())
+
+
+def test_store_unavailable_on_read_is_unavailable() -> None:
+    class DownStore(MemoryRecordStore):
+        async def get(self, record_id: bytes) -> tuple[bytes, int] | None:
+            raise StoreUnavailable("down")
+
+    async def go() -> None:
+        h = Harness(DownStore())
+        with pytest.raises(Unavailable):
+            await h.status()
+
+    run(go())
+
+
+def test_corrupt_or_moved_record_is_record_corrupt() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        await h.register(b"pw", account="bob")
+        # etcd moves bob's record under alice's key: the AAD binds the record id, so it fails.
+        bob_blob, _ = h.store.data[h.record_id("bob")]
+        h.store.data[h.record_id()] = (bob_blob, h.store.data[h.record_id()][1])
+        h.log.clear()
+        with pytest.raises(RecordCorrupt):
+            await h.start(b"pw")
+        assert h.evaluations() == 0
+
+    run(go())
+
+
+def test_records_and_tickets_fail_with_one_error() -> None:
+    token = FakeToken()
+    rid = os.urandom(32)
+    blob = seal_record(token, rid, sealed_pb2.Record(attempts=3), os.urandom)
+    assert open_record(token, rid, blob).attempts == 3
+    ticket = records.seal_ticket(token, sealed_pb2.Ticket(evaluation=7), os.urandom)
+    assert records.open_ticket(token, ticket).evaluation == 7
+    tampered = bytearray(blob)
+    tampered[-1] ^= 1
+    for bad in (bytes(tampered), b"", b"\xff\xff", ticket):
+        with pytest.raises(DecryptError):
+            open_record(token, rid, bad)
+    with pytest.raises(DecryptError):
+        open_record(token, os.urandom(32), blob)
+    with pytest.raises(DecryptError):
+        records.open_ticket(token, blob)
