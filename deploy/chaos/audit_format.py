@@ -1,0 +1,131 @@
+"""The vault nodes' audit lines (`<node>.audit.jsonl`), as the chaos checker reads them.
+
+Each vault node appends one JSON object per event it handles (the node writes them itself; it
+does not import this module):
+
+    {"ts": unix seconds, "node": str, "record_id": hex, "event": one of EVENTS,
+     "attempts": int|null      attempts after the commit this event made (or saw),
+     "max_attempts": int|null,
+     "revision": int|null      etcd revision of the commit this event made, when it made one,
+     "generation": hex|null    the record's generation (a new one per registration),
+     "evaluation": int|null}   the record's evaluation counter (evaluate) or the one redeemed
+
+Events: `evaluate` (attempts+1 committed, then the OPRF evaluated), `lock` (tombstone
+committed), `locked` (answered LOCKED, no write), `success` (attempts reset committed), `bad_mac`,
+`stale_ticket`, `not_registered` (no write), `register` and `delete` (committed).
+
+The reader is tolerant: the optional fields may be missing, unknown fields are ignored, and a
+torn last line (a node killed mid-write) is dropped; an unknown event or a bad value is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.chaos.history import (
+    get_choice,
+    get_float,
+    get_opt_hex,
+    get_opt_int,
+    get_str,
+    parse_jsonl,
+)
+
+EVENTS = frozenset(
+    {
+        "evaluate",
+        "lock",
+        "locked",
+        "success",
+        "bad_mac",
+        "stale_ticket",
+        "register",
+        "delete",
+        "not_registered",
+    }
+)
+# Events that commit a write to etcd, and so carry the revision of that commit.
+COMMITTING_EVENTS = frozenset({"evaluate", "lock", "success", "register", "delete"})
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    ts: float
+    node: str
+    record_id: str
+    event: str
+    attempts: int | None = None
+    max_attempts: int | None = None
+    revision: int | None = None
+    generation: str | None = None
+    evaluation: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "node": self.node,
+            "record_id": self.record_id,
+            "event": self.event,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "revision": self.revision,
+            "generation": self.generation,
+            "evaluation": self.evaluation,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> AuditEvent:
+        record_id = get_opt_hex(obj, "record_id")
+        if record_id is None:
+            raise ValueError("field 'record_id' must be a non-empty string")
+        return cls(
+            ts=get_float(obj, "ts"),
+            node=get_str(obj, "node"),
+            record_id=record_id,
+            event=get_choice(obj, "event", EVENTS),
+            attempts=get_opt_int(obj, "attempts"),
+            max_attempts=get_opt_int(obj, "max_attempts"),
+            revision=get_opt_int(obj, "revision"),
+            generation=get_opt_hex(obj, "generation"),
+            evaluation=get_opt_int(obj, "evaluation"),
+        )
+
+
+def read_audit(path: Path) -> tuple[AuditEvent, ...]:
+    return parse_jsonl(path, AuditEvent.from_json, allow_torn_tail=True)
+
+
+def read_audits(paths: Iterable[Path]) -> tuple[AuditEvent, ...]:
+    """All events of several nodes' files, in file order (the checker orders them itself)."""
+    return tuple(event for path in sorted(paths) for event in read_audit(path))
+
+
+def order_events(events: Iterable[AuditEvent]) -> tuple[AuditEvent, ...]:
+    """One record's events in commit order: by (revision, ts).
+
+    An event without a revision (no write, or a node that did not log one) takes the revision of
+    the last commit that precedes it in time, so it sorts after that commit; ties go by ts. etcd
+    revisions are the only order the nodes agree on, so committed events never move by ts.
+    """
+    by_time = sorted(events, key=lambda e: e.ts)
+    last_revision = -1
+    keyed: list[tuple[int, int, float, int, AuditEvent]] = []
+    for index, event in enumerate(by_time):
+        if event.revision is not None:
+            last_revision = max(last_revision, event.revision)
+            keyed.append((event.revision, 0, event.ts, index, event))
+        else:
+            keyed.append((last_revision, 1, event.ts, index, event))
+    keyed.sort(key=lambda k: k[:4])
+    return tuple(k[4] for k in keyed)
+
+
+def by_record(events: Iterable[AuditEvent]) -> dict[str, tuple[AuditEvent, ...]]:
+    """Events grouped per record_id, each group in commit order."""
+    groups: dict[str, list[AuditEvent]] = {}
+    for event in events:
+        groups.setdefault(event.record_id, []).append(event)
+    return {rid: order_events(group) for rid, group in sorted(groups.items())}

@@ -1,0 +1,208 @@
+"""A run's verdict: every invariant's result and the run's figures, as `verdict.json` and a table.
+
+    {"invariants": {<name>: {"checked": int, "unchecked": int, "violations": int,
+                             "details": [{"explanation": str, "evidence": str}, ...]}, ...},
+     "operations": {<op>: {<outcome>: int}},
+     "faults": [{"kind", "target", "start", "end", "recovered_at", "time_to_recover_s"}, ...],
+     "time_to_recover_s": {"p50": float|null, "p99": float|null},
+     "availability": float|null}
+
+`availability` is the fraction of definite outcomes among the operations invoked outside every
+quorum-loss window (the majority side's view); `time_to_recover_s` is over the faults that
+ended, from `end` to the first definite success that returned after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from deploy.chaos import checker
+from deploy.chaos.audit_format import read_audits
+from deploy.chaos.checker import InvariantResult, Secrets
+from deploy.chaos.history import (
+    AUDIT_GLOB,
+    FAULTS_FILE,
+    HISTORY_FILE,
+    LOSE_QUORUM,
+    RUN_FILE,
+    Fault,
+    HistoryOp,
+    read_faults,
+    read_history,
+    read_run_info,
+)
+
+INVARIANTS = (
+    "guess_limit",
+    "permanent_lockout",
+    "no_lost_registration",
+    "fail_closed",
+    "confidentiality",
+    "isolation",
+    "bad_input",
+)
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    kind: str
+    target: str
+    start: float
+    end: float | None
+    recovered_at: float | None
+    time_to_recover_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "start": self.start,
+            "end": self.end,
+            "recovered_at": self.recovered_at,
+            "time_to_recover_s": self.time_to_recover_s,
+        }
+
+
+def operation_counts(history: Sequence[HistoryOp]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for op in history:
+        per_op = counts.setdefault(op.op, {})
+        per_op[op.outcome] = per_op.get(op.outcome, 0) + 1
+    return {op: dict(sorted(outcomes.items())) for op, outcomes in sorted(counts.items())}
+
+
+def fault_reports(history: Sequence[HistoryOp], faults: Sequence[Fault]) -> tuple[FaultReport, ...]:
+    reports = []
+    for fault in faults:
+        success = None if fault.end is None else checker.first_success_after(history, fault.end)
+        recovered_at = None if success is None else success.complete
+        ttr = None if recovered_at is None or fault.end is None else recovered_at - fault.end
+        reports.append(
+            FaultReport(fault.kind, fault.target, fault.start, fault.end, recovered_at, ttr)
+        )
+    return tuple(reports)
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def availability(history: Sequence[HistoryOp], faults: Sequence[Fault]) -> float | None:
+    windows = [
+        (f.start, math.inf if f.end is None else f.end) for f in faults if f.kind == LOSE_QUORUM
+    ]
+    outside = [
+        op
+        for op in history
+        if op.op != "bad_input" and not any(lo <= op.invoke <= hi for lo, hi in windows)
+    ]
+    if not outside:
+        return None
+    return sum(op.definite for op in outside) / len(outside)
+
+
+def build_verdict(
+    results: Sequence[InvariantResult], history: Sequence[HistoryOp], faults: Sequence[Fault]
+) -> dict[str, Any]:
+    reports = fault_reports(history, faults)
+    ttrs = [r.time_to_recover_s for r in reports if r.time_to_recover_s is not None]
+    return {
+        "invariants": {
+            r.name: {
+                "checked": r.checked,
+                "unchecked": r.unchecked,
+                "violations": len(r.violations),
+                "details": [
+                    {"explanation": v.explanation, "evidence": v.evidence} for v in r.violations
+                ],
+            }
+            for r in results
+        },
+        "operations": operation_counts(history),
+        "faults": [r.to_json() for r in reports],
+        "time_to_recover_s": {"p50": percentile(ttrs, 50), "p99": percentile(ttrs, 99)},
+        "availability": availability(history, faults),
+    }
+
+
+def exit_code(verdict: Mapping[str, Any]) -> int:
+    """0 only when every invariant is present and has no violation; 1 otherwise."""
+    invariants = verdict.get("invariants", {})
+    if any(name not in invariants for name in INVARIANTS):
+        return 1
+    return 0 if all(entry["violations"] == 0 for entry in invariants.values()) else 1
+
+
+def format_table(verdict: Mapping[str, Any]) -> str:
+    rows = [f"{'invariant':<22} {'checked':>8} {'unchecked':>9} {'violations':>10}  result"]
+    for name, entry in verdict["invariants"].items():
+        result = "PASS" if entry["violations"] == 0 else "FAIL"
+        rows.append(
+            f"{name:<22} {entry['checked']:>8} {entry['unchecked']:>9}"
+            f" {entry['violations']:>10}  {result}"
+        )
+        rows.extend(f"    - {d['explanation']}: {d['evidence']}" for d in entry["details"][:5])
+        if len(entry["details"]) > 5:
+            rows.append(f"    ... and {len(entry['details']) - 5} more")
+    ttr = verdict["time_to_recover_s"]
+    avail = verdict["availability"]
+    total = sum(sum(outcomes.values()) for outcomes in verdict["operations"].values())
+    rows.append(f"operations: {total}, faults: {len(verdict['faults'])}")
+    rows.append(f"time to recover (s): p50 {_num(ttr['p50'])}, p99 {_num(ttr['p99'])}")
+    rows.append(f"availability (majority side): {_num(avail)}")
+    return "\n".join(rows)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def print_verdict(verdict: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
+    print(format_table(verdict), file=out)
+
+
+def write_verdict(path: Path, verdict: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(verdict, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def check_run(
+    run_dir: Path,
+    secrets: Secrets,
+    etcd_values: list[bytes],
+    log_files: list[Path],
+    *,
+    grace_s: float = 0.5,
+    indefinite_horizon_s: float = math.inf,
+    default_max_attempts: int | None = None,
+) -> dict[str, Any]:
+    """Read a run directory (history.jsonl, faults.jsonl, run.json, *.audit.jsonl) and judge it.
+
+    `faults.jsonl` may be absent (no faults); the others must exist. Raises `RecordFormatError`
+    for a malformed line.
+    """
+    history = read_history(run_dir / HISTORY_FILE)
+    faults_path = run_dir / FAULTS_FILE
+    faults = read_faults(faults_path) if faults_path.exists() else ()
+    info = read_run_info(run_dir / RUN_FILE)
+    audit = read_audits(run_dir.glob(AUDIT_GLOB))
+    results = (
+        checker.guess_limit(audit, default_max_attempts),
+        checker.permanent_lockout(audit, history),
+        checker.no_lost_registration(history, indefinite_horizon_s),
+        checker.fail_closed(audit, history, faults, info.start_unix, grace_s),
+        checker.confidentiality(secrets, log_files, etcd_values),
+        checker.isolation(history),
+        checker.bad_input(history, info.processes_alive),
+    )
+    return build_verdict(results, history, faults)
