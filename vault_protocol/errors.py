@@ -1,4 +1,7 @@
-"""The protocol core's errors. Every failure to decrypt is one `DecryptError`, whatever the cause."""
+"""The protocol core's errors.
+
+Every failure to decrypt is one `DecryptError`, whatever the cause.
+"""
 
 
 class ProtocolError(Exception):
@@ -22,4 +25,8 @@ class DecryptError(ProtocolError):
 
 
 class AuthenticationError(ProtocolError):
-    """OPAQUE authentication failed: wrong password on the client, wrong client MAC on the server."""
+    """OPAQUE authentication failed.
+
+    On the client: wrong password (the envelope does not open) or a bad server MAC.
+    On the server: a wrong client MAC.
+    """
