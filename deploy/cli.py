@@ -1,0 +1,130 @@
+"""`bkv-cluster`: run a local multi-data-centre Backup Key Vault cluster.
+
+bkv-cluster up [--topology FILE] [--dir DIR] [--no-fsync]
+bkv-cluster status | down            [--dir DIR]
+bkv-cluster kill-dc NAME | start-dc NAME
+bkv-cluster kill NAME | start NAME | stop NAME | crash NAME
+bkv-cluster stop-process NAME | cont-process NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploy.cluster import Cluster, ProcessStatus, UpReport
+from deploy.errors import DeployError
+from deploy.topology import default_topology_path, load_topology
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)  # fmt: skip
+
+
+def status_table(statuses: Sequence[ProcessStatus]) -> str:
+    rows = [["DC", "PROCESS", "ROLE", "PGID", "PID", "ADDRESS", "SUPERVISOR", "HEALTH"]]
+    for s in sorted(statuses, key=lambda s: (s.dc, s.role, s.name)):
+        health = "healthy" if s.healthy else ("down" if s.pgid is None else "UNHEALTHY")
+        if s.leader:
+            health += " (leader)"
+        rows.append([s.dc, s.name, s.role, str(s.pgid or "-"), str(s.pid or "-"), s.address,
+                     s.supervisor, health])  # fmt: skip
+    return _table(rows)
+
+
+def phases_table(report: UpReport) -> str:
+    rows = [["PHASE", "SECONDS"]]
+    rows += [[name, f"{seconds:.2f}"] for name, seconds in report.phases]
+    rows.append(["total", f"{report.total_s:.2f}"])
+    return _table(rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bkv-cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=Path("cluster"),
+                        help="cluster directory (default ./cluster)")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", parents=[common], help="create and start (or resume) a cluster")
+    up.add_argument("--topology", type=Path, default=None,
+                    help=f"topology TOML (default {default_topology_path()})")  # fmt: skip
+    up.add_argument("--no-fsync", action="store_true",
+                    help="run etcd with --unsafe-no-fsync (tests only)")  # fmt: skip
+    sub.add_parser("status", parents=[common], help="live status of every process")
+    sub.add_parser("down", parents=[common], help="stop every process (data is kept)")
+    for name, what in (
+        ("kill-dc", "SIGKILL every process of a data centre"),
+        ("start-dc", "restart a data centre on its data and wait for health"),
+    ):
+        sub.add_parser(name, parents=[common], help=what).add_argument("name")
+    for name, what in (
+        ("kill", "SIGKILL one process and its supervisor"),
+        ("start", "start one process on its data and wait for health"),
+        ("stop", "stop one process gracefully"),
+        ("crash", "SIGKILL only the program; its supervisor restarts it"),
+        ("stop-process", "SIGSTOP one process (it hangs, holding its sockets)"),
+        ("cont-process", "SIGCONT a process stopped with stop-process"),
+    ):
+        sub.add_parser(name, parents=[common], help=what).add_argument("name")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = Cluster(args.dir, echo=print)
+    command: str = args.command
+    started = time.monotonic()
+    if command == "up":
+        topology = None if args.topology is None else load_topology(args.topology)
+        report = cluster.up(topology, fsync=False if args.no_fsync else None)
+        print(phases_table(report))
+        print(status_table(cluster.status()))
+        print(f"client configuration: {cluster.client_config_path}")
+        print(f"up in {time.monotonic() - started:.1f} s (fsync {'on' if report.fsync else 'off'})")
+    elif command == "status":
+        print(status_table(cluster.status()))
+    elif command == "down":
+        cluster.down()
+        print(f"stopped every process of {cluster.directory}")
+    elif command == "kill-dc":
+        cluster.kill_dc(args.name)
+        print(f"killed data centre {args.name}")
+    elif command == "start-dc":
+        cluster.start_dc(args.name)
+        print(f"data centre {args.name} healthy in {time.monotonic() - started:.1f} s")
+    elif command == "kill":
+        cluster.kill(args.name)
+    elif command == "start":
+        cluster.start(args.name)
+    elif command == "stop":
+        cluster.stop(args.name)
+    elif command == "crash":
+        print(f"killed pid {cluster.crash(args.name)}; its supervisor restarts it")
+    elif command == "stop-process":
+        cluster.stop_process(args.name)
+    elif command == "cont-process":
+        cluster.cont_process(args.name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except DeployError as exc:
+        print(f"bkv-cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

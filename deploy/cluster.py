@@ -1,0 +1,475 @@
+"""A local multi-data-centre cluster in one directory: the Python API behind `bkv-cluster`.
+
+    cluster = Cluster(Path("cluster"))
+    cluster.up(load_topology(path), fsync=False)   # PKI, tokens, ceremony, configs, processes
+    cluster.status(); cluster.kill_dc("dc-b"); cluster.start_dc("dc-b"); cluster.down()
+
+Every mutating call holds the directory's lock and records process groups in DIR/cluster.json,
+so that another invocation (another `bkv-cluster`, a chaos tool) sees and can stop them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from deploy import etcd, processes
+from deploy.ceremony import create_node_token, load_fleet, run_fleet_ceremony
+from deploy.configs import Layout, client_toml, frontend_toml, node_toml
+from deploy.errors import (
+    ClusterRunningError,
+    ClusterStateError,
+    StartError,
+    UnknownProcessError,
+)
+from deploy.health import TlsFiles, grpc_serving
+from deploy.pki import create_pki, write_private
+from deploy.state import ClusterState, ProcessState, locked, read_state, write_state
+from deploy.topology import Role, Topology, default_topology_path, load_topology
+
+ROLE_ORDER: tuple[Role, ...] = ("etcd", "node", "frontend")
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+ROLLBACK_WARNING = (
+    "WARNING: etcd is trusted to keep attempt counters fresh: restoring etcd from an old "
+    "snapshot (or rolling back its disks) restores spent password guesses."
+)
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """A live view of one process, as `status` shows it."""
+
+    name: str
+    role: Role
+    dc: str
+    address: str
+    pgid: int | None  # the supervisor's process group, None when not running
+    pid: int | None  # the supervised child
+    supervisor: str  # supervisor state: running, backoff, failed, stopped, down
+    healthy: bool
+    leader: bool = False
+
+
+@dataclass(frozen=True)
+class UpReport:
+    phases: tuple[tuple[str, float], ...]  # (phase, seconds) in order
+    resumed: bool
+    fsync: bool
+
+    @property
+    def total_s(self) -> float:
+        return sum(s for _, s in self.phases)
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct free TCP ports on `host` (all bound at once, so none repeats)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _silent(_message: str) -> None:
+    pass
+
+
+class Cluster:
+    """One cluster directory. Cheap to construct; state is read from disk on every call."""
+
+    def __init__(self, directory: Path, *, echo: Callable[[str], None] = _silent) -> None:
+        self.layout = Layout(directory.resolve())
+        self.echo = echo
+
+    # ---- read-only views -------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self.layout.root
+
+    @property
+    def client_config_path(self) -> Path:
+        return self.layout.client_config
+
+    def exists(self) -> bool:
+        return self.layout.state_file.exists()
+
+    def state(self) -> ClusterState:
+        return read_state(self.layout.state_file)
+
+    @property
+    def topology(self) -> Topology:
+        return self.state().topology
+
+    def etcd_endpoints(self) -> list[str]:
+        """`host:port` of every etcd member (as in node.toml)."""
+        t = self.topology
+        return etcd.endpoints(t.host, t.etcd)
+
+    def etcd_client_urls(self) -> dict[str, str]:
+        """Member name -> client URL."""
+        t = self.topology
+        return {m.name: etcd.client_url(t.host, m) for m in t.etcd}
+
+    def etcd_leader(self) -> str | None:
+        """Name of the etcd member that is leader now, or None."""
+        urls = self.etcd_client_urls()
+        leader = etcd.find_leader(list(urls.values()))
+        return next((name for name, url in urls.items() if url == leader), None)
+
+    def names_in_dc(self, dc: str) -> list[str]:
+        state = self.state()
+        if dc not in state.topology.datacenters:
+            raise UnknownProcessError(f"no data centre {dc!r} (have {state.topology.datacenters})")
+        return [p.name for p in state.processes if p.dc == dc]
+
+    def process(self, name: str) -> ProcessState:
+        found = self.state().process(name)
+        if found is None:
+            raise UnknownProcessError(f"no process {name!r} in {self.directory}")
+        return found
+
+    def child_pid(self, name: str) -> int | None:
+        """PID of the supervised program (not its supervisor), from the supervisor's state."""
+        return self._run_state(name).get("child_pid")
+
+    def status(self) -> list[ProcessStatus]:
+        """Live status of every process (health checks run in parallel, ~1 s at worst)."""
+        state = self.state()
+        checker = self._checker(state)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda p: self._status_of(p, checker), state.processes))
+
+    def _status_of(
+        self, proc: ProcessState, checker: Callable[[ProcessState], bool]
+    ) -> ProcessStatus:
+        running = proc.running
+        alive = running is not None and processes.is_alive(running)
+        run = self._run_state(proc.name) if alive else {}
+        leader = False
+        if alive and proc.role == "etcd":
+            member = etcd.member_status(f"http://{proc.address}")
+            leader = member is not None and member.is_leader
+        return ProcessStatus(
+            name=proc.name, role=proc.role, dc=proc.dc, address=proc.address,
+            pgid=proc.pgid if alive else None, pid=run.get("child_pid"),
+            supervisor=str(run.get("state", "?")) if alive else "down",
+            healthy=alive and checker(proc), leader=leader,
+        )  # fmt: skip
+
+    def _run_state(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.layout.run_state(name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _checker(self, state: ClusterState) -> Callable[[ProcessState], bool]:
+        pki = self.layout.pki
+        node_tls = TlsFiles.for_nodes(pki, state.topology.frontends[0].name)
+        fe_tls = TlsFiles.for_frontends(pki)
+
+        def check(proc: ProcessState) -> bool:
+            if proc.role == "etcd":
+                return etcd.is_healthy(f"http://{proc.address}")
+            return grpc_serving(proc.address, node_tls if proc.role == "node" else fe_tls)
+
+        return check
+
+    # ---- up ----------------------------------------------------------------------------------
+
+    def up(self, topology: Topology | None = None, *, fsync: bool | None = None) -> UpReport:
+        """Create and start a cluster, or restart a stopped one in this directory.
+
+        Raises `ClusterRunningError` if a process of this directory's cluster still runs.
+        """
+        root = self.layout.root
+        root.mkdir(parents=True, exist_ok=True)
+        with locked(self.layout.lock_file):
+            if self.exists():
+                return self._resume()
+            leftovers = [p for p in root.iterdir() if p != self.layout.lock_file]
+            if leftovers:
+                raise ClusterStateError(
+                    f"{root} is not empty and holds no cluster: remove it or choose another --dir"
+                )
+            return self._create(topology, fsync)
+
+    def _resume(self) -> UpReport:
+        state = self.state()
+        live = [p.name for p in state.processes if p.running and processes.is_alive(p.running)]
+        if live:
+            raise ClusterRunningError(
+                f"a cluster is running in {self.directory} ({', '.join(live)}): "
+                "`bkv-cluster down` first"
+            )
+        self._warn(state.fsync)
+        self.echo(f"resuming the stopped cluster in {self.directory}")
+        phases = self._start_names(state, [p.name for p in state.processes])
+        return UpReport(tuple(phases), resumed=True, fsync=state.fsync)
+
+    def _create(self, topology: Topology | None, fsync: bool | None) -> UpReport:
+        if topology is None:
+            topology = load_topology(default_topology_path())
+        if fsync is not None:
+            topology = replace(topology, options=replace(topology.options, etcd_fsync=fsync))
+        topology.validate()
+        host = topology.host
+        topology = topology.with_ports(lambda n: free_ports(host, n))
+        fsync_on = topology.options.etcd_fsync
+        self._warn(fsync_on)
+        phases: list[tuple[str, float]] = []
+        with self._phase(phases, "certificates"):
+            create_pki(
+                self.layout.pki.dir,
+                [n.name for n in topology.nodes],
+                [f.name for f in topology.frontends],
+            )
+            self.layout.session_secret.parent.mkdir(mode=0o700, exist_ok=True)
+            write_private(self.layout.session_secret, os.urandom(32))
+        with self._phase(phases, "tokens"):
+            tokens = [
+                create_node_token(self.layout.hsm_dir(n.name), n.name) for n in topology.nodes
+            ]
+        with self._phase(phases, "key ceremony"):
+            fleet = run_fleet_ceremony(tokens, self.layout.fleet_dir)
+        with self._phase(phases, "configuration"):
+            state = self._write_configs(topology, tokens, fleet.fleet_id.hex())
+        try:
+            phases += self._start_names(state, [p.name for p in state.processes])
+        except BaseException:
+            self.echo("start failed: stopping what was started (logs stay in the directory)")
+            self._stop(self.state(), [p.name for p in state.processes])
+            raise
+        self.layout.client_config.write_text(
+            client_toml(topology, self.layout, fleet.public_key_file, fleet.fleet_id)
+        )
+        return UpReport(tuple(phases), resumed=False, fsync=fsync_on)
+
+    def _warn(self, fsync: bool) -> None:
+        self.echo(ROLLBACK_WARNING)
+        if fsync:
+            self.echo("etcd fsync: ON")
+        else:
+            self.echo("WARNING: etcd fsync: OFF (--unsafe-no-fsync): a power loss can lose writes")
+
+    @contextmanager
+    def _phase(self, phases: list[tuple[str, float]], name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        phases.append((name, time.monotonic() - started))
+        self.echo(f"  {name:<14} {phases[-1][1]:6.2f} s")
+
+    def _write_configs(
+        self, topology: Topology, tokens: Sequence[Any], fleet_id: str
+    ) -> ClusterState:
+        layout = self.layout
+        eps = etcd.endpoints(topology.host, topology.etcd)
+        for d in ("conf", "logs", "run", "etcd"):
+            (layout.root / d).mkdir(exist_ok=True)
+        procs: list[ProcessState] = []
+        for m in topology.etcd:
+            procs.append(ProcessState(
+                m.name, "etcd", m.dc, f"{topology.host}:{m.client_port}",
+                {"client": m.client_port, "peer": m.peer_port}, str(layout.etcd_log(m.name)),
+            ))  # fmt: skip
+        for node, token in zip(topology.nodes, tokens, strict=True):
+            layout.config(node.name).write_text(node_toml(
+                topology, node, layout, eps, token.token_label, token.softhsm_conf,
+                token.pin_file, token.module,
+            ))  # fmt: skip
+            procs.append(ProcessState(
+                node.name, "node", node.dc, f"{topology.host}:{node.port}",
+                {"grpc": node.port}, str(layout.log(node.name)),
+            ))  # fmt: skip
+        for fe in topology.frontends:
+            layout.config(fe.name).write_text(frontend_toml(topology, fe, layout, eps))
+            procs.append(ProcessState(
+                fe.name, "frontend", fe.dc, f"{topology.host}:{fe.port}",
+                {"grpc": fe.port}, str(layout.log(fe.name)),
+            ))  # fmt: skip
+        state = ClusterState(
+            str(layout.root), topology, topology.options.etcd_fsync, fleet_id, tuple(procs)
+        )
+        write_state(layout.state_file, state)
+        return state
+
+    # ---- starting and stopping ---------------------------------------------------------------
+
+    def _spec(self, state: ClusterState, proc: ProcessState) -> processes.ServiceSpec:
+        t, layout = state.topology, self.layout
+        env = {"PYTHONUNBUFFERED": "1"}
+        if proc.role == "etcd":
+            member = next(m for m in t.etcd if m.name == proc.name)
+            argv = etcd.etcd_argv(
+                member, t.etcd, host=t.host, options=t.options,
+                data_dir=layout.etcd_data(member.name), log_file=layout.etcd_log(member.name),
+                fsync=state.fsync,
+            )  # fmt: skip
+            log = layout.log(proc.name)  # etcd's own log goes to --log-outputs
+        else:
+            module = "vault_node" if proc.role == "node" else "frontend_chatd"
+            argv = [sys.executable, "-m", module, "--config", str(layout.config(proc.name))]
+            log = Path(proc.log)
+            if proc.role == "node":
+                env["SOFTHSM2_CONF"] = str(layout.hsm_dir(proc.name) / "softhsm2.conf")
+        return processes.ServiceSpec(
+            name=proc.name, argv=tuple(argv), log=log, state=layout.run_state(proc.name),
+            env=env, cwd=layout.root, max_restarts=t.options.max_restarts,
+        )  # fmt: skip
+
+    def _start_names(self, state: ClusterState, names: Iterable[str]) -> list[tuple[str, float]]:
+        """Start the named processes role by role (etcd, nodes, frontends), each role waited
+        healthy before the next. Already-running ones are left alone."""
+        wanted = set(names)
+        phases: list[tuple[str, float]] = []
+        labels = {"etcd": "etcd", "node": "vault nodes", "frontend": "frontends"}
+        checker = self._checker(state)
+        for role in ROLE_ORDER:
+            procs = [p for p in state.processes if p.role == role and p.name in wanted]
+            if not procs:
+                continue
+            with self._phase(phases, labels[role]):
+                for proc in procs:
+                    if proc.running and processes.is_alive(proc.running):
+                        continue
+                    # A state file left by an earlier run must not be read as this run's.
+                    self.layout.run_state(proc.name).unlink(missing_ok=True)
+                    running = processes.spawn(self._spec(state, proc))
+                    state = state.with_process(proc.with_running(running))
+                    write_state(self.layout.state_file, state)
+                self._wait_healthy(state, [p.name for p in procs], checker)
+        return phases
+
+    def _wait_healthy(
+        self, state: ClusterState, names: Sequence[str], checker: Callable[[ProcessState], bool]
+    ) -> None:
+        deadline = time.monotonic() + state.topology.options.start_timeout_s
+        pending = [p for p in state.processes if p.name in names]
+        while pending:
+            still: list[ProcessState] = []
+            for proc in pending:
+                running = proc.running
+                if running is None or not processes.is_alive(running):
+                    raise StartError(self._failure(proc, "exited"))
+                if self._run_state(proc.name).get("state") in ("backoff", "failed"):
+                    raise StartError(self._failure(proc, "crashed while starting"))
+                if not checker(proc):
+                    still.append(proc)
+            pending = still
+            if pending and time.monotonic() >= deadline:
+                raise StartError(self._failure(pending[0], "did not become healthy in time"))
+            if pending:
+                time.sleep(0.05)
+
+    def _failure(self, proc: ProcessState, what: str) -> str:
+        logs = [self.layout.log(proc.name), Path(proc.log)]
+        text = "\n".join(processes.tail(p) for p in dict.fromkeys(logs))
+        return f"{proc.name} {what}; last log lines:\n{text}"
+
+    def _stop(self, state: ClusterState, names: Iterable[str], *, hard: bool = False) -> None:
+        """Stop the named processes: SIGKILL when `hard`, else SIGTERM with a grace period.
+        Frontends and nodes go before etcd so that nodes can still release their leases."""
+        wanted = set(names)
+        for batch in (("frontend", "node"), ("etcd",)):
+            procs = [p for p in state.processes if p.name in wanted and p.role in batch]
+            groups = [p.running for p in procs if p.running is not None]
+            for group in groups:
+                if hard:
+                    processes.signal_group(group, signal.SIGKILL)
+                else:
+                    processes.signal_group(group, signal.SIGCONT)
+                    processes.signal_group(group, signal.SIGTERM)
+            deadline = time.monotonic() + (5.0 if hard else 10.0)
+            for group in groups:
+                if not processes.wait_gone(group, deadline):
+                    processes.kill(group)
+            for proc in procs:
+                state = state.with_process(proc.with_running(None))
+            write_state(self.layout.state_file, state)
+
+    def down(self) -> None:
+        """Stop every process of the cluster and wait until none is left. Keeps the data."""
+        with locked(self.layout.lock_file):
+            state = self.state()
+            self._stop(state, [p.name for p in state.processes])
+
+    def kill_dc(self, dc: str) -> None:
+        """SIGKILL every process group of data centre `dc` at once (a data-centre loss)."""
+        names = self.names_in_dc(dc)
+        with locked(self.layout.lock_file):
+            self._stop(self.state(), names, hard=True)
+
+    def start_dc(self, dc: str) -> list[tuple[str, float]]:
+        """Restart data centre `dc` on its data (same ports, dirs, tokens); wait for health."""
+        names = self.names_in_dc(dc)
+        with locked(self.layout.lock_file):
+            return self._start_names(self.state(), names)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process with its supervisor (no restart)."""
+        self.process(name)
+        with locked(self.layout.lock_file):
+            self._stop(self.state(), [name], hard=True)
+
+    def stop(self, name: str) -> None:
+        """Stop one process gracefully (SIGTERM, then SIGKILL after a grace period)."""
+        self.process(name)
+        with locked(self.layout.lock_file):
+            self._stop(self.state(), [name])
+
+    def start(self, name: str) -> list[tuple[str, float]]:
+        """Start one stopped process on its data and wait for its health."""
+        self.process(name)
+        with locked(self.layout.lock_file):
+            return self._start_names(self.state(), [name])
+
+    def crash(self, name: str) -> int:
+        """SIGKILL only the supervised program, so that its supervisor restarts it.
+        Returns the PID killed."""
+        proc = self.process(name)
+        pid = self.child_pid(name)
+        if proc.running is None or pid is None or pid not in processes.group_pids(proc.running):
+            raise ClusterStateError(f"{name} is not running")
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop_process(self, name: str) -> None:
+        """SIGSTOP the process and its supervisor (a hung process: it holds its sockets)."""
+        self._signal(name, signal.SIGSTOP)
+
+    def cont_process(self, name: str) -> None:
+        """SIGCONT a process stopped by `stop_process`."""
+        self._signal(name, signal.SIGCONT)
+
+    def _signal(self, name: str, sig: signal.Signals) -> None:
+        running = self.process(name).running
+        if running is None or not processes.signal_group(running, sig):
+            raise ClusterStateError(f"{name} is not running")
+
+    def wait_healthy(self, names: Sequence[str], timeout: float = 30.0) -> None:
+        """Wait until every named process passes its health check (already started)."""
+        state = self.state()
+        state = replace(state, topology=replace(
+            state.topology, options=replace(state.topology.options, start_timeout_s=timeout)
+        ))  # fmt: skip
+        self._wait_healthy(state, names, self._checker(state))
+
+    def fleet_id(self) -> bytes:
+        return load_fleet(self.layout.fleet_dir).fleet_id

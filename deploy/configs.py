@@ -1,0 +1,169 @@
+"""node.toml, frontend.toml and client.toml, in the shapes fixed by docs/architecture.md.
+
+All paths written are absolute. The files hold paths to secrets, never a secret itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.pki import Pki
+from deploy.topology import Frontend, Topology, VaultNode
+
+Scalar = str | int | float | bool
+Value = Scalar | Sequence[str]
+
+
+def _scalar(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("TOML values written by deploy must be finite")
+        return repr(value)
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def dumps(tables: Mapping[str, Mapping[str, Value]]) -> str:
+    """A TOML document of flat tables (enough for our three files)."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if isinstance(value, str | int | float | bool):
+                lines.append(f"{key} = {_scalar(value)}")
+            else:
+                lines.append(f"{key} = [{', '.join(_scalar(v) for v in value)}]")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything of a cluster lives under its directory."""
+
+    root: Path
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.root / "pki")
+
+    @property
+    def session_secret(self) -> Path:
+        return self.root / "secrets" / "session.key"
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.root / "fleet"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".cluster.lock"
+
+    @property
+    def client_config(self) -> Path:
+        return self.root / "client.toml"
+
+    def hsm_dir(self, node: str) -> Path:
+        return self.root / "hsm" / node
+
+    def etcd_data(self, member: str) -> Path:
+        return self.root / "etcd" / member
+
+    def config(self, name: str) -> Path:
+        return self.root / "conf" / f"{name}.toml"
+
+    def log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def etcd_log(self, member: str) -> Path:
+        return self.root / "logs" / f"{member}.etcd.log"
+
+    def audit_log(self, node: str) -> Path:
+        return self.root / "logs" / f"{node}.audit.jsonl"
+
+    def run_state(self, name: str) -> Path:
+        return self.root / "run" / f"{name}.json"
+
+
+def node_toml(
+    topology: Topology, node: VaultNode, layout: Layout, etcd_endpoints: Sequence[str],
+    token_label: str, softhsm_conf: Path, pin_file: Path, module: str,
+) -> str:  # fmt: skip
+    pki = layout.pki
+    address = f"{topology.host}:{node.port}"
+    return dumps({
+        "node": {
+            "name": node.name, "dc": node.dc, "listen": address, "advertise": address,
+            "max_attempts": topology.options.max_attempts,
+            "ticket_ttl_s": topology.options.ticket_ttl_s,
+            "lease_ttl_s": topology.options.lease_ttl_s,
+            "audit_log": str(layout.audit_log(node.name)),
+        },
+        "etcd": {"endpoints": list(etcd_endpoints)},
+        "tls": {
+            "ca": str(pki.cluster_ca.cert),
+            "cert": str(pki.server(node.name).cert),
+            "key": str(pki.server(node.name).key),
+            # Only frontends hold certificates of this CA: nodes accept no other caller.
+            "client_ca": str(pki.frontend_ca.cert),
+        },
+        "hsm": {
+            "module": module, "softhsm_conf": str(softhsm_conf),
+            "token_label": token_label, "pin_file": str(pin_file),
+        },
+    })  # fmt: skip
+
+
+def frontend_toml(
+    topology: Topology, frontend: Frontend, layout: Layout, etcd_endpoints: Sequence[str]
+) -> str:
+    pki = layout.pki
+    limits = topology.limits
+    return dumps({
+        "frontend": {
+            "name": frontend.name, "dc": frontend.dc,
+            "listen": f"{topology.host}:{frontend.port}",
+            "session_secret_file": str(layout.session_secret),
+            "enrollment_secret_file": "",
+            "session_ttl_s": topology.options.session_ttl_s,
+        },
+        "limits": {
+            "account_rate_per_s": float(limits.account_rate_per_s),
+            "account_burst": limits.account_burst,
+            "peer_rate_per_s": float(limits.peer_rate_per_s),
+            "peer_burst": limits.peer_burst,
+            "max_request_bytes": limits.max_request_bytes,
+            "node_deadline_s": float(limits.node_deadline_s),
+        },
+        "etcd": {"endpoints": list(etcd_endpoints)},
+        "tls": {
+            "cert": str(pki.server(frontend.name).cert),
+            "key": str(pki.server(frontend.name).key),
+            "cluster_ca": str(pki.cluster_ca.cert),
+            "client_cert": str(pki.frontend_client(frontend.name).cert),
+            "client_key": str(pki.frontend_client(frontend.name).key),
+        },
+    })  # fmt: skip
+
+
+def client_toml(topology: Topology, layout: Layout, fleet_pub: Path, fleet_id: bytes) -> str:
+    return dumps({
+        "cluster": {
+            "frontends": [f"{topology.host}:{f.port}" for f in topology.frontends],
+            "ca": str(layout.pki.cluster_ca.cert),
+            "server_name": "localhost",
+            "fleet_public_key": str(fleet_pub),
+            "fleet_id": fleet_id.hex(),
+        },
+    })  # fmt: skip
