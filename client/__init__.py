@@ -1,1 +1,50 @@
-"""client."""
+"""Backup Key Vault client: `VaultClient` (sync), `AsyncVaultClient` (asyncio), the `bkv` CLI.
+
+>>> from client import VaultClient, InvalidPassword  # doctest: +SKIP
+>>> with VaultClient.from_config("client.toml", account_id="alice") as vault:  # doctest: +SKIP
+...     key = vault.register("correct horse battery staple")
+
+See client/README.md for a five-minute tour.
+"""
+
+from client.aio import AsyncVaultClient
+from client.config import ClientConfig, load_config
+from client.errors import (
+    BadInput,
+    ConfigError,
+    InvalidPassword,
+    Locked,
+    NotRegistered,
+    ProtocolError,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+)
+from client.protocol import Status
+from client.retry import RetryPolicy
+from client.vault import CorruptBackup, VaultClient, decrypt_backup, encrypt_backup
+from vault_protocol.backup_key import BackupKey
+
+__all__ = [
+    "AsyncVaultClient",
+    "BackupKey",
+    "BadInput",
+    "ClientConfig",
+    "ConfigError",
+    "CorruptBackup",
+    "InvalidPassword",
+    "Locked",
+    "NotRegistered",
+    "ProtocolError",
+    "RateLimited",
+    "RetryPolicy",
+    "Status",
+    "Unauthenticated",
+    "Unavailable",
+    "VaultClient",
+    "VaultError",
+    "decrypt_backup",
+    "encrypt_backup",
+    "load_config",
+]

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
@@ -51,7 +51,9 @@ from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
 __all__ = [
+    "Connector",
     "CorruptBackup",
+    "GrpcConnector",
     "VaultClient",
     "decrypt_backup",
     "default_config_path",
@@ -99,6 +101,56 @@ def resolve_ksf(config: ClientConfig, ksf: Ksf | str | None) -> Ksf:
     if isinstance(ksf, str):
         return ksf_named(ksf)
     return ksf
+
+
+class Connector(Protocol):
+    """How the client reaches frontends: one stub per address, reused; injected by tests."""
+
+    def stub(self, address: str) -> Any:
+        """The `Frontend` stub for `address` (its channel is opened on first use)."""
+        ...
+
+    def ready(self, address: str, timeout: float) -> bool:
+        """Whether `address` has (or gets within `timeout`) a connection; sends nothing."""
+        ...
+
+    def close(self) -> None:
+        """Close every channel."""
+        ...
+
+
+class GrpcConnector:
+    """One gRPC channel per frontend, opened lazily, reused across calls, TLS unless insecure."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._config = config
+        self._channels: dict[str, tuple[grpc.Channel, frontend_pb2_grpc.FrontendStub]] = {}
+
+    def _entry(self, address: str) -> tuple[grpc.Channel, frontend_pb2_grpc.FrontendStub]:
+        if address not in self._channels:
+            creds = channel_credentials(self._config)
+            options = channel_options(self._config)
+            if creds is None:
+                channel = grpc.insecure_channel(address, options=options)
+            else:
+                channel = grpc.secure_channel(address, creds, options=options)
+            self._channels[address] = (channel, frontend_pb2_grpc.FrontendStub(channel))
+        return self._channels[address]
+
+    def stub(self, address: str) -> Any:
+        return self._entry(address)[1]
+
+    def ready(self, address: str, timeout: float) -> bool:
+        try:
+            grpc.channel_ready_future(self._entry(address)[0]).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        for channel, _ in self._channels.values():
+            channel.close()
+        self._channels.clear()
 
 
 class CorruptBackup(BadInput):
@@ -182,7 +234,7 @@ class VaultClient:
     ksf: the client KSF; None = the config's preset ("default": Argon2id t=3 p=4 64 MiB). A
         cheaper one (e.g. `"fast"` or `Argon2idKsf(time_cost=1, ...)`) only for load tests.
     retry: the retry policy (default: `RetryPolicy()` with the config's overall deadline).
-    rng, clock, sleep, uniform, clock_ms, channel_factory: injected for tests.
+    rng, clock, sleep, uniform, clock_ms, connector: injected for tests.
     """
 
     def __init__(
@@ -198,7 +250,7 @@ class VaultClient:
         sleep: Callable[[float], None] = time.sleep,
         uniform: Callable[[], float] = random.random,
         clock_ms: Callable[[], int] = wall_clock_ms,
-        channel_factory: Callable[[str], grpc.Channel] | None = None,
+        connector: Connector | None = None,
     ) -> None:
         self.config = config.validate()
         self.account_id = account_id
@@ -211,8 +263,7 @@ class VaultClient:
         self._sleep = sleep
         self._uniform = uniform
         self._session = Session(clock_ms=clock_ms)
-        self._channel_factory = channel_factory or self._make_channel
-        self._channels: dict[int, tuple[grpc.Channel, frontend_pb2_grpc.FrontendStub]] = {}
+        self._connector = connector or GrpcConnector(config)
         self._preferred = 0
         self._account: AccountKey | None = None
         self._fleet: Any = None
@@ -260,9 +311,7 @@ class VaultClient:
     def close(self) -> None:
         """Close every channel; the client cannot be used afterwards."""
         self._closed = True
-        for channel, _ in self._channels.values():
-            channel.close()
-        self._channels.clear()
+        self._connector.close()
 
     # -- accounts -------------------------------------------------------------------------------
 
@@ -385,37 +434,16 @@ class VaultClient:
                     raise
         raise AssertionError("unreachable")
 
-    def _make_channel(self, address: str) -> grpc.Channel:
-        creds = channel_credentials(self.config)
-        options = channel_options(self.config)
-        if creds is None:
-            return grpc.insecure_channel(address, options=options)
-        return grpc.secure_channel(address, creds, options=options)
-
-    def _stub(self, index: int) -> frontend_pb2_grpc.FrontendStub:
-        if index not in self._channels:
-            channel = self._channel_factory(self.config.frontends[index])
-            self._channels[index] = (channel, frontend_pb2_grpc.FrontendStub(channel))
-        return self._channels[index][1]
-
-    def _ready(self, index: int, timeout: float) -> bool:
-        self._stub(index)
-        channel = self._channels[index][0]
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            return False
-        return True
-
     def _attempt(self, method: str, request: Any, metadata: Any, remaining: float) -> Any:
         """One try: the first frontend (from the preferred one) that connects gets the call."""
         n = len(self.config.frontends)
         for offset in range(n):
             index = (self._preferred + offset) % n
-            if not self._ready(index, min(self.config.connect_timeout_s, max(remaining, 0.001))):
-                continue  # nothing was sent to this one: skipping it cannot count a guess
             address = self.config.frontends[index]
-            call = getattr(self._stub(index), method)
+            wait = min(self.config.connect_timeout_s, max(remaining, 0.001))
+            if not self._connector.ready(address, wait):
+                continue  # nothing was sent to this one: skipping it cannot count a guess
+            call = getattr(self._connector.stub(address), method)
             try:
                 reply = call(
                     request,
