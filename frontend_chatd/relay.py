@@ -1,0 +1,118 @@
+"""Relay a sealed envelope to a vault node: one try, one retry elsewhere if the node is down."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from bkv.v1 import node_pb2
+
+from frontend_chatd.routing import NodeInfo
+
+log = logging.getLogger(__name__)
+
+OpenCall = Callable[[NodeInfo, node_pb2.OpenRequest, float], Awaitable[node_pb2.OpenReply]]
+MAX_DETAIL_CHARS = 200
+
+
+class NoNodeAvailable(Exception):
+    """No vault node is known, or every node tried was unreachable (UNAVAILABLE, retry later)."""
+
+
+class NodeTimedOut(Exception):
+    """The node did not answer within the deadline (UNAVAILABLE): the request may have applied."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A gRPC status answered by the node, passed on to the client with the same code."""
+
+    code: grpc.StatusCode
+    details: str
+    retry_after_ms: str | None = None
+
+
+class NodeRejected(Exception):
+    def __init__(self, status: NodeStatus) -> None:
+        self.status = status
+        super().__init__(f"vault node answered {status.code.name}")
+
+
+class _Unreachable(Exception):
+    """Internal: this node could not be reached; another may be tried."""
+
+
+def classify(error: grpc.aio.AioRpcError) -> Exception:
+    """The one place that turns a node's gRPC status into a typed relay error."""
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return _Unreachable(_short(error.details()))
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return NodeTimedOut("vault node did not answer in time; the request may have been applied")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # The node refused this frontend (mTLS set-up), not the client's session: a client
+        # that logs in again would not help, so this is an outage from the client's view.
+        return NoNodeAvailable("vault node refused this frontend")
+    retry_after = None
+    for key, value in error.trailing_metadata() or ():
+        if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
+            retry_after = value
+    return NodeRejected(NodeStatus(code, _short(error.details()), retry_after))
+
+
+def _short(details: str | None) -> str:
+    text = "".join(c for c in (details or "") if c.isprintable())
+    return text[:MAX_DETAIL_CHARS] or "vault node error"
+
+
+class Relay:
+    """Forwards Open(account_id, envelope) to nodes in the routing plan's order."""
+
+    def __init__(
+        self,
+        plan: Callable[[], list[NodeInfo]],
+        open_call: OpenCall,
+        deadline_s: float,
+    ) -> None:
+        self._plan = plan
+        self._open = open_call
+        self._deadline_s = deadline_s
+
+    async def relay(self, account_id: str, envelope: bytes) -> bytes:
+        """The node's sealed response; raises NoNodeAvailable, NodeTimedOut or NodeRejected."""
+        # Security: the account id comes from the verified session, never from the client's
+        # request, and is bound into the envelope's HPKE info: a swap fails to open on the node.
+        request = node_pb2.OpenRequest(account_id=account_id, envelope=envelope)
+        # At most one retry, and only when the node could not be reached. Safe for the guess
+        # limit: a node commits the attempt before evaluating, so a retry at most counts twice.
+        candidates = self._plan()[:2]
+        if not candidates:
+            raise NoNodeAvailable("no vault node available")
+        last = "no vault node available"
+        for node in candidates:
+            try:
+                reply = await self._open(node, request, self._deadline_s)
+            except grpc.aio.AioRpcError as e:
+                error = classify(e)
+                if not isinstance(error, _Unreachable):
+                    raise error from None
+                log.warning("vault node %s (%s) unreachable: %s", node.name, node.dc, error)
+                last = f"vault node unavailable: {error}"
+                continue
+            return bytes(reply.sealed_response)
+        raise NoNodeAvailable(last)
+
+
+def stub_open_call(stub_for: Callable[[NodeInfo], object]) -> OpenCall:
+    """An OpenCall over grpc stubs (`stub_for(node)` returns a VaultNodeStub)."""
+
+    async def call(
+        node: NodeInfo, request: node_pb2.OpenRequest, timeout: float
+    ) -> node_pb2.OpenReply:
+        stub = stub_for(node)
+        reply: node_pb2.OpenReply = await stub.Open(request, timeout=timeout)  # type: ignore[attr-defined]
+        return reply
+
+    return call

@@ -1,0 +1,264 @@
+"""Live table of vault nodes (watched in etcd), same-DC-first choice, one mTLS channel per node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd.exceptions
+import grpc
+from bkv.v1 import node_pb2_grpc
+
+from frontend_chatd.config import is_ipv4, split_hostport
+
+NODES_PREFIX = b"/bkv/v1/nodes/"
+MAX_NODE_VALUE_BYTES = 4096
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    dc: str
+    address: str  # host:port the frontend dials
+
+
+def parse_node(value: bytes) -> NodeInfo | None:
+    """The membership value {"name", "dc", "address"} as a NodeInfo; None if unusable."""
+    if len(value) > MAX_NODE_VALUE_BYTES:
+        return None
+    try:
+        data = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    name, dc, address = data.get("name"), data.get("dc"), data.get("address")
+    if not (isinstance(name, str) and isinstance(dc, str) and isinstance(address, str)):
+        return None
+    host, sep, port = address.rpartition(":")
+    if not (name and dc and host and sep and port.isdigit()):
+        return None
+    return NodeInfo(name=name, dc=dc, address=address)
+
+
+def order_nodes(nodes: Iterable[NodeInfo], own_dc: str, turn: int) -> list[NodeInfo]:
+    """Nodes to try, best first: own DC (rotated by `turn`), then the others (rotated too)."""
+    ordered = sorted(set(nodes), key=lambda n: (n.dc, n.name, n.address))
+    local = [n for n in ordered if n.dc == own_dc]
+    remote = [n for n in ordered if n.dc != own_dc]
+    return _rotate(local, turn) + _rotate(remote, turn)
+
+
+def _rotate(items: list[NodeInfo], turn: int) -> list[NodeInfo]:
+    if not items:
+        return items
+    k = turn % len(items)
+    return items[k:] + items[:k]
+
+
+class NodeTable:
+    """Membership keys → nodes, plus the round-robin turn used to spread requests."""
+
+    def __init__(self, own_dc: str) -> None:
+        self.own_dc = own_dc
+        self._nodes: dict[bytes, NodeInfo] = {}
+        self._turn = 0
+
+    def replace(self, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        nodes: dict[bytes, NodeInfo] = {}
+        for key, value in entries:
+            node = parse_node(value)
+            if node is None:
+                log.warning("ignoring malformed membership key %r", key)
+            else:
+                nodes[key] = node
+        self._nodes = nodes
+
+    def put(self, key: bytes, value: bytes) -> None:
+        node = parse_node(value)
+        if node is None:
+            log.warning("ignoring malformed membership key %r", key)
+            self._nodes.pop(key, None)
+        else:
+            self._nodes[key] = node
+
+    def delete(self, key: bytes) -> None:
+        self._nodes.pop(key, None)
+
+    def nodes(self) -> list[NodeInfo]:
+        return list(self._nodes.values())
+
+    def plan(self) -> list[NodeInfo]:
+        """Nodes in the order one request should try them; advances the round-robin turn."""
+        self._turn += 1
+        return order_nodes(self._nodes.values(), self.own_dc, self._turn)
+
+
+StateCallback = Callable[[bool], None]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class NodeWatcher:
+    """Keeps a NodeTable equal to /bkv/v1/nodes/ in etcd.
+
+    List (with its revision), then watch from revision+1. When the watch dies (a killed member
+    ends it with UNAVAILABLE) resume from the last revision seen; if that revision has been
+    compacted, list again. `ready` is True while a watch is established on a listed table.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        table: NodeTable,
+        *,
+        on_state: StateCallback = lambda ready: None,
+        on_change: Callable[[], None] = lambda: None,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] | None = None,
+        backoff_min_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._table = table
+        self._on_state = on_state
+        self._on_change = on_change
+        self._sleep = sleep
+        self._rng = rng
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self.ready = False
+        self.revision: int | None = None  # last revision applied to the table
+        self._watch: Any = None
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            self._on_state(ready)
+
+    async def list_nodes(self) -> None:
+        result = await self._client.get_prefix(NODES_PREFIX)
+        self._table.replace((bytes(kv.key), bytes(kv.value)) for kv in result.kvs)
+        self.revision = int(result.header.revision)
+        self._on_change()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        backoff = self._backoff_min_s
+        while True:
+            try:
+                if self.revision is None:
+                    await self.list_nodes()
+                await self._follow()
+                backoff = self._backoff_min_s
+            except asyncio.CancelledError:
+                raise
+            except aetcd.exceptions.RevisionCompactedError:
+                log.info("node watch: revision %s compacted, listing again", self.revision)
+                self.revision = None
+                self._set_ready(False)
+            except Exception as e:  # noqa: BLE001 - the watch must outlive any etcd failure
+                self._set_ready(False)
+                log.warning(
+                    "node watch interrupted (%s), resuming from revision %s",
+                    type(e).__name__,
+                    self.revision,
+                )
+                jitter = 0.5 + (self._rng() if self._rng else 0.5)
+                await self._sleep(backoff * jitter)
+                backoff = min(self._backoff_max_s, backoff * 2)
+
+    async def _follow(self) -> None:
+        assert self.revision is not None
+        watch = await self._client.watch_prefix(NODES_PREFIX, start_revision=self.revision + 1)
+        self._watch = watch
+        self._set_ready(True)
+        try:
+            async for event in watch:
+                self.apply(event)
+        finally:
+            self._watch = None
+        # The iterator ends without error only when cancelled: treat as a broken watch.
+        raise ConnectionError("node watch ended")
+
+    def apply(self, event: Any) -> None:
+        key, revision = bytes(event.kv.key), int(event.kv.mod_revision)
+        if event.kind == "DELETE":
+            self._table.delete(key)
+        else:
+            self._table.put(key, bytes(event.kv.value))
+        if self.revision is None or revision > self.revision:
+            self.revision = revision
+        self._on_change()
+
+
+def load_channel_credentials(ca_file: str, cert_file: str, key_file: str) -> Any:
+    """mTLS credentials: present the frontend client certificate, trust only the cluster CA."""
+    with open(ca_file, "rb") as f:
+        ca = f.read()
+    with open(cert_file, "rb") as f:
+        cert = f.read()
+    with open(key_file, "rb") as f:
+        key = f.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+class NodeChannels:
+    """One reused grpc.aio secure channel per node address."""
+
+    def __init__(self, credentials: Any, close_grace_s: float = 5.0) -> None:
+        self._credentials = credentials
+        self._channels: dict[str, Any] = {}
+        self._close_grace_s = close_grace_s
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def stub(self, node: NodeInfo) -> Any:
+        channel = self._channels.get(node.address)
+        if channel is None:
+            # Security: the node's certificate is checked against the cluster CA and the host of
+            # its advertised address (certificates carry SANs localhost / 127.0.0.1 / name).
+            channel = grpc.aio.secure_channel(node.address, self._credentials)
+            self._channels[node.address] = channel
+        return node_pb2_grpc.VaultNodeStub(channel)
+
+    def retain(self, addresses: Sequence[str]) -> None:
+        """Close (after a grace period for calls in flight) channels of nodes that left."""
+        keep = set(addresses)
+        for address in [a for a in self._channels if a not in keep]:
+            channel = self._channels.pop(address)
+            task = asyncio.get_running_loop().create_task(channel.close(self._close_grace_s))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close(None) for c in channels), *self._closing)
+
+
+def etcd_target(endpoints: Sequence[str]) -> tuple[str, int, dict[str, Any]]:
+    """aetcd.Client(host, port, options) arguments for one or several etcd endpoints.
+
+    aetcd dials f"{host}:{port}"; several IPv4 endpoints become the gRPC target
+    `ipv4:A:p,B:q,C:r` with round_robin, which fails over between members.
+    """
+    options: dict[str, Any] = {
+        "grpc.keepalive_time_ms": 10_000,
+        "grpc.keepalive_timeout_ms": 5_000,
+    }
+    if len(endpoints) == 1:
+        host, port = split_hostport(endpoints[0])
+        return host, port, options
+    if not all(is_ipv4(split_hostport(e)[0]) for e in endpoints):
+        joined = ",".join(endpoints)
+        raise ValueError(f"several etcd endpoints must be IPv4 host:port (got {joined})")
+    target = "ipv4:" + ",".join(endpoints)
+    host, _, last_port = target.rpartition(":")
+    options["grpc.lb_policy_name"] = "round_robin"
+    return host, int(last_port), options

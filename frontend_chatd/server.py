@@ -1,0 +1,323 @@
+"""The frontend gRPC server: Frontend service, health, reflection; errors mapped once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aetcd
+import grpc
+from bkv.v1 import frontend_pb2, frontend_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
+from frontend_chatd.config import FrontendConfig
+from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
+from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay, stub_open_call
+from frontend_chatd.routing import (
+    NodeChannels,
+    NodeTable,
+    NodeWatcher,
+    etcd_target,
+    load_channel_credentials,
+)
+from frontend_chatd.sessions import (
+    Challenges,
+    InvalidArgument,
+    SessionKeys,
+    SessionTokens,
+    Unauthenticated,
+    bearer_token,
+)
+
+SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
+ETCD_TIMEOUT_S = 5
+STOP_GRACE_S = 5.0
+
+access_log = logging.getLogger("frontend_chatd.access")
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RequestTooLarge(Exception):
+    """The envelope is larger than limits.max_request_bytes (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    code: grpc.StatusCode
+    message: str
+    trailing: tuple[tuple[str, str], ...] = ()
+
+
+def to_status(error: BaseException) -> StatusReply:
+    """The one mapping from the frontend's typed errors to the gRPC status the client sees."""
+    if isinstance(error, Unauthenticated):
+        return StatusReply(grpc.StatusCode.UNAUTHENTICATED, str(error))
+    if isinstance(error, InvalidArgument):
+        return StatusReply(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    if isinstance(error, RateLimited):
+        return StatusReply(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(error),
+            (("retry-after-ms", str(error.retry_after_ms)),),
+        )
+    if isinstance(error, RequestTooLarge):
+        return StatusReply(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    if isinstance(error, AccountStoreUnavailable | NoNodeAvailable | NodeTimedOut):
+        return StatusReply(grpc.StatusCode.UNAVAILABLE, str(error))
+    if isinstance(error, NodeRejected):
+        trailing = (
+            (("retry-after-ms", error.status.retry_after_ms),)
+            if error.status.retry_after_ms
+            else ()
+        )
+        return StatusReply(error.status.code, error.status.details, trailing)
+    return StatusReply(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _account_tag(account_id: str) -> str:
+    # Logs carry a short hash, not the account id: enough to correlate lines, no directory.
+    return hashlib.sha256(account_id.encode()).hexdigest()[:12] if account_id else "-"
+
+
+def _peer_host(peer: str) -> str:
+    """ "ipv4:1.2.3.4:5678" → "ipv4:1.2.3.4": one rate-limit bucket per address, not per port."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
+@dataclass
+class _Call:
+    method: str
+    peer: str
+    account: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        accounts: Accounts,
+        tokens: SessionTokens,
+        relay: Relay,
+        account_limiter: TokenBucketLimiter,
+        peer_limiter: TokenBucketLimiter,
+        max_request_bytes: int,
+    ) -> None:
+        self._accounts = accounts
+        self._tokens = tokens
+        self._relay = relay
+        self._account_limiter = account_limiter
+        self._peer_limiter = peer_limiter
+        self._max_request_bytes = max_request_bytes
+
+    async def _handle(self, method: str, context: Any, body: Callable[[_Call], Awaitable[T]]) -> T:
+        call = _Call(method, _peer_host(context.peer() or "unknown"))
+        failure: StatusReply | None = None
+        code = "OK"
+        try:
+            # Security: the per-peer bucket runs before any work (MAC checks, etcd reads).
+            self._peer_limiter.acquire(call.peer)
+            return await body(call)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as e:  # noqa: BLE001 - every error leaves through to_status()
+            failure = to_status(e)
+            code = failure.code.name
+            if failure.code == grpc.StatusCode.INTERNAL:
+                # The type only: an exception's text could carry request bytes.
+                log.error("%s failed unexpectedly: %s", method, type(e).__name__)
+        finally:
+            access_log.info(
+                "method=%s account=%s peer=%s status=%s latency_ms=%.1f",
+                method,
+                _account_tag(call.account),
+                call.peer,
+                code,
+                (time.monotonic() - call.started) * 1000,
+            )
+        assert failure is not None
+        if failure.trailing:
+            context.set_trailing_metadata(failure.trailing)
+        await context.abort(failure.code, failure.message)
+        raise AssertionError("unreachable: abort raises")
+
+    async def GetChallenge(
+        self, request: frontend_pb2.ChallengeRequest, context: Any
+    ) -> frontend_pb2.ChallengeReply:
+        async def body(call: _Call) -> frontend_pb2.ChallengeReply:
+            call.account = request.account_id
+            return frontend_pb2.ChallengeReply(
+                challenge=self._accounts.challenge(request.account_id)
+            )
+
+        return await self._handle("GetChallenge", context, body)
+
+    async def Login(
+        self, request: frontend_pb2.LoginRequest, context: Any
+    ) -> frontend_pb2.LoginReply:
+        async def body(call: _Call) -> frontend_pb2.LoginReply:
+            call.account = request.account_id
+            result = await self._accounts.login(
+                request.account_id,
+                bytes(request.public_key),
+                bytes(request.challenge),
+                bytes(request.signature),
+                request.enrollment_token,
+            )
+            return frontend_pb2.LoginReply(
+                session_token=result.token, expires_at_ms=result.session.expires_at_ms
+            )
+
+        return await self._handle("Login", context, body)
+
+    async def Relay(
+        self, request: frontend_pb2.RelayRequest, context: Any
+    ) -> frontend_pb2.RelayReply:
+        async def body(call: _Call) -> frontend_pb2.RelayReply:
+            session = self._tokens.verify(bearer_token(context.invocation_metadata()))
+            call.account = session.account_id
+            self._account_limiter.acquire(session.account_id)
+            envelope = bytes(request.envelope)
+            if not envelope:
+                raise InvalidArgument("envelope is empty")
+            if len(envelope) > self._max_request_bytes:
+                raise RequestTooLarge("envelope too large")
+            sealed = await self._relay.relay(session.account_id, envelope)
+            return frontend_pb2.RelayReply(sealed_response=sealed)
+
+        return await self._handle("Relay", context, body)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class FrontendServer:
+    """Everything one frontend process runs; `start()`, then `stop()`."""
+
+    def __init__(self, config: FrontendConfig) -> None:
+        self.config = config
+        fe, limits = config.frontend, config.limits
+        keys = SessionKeys.derive(_read(fe.session_secret_file))
+        enrollment = Enrollment(
+            _read(fe.enrollment_secret_file) if fe.enrollment_secret_file else None
+        )
+        host, port, options = etcd_target(config.etcd.endpoints)
+        self.etcd = aetcd.Client(host=host, port=port, timeout=ETCD_TIMEOUT_S, options=options)
+        self.table = NodeTable(fe.dc)
+        tls = config.tls
+        self.channels = NodeChannels(
+            load_channel_credentials(tls.cluster_ca, tls.client_cert, tls.client_key)
+        )
+        self.health = health.aio.HealthServicer()
+        self.watcher = NodeWatcher(
+            self.etcd, self.table, on_state=self._update_health, on_change=self._nodes_changed
+        )
+        tokens = SessionTokens(keys, fe.session_ttl_s, time.time)
+        self.servicer = FrontendServicer(
+            accounts=Accounts(
+                Challenges(keys, time.time, os.urandom), tokens, EtcdKeyStore(self.etcd), enrollment
+            ),
+            tokens=tokens,
+            relay=Relay(
+                self.table.plan, stub_open_call(self.channels.stub), limits.node_deadline_s
+            ),
+            account_limiter=TokenBucketLimiter(
+                "account", limits.account_rate_per_s, limits.account_burst, time.monotonic
+            ),
+            peer_limiter=TokenBucketLimiter(
+                "peer", limits.peer_rate_per_s, limits.peer_burst, time.monotonic
+            ),
+            max_request_bytes=limits.max_request_bytes,
+        )
+        self.server: Any = None
+        self.port = 0
+        self._watch_task: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+
+    def _nodes_changed(self) -> None:
+        self.channels.retain([n.address for n in self.table.nodes()])
+        self._update_health(self.watcher.ready)
+
+    def _update_health(self, _ready: bool) -> None:
+        serving = self.watcher.ready and bool(self.table.nodes())
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        log.info(
+            "health: %s (%d nodes)",
+            "SERVING" if serving else "NOT_SERVING",
+            len(self.table.nodes()),
+        )
+        for service in ("", SERVICE_NAME):
+            task = asyncio.get_running_loop().create_task(self.health.set(service, status))
+            task.add_done_callback(lambda t: t.exception())
+
+    async def start(self) -> int:
+        fe, limits, tls = self.config.frontend, self.config.limits, self.config.tls
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limits.max_request_bytes),
+                # Two processes must never share a port silently.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        credentials = grpc.ssl_server_credentials([(_read(tls.key), _read(tls.cert))])
+        self.port = self.server.add_secure_port(fe.listen, credentials)
+        if not self.port:
+            raise OSError(f"cannot listen on {fe.listen}")
+        self._update_health(False)
+        await self.server.start()
+        self._watch_task = asyncio.get_running_loop().create_task(self.watcher.run())
+        log.info("frontend %s (%s) listening on %s", fe.name, fe.dc, fe.listen)
+        return int(self.port)
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self.channels.close()
+        await self.etcd.close()
+
+
+async def serve(config: FrontendConfig) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = FrontendServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await server.stop()

@@ -1,0 +1,303 @@
+"""Routing choice, the node table and watcher (fake etcd), relay retry policy, status mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aetcd.exceptions
+import grpc
+import pytest
+from bkv.v1 import node_pb2
+
+from frontend_chatd.ratelimit import RateLimited
+from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay
+from frontend_chatd.routing import (
+    NodeInfo,
+    NodeTable,
+    NodeWatcher,
+    etcd_target,
+    order_nodes,
+    parse_node,
+)
+from frontend_chatd.server import RequestTooLarge, to_status
+from frontend_chatd.sessions import InvalidArgument, Unauthenticated
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
+
+A1 = NodeInfo("a1", "dc-a", "127.0.0.1:1001")
+A2 = NodeInfo("a2", "dc-a", "127.0.0.1:1002")
+B1 = NodeInfo("b1", "dc-b", "127.0.0.1:2001")
+C1 = NodeInfo("c1", "dc-c", "127.0.0.1:3001")
+
+
+def value(node: NodeInfo) -> bytes:
+    return json.dumps({"name": node.name, "dc": node.dc, "address": node.address}).encode()
+
+
+def key(node: NodeInfo) -> bytes:
+    return f"/bkv/v1/nodes/{node.dc}/{node.name}".encode()
+
+
+# --- choice ---------------------------------------------------------------------------------
+
+
+def test_same_dc_first_round_robin_then_others() -> None:
+    nodes = [C1, B1, A2, A1]
+    plans = [order_nodes(nodes, "dc-a", turn) for turn in range(4)]
+    assert [p[:2] for p in plans] == [[A1, A2], [A2, A1], [A1, A2], [A2, A1]]
+    for p in plans:
+        assert set(p[2:]) == {B1, C1}
+
+
+def test_no_local_node_uses_others_round_robin() -> None:
+    firsts = {order_nodes([B1, C1], "dc-a", turn)[0] for turn in range(2)}
+    assert firsts == {B1, C1}
+
+
+def test_failover_order_local_then_remote() -> None:
+    plan = order_nodes([A1, B1], "dc-a", 7)
+    assert plan == [A1, B1]
+    assert order_nodes([], "dc-a", 0) == []
+
+
+def test_parse_node_rejects_bad_values() -> None:
+    assert parse_node(value(A1)) == A1
+    for bad in [
+        b"",
+        b"[]",
+        b"{",
+        b'{"name":"x","dc":"d"}',
+        b'{"name":"x","dc":"d","address":"h"}',
+        b'{"name":1,"dc":"d","address":"h:1"}',
+        b"\xff",
+        b"x" * 5000,
+    ]:
+        assert parse_node(bad) is None
+
+
+def test_table_put_delete_replace_and_plan() -> None:
+    table = NodeTable("dc-b")
+    table.replace([(key(A1), value(A1)), (key(B1), value(B1)), (b"/bkv/v1/nodes/x", b"junk")])
+    assert set(table.nodes()) == {A1, B1}
+    assert table.plan()[0] == B1
+    table.delete(key(B1))
+    assert table.plan() == [A1]
+    table.put(key(C1), value(C1))
+    table.put(key(A1), b"junk")  # a malformed update removes the node
+    assert table.nodes() == [C1]
+
+
+def test_etcd_target() -> None:
+    host, port, options = etcd_target(["127.0.0.1:2379"])
+    assert (host, port) == ("127.0.0.1", 2379) and "grpc.lb_policy_name" not in options
+    host, port, options = etcd_target(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])
+    assert f"{host}:{port}" == "ipv4:127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"
+    assert options["grpc.lb_policy_name"] == "round_robin"
+    with pytest.raises(ValueError):
+        etcd_target(["etcd-a:1", "etcd-b:2"])
+
+
+# --- watcher with a fake etcd client -------------------------------------------------------
+
+
+class KV:
+    def __init__(self, k: bytes, v: bytes, mod: int) -> None:
+        self.key, self.value, self.mod_revision = k, v, mod
+
+
+class Event:
+    def __init__(self, kind: str, kv: KV) -> None:
+        self.kind, self.kv = kind, kv
+
+
+class Listing:
+    def __init__(self, kvs: list[KV], revision: int) -> None:
+        self.kvs = kvs
+        self.header = type("H", (), {"revision": revision})()
+
+
+class FakeWatch:
+    """Yields its items (raising exceptions), then stays open like a live watch."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        await asyncio.Event().wait()
+
+
+class FakeEtcd:
+    """Scripted: listings and watch streams are consumed in order; records start revisions."""
+
+    def __init__(self, listings: list[Any], watches: list[Any]) -> None:
+        self.listings = listings
+        self.watches = watches
+        self.watch_starts: list[int] = []
+        self.list_calls = 0
+
+    async def get_prefix(self, prefix: bytes) -> Listing:
+        self.list_calls += 1
+        item = self.listings.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> FakeWatch:
+        self.watch_starts.append(start_revision)
+        if not self.watches:
+            await asyncio.Event().wait()  # hang: the test cancels
+        item = self.watches.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return FakeWatch(item)
+
+
+def run_watcher(etcd: FakeEtcd, table: NodeTable, until: Any) -> list[bool]:
+    states: list[bool] = []
+
+    async def main() -> None:
+        async def no_sleep(_: float) -> None:
+            await asyncio.sleep(0)
+
+        watcher = NodeWatcher(etcd, table, on_state=states.append, sleep=no_sleep)
+        task = asyncio.create_task(watcher.run())
+        for _ in range(1000):
+            await asyncio.sleep(0)
+            if until(watcher):
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert until(watcher)
+
+    asyncio.run(main())
+    return states
+
+
+def test_watch_lists_then_follows_and_resumes_after_unavailable() -> None:
+    unavailable = aetcd.exceptions.ConnectionFailedError("member killed")
+    etcd = FakeEtcd(
+        listings=[Listing([KV(key(A1), value(A1), 5)], revision=10)],
+        watches=[
+            [Event("PUT", KV(key(B1), value(B1), 11)), unavailable],
+            unavailable,  # re-watch fails once (no member reachable yet)
+            [Event("DELETE", KV(key(A1), b"", 14)), Event("PUT", KV(key(C1), value(C1), 15))],
+        ],
+    )
+    table = NodeTable("dc-a")
+    states = run_watcher(etcd, table, lambda w: w.revision == 15)
+    assert etcd.watch_starts == [11, 12, 12]  # resumed from the last revision seen
+    assert etcd.list_calls == 1
+    assert set(table.nodes()) == {B1, C1}
+    assert states[:3] == [True, False, True]
+
+
+def test_watch_relists_after_compaction() -> None:
+    etcd = FakeEtcd(
+        listings=[
+            aetcd.exceptions.ConnectionFailedError("etcd down"),
+            Listing([KV(key(A1), value(A1), 5)], revision=10),
+            Listing([KV(key(B1), value(B1), 40)], revision=50),
+        ],
+        watches=[aetcd.exceptions.RevisionCompactedError(30), []],
+    )
+    table = NodeTable("dc-a")
+    states = run_watcher(etcd, table, lambda w: len(etcd.watch_starts) == 2 and w.ready)
+    assert etcd.watch_starts == [11, 51]
+    assert table.nodes() == [B1]
+    assert states == [True]
+
+
+# --- relay ---------------------------------------------------------------------------------
+
+
+def rpc_error(code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
+    )
+
+
+def run_relay(plan: list[NodeInfo], outcomes: dict[str, Any]) -> tuple[Any, list[str]]:
+    calls: list[str] = []
+
+    async def open_call(node: NodeInfo, request: node_pb2.OpenRequest, timeout: float) -> Any:
+        calls.append(node.name)
+        assert request.account_id == "alice" and request.envelope == b"env" and timeout == 2.0
+        outcome = outcomes[node.name]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return node_pb2.OpenReply(sealed_response=outcome)
+
+    relay = Relay(lambda: list(plan), open_call, 2.0)
+    try:
+        return asyncio.run(relay.relay("alice", b"env")), calls
+    except (NoNodeAvailable, NodeTimedOut, NodeRejected) as e:
+        return e, calls
+
+
+def test_relay_first_node_answers() -> None:
+    result, calls = run_relay([A1, A2, B1], {"a1": b"sealed"})
+    assert result == b"sealed" and calls == ["a1"]
+
+
+def test_relay_retries_once_on_unavailable() -> None:
+    down = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    result, calls = run_relay([A1, B1, C1], {"a1": down, "b1": b"ok"})
+    assert result == b"ok" and calls == ["a1", "b1"]
+    result, calls = run_relay([A1, B1, C1], {"a1": down, "b1": down, "c1": b"never"})
+    assert isinstance(result, NoNodeAvailable) and calls == ["a1", "b1"]
+    result, calls = run_relay([A1], {"a1": down})
+    assert isinstance(result, NoNodeAvailable) and calls == ["a1"]
+
+
+def test_relay_passes_node_statuses_without_retry() -> None:
+    for code in [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ]:
+        err = rpc_error(code, "node says\nno", [("retry-after-ms", "250")])
+        result, calls = run_relay([A1, B1], {"a1": err, "b1": b"never"})
+        assert isinstance(result, NodeRejected) and calls == ["a1"]
+        assert result.status.code == code and result.status.details == "node saysno"
+        assert result.status.retry_after_ms == "250"
+
+
+def test_relay_deadline_is_not_retried() -> None:
+    err = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
+    result, calls = run_relay([A1, B1], {"a1": err, "b1": b"never"})
+    assert isinstance(result, NodeTimedOut) and calls == ["a1"]
+    assert "may have been applied" in str(result)
+
+
+def test_relay_without_nodes() -> None:
+    result, calls = run_relay([], {})
+    assert isinstance(result, NoNodeAvailable) and calls == []
+
+
+# --- the one status mapping ----------------------------------------------------------------
+
+
+def test_status_mapping() -> None:
+    S = grpc.StatusCode
+    assert to_status(Unauthenticated("x")).code == S.UNAUTHENTICATED
+    assert to_status(InvalidArgument("x")).code == S.INVALID_ARGUMENT
+    limited = to_status(RateLimited("account", 0.25))
+    assert limited.code == S.RESOURCE_EXHAUSTED
+    assert limited.trailing == (("retry-after-ms", "250"),)
+    assert to_status(RequestTooLarge("x")).code == S.RESOURCE_EXHAUSTED
+    assert to_status(NoNodeAvailable("x")).code == S.UNAVAILABLE
+    assert to_status(NodeTimedOut("x")).code == S.UNAVAILABLE
+    from frontend_chatd.relay import NodeStatus
+
+    rejected = to_status(NodeRejected(NodeStatus(S.FAILED_PRECONDITION, "stale ticket")))
+    assert (rejected.code, rejected.message) == (S.FAILED_PRECONDITION, "stale ticket")
+    internal = to_status(KeyError("secret-ish detail"))
+    assert internal.code == S.INTERNAL and "secret" not in internal.message
