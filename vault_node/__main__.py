@@ -1,0 +1,53 @@
+"""`python -m vault_node --config node.toml`: run one vault node until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from vault_node.config import ConfigError, NodeConfig
+from vault_node.server import VaultNodeServer
+
+log = logging.getLogger("vault_node")
+
+
+async def _run(config: NodeConfig) -> int:
+    server = VaultNodeServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except Exception as exc:  # noqa: BLE001 (startup failure: say what, exit non-zero)
+        log.error("startup failed: %s: %s", type(exc).__name__, exc)
+        await server.stop(grace_s=0)
+        return 1
+    await stop.wait()
+    log.info("signal received; stopping")
+    await server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vault_node", description=__doc__)
+    parser.add_argument("--config", required=True, help="path of node.toml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = NodeConfig.load(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return asyncio.run(_run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The vault node's gRPC server: mTLS (frontend certificates only), VaultNode.Open, health.
+
+Startup: bind with health NOT_SERVING, open the token (every PKCS#11 call on its one thread),
+derive the AKE key pair, connect to etcd and register membership; SERVING once all of that is
+done, NOT_SERVING whenever the fail-closed gate shuts. `status_for` is the one place where an
+error becomes a gRPC status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import grpc
+from bkv.v1 import node_pb2, node_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from vault_node.audit import AuditLog
+from vault_node.config import NodeConfig
+from vault_node.membership import MemberInfo, Membership
+from vault_node.service import (
+    BadRequest,
+    Precondition,
+    RecordCorrupt,
+    ServiceConfig,
+    TokenServerKeys,
+    Unavailable,
+    VaultService,
+)
+from vault_node.store import EtcdStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "bkv.v1.VaultNode"
+MAX_MESSAGE_BYTES = 64 * 1024
+HEALTH_POLL_S = 0.2
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from the node's errors to gRPC status codes and details."""
+    if isinstance(exc, BadRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, Precondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, RecordCorrupt):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _wall_clock_ms() -> int:
+    # Wall clock, not monotonic: tickets are redeemed at any node of the fleet.
+    return time.time_ns() // 1_000_000
+
+
+class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
+    """`VaultNode.Open`: hands the envelope to the service; answers UNAVAILABLE until ready."""
+
+    def __init__(self) -> None:
+        self.service: VaultService | None = None
+
+    async def Open(self, request: Any, context: Any) -> Any:
+        try:
+            if self.service is None:
+                raise Unavailable("vault node is starting")
+            sealed = await self.service.handle(request.account_id, request.envelope)
+        except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
+            code, details = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                # The type and the stack only: an unexpected message could quote input bytes.
+                log.error(
+                    "unexpected %s in Open\n%s",
+                    type(exc).__name__,
+                    "".join(traceback.format_tb(exc.__traceback__)),
+                )
+            else:
+                log.info("Open -> %s", code.name)
+            await context.abort(code, details)
+        return node_pb2.OpenReply(sealed_response=sealed)
+
+
+def server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
+    tls = config.tls
+    cert = Path(tls.cert).read_bytes()
+    if tls.ca:
+        ca = Path(tls.ca).read_bytes()
+        if ca.strip() not in cert:
+            cert = cert.rstrip(b"\n") + b"\n" + ca
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key).read_bytes(), cert)],
+        root_certificates=Path(tls.client_ca).read_bytes(),
+        # Security: only callers with a certificate from the frontend CA get a connection.
+        require_client_auth=True,
+    )
+
+
+class VaultNodeServer:
+    """One vault node process: gRPC server, token, etcd store, membership, audit log."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._servicer = VaultNodeServicer()
+        self._health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._token: Any = None
+        self._store: EtcdStore | None = None
+        self._membership: Membership | None = None
+        self._audit: AuditLog | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._reported: int | None = None
+        self.port = 0
+
+    def serving(self) -> bool:
+        return (
+            self._servicer.service is not None
+            and self._membership is not None
+            and self._membership.serving()
+        )
+
+    async def start(self) -> None:
+        """Bind (NOT_SERVING), open the token, connect etcd, register; SERVING when done."""
+        await self._set_health(NOT_SERVING)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        node_pb2_grpc.add_VaultNodeServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.port = server.add_secure_port(self.config.node.listen, server_credentials(self.config))
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.node.listen}")
+        await server.start()
+        self._server = server
+        log.info("listening on %s (mTLS, frontend CA only)", self.config.node.listen)
+
+        token = await asyncio.get_running_loop().run_in_executor(None, self._open_token)
+        self._token = token
+        keys = await asyncio.get_running_loop().run_in_executor(None, TokenServerKeys.derive, token)
+        log.info("token %s open, AKE key pair derived", self.config.hsm.token_label)
+
+        node = self.config.node
+        self._audit = AuditLog.open(node.audit_log, node.name, _wall_clock_ms)
+        # Each etcd call must end well inside the lease TTL, so fail-closed reacts in time.
+        self._store = EtcdStore(
+            self.config.etcd.endpoints, call_timeout_s=min(2.0, node.lease_ttl_s / 3)
+        )
+        self._membership = Membership(
+            self._store,
+            MemberInfo(name=node.name, dc=node.dc, address=node.advertise),
+            node.lease_ttl_s,
+            monotonic=time.monotonic,
+            on_change=lambda _serving: self._wake.set(),
+        )
+        self._servicer.service = VaultService(
+            token=token,
+            store=self._store,
+            keys=keys,
+            config=ServiceConfig(
+                node_name=node.name,
+                default_max_attempts=node.max_attempts,
+                ticket_ttl_ms=node.ticket_ttl_s * 1000,
+            ),
+            clock_ms=_wall_clock_ms,
+            rng=os.urandom,
+            audit=self._audit,
+            serving=self._membership.serving,
+        )
+        self._membership.start()
+        self._health_task = asyncio.get_running_loop().create_task(self._sync_health())
+
+    def _open_token(self) -> Any:
+        from vault_node.hsm import Token, TokenSpec  # loads the PKCS#11 layer only when needed
+
+        hsm = self.config.hsm
+        spec = TokenSpec(
+            module=hsm.module,
+            softhsm_conf=Path(hsm.softhsm_conf),
+            token_label=hsm.token_label,
+            pin_file=Path(hsm.pin_file),
+        )
+        return Token.open(spec)
+
+    async def _set_health(self, status: int) -> None:
+        if status != self._reported:
+            self._reported = status
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, status)
+            if self._server is not None:
+                log.info("health %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+
+    async def _sync_health(self) -> None:
+        # Polled as well as woken: the fail-closed gate also shuts by time alone.
+        while True:
+            await self._set_health(SERVING if self.serving() else NOT_SERVING)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), HEALTH_POLL_S)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Graceful stop: NOT_SERVING, revoke the lease, drain calls, close etcd and the token."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self._health.enter_graceful_shutdown()
+        if self._membership is not None:
+            await self._membership.stop()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self._store is not None:
+            await self._store.close()
+        if self._token is not None:
+            token, self._token = self._token, None
+            await asyncio.get_running_loop().run_in_executor(None, token.close)
+        if self._audit is not None:
+            self._audit.close()
+        log.info("stopped")
