@@ -1,0 +1,1 @@
+"""Benchmarks: each writes JSON under results/; none is a timed test."""

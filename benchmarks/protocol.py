@@ -1,0 +1,274 @@
+"""Per-operation cost of the protocol core on this machine (issue: protocol core benchmark).
+
+    .venv/bin/python -m benchmarks.protocol [--seconds 1.0] [--out results]
+
+Measures, single-threaded, with software keys standing in for the token (so the figures are the
+crypto itself, not PKCS#11 round trips): OPRF BlindEvaluate, the server's KE2 (GenerateKE2),
+the server's finish (KE3 check), envelope open (HPKE with P-256 ECDH), response seal, backup-file
+throughput, and the whole server-side work of one recovery (two envelope opens, KE2, ticket
+seal/open, KE3 check, key transport, two response seals). It counts the ristretto255 scalar
+multiplications one recovery performs and reports the ratio of the measured server cost to the
+cost of those multiplications alone. Writes results/<timestamp>/protocol.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from bkv.v1 import envelope_pb2
+from vault_protocol import backup_file, envelope, opaque, oprf, ristretto
+from vault_protocol.backup_key import BackupKey, seal_transport
+
+ACCOUNT = "bench-account"
+CRED = ACCOUNT.encode()
+
+
+@dataclass
+class Measured:
+    name: str
+    per_op_us: float
+    ops_per_s: float
+    runs: int
+
+
+def measure(name: str, fn: Callable[[], object], seconds: float) -> Measured:
+    """Run `fn` repeatedly for about `seconds`; median of 5 batches, in microseconds per call."""
+    fn()  # warm up
+    batch = 1
+    while True:  # size a batch to ~seconds/5
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        if time.perf_counter() - t0 > seconds / 5 or batch > 1 << 20:
+            break
+        batch *= 2
+    per_call = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        per_call.append((time.perf_counter() - t0) / batch)
+    med = statistics.median(per_call)
+    return Measured(name, med * 1e6, 1 / med, batch * 5)
+
+
+class MultCounter:
+    """Counts ristretto255 scalar multiplications by wrapping the module's two entry points."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._orig = (ristretto.scalar_mult, ristretto.base_mult)
+
+    def __enter__(self) -> MultCounter:
+        sm, bm = self._orig
+
+        def scalar_mult(s: bytes, p: bytes) -> bytes:
+            self.count += 1
+            return sm(s, p)
+
+        def base_mult(s: bytes) -> bytes:
+            self.count += 1
+            return bm(s)
+
+        ristretto.scalar_mult = scalar_mult  # type: ignore[assignment]
+        ristretto.base_mult = base_mult  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ristretto.scalar_mult, ristretto.base_mult = self._orig  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--file-mib", type=int, default=64, help="backup file size for throughput")
+    args = ap.parse_args(argv)
+    rng = os.urandom
+    secs = args.seconds
+
+    # Keys standing in for the fleet's token keys.
+    keys = opaque.SoftwareServerKeys.generate(rng)
+    kem = ec.generate_private_key(ec.SECP256R1())
+    pk_r = kem.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    fleet = envelope.FleetKey(pk_r)
+
+    def ecdh(enc: bytes) -> bytes:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), enc)
+        return kem.exchange(ec.ECDH(), peer)
+
+    ticket_key = AESGCM(rng(32))
+    config = opaque.OpaqueConfig(ksf=opaque.IdentityKsf())  # the KSF runs on the client only
+
+    # A registered record.
+    reg_state, reg_req = opaque.registration_start(b"correct horse", rng)
+    reg_resp = opaque.server_registration_response(reg_req, CRED, keys)
+    record, _export = opaque.registration_finish(reg_state, reg_resp, config, rng)
+    wrapped = rng(60)
+
+    def make_login() -> tuple[bytes, bytes, bytes]:
+        st, ke1 = opaque.login_start(b"correct horse", rng)
+        ke2, sstate = opaque.server_login_start(record, CRED, ke1, keys, config, rng)
+        ke3, _sk, _ek = opaque.login_finish(st, ke2, config)
+        return ke1, ke3, sstate.expected_client_mac
+
+    ke1, ke3, expected_mac = make_login()
+    rk1, rk2 = rng(32), rng(32)
+    env1 = envelope.seal_request(
+        fleet,
+        ACCOUNT,
+        envelope_pb2.VaultRequest(
+            response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
+        ),
+    )
+    ticket_plain = rng(200)
+    ticket_nonce = rng(12)
+    ticket_ct = ticket_key.encrypt(ticket_nonce, ticket_plain, b"bkv-v1 ticket")
+    env2 = envelope.seal_request(
+        fleet,
+        ACCOUNT,
+        envelope_pb2.VaultRequest(
+            response_key=rk2,
+            recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket_ct),
+        ),
+    )
+    oprf_key = opaque.derive_oprf_key(keys.oprf_seed_hmac, CRED)
+    blinded = oprf.blind(b"pw", rng)[1]
+    point = ristretto.base_mult(ristretto.random_scalar(rng))
+    scalar = ristretto.random_scalar(rng)
+
+    def server_recovery() -> None:
+        # Step 1: open KE1 envelope, KE2, seal ticket, seal response.
+        opaque_ke1 = envelope.open_request(env1, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
+        ke2, st = opaque.server_login_start(
+            record, CRED, opaque_ke1.recover_start.ke1, keys, config, rng
+        )
+        ticket_key.encrypt(rng(12), st.expected_client_mac + st.session_key + rng(72), b"t")
+        envelope.seal_response(
+            rk1,
+            envelope_pb2.VaultResponse(
+                outcome=envelope_pb2.OUTCOME_OK,
+                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket_ct),
+            ),
+            rng,
+        )
+        # Step 2: open KE3 envelope, open ticket, check MAC, transport the key, seal response.
+        req2 = envelope.open_request(env2, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
+        ticket_key.decrypt(ticket_nonce, req2.recover_finish.ticket, b"bkv-v1 ticket")
+        opaque.server_login_finish(expected_mac, ke3)
+        transported = seal_transport(st.session_key, wrapped, rng)
+        envelope.seal_response(
+            rk2,
+            envelope_pb2.VaultResponse(
+                outcome=envelope_pb2.OUTCOME_OK,
+                recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
+            ),
+            rng,
+        )
+
+    with MultCounter() as counter:
+        server_recovery()
+    mults_per_recovery = counter.count
+
+    results = [
+        measure("ristretto255_scalar_mult", lambda: ristretto.scalar_mult(scalar, point), secs),
+        measure("oprf_blind_evaluate", lambda: oprf.blind_evaluate(oprf_key, blinded), secs),
+        measure(
+            "server_ke2",
+            lambda: opaque.server_login_start(record, CRED, ke1, keys, config, rng),
+            secs,
+        ),
+        measure("server_finish", lambda: opaque.server_login_finish(expected_mac, ke3), secs),
+        measure(
+            "envelope_open",
+            lambda: envelope.open_request(env1, ACCOUNT, fleet.fleet_id, ecdh, pk_r),
+            secs,
+        ),
+        measure(
+            "response_seal",
+            lambda: envelope.seal_response(
+                rk1, envelope_pb2.VaultResponse(outcome=envelope_pb2.OUTCOME_OK), rng
+            ),
+            secs,
+        ),
+        measure("server_recovery_total", server_recovery, secs),
+    ]
+    by_name = {m.name: m for m in results}
+    mult_us = by_name["ristretto255_scalar_mult"].per_op_us
+    total_us = by_name["server_recovery_total"].per_op_us
+    opaque_us = by_name["server_ke2"].per_op_us + by_name["server_finish"].per_op_us
+    opaque_mults = mults_per_recovery  # every ristretto mult of a recovery is inside KE2
+
+    # Backup file throughput (in memory: the crypto, not the disk).
+    size = args.file_mib << 20
+    key = BackupKey.generate(rng)
+    plain = rng(size)
+    sealed_buf = io.BytesIO()
+    t0 = time.perf_counter()
+    backup_file.encrypt_stream(io.BytesIO(plain), sealed_buf, key, rng)
+    enc_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    backup_file.decrypt_stream(io.BytesIO(sealed_buf.getvalue()), io.BytesIO(), key)
+    dec_s = time.perf_counter() - t0
+
+    report = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "note": "single thread, software keys in place of the token; medians of 5 batches",
+        "ops": {
+            m.name: {"us_per_op": round(m.per_op_us, 2), "ops_per_s": round(m.ops_per_s, 1)}
+            for m in results
+        },
+        "recovery": {
+            "ristretto_mults_per_recovery": mults_per_recovery,
+            "server_us_per_recovery": round(total_us, 1),
+            "mults_only_us": round(mults_per_recovery * mult_us, 1),
+            "ratio_total_to_mults": round(total_us / (mults_per_recovery * mult_us), 3),
+            "ratio_opaque_to_mults": round(opaque_us / (opaque_mults * mult_us), 3),
+            "server_recoveries_per_s_one_core": round(1e6 / total_us, 1),
+        },
+        "backup_file": {
+            "size_mib": args.file_mib,
+            "encrypt_mb_per_s": round(size / enc_s / 1e6, 1),
+            "decrypt_mb_per_s": round(size / dec_s / 1e6, 1),
+        },
+    }
+    out = args.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.json").write_text(json.dumps(report, indent=2) + "\n")
+    for m in results:
+        print(f"{m.name:28s} {m.per_op_us:10.1f} us/op  {m.ops_per_s:10.0f} ops/s")
+    rec = report["recovery"]
+    print(
+        f"one recovery (server side): {rec['server_us_per_recovery']} us, "
+        f"{mults_per_recovery} ristretto255 mults = {rec['mults_only_us']} us; "
+        f"ratio total/mults {rec['ratio_total_to_mults']}, "
+        f"OPAQUE/mults {rec['ratio_opaque_to_mults']}"
+    )
+    bf = report["backup_file"]
+    print(
+        f"backup file: encrypt {bf['encrypt_mb_per_s']} MB/s, decrypt {bf['decrypt_mb_per_s']} MB/s"
+    )
+    print(f"wrote {out / 'protocol.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
