@@ -28,9 +28,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import (
     AttributeSensitive,
     AttributeTypeInvalid,
-    MultipleObjectsReturned,
     MultipleTokensReturned,
-    NoSuchKey,
     NoSuchToken,
     PKCS11Error,
     UserAlreadyLoggedIn,
@@ -257,13 +255,17 @@ class Token:
             return cached
         if self._session is None:
             raise HsmError(f"token {self.label!r} is closed")
-        try:
-            key = self._session.get_key(object_class=object_class, label=label)
-        except NoSuchKey:
-            raise HsmKeyMissing(label) from None
-        except MultipleObjectsReturned:
+        # list(): a search left suspended (as session.get_key leaves it when it finds two) holds
+        # the session's operation lock and is finalised later on whatever thread collects it.
+        found = list(
+            self._session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label})
+        )
+        if not found:
+            raise HsmKeyMissing(label)
+        if len(found) > 1:
             # Two keys under one label: refuse rather than pick one at random.
-            raise HsmKeyMissing(label, "more than one key with this label") from None
+            raise HsmKeyMissing(label, "more than one key with this label")
+        key = found[0]
         self._keys[(label, object_class)] = key
         return key
 

@@ -92,7 +92,11 @@ class TokenProbe:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self.call("open", spec=_spec_json(spec), read_write=read_write)
+        try:
+            self.call("open", spec=_spec_json(spec), read_write=read_write)
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, op: str, **kwargs: Any) -> Any:
         """Run `op` in the child; return its result or raise `ProbeError`."""
@@ -143,8 +147,10 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
 
     def read_value(label: str) -> bytes:
         def read(session: Any) -> bytes:
-            key = session.get_key(label=label)
-            return bytes(key[Attribute.VALUE])
+            wanted = ObjectClass.PRIVATE_KEY if label == "kem" else ObjectClass.SECRET_KEY
+            keys = list(session.get_objects({Attribute.CLASS: wanted, Attribute.LABEL: label}))
+            assert len(keys) == 1
+            return bytes(keys[0][Attribute.VALUE])
 
         return need().run_in_session(read)
 
