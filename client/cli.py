@@ -1,0 +1,389 @@
+"""`bkv`: the Backup Key Vault command line.
+
+```
+bkv [--config FILE] [--account ID] [--key-dir DIR] [--json] COMMAND
+  account create | account show
+  register [--password-stdin] [--key 64HEX] [--max-attempts N]
+  recover  [--password-stdin]
+  status | delete
+  keygen
+  backup encrypt SRC DST --key 64HEX | --key-file F
+  backup decrypt SRC DST --key 64HEX | --key-file F
+```
+
+`--config` defaults to `$BKV_CONFIG`, then `./client.toml`; `--account` to `$BKV_ACCOUNT`; the
+account key file lives beside the config unless `--key-dir`. Hidden: `--ksf fast` (or
+`$BKV_KSF=fast`) uses a much weaker Argon2id (t=1, p=1, 8 MiB) — load tests only.
+
+Exit codes: 0 success; 2 usage or bad input; 3 wrong password; 4 locked; 5 not registered;
+6 unavailable or rate limited; 7 authentication failed; 1 anything else.
+`--json` prints one JSON object on stdout: `ok`, `error` (invalid_password, locked,
+not_registered, unavailable, rate_limited, unauthenticated, protocol, bad_input),
+`guesses_left` where known, `key` where a key is returned, `message` on errors.
+
+>>> exit_code_for(InvalidPassword(2))
+3
+
+Security: every exception is caught in `main` and printed as one line that names its type and
+its message (the library's messages never carry secrets); unknown exceptions print their type
+only. Passwords are read with getpass (no echo) or from stdin, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from client.config import KSF_NAMES, load_config
+from client.errors import (
+    BadInput,
+    InvalidPassword,
+    Locked,
+    NotRegistered,
+    ProtocolError,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+)
+from client.session import AccountKey
+from client.vault import VaultClient, decrypt_backup, default_config_path, encrypt_backup
+from vault_protocol.backup_key import BackupKey
+from vault_protocol.errors import KeyFormatError
+
+EXIT_OK = 0
+EXIT_OTHER = 1
+EXIT_BAD_INPUT = 2
+EXIT_INVALID_PASSWORD = 3
+EXIT_LOCKED = 4
+EXIT_NOT_REGISTERED = 5
+EXIT_UNAVAILABLE = 6
+EXIT_UNAUTHENTICATED = 7
+
+_EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (InvalidPassword, EXIT_INVALID_PASSWORD, "invalid_password"),
+    (Locked, EXIT_LOCKED, "locked"),
+    (NotRegistered, EXIT_NOT_REGISTERED, "not_registered"),
+    (RateLimited, EXIT_UNAVAILABLE, "rate_limited"),
+    (Unavailable, EXIT_UNAVAILABLE, "unavailable"),
+    (Unauthenticated, EXIT_UNAUTHENTICATED, "unauthenticated"),
+    (BadInput, EXIT_BAD_INPUT, "bad_input"),  # includes ConfigError's code too
+    (KeyFormatError, EXIT_BAD_INPUT, "bad_input"),
+    (ProtocolError, EXIT_OTHER, "protocol"),
+)
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The process exit code for an error (1 for anything not listed)."""
+    return _classify(err)[0]
+
+
+def _classify(err: BaseException) -> tuple[int, str]:
+    for cls, code, name in _EXIT_CODES:
+        if isinstance(err, cls):
+            return code, name
+    if isinstance(err, VaultError) and err.code == "bad_input":
+        return EXIT_BAD_INPUT, "bad_input"
+    return EXIT_OTHER, "protocol"
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print and exit on its own
+        raise UsageError(message)
+
+
+@dataclass
+class Io:
+    """What the command line reads and writes; tests pass their own."""
+
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    getpass: Callable[[str], str] = getpass.getpass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = _Parser(prog="bkv", description="Backup Key Vault client")
+    p.add_argument("--config", help="client.toml (default: $BKV_CONFIG, then ./client.toml)")
+    p.add_argument("--account", help="account id (default: $BKV_ACCOUNT)")
+    p.add_argument("--key-dir", help="folder of the account key file (default: the config's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--ksf", choices=KSF_NAMES, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    account = sub.add_parser("account", help="create or show the account key")
+    account_sub = account.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    account_sub.add_parser("create", help="make a new account key (0600 file) and log in")
+    account_sub.add_parser("show", help="print the account id, public key and key file")
+
+    reg = sub.add_parser("register", help="escrow a key behind a password")
+    reg.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    reg.add_argument("--key", help="the 64-hex-digit key to escrow (default: a fresh one)")
+    reg.add_argument("--max-attempts", type=int, help="wrong passwords before the key is erased")
+
+    rec = sub.add_parser("recover", help="get the key back with the password")
+    rec.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    sub.add_parser("status", help="registered? guesses left? locked?")
+    sub.add_parser("delete", help="erase the account's key from the vault")
+    sub.add_parser("keygen", help="print a fresh 64-hex-digit key")
+
+    backup = sub.add_parser("backup", help="encrypt or decrypt a backup file")
+    backup_sub = backup.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for name in ("encrypt", "decrypt"):
+        b = backup_sub.add_parser(name, help=f"{name} SRC into DST")
+        b.add_argument("src")
+        b.add_argument("dst")
+        keys = b.add_mutually_exclusive_group(required=True)
+        keys.add_argument("--key", help="64 hex digits")
+        keys.add_argument("--key-file", help="a file holding the 64 hex digits")
+    return p
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """--config, else $BKV_CONFIG, else ./client.toml."""
+    return Path(args.config) if args.config else default_config_path()
+
+
+def key_dir(args: argparse.Namespace) -> Path:
+    """--key-dir, else the config file's folder."""
+    return Path(args.key_dir) if args.key_dir else config_path(args).resolve().parent
+
+
+def account_id(args: argparse.Namespace) -> str | None:
+    """--account, else $BKV_ACCOUNT."""
+    return args.account or os.environ.get("BKV_ACCOUNT") or None
+
+
+def make_client(args: argparse.Namespace) -> VaultClient:
+    """The VaultClient the network commands use (tests replace this function)."""
+    ksf = args.ksf or os.environ.get("BKV_KSF") or None
+    if ksf is not None and ksf not in KSF_NAMES:
+        raise BadInput(f"BKV_KSF must be one of {', '.join(KSF_NAMES)}")
+    return VaultClient(
+        load_config(config_path(args)),
+        account_id=account_id(args),
+        key_dir=key_dir(args),
+        ksf=ksf,
+    )
+
+
+def _read_password(args: argparse.Namespace, io: Io, *, confirm: bool) -> str:
+    if args.password_stdin:
+        line = io.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        password = io.getpass("Password: ")
+        if confirm and io.getpass("Password (again): ") != password:
+            raise BadInput("the passwords do not match")
+    if not password:
+        raise BadInput("the password is empty")
+    return password
+
+
+def _parse_key(args: argparse.Namespace) -> BackupKey:
+    if getattr(args, "key_file", None):
+        try:
+            text = Path(args.key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise BadInput(f"cannot read the key file {args.key_file}") from None
+    else:
+        text = args.key
+    try:
+        return BackupKey.parse(text)
+    except KeyFormatError as err:
+        raise BadInput(f"bad key: {err}") from None
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal's stderr."""
+
+    def __init__(self, out: TextIO, total: int, label: str) -> None:
+        self._out, self._total, self._label, self._last = out, max(total, 1), label, -1
+
+    def __call__(self, done: int) -> None:
+        pct = min(100, done * 100 // self._total)
+        if pct != self._last:
+            self._last = pct
+            bar = "#" * (pct // 4) + "." * (25 - pct // 4)
+            self._out.write(f"\r{self._label} [{bar}] {pct:3d}% {done >> 20} MiB")
+            self._out.flush()
+
+    def finish(self) -> None:
+        if self._last >= 0:
+            self._out.write("\n")
+            self._out.flush()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+Result = dict[str, Any]
+
+
+def _key_result(key: BackupKey) -> Result:
+    return {"key": bytes(key).hex(), "_text": key.display()}
+
+
+def cmd_account(args: argparse.Namespace, io: Io) -> Result:
+    if args.action == "create":
+        with make_client(args) as client:
+            created = client.create_account(account_id(args))
+            path = str(client.account.path)
+        return {"account": created, "key_file": path, "_text": f"account {created} ({path})"}
+    acct = account_id(args)
+    if not acct:
+        raise BadInput("no account: pass --account or set $BKV_ACCOUNT")
+    key = AccountKey.load(key_dir(args), acct)
+    return {
+        "account": key.account_id,
+        "public_key": key.public_key.hex(),
+        "key_file": str(key.path),
+        "_text": f"account {key.account_id}\npublic key {key.public_key.hex()}\n"
+        f"key file {key.path}",
+    }
+
+
+def cmd_register(args: argparse.Namespace, io: Io) -> Result:
+    given = _parse_key(args) if args.key else None
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise BadInput("--max-attempts must be at least 1")
+    with make_client(args) as client:
+        client.account  # noqa: B018 - fail on a missing account before asking for a password
+        password = _read_password(args, io, confirm=True)
+        try:
+            key = client.register(password, given, args.max_attempts)
+        except ValueError as err:
+            raise BadInput(str(err)) from None
+    if given is not None:
+        return {"_text": "registered"}
+    return _key_result(key)
+
+
+def cmd_recover(args: argparse.Namespace, io: Io) -> Result:
+    with make_client(args) as client:
+        client.account  # noqa: B018 - fail on a missing account before asking for a password
+        password = _read_password(args, io, confirm=False)
+        return _key_result(client.recover(password))
+
+
+def cmd_status(args: argparse.Namespace, io: Io) -> Result:
+    with make_client(args) as client:
+        s = client.status()
+    text = (
+        f"registered: {'yes' if s.registered else 'no'}, guesses left: {s.guesses_left}, "
+        f"locked: {'yes' if s.locked else 'no'}"
+    )
+    return {
+        "registered": s.registered,
+        "guesses_left": s.guesses_left,
+        "locked": s.locked,
+        "max_attempts": s.max_attempts,
+        "_text": text,
+    }
+
+
+def cmd_delete(args: argparse.Namespace, io: Io) -> Result:
+    with make_client(args) as client:
+        existed = client.delete()
+    return {"existed": existed, "_text": "deleted" if existed else "nothing to delete"}
+
+
+def cmd_keygen(args: argparse.Namespace, io: Io) -> Result:
+    return _key_result(BackupKey.generate(os.urandom))
+
+
+def cmd_backup(args: argparse.Namespace, io: Io) -> Result:
+    key = _parse_key(args)
+    if not os.path.isfile(args.src):
+        raise BadInput(f"no such file {args.src}")
+    bar = None
+    if not args.json and io.stderr.isatty():
+        bar = _ProgressBar(io.stderr, os.path.getsize(args.src), args.action)
+    try:
+        if args.action == "encrypt":
+            size = encrypt_backup(args.src, args.dst, key, progress=bar)
+        else:
+            size = decrypt_backup(args.src, args.dst, key, progress=bar)
+    finally:
+        if bar is not None:
+            bar.finish()
+    return {"bytes": size, "_text": f"{args.action}ed {size} bytes into {args.dst}"}
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Io], Result]] = {
+    "account": cmd_account,
+    "register": cmd_register,
+    "recover": cmd_recover,
+    "status": cmd_status,
+    "delete": cmd_delete,
+    "keygen": cmd_keygen,
+    "backup": cmd_backup,
+}
+
+
+def _error_message(err: BaseException) -> str:
+    if isinstance(err, VaultError | UsageError | KeyFormatError):
+        return str(err) or type(err).__name__
+    # Unknown exceptions: the type only; their text could hold anything.
+    return f"internal error ({type(err).__name__})"
+
+
+def main(argv: Sequence[str] | None = None, io: Io | None = None) -> int:
+    """Run `bkv`; returns the exit code (the console script passes it to sys.exit)."""
+    io = io or Io()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args_list
+    try:
+        args = build_parser().parse_args(args_list)
+        as_json = bool(args.json)
+        result = _COMMANDS[args.command](args, io)
+    except UsageError as err:
+        return _fail(io, as_json, EXIT_BAD_INPUT, "bad_input", f"usage: {err}", None)
+    except KeyboardInterrupt:
+        return _fail(io, as_json, 130, "interrupted", "interrupted", None)
+    except SystemExit as err:  # --help
+        return int(err.code) if isinstance(err.code, int) else EXIT_OK
+    except BaseException as err:  # noqa: BLE001 - the one place every error becomes one line
+        code, name = _classify(err)
+        guesses = getattr(err, "guesses_left", None)
+        message = _error_message(err)
+        return _fail(io, as_json, code, name, message, guesses)
+    text = result.pop("_text", "")
+    if as_json:
+        io.stdout.write(json.dumps({"ok": True, "error": None, **result}) + "\n")
+    elif text:
+        io.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def _fail(
+    io: Io, as_json: bool, code: int, name: str, message: str, guesses_left: int | None
+) -> int:
+    if as_json:
+        out: Result = {"ok": False, "error": name, "message": message}
+        if guesses_left is not None:
+            out["guesses_left"] = guesses_left
+        io.stdout.write(json.dumps(out) + "\n")
+    else:
+        io.stderr.write(f"bkv: {message}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
