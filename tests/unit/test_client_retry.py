@@ -1,0 +1,145 @@
+"""client.retry: the one retry policy, deterministic with an injected clock and rng."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from client.errors import ConfigError, InvalidPassword, ProtocolError, Unavailable
+from client.retry import RetryPolicy, acall_with_retry, call_with_retry
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+def _failing(errors: list[BaseException], result: str = "ok"):  # type: ignore[no-untyped-def]
+    calls: list[float] = []
+
+    def attempt(remaining: float) -> str:
+        calls.append(remaining)
+        if errors:
+            raise errors.pop(0)
+        return result
+
+    return attempt, calls
+
+
+def _run(attempt, policy: RetryPolicy, t: FakeTime, counts_guess: bool, u: float = 0.5):  # type: ignore[no-untyped-def]
+    return call_with_retry(
+        attempt,
+        policy,
+        counts_guess=counts_guess,
+        clock=t.clock,
+        sleep=t.sleep,
+        uniform=lambda: u,
+    )
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    p = RetryPolicy(base_delay_s=0.1, multiplier=2.0, max_delay_s=0.5)
+    assert [p.backoff(n, lambda: 1.0) for n in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    assert p.backoff(3, lambda: 0.0) == 0.0
+
+
+def test_unavailable_is_retried_with_deterministic_delays() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([Unavailable(), Unavailable(), Unavailable()])
+    policy = RetryPolicy(max_attempts=4, base_delay_s=0.1, multiplier=2.0, max_delay_s=1.0)
+    assert _run(attempt, policy, t, counts_guess=False) == "ok"
+    assert len(calls) == 4
+    assert t.sleeps == [0.05, 0.1, 0.2]
+
+
+def test_other_steps_give_up_after_max_attempts() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([Unavailable()] * 10)
+    with pytest.raises(Unavailable):
+        _run(attempt, RetryPolicy(max_attempts=3), t, counts_guess=False)
+    assert len(calls) == 3
+
+
+def test_a_guess_counting_step_is_retried_at_most_once() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([Unavailable()] * 10)
+    with pytest.raises(Unavailable):
+        _run(attempt, RetryPolicy(max_attempts=10), t, counts_guess=True)
+    assert len(calls) == 2  # the first try and one retry
+
+
+def test_unsent_tries_do_not_use_up_the_guess_budget() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([Unavailable(sent=False), Unavailable(sent=False), Unavailable()])
+    assert _run(attempt, RetryPolicy(max_attempts=10), t, counts_guess=True) == "ok"
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize(
+    "error", [InvalidPassword(3), ProtocolError("x"), ConfigError("y"), KeyError("z")]
+)
+def test_only_unavailable_is_retried(error: BaseException) -> None:
+    t = FakeTime()
+    attempt, calls = _failing([error])
+    with pytest.raises(type(error)):
+        _run(attempt, RetryPolicy(), t, counts_guess=False)
+    assert len(calls) == 1 and t.sleeps == []
+
+
+def test_no_retry_starts_after_the_overall_deadline() -> None:
+    t = FakeTime()
+    calls: list[float] = []
+
+    def attempt(remaining: float) -> str:
+        calls.append(remaining)
+        t.now += 4.0  # each try burns 4 s
+        raise Unavailable()
+
+    with pytest.raises(Unavailable):
+        _run(attempt, RetryPolicy(max_attempts=100, overall_deadline_s=10.0), t, False, u=0.0)
+    assert calls == [10.0, 6.0, 2.0]  # each try is told how much time is left
+
+
+def test_policy_validate_reports_every_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        RetryPolicy(max_attempts=0, guess_step_max_attempts=3, multiplier=0.5)
+    text = str(info.value)
+    assert "max_attempts" in text and "guess_step_max_attempts" in text and "multiplier" in text
+
+
+def test_async_loop_makes_the_same_decisions() -> None:
+    t = FakeTime()
+    errors: list[BaseException] = [Unavailable()] * 10
+    calls: list[float] = []
+
+    async def attempt(remaining: float) -> str:
+        calls.append(remaining)
+        raise errors.pop(0)
+
+    async def go() -> None:
+        await acall_with_retry(
+            attempt,
+            RetryPolicy(),
+            counts_guess=True,
+            clock=t.clock,
+            sleep=t.asleep,
+            uniform=lambda: 0.5,
+        )
+
+    with pytest.raises(Unavailable):
+        asyncio.run(go())
+    assert len(calls) == 2 and t.sleeps == [0.025]
