@@ -243,9 +243,11 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
             elif op == "labels":
                 result = labels()
             elif op == "import_ec_private":
-                result = import_ec_private(**args)
+                import_ec_private(**args)
+                result = None
             elif op == "import_secret":
-                result = import_secret(**args)
+                import_secret(**args)
+                result = None
             elif op == "async_burst":
                 result = async_burst(**args)
             elif op == "threads_burst":

@@ -83,6 +83,8 @@ def test_fleet_keys_are_sensitive_and_never_leave(probes: list[TokenProbe], labe
         attributes = probe.call("key_attributes", label=label)
         assert attributes["SENSITIVE"] is True
         assert attributes["EXTRACTABLE"] is False
+        # NEVER_EXTRACTABLE / ALWAYS_SENSITIVE are False on unwrapped keys (PKCS#11: the key once
+        # existed outside this token, wrapped); EXTRACTABLE=False is what keeps it in now.
         with pytest.raises(ProbeError) as raised:
             probe.call("read_value", label=label)
         assert raised.value.kind == "AttributeSensitive"
