@@ -369,6 +369,24 @@ def _find_all(haystack: bytes, needle: bytes) -> Iterator[int]:
         start = haystack.find(needle, start + 1)
 
 
+def find_secrets(
+    haystack: bytes, needles: Sequence[tuple[str, bytes]]
+) -> tuple[tuple[str, int], ...]:
+    """(label, offset) of every occurrence, leaving out a form found inside a longer one
+    (the unpadded base64 inside the padded one) so that one occurrence is reported once."""
+    hits = [
+        (offset, offset + len(needle), label)
+        for label, needle in needles
+        for offset in _find_all(haystack, needle)
+    ]
+    kept = [
+        (label, start)
+        for start, end, label in hits
+        if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in hits)
+    ]
+    return tuple(sorted(kept, key=lambda hit: (hit[1], hit[0])))
+
+
 def confidentiality(
     secrets: Secrets, log_files: Sequence[Path], etcd_values: Sequence[bytes]
 ) -> InvariantResult:
@@ -386,16 +404,14 @@ def confidentiality(
             continue
         checked += 1
         for number, line in enumerate(data.split(b"\n"), start=1):
-            for label, needle in needles:
-                if needle in line:
-                    violations.append(Violation(f"{label} appears in a log", f"{path}:{number}"))
+            for label, _ in find_secrets(line, needles):
+                violations.append(Violation(f"{label} appears in a log", f"{path}:{number}"))
     for index, value in enumerate(etcd_values):
         checked += 1
-        for label, needle in needles:
-            for offset in _find_all(value, needle):
-                violations.append(
-                    Violation(f"{label} appears in etcd", f"etcd value #{index} at byte {offset}")
-                )
+        for label, offset in find_secrets(value, needles):
+            violations.append(
+                Violation(f"{label} appears in etcd", f"etcd value #{index} at byte {offset}")
+            )
     return InvariantResult("confidentiality", checked, tuple(violations), unchecked)
 
 
