@@ -41,6 +41,7 @@ from deploy.chaos.verdict import (
     format_table,
     percentile,
     print_verdict,
+    write_verdict,
 )
 
 pytestmark = pytest.mark.unit
@@ -666,6 +667,12 @@ def test_exit_code_needs_every_invariant_and_no_violation() -> None:
     failing = json.loads(json.dumps(verdict))
     failing["invariants"]["isolation"]["violations"] = 1
     assert exit_code(failing) == 1
+
+
+def test_verdict_file_round_trips(tmp_path: Path) -> None:
+    verdict = check_run(CLEAN_RUN, run_secrets(), [], [])
+    write_verdict(tmp_path / "verdict.json", verdict)
+    assert json.loads((tmp_path / "verdict.json").read_text()) == verdict
 
 
 def test_percentile_nearest_rank() -> None:
