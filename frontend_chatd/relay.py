@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
-from bkv.v1 import node_pb2
 
+from bkv.v1 import node_pb2
 from frontend_chatd.routing import NodeInfo
 
 log = logging.getLogger(__name__)

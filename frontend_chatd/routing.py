@@ -11,8 +11,8 @@ from typing import Any
 
 import aetcd.exceptions
 import grpc
-from bkv.v1 import node_pb2_grpc
 
+from bkv.v1 import node_pb2_grpc
 from frontend_chatd.config import is_ipv4, split_hostport
 
 NODES_PREFIX = b"/bkv/v1/nodes/"

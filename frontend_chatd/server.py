@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import aetcd
 import grpc
-from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
 from frontend_chatd.config import FrontendConfig
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter

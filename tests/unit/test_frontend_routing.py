@@ -10,8 +10,8 @@ from typing import Any
 import aetcd.exceptions
 import grpc
 import pytest
-from bkv.v1 import node_pb2
 
+from bkv.v1 import node_pb2
 from frontend_chatd.ratelimit import RateLimited
 from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay
 from frontend_chatd.routing import (
