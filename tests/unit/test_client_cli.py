@@ -1,0 +1,270 @@
+"""The `bkv` command line: parsing, exit codes, --json, passwords, key files (fake client)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_client_protocol import FakeVault
+from test_client_vault import FE, FakeFrontends
+
+from client import cli
+from client.config import ClientConfig, load_config
+from client.errors import ProtocolError, RateLimited, Unavailable
+from client.vault import VaultClient
+from vault_protocol.ksf import IdentityKsf
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+SECRET = "Tr0ub4dor&3-cli"
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class Run:
+    """Runs cli.main with captured streams, fake getpass and a fake cluster."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.vault = FakeVault()
+        self.frontends = FakeFrontends(self.vault)
+        (tmp_path / "fleet.pub").write_bytes(self.vault.fleet.to_pem())
+        self.config_path = tmp_path / "client.toml"
+        self.config_path.write_text(
+            f'[cluster]\nfrontends = ["{FE[0]}", "{FE[1]}"]\ninsecure = true\n'
+            f'fleet_public_key = "fleet.pub"\nfleet_id = "{self.vault.fleet.fleet_id.hex()}"\n'
+        )
+        self.passwords: list[str] = []
+        self.prompts: list[str] = []
+        self.fail_with: BaseException | None = None
+        monkeypatch.setenv("BKV_CONFIG", str(self.config_path))
+        monkeypatch.setenv("BKV_ACCOUNT", "alice")
+        monkeypatch.setattr(cli, "make_client", self._make_client)
+
+    def _make_client(self, args: Any) -> VaultClient:
+        if self.fail_with is not None:
+            raise self.fail_with
+        config: ClientConfig = load_config(cli.config_path(args))
+        return VaultClient(
+            config,
+            account_id=cli.account_id(args),
+            key_dir=cli.key_dir(args),
+            ksf=IdentityKsf(),
+            connector=self.frontends,
+            sleep=lambda s: None,
+        )
+
+    def getpass(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        return self.passwords.pop(0)
+
+    def __call__(self, *argv: str, stdin: str = "", tty: bool = False) -> tuple[int, str, str]:
+        out, err = io.StringIO(), (Tty() if tty else io.StringIO())
+        code = cli.main(
+            list(argv),
+            cli.Io(stdin=io.StringIO(stdin), stdout=out, stderr=err, getpass=self.getpass),
+        )
+        return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    return Run(tmp_path, monkeypatch)
+
+
+def test_account_create_writes_a_0600_key_and_show_prints_it(run: Run) -> None:
+    code, out, err = run("account", "create")
+    assert code == 0, err
+    key_file = run.config_path.parent / "alice.account.key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    code, out, _ = run("--json", "account", "show")
+    shown = json.loads(out)
+    assert code == 0 and shown["account"] == "alice" and len(shown["public_key"]) == 64
+    assert "PRIVATE" not in out
+    assert run("account", "create")[0] == 2  # never overwrites
+
+
+def test_register_prompts_twice_and_prints_the_key_recover_prints_it_again(run: Run) -> None:
+    run("account", "create")
+    run.passwords = [SECRET, SECRET]
+    code, out, err = run("--json", "register")
+    assert code == 0, err
+    key = json.loads(out)["key"]
+    assert len(key) == 64 and run.prompts == ["Password: ", "Password (again): "]
+    code, out, _ = run("recover", "--password-stdin", stdin=SECRET + "\n")
+    assert code == 0 and out.replace(" ", "").strip() == key
+
+
+def test_register_mismatched_passwords_is_bad_input(run: Run) -> None:
+    run("account", "create")
+    run.passwords = [SECRET, SECRET + "!"]
+    code, out, err = run("register")
+    assert code == 2 and "do not match" in err and SECRET not in err + out
+
+
+def test_register_with_a_given_key_does_not_print_it(run: Run) -> None:
+    run("account", "create")
+    key = "ab" * 32
+    code, out, _ = run("register", "--password-stdin", "--key", key, stdin=SECRET)
+    assert code == 0 and key not in out
+    code, out, _ = run("--json", "recover", "--password-stdin", stdin=SECRET)
+    assert json.loads(out)["key"] == key
+
+
+def test_bad_key_format_is_exit_2(run: Run) -> None:
+    run("account", "create")
+    code, _out, err = run("register", "--password-stdin", "--key", "xyz", stdin=SECRET)
+    assert code == 2 and "bad key" in err
+
+
+def test_wrong_password_locked_not_registered_exit_codes(run: Run) -> None:
+    run("account", "create")
+    code, out, _ = run("--json", "recover", "--password-stdin", stdin=SECRET)
+    assert code == 5 and json.loads(out)["error"] == "not_registered"
+    run("register", "--password-stdin", "--max-attempts", "2", stdin=SECRET)
+    code, out, err = run("recover", "--password-stdin", stdin="wrong-guess")
+    assert code == 3 and "1 guesses left" in err
+    code, out, _ = run("--json", "recover", "--password-stdin", stdin="wrong-guess")
+    assert code == 3 and json.loads(out) == {
+        "ok": False,
+        "error": "invalid_password",
+        "message": "wrong password: 0 guesses left",
+        "guesses_left": 0,
+    }
+    code, out, _ = run("--json", "recover", "--password-stdin", stdin=SECRET)
+    assert code == 4 and json.loads(out)["error"] == "locked"
+    code, out, _ = run("--json", "status")
+    assert code == 0 and json.loads(out)["locked"] is True
+
+
+def test_status_and_delete(run: Run) -> None:
+    run("account", "create")
+    run("register", "--password-stdin", stdin=SECRET)
+    code, out, _ = run("status")
+    assert code == 0 and out.startswith("registered: yes, guesses left: 10")
+    assert run("delete") == (0, "deleted\n", "")
+    assert run("--json", "delete")[1].startswith('{"ok": true, "error": null, "existed": false')
+
+
+def test_authentication_failure_is_exit_7(run: Run) -> None:
+    run("account", "create")
+    (run.config_path.parent / "alice.account.key").unlink()
+    run.frontends.tokens.clear()
+    code, out, _ = run("--json", "account", "create")  # a new key for a taken account id
+    assert code == 7 and json.loads(out)["error"] == "unauthenticated"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "name"),
+    [
+        (Unavailable(), 6, "unavailable"),
+        (RateLimited(1.5), 6, "rate_limited"),
+        (ProtocolError("x"), 1, "protocol"),
+        (RuntimeError(SECRET), 1, "protocol"),
+    ],
+)
+def test_error_classes_map_to_exit_codes(
+    run: Run, error: BaseException, code: int, name: str
+) -> None:
+    run.fail_with = error
+    got, out, _ = run("--json", "status")
+    assert got == code and json.loads(out)["error"] == name
+    assert SECRET not in out  # unknown exceptions show their type only
+    got, out, err = run("status")
+    assert got == code and err.startswith("bkv: ") and err.count("\n") == 1 and SECRET not in err
+
+
+def test_frontends_down_is_exit_6(run: Run) -> None:
+    run("account", "create")
+    run.frontends.down.update(FE)
+    assert run("status")[0] == 6
+
+
+def test_usage_errors_are_exit_2(run: Run) -> None:
+    assert run()[0] == 2
+    assert run("frobnicate")[0] == 2
+    code, out, _ = run("--json", "backup", "encrypt", "a")
+    assert code == 2 and json.loads(out)["error"] == "bad_input"
+
+
+def test_missing_config_is_exit_2(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "make_client", Run._make_client.__get__(run))
+    code, _, err = run("--config", "/nonexistent/client.toml", "status")
+    assert code == 2 and "no client configuration" in err
+
+
+def test_no_account_is_exit_2(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BKV_ACCOUNT")
+    code, _, err = run("status")
+    assert code == 2 and "no account" in err
+
+
+def test_empty_password_is_bad_input(run: Run) -> None:
+    run("account", "create")
+    assert run("register", "--password-stdin", stdin="\n")[0] == 2
+
+
+def test_keygen_prints_a_fresh_key(run: Run) -> None:
+    code, out, _ = run("keygen")
+    code2, out2, _ = run("--json", "keygen")
+    assert code == code2 == 0
+    assert len(out.replace(" ", "").strip()) == 64 and len(json.loads(out2)["key"]) == 64
+    assert out.replace(" ", "").strip() != json.loads(out2)["key"]
+
+
+def test_backup_round_trip_with_key_and_key_file(run: Run, tmp_path: Path) -> None:
+    src, enc, dec = tmp_path / "plain", tmp_path / "plain.bkv", tmp_path / "plain.out"
+    src.write_bytes(os.urandom(3 * (1 << 20) + 17))
+    key = json.loads(run("--json", "keygen")[1])["key"]
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(key + "\n")
+    code, _, err = run("backup", "encrypt", str(src), str(enc), "--key", key, tty=True)
+    assert code == 0 and "100%" in err  # progress bar on a terminal
+    code, out, err = run(
+        "--json", "backup", "decrypt", str(enc), str(dec), "--key-file", str(key_file), tty=True
+    )
+    assert code == 0 and err == "" and json.loads(out)["bytes"] == src.stat().st_size
+    assert dec.read_bytes() == src.read_bytes()
+
+
+def test_backup_decrypt_with_the_wrong_key_leaves_no_output(run: Run, tmp_path: Path) -> None:
+    src, enc, dec = tmp_path / "p", tmp_path / "p.bkv", tmp_path / "p.out"
+    src.write_bytes(b"hello" * 1000)
+    assert run("backup", "encrypt", str(src), str(enc), "--key", "11" * 32)[0] == 0
+    code, _, err = run("backup", "decrypt", str(enc), str(dec), "--key", "22" * 32)
+    assert code == 2 and "corrupt" in err
+    assert not dec.exists() and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_backup_missing_source_is_exit_2(run: Run, tmp_path: Path) -> None:
+    code, _, err = run(
+        "backup", "encrypt", str(tmp_path / "nope"), str(tmp_path / "x"), "--key", "11" * 32
+    )
+    assert code == 2 and "no such file" in err
+
+
+def test_hidden_ksf_option_is_accepted_but_not_in_help(run: Run) -> None:
+    assert "--ksf" not in cli.build_parser().format_help()
+    assert run("--ksf", "fast", "keygen")[0] == 0
+    assert run("--ksf", "slow", "keygen")[0] == 2
+
+
+def test_the_password_never_appears_in_any_output(run: Run) -> None:
+    outputs: list[str] = []
+    for argv, stdin in [
+        (("account", "create"), ""),
+        (("register", "--password-stdin"), SECRET),
+        (("--json", "recover", "--password-stdin"), SECRET + "x"),
+        (("recover", "--password-stdin"), SECRET + "x"),
+        (("--json", "recover", "--password-stdin"), SECRET),
+    ]:
+        _code, out, err = run(*argv, stdin=stdin)
+        outputs.append(out + err)
+    assert all(SECRET not in o for o in outputs)
