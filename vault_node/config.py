@@ -133,11 +133,12 @@ class NodeConfig:
         etcd = _section({"etcd": etcd_raw}, "etcd", EtcdSection, problems, required=False)
         tls = _section(data, "tls", TlsSection, problems, required=False)
         hsm = _section(data, "hsm", HsmSection, problems, required=False)
-        if problems or node is None:
-            raise ConfigError(problems or ["[node] section is missing"])
-        assert etcd is not None and tls is not None and hsm is not None
+        # Sections are built even around bad keys (placeholders), so that the value checks
+        # below run too and the operator sees every problem in one go.
         config = NodeConfig(node=node, etcd=etcd, tls=tls, hsm=hsm)
-        config.validate()
+        problems += config.problems()
+        if problems:
+            raise ConfigError(problems)
         return config
 
     @staticmethod
@@ -161,44 +162,41 @@ def _section(
     *,
     required: bool,
 ) -> Any:
+    """An instance of `cls` from `data[name]`; every bad key is added to `problems`."""
     raw = data.get(name)
     if raw is None:
         if required:
             problems.append(f"[{name}] section is missing")
-            return None
         raw = {}
     if not isinstance(raw, dict):
         problems.append(f"[{name}] must be a table")
-        return None
+        raw = {}
     declared = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
-    ok = True
     for key, value in raw.items():
         if key not in declared:
             problems.append(f"unknown key {name}.{key}")
-            ok = False
             continue
         expected = _expected_type(cls, key)
         if expected is tuple:
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 problems.append(f"{name}.{key} must be a list of strings")
-                ok = False
                 continue
         elif expected is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 problems.append(f"{name}.{key} must be an integer")
-                ok = False
                 continue
         elif not isinstance(value, str):
             problems.append(f"{name}.{key} must be a string")
-            ok = False
             continue
         kwargs[key] = value
     for key, f in declared.items():
         if key not in raw and f.default is MISSING and f.default_factory is MISSING:
             problems.append(f"missing key {name}.{key}")
-            ok = False
-    return cls(**kwargs) if ok else None
+    for key, f in declared.items():
+        if key not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+            kwargs[key] = ""  # placeholder for a missing or mistyped required key
+    return cls(**kwargs)
 
 
 def _expected_type(cls: type[Any], key: str) -> type:

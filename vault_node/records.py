@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from bkv.v1 import sealed_pb2
 from google.protobuf.message import DecodeError
 
+from bkv.v1 import sealed_pb2
 from vault_protocol.errors import DecryptError
 
 NONCE_LEN = 12

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from bkv.v1 import node_pb2, node_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from bkv.v1 import node_pb2, node_pb2_grpc
 from vault_node.audit import AuditLog
 from vault_node.config import NodeConfig
 from vault_node.membership import MemberInfo, Membership
@@ -78,11 +78,9 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
             code, details = status_for(exc)
             if code == grpc.StatusCode.INTERNAL:
                 # The type and the stack only: an unexpected message could quote input bytes.
-                log.error(
-                    "unexpected %s in Open\n%s",
-                    type(exc).__name__,
-                    "".join(traceback.format_tb(exc.__traceback__)),
-                )
+                frames = traceback.extract_tb(exc.__traceback__)
+                where = " <- ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(frames))
+                log.error("unexpected %s in Open at %s", type(exc).__name__, where)
             else:
                 log.info("Open -> %s", code.name)
             await context.abort(code, details)

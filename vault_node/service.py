@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bkv.v1 import envelope_pb2, sealed_pb2
-
 from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT
 from vault_node.records import (

@@ -77,6 +77,16 @@ def test_unknown_missing_and_mistyped_keys_are_reported_together() -> None:
         assert needle in joined
 
 
+def test_value_problems_are_reported_next_to_missing_keys() -> None:
+    data = tomllib.loads(EXAMPLE)
+    del data["node"]["dc"]
+    data["node"]["listen"] = "nowhere"
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.from_mapping(data)
+    joined = "\n".join(info.value.problems)
+    assert "missing key node.dc" in joined and "node.listen" in joined
+
+
 def test_missing_node_section() -> None:
     with pytest.raises(ConfigError, match=r"\[node\]"):
         NodeConfig.from_mapping({})

@@ -10,11 +10,11 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from bkv.v1 import envelope_pb2, sealed_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node import records
 from vault_node.audit import MemoryAudit
 from vault_node.records import open_record, seal_record
