@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.cluster import Cluster, ProcessStatus, UpReport
+from deploy.cluster import ROLE_ORDER, Cluster, ProcessStatus, UpReport
 from deploy.errors import DeployError
 from deploy.topology import default_topology_path, load_topology
 
@@ -28,7 +28,7 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 def status_table(statuses: Sequence[ProcessStatus]) -> str:
     rows = [["DC", "PROCESS", "ROLE", "PGID", "PID", "ADDRESS", "SUPERVISOR", "HEALTH"]]
-    for s in sorted(statuses, key=lambda s: (s.dc, s.role, s.name)):
+    for s in sorted(statuses, key=lambda s: (s.dc, ROLE_ORDER.index(s.role), s.name)):
         health = "healthy" if s.healthy else ("down" if s.pgid is None else "UNHEALTHY")
         if s.leader:
             health += " (leader)"

@@ -354,8 +354,31 @@ class Cluster:
                     running = processes.spawn(self._spec(state, proc))
                     state = state.with_process(proc.with_running(running))
                     write_state(self.layout.state_file, state)
-                self._wait_healthy(state, [p.name for p in procs], checker)
+                started = [p.name for p in procs]
+                if role == "etcd":
+                    # Without quorum a member answers nothing (3.4 serves clients only once it
+                    # has published itself through raft), but it listens: wait for that, then
+                    # for /health only if a majority of the members run.
+                    self._wait_healthy(state, started, self._etcd_listening)
+                    if not self._etcd_quorum_possible(state):
+                        self.echo("WARNING: fewer than a majority of etcd members run: no quorum")
+                        continue
+                self._wait_healthy(state, started, checker)
         return phases
+
+    @staticmethod
+    def _etcd_listening(proc: ProcessState) -> bool:
+        host, port = proc.address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    def _etcd_quorum_possible(self, state: ClusterState) -> bool:
+        members = [p for p in state.processes if p.role == "etcd"]
+        live = [p for p in members if p.running and processes.is_alive(p.running)]
+        return 2 * len(live) > len(members)
 
     def _wait_healthy(
         self, state: ClusterState, names: Sequence[str], checker: Callable[[ProcessState], bool]
@@ -396,7 +419,10 @@ class Cluster:
                 else:
                     processes.signal_group(group, signal.SIGCONT)
                     processes.signal_group(group, signal.SIGTERM)
-            deadline = time.monotonic() + (5.0 if hard else 10.0)
+            # etcd stopping together spends seconds on leadership transfers to peers that are
+            # stopping too; SIGKILL after 2 s loses nothing acknowledged (the WAL is written).
+            grace = 5.0 if hard else (2.0 if batch == ("etcd",) else 10.0)
+            deadline = time.monotonic() + grace
             for group in groups:
                 if not processes.wait_gone(group, deadline):
                     processes.kill(group)

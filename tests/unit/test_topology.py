@@ -1,0 +1,150 @@
+"""Topology files: the bundled one parses, and every problem of a bad one is reported at once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.errors import TopologyError
+from deploy.topology import (
+    Options,
+    default_topology_path,
+    load_topology,
+    parse_topology,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
+
+
+def _base() -> dict[str, Any]:
+    return load_topology(default_topology_path()).to_dict()
+
+
+def _problems(data: dict[str, Any]) -> tuple[str, ...]:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(data)
+    return info.value.problems
+
+
+def test_bundled_topology_has_three_dcs_two_nodes_each_two_frontends() -> None:
+    t = load_topology(default_topology_path())
+    assert t.datacenters == ("dc-a", "dc-b", "dc-c")
+    assert [(m.name, m.dc) for m in t.etcd] == [
+        ("etcd-dc-a", "dc-a"), ("etcd-dc-b", "dc-b"), ("etcd-dc-c", "dc-c"),
+    ]  # fmt: skip
+    for dc in t.datacenters:
+        assert len([n for n in t.nodes if n.dc == dc]) == 2
+    assert [(f.name, f.dc) for f in t.frontends] == [("fe-1", "dc-a"), ("fe-2", "dc-b")]
+    assert t.unassigned_ports() == 3 * 2 + 6 + 2
+    assert t.options.etcd_fsync is True
+    assert t.options.etcd_election_ms >= 5 * t.options.etcd_heartbeat_ms
+    assert t.options.etcd_compaction_mode == "revision"
+
+
+def test_round_trip_through_dict() -> None:
+    t = load_topology(default_topology_path())
+    assert parse_topology(t.to_dict()) == t
+
+
+def test_with_ports_fills_only_zero_ports_and_keeps_fixed_ones() -> None:
+    data = _base()
+    data["frontend"][0]["port"] = 40001
+    t = parse_topology(data)
+    filled = t.with_ports(lambda n: list(range(50000, 50000 + n)))
+    assert filled.unassigned_ports() == 0
+    assert filled.frontends[0].port == 40001
+    ports = [p for m in filled.etcd for p in (m.client_port, m.peer_port)]
+    ports += [n.port for n in filled.nodes] + [f.port for f in filled.frontends]
+    assert len(set(ports)) == len(ports)
+    filled.validate()
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = _base()
+    data["cluster"]["host"] = "10.0.0.1"
+    data["options"]["etcd_election_ms"] = 200  # < 5 x heartbeat 100
+    data["options"]["max_attempts"] = 0
+    data["options"]["etcd_fsync"] = "yes"
+    data["options"]["bogus"] = 1
+    data["datacenter"][1]["name"] = "dc-a"  # duplicate
+    data["datacenter"][2]["nodes"][0]["name"] = "dc-a-node-1"  # duplicate process name
+    data["datacenter"][2]["nodes"][1]["port"] = 70000
+    data["frontend"][1]["dc"] = "dc-z"
+    data["frontend"][0]["port"] = 40001
+    data["datacenter"][0]["nodes"][0]["port"] = 40001
+    problems = _problems(data)
+    text = "\n".join(problems)
+    for expected in (
+        "cluster.host '10.0.0.1': the local launcher binds loopback only",
+        "etcd_election_ms must be >= 5 x etcd_heartbeat_ms",
+        "max_attempts must be between 1 and 1000",
+        "options.etcd_fsync must be a bool",
+        "options.bogus is not a known setting",
+        "datacenter 'dc-a' is declared twice",
+        "process name 'dc-a-node-1' is used twice",
+        "= 70000 is not a port number",
+        "unknown datacenter 'dc-z'",
+        "= 40001 is also used by",
+    ):
+        assert expected in text, expected
+    assert len(problems) >= 10
+
+
+def test_missing_sections_are_reported_together() -> None:
+    problems = _problems({"cluster": {"name": "x"}})
+    assert "at least one [[datacenter]] is required" in problems
+    assert "at least one etcd member is required" in problems
+    assert "at least one vault node is required" in problems
+    assert "at least one frontend is required" in problems
+
+
+def test_wrong_shapes_and_names() -> None:
+    data = _base()
+    data["datacenter"][0]["nodes"] = "two"
+    data["frontend"][0]["name"] = "FE 1"
+    data["frontend"][1].pop("dc")
+    data["cluster"]["name"] = "Local!"
+    problems = _problems(data)
+    text = "\n".join(problems)
+    assert "datacenter[0].nodes must be an array of tables" in text
+    assert "frontend name 'FE 1' must match" in text
+    assert "frontend[1].dc is required" in text
+    assert "cluster.name 'Local!' must match" in text
+
+
+def test_two_etcd_members_in_one_dc_is_rejected() -> None:
+    data = _base()
+    data["datacenter"].append(copy.deepcopy(data["datacenter"][0]))
+    data["datacenter"][-1]["name"] = "dc-a"
+    data["datacenter"][-1]["etcd"]["name"] = "etcd-dc-a-2"
+    data["datacenter"][-1]["nodes"] = []
+    assert "datacenter 'dc-a' has 2 etcd members (at most one)" in _problems(data)
+
+
+def test_options_compaction_and_ints_as_floats() -> None:
+    data = _base()
+    data["options"]["etcd_compaction_mode"] = "never"
+    data["options"]["start_timeout_s"] = 30  # an int where a float is expected is fine
+    text = "\n".join(_problems(data))
+    assert "etcd_compaction_mode must be one of" in text
+    data["options"]["etcd_compaction_mode"] = "periodic"
+    data["options"]["etcd_compaction_retention"] = "5m"
+    assert parse_topology(data).options.start_timeout_s == 30.0
+
+
+def test_revision_retention_must_be_a_count() -> None:
+    assert any("positive revision count" in p for p in
+               Options(etcd_compaction_retention="5m").problems())  # fmt: skip
+    assert Options().problems() == []
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster\n")
+    with pytest.raises(TopologyError, match="not valid TOML"):
+        load_topology(bad)
