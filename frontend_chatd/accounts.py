@@ -52,7 +52,7 @@ class EtcdKeyStore:
     async def get(self, account_id: str) -> bytes | None:
         try:
             result = await self._client.get(self.key_for(account_id))
-        except aetcd.exceptions.ClientError as e:
+        except (aetcd.exceptions.ClientError, TimeoutError) as e:
             raise AccountStoreUnavailable("account store unavailable") from e
         return None if result is None else bytes(result.value)
 
@@ -67,7 +67,7 @@ class EtcdKeyStore:
                 success=[tx.put(key, public_key)],
                 failure=[tx.get(key)],
             )
-        except aetcd.exceptions.ClientError as e:
+        except (aetcd.exceptions.ClientError, TimeoutError) as e:
             raise AccountStoreUnavailable("account store unavailable") from e
         if succeeded:
             return public_key

@@ -20,6 +20,12 @@ MAX_NODE_VALUE_BYTES = 4096
 
 log = logging.getLogger(__name__)
 
+# A node that comes back is dialled again within seconds, not after gRPC's 120 s max backoff.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+)
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -224,7 +230,7 @@ class NodeChannels:
         if channel is None:
             # Security: the node's certificate is checked against the cluster CA and the host of
             # its advertised address (certificates carry SANs localhost / 127.0.0.1 / name).
-            channel = grpc.aio.secure_channel(node.address, self._credentials)
+            channel = grpc.aio.secure_channel(node.address, self._credentials, _CHANNEL_OPTIONS)
             self._channels[node.address] = channel
         return node_pb2_grpc.VaultNodeStub(channel)
 

@@ -493,6 +493,25 @@ def test_login_binds_key_and_rejects_another(stack: Stack) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_racing_first_logins_bind_exactly_one_key(stack: Stack) -> None:
+    keys = [Ed25519PrivateKey.generate() for _ in range(6)]
+    with futures.ThreadPoolExecutor(len(keys)) as pool:
+        outcomes = list(pool.map(lambda k: _login_outcome(stack, "race@example.org", k), keys))
+    assert outcomes.count(grpc.StatusCode.OK) == 1
+    assert outcomes.count(grpc.StatusCode.UNAUTHENTICATED) == len(keys) - 1
+    winner = keys[outcomes.index(grpc.StatusCode.OK)]
+    bound = etcd_run(stack.etcd_endpoint, lambda c: c.get(b"/bkv/v1/accounts/race@example.org"))
+    assert bytes(bound.value) == raw(winner)
+
+
+def _login_outcome(stack: Stack, account: str, key: Ed25519PrivateKey) -> grpc.StatusCode:
+    try:
+        login(stack, account, key)
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
 def test_relay_rejects_missing_forged_and_expired_tokens(stack: Stack) -> None:
     token = login(stack, "bob", Ed25519PrivateKey.generate()).session_token
     keys = SessionKeys.derive(stack.session_secret)
