@@ -23,8 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
-from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 
+from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from client import protocol
 from client.config import ClientConfig, load_config, load_fleet_key
 from client.errors import (

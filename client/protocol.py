@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from bkv.v1 import envelope_pb2
-
 from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError, error_from_outcome
 from vault_protocol import backup_key, opaque
 from vault_protocol import errors as vp_errors

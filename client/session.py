@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bkv.v1 import frontend_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bkv.v1 import frontend_pb2
 from client.errors import BadInput
 
 LOGIN_CONTEXT = b"bkv-v1 login"

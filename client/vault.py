@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
-from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 
+from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from client import protocol
 from client.config import ClientConfig, ksf_named, load_config, load_fleet_key
 from client.errors import (

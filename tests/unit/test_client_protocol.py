@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 
 import pytest
-from bkv.v1 import envelope_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bkv.v1 import envelope_pb2
 from client import protocol
 from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError
 from client.protocol import FlowContext, Outbound, Status, Step
