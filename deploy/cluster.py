@@ -448,6 +448,16 @@ class Cluster:
         with locked(self.layout.lock_file):
             return self._start_names(self.state(), names)
 
+    def start_all(self) -> list[tuple[str, float]]:
+        """Resume every process stopped by `stop_process`, start every one that is not running
+        (e.g. after a chaos test), and wait for the health of all of them."""
+        with locked(self.layout.lock_file):
+            state = self.state()
+            for proc in state.processes:
+                if proc.running is not None:
+                    processes.signal_group(proc.running, signal.SIGCONT)
+            return self._start_names(state, [p.name for p in state.processes])
+
     def kill(self, name: str) -> None:
         """SIGKILL one process with its supervisor (no restart)."""
         self.process(name)

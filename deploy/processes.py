@@ -46,6 +46,12 @@ def start_ticks(pid: int) -> int | None:
     return None if stat is None else stat[2]
 
 
+def pid_alive(pid: int) -> bool:
+    """True when `pid` exists and is not a zombie."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 def group_pids(group: Running) -> list[int]:
     """Live (non-zombie) processes of the group, or [] when the group is gone or not ours."""
     leader = _stat(group.pgid)

@@ -1,0 +1,136 @@
+"""`bkv-cluster` end to end on its own cluster: up, status, kill-dc, start-dc, down, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy import processes
+from deploy.cluster import Cluster
+from deploy.state import read_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def bkv_cluster(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def status_rows(root: Path) -> dict[str, list[str]]:
+    done = bkv_cluster("status", "--dir", str(root))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["DC", "PROCESS", "ROLE"]
+    return {line.split()[1]: line.split() for line in lines[1:]}
+
+
+def health(row: list[str]) -> str:
+    return row[7]
+
+
+def all_pids(root: Path) -> list[int]:
+    """Every PID of every recorded process group (supervisors and children)."""
+    state = read_state(root / "cluster.json")
+    return [pid for p in state.processes if p.running for pid in processes.group_pids(p.running)]
+
+
+@pytest.fixture
+def cluster_dir() -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="bkv-cli-"))
+    root = tmp / "cluster"
+    try:
+        yield root
+    finally:
+        try:
+            if (root / "cluster.json").exists():
+                Cluster(root).down()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_up_status_kill_dc_start_dc_down(cluster_dir: Path) -> None:
+    root = str(cluster_dir)
+    started = time.monotonic()
+    up = bkv_cluster("up", "--dir", root, "--no-fsync")
+    up_s = time.monotonic() - started
+    assert up.returncode == 0, up.stdout + up.stderr
+    print(f"bkv-cluster up took {up_s:.1f} s\n{up.stdout}")
+    assert "restores spent password guesses" in up.stdout
+    assert "fsync: OFF" in up.stdout
+    assert "key ceremony" in up.stdout and "total" in up.stdout
+
+    client = tomllib.loads((cluster_dir / "client.toml").read_text())["cluster"]
+    assert len(client["frontends"]) == 2 and len(bytes.fromhex(client["fleet_id"])) == 16
+    assert Path(client["fleet_public_key"]).is_file() and Path(client["ca"]).is_file()
+
+    rows = status_rows(cluster_dir)
+    assert len(rows) == 11
+    assert {n: health(r) for n, r in rows.items()} == {n: "healthy" for n in rows}
+    assert sum(r[-1] == "(leader)" for r in rows.values()) == 1
+
+    again = bkv_cluster("up", "--dir", root, "--no-fsync")
+    assert again.returncode == 1 and "is running" in again.stderr
+
+    killed = bkv_cluster("kill-dc", "dc-b", "--dir", root)
+    assert killed.returncode == 0, killed.stderr
+    rows = status_rows(cluster_dir)
+    dc_b = {n for n, r in rows.items() if r[0] == "dc-b"}
+    assert dc_b == {"etcd-dc-b", "dc-b-node-1", "dc-b-node-2", "fe-2"}
+    assert all(health(rows[n]) == "down" and rows[n][3] == "-" for n in dc_b)
+    for name in ("dc-a-node-1", "dc-c-node-2", "fe-1"):
+        assert health(rows[name]) == "healthy"
+
+    restarted = bkv_cluster("start-dc", "dc-b", "--dir", root)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    rows = status_rows(cluster_dir)
+    assert {n: health(r) for n, r in rows.items()} == {n: "healthy" for n in rows}
+
+    pids = all_pids(cluster_dir)
+    assert len(pids) == 22  # a supervisor and a program per process
+    down = bkv_cluster("down", "--dir", root)
+    assert down.returncode == 0, down.stderr
+    assert [pid for pid in pids if processes.pid_alive(pid)] == []
+    state = json.loads((cluster_dir / "cluster.json").read_text())
+    assert all(p["pgid"] is None for p in state["processes"])
+
+    # `up` on a stopped cluster resumes it on its data: same ports, same fleet.
+    resumed = bkv_cluster("up", "--dir", root)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert tomllib.loads((cluster_dir / "client.toml").read_text())["cluster"] == client
+    rows = status_rows(cluster_dir)
+    assert {n: health(r) for n, r in rows.items()} == {n: "healthy" for n in rows}
+    assert bkv_cluster("down", "--dir", root).returncode == 0
+    assert all_pids(cluster_dir) == []
+
+
+def test_unknown_names_are_reported(cluster_dir: Path) -> None:
+    done = bkv_cluster("status", "--dir", str(cluster_dir))
+    assert done.returncode == 1 and "no cluster in" in done.stderr
+
+
+def test_session_cluster_fixture(healthy_cluster: Cluster) -> None:
+    c = healthy_cluster
+    assert c.client_config_path.is_file()
+    assert len(c.etcd_endpoints()) == 3
+    assert c.etcd_leader() in {"etcd-dc-a", "etcd-dc-b", "etcd-dc-c"}
+    assert all(s.healthy for s in c.status())
+    old = c.child_pid("dc-c-node-1")
+    assert c.crash("dc-c-node-1") == old  # the supervisor restarts it
+    c.kill("fe-2")  # a kill is not restarted ...
+    assert not next(s for s in c.status() if s.name == "fe-2").healthy
+    c.start_all()  # ... until asked (healthy_cluster does this before every test)
+    assert c.child_pid("dc-c-node-1") != old
+    assert all(s.healthy for s in c.status())
