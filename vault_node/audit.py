@@ -1,8 +1,9 @@
 """The audit log: one JSON line per attempt-relevant event, flushed as it is written.
 
-Lines hold the time, the node, the hex record id, the event and the counters, never a secret.
-The chaos checker counts `evaluate` lines per record to prove the guess limit, so each line is
-flushed before the caller goes on.
+Lines hold the time (unix seconds), the node, the hex record id, the event and the counters,
+never a secret. The chaos checker (`deploy.chaos.audit_format` documents the line) counts
+`evaluate` lines per record to prove the guess limit and orders them by `revision`, the etcd
+revision of the commit the event made; so each line is flushed before the caller goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class AuditSink(Protocol):
         record_id: bytes,
         attempts: int | None = None,
         max_attempts: int | None = None,
+        *,
+        revision: int | None = None,
+        generation: bytes | None = None,
+        evaluation: int | None = None,
     ) -> None: ...
 
 
@@ -54,17 +59,26 @@ class AuditLog:
         record_id: bytes,
         attempts: int | None = None,
         max_attempts: int | None = None,
+        *,
+        revision: int | None = None,
+        generation: bytes | None = None,
+        evaluation: int | None = None,
     ) -> None:
         entry: dict[str, object] = {
-            "ts": self._clock_ms(),
+            "ts": self._clock_ms() / 1000,
             "node": self._node,
             "record_id": record_id.hex(),
             "event": event,
         }
-        if attempts is not None:
-            entry["attempts"] = attempts
-        if max_attempts is not None:
-            entry["max"] = max_attempts
+        optional: dict[str, object | None] = {
+            "attempts": attempts,
+            "max_attempts": max_attempts,
+            # 0: no commit; negative: a commit whose revision the store did not learn.
+            "revision": revision if revision is not None and revision > 0 else None,
+            "generation": None if generation is None else generation.hex(),
+            "evaluation": evaluation,
+        }
+        entry.update((k, v) for k, v in optional.items() if v is not None)
         line = json.dumps(entry, separators=(",", ":")) + "\n"
         with self._lock:
             self._stream.write(line)
@@ -80,6 +94,7 @@ class MemoryAudit:
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, bytes, int | None, int | None]] = []
+        self.details: list[dict[str, int | bytes | None]] = []
 
     def write(
         self,
@@ -87,8 +102,15 @@ class MemoryAudit:
         record_id: bytes,
         attempts: int | None = None,
         max_attempts: int | None = None,
+        *,
+        revision: int | None = None,
+        generation: bytes | None = None,
+        evaluation: int | None = None,
     ) -> None:
         self.entries.append((event, record_id, attempts, max_attempts))
+        self.details.append(
+            {"revision": revision, "generation": generation, "evaluation": evaluation}
+        )
 
     def events(self) -> list[str]:
         return [e[0] for e in self.entries]

@@ -189,7 +189,8 @@ class VaultService:
         except DecryptError as exc:
             raise RecordCorrupt("stored record failed to open") from exc
 
-    async def _write(self, record_id: bytes, record: sealed_pb2.Record, mod_revision: int) -> bool:
+    async def _write(self, record_id: bytes, record: sealed_pb2.Record, mod_revision: int) -> int:
+        """CAS-write the sealed record: the etcd revision of the commit, 0 on a conflict."""
         return await self._store.put(
             record_id, seal_record(self._token, record_id, record, self._rng), mod_revision
         )
@@ -241,8 +242,12 @@ class VaultService:
                 last_redeemed=0,
                 version=old_version + 1,
             )
-            if await self._write(record_id, record, mod_revision):
-                self._audit.write("register", record_id, 0, max_attempts)
+            revision = await self._write(record_id, record, mod_revision)
+            if revision:
+                self._audit.write(
+                    "register", record_id, 0, max_attempts,
+                    revision=revision, generation=generation,
+                )  # fmt: skip
                 return envelope_pb2.VaultResponse(
                     outcome=Outcome.OUTCOME_OK,
                     guesses_left=max_attempts,
@@ -263,13 +268,21 @@ class VaultService:
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
             record, mod_revision = current
             if record.state == sealed_pb2.RECORD_STATE_LOCKED:
-                self._audit.write("locked", record_id, record.attempts, record.max_attempts)
+                self._audit.write(
+                    "locked", record_id, record.attempts, record.max_attempts,
+                    generation=record.generation,
+                )  # fmt: skip
                 return _locked()
             if record.attempts >= record.max_attempts:
                 # Out of guesses: erase the record's secrets for good (permanent lockout).
                 tombstone = _tombstone(record)
-                if await self._write(record_id, tombstone, mod_revision):
-                    self._audit.write("lock", record_id, record.attempts, record.max_attempts)
+                revision = await self._write(record_id, tombstone, mod_revision)
+                if revision:
+                    self._audit.write(
+                        "lock", record_id, record.attempts, record.max_attempts,
+                        revision=revision, generation=record.generation,
+                        evaluation=record.evaluations,
+                    )  # fmt: skip
                     return _locked()
                 continue
             counted = sealed_pb2.Record()
@@ -279,11 +292,16 @@ class VaultService:
             counted.version = record.version + 1
             # The guess is committed to etcd BEFORE the OPRF runs: a crash or a lost answer
             # after this point costs the client a guess, never the attacker a free one.
-            if await self._write(record_id, counted, mod_revision):
+            revision = await self._write(record_id, counted, mod_revision)
+            if revision:
                 break
         else:
             raise Unavailable("too much contention on this record; retry")
-        self._audit.write("evaluate", record_id, counted.attempts, counted.max_attempts)
+        # Written (and flushed) after the commit and before the OPRF: the checker's count.
+        self._audit.write(
+            "evaluate", record_id, counted.attempts, counted.max_attempts,
+            revision=revision, generation=counted.generation, evaluation=counted.evaluations,
+        )  # fmt: skip
         try:
             ke2, state = opaque.server_login_start(
                 counted.opaque_record, account, msg.ke1, self._keys, self._opaque, self._rng
@@ -331,7 +349,10 @@ class VaultService:
             if current is None:
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
             record = current[0]
-            self._audit.write("bad_mac", record_id, record.attempts, record.max_attempts)
+            self._audit.write(
+                "bad_mac", record_id, record.attempts, record.max_attempts,
+                generation=record.generation, evaluation=ticket.evaluation,
+            )  # fmt: skip
             if record.state == sealed_pb2.RECORD_STATE_LOCKED:
                 return _locked()
             return envelope_pb2.VaultResponse(
@@ -345,7 +366,10 @@ class VaultService:
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
             record, mod_revision = current
             if record.state == sealed_pb2.RECORD_STATE_LOCKED:
-                self._audit.write("locked", record_id, record.attempts, record.max_attempts)
+                self._audit.write(
+                    "locked", record_id, record.attempts, record.max_attempts,
+                    generation=record.generation, evaluation=ticket.evaluation,
+                )  # fmt: skip
                 return _locked()
             # Single use: a ticket of an older registration, or one already redeemed (or older
             # than one redeemed), cannot release the key again.
@@ -354,18 +378,25 @@ class VaultService:
                 or ticket.evaluation <= record.last_redeemed
                 or ticket.evaluation > record.evaluations
             ):
-                self._audit.write("stale_ticket", record_id, record.attempts, record.max_attempts)
+                self._audit.write(
+                    "stale_ticket", record_id, record.attempts, record.max_attempts,
+                    generation=record.generation, evaluation=ticket.evaluation,
+                )  # fmt: skip
                 raise Precondition("ticket is stale or was already used")
             redeemed = sealed_pb2.Record()
             redeemed.CopyFrom(record)
             redeemed.attempts = 0
             redeemed.last_redeemed = ticket.evaluation
             redeemed.version = record.version + 1
-            if await self._write(record_id, redeemed, mod_revision):
+            revision = await self._write(record_id, redeemed, mod_revision)
+            if revision:
                 break
         else:
             raise Unavailable("too much contention on this record; retry")
-        self._audit.write("success", record_id, 0, redeemed.max_attempts)
+        self._audit.write(
+            "success", record_id, 0, redeemed.max_attempts,
+            revision=revision, generation=redeemed.generation, evaluation=ticket.evaluation,
+        )  # fmt: skip
         transported = seal_transport(ticket.session_key, redeemed.wrapped_key, self._rng)
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
@@ -382,8 +413,9 @@ class VaultService:
                 return envelope_pb2.VaultResponse(
                     outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
                 )
-            if await self._store.delete(record_id, entry[1]):
-                self._audit.write("delete", record_id)
+            revision = await self._store.delete(record_id, entry[1])
+            if revision:
+                self._audit.write("delete", record_id, revision=revision)
                 return envelope_pb2.VaultResponse(
                     outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=True)
                 )

@@ -20,6 +20,10 @@ import grpc
 RECORDS_PREFIX = b"/bkv/v1/records/"
 NODES_PREFIX = "/bkv/v1/nodes/"
 
+# What `put`/`delete` return for a commit whose revision etcd did not report (truthy, never a
+# real revision: audit lines leave it out).
+COMMITTED_REVISION_UNKNOWN = -1
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -35,15 +39,18 @@ class RecordStore(Protocol):
         """`(value, mod_revision)`, or None when absent. Linearizable."""
         ...
 
-    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> bool:
+    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> int:
         """Write if the key's mod_revision is still `expected_mod_revision` (0: must not exist).
 
-        False on a conflict; `StoreUnavailable` when etcd cannot answer.
+        The etcd revision of the commit (> 0; `COMMITTED_REVISION_UNKNOWN` if etcd did not say),
+        or 0 on a conflict, so the result is falsy exactly when nothing was written.
+        `StoreUnavailable` when etcd cannot answer.
         """
         ...
 
-    async def delete(self, record_id: bytes, expected_mod_revision: int) -> bool:
-        """Delete if the key's mod_revision is still `expected_mod_revision`; False on conflict."""
+    async def delete(self, record_id: bytes, expected_mod_revision: int) -> int:
+        """Delete if the key's mod_revision is still `expected_mod_revision`: the revision of
+        the commit, or 0 on a conflict."""
         ...
 
 
@@ -83,21 +90,21 @@ class MemoryRecordStore:
         entry = self.data.get(record_id)
         return 0 if entry is None else entry[1]
 
-    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> bool:
+    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> int:
         await asyncio.sleep(0)
         if self._current_revision(record_id) != expected_mod_revision:
-            return False
+            return 0
         self.revision += 1
         self.data[record_id] = (value, self.revision)
-        return True
+        return self.revision
 
-    async def delete(self, record_id: bytes, expected_mod_revision: int) -> bool:
+    async def delete(self, record_id: bytes, expected_mod_revision: int) -> int:
         await asyncio.sleep(0)
         if record_id not in self.data or self._current_revision(record_id) != expected_mod_revision:
-            return False
+            return 0
         self.revision += 1
         del self.data[record_id]
-        return True
+        return self.revision
 
 
 # gRPC codes that mean "etcd could not answer now" rather than "the request is wrong".
@@ -130,6 +137,21 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code() in _TRANSIENT_CODES
     return False
+
+
+def _commit_revision(succeeded: Any, responses: Any, field: str) -> int:
+    """The revision a successful one-operation transaction committed at, 0 when it failed.
+
+    etcd 3.4 fills each sub-response's header with the transaction's revision.
+    """
+    if not succeeded:
+        return 0
+    try:
+        revision = int(getattr(responses[0], field).header.revision)
+    except (IndexError, AttributeError, TypeError, ValueError):
+        revision = 0
+    # A commit with an unreadable revision is still a commit: never report it as a conflict.
+    return revision if revision > 0 else COMMITTED_REVISION_UNKNOWN
 
 
 def grpc_target(endpoints: Sequence[str]) -> tuple[str, int]:
@@ -200,31 +222,31 @@ class EtcdStore:
             return tx.version(key) == 0  # the key must not exist
         return tx.mod(key) == expected_mod_revision
 
-    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> bool:
+    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> int:
         key = record_key(record_id)
         tx = self._client.transactions
-        succeeded, _ = await self._call(
+        succeeded, responses = await self._call(
             lambda: self._client.transaction(
                 compare=[self._compare(key, expected_mod_revision)],
                 success=[tx.put(key, value)],
                 failure=[],
             )
         )
-        return bool(succeeded)
+        return _commit_revision(succeeded, responses, "response_put")
 
-    async def delete(self, record_id: bytes, expected_mod_revision: int) -> bool:
+    async def delete(self, record_id: bytes, expected_mod_revision: int) -> int:
         if expected_mod_revision == 0:
-            return False
+            return 0
         key = record_key(record_id)
         tx = self._client.transactions
-        succeeded, _ = await self._call(
+        succeeded, responses = await self._call(
             lambda: self._client.transaction(
                 compare=[self._compare(key, expected_mod_revision)],
                 success=[tx.delete(key)],
                 failure=[],
             )
         )
-        return bool(succeeded)
+        return _commit_revision(succeeded, responses, "response_delete_range")
 
     # -- leases --
 

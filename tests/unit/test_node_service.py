@@ -106,9 +106,10 @@ class OrderedAudit(MemoryAudit):
         record_id: bytes,
         attempts: int | None = None,
         max_attempts: int | None = None,
+        **details: Any,
     ) -> None:
         self.log.append(event)
-        super().write(event, record_id, attempts, max_attempts)
+        super().write(event, record_id, attempts, max_attempts, **details)
 
 
 class Clock:
@@ -337,11 +338,11 @@ class FailingPuts(MemoryRecordStore):
         super().__init__()
         self.mode = "ok"
 
-    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> bool:
+    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> int:
         if self.mode == "raise":
             raise StoreUnavailable("etcd down")
         if self.mode == "conflict":
-            return False
+            return 0
         return await super().put(record_id, value, expected_mod_revision)
 
 
