@@ -1,0 +1,367 @@
+"""The machine's ceilings, measured in the same run as the cluster figures.
+
+* `etcd_cas_ceiling`: compare-and-swap increments against the cluster's etcd with aetcd, dialled
+  as the vault nodes dial it, one key per worker under a bench prefix (deleted afterwards). One
+  "CAS transaction" = a linearizable read of the key's mod_revision plus a transaction comparing
+  it, exactly the pair a vault node runs per recovery step.
+* `grpc_ceiling`: unary calls through a no-op TLS service (`deploy.bench.noop_server`, its own
+  process) with envelope-sized messages.
+* `crypto_ceiling`: the server-side cryptography of one recovery (two envelope opens, OPRF,
+  3DH/KE2, ticket seal/open, KE3 check, key transport, two response seals) on one core with
+  software keys, as `benchmarks/protocol.py` measures it. A real node also makes 11 PKCS#11 calls
+  per recovery on its one token thread (`HSM_CALLS_PER_RECOVERY`).
+
+Each loop is bounded by a deadline and an operation cap and stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aetcd
+import grpc
+import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from bkv.v1 import envelope_pb2
+from deploy.bench.noop_server import METHOD
+from vault_node.store import grpc_target
+from vault_protocol import envelope, opaque
+from vault_protocol.backup_key import seal_transport
+
+BENCH_PREFIX = b"/bkv-bench/"
+MAX_OPS = 10_000_000
+REQUEST_BYTES = 1100  # a sealed envelope padded to the 1024-byte bucket, plus HPKE overhead
+REPLY_BYTES = 600
+
+# PKCS#11 calls a vault node makes per successful recovery (vault_node/service.py), with the
+# per-call rates measured on this machine in shared/PLATFORM.md (SoftHSM2, one thread).
+HSM_CALLS_PER_RECOVERY: dict[str, int] = {
+    "ecdh (envelope open)": 2,
+    "hmac_sha256 (record id)": 2,
+    "hmac_sha512 (oprf key)": 1,
+    "aes_gcm (record open/seal)": 4,
+    "aes_gcm (ticket seal/open)": 2,
+}
+_HSM_RATES_PER_S = {"ecdh": 2800.0, "hmac": 47000.0, "aes_gcm": 38000.0}
+
+
+def hsm_seconds_per_recovery() -> float:
+    """Token-thread time of one recovery estimated from PLATFORM.md's per-call rates."""
+    total = 0.0
+    for name, calls in HSM_CALLS_PER_RECOVERY.items():
+        kind = name.split(" ")[0].replace("_sha256", "").replace("_sha512", "")
+        total += calls / _HSM_RATES_PER_S[kind]
+    return total
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """One measured ceiling."""
+
+    name: str
+    ops: int
+    seconds: float
+    concurrency: int
+    errors: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _timed_workers(
+    concurrency: int, seconds: float, step: Any, clock: Any = time.monotonic
+) -> tuple[int, int, float]:
+    """Run `step(worker)` in `concurrency` loops for `seconds`; (ok, errors, elapsed)."""
+    ok = errors = 0
+    start = clock()
+    deadline = start + seconds
+
+    async def worker(index: int) -> None:
+        nonlocal ok, errors
+        while clock() < deadline and ok + errors < MAX_OPS:
+            try:
+                await step(index)
+                ok += 1
+            except Exception:  # noqa: BLE001 - counted; a ceiling run goes on
+                errors += 1
+
+    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(concurrency))), seconds + 30.0)
+    return ok, errors, clock() - start
+
+
+# -- etcd --------------------------------------------------------------------------------------
+
+
+def etcd_client(endpoints: Sequence[str], timeout_s: float = 2.0) -> aetcd.Client:
+    """An aetcd client spanning every member with round-robin, as `vault_node.store` builds it."""
+    host, port = grpc_target(endpoints)
+    return aetcd.Client(
+        host=host,
+        port=port,
+        timeout=timeout_s,  # type: ignore[arg-type]
+        options={"grpc.lb_policy_name": "round_robin"},
+    )
+
+
+async def etcd_cas_ceiling(endpoints: Sequence[str], concurrency: int, seconds: float) -> Ceiling:
+    """CAS increments (read mod_revision + compare-and-put), one key per worker."""
+    prefix = BENCH_PREFIX + secrets.token_hex(4).encode() + b"/cas/"
+    client = etcd_client(endpoints)
+    conflicts = 0
+    try:
+        for i in range(concurrency):
+            await client.put(prefix + str(i).encode(), b"0")
+
+        async def step(index: int) -> None:
+            nonlocal conflicts
+            key = prefix + str(index).encode()
+            current: Any = await client.get(key, serializable=False)
+            tx = client.transactions
+            succeeded, _ = await client.transaction(
+                compare=[tx.mod(key) == int(current.mod_revision)],
+                success=[tx.put(key, str(int(current.value) + 1).encode())],
+                failure=[],
+            )
+            if not succeeded:
+                conflicts += 1
+
+        ok, errors, elapsed = await _timed_workers(concurrency, seconds, step)
+    finally:
+        try:
+            await client.delete_prefix(prefix)
+        finally:
+            await client.close()
+    return Ceiling("etcd_cas", ok, elapsed, concurrency, errors, {"conflicts": conflicts})
+
+
+# -- gRPC --------------------------------------------------------------------------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway P-256 certificate for localhost/127.0.0.1 and its key (0600)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bkv-bench noop")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "noop.pem", directory / "noop.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
+    """Unary TLS calls per second to a no-op server in its own process."""
+    with tempfile.TemporaryDirectory(prefix="bkv-bench-tls-") as tmp:
+        cert, key = self_signed(Path(tmp))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy.bench.noop_server",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--reply-bytes",
+                str(REPLY_BYTES),
+                "--max-seconds",
+                str(seconds + 60.0),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            port = await asyncio.wait_for(asyncio.to_thread(_read_port, proc), 30.0)
+            creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+            async with grpc.aio.secure_channel(
+                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
+            ) as channel:
+                call = channel.unary_unary(
+                    METHOD, request_serializer=_identity, response_deserializer=_identity
+                )
+                payload = os.urandom(REQUEST_BYTES)
+                await asyncio.wait_for(channel.channel_ready(), 10.0)
+
+                async def step(_index: int) -> None:
+                    await call(payload, timeout=5.0)
+
+                ok, errors, elapsed = await _timed_workers(concurrency, seconds, step)
+        finally:
+            _stop(proc)
+    return Ceiling(
+        "grpc_unary_tls",
+        ok,
+        elapsed,
+        concurrency,
+        errors,
+        {
+            "request_bytes": REQUEST_BYTES,
+            "reply_bytes": REPLY_BYTES,
+            "server": "grpc.aio, own process",
+        },
+    )
+
+
+def _read_port(proc: subprocess.Popen[bytes]) -> int:
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("PORT "):
+        raise RuntimeError("the no-op gRPC server did not start")
+    return int(line.split()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server we started (close its stdin, then by its pid if it lingers)."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5.0)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+# -- crypto ------------------------------------------------------------------------------------
+
+
+def crypto_ceiling(seconds: float, clock: Any = time.perf_counter) -> Ceiling:
+    """Server-side recoveries per second on one core, software keys in place of the token."""
+    rng = os.urandom
+    account = "bench-account"
+    cred = account.encode()
+    keys = opaque.SoftwareServerKeys.generate(rng)
+    kem = ec.generate_private_key(ec.SECP256R1())
+    pk_r = kem.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    fleet = envelope.FleetKey(pk_r)
+
+    def ecdh(enc: bytes) -> bytes:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), enc)
+        return kem.exchange(ec.ECDH(), peer)
+
+    ticket_key = AESGCM(rng(32))
+    config = opaque.OpaqueConfig(ksf=opaque.IdentityKsf())  # the KSF runs on the client only
+    reg_state, reg_req = opaque.registration_start(b"correct horse", rng)
+    reg_resp = opaque.server_registration_response(reg_req, cred, keys)
+    record, _ = opaque.registration_finish(reg_state, reg_resp, config, rng)
+    st, ke1 = opaque.login_start(b"correct horse", rng)
+    ke2_0, server_state = opaque.server_login_start(record, cred, ke1, keys, config, rng)
+    ke3 = opaque.login_finish(st, ke2_0, config)[0]
+    expected_mac = server_state.expected_client_mac
+    rk1, rk2, wrapped = rng(32), rng(32), rng(60)
+    env1 = envelope.seal_request(
+        fleet,
+        account,
+        envelope_pb2.VaultRequest(
+            response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
+        ),
+    )
+    ticket_nonce = rng(12)
+    ticket_ct = ticket_key.encrypt(ticket_nonce, rng(200), b"bkv-v1 ticket")
+    env2 = envelope.seal_request(
+        fleet,
+        account,
+        envelope_pb2.VaultRequest(
+            response_key=rk2, recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket_ct)
+        ),
+    )
+
+    def one_recovery() -> None:
+        req1 = envelope.open_request(env1, account, fleet.fleet_id, ecdh, pk_r)
+        ke2, state = opaque.server_login_start(
+            record, cred, req1.recover_start.ke1, keys, config, rng
+        )
+        ticket_key.encrypt(rng(12), state.expected_client_mac + state.session_key, b"t")
+        envelope.seal_response(
+            rk1,
+            envelope_pb2.VaultResponse(
+                outcome=envelope_pb2.OUTCOME_OK,
+                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket_ct),
+            ),
+            rng,
+        )
+        req2 = envelope.open_request(env2, account, fleet.fleet_id, ecdh, pk_r)
+        ticket_key.decrypt(ticket_nonce, req2.recover_finish.ticket, b"bkv-v1 ticket")
+        opaque.server_login_finish(expected_mac, ke3)
+        transported = seal_transport(state.session_key, wrapped, rng)
+        envelope.seal_response(
+            rk2,
+            envelope_pb2.VaultResponse(
+                outcome=envelope_pb2.OUTCOME_OK,
+                recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
+            ),
+            rng,
+        )
+
+    one_recovery()  # warm up
+    ops = 0
+    start = clock()
+    deadline = start + seconds
+    while clock() < deadline and ops < MAX_OPS:
+        one_recovery()
+        ops += 1
+    elapsed = clock() - start
+    hsm_s = hsm_seconds_per_recovery()
+    return Ceiling(
+        "crypto_recovery",
+        ops,
+        elapsed,
+        1,
+        0,
+        {
+            "keys": "software (cryptography + libsodium), one core",
+            "hsm_calls_per_recovery": dict(HSM_CALLS_PER_RECOVERY),
+            "hsm_ms_per_recovery_estimate": round(hsm_s * 1000, 3),
+            "hsm_recoveries_per_s_per_node_estimate": round(1 / hsm_s, 1),
+        },
+    )

@@ -1,0 +1,420 @@
+"""`bkv-bench`: load-test a Backup Key Vault cluster through the real client library.
+
+    bkv-bench --cluster-up [--dir DIR] [--nodes-per-dc N | --nodes N] [--fsync/--no-fsync]
+              --mix recover=80,register=10,wrong=5,delete=5 --concurrency 8 --duration 30
+              --ksf fast [--rate R] [--ceilings] [--out results]
+    bkv-bench --config client.toml --count 1000 ...
+
+Closed loop by default (`--concurrency` workers, each with one operation in flight); open loop
+with `--rate R` (operations start at fixed intervals; latency counts from the scheduled start).
+Writes OUT/<timestamp>/bench.json and bench.png and prints a table per operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from client.config import load_config
+from client.errors import VaultError
+from deploy.bench import ceilings as ceil
+from deploy.bench import report
+from deploy.bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
+from deploy.bench.histogram import Recorder
+from deploy.bench.loops import Budget, closed_loop, open_loop
+from deploy.bench.plot import plot
+from deploy.bench.topology import bench_topology
+from deploy.bench.workload import BenchSetupError, Workload, pool_sizes
+from deploy.cluster import Cluster
+from deploy.errors import DeployError
+from deploy.topology import default_topology_path, load_topology
+
+MAX_DURATION_OPS = 10_000_000
+
+
+def _mark(text: str) -> tuple[float, str]:
+    at, sep, label = text.partition(":")
+    try:
+        return float(at), (label if sep else "fault")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mark wants SECONDS:LABEL, not {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bkv-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--config", type=Path, help="client.toml of a running cluster")
+    target.add_argument(
+        "--cluster-up",
+        action="store_true",
+        help="start a local cluster for the run and stop it afterwards",
+    )
+    p.add_argument("--dir", type=Path, help="cluster directory for --cluster-up (default: temp)")
+    p.add_argument("--topology", type=Path, help="topology TOML for --cluster-up")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--nodes-per-dc", type=int, help="vault nodes per data centre")
+    size.add_argument("--nodes", type=int, help="vault nodes in all, spread over the DCs")
+    p.add_argument(
+        "--keep-limits",
+        action="store_true",
+        help="keep the topology's frontend rate limits (default: raised)",
+    )
+    p.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="etcd fsync for --cluster-up (default: the topology's, on)",
+    )
+    p.add_argument(
+        "--etcd",
+        help="etcd endpoints host:port,... for --ceilings with --config "
+        "(default: read from the cluster directory holding client.toml)",
+    )
+    p.add_argument("--mix", default=DEFAULT_MIX, help=f"operation weights (default {DEFAULT_MIX})")
+    p.add_argument("--concurrency", type=int, default=8)
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--duration", type=float, help="seconds to run")
+    amount.add_argument("--count", type=int, help="operations to run")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600.0,
+        help="hard stop of the measured phase (default 600)",
+    )
+    p.add_argument("--accounts", type=int, default=64)
+    p.add_argument("--ksf", choices=("fast", "default"), default="fast")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: operations per second")
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=1024,
+        help="open loop: operations in flight before new ones are dropped",
+    )
+    p.add_argument("--ceilings", action="store_true", help="also measure the machine's ceilings")
+    p.add_argument("--ceiling-seconds", type=float, default=3.0)
+    p.add_argument(
+        "--mark",
+        type=_mark,
+        action="append",
+        default=[],
+        help="SECONDS:LABEL, a fault to mark on the plot (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    return p
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The validated BenchConfig (BenchConfigError listing every problem)."""
+    problems: list[str] = []
+    try:
+        mix = Mix.parse(args.mix)
+    except BenchConfigError as err:
+        problems.append(str(err))
+        mix = Mix.parse("recover=1")
+    config = BenchConfig(
+        mix=mix,
+        concurrency=args.concurrency,
+        count=args.count or 0,
+        duration_s=args.duration or 0.0,
+        max_seconds=args.max_seconds,
+        accounts=args.accounts,
+        ksf=args.ksf,
+        rate=args.rate,
+        ceilings=args.ceilings,
+        ceiling_seconds=args.ceiling_seconds,
+        seed=args.seed,
+        marks=tuple(args.mark),
+    )
+    problems += config.problems()
+    if args.max_inflight < 1:
+        problems.append("max-inflight must be at least 1")
+    if not args.cluster_up:
+        for flag, value in (
+            ("--dir", args.dir),
+            ("--topology", args.topology),
+            ("--nodes-per-dc", args.nodes_per_dc),
+            ("--nodes", args.nodes),
+            ("--fsync/--no-fsync", args.fsync),
+        ):
+            if value is not None:
+                problems.append(f"{flag} only applies with --cluster-up")
+    for flag, value in (("--nodes-per-dc", args.nodes_per_dc), ("--nodes", args.nodes)):
+        if value is not None and value < 1:
+            problems.append(f"{flag} must be at least 1")
+    if problems:
+        raise BenchConfigError("; ".join(problems))
+    return config
+
+
+class Progress:
+    """A live line on a terminal: operations done, current rate, errors."""
+
+    def __init__(self, recorder: Recorder, stream: TextIO, clock: Any = time.monotonic) -> None:
+        self._recorder = recorder
+        self._stream = stream
+        self._clock = clock
+
+    async def run(self, every_s: float = 1.0) -> None:
+        last_total, last_t = 0, self._clock()
+        while True:
+            await asyncio.sleep(every_s)
+            now, total = self._clock(), self._recorder.total
+            rate = (total - last_total) / max(1e-9, now - last_t)
+            last_total, last_t = total, now
+            self._stream.write(
+                f"\r{now - self._recorder.start:6.0f} s  {total:8d} ops  {rate:8.1f} ops/s now  "
+                f"{self._recorder.total_errors:6d} errors"
+            )
+            self._stream.flush()
+
+
+async def run_bench(
+    config: BenchConfig,
+    client_toml: Path,
+    *,
+    etcd_endpoints: Sequence[str] | None,
+    max_inflight: int,
+    progress: TextIO | None,
+    echo: Any,
+) -> dict[str, Any]:
+    """Setup, measured phase, ceilings, cleanup; returns the pieces of bench.json."""
+    client_config = load_config(client_toml)
+    rng = random.Random(config.seed)  # picks operations, not secrets
+    clock = time.monotonic
+    recorder = Recorder(start=clock())
+    with tempfile.TemporaryDirectory(prefix="bkv-bench-keys-") as key_dir:
+        workload = Workload(client_config, Path(key_dir), ksf=config.ksf, recorder=recorder)
+        try:
+            setup_started = clock()
+            echo(f"setup: registering {config.accounts} accounts (not measured)")
+            await workload.setup(config.accounts, config.mix, config.concurrency)
+            setup = {
+                "accounts_registered": len(workload.accounts),
+                "failures": workload.setup_failures,
+                "seconds": round(clock() - setup_started, 3),
+            }
+            echo(f"setup: {len(workload.accounts)} accounts in {setup['seconds']} s; measuring")
+            recorder.start = start = clock()
+            if config.count:
+                budget = Budget(config.count, start + config.max_seconds)
+            else:
+                budget = Budget(
+                    MAX_DURATION_OPS, start + min(config.duration_s, config.max_seconds)
+                )
+            ticker = asyncio.create_task(Progress(recorder, progress).run()) if progress else None
+            try:
+                if config.mode == "open":
+                    await open_loop(
+                        config.rate,
+                        budget,
+                        lambda: config.mix.choose(rng),
+                        workload.execute,
+                        abandon=workload.abandon,
+                        max_inflight=max_inflight,
+                        clock=clock,
+                    )
+                else:
+                    await closed_loop(
+                        config.concurrency,
+                        budget,
+                        lambda: config.mix.choose(rng),
+                        workload.execute,
+                        abandon=workload.abandon,
+                        clock=clock,
+                    )
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                    progress.write("\n")  # type: ignore[union-attr]
+            elapsed = clock() - start
+        finally:
+            failed = await workload.cleanup()
+            if failed:
+                echo(f"cleanup: {failed} bench accounts could not be deleted")
+    measured: list[ceil.Ceiling] = []
+    if config.ceilings:
+        echo("ceilings: etcd CAS, gRPC, crypto")
+        if etcd_endpoints:
+            measured.append(
+                await ceil.etcd_cas_ceiling(
+                    etcd_endpoints, config.concurrency, config.ceiling_seconds
+                )
+            )
+        else:
+            echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
+        measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
+        measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
+    return {
+        "summaries": [recorder.summary(op, elapsed) for op in recorder.ops()],
+        "combined": recorder.combined(elapsed),
+        "elapsed_s": elapsed,
+        "series": recorder.series(),
+        "substituted": dict(recorder.substituted),
+        "setup": setup,
+        "ceilings": measured,
+        "pools": dict(zip(("main", "wrong"), pool_sizes(config.accounts, config.mix), strict=True)),
+    }
+
+
+def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
+    """fsync, node/frontend/etcd counts and limits of a cluster directory, if there is one."""
+    if cluster is None or not cluster.exists():
+        return {"fsync": None, "nodes": None, "frontends": None, "etcd_members": None}
+    state = cluster.state()
+    t = state.topology
+    return {
+        "fsync": state.fsync,
+        "nodes": len(t.nodes),
+        "frontends": len(t.frontends),
+        "etcd_members": len(t.etcd),
+        "frontend_peer_rate_per_s": t.limits.peer_rate_per_s,
+    }
+
+
+def out_dir(base: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = base / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+@contextlib.contextmanager
+def cluster_for(args: argparse.Namespace, echo: Any) -> Iterator[tuple[Path, Cluster | None]]:
+    """(client.toml, cluster) for the run: the given config, or a cluster started and stopped."""
+    if not args.cluster_up:
+        directory = args.config.resolve().parent
+        cluster = Cluster(directory)
+        yield args.config, (cluster if cluster.exists() else None)
+        return
+    temp = None if args.dir else tempfile.mkdtemp(prefix="bkv-bench-cluster-")
+    cluster = Cluster(args.dir or Path(temp or "."), echo=echo)
+    base = load_topology(args.topology or default_topology_path())
+    topology = bench_topology(
+        base, nodes_per_dc=args.nodes_per_dc, nodes=args.nodes, keep_limits=args.keep_limits
+    )
+    try:
+        echo(f"cluster: starting {len(topology.nodes)} vault nodes in {cluster.directory}")
+        cluster.up(topology, fsync=args.fsync)
+        yield cluster.client_config_path, cluster
+    finally:
+        if cluster.exists():
+            echo("cluster: stopping")
+            cluster.down()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def echo(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        config = bench_config(args)
+    except BenchConfigError as err:
+        print(f"bkv-bench: {err}", file=sys.stderr)
+        return 2
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        with cluster_for(args, echo) as (client_toml, cluster):
+            facts = cluster_facts(cluster)
+            endpoints = (
+                args.etcd.split(",")
+                if args.etcd
+                else (cluster.etcd_endpoints() if cluster is not None else None)
+            )
+            progress = sys.stderr if sys.stderr.isatty() else None
+            result = asyncio.run(
+                run_bench(
+                    config,
+                    client_toml,
+                    etcd_endpoints=endpoints,
+                    max_inflight=args.max_inflight,
+                    progress=progress,
+                    echo=echo,
+                )
+            )
+    except (DeployError, VaultError, BenchSetupError, OSError) as err:
+        print(f"bkv-bench: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    run_config = {
+        "mode": config.mode,
+        "mix": config.mix.text(),
+        "concurrency": config.concurrency,
+        "rate_per_s": config.rate or None,
+        "max_inflight": args.max_inflight if config.mode == "open" else None,
+        "count": config.count or None,
+        "duration_s": config.duration_s or None,
+        "accounts": config.accounts,
+        "pools": result["pools"],
+        "ksf": config.ksf,
+        "cluster": "cluster-up" if args.cluster_up else str(args.config),
+        **facts,
+        "frontend_limits_raised": bool(args.cluster_up and not args.keep_limits),
+        "ceiling_seconds": config.ceiling_seconds if config.ceilings else None,
+        "seed": config.seed,
+        "client": "client.AsyncVaultClient (asyncio), one shared channel per frontend",
+    }
+    doc = report.build(
+        config=run_config,
+        summaries=result["summaries"],
+        combined=result["combined"],
+        elapsed_s=result["elapsed_s"],
+        series=result["series"],
+        substituted=result["substituted"],
+        setup=result["setup"],
+        ceilings=result["ceilings"],
+        marks=config.marks,
+        started_at=started_at,
+    )
+    out = out_dir(args.out)
+    report.write_json(out / "bench.json", doc)
+    fsync = {True: "on", False: "off", None: "unknown"}[facts["fsync"]]
+    plot(
+        out / "bench.png",
+        doc["series"],
+        marks=config.marks,
+        title=f"bkv-bench {config.mode} loop, {config.mix.text()}, fsync {fsync}, "
+        f"{facts['nodes'] or '?'} nodes, ksf {config.ksf}",
+    )
+    print(
+        f"{config.mode} loop, fsync {fsync}, {facts['nodes'] or '?'} vault nodes, "
+        f"concurrency {config.concurrency}, ksf {config.ksf}, {result['elapsed_s']:.1f} s"
+    )
+    print(report.table(result["summaries"], result["combined"]))
+    if doc["substituted"]:
+        print(
+            "substituted (re-registrations): "
+            + ", ".join(f"{k} {v}" for k, v in doc["substituted"].items())
+        )
+    text = report.ceilings_text(doc)
+    if text:
+        print(text)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
