@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from client import protocol
@@ -120,11 +121,18 @@ class Connector(Protocol):
 
 
 class GrpcConnector:
-    """One gRPC channel per frontend, opened lazily, reused across calls, TLS unless insecure."""
+    """One gRPC channel per frontend, opened lazily, reused across calls, TLS unless insecure.
+
+    Readiness is probed with the frontend's health service, not with `channel_ready_future`:
+    that one leaves a connectivity-polling thread which raises "Channel closed" when the channel
+    is closed under it (grpc/grpc#18995). A frontend stays "confirmed" until a call to it fails
+    with UNAVAILABLE; only then is it probed again.
+    """
 
     def __init__(self, config: ClientConfig) -> None:
         self._config = config
         self._channels: dict[str, tuple[grpc.Channel, frontend_pb2_grpc.FrontendStub]] = {}
+        self._confirmed: set[str] = set()
 
     def _entry(self, address: str) -> tuple[grpc.Channel, frontend_pb2_grpc.FrontendStub]:
         if address not in self._channels:
@@ -138,19 +146,49 @@ class GrpcConnector:
         return self._channels[address]
 
     def stub(self, address: str) -> Any:
-        return self._entry(address)[1]
+        return _ForgetOnUnavailable(
+            self._entry(address)[1], lambda: self._confirmed.discard(address)
+        )
 
     def ready(self, address: str, timeout: float) -> bool:
+        if address in self._confirmed:
+            return True
+        health = health_pb2_grpc.HealthStub(self._entry(address)[0])
         try:
-            grpc.channel_ready_future(self._entry(address)[0]).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False  # nothing of the vault protocol was sent to this frontend
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
             return False
+        self._confirmed.add(address)
         return True
 
     def close(self) -> None:
         for channel, _ in self._channels.values():
             channel.close()
         self._channels.clear()
+        self._confirmed.clear()
+
+
+class _ForgetOnUnavailable:
+    """A stub whose calls drop the frontend's "confirmed" mark when they fail with UNAVAILABLE."""
+
+    def __init__(self, stub: Any, forget: Callable[[], None]) -> None:
+        self._stub = stub
+        self._forget = forget
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        call = getattr(self._stub, method)
+
+        def invoke(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(*args, **kwargs)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._forget()
+                raise
+
+        return invoke
 
 
 class CorruptBackup(BadInput):

@@ -1,0 +1,270 @@
+"""The cluster issue's end-to-end properties, through the real frontends of a real 3-DC cluster.
+
+Real etcd (3 members), real SoftHSM tokens (6 vault nodes), real frontends (2), the client library.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from bkv.v1 import envelope_pb2, node_pb2, node_pb2_grpc
+from client import InvalidPassword, Locked, NotRegistered, Unavailable, VaultClient
+from client.config import load_config
+from deploy.cluster import Cluster
+from deploy.configs import Layout
+from deploy.demo import run_scenario
+from vault_protocol import envelope, opaque
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+PASSWORD = "a long and correct passphrase"
+
+
+def client_for(cluster: Cluster, key_dir: Path, *, reverse: bool = False, **kw) -> VaultClient:
+    """A client with the fast KSF; `reverse` puts fe-2 first so that calls spread over both."""
+    config = load_config(cluster.client_config_path)
+    if reverse:
+        config = dataclasses.replace(config, frontends=tuple(reversed(config.frontends)))
+    return VaultClient(config, key_dir=key_dir, ksf="fast", **kw)
+
+
+@pytest.fixture
+def key_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "keys"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def vault(healthy_cluster: Cluster, key_dir: Path) -> Iterator[VaultClient]:
+    with client_for(healthy_cluster, key_dir) as v:
+        v.create_account()
+        yield v
+
+
+def audit_lines(cluster: Cluster) -> list[dict[str, object]]:
+    lines = []
+    for path in sorted((cluster.directory / "logs").glob("*.audit.jsonl")):
+        for raw in path.read_text().splitlines():
+            if raw.strip():
+                try:
+                    lines.append(json.loads(raw))
+                except json.JSONDecodeError:  # a node killed mid-line leaves a torn last line
+                    continue
+    return lines
+
+
+def evaluations(cluster: Cluster) -> int:
+    return sum(1 for line in audit_lines(cluster) if line.get("event") == "evaluate")
+
+
+@pytest.mark.timeout(300)
+def test_main_scenario_end_to_end(healthy_cluster: Cluster, tmp_path: Path) -> None:
+    """README's scenario (register, recover, wrong guesses, reset, backup file, dc-b killed)."""
+    run_scenario(healthy_cluster, tmp_path, "fast")
+    assert all(p.healthy for p in healthy_cluster.status())
+
+
+@pytest.mark.timeout(300)
+def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) -> None:
+    """50 concurrent wrong guesses over both frontends: exactly max_attempts are evaluated."""
+    max_attempts = 10
+    with client_for(healthy_cluster, key_dir) as owner:
+        account = owner.create_account()
+        key = owner.register(PASSWORD)
+        before = evaluations(healthy_cluster)
+
+    barrier = threading.Barrier(50)
+
+    def guess(i: int) -> str:
+        with client_for(healthy_cluster, key_dir, account_id=account, reverse=i % 2 == 1) as c:
+            c.login()
+            barrier.wait(timeout=60)
+            try:
+                c.recover(f"wrong password {i}")
+            except InvalidPassword:
+                return "invalid_password"
+            except Locked:
+                return "locked"
+            return "ok"
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        outcomes = Counter(pool.map(guess, range(50)))
+    assert outcomes == Counter({"invalid_password": max_attempts, "locked": 50 - max_attempts})
+    # Counted from the nodes' audit lines, not from the clients' view alone.
+    assert evaluations(healthy_cluster) - before == max_attempts
+    nodes = {
+        line["node"]
+        for line in audit_lines(healthy_cluster)[-60:]
+        if line.get("event") == "evaluate"
+    }
+    assert len(nodes) >= 2, f"evaluations should be spread over nodes, got {nodes}"
+    with client_for(healthy_cluster, key_dir, account_id=account) as c:
+        with pytest.raises(Locked):
+            c.recover(PASSWORD)
+        assert c.status().locked
+    del key  # erased for good: only its absence is checked
+
+
+@pytest.mark.timeout(300)
+def test_registration_survives_dc_loss_and_quorum_loss_fails_closed(
+    healthy_cluster: Cluster, vault: VaultClient
+) -> None:
+    key = vault.register(PASSWORD)
+    healthy_cluster.kill_dc("dc-b")
+    assert vault.recover(PASSWORD) == key  # acknowledged write survives one DC's loss
+
+    healthy_cluster.kill_dc("dc-c")  # two of three etcd members gone: no quorum
+    before = evaluations(healthy_cluster)
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            vault.recover(PASSWORD)
+        with pytest.raises(Unavailable):
+            vault.recover("a wrong guess while the cluster has no quorum")
+    assert evaluations(healthy_cluster) == before, "a password was evaluated without quorum"
+
+    # Quorum returns: the survivors serve again by themselves (nothing else is restarted).
+    survivors = {p.name: p.pid for p in healthy_cluster.status() if p.dc == "dc-a"}
+    healthy_cluster.start_dc("dc-b")
+    recovered = poll(lambda: vault.recover(PASSWORD), timeout=60)
+    assert recovered == key
+    assert {p.name: p.pid for p in healthy_cluster.status() if p.dc == "dc-a"} == survivors
+    status = vault.status()
+    assert status.guesses_left == status.max_attempts  # nothing was counted during the outage
+
+
+def poll(fn: Callable[[], T], timeout: float) -> T:
+    """Call `fn` until it stops raising Unavailable (the condition), within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.timeout(300)
+def test_no_secret_in_logs_or_etcd(healthy_cluster: Cluster, vault: VaultClient) -> None:
+    key = vault.register(PASSWORD)
+    assert vault.recover(PASSWORD) == key
+    with pytest.raises(InvalidPassword):
+        vault.recover("another wrong one")
+    needles = secret_needles(PASSWORD, bytes(key), key.display())
+    for path in sorted((healthy_cluster.directory / "logs").iterdir()):
+        blob = path.read_bytes()
+        for label, needle in needles.items():
+            assert needle not in blob, f"{label} found in {path.name}"
+    values = etcd_values(healthy_cluster)
+    assert any(k.startswith(b"/bkv/v1/records/") for k, _ in values)
+    for k, v in values:
+        for label, needle in needles.items():
+            assert needle not in v and needle not in k, f"{label} found in etcd key {k!r}"
+
+
+def secret_needles(password: str, key: bytes, display: str) -> dict[str, bytes]:
+    return {
+        "password": password.encode(),
+        "key (raw)": key,
+        "key (hex)": key.hex().encode(),
+        "key (HEX)": key.hex().upper().encode(),
+        "key (display)": display.encode(),
+        "key (base64)": base64.b64encode(key).rstrip(b"="),
+    }
+
+
+def etcd_values(cluster: Cluster) -> list[tuple[bytes, bytes]]:
+    """Every key and value in etcd, read with etcdctl (independent of our own etcd client)."""
+    out = subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints={','.join(cluster.etcd_endpoints())}",
+            "--dial-timeout=2s",
+            "--command-timeout=5s",
+            "get",
+            "",
+            "--prefix",
+            "-w",
+            "json",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=20,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    ).stdout
+    kvs = json.loads(out).get("kvs", [])
+    return [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))) for kv in kvs]
+
+
+@pytest.mark.timeout(300)
+def test_accounts_are_isolated(healthy_cluster: Cluster, key_dir: Path) -> None:
+    with client_for(healthy_cluster, key_dir) as alice, client_for(healthy_cluster, key_dir) as bob:
+        alice.create_account()
+        bob.create_account()
+        key = alice.register(PASSWORD)
+        # Bob, with his own valid session, reaches only his own (absent) record.
+        with pytest.raises(NotRegistered):
+            bob.recover(PASSWORD)
+        assert bob.delete() is False
+        assert not bob.status().registered
+        status = alice.status()
+        assert status.registered and status.guesses_left == status.max_attempts
+        assert alice.recover(PASSWORD) == key
+
+
+@pytest.mark.timeout(120)
+def test_frontend_that_swaps_the_account_is_rejected_by_the_node(
+    healthy_cluster: Cluster, vault: VaultClient
+) -> None:
+    """A lying frontend relays Alice's envelope as Mallory's: the HPKE open fails at the node."""
+    key = vault.register(PASSWORD)
+    config = load_config(healthy_cluster.client_config_path)
+    fleet = envelope.FleetKey.from_pem(Path(config.fleet_public_key).read_bytes())
+    assert vault.account_id is not None
+    _, ke1 = opaque.login_start(PASSWORD.encode(), os.urandom)
+    request = envelope_pb2.VaultRequest(
+        response_key=os.urandom(32), recover_start=envelope_pb2.RecoverStart(ke1=ke1)
+    )
+    sealed = envelope.seal_request(fleet, vault.account_id, request)
+    before = evaluations(healthy_cluster)
+    stub, channel = node_stub(healthy_cluster)
+    with channel:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Open(node_pb2.OpenRequest(account_id="mallory", envelope=sealed), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # The same envelope under the right account opens (the rejection was the swap).
+        reply = stub.Open(
+            node_pb2.OpenRequest(account_id=vault.account_id, envelope=sealed), timeout=10
+        )
+        assert reply.sealed_response
+    assert evaluations(healthy_cluster) == before + 1
+    assert vault.recover(PASSWORD) == key
+
+
+def node_stub(cluster: Cluster) -> tuple[node_pb2_grpc.VaultNodeStub, grpc.Channel]:
+    """A stub to one vault node, authenticated with a frontend's client certificate."""
+    pki = Layout(cluster.directory).pki
+    node = next(p for p in cluster.status() if p.role == "node" and p.healthy)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.cluster_ca.cert.read_bytes(),
+        private_key=pki.frontend_client("fe-1").key.read_bytes(),
+        certificate_chain=pki.frontend_client("fe-1").cert.read_bytes(),
+    )
+    channel = grpc.secure_channel(node.address, creds)
+    return node_pb2_grpc.VaultNodeStub(channel), channel
