@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles (bounded, no wall-clock deadlines on a shared machine)."""
+"""Shared test configuration: bounded hypothesis profiles, no wall-clock deadlines."""
 
 import os
 

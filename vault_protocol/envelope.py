@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from bkv.v1 import envelope_pb2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 from google.protobuf.message import DecodeError
 
+from bkv.v1 import envelope_pb2
 from vault_protocol import hpke
 from vault_protocol.errors import DecryptError, InvalidInput, ProtocolError
 

@@ -7,12 +7,12 @@ import os
 from collections.abc import Callable
 
 import pytest
-from bkv.v1 import envelope_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bkv.v1 import envelope_pb2
 from vault_protocol import envelope, hpke
 from vault_protocol.envelope import FleetKey
 from vault_protocol.errors import DecryptError, InvalidInput
