@@ -263,7 +263,7 @@ async def run_bench(
         "summaries": [recorder.summary(op, elapsed) for op in recorder.ops()],
         "combined": recorder.combined(elapsed),
         "elapsed_s": elapsed,
-        "series": recorder.series(),
+        "series": recorder.series(elapsed),
         "substituted": dict(recorder.substituted),
         "setup": setup,
         "ceilings": measured,

@@ -145,18 +145,25 @@ class Recorder:
             latency_ms=latency_ms(hist),
         )
 
-    def series(self) -> list[dict[str, Any]]:
-        """Per bucket: start offset (s), throughput (ops/s), errors, p50 and p99 (ms)."""
+    def series(self, elapsed_s: float | None = None) -> list[dict[str, Any]]:
+        """Per bucket: start offset (s), throughput (ops/s), errors, p50 and p99 (ms).
+
+        With `elapsed_s`, the last (partial) bucket's rate is over its real width.
+        """
         out: list[dict[str, Any]] = []
         if not self._buckets:
             return out
-        for i in range(max(self._buckets) + 1):
+        last = max(self._buckets)
+        for i in range(last + 1):
             b = self._buckets.get(i, Bucket())
             lat = latency_ms(b.histogram)
+            width = self.bucket_s
+            if i == last and elapsed_s is not None:
+                width = min(self.bucket_s, max(elapsed_s - i * self.bucket_s, self.bucket_s / 10))
             out.append(
                 {
                     "t_s": round(i * self.bucket_s, 3),
-                    "throughput_per_s": round(b.count / self.bucket_s, 3),
+                    "throughput_per_s": round(b.count / width, 3),
                     "errors": b.errors,
                     "p50_ms": lat["p50"],
                     "p99_ms": lat["p99"],

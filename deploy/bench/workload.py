@@ -103,6 +103,7 @@ class Workload:
         recorder: Recorder,
         clock: Callable[[], float] = time.monotonic,
         run_id: str | None = None,
+        client_factory: Callable[[ClientConfig, Path, str, Any], Any] | None = None,
     ) -> None:
         self._config = config
         self._key_dir = key_dir
@@ -111,12 +112,15 @@ class Workload:
         self._clock = clock
         self._run_id = run_id or secrets.token_hex(4)
         self._connector = SharedConnector(config)
+        self._factory = client_factory
         self._main: asyncio.Queue[Account] = asyncio.Queue()
         self._wrong: asyncio.Queue[Account] = asyncio.Queue()
         self.accounts: list[Account] = []
         self.setup_failures: dict[str, int] = {}
 
     def _client(self) -> AsyncVaultClient:
+        if self._factory is not None:  # tests: a fake client
+            return self._factory(self._config, self._key_dir, self._ksf, self._connector)  # type: ignore[no-any-return]
         return AsyncVaultClient(
             self._config, key_dir=self._key_dir, ksf=self._ksf, connector=self._connector
         )
