@@ -68,9 +68,8 @@ def test_table_and_ceiling_text() -> None:
 
 def test_plot_writes_a_png_with_marks_and_gaps(tmp_path: Path) -> None:
     r = synthetic()
-    series = r.series(3.0) + [
-        {"t_s": 3.0, "throughput_per_s": 0.0, "errors": 0, "p50_ms": None, "p99_ms": None}
-    ]
+    gap = {"t_s": 3.0, "throughput_per_s": 0.0, "errors": 0, "p50_ms": None, "p99_ms": None}
+    series = [*r.series(3.0), gap]
     plot(tmp_path / "bench.png", series, marks=[(1.0, "kill dc-b"), (2.0, "start dc-b")])
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot(tmp_path / "empty.png", [])
