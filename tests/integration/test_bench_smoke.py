@@ -1,0 +1,58 @@
+"""bkv-bench against the real session cluster: a short closed-loop run with ceilings and a short
+open-loop run. Checks the files and that the counts add up; asserts no timing."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.bench import cli
+from deploy.cluster import Cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+MIX = "recover=50,register=20,wrong=15,delete=15"
+
+
+def run(tmp_path: Path, cluster: Cluster, *extra: str) -> dict[str, Any]:
+    out = tmp_path / "results"
+    argv = ["--config", str(cluster.client_config_path), "--mix", MIX, "--ksf", "fast",
+            "--accounts", "8", "--concurrency", "4", "--out", str(out), *extra]  # fmt: skip
+    assert cli.main(argv) == 0
+    (bench_json,) = out.glob("*/bench.json")
+    assert (bench_json.parent / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    return json.loads(bench_json.read_text())  # type: ignore[no-any-return]
+
+
+def check_counts(doc: dict[str, Any], total: int) -> None:
+    ops = doc["ops"]
+    assert sum(op["count"] for op in ops.values()) == doc["total"]["count"] == total
+    for op in ops.values():
+        assert op["ok"] + sum(op["errors"].values()) == op["count"]
+        assert set(op["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max"}
+    # Wrong guesses are expected answers, never a lockout of a bench account.
+    assert all("Locked" not in op["errors"] for op in ops.values())
+    assert ops["recover"]["ok"] > 0
+
+
+def test_closed_loop_with_ceilings(
+    tmp_path: Path, cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = run(tmp_path, cluster, "--count", "30", "--ceilings", "--ceiling-seconds", "0.3")
+    check_counts(doc, 30)
+    config = doc["config"]
+    assert (config["mode"], config["concurrency"], config["ksf"]) == ("closed", 4, "fast")
+    assert config["fsync"] is False and config["nodes"] == len(cluster.topology.nodes)
+    ceilings = doc["ceilings"]
+    for name in ("etcd_cas_per_s", "grpc_calls_per_s", "crypto_recoveries_per_s"):
+        assert ceilings[name] > 0
+    assert "fraction_of_bound" in doc["versus_ceilings"]["etcd"]
+    printed = capsys.readouterr().out
+    assert "p99.9 ms" in printed and "etcd CAS" in printed
+
+
+def test_open_loop(tmp_path: Path, cluster: Cluster) -> None:
+    doc = run(tmp_path, cluster, "--count", "20", "--rate", "20")
+    check_counts(doc, 20)
+    assert doc["config"]["mode"] == "open" and doc["config"]["rate_per_s"] == 20
