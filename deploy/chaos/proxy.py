@@ -1,0 +1,187 @@
+"""A fault-injecting TCP proxy on loopback: what `slow-link` uses instead of netem.
+
+    proxy = LinkProxy(("127.0.0.1", 40001), rng=random.Random(7))
+    proxy.start()                       # listens on 127.0.0.1:<free port>, forwards untouched
+    proxy.set_fault(LinkFault(delay_s=0.2, jitter_s=0.1, reset_probability=0.02))
+    proxy.set_fault(LinkFault())        # healed
+    proxy.stop()                        # closes the listener and every connection
+
+The kernel here has no netem (PLATFORM.md), so delay and loss are made in userspace: every chunk
+read from either side waits `delay_s` (+ up to `jitter_s`) before it is written on, and with
+`reset_probability` the whole connection is torn down instead (TCP cannot lose a byte without
+losing the stream, so "drop" means a reset, as a middlebox that drops a flow would cause).
+The proxy relays bytes as they come: TLS passes through it unopened. Everything runs on one
+asyncio loop in one daemon thread, bounded by the connections the clients open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LinkFault:
+    """What the link does to each chunk: all zero = a healthy link."""
+
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    reset_probability: float = 0.0
+
+    def validate(self) -> None:
+        problems = []
+        if not 0 <= self.delay_s <= 30:
+            problems.append("delay_s must be in 0..30")
+        if not 0 <= self.jitter_s <= 30:
+            problems.append("jitter_s must be in 0..30")
+        if not 0 <= self.reset_probability <= 1:
+            problems.append("reset_probability must be in 0..1")
+        if problems:
+            raise ValueError("link fault: " + "; ".join(problems))
+
+    @property
+    def healthy(self) -> bool:
+        return self == LinkFault()
+
+
+class LinkProxy:
+    """One listening port forwarding to one upstream `host:port`, with a switchable fault."""
+
+    def __init__(
+        self, upstream: tuple[str, int], *, rng: random.Random, host: str = "127.0.0.1"
+    ) -> None:
+        self.upstream = upstream
+        self._host = host
+        self._rng = rng
+        self._rng_lock = threading.Lock()
+        self._fault = LinkFault()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        self.connections = 0
+        self.resets = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self.port}"
+
+    def set_fault(self, fault: LinkFault) -> None:
+        fault.validate()
+        self._fault = fault  # one reference swap: readers see the old or the new one
+
+    def start(self) -> None:
+        ready: Future[int] = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"proxy-{self.upstream[1]}", daemon=True
+        )
+        self._thread.start()
+        self.port = ready.result(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout)
+        thread.join(timeout)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> LinkProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop thread ------------------------------------------------------------------------
+
+    def _run(self, ready: Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            server = loop.run_until_complete(
+                asyncio.start_server(self._accept, self._host, 0, reuse_address=True)
+            )
+        except OSError as err:
+            ready.set_exception(err)
+            loop.close()
+            return
+        self._server = server
+        ready.set_result(int(server.sockets[0].getsockname()[1]))
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Aborting every connection ends every pump, and with them the handlers.
+        for writer in list(self._writers):
+            _abort(writer)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        asyncio.get_running_loop().call_soon(asyncio.get_running_loop().stop)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        self.connections += 1
+        self._writers.add(writer)
+        upstream_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.upstream), timeout=5
+            )
+            upstream_writer = up_writer
+            self._writers.add(up_writer)
+            pumps = [
+                asyncio.create_task(self._pump(reader, up_writer)),
+                asyncio.create_task(self._pump(up_reader, writer)),
+            ]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except (TimeoutError, OSError):
+            pass  # upstream down: the client sees the connection close, as without a proxy
+        finally:
+            for w in (writer, upstream_writer):
+                if w is not None:
+                    _abort(w)
+                    self._writers.discard(w)
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                return
+            fault = self._fault
+            if not fault.healthy:
+                with self._rng_lock:
+                    roll, jitter = self._rng.random(), self._rng.random() * fault.jitter_s
+                if roll < fault.reset_probability:
+                    self.resets += 1
+                    return  # the caller aborts both sides: a reset flow
+                await asyncio.sleep(fault.delay_s + jitter)
+            writer.write(data)
+            await writer.drain()
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    transport = writer.transport
+    if not transport.is_closing():
+        transport.abort()

@@ -1,0 +1,261 @@
+"""One chaos run against a running cluster: load + faults, then the offline check.
+
+    result = run_chaos(ChaosConfig(client_config=Path("cluster/client.toml"),
+                                   cluster_dir=Path("cluster"), scenarios="kill-dc",
+                                   duration_s=20, seed=1, out_dir=Path("results")))
+    result.exit_code   # 0 only when every invariant has zero violations
+
+Steps: proxies in front of every frontend (the load goes through them; `slow-link` turns them
+bad); accounts created; the run's clock starts; workers, the prober and the fault timeline run;
+the load stops; every fault is healed (`start_all`, which also resumes stopped processes); one
+`final_recover` per account that must keep its key; then run.json, the audit tails, the etcd dump
+and the logs go to `deploy.chaos.verdict.check_run`, and the verdict and a plot are written
+under `out_dir/<timestamp>/`. Temporary account keys live in a temp dir removed at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.config import load_config, load_fleet_key
+from deploy.chaos import collect, verdict
+from deploy.chaos.faults import FaultContext, Timeline, run_timeline
+from deploy.chaos.history import (
+    FAULTS_FILE,
+    HISTORY_FILE,
+    RUN_FILE,
+    JsonlWriter,
+    RunInfo,
+    write_run_info,
+)
+from deploy.chaos.load import (
+    LoadConfig,
+    LoadWorkers,
+    client_factory,
+    final_recover,
+    load_client_config,
+    make_cast,
+    setup_cast,
+)
+from deploy.chaos.plot import plot_run
+from deploy.chaos.probes import Prober, ProbeTargets
+from deploy.chaos.proxy import LinkFault, LinkProxy
+from deploy.chaos.recorder import Recorder, RunClock
+from deploy.chaos.scenarios import parse_scenarios
+from deploy.cluster import Cluster
+
+VERDICT_FILE = "verdict.json"
+PLOT_FILE = "throughput.png"
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """One run. `duration_s` is split evenly between the scenarios (one slot each)."""
+
+    client_config: Path
+    cluster_dir: Path
+    scenarios: str
+    duration_s: float
+    seed: int = 0
+    out_dir: Path = Path("results")
+    load: LoadConfig = field(default_factory=LoadConfig)
+    probe_interval_s: float = 0.25
+    wire_probes: bool = True  # send non-protobuf request bytes too (see deploy.chaos.probes)
+    grace_s: float = 0.5
+    stop_timeout_s: float = 20.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.client_config.is_file():
+            out.append(f"no client config {self.client_config}")
+        if not (self.cluster_dir / "cluster.json").is_file():
+            out.append(f"no cluster in {self.cluster_dir} (no cluster.json)")
+        try:
+            parse_scenarios(self.scenarios)
+        except ValueError as err:
+            out.append(str(err))
+        if not 1 <= self.duration_s <= 24 * 3600:
+            out.append("duration must be in 1..86400 seconds")
+        if self.probe_interval_s <= 0:
+            out.append("probe_interval_s must be > 0")
+        try:
+            self.load.validate()
+        except ValueError as err:
+            out.append(str(err))
+        return out
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    verdict: dict[str, Any]
+    exit_code: int
+    skipped: tuple[str, ...]
+    problems: tuple[str, ...]  # process problems at the end (crashes, dead processes)
+
+
+def new_run_dir(out_dir: Path, seed: int) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        path = out_dir / (f"{stamp}-s{seed}" + (f"-{n}" if n else ""))
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot make a fresh run directory under {out_dir}")
+
+
+class _ProbeThread:
+    def __init__(self, prober: Prober, interval_s: float) -> None:
+        self._prober = prober
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-probe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._prober.step()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def run_chaos(config: ChaosConfig, echo: Callable[[str], None] = print) -> RunResult:
+    config.validate()
+    rng = random.Random(config.seed)
+    cluster = Cluster(config.cluster_dir)
+    scenarios = parse_scenarios(config.scenarios)
+    timeline = Timeline(slot_s=config.duration_s / len(scenarios))
+    run_dir = new_run_dir(config.out_dir, config.seed)
+    echo(f"bkv-chaos: {config.scenarios} for {config.duration_s:.0f}s, seed {config.seed}")
+    echo(f"results: {run_dir}")
+    base = load_config(config.client_config)
+    proxies = [
+        LinkProxy((host, int(port)), rng=random.Random(rng.getrandbits(64)))
+        for host, port in (fe.rsplit(":", 1) for fe in base.frontends)
+    ]
+    keys = Path(tempfile.mkdtemp(prefix="bkv-chaos-keys-"))
+    stop = threading.Event()
+    writer = JsonlWriter(run_dir / HISTORY_FILE)
+    fault_writer = JsonlWriter(run_dir / FAULTS_FILE)
+    recorder: Recorder | None = None
+    cast = None
+    prober: Prober | None = None
+    try:
+        for proxy in proxies:
+            proxy.start()
+        load_cfg = load_client_config(base, config.load, [p.address for p in proxies])
+        make_client = client_factory(load_cfg, keys, config.load)
+        cluster.start_all()  # every process up and healthy before the clock starts
+        recorder = Recorder(writer, RunClock())
+        tag = f"{rng.getrandbits(32):08x}"
+        cast = make_cast(config.load, recorder, make_client, rng, tag)
+        setup_cast(cast, stop)
+        prober = _make_prober(cluster, base, recorder, rng, keys, tag, cast, config.wire_probes)
+        offsets = collect.audit_offsets(cluster)
+        watch = collect.ProcessWatch.take(cluster)
+        # The history's zero: from here on every time is relative to it.
+        clock = RunClock()
+        recorder.clock = clock
+        workers = LoadWorkers(cast, config.load)
+        probes = _ProbeThread(prober, config.probe_interval_s)
+        workers.start()
+        probes.start()
+        ctx = FaultContext(
+            cluster=cluster, recorder=recorder, rng=rng, proxies=proxies, stop=stop, echo=echo,
+            lease_ttl_s=float(cluster.topology.options.lease_ttl_s),
+        )  # fmt: skip
+        try:
+            faults = run_timeline(scenarios, timeline, ctx, fault_writer)
+        finally:
+            probes.stop(config.stop_timeout_s)
+            if not workers.stop(config.stop_timeout_s):
+                echo("WARNING: a load worker did not stop in time")
+            for proxy in proxies:
+                proxy.set_fault(LinkFault())
+            cluster.start_all()
+        echo(f"[{clock.now():7.2f}s] load stopped; final recoveries")
+        final_recover(cast)
+        problems = watch.problems(cluster)
+        for problem in problems:
+            echo(f"PROCESS PROBLEM: {problem}")
+        write_run_info(run_dir / RUN_FILE, RunInfo(clock.start_unix, not problems))
+        collect.copy_audit_tails(cluster, offsets, run_dir)
+        etcd_values = collect.etcd_dump(cluster)
+        if etcd_values is None:
+            echo("WARNING: no etcd member answered the dump: etcd values unchecked")
+        fault_writer.close()
+        writer.close()
+        result = verdict.check_run(
+            run_dir, recorder.secrets(), etcd_values or [], collect.log_files(cluster),
+            grace_s=config.grace_s,
+        )  # fmt: skip
+        verdict.write_verdict(run_dir / VERDICT_FILE, result)
+        plot_run(recorder.ops(), faults, run_dir / PLOT_FILE, f"bkv-chaos {config.scenarios}")
+        verdict.print_verdict(result)
+        if ctx.skipped:
+            echo("skipped: " + "; ".join(ctx.skipped))
+        if recorder.unexpected:
+            echo(
+                "unexpected exceptions in the load: " + ", ".join(sorted(set(recorder.unexpected)))
+            )
+        return RunResult(
+            run_dir, result, verdict.exit_code(result), tuple(ctx.skipped), tuple(problems)
+        )
+    finally:
+        stop.set()
+        if prober is not None:
+            prober.close()
+        if cast is not None:
+            for actor in cast.all:
+                actor.close()
+        for proxy in proxies:
+            proxy.stop()
+        fault_writer.close()
+        writer.close()
+        shutil.rmtree(keys, ignore_errors=True)
+
+
+def _make_prober(
+    cluster: Cluster,
+    base: Any,
+    recorder: Recorder,
+    rng: random.Random,
+    keys: Path,
+    tag: str,
+    cast: Any,
+    wire: bool,
+) -> Prober:
+    state = cluster.state()
+    pki = cluster.layout.pki
+    fe_name = state.topology.frontends[0].name
+    targets = ProbeTargets(
+        frontends=tuple(base.frontends),
+        nodes=tuple((p.name, p.address) for p in state.processes if p.role == "node"),
+        ca_cert=pki.cluster_ca.cert,
+        frontend_client_cert=pki.frontend_client(fe_name).cert,
+        frontend_client_key=pki.frontend_client(fe_name).key,
+        server_name=base.server_name,
+    )
+    return Prober(
+        targets, load_fleet_key(base), recorder, random.Random(rng.getrandbits(64)), keys,
+        f"chaos-{tag}-probe", [a.account for a in cast.good], wire=wire,
+    )  # fmt: skip

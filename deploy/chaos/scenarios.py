@@ -1,0 +1,213 @@
+"""The named faults of `bkv-chaos --scenario`: each one injects, holds and heals one fault.
+
+| name                 | fault                                                            |
+|----------------------|------------------------------------------------------------------|
+| kill-dc              | SIGKILL every process of one data centre, then restart it        |
+| kill-etcd-leader     | SIGKILL the etcd leader, then restart it                          |
+| pause-node           | SIGSTOP a vault node for longer than its lease TTL, then SIGCONT |
+| lose-quorum          | kill two data centres; bring one back (quorum), then the other   |
+| kill-frontend        | SIGKILL one frontend, then restart it                            |
+| kill-during-register | SIGKILL a vault node while registrations are in flight           |
+| slow-link            | delay and reset the client's link to a frontend (TCP proxy)      |
+| partition-dc         | cut one data centre's links (network namespaces; see netns.py)   |
+
+`all` runs each in turn. A fault's window starts once it is in place and ends when the heal
+begins, so that the fail-closed check never counts a request served after the heal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from deploy.chaos import netns
+from deploy.chaos.faults import FaultContext, Scenario, SkipScenario
+from deploy.chaos.history import LOSE_QUORUM, Fault
+from deploy.chaos.proxy import LinkFault
+
+REGISTER_WAIT_S = 5.0  # how long kill-during-register waits for a registration in flight
+
+
+@contextmanager
+def _window(ctx: FaultContext, kind: str, target: str, out: list[Fault]) -> Iterator[None]:
+    """Record [entry, exit) of the block as a fault window (exit = the heal begins)."""
+    start = ctx.now()
+    try:
+        yield
+    finally:
+        out.append(Fault(kind, target, start, ctx.now()))
+
+
+def _processes(ctx: FaultContext, role: str) -> list[str]:
+    return [p.name for p in ctx.cluster.state().processes if p.role == role]
+
+
+@dataclass
+class KillDc:
+    name: str = "kill-dc"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        dc = ctx.rng.choice(ctx.cluster.topology.datacenters)
+        faults: list[Fault] = []
+        try:
+            ctx.cluster.kill_dc(dc)
+            with _window(ctx, self.name, dc, faults):
+                ctx.wait(hold_s)
+        finally:
+            ctx.cluster.start_dc(dc)
+        return faults
+
+
+@dataclass
+class KillEtcdLeader:
+    name: str = "kill-etcd-leader"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        leader = ctx.cluster.etcd_leader()
+        if leader is None:
+            raise SkipScenario("no etcd leader found (is etcd healthy?)")
+        faults: list[Fault] = []
+        try:
+            ctx.cluster.kill(leader)
+            with _window(ctx, self.name, leader, faults):
+                ctx.wait(hold_s)
+        finally:
+            ctx.cluster.start(leader)
+        return faults
+
+
+@dataclass
+class PauseNode:
+    name: str = "pause-node"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        node = ctx.rng.choice(_processes(ctx, "node"))
+        faults: list[Fault] = []
+        try:
+            ctx.cluster.stop_process(node)
+            with _window(ctx, self.name, node, faults):
+                # Past the lease TTL: its membership key expires while it is frozen.
+                ctx.wait(max(hold_s, ctx.lease_ttl_s + 2.0))
+        finally:
+            ctx.cluster.cont_process(node)
+        ctx.cluster.wait_healthy([node])
+        return faults
+
+
+@dataclass
+class LoseQuorum:
+    name: str = LOSE_QUORUM
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        first, second = ctx.rng.sample(list(ctx.cluster.topology.datacenters), 2)
+        faults: list[Fault] = []
+        killed: list[str] = []
+        try:
+            for dc in (first, second):
+                ctx.cluster.kill_dc(dc)
+                killed.append(dc)
+            # Both are gone (kill_dc waits): from here no write can commit.
+            with _window(ctx, self.name, f"{first},{second}", faults):
+                ctx.wait(hold_s)
+        finally:
+            for dc in killed:  # the first restart restores quorum, the second the full cluster
+                ctx.cluster.start_dc(dc)
+        return faults
+
+
+@dataclass
+class KillFrontend:
+    name: str = "kill-frontend"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        frontend = ctx.rng.choice(_processes(ctx, "frontend"))
+        faults: list[Fault] = []
+        try:
+            ctx.cluster.kill(frontend)
+            with _window(ctx, self.name, frontend, faults):
+                ctx.wait(hold_s)
+        finally:
+            ctx.cluster.start(frontend)
+        return faults
+
+
+@dataclass
+class KillDuringRegister:
+    name: str = "kill-during-register"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        # The load's first frontend routes to its own data centre first: kill a node there.
+        frontend = _processes(ctx, "frontend")[0]
+        dc = ctx.cluster.process(frontend).dc
+        nodes = [n for n in _processes(ctx, "node") if ctx.cluster.process(n).dc == dc]
+        node = ctx.rng.choice(nodes or _processes(ctx, "node"))
+        in_flight = ctx.wait_until(lambda: ctx.recorder.in_flight("register") > 0, REGISTER_WAIT_S)
+        if not in_flight:
+            ctx.echo(f"  no registration in flight within {REGISTER_WAIT_S}s: killing anyway")
+        faults: list[Fault] = []
+        try:
+            ctx.cluster.kill(node)
+            with _window(ctx, self.name, node, faults):
+                ctx.wait(hold_s)
+        finally:
+            ctx.cluster.start(node)
+        return faults
+
+
+@dataclass
+class SlowLink:
+    """Delay (150-300 ms a chunk) and reset (3 % of chunks) on the link to one frontend."""
+
+    name: str = "slow-link"
+    fault: LinkFault = field(
+        default_factory=lambda: LinkFault(delay_s=0.15, jitter_s=0.15, reset_probability=0.03)
+    )
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        if not ctx.proxies:
+            raise SkipScenario("the load does not run through the tool's proxies")
+        proxy = ctx.proxies[0]
+        target = f"client->{proxy.upstream[0]}:{proxy.upstream[1]}"
+        faults: list[Fault] = []
+        try:
+            proxy.set_fault(self.fault)
+            with _window(ctx, self.name, target, faults):
+                ctx.wait(hold_s)
+        finally:
+            proxy.set_fault(LinkFault())
+        return faults
+
+
+@dataclass
+class PartitionDc:
+    name: str = "partition-dc"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        raise SkipScenario(netns.unsupported_reason(ctx.cluster))
+
+
+SCENARIOS: dict[str, Callable[[], Scenario]] = {
+    "kill-dc": KillDc,
+    "kill-etcd-leader": KillEtcdLeader,
+    "pause-node": PauseNode,
+    LOSE_QUORUM: LoseQuorum,
+    "kill-frontend": KillFrontend,
+    "kill-during-register": KillDuringRegister,
+    "slow-link": SlowLink,
+    "partition-dc": PartitionDc,
+}
+
+
+def parse_scenarios(text: str) -> list[Scenario]:
+    """`a,b,c` or `all` → scenarios in that order; ValueError naming every unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown scenario(s) {', '.join(unknown) or '(none given)'};"
+            f" choose from {', '.join(SCENARIOS)} or all"
+        )
+    return [SCENARIOS[n]() for n in names]
