@@ -1,0 +1,67 @@
+"""Property: any single-byte change to a sealed ticket or record is rejected with the one error."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_node_service import FakeToken
+
+from bkv.v1 import sealed_pb2
+from vault_node import records
+from vault_protocol.errors import DecryptError
+
+pytestmark = pytest.mark.unit
+
+TOKEN = FakeToken()
+RECORD_ID = os.urandom(32)
+TICKET = records.seal_ticket(
+    TOKEN,
+    sealed_pb2.Ticket(
+        record_id=RECORD_ID,
+        generation=os.urandom(16),
+        evaluation=3,
+        expected_client_mac=os.urandom(64),
+        session_key=os.urandom(64),
+        expires_at_ms=1_700_000_000_000,
+    ),
+    os.urandom,
+)
+RECORD = records.seal_record(
+    TOKEN,
+    RECORD_ID,
+    sealed_pb2.Record(
+        state=sealed_pb2.RECORD_STATE_ACTIVE,
+        opaque_record=os.urandom(192),
+        wrapped_key=os.urandom(60),
+        attempts=2,
+        max_attempts=10,
+        generation=os.urandom(16),
+    ),
+    os.urandom,
+)
+
+
+def _flip(blob: bytes, index: int, delta: int) -> bytes:
+    out = bytearray(blob)
+    out[index % len(out)] ^= delta
+    return bytes(out)
+
+
+@given(index=st.integers(min_value=0), delta=st.integers(min_value=1, max_value=255))
+def test_any_single_byte_change_to_a_ticket_is_rejected(index: int, delta: int) -> None:
+    with pytest.raises(DecryptError):
+        records.open_ticket(TOKEN, _flip(TICKET, index, delta))
+
+
+@given(index=st.integers(min_value=0), delta=st.integers(min_value=1, max_value=255))
+def test_any_single_byte_change_to_a_record_is_rejected(index: int, delta: int) -> None:
+    with pytest.raises(DecryptError):
+        records.open_record(TOKEN, RECORD_ID, _flip(RECORD, index, delta))
+
+
+def test_untampered_ticket_and_record_open() -> None:
+    assert records.open_ticket(TOKEN, TICKET).evaluation == 3
+    assert records.open_record(TOKEN, RECORD_ID, RECORD).attempts == 2
