@@ -37,6 +37,7 @@ class AuditSink(Protocol):
         revision: int | None = None,
         generation: bytes | None = None,
         evaluation: int | None = None,
+        read_revision: int | None = None,
     ) -> None: ...
 
 
@@ -63,6 +64,7 @@ class AuditLog:
         revision: int | None = None,
         generation: bytes | None = None,
         evaluation: int | None = None,
+        read_revision: int | None = None,
     ) -> None:
         entry: dict[str, object] = {
             "ts": self._clock_ms() / 1000,
@@ -77,6 +79,9 @@ class AuditLog:
             "revision": revision if revision is not None and revision > 0 else None,
             "generation": None if generation is None else generation.hex(),
             "evaluation": evaluation,
+            # The mod_revision the commit compared against: a gap to the record's last audited
+            # commit shows a write whose answer was lost (committed after etcd timed out).
+            "read_revision": read_revision,
         }
         entry.update((k, v) for k, v in optional.items() if v is not None)
         line = json.dumps(entry, separators=(",", ":")) + "\n"
@@ -106,10 +111,16 @@ class MemoryAudit:
         revision: int | None = None,
         generation: bytes | None = None,
         evaluation: int | None = None,
+        read_revision: int | None = None,
     ) -> None:
         self.entries.append((event, record_id, attempts, max_attempts))
         self.details.append(
-            {"revision": revision, "generation": generation, "evaluation": evaluation}
+            {
+                "revision": revision,
+                "generation": generation,
+                "evaluation": evaluation,
+                "read_revision": read_revision,
+            }
         )
 
     def events(self) -> list[str]:

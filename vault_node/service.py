@@ -281,7 +281,7 @@ class VaultService:
                     self._audit.write(
                         "lock", record_id, record.attempts, record.max_attempts,
                         revision=revision, generation=record.generation,
-                        evaluation=record.evaluations,
+                        evaluation=record.evaluations, read_revision=mod_revision,
                     )  # fmt: skip
                     return _locked()
                 continue
@@ -301,6 +301,7 @@ class VaultService:
         self._audit.write(
             "evaluate", record_id, counted.attempts, counted.max_attempts,
             revision=revision, generation=counted.generation, evaluation=counted.evaluations,
+            read_revision=mod_revision,
         )  # fmt: skip
         try:
             ke2, state = opaque.server_login_start(
@@ -396,6 +397,7 @@ class VaultService:
         self._audit.write(
             "success", record_id, 0, redeemed.max_attempts,
             revision=revision, generation=redeemed.generation, evaluation=ticket.evaluation,
+            read_revision=mod_revision,
         )  # fmt: skip
         transported = seal_transport(ticket.session_key, redeemed.wrapped_key, self._rng)
         return envelope_pb2.VaultResponse(

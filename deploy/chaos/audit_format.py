@@ -8,7 +8,10 @@ does not import this module):
      "max_attempts": int|null,
      "revision": int|null      etcd revision of the commit this event made, when it made one,
      "generation": hex|null    the record's generation (a new one per registration),
-     "evaluation": int|null}   the record's evaluation counter (evaluate) or the one redeemed
+     "evaluation": int|null    the record's evaluation counter (evaluate) or the one redeemed
+     "read_revision": int|null} the mod_revision the commit compared against (evaluate, lock,
+                                success): above the record's last audited commit, it shows a
+                                commit the audit lacks (a write whose answer etcd lost)
 
 Events: `evaluate` (attempts+1 committed, then the OPRF evaluated), `lock` (tombstone
 committed), `locked` (answered LOCKED, no write), `success` (attempts reset committed), `bad_mac`,
@@ -62,6 +65,7 @@ class AuditEvent:
     revision: int | None = None
     generation: str | None = None
     evaluation: int | None = None
+    read_revision: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class AuditEvent:
             "revision": self.revision,
             "generation": self.generation,
             "evaluation": self.evaluation,
+            "read_revision": self.read_revision,
         }
 
     @classmethod
@@ -91,6 +96,7 @@ class AuditEvent:
             revision=get_opt_int(obj, "revision"),
             generation=get_opt_hex(obj, "generation"),
             evaluation=get_opt_int(obj, "evaluation"),
+            read_revision=get_opt_int(obj, "read_revision"),
         )
 
 

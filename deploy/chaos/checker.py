@@ -130,6 +130,11 @@ def guess_limit(
     Windows are cut by `success`, `register` and `delete` in commit (revision) order. Also a
     violation: an evaluate reporting attempts > max, two evaluates on one commit, or an evaluate
     whose attempts did not grow within a window (an evaluation that was not counted).
+
+    A node that saw etcd time out writes no line, yet its write may commit later (a success
+    that reset the counter, say). An evaluate whose `read_revision` lies above the record's last
+    audited commit proves such a gap: the window then restarts from the record's own counter
+    (`attempts` after this evaluate), and the place is counted as unchecked for growth.
     """
     checked = unchecked = 0
     violations: list[Violation] = []
@@ -139,7 +144,15 @@ def guess_limit(
         last_attempts: int | None = None
         cut = "start of the audit"
         revisions: set[int] = set()
+        last_commit: int | None = None
         for event in events:
+            gap = (
+                event.read_revision is not None
+                and last_commit is not None
+                and event.read_revision > last_commit
+            )
+            if event.revision is not None:
+                last_commit = max(last_commit or 0, event.revision)
             if event.max_attempts is not None:
                 limit = event.max_attempts
             if event.event in ("success", "register", "delete"):
@@ -150,6 +163,12 @@ def guess_limit(
             if event.event != "evaluate":
                 continue
             count += 1
+            if gap and event.attempts is not None:
+                # Unaudited commit(s) before this one: trust the record's counter from here.
+                count = event.attempts
+                last_attempts = None
+                cut = f"an unaudited commit before rev={event.revision}"
+                unchecked += 1
             where = f"record {record_id}: {_show_event(event)}"
             if event.revision is not None:
                 if event.revision in revisions:

@@ -64,7 +64,7 @@ class LinkProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the connection handlers
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.connections = 0
@@ -145,12 +145,17 @@ class LinkProxy:
             )
             upstream_writer = up_writer
             self._writers.add(up_writer)
-            pumps = [
+            pumps = {
                 asyncio.create_task(self._pump(reader, up_writer)),
                 asyncio.create_task(self._pump(up_reader, writer)),
-            ]
+            }
             try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                # Both directions run until each has seen its end (half-closes pass through);
+                # a reset or an error in either ends the whole connection.
+                while pumps:
+                    done, pumps = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                    if not all(_clean_end(task) for task in done):
+                        break
             finally:
                 for pump in pumps:
                     pump.cancel()
@@ -164,21 +169,28 @@ class LinkProxy:
                     self._writers.discard(w)
             self._tasks.discard(task)  # type: ignore[arg-type]
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Copy one direction; True at a clean end of stream, False for a reset."""
         while True:
             data = await reader.read(CHUNK)
             if not data:
-                return
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return True
             fault = self._fault
             if not fault.healthy:
                 with self._rng_lock:
                     roll, jitter = self._rng.random(), self._rng.random() * fault.jitter_s
                 if roll < fault.reset_probability:
                     self.resets += 1
-                    return  # the caller aborts both sides: a reset flow
+                    return False  # the caller aborts both sides: a reset flow
                 await asyncio.sleep(fault.delay_s + jitter)
             writer.write(data)
             await writer.drain()
+
+
+def _clean_end(task: asyncio.Task[bool]) -> bool:
+    return not task.cancelled() and task.exception() is None and task.result()
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

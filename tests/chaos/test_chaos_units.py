@@ -1,0 +1,169 @@
+"""Pure parts of bkv-chaos: outcome mapping, the checker's audit-gap rule, the proxy, the plot
+binning, scenario parsing, the timeline and config validation (no cluster)."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.errors import InvalidPassword, Locked, ProtocolError, Unavailable
+from deploy.chaos.audit_format import AuditEvent
+from deploy.chaos.checker import guess_limit
+from deploy.chaos.faults import FaultContext, SkipScenario, Timeline, run_timeline
+from deploy.chaos.history import Fault, HistoryOp, JsonlWriter, read_faults, read_history
+from deploy.chaos.load import LoadConfig, make_password
+from deploy.chaos.plot import per_second, plot_run
+from deploy.chaos.proxy import LinkFault, LinkProxy
+from deploy.chaos.recorder import Recorder, RunClock, classify
+from deploy.chaos.scenarios import SCENARIOS, parse_scenarios
+
+pytestmark = pytest.mark.unit
+
+
+def test_classify_marks_unavailable_indefinite() -> None:
+    assert classify(None).outcome == "ok"
+    assert classify(InvalidPassword(3)) == classify(InvalidPassword(3))
+    assert (classify(InvalidPassword(3)).guesses_left, classify(Locked()).outcome) == (3, "locked")
+    assert classify(Unavailable("x")).definite is False
+    assert classify(ProtocolError("x")).definite is True
+    assert classify(RuntimeError("x")).definite is False
+
+
+def _evaluate(rev: int, read: int | None, attempts: int) -> AuditEvent:
+    return AuditEvent(
+        ts=float(rev), node="n", record_id="aa", event="evaluate", attempts=attempts,
+        max_attempts=3, revision=rev, generation="01", evaluation=rev, read_revision=read,
+    )  # fmt: skip
+
+
+def test_guess_limit_resyncs_after_an_unaudited_commit_but_not_without_one() -> None:
+    register = AuditEvent(1.0, "n", "aa", "register", 0, 3, revision=1, generation="01")
+    # rev 2 evaluated; a success committed at rev 3 without a line (its answer was lost);
+    # rev 4 read rev 3: attempts 1 again is right, not an uncounted evaluation.
+    gap = [register, _evaluate(2, 1, 1), _evaluate(4, 3, 1)]
+    result = guess_limit(gap)
+    assert result.ok and result.unchecked == 1
+    # The same attempts without a gap (rev 4 read rev 2): an evaluation was not counted.
+    no_gap = [register, _evaluate(2, 1, 1), _evaluate(4, 2, 1)]
+    assert not guess_limit(no_gap).ok
+    # Too many evaluations are still caught after a resync.
+    many = [register, _evaluate(2, 1, 1), _evaluate(4, 3, 3), _evaluate(5, 4, 4)]
+    assert not guess_limit(many).ok
+
+
+@pytest.fixture
+def echo_server() -> Iterator[tuple[str, int]]:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(10)
+            with conn:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()
+    finally:
+        stop.set()
+        server.close()
+        thread.join(10)
+
+
+def _roundtrip(address: str, payload: bytes) -> bytes:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := conn.recv(4096):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def test_proxy_forwards_delays_and_resets(echo_server: tuple[str, int]) -> None:
+    with LinkProxy(echo_server, rng=random.Random(1)) as proxy:
+        assert _roundtrip(proxy.address, b"hello") == b"hello"
+        proxy.set_fault(LinkFault(delay_s=0.01))
+        assert _roundtrip(proxy.address, b"slow") == b"slow"
+        proxy.set_fault(LinkFault(reset_probability=1.0))
+        assert _roundtrip(proxy.address, b"lost") == b""
+        assert proxy.resets >= 1
+        proxy.set_fault(LinkFault())
+        assert _roundtrip(proxy.address, b"again") == b"again"
+    with pytest.raises(ValueError, match="reset_probability"):
+        LinkFault(reset_probability=2).validate()
+
+
+def _op(complete: float, outcome: str, definite: bool = True) -> HistoryOp:
+    return HistoryOp("c", "recover", "a", complete - 0.1, complete, outcome, definite)
+
+
+def test_per_second_bins_answers_and_errors(tmp_path: Path) -> None:
+    history = [_op(0.5, "ok"), _op(0.7, "invalid_password"), _op(1.5, "unavailable", False)]
+    starts, ok, errors = per_second(history)
+    assert (starts, ok, errors) == ([0.0, 1.0], [2, 0], [0, 1])
+    png = plot_run(history, [Fault("kill-dc", "dc-a", 0.2, 1.2)], tmp_path / "p.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parse_scenarios() -> None:
+    assert [s.name for s in parse_scenarios("all")] == list(SCENARIOS)
+    assert [s.name for s in parse_scenarios("kill-dc, slow-link")] == ["kill-dc", "slow-link"]
+    with pytest.raises(ValueError, match="nope"):
+        parse_scenarios("kill-dc,nope")
+
+
+class _FakeScenario:
+    def __init__(self, name: str, skip: bool = False) -> None:
+        self.name = name
+        self.skip = skip
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        if self.skip:
+            raise SkipScenario("not here")
+        start = ctx.now()
+        ctx.recorder.append(_op(start + 0.01, "ok"))
+        return [Fault(self.name, "t", start, start)]
+
+
+def test_timeline_writes_faults_and_records_skips(tmp_path: Path) -> None:
+    writer = JsonlWriter(tmp_path / "history.jsonl")
+    recorder = Recorder(writer, RunClock())
+    ctx = FaultContext(
+        cluster=None,  # type: ignore[arg-type]  # the fake scenarios do not touch it
+        recorder=recorder, rng=random.Random(0), proxies=[], stop=threading.Event(),
+        echo=lambda _m: None,
+    )  # fmt: skip
+    with JsonlWriter(tmp_path / "faults.jsonl") as faults:
+        timeline = Timeline(slot_s=0.2, warmup_s=0.0, min_recovery_s=0.0)
+        written = run_timeline(
+            [_FakeScenario("a"), _FakeScenario("b", True)], timeline, ctx, faults
+        )
+    writer.close()
+    assert [f.kind for f in written] == ["a"]
+    assert read_faults(tmp_path / "faults.jsonl")[0].recovered_at is not None
+    assert ctx.skipped == ["b: not here"] and len(read_history(tmp_path / "history.jsonl")) == 1
+
+
+def test_load_config_reports_every_problem_and_passwords_are_long() -> None:
+    with pytest.raises(ValueError) as err:
+        LoadConfig(workers=0, good=0, guess_limit=0).validate()
+    assert all(w in str(err.value) for w in ("workers", "good account", "guess_limit"))
+    password = make_password(random.Random(1))
+    assert len(password) == 24 and password.isalnum()
