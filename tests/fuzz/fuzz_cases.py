@@ -1,0 +1,265 @@
+"""Hypothesis recipes of bad envelopes for one account, each with the statuses it may get.
+
+Every case is built around a *safe* genuine request (status, a stateless register_start, or a
+recover_finish with a forged ticket): were a mutation ever to come through intact, it still could
+not count a guess or change a record. Sealed plaintexts are checked locally before they are sent:
+anything the node would take for a state-changing operation is never sent (`Case.skip`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from bad_input_wire import INVALID_ARGUMENT, OK, seal_plaintext
+from google.protobuf.message import DecodeError
+from hypothesis import strategies as st
+
+from bkv.v1 import envelope_pb2
+from vault_protocol import opaque
+from vault_protocol.envelope import BUCKETS, FleetKey, pad, seal_request, unpad
+from vault_protocol.errors import ProtocolError
+
+Draw = Callable[..., object]
+ONLY_INVALID = frozenset({INVALID_ARGUMENT})
+OK_OR_INVALID = frozenset({OK, INVALID_ARGUMENT})
+SAFE_OPS = frozenset({"status", "register_start", "recover_finish"})
+ACCOUNT_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One envelope to send, what the node may answer, and how to open an OK answer."""
+
+    label: str
+    envelope: bytes
+    expect: frozenset[grpc.StatusCode]
+    response_key: bytes | None = None  # an OK answer must open under it (when known)
+    skip: bool = False  # the local check found a state-changing operation: never sent
+
+    def __repr__(self) -> str:
+        expect = sorted(c.name for c in self.expect)
+        return f"Case({self.label}, {len(self.envelope)} bytes, expect={expect})"
+
+
+# -- genuine, safe requests ------------------------------------------------------------------------
+
+
+def _base_request(
+    kind: str, rnd: random.Random
+) -> tuple[envelope_pb2.VaultRequest, frozenset[grpc.StatusCode]]:
+    if kind == "status":
+        return envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest()), frozenset({OK})
+    if kind == "register_start":
+        # Stateless on the node: a registration request is answered, never stored.
+        _, request = opaque.registration_start(rnd.randbytes(16), os.urandom)
+        return (
+            envelope_pb2.VaultRequest(
+                register_start=envelope_pb2.RegisterStart(registration_request=request)
+            ),
+            frozenset({OK}),
+        )
+    # A ticket nobody sealed: never opens, so nothing is redeemed.
+    return (
+        envelope_pb2.VaultRequest(
+            recover_finish=envelope_pb2.RecoverFinish(
+                ke3=rnd.randbytes(64), ticket=rnd.randbytes(rnd.randrange(0, 200))
+            )
+        ),
+        ONLY_INVALID,
+    )
+
+
+BASE_KINDS = st.sampled_from(["status", "register_start", "recover_finish"])
+
+
+def _genuine(
+    fleet: FleetKey, account_id: str, kind: str, rnd: random.Random
+) -> tuple[bytes, bytes, frozenset[grpc.StatusCode]]:
+    request, expect = _base_request(kind, rnd)
+    response_key = os.urandom(32)
+    request.response_key = response_key
+    return seal_request(fleet, account_id, request), response_key, expect
+
+
+def _changed(
+    result: bytes, base: bytes, expect: frozenset[grpc.StatusCode]
+) -> frozenset[grpc.StatusCode]:
+    """Any byte changed in a canonical, authenticated envelope must fail to open."""
+    return expect if result == base else ONLY_INVALID
+
+
+# -- byte mutations --------------------------------------------------------------------------------
+
+
+@st.composite
+def mutate(draw: st.DrawFn, base: bytes) -> tuple[str, bytes]:
+    """A bit flip, truncation, extension, insertion, deletion or overwrite of `base`."""
+    n = len(base)
+    kind = draw(st.sampled_from(["flip", "truncate", "extend", "insert", "delete", "overwrite"]))
+    if kind == "flip":
+        bits = draw(st.sets(st.integers(0, 8 * n - 1), min_size=1, max_size=8))
+        out = bytearray(base)
+        for bit in bits:
+            out[bit // 8] ^= 1 << (bit % 8)
+        return f"flip{len(bits)}", bytes(out)
+    if kind == "truncate":
+        return "truncate", base[: draw(st.integers(0, n - 1))]
+    if kind == "extend":
+        return "extend", base + draw(st.binary(min_size=1, max_size=64))
+    at = draw(st.integers(0, n - 1))
+    if kind == "insert":
+        return "insert", base[:at] + draw(st.binary(min_size=1, max_size=32)) + base[at:]
+    if kind == "delete":
+        return "delete", base[:at] + base[at + draw(st.integers(1, 64)) :]
+    chunk = draw(st.binary(min_size=1, max_size=32))
+    return "overwrite", base[:at] + chunk + base[at + len(chunk) :]
+
+
+# -- the recipes -----------------------------------------------------------------------------------
+
+
+def _would_change_state(plaintext: bytes) -> bool:
+    """What the node would do with this plaintext, decided locally: True if it could write."""
+    try:
+        request = envelope_pb2.VaultRequest.FromString(unpad(plaintext))
+    except (ProtocolError, DecodeError):
+        return False
+    op = request.WhichOneof("op")
+    return op is not None and op not in SAFE_OPS
+
+
+@st.composite
+def envelope_case(draw: st.DrawFn, fleet: FleetKey, account_id: str) -> Case:
+    """One bad (or, rarely, untouched) envelope for `account_id`."""
+    rnd = draw(st.randoms(use_true_random=False))
+    recipe = draw(
+        st.sampled_from(["random", "mutated", "fields", "plaintext", "wrong-info", "genuine"])
+    )
+    if recipe == "random":
+        return Case("random", draw(st.binary(max_size=2048)), ONLY_INVALID)
+    kind = draw(BASE_KINDS)
+    base, response_key, expect = _genuine(fleet, account_id, kind, rnd)
+    if recipe == "genuine":
+        return Case(f"genuine/{kind}", base, expect, response_key)
+    if recipe == "mutated":
+        how, out = draw(mutate(base))
+        return Case(f"mutated/{kind}/{how}", out, _changed(out, base, expect), response_key)
+    if recipe == "fields":
+        return _fields_case(draw, rnd, base, kind, expect, response_key)
+    if recipe == "wrong-info":
+        request, _ = _base_request(kind, rnd)
+        request.response_key = os.urandom(32)
+        plaintext = pad(request.SerializeToString(deterministic=True))
+        if draw(st.booleans()):
+            other = account_id + "-" + draw(st.text(ACCOUNT_ALPHABET, max_size=40))
+            return Case("wrong-info/account", seal_plaintext(fleet, other, plaintext), ONLY_INVALID)
+        fleet_id = rnd.randbytes(16)
+        envelope = seal_plaintext(fleet, account_id, plaintext, info_fleet_id=fleet_id)
+        return Case("wrong-info/fleet", envelope, ONLY_INVALID)
+    return _plaintext_case(draw, rnd, fleet, account_id)
+
+
+def _fields_case(
+    draw: st.DrawFn,
+    rnd: random.Random,
+    base: bytes,
+    kind: str,
+    expect: frozenset[grpc.StatusCode],
+    response_key: bytes,
+) -> Case:
+    """A SealedEnvelope rebuilt with some fields replaced: version, fleet id, enc, ciphertext."""
+    valid = envelope_pb2.SealedEnvelope.FromString(base)
+    enc, ct = bytes(valid.enc), bytes(valid.ciphertext)
+    version = draw(st.one_of(st.just(1), st.integers(0, 2**32 - 1)))
+    fleet_id = draw(st.one_of(st.just(bytes(valid.fleet_id)), st.binary(max_size=40)))
+    enc = draw(
+        st.sampled_from(
+            [
+                enc,
+                b"",
+                enc[:33],  # compressed-point length
+                enc[:64],
+                enc + b"\x00",
+                b"\x04" + rnd.randbytes(64),  # almost surely not on the curve
+                b"\x04" + bytes(64),
+                bytes([enc[0]]) + bytes([enc[1] ^ 1]) + enc[2:],
+            ]
+        )
+    )
+    sizes = [0, 1, 16, len(ct) - 1, len(ct) + 1, *(b + 16 for b in BUCKETS), 32 * 1024]
+    ct = draw(
+        st.one_of(
+            st.just(ct),
+            st.sampled_from(sizes).map(rnd.randbytes),
+            st.integers(1, len(ct) - 1).map(lambda cut: ct[:cut]),
+        )
+    )
+    envelope = envelope_pb2.SealedEnvelope(
+        version=version, fleet_id=fleet_id, enc=enc, ciphertext=ct
+    ).SerializeToString(deterministic=True)
+    if draw(st.booleans()):
+        envelope += b"\x2a\x03abc"  # unknown field 5: not canonical
+    return Case(f"fields/{kind}", envelope, _changed(envelope, base, expect), response_key)
+
+
+@st.composite
+def _inner_request(
+    draw: st.DrawFn, rnd: random.Random
+) -> tuple[str, bytes, bytes | None, frozenset[grpc.StatusCode]]:
+    """A plaintext the node will decrypt fine: (label, plaintext, response key, expect)."""
+    key = os.urandom(32)
+    shape = draw(
+        st.sampled_from(
+            ["raw", "padded-random", "bad-key", "no-op", "register-random", "finish-random",
+             "dirty-padding", "unknown-fields"]
+        )
+    )  # fmt: skip
+    if shape == "raw":  # not padded at all (or a random bucket-sized blob)
+        size = draw(st.sampled_from([0, 1, 100, 511, 512, 513, 1024, 2000]))
+        return shape, rnd.randbytes(size), None, ONLY_INVALID
+    if shape == "padded-random":
+        return shape, pad(draw(st.binary(max_size=300))), None, OK_OR_INVALID
+    if shape == "bad-key":
+        size = draw(st.sampled_from([0, 1, 16, 31, 33, 64]))
+        request = envelope_pb2.VaultRequest(
+            response_key=rnd.randbytes(size), status=envelope_pb2.StatusRequest()
+        )
+        return shape, pad(request.SerializeToString()), None, ONLY_INVALID
+    if shape == "no-op":
+        request = envelope_pb2.VaultRequest(response_key=key)
+        return shape, pad(request.SerializeToString()), None, ONLY_INVALID
+    if shape == "register-random":
+        request = envelope_pb2.VaultRequest(
+            response_key=key,
+            register_start=envelope_pb2.RegisterStart(
+                registration_request=draw(st.binary(max_size=64))
+            ),
+        )
+        return shape, pad(request.SerializeToString()), key, OK_OR_INVALID
+    if shape == "finish-random":
+        request = envelope_pb2.VaultRequest(
+            response_key=key,
+            recover_finish=envelope_pb2.RecoverFinish(
+                ke3=draw(st.binary(max_size=80)), ticket=draw(st.binary(max_size=200))
+            ),
+        )
+        return shape, pad(request.SerializeToString()), None, ONLY_INVALID
+    status = envelope_pb2.VaultRequest(
+        response_key=key, status=envelope_pb2.StatusRequest()
+    ).SerializeToString()
+    if shape == "dirty-padding":
+        padded = bytearray(pad(status))
+        padded[draw(st.integers(4 + len(status), len(padded) - 1))] ^= draw(st.integers(1, 255))
+        return shape, bytes(padded), None, ONLY_INVALID
+    # Unknown fields inside a genuine request: protobuf ignores them, the request stands.
+    return shape, pad(status + b"\xfa\x01\x02hi"), key, frozenset({OK})
+
+
+def _plaintext_case(draw: st.DrawFn, rnd: random.Random, fleet: FleetKey, account_id: str) -> Case:
+    label, plaintext, key, expect = draw(_inner_request(rnd))
+    envelope = seal_plaintext(fleet, account_id, plaintext)
+    return Case(f"plaintext/{label}", envelope, expect, key, skip=_would_change_state(plaintext))
