@@ -118,7 +118,7 @@ def etcd_client(endpoints: Sequence[str], timeout_s: float = 2.0) -> aetcd.Clien
     return aetcd.Client(
         host=host,
         port=port,
-        timeout=timeout_s,  # type: ignore[arg-type]
+        timeout=timeout_s,
         options={"grpc.lb_policy_name": "round_robin"},
     )
 
