@@ -8,7 +8,7 @@ or not, is counted, and failures are counted by error type.
 >>> r.record("recover", 0.5, 0.020)
 >>> r.record("recover", 0.7, None, error="Unavailable")
 >>> s = r.summary("recover", elapsed_s=1.0)
->>> (s.count, s.ok, s.errors, s.latency_ms["p50"])
+>>> (s.count, s.ok, s.errors, round(s.latency_ms["p50"]))
 (2, 1, {'Unavailable': 1}, 20.0)
 """
 
