@@ -9,7 +9,7 @@ or not, is counted, and failures are counted by error type.
 >>> r.record("recover", 0.7, None, error="Unavailable")
 >>> s = r.summary("recover", elapsed_s=1.0)
 >>> (s.count, s.ok, s.errors, round(s.latency_ms["p50"]))
-(2, 1, {'Unavailable': 1}, 20.0)
+(2, 1, {'Unavailable': 1}, 20)
 """
 
 from __future__ import annotations
