@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
 from frontend_chatd.config import FrontendConfig
+from frontend_chatd.decode_guard import RejectUndecodable
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
 from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay, stub_open_call
 from frontend_chatd.routing import (
@@ -275,11 +276,12 @@ class FrontendServer:
     async def start(self) -> int:
         fe, limits, tls = self.config.frontend, self.config.limits, self.config.tls
         self.server = grpc.aio.server(
+            interceptors=[RejectUndecodable()],
             options=[
                 ("grpc.max_receive_message_length", limits.max_request_bytes),
                 # Two processes must never share a port silently.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         frontend_pb2_grpc.add_FrontendServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -24,6 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from bkv.v1 import node_pb2, node_pb2_grpc
 from vault_node.audit import AuditLog
 from vault_node.config import NodeConfig
+from vault_node.decode_guard import RejectUndecodable
 from vault_node.membership import MemberInfo, Membership
 from vault_node.service import (
     BadRequest,
@@ -130,10 +131,11 @@ class VaultNodeServer:
         """Bind (NOT_SERVING), open the token, connect etcd, register; SERVING when done."""
         await self._set_health(NOT_SERVING)
         server = grpc.aio.server(
+            interceptors=[RejectUndecodable()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         node_pb2_grpc.add_VaultNodeServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -7,11 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
-from bad_input_wire import LOG_ALARMS, RESOURCE_EXHAUSTED, Answer, Watch
+from bad_input_wire import RESOURCE_EXHAUSTED, Answer
 from hypothesis import HealthCheck, settings
 
 CI = bool(os.environ.get("CI"))
-KNOWN_DECODE_BUG = "Unexpected <class 'google.protobuf.message.DecodeError'>"
 
 
 def fuzz_settings(max_examples: int) -> settings:
@@ -38,7 +37,6 @@ class Tally:
     labels: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     violation_count: int = 0
-    known_bug: int = 0  # UNKNOWN for an undecodable request message: the reported grpc.aio bug
 
     @property
     def sent(self) -> int:
@@ -55,18 +53,10 @@ class Tally:
         answer: Answer,
         allowed: frozenset[grpc.StatusCode],
         detail: str = "",
-        known_bug_possible: bool = False,
     ) -> None:
         self.codes[answer.code.name] += 1
         self.labels[label.split("/")[0]] += 1
         if answer.code in allowed:
-            return
-        if (
-            known_bug_possible
-            and answer.code == grpc.StatusCode.UNKNOWN
-            and answer.details.startswith(KNOWN_DECODE_BUG)
-        ):
-            self.known_bug += 1
             return
         self.violation_count += 1
         if len(self.violations) < 10:
@@ -83,26 +73,3 @@ class Tally:
             f"{self.sent} answers {dict(self.codes)}; recipes {dict(self.labels)}; "
             f"{self.violation_count} violations:\n  " + "\n  ".join(self.violations)
         )
-
-
-def alarms_beyond_known_bug(watch: Watch) -> list[str]:
-    """Log alarms other than grpc's own traceback for an undecodable request (the known bug).
-
-    That bug writes exactly: "Unexpected [DecodeError] raised by servicer method" and one
-    traceback ending in a DecodeError. Anything else (another exception type, our INTERNAL
-    lines) is a finding of its own.
-    """
-    out: list[str] = []
-    for name, text in watch.new_log_text().items():
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            if not LOG_ALARMS.search(line):
-                continue
-            if "Unexpected [DecodeError] raised by servicer" in line:
-                continue
-            if line.strip().startswith("Traceback (most recent call last)"):
-                tail = next((x for x in lines[i + 1 :] if not x.startswith((" ", "\t"))), "")
-                if tail.startswith("google.protobuf.message.DecodeError"):
-                    continue
-            out.append(f"{name}: {line}")
-    return out

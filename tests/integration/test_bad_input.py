@@ -103,13 +103,8 @@ MALFORMED = {
 }
 
 
-BUG_UNKNOWN = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (frontend_chatd/server.py, vault_node/server.py): grpc.aio fails to deserialize "
-    "and answers UNKNOWN, with a traceback in the log, instead of INVALID_ARGUMENT",
-)
 MALFORMED_CASES = [
-    pytest.param(method, payload, id=f"{method}-{name}", marks=BUG_UNKNOWN)
+    pytest.param(method, payload, id=f"{method}-{name}")
     for method in ("GetChallenge", "Login", "Relay", "node-Open")
     for name, payload in MALFORMED.items()
     # RelayRequest's field 1 is bytes, not a string: that one parses (tested below).

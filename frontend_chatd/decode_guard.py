@@ -1,0 +1,51 @@
+"""A server interceptor that answers INVALID_ARGUMENT to requests that are not valid protobuf.
+
+Without it grpcio answers UNKNOWN and logs a traceback for an undecodable request, before any of
+our code runs (invariant 7: bad input gets a precise status, never a crash or a stack trace).
+The vault node has the same interceptor: the two processes share no code but vault_protocol (pure)
+and the generated messages, so each carries its own copy of these few lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+_MALFORMED = object()
+
+
+class RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns a request deserialization failure into INVALID_ARGUMENT for unary-unary methods."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        inner = handler.unary_unary
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except (DecodeError, UnicodeDecodeError):
+                return _MALFORMED
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if request is _MALFORMED:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
+                )
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=lenient,
+            response_serializer=handler.response_serializer,
+        )
