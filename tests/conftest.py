@@ -1,8 +1,26 @@
-"""Shared test configuration: bounded hypothesis profiles, no wall-clock deadlines."""
+"""Shared test configuration: bounded hypothesis profiles, and the one full-cluster fixture.
+
+    def test_something(cluster: Cluster) -> None: ...            # session-wide cluster
+    def test_chaos(healthy_cluster: Cluster) -> None: ...         # same, every process restarted
+                                                                 # and healthy before the test
+
+Every tier (integration, fuzz, chaos) shares the one session cluster: the local-3dc topology, etcd
+without fsync, in a temp dir. It is only started when a test asks for it. It is stopped (`down`,
+which waits until no process is left) and its directory removed at the end of the session, also
+when `up` or a test failed; BKV_KEEP_CLUSTER=1 keeps the directory (logs) for debugging. Tests
+that kill processes need not restore them: `healthy_cluster` does that for the next test.
+"""
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from deploy.cluster import Cluster
 
 settings.register_profile(
     "default",
@@ -18,3 +36,26 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="bkv-cluster-"))
+    c = Cluster(root / "cluster")
+    try:
+        c.up(fsync=False)
+        yield c
+    finally:
+        try:
+            if c.exists():
+                c.down()
+        finally:
+            if os.environ.get("BKV_KEEP_CLUSTER") != "1":
+                shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def healthy_cluster(cluster: Cluster) -> Cluster:
+    """The session cluster with every process running and healthy."""
+    cluster.start_all()
+    return cluster

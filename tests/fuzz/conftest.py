@@ -1,16 +1,12 @@
-"""The fuzz tier's fixtures: the same full cluster as tests/integration/conftest.py, and the wire.
+"""The fuzz tier's fixtures: the wire to the shared session cluster (tests/conftest.py).
 
-The session `cluster` fixture repeats tests/integration/conftest.py's (a `pytest_plugins` entry in
-the root conftest would let both tiers share one cluster per session). The wire helpers live in
-tests/integration/bad_input_wire.py, shared with the bad-input integration tests.
+The session `cluster` fixture is tests/conftest.py's, shared by every tier. The wire helpers live
+in tests/integration/bad_input_wire.py, shared with the bad-input integration tests.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,22 +17,6 @@ from deploy.cluster import Cluster
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from bad_input_wire import Account, Wire, register_account
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="bkv-fuzz-cluster-"))
-    c = Cluster(root / "cluster")
-    try:
-        c.up(fsync=False)
-        yield c
-    finally:
-        try:
-            if c.exists():
-                c.down()
-        finally:
-            if os.environ.get("BKV_KEEP_CLUSTER") != "1":
-                shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
