@@ -45,7 +45,8 @@ def plot_run(
     fig, ax = plt.subplots(figsize=(11, 4.5))
     try:
         end = max([*starts, *(f.end or f.start for f in faults), 1.0]) + 1
-        colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+        colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan",
+                   "tab:pink", "tab:gray", "tab:blue"]  # fmt: skip
         kinds = sorted({f.kind for f in faults})
         for fault in faults:
             colour = colours[kinds.index(fault.kind) % len(colours)]

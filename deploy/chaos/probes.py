@@ -6,9 +6,8 @@
 * To a vault node's `Open`, with a frontend's client certificate from the cluster's pki dir:
   garbage envelopes, an empty and an overlong account id.
 * Wire-level (`wire=True`): request bytes that are not a protobuf at all, to `Relay` and to
-  `Open`. grpcio's servers answer these with UNKNOWN before any of our code runs unless the
-  servers parse requests themselves; `bkv-chaos` sends them by default (`--no-wire-probes`
-  leaves them out).
+  `Open` (grpcio alone answers these UNKNOWN; the servers map them to INVALID_ARGUMENT).
+  `bkv-chaos` sends them by default (`--no-wire-probes` leaves them out).
 * Account swap: a recovery start sealed for a good account A, relayed with the probe account's
   session — the frontend passes the probe's account to the node, whose open must fail because
   the envelope's HPKE info binds A (recorded as a `recover` of A by the probe account).
@@ -146,8 +145,8 @@ class Prober:
         ]
         if wire:
             self._probes += [
-                ("node-not-protobuf", lambda: self._open_raw(NOT_PROTOBUF)),
-                ("fe-not-protobuf", lambda: self._relay_raw(NOT_PROTOBUF)),
+                ("node-not-protobuf", lambda: self.open_raw(NOT_PROTOBUF)),
+                ("fe-not-protobuf", lambda: self.relay_raw(NOT_PROTOBUF)),
             ]
         self._index = 0
         self._lock = threading.Lock()
@@ -220,7 +219,7 @@ class Prober:
             return _code(err)
         return grpc.StatusCode.OK
 
-    def _relay_raw(self, payload: bytes) -> grpc.StatusCode:
+    def relay_raw(self, payload: bytes) -> grpc.StatusCode:
         channel = self._rng.choice(self._fe_channels)
         call = channel.unary_unary(
             "/bkv.v1.Frontend/Relay", request_serializer=_raw, response_deserializer=_raw
@@ -239,9 +238,9 @@ class Prober:
 
     def _open(self, account: str, envelope: bytes) -> grpc.StatusCode:
         request = node_pb2.OpenRequest(account_id=account, envelope=envelope)
-        return self._open_raw(request.SerializeToString())
+        return self.open_raw(request.SerializeToString())
 
-    def _open_raw(self, payload: bytes) -> grpc.StatusCode:
+    def open_raw(self, payload: bytes) -> grpc.StatusCode:
         if not self._node_channels:
             return grpc.StatusCode.UNAVAILABLE
         _, channel = self._rng.choice(self._node_channels)

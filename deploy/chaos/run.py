@@ -15,6 +15,7 @@ under `out_dir/<timestamp>/`. Temporary account keys live in a temp dir removed 
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -166,7 +167,9 @@ def run_chaos(config: ChaosConfig, echo: Callable[[str], None] = print) -> RunRe
         make_client = client_factory(load_cfg, keys, config.load)
         cluster.start_all()  # every process up and healthy before the clock starts
         recorder = Recorder(writer, RunClock())
-        tag = f"{rng.getrandbits(32):08x}"
+        # Account ids must be new on every run (a cluster binds an id to its first key), so
+        # the tag is not drawn from the seeded rng.
+        tag = os.urandom(4).hex()
         cast = make_cast(config.load, recorder, make_client, rng, tag)
         setup_cast(cast, stop)
         prober = _make_prober(cluster, base, recorder, rng, keys, tag, cast, config.wire_probes)
