@@ -119,13 +119,12 @@ class Cluster:
 
     def etcd_endpoints(self) -> list[str]:
         """`host:port` of every etcd member (as in node.toml)."""
-        t = self.topology
-        return etcd.endpoints(t.host, t.etcd)
+        return etcd.topology_endpoints(self.topology)
 
     def etcd_client_urls(self) -> dict[str, str]:
         """Member name -> client URL."""
         t = self.topology
-        return {m.name: etcd.client_url(t.host, m) for m in t.etcd}
+        return {m.name: etcd.client_url(t.host_of(m.dc), m) for m in t.etcd}
 
     def etcd_leader(self) -> str | None:
         """Name of the etcd member that is leader now, or None."""
@@ -230,6 +229,7 @@ class Cluster:
         if fsync is not None:
             topology = replace(topology, options=replace(topology.options, etcd_fsync=fsync))
         topology.validate()
+        # Ports are picked free on the loopback host (a namespace's ports are all free).
         host = topology.host
         topology = topology.with_ports(lambda n: free_ports(host, n))
         fsync_on = topology.options.etcd_fsync
@@ -240,6 +240,10 @@ class Cluster:
                 self.layout.pki.dir,
                 [n.name for n in topology.nodes],
                 [f.name for f in topology.frontends],
+                server_ips={
+                    **{n.name: [topology.host_of(n.dc)] for n in topology.nodes},
+                    **{f.name: [topology.host_of(f.dc)] for f in topology.frontends},
+                },
             )
             self.layout.session_secret.parent.mkdir(mode=0o700, exist_ok=True)
             write_private(self.layout.session_secret, os.urandom(32))
@@ -280,14 +284,15 @@ class Cluster:
         self, topology: Topology, tokens: Sequence[Any], fleet_id: str
     ) -> ClusterState:
         layout = self.layout
-        eps = etcd.endpoints(topology.host, topology.etcd)
+        eps = etcd.topology_endpoints(topology)
         for d in ("conf", "logs", "run", "etcd"):
             (layout.root / d).mkdir(exist_ok=True)
         procs: list[ProcessState] = []
         for m in topology.etcd:
             procs.append(ProcessState(
-                m.name, "etcd", m.dc, f"{topology.host}:{m.client_port}",
+                m.name, "etcd", m.dc, f"{topology.host_of(m.dc)}:{m.client_port}",
                 {"client": m.client_port, "peer": m.peer_port}, str(layout.etcd_log(m.name)),
+                command_prefix=topology.prefix_of(m.dc),
             ))  # fmt: skip
         for node, token in zip(topology.nodes, tokens, strict=True):
             layout.config(node.name).write_text(node_toml(
@@ -295,14 +300,16 @@ class Cluster:
                 token.pin_file, token.module,
             ))  # fmt: skip
             procs.append(ProcessState(
-                node.name, "node", node.dc, f"{topology.host}:{node.port}",
+                node.name, "node", node.dc, f"{topology.host_of(node.dc)}:{node.port}",
                 {"grpc": node.port}, str(layout.log(node.name)),
+                command_prefix=topology.prefix_of(node.dc),
             ))  # fmt: skip
         for fe in topology.frontends:
             layout.config(fe.name).write_text(frontend_toml(topology, fe, layout, eps))
             procs.append(ProcessState(
-                fe.name, "frontend", fe.dc, f"{topology.host}:{fe.port}",
+                fe.name, "frontend", fe.dc, f"{topology.host_of(fe.dc)}:{fe.port}",
                 {"grpc": fe.port}, str(layout.log(fe.name)),
+                command_prefix=topology.prefix_of(fe.dc),
             ))  # fmt: skip
         state = ClusterState(
             str(layout.root), topology, topology.options.etcd_fsync, fleet_id, tuple(procs)
@@ -320,7 +327,7 @@ class Cluster:
             argv = etcd.etcd_argv(
                 member, t.etcd, host=t.host, options=t.options,
                 data_dir=layout.etcd_data(member.name), log_file=layout.etcd_log(member.name),
-                fsync=state.fsync,
+                fsync=state.fsync, hosts=etcd.member_hosts(t),
             )  # fmt: skip
             log = layout.log(proc.name)  # etcd's own log goes to --log-outputs
         else:
@@ -332,6 +339,7 @@ class Cluster:
         return processes.ServiceSpec(
             name=proc.name, argv=tuple(argv), log=log, state=layout.run_state(proc.name),
             env=env, cwd=layout.root, max_restarts=t.options.max_restarts,
+            command_prefix=proc.command_prefix,
         )  # fmt: skip
 
     def _start_names(self, state: ClusterState, names: Iterable[str]) -> list[tuple[str, float]]:

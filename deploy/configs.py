@@ -101,7 +101,7 @@ def node_toml(
     token_label: str, softhsm_conf: Path, pin_file: Path, module: str,
 ) -> str:  # fmt: skip
     pki = layout.pki
-    address = f"{topology.host}:{node.port}"
+    address = f"{topology.host_of(node.dc)}:{node.port}"
     return dumps({
         "node": {
             "name": node.name, "dc": node.dc, "listen": address, "advertise": address,
@@ -133,7 +133,7 @@ def frontend_toml(
     return dumps({
         "frontend": {
             "name": frontend.name, "dc": frontend.dc,
-            "listen": f"{topology.host}:{frontend.port}",
+            "listen": f"{topology.host_of(frontend.dc)}:{frontend.port}",
             "session_secret_file": str(layout.session_secret),
             "enrollment_secret_file": "",
             "session_ttl_s": topology.options.session_ttl_s,
@@ -160,7 +160,7 @@ def frontend_toml(
 def client_toml(topology: Topology, layout: Layout, fleet_pub: Path, fleet_id: bytes) -> str:
     return dumps({
         "cluster": {
-            "frontends": [f"{topology.host}:{f.port}" for f in topology.frontends],
+            "frontends": [f"{topology.host_of(f.dc)}:{f.port}" for f in topology.frontends],
             "ca": str(layout.pki.cluster_ca.cert),
             "server_name": "localhost",
             "fleet_public_key": str(fleet_pub),

@@ -12,12 +12,12 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.topology import EtcdMember, Options
+from deploy.topology import EtcdMember, Options, Topology
 
 # Loopback only: never route a probe through an HTTP proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -31,9 +31,24 @@ def peer_url(host: str, member: EtcdMember) -> str:
     return f"http://{host}:{member.peer_port}"
 
 
+def advertised_peer_url(host: str, member: EtcdMember) -> str:
+    """The peer URL the other members dial: a proxy's port when the member has one."""
+    return f"http://{host}:{member.advertise_peer_port or member.peer_port}"
+
+
 def endpoints(host: str, members: Sequence[EtcdMember]) -> list[str]:
     """`host:port` client endpoints, the form node.toml and frontend.toml take."""
     return [f"{host}:{m.client_port}" for m in members]
+
+
+def topology_endpoints(topology: Topology) -> list[str]:
+    """Every member's `host:port` client endpoint, each on its data centre's host."""
+    return [f"{topology.host_of(m.dc)}:{m.client_port}" for m in topology.etcd]
+
+
+def member_hosts(topology: Topology) -> dict[str, str]:
+    """Member name -> the host it binds and advertises (its data centre's)."""
+    return {m.name: topology.host_of(m.dc) for m in topology.etcd}
 
 
 def etcd_argv(
@@ -46,21 +61,32 @@ def etcd_argv(
     log_file: Path,
     fsync: bool,
     etcd_binary: str = "etcd",
+    hosts: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The command line of `member` in a cluster of `members`.
+
+    `hosts` maps member names to their own host (default: `host` for all). A member with an
+    `advertise_peer_port` listens on its `peer_port` but advertises the proxy's port, and every
+    member's `--initial-cluster` names that port (member ids are derived from these URLs, so
+    all members must agree on them).
 
     `--initial-cluster-state new` is ignored by etcd once the data dir holds a member, so the
     same command restarts a member on its data.
     """
-    initial = ",".join(f"{m.name}={peer_url(host, m)}" for m in members)
+
+    def host_of(m: EtcdMember) -> str:
+        return host if hosts is None else hosts.get(m.name, host)
+
+    own = host_of(member)
+    initial = ",".join(f"{m.name}={advertised_peer_url(host_of(m), m)}" for m in members)
     argv = [
         etcd_binary,
         "--name", member.name,
         "--data-dir", str(data_dir),
-        "--listen-client-urls", client_url(host, member),
-        "--advertise-client-urls", client_url(host, member),
-        "--listen-peer-urls", peer_url(host, member),
-        "--initial-advertise-peer-urls", peer_url(host, member),
+        "--listen-client-urls", client_url(own, member),
+        "--advertise-client-urls", client_url(own, member),
+        "--listen-peer-urls", peer_url(own, member),
+        "--initial-advertise-peer-urls", advertised_peer_url(own, member),
         "--initial-cluster", initial,
         "--initial-cluster-state", "new",
         "--initial-cluster-token", "bkv-" + "-".join(m.name for m in members),

@@ -7,7 +7,8 @@
   (a server certificate, or any certificate of the cluster CA, is refused by the nodes).
 
 All keys are EC P-256; private keys are written 0600. Server certificates carry the SANs
-`localhost`, IP `127.0.0.1` and the process name, and the serverAuth usage only; client
+`localhost`, IP `127.0.0.1`, the process name and any extra IP the caller names (a data centre's
+own host, see `deploy.topology.DcNetwork`), and the serverAuth usage only; client
 certificates carry clientAuth only, so neither can stand in for the other.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,12 +173,19 @@ def _issue(
     return Issued(key, cert)
 
 
-def issue_server(ca: Issued, name: str, *, now: dt.datetime, days: int = 825) -> Issued:
-    """A serverAuth certificate with SANs localhost, 127.0.0.1 and `name`."""
+def issue_server(
+    ca: Issued, name: str, *, now: dt.datetime, days: int = 825, ips: Sequence[str] = ()
+) -> Issued:
+    """A serverAuth certificate with SANs localhost, 127.0.0.1, `name` and each of `ips`."""
     sans: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
         x509.DNSName(name),
+    ]
+    sans += [
+        x509.IPAddress(ipaddress.ip_address(ip))
+        for ip in dict.fromkeys(ips)
+        if ipaddress.ip_address(ip) != ipaddress.IPv4Address("127.0.0.1")
     ]
     return _issue(ca, name, ExtendedKeyUsageOID.SERVER_AUTH, sans, now, days)
 
@@ -194,9 +202,12 @@ def create_pki(
     frontends: Iterable[str],
     *,
     now: dt.datetime | None = None,
+    server_ips: Mapping[str, Sequence[str]] | None = None,
 ) -> Pki:
-    """Make both CAs, a server certificate per name in `servers` and in `frontends`, and a
-    frontend-CA client certificate per name in `frontends`; write them under `pki_dir`."""
+    """Make both CAs, a server certificate per name in `servers` and in `frontends` (with the
+    extra IP SANs `server_ips[name]`), and a frontend-CA client certificate per name in
+    `frontends`; write them under `pki_dir`."""
+    extra = server_ips or {}
     now = now or dt.datetime.now(dt.UTC)
     pki_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(pki_dir, 0o700)
@@ -207,7 +218,7 @@ def create_pki(
     frontend_ca.write(pki.frontend_ca)
     frontends = list(frontends)
     for name in [*servers, *frontends]:
-        issue_server(cluster_ca, name, now=now).write(pki.server(name))
+        issue_server(cluster_ca, name, now=now, ips=extra.get(name, ())).write(pki.server(name))
     for name in frontends:
         issue_client(frontend_ca, name, now=now).write(pki.frontend_client(name))
     return pki

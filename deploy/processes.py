@@ -107,7 +107,8 @@ def stop(group: Running, grace: float = 10.0) -> None:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """How to run one service under a supervisor."""
+    """How to run one service under a supervisor. `command_prefix` goes before `argv` in the
+    supervisor's command, so that its restarts run the same way (e.g. in one namespace)."""
 
     name: str
     argv: tuple[str, ...]
@@ -116,6 +117,7 @@ class ServiceSpec:
     env: Mapping[str, str]
     cwd: Path
     max_restarts: int = 5
+    command_prefix: tuple[str, ...] = ()
 
 
 def spawn(spec: ServiceSpec, timeout: float = 10.0) -> Running:
@@ -125,7 +127,7 @@ def spawn(spec: ServiceSpec, timeout: float = 10.0) -> Running:
     argv: Sequence[str] = [
         sys.executable, "-m", "deploy.supervisor", "--detach",
         "--name", spec.name, "--log", str(spec.log), "--state", str(spec.state),
-        "--max-restarts", str(spec.max_restarts), "--", *spec.argv,
+        "--max-restarts", str(spec.max_restarts), "--", *spec.command_prefix, *spec.argv,
     ]  # fmt: skip
     env = {**os.environ, **spec.env}
     try:

@@ -34,6 +34,8 @@ class ProcessState:
     log: str
     pgid: int | None = None
     start_ticks: int | None = None
+    # Put before its command at every start, restarts included (e.g. its network namespace).
+    command_prefix: tuple[str, ...] = ()
 
     @property
     def running(self) -> Running | None:
@@ -85,7 +87,10 @@ class ClusterState:
             topology=parse_topology(data["topology"]),
             fsync=bool(data["fsync"]),
             fleet_id=data["fleet_id"],
-            processes=tuple(ProcessState(**p) for p in data["processes"]),
+            processes=tuple(
+                ProcessState(**{**p, "command_prefix": tuple(p.get("command_prefix", ()))})
+                for p in data["processes"]
+            ),
         )
 
 

@@ -4,6 +4,11 @@ Read from TOML (see `deploy/local-3dc.toml`). Parsing and `validate()` collect e
 raise one `TopologyError` listing them all. A port of 0 means "choose a free loopback port at
 `up`"; `with_ports()` returns the topology with every port fixed, which `cluster.json` keeps so
 that restarts reuse the same addresses.
+
+By default every process binds the cluster's loopback `host`. A data centre may instead have a
+host of its own with a command prefix that runs its processes inside a network namespace (e.g.
+`["ip", "netns", "exec", NS]`; see `deploy/chaos/netns.py`): such a host must be link-local
+(169.254.0.0/16), an address of a namespace the caller created, never a routed one.
 """
 
 from __future__ import annotations
@@ -97,10 +102,41 @@ class FrontendLimits:
 
 @dataclass(frozen=True)
 class EtcdMember:
+    """One etcd member. `advertise_peer_port` (0 = off) makes it advertise that port to its
+    peers instead of `peer_port`: a proxy there (bkv-chaos `slow-link`) forwards to `peer_port`,
+    so every peer's traffic towards this member crosses it. The proxy must run while the member
+    does."""
+
     name: str
     dc: str
     client_port: int = 0
     peer_port: int = 0
+    advertise_peer_port: int = 0
+
+
+@dataclass(frozen=True)
+class DcNetwork:
+    """Where the processes of data centre `dc` live: `host` is the address each of them binds
+    and advertises; `command_prefix` is put before each command (its network namespace)."""
+
+    dc: str
+    host: str
+    command_prefix: tuple[str, ...] = ()
+
+    def problems(self) -> list[str]:
+        where = f"datacenter {self.dc!r}"
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            return [f"{where}: host {self.host!r} is not an IP address"]
+        if address.is_loopback:
+            return []
+        # Workplace rule: nothing but loopback, or addresses inside namespaces we create.
+        if not address.is_link_local or address.version != 4:
+            return [f"{where}: host {self.host!r} must be loopback or 169.254.0.0/16"]
+        if not self.command_prefix:
+            return [f"{where}: host {self.host!r} needs a command_prefix (its namespace)"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -129,6 +165,24 @@ class Topology:
     host: str = "127.0.0.1"
     options: Options = field(default_factory=Options)
     limits: FrontendLimits = field(default_factory=FrontendLimits)
+    networks: tuple[DcNetwork, ...] = ()  # per-DC host and command prefix (default: `host`)
+
+    def network_of(self, dc: str) -> DcNetwork | None:
+        return next((n for n in self.networks if n.dc == dc), None)
+
+    def host_of(self, dc: str) -> str:
+        """The address the processes of `dc` bind and advertise."""
+        network = self.network_of(dc)
+        return self.host if network is None else network.host
+
+    def prefix_of(self, dc: str) -> tuple[str, ...]:
+        """The command prefix of the processes of `dc` (empty: run as they are)."""
+        network = self.network_of(dc)
+        return () if network is None else network.command_prefix
+
+    def hosts(self) -> list[str]:
+        """Every distinct bind address, the cluster's host first."""
+        return list(dict.fromkeys([self.host, *(n.host for n in self.networks)]))
 
     def problems(self) -> list[str]:
         """Every problem of this topology (empty when valid)."""
@@ -173,14 +227,36 @@ class Topology:
             if n > 1
         ]
         ports: dict[int, str] = {}
-        for label, port in self._ports():
+        advertised = [
+            (f"etcd {m.name}.advertise_peer_port", m.advertise_peer_port)
+            for m in self.etcd
+            if m.advertise_peer_port
+        ]
+        for label, port in [*self._ports(), *advertised]:
             if not 0 <= port <= 65535:
                 out.append(f"{label} = {port} is not a port number (0 = choose a free one)")
             elif port:
                 if port in ports:
                     out.append(f"{label} = {port} is also used by {ports[port]}")
                 ports[port] = label
-        return out + self.options.problems() + self.limits.problems()
+        out += [
+            f"etcd {m.name}.advertise_peer_port: the peer proxy runs on loopback only"
+            for m in self.etcd
+            if m.advertise_peer_port and not _is_loopback(self.host_of(m.dc))
+        ]
+        return out + self._network_problems() + self.options.problems() + self.limits.problems()
+
+    def _network_problems(self) -> list[str]:
+        out: list[str] = []
+        seen: set[str] = set()
+        for network in self.networks:
+            if network.dc not in self.datacenters:
+                out.append(f"network of unknown datacenter {network.dc!r}")
+            if network.dc in seen:
+                out.append(f"datacenter {network.dc!r} has two networks")
+            seen.add(network.dc)
+            out += network.problems()
+        return out
 
     def validate(self) -> None:
         """Raise `TopologyError` listing every problem, or return."""
@@ -250,6 +326,10 @@ class Topology:
 
     def _dc_dict(self, dc: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": dc}
+        network = self.network_of(dc)
+        if network is not None:
+            out["host"] = network.host
+            out["command_prefix"] = list(network.command_prefix)
         for m in self.etcd:
             if m.dc == dc:
                 out["etcd"] = {
@@ -257,8 +337,17 @@ class Topology:
                     "client_port": m.client_port,
                     "peer_port": m.peer_port,
                 }
+                if m.advertise_peer_port:
+                    out["etcd"]["advertise_peer_port"] = m.advertise_peer_port
         out["nodes"] = [{"name": n.name, "port": n.port} for n in self.nodes if n.dc == dc]
         return out
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Reader:
@@ -293,6 +382,13 @@ class _Reader:
             return default
         return value  # type: ignore[no-any-return]
 
+    def strings(self, data: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.problems.append(f"{where}{key} must be an array of non-empty strings")
+            return ()
+        return tuple(value)
+
     def required(self, data: Mapping[str, Any], key: str, where: str) -> str:
         if key not in data:
             self.problems.append(f"{where}{key} is required")
@@ -325,20 +421,31 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
     dcs: list[str] = []
     etcd: list[EtcdMember] = []
     nodes: list[VaultNode] = []
+    networks: list[DcNetwork] = []
     for i, dc_data in enumerate(r.tables(data, "datacenter", "")):
         where = f"datacenter[{i}]."
-        r.unknown(dc_data, {"name", "etcd", "nodes"}, where)
+        r.unknown(dc_data, {"name", "host", "command_prefix", "etcd", "nodes"}, where)
         dc = r.required(dc_data, "name", where)
         dcs.append(dc)
+        if "host" in dc_data or "command_prefix" in dc_data:
+            networks.append(
+                DcNetwork(
+                    dc=dc,
+                    host=r.value(dc_data, "host", str, "127.0.0.1", where),
+                    command_prefix=r.strings(dc_data, "command_prefix", where),
+                )
+            )
         if "etcd" in dc_data:
             e = r.table(dc_data, "etcd", where)
-            r.unknown(e, {"name", "client_port", "peer_port"}, where + "etcd.")
+            ewhere = where + "etcd."
+            r.unknown(e, {"name", "client_port", "peer_port", "advertise_peer_port"}, ewhere)
             etcd.append(
                 EtcdMember(
-                    name=r.value(e, "name", str, f"etcd-{dc}", where + "etcd."),
+                    name=r.value(e, "name", str, f"etcd-{dc}", ewhere),
                     dc=dc,
-                    client_port=r.value(e, "client_port", int, 0, where + "etcd."),
-                    peer_port=r.value(e, "peer_port", int, 0, where + "etcd."),
+                    client_port=r.value(e, "client_port", int, 0, ewhere),
+                    peer_port=r.value(e, "peer_port", int, 0, ewhere),
+                    advertise_peer_port=r.value(e, "advertise_peer_port", int, 0, ewhere),
                 )
             )
         for j, n in enumerate(r.tables(dc_data, "nodes", where)):
@@ -371,6 +478,7 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
         frontends=tuple(frontends),
         options=options,
         limits=limits,
+        networks=tuple(networks),
     )
     problems = r.problems + topology.problems()
     if problems:
