@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from deploy.chaos.history import Fault, JsonlWriter
+from deploy.chaos.netns import NetnsLab
 from deploy.chaos.proxy import LinkProxy
 from deploy.chaos.recorder import Recorder
 from deploy.cluster import Cluster
@@ -30,7 +31,12 @@ class SkipScenario(Exception):
 
 @dataclass
 class FaultContext:
-    """What a scenario may act on. `wait(s)` sleeps unless the run is being stopped."""
+    """What a scenario may act on. `wait(s)` sleeps unless the run is being stopped.
+
+    proxies: the client links (one per frontend); peer_proxies: etcd peer links that run
+    through a proxy (see `deploy.chaos.proxy.peer_proxy_cluster`); network: the run's
+    namespaces when the cluster's data centres run in them (`partition-dc`).
+    """
 
     cluster: Cluster
     recorder: Recorder
@@ -40,6 +46,8 @@ class FaultContext:
     echo: Callable[[str], None]
     lease_ttl_s: float = 4.0
     skipped: list[str] = field(default_factory=list)
+    peer_proxies: Sequence[LinkProxy] = ()
+    network: NetnsLab | None = None
 
     def now(self) -> float:
         return self.recorder.clock.now()

@@ -12,6 +12,10 @@ read from either side waits `delay_s` (+ up to `jitter_s`) before it is written 
 losing the stream, so "drop" means a reset, as a middlebox that drops a flow would cause).
 The proxy relays bytes as they come: TLS passes through it unopened. Everything runs on one
 asyncio loop in one daemon thread, bounded by the connections the clients open.
+
+`peer_proxy_cluster` puts one in front of an etcd member's peer port: the member advertises the
+proxy's port to its peers (`EtcdMember.advertise_peer_port`), so every peer's traffic towards it
+crosses the proxy, and `slow-link` can slow an etcd peer link too.
 """
 
 from __future__ import annotations
@@ -20,8 +24,14 @@ import asyncio
 import contextlib
 import random
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from deploy.cluster import Cluster, free_ports
+from deploy.topology import Topology
 
 CHUNK = 64 * 1024
 
@@ -197,3 +207,36 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     transport = writer.transport
     if not transport.is_closing():
         transport.abort()
+
+
+@contextmanager
+def peer_proxy_cluster(
+    directory: Path,
+    topology: Topology,
+    *,
+    rng: random.Random,
+    fsync: bool = False,
+    echo: Callable[[str], None] = lambda _m: None,
+) -> Iterator[tuple[Cluster, LinkProxy]]:
+    """A cluster in `directory` whose last etcd member is reached by its peers through a
+    `LinkProxy` (yielded). The proxy runs only as long as the block: the cluster is stopped
+    (`down`) on exit, since that member is cut off from its peers without it."""
+    host = topology.host
+    fixed = topology.with_ports(lambda n: free_ports(host, n))
+    member = fixed.etcd[-1]
+    proxy = LinkProxy((fixed.host_of(member.dc), member.peer_port), rng=rng, host=host)
+    proxy.start()  # binds its port first: no race for it with the cluster's processes
+    fixed = replace(fixed, etcd=tuple(
+        replace(m, advertise_peer_port=proxy.port) if m == member else m for m in fixed.etcd
+    ))  # fmt: skip
+    echo(f"etcd peer link to {member.name} through {proxy.address}")
+    cluster = Cluster(directory, echo=echo)
+    try:
+        cluster.up(fixed, fsync=fsync)
+        yield cluster, proxy
+    finally:
+        try:
+            if cluster.exists():
+                cluster.down()
+        finally:
+            proxy.stop()

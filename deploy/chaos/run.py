@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from deploy.chaos.load import (
     make_cast,
     setup_cast,
 )
+from deploy.chaos.netns import NetnsLab
 from deploy.chaos.plot import plot_run
 from deploy.chaos.probes import Prober, ProbeTargets
 from deploy.chaos.proxy import LinkFault, LinkProxy
@@ -139,7 +140,15 @@ class _ProbeThread:
         self._thread.join(timeout)
 
 
-def run_chaos(config: ChaosConfig, echo: Callable[[str], None] = print) -> RunResult:
+def run_chaos(
+    config: ChaosConfig,
+    echo: Callable[[str], None] = print,
+    *,
+    network: NetnsLab | None = None,
+    peer_proxies: Sequence[LinkProxy] = (),
+) -> RunResult:
+    """Run `config`. `network`: the namespaces the cluster's DCs run in (for `partition-dc`);
+    `peer_proxies`: proxies on etcd peer links (for `slow-link`); both owned by the caller."""
     config.validate()
     rng = random.Random(config.seed)
     cluster = Cluster(config.cluster_dir)
@@ -185,6 +194,7 @@ def run_chaos(config: ChaosConfig, echo: Callable[[str], None] = print) -> RunRe
         ctx = FaultContext(
             cluster=cluster, recorder=recorder, rng=rng, proxies=proxies, stop=stop, echo=echo,
             lease_ttl_s=float(cluster.topology.options.lease_ttl_s),
+            peer_proxies=peer_proxies, network=network,
         )  # fmt: skip
         try:
             faults = run_timeline(scenarios, timeline, ctx, fault_writer)
@@ -192,8 +202,11 @@ def run_chaos(config: ChaosConfig, echo: Callable[[str], None] = print) -> RunRe
             probes.stop(config.stop_timeout_s)
             if not workers.stop(config.stop_timeout_s):
                 echo("WARNING: a load worker did not stop in time")
-            for proxy in proxies:
+            for proxy in (*proxies, *peer_proxies):
                 proxy.set_fault(LinkFault())
+            if network is not None:
+                for dc in sorted(network.partitioned):
+                    network.heal(dc)
             cluster.start_all()
         echo(f"[{clock.now():7.2f}s] load stopped; final recoveries")
         final_recover(cast)

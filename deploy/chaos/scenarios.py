@@ -8,8 +8,10 @@
 | lose-quorum          | kill two data centres; bring one back (quorum), then the other   |
 | kill-frontend        | SIGKILL one frontend, then restart it                            |
 | kill-during-register | SIGKILL a vault node while registrations are in flight           |
-| slow-link            | delay and reset the client's link to a frontend (TCP proxy)      |
-| partition-dc         | cut one data centre's links (network namespaces; see netns.py)   |
+| slow-link            | delay and reset the client's link to a frontend (TCP proxy), and |
+|                      | an etcd peer link when the cluster has a peer proxy              |
+| partition-dc         | cut one data centre's links to the others (network namespaces;  |
+|                      | see netns.py): its host link stays up, so clients still reach it |
 
 `all` runs each in turn. A fault's window starts once it is in place and ends when the heal
 begins, so that the fail-closed check never counts a request served after the heal.
@@ -157,7 +159,8 @@ class KillDuringRegister:
 
 @dataclass
 class SlowLink:
-    """Delay (150-300 ms a chunk) and reset (3 % of chunks) on the link to one frontend."""
+    """Delay (150-300 ms a chunk) and reset (3 % of chunks) on the link to one frontend, and
+    on every etcd peer link that runs through a proxy (one fault window per link)."""
 
     name: str = "slow-link"
     fault: LinkFault = field(
@@ -167,24 +170,49 @@ class SlowLink:
     def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
         if not ctx.proxies:
             raise SkipScenario("the load does not run through the tool's proxies")
-        proxy = ctx.proxies[0]
-        target = f"client->{proxy.upstream[0]}:{proxy.upstream[1]}"
+        links = [(ctx.proxies[0], "client")] + [(p, "etcd-peer") for p in ctx.peer_proxies]
         faults: list[Fault] = []
         try:
-            proxy.set_fault(self.fault)
-            with _window(ctx, self.name, target, faults):
-                ctx.wait(hold_s)
+            for proxy, _ in links:
+                proxy.set_fault(self.fault)
+            start = ctx.now()
+            ctx.wait(hold_s)
         finally:
-            proxy.set_fault(LinkFault())
+            for proxy, _ in links:
+                proxy.set_fault(LinkFault())
+        end = ctx.now()
+        for proxy, kind in links:
+            target = f"{kind}->{proxy.upstream[0]}:{proxy.upstream[1]}"
+            faults.append(Fault(self.name, target, start, end))
         return faults
 
 
 @dataclass
 class PartitionDc:
+    """Cut one data centre that has a frontend off from the others, for longer than a lease.
+
+    Expected: its etcd member loses quorum, so its nodes evaluate nothing (fail closed) while
+    the majority keeps serving — also to clients that reach the minority's frontend, which
+    fail over to another. Not a `lose-quorum` window: the cluster as a whole keeps quorum."""
+
     name: str = "partition-dc"
 
     def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
-        raise SkipScenario(netns.unsupported_reason(ctx.cluster))
+        if ctx.network is None:
+            raise SkipScenario(netns.missing_privileges() or netns.NO_LAB)
+        topology = ctx.cluster.topology
+        fronted = {f.dc for f in topology.frontends}
+        with_frontend = [dc for dc in topology.datacenters if dc in fronted]
+        dc = ctx.rng.choice(with_frontend or list(topology.datacenters))
+        faults: list[Fault] = []
+        try:
+            ctx.network.partition(dc)
+            with _window(ctx, self.name, dc, faults):
+                # Past the lease TTL: the majority drops the minority's nodes from routing.
+                ctx.wait(max(hold_s, ctx.lease_ttl_s + 2.0))
+        finally:
+            ctx.network.heal(dc)
+        return faults
 
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {

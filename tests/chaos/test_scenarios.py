@@ -86,11 +86,28 @@ def test_cli_kill_frontend(healthy_cluster: Cluster, tmp_path: Path) -> None:
     _check_run_dir(run_dir, {"kill-frontend"})
 
 
-def test_partition_dc(healthy_cluster: Cluster) -> None:
-    reason = netns.unsupported_reason(healthy_cluster)
-    if reason:
-        pytest.skip(f"partition-dc: {reason}")
-    raise AssertionError("partition-dc is supported here but has no test yet")
+@pytest.mark.timeout(30)
+def test_partition_dc_skips_on_a_cluster_outside_namespaces(
+    healthy_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The shared loopback cluster has no namespaces: partition-dc says why and touches nothing
+    (tests/chaos/test_network_faults.py runs it on a cluster in namespaces)."""
+    import random
+    import threading
+
+    from deploy.chaos.faults import FaultContext, SkipScenario
+    from deploy.chaos.history import JsonlWriter
+    from deploy.chaos.recorder import Recorder, RunClock
+    from deploy.chaos.scenarios import PartitionDc
+
+    with JsonlWriter(tmp_path / "h.jsonl") as writer:
+        ctx = FaultContext(
+            cluster=healthy_cluster, recorder=Recorder(writer, RunClock()),
+            rng=random.Random(1), proxies=(), stop=threading.Event(), echo=lambda _m: None,
+        )  # fmt: skip
+        with pytest.raises(SkipScenario) as skip:
+            PartitionDc().run(ctx, 1.0)
+    assert str(skip.value) == (netns.missing_privileges() or netns.NO_LAB)
 
 
 @pytest.mark.timeout(60)
