@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT
+from vault_node.lru import Lru
 from vault_node.records import (
     TokenOps,
     open_record,
@@ -37,6 +38,10 @@ Rng = Callable[[int], bytes]
 GENERATION_LEN = 16
 MAX_ACCOUNT_ID_BYTES = 256
 CAS_RETRIES = 16
+ID_CACHE_SIZE = 65_536
+RECORD_CACHE_SIZE = 16_384
+
+Entry = tuple[sealed_pb2.Record, int]  # an opened record and the etcd mod_revision it had
 
 
 class ServiceError(Exception):
@@ -65,9 +70,13 @@ class ServiceConfig:
     default_max_attempts: int = 10
     ticket_ttl_ms: int = 120_000
     opaque_context: bytes = opaque.DEFAULT_CONTEXT
+    id_cache_size: int = ID_CACHE_SIZE  # accounts whose record id is kept (0: none)
+    record_cache_size: int = RECORD_CACHE_SIZE  # records kept for optimistic CAS (0: none)
 
     def validate(self) -> None:
         problems = []
+        if self.id_cache_size < 0 or self.record_cache_size < 0:
+            problems.append("cache sizes must be >= 0")
         if not self.node_name:
             problems.append("node_name must be non-empty")
         if not 1 <= self.default_max_attempts <= MAX_ATTEMPTS_LIMIT:
@@ -128,6 +137,13 @@ class VaultService:
         self._serving = serving
         self._fleet = FleetKey(token.kem_public_key())
         self._opaque = opaque.OpaqueConfig(context=config.opaque_context, ksf=_KsfUnused())
+        # record_id = HMAC(id_mac, account) is deterministic and no secret from the node (it is
+        # the etcd key): caching it saves one token call per request.
+        self._ids: Lru[bytes, bytes] = Lru(config.id_cache_size)
+        # Records this node last read or wrote, with their mod_revision, used only as the
+        # *compare* of an optimistic CAS (see `_cached`). They stay inside the node process, the
+        # HSM boundary, which opens every record it serves anyway.
+        self._records: Lru[bytes, Entry] = Lru(config.record_cache_size)
 
     @property
     def fleet_id(self) -> bytes:
@@ -152,7 +168,7 @@ class VaultService:
             raise BadRequest("envelope could not be opened") from exc
         if len(request.response_key) != 32:
             raise BadRequest("envelope could not be opened")
-        record_id = self._token.hmac_sha256("id_mac", account)
+        record_id = self._record_id(account)
         try:
             response = await self._dispatch(request, account, record_id)
         except StoreUnavailable as exc:
@@ -179,21 +195,74 @@ class VaultService:
 
     # -- records --
 
-    async def _read(self, record_id: bytes) -> tuple[sealed_pb2.Record, int] | None:
-        entry = await self._store.get(record_id)
+    def _record_id(self, account: bytes) -> bytes:
+        record_id = self._ids.get(account)
+        if record_id is None:
+            record_id = self._token.hmac_sha256("id_mac", account)
+            self._ids.put(account, record_id)
+        return record_id
+
+    def _cached(self, record_id: bytes) -> Entry | None:
+        """The last record this node saw for `record_id`, if it is active with guesses left.
+
+        Used only as the compare of a CAS, never to answer: etcd changes a key's mod_revision
+        with every write, so a stale entry can only make the CAS fail (and the failure returns
+        the current record), never succeed. A CAS that commits proves the entry was current.
+        Locked, exhausted or absent records always take a linearizable read instead.
+        """
+        entry = self._records.get(record_id)
         if entry is None:
             return None
-        blob, mod_revision = entry
-        try:
-            return open_record(self._token, record_id, blob), mod_revision
-        except DecryptError as exc:
-            raise RecordCorrupt("stored record failed to open") from exc
+        record = entry[0]
+        if record.state != sealed_pb2.RECORD_STATE_ACTIVE or record.attempts >= record.max_attempts:
+            return None
+        return entry
 
-    async def _write(self, record_id: bytes, record: sealed_pb2.Record, mod_revision: int) -> int:
-        """CAS-write the sealed record: the etcd revision of the commit, 0 on a conflict."""
-        return await self._store.put(
-            record_id, seal_record(self._token, record_id, record, self._rng), mod_revision
-        )
+    def _remember(self, record_id: bytes, entry: Entry | None) -> Entry | None:
+        if entry is None:
+            self._records.pop(record_id)
+        else:
+            known = self._records.get(record_id)
+            if known is None or entry[1] >= known[1]:
+                self._records.put(record_id, entry)
+        return entry
+
+    def _open(self, record_id: bytes, stored: tuple[bytes, int] | None) -> Entry | None:
+        if stored is None:
+            return self._remember(record_id, None)
+        blob, mod_revision = stored
+        try:
+            record = open_record(self._token, record_id, blob)
+        except DecryptError as exc:
+            self._records.pop(record_id)
+            raise RecordCorrupt("stored record failed to open") from exc
+        return self._remember(record_id, (record, mod_revision))
+
+    async def _read(self, record_id: bytes) -> Entry | None:
+        """A linearizable read of the record (and the cache refreshed with it)."""
+        try:
+            stored = await self._store.get(record_id)
+        except BaseException:
+            self._records.pop(record_id)
+            raise
+        return self._open(record_id, stored)
+
+    async def _write(
+        self, record_id: bytes, record: sealed_pb2.Record, mod_revision: int
+    ) -> tuple[int, tuple[bytes, int] | None]:
+        """CAS-write the sealed record: `(commit revision, None)`, or on a conflict
+        `(0, current stored entry)` as read by the same etcd transaction."""
+        sealed = seal_record(self._token, record_id, record, self._rng)
+        try:
+            revision, current = await self._store.swap(record_id, sealed, mod_revision)
+        except BaseException:
+            self._records.pop(record_id)  # the outcome is unknown
+            raise
+        if revision > 0:
+            self._remember(record_id, (record, revision))  # a put sets mod_revision to it
+        elif revision:
+            self._records.pop(record_id)  # committed at a revision etcd did not report
+        return revision, current
 
     # -- register --
 
@@ -221,8 +290,8 @@ class VaultService:
             raise BadRequest(f"max_attempts must be in 0..{MAX_ATTEMPTS_LIMIT}")
         max_attempts = msg.max_attempts or self._config.default_max_attempts
         generation = self._rng(GENERATION_LEN)
+        current = await self._store.get(record_id)
         for _ in range(CAS_RETRIES):
-            current = await self._store.get(record_id)
             # Re-registering replaces whatever was there; a corrupt or locked record included.
             mod_revision = 0 if current is None else current[1]
             old_version = 0
@@ -242,7 +311,7 @@ class VaultService:
                 last_redeemed=0,
                 version=old_version + 1,
             )
-            revision = await self._write(record_id, record, mod_revision)
+            revision, current = await self._write(record_id, record, mod_revision)
             if revision:
                 self._audit.write(
                     "register", record_id, 0, max_attempts,
@@ -261,8 +330,8 @@ class VaultService:
         self, msg: envelope_pb2.RecoverStart, account: bytes, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
         _check_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
+        current = self._cached(record_id) or await self._read(record_id)
         for _ in range(CAS_RETRIES):
-            current = await self._read(record_id)
             if current is None:
                 self._audit.write("not_registered", record_id)
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
@@ -276,7 +345,7 @@ class VaultService:
             if record.attempts >= record.max_attempts:
                 # Out of guesses: erase the record's secrets for good (permanent lockout).
                 tombstone = _tombstone(record)
-                revision = await self._write(record_id, tombstone, mod_revision)
+                revision, stored = await self._write(record_id, tombstone, mod_revision)
                 if revision:
                     self._audit.write(
                         "lock", record_id, record.attempts, record.max_attempts,
@@ -284,6 +353,7 @@ class VaultService:
                         evaluation=record.evaluations, read_revision=mod_revision,
                     )  # fmt: skip
                     return _locked()
+                current = self._open(record_id, stored)
                 continue
             counted = sealed_pb2.Record()
             counted.CopyFrom(record)
@@ -292,9 +362,10 @@ class VaultService:
             counted.version = record.version + 1
             # The guess is committed to etcd BEFORE the OPRF runs: a crash or a lost answer
             # after this point costs the client a guess, never the attacker a free one.
-            revision = await self._write(record_id, counted, mod_revision)
+            revision, stored = await self._write(record_id, counted, mod_revision)
             if revision:
                 break
+            current = self._open(record_id, stored)  # read by the failed CAS itself
         else:
             raise Unavailable("too much contention on this record; retry")
         # Written (and flushed) after the commit and before the OPRF: the checker's count.
@@ -360,8 +431,10 @@ class VaultService:
                 outcome=Outcome.OUTCOME_INVALID_PASSWORD,
                 guesses_left=_guesses_left(record),
             )
+        current = self._cached(record_id)
+        if current is None or not _redeemable(current[0], ticket):
+            current = await self._read(record_id)  # answers other than success need a read
         for _ in range(CAS_RETRIES):
-            current = await self._read(record_id)
             if current is None:
                 self._audit.write("not_registered", record_id)
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
@@ -374,11 +447,7 @@ class VaultService:
                 return _locked()
             # Single use: a ticket of an older registration, or one already redeemed (or older
             # than one redeemed), cannot release the key again.
-            if (
-                record.generation != ticket.generation
-                or ticket.evaluation <= record.last_redeemed
-                or ticket.evaluation > record.evaluations
-            ):
+            if not _redeemable(record, ticket):
                 self._audit.write(
                     "stale_ticket", record_id, record.attempts, record.max_attempts,
                     generation=record.generation, evaluation=ticket.evaluation,
@@ -389,9 +458,10 @@ class VaultService:
             redeemed.attempts = 0
             redeemed.last_redeemed = ticket.evaluation
             redeemed.version = record.version + 1
-            revision = await self._write(record_id, redeemed, mod_revision)
+            revision, stored = await self._write(record_id, redeemed, mod_revision)
             if revision:
                 break
+            current = self._open(record_id, stored)
         else:
             raise Unavailable("too much contention on this record; retry")
         self._audit.write(
@@ -409,6 +479,7 @@ class VaultService:
     # -- delete, status --
 
     async def _delete(self, record_id: bytes) -> envelope_pb2.VaultResponse:
+        self._records.pop(record_id)
         for _ in range(CAS_RETRIES):
             entry = await self._store.get(record_id)
             if entry is None:
@@ -464,6 +535,15 @@ def _check_ke1(ke1: bytes) -> None:
         ristretto.decode_element(ke1[opaque.NOE + opaque.NN :])
     except InvalidInput as exc:
         raise BadRequest("KE1 holds an invalid group element") from exc
+
+
+def _redeemable(record: sealed_pb2.Record, ticket: sealed_pb2.Ticket) -> bool:
+    """Single use: a ticket of an older registration, or one already redeemed (or older than
+    one redeemed), cannot release the key again."""
+    return bool(
+        record.generation == ticket.generation
+        and record.last_redeemed < ticket.evaluation <= record.evaluations
+    )
 
 
 def _guesses_left(record: sealed_pb2.Record) -> int:

@@ -48,6 +48,16 @@ class RecordStore(Protocol):
         """
         ...
 
+    async def swap(
+        self, record_id: bytes, value: bytes, expected_mod_revision: int
+    ) -> tuple[int, tuple[bytes, int] | None]:
+        """`put`, and on a conflict also the key's current `(value, mod_revision)` (None when
+        absent) as read by the same linearizable operation, so a retry needs no extra read.
+
+        `(revision, None)` after a commit, `(0, current)` after a conflict.
+        """
+        ...
+
     async def delete(self, record_id: bytes, expected_mod_revision: int) -> int:
         """Delete if the key's mod_revision is still `expected_mod_revision`: the revision of
         the commit, or 0 on a conflict."""
@@ -97,6 +107,12 @@ class MemoryRecordStore:
         self.revision += 1
         self.data[record_id] = (value, self.revision)
         return self.revision
+
+    async def swap(
+        self, record_id: bytes, value: bytes, expected_mod_revision: int
+    ) -> tuple[int, tuple[bytes, int] | None]:
+        revision = await self.put(record_id, value, expected_mod_revision)
+        return (revision, None) if revision else (0, self.data.get(record_id))
 
     async def delete(self, record_id: bytes, expected_mod_revision: int) -> int:
         await asyncio.sleep(0)
@@ -233,6 +249,31 @@ class EtcdStore:
             )
         )
         return _commit_revision(succeeded, responses, "response_put")
+
+    async def swap(
+        self, record_id: bytes, value: bytes, expected_mod_revision: int
+    ) -> tuple[int, tuple[bytes, int] | None]:
+        key = record_key(record_id)
+        tx = self._client.transactions
+        # One round trip either way: the failure branch reads the key inside the transaction,
+        # which etcd serialises like any write, so the value returned is linearizable.
+        succeeded, responses = await self._call(
+            lambda: self._client.transaction(
+                compare=[self._compare(key, expected_mod_revision)],
+                success=[tx.put(key, value)],
+                failure=[tx.get(key)],
+            )
+        )
+        if succeeded:
+            return _commit_revision(succeeded, responses, "response_put"), None
+        try:
+            kvs = responses[0]
+        except IndexError:
+            kvs = []
+        if not kvs:
+            return 0, None
+        current, meta = kvs[0]
+        return 0, (bytes(current), int(meta.mod_revision))
 
     async def delete(self, record_id: bytes, expected_mod_revision: int) -> int:
         if expected_mod_revision == 0:

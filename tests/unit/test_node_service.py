@@ -129,19 +129,33 @@ class Harness:
         self.audit = OrderedAudit(self.log)
         self.clock = Clock()
         self.serving = True
+        self.service_config = ServiceConfig(
+            node_name="n1", default_max_attempts=max_attempts, ticket_ttl_ms=60_000
+        )
         self.service = VaultService(
             token=self.token,
             store=self.store,
             keys=self.keys,
-            config=ServiceConfig(
-                node_name="n1", default_max_attempts=max_attempts, ticket_ttl_ms=60_000
-            ),
+            config=self.service_config,
             clock_ms=self.clock,
             rng=os.urandom,
             audit=self.audit,
             serving=lambda: self.serving,
         )
         self.fleet = FleetKey(self.token.kem_public_key())
+
+    def node(self) -> VaultService:
+        """Another vault node of the same fleet, on the same store (caches of its own)."""
+        return VaultService(
+            token=self.token,
+            store=self.store,
+            keys=self.keys,
+            config=self.service_config,
+            clock_ms=self.clock,
+            rng=os.urandom,
+            audit=self.audit,
+            serving=lambda: self.serving,
+        )
 
     def record_id(self, account: str = ACCOUNT) -> bytes:
         return self.token.hmac_sha256("id_mac", account.encode())
@@ -618,14 +632,117 @@ def test_corrupt_or_moved_record_is_record_corrupt() -> None:
         await h.register(b"pw")
         await h.register(b"pw", account="bob")
         # etcd moves bob's record under alice's key: the AAD binds the record id, so it fails.
+        # (A move is a write, so the key's mod_revision changes and the node's cached copy of
+        # alice's record fails the CAS compare; the failed CAS returns what etcd holds.)
         bob_blob, _ = h.store.data[h.record_id("bob")]
-        h.store.data[h.record_id()] = (bob_blob, h.store.data[h.record_id()][1])
+        assert await h.store.put(h.record_id(), bob_blob, h.store.data[h.record_id()][1])
         h.log.clear()
+        with pytest.raises(RecordCorrupt):
+            await h.start(b"pw")
+        assert h.evaluations() == 0
+        # A node that never saw alice's record reads it and fails the same way.
+        h.service = h.node()
         with pytest.raises(RecordCorrupt):
             await h.start(b"pw")
         assert h.evaluations() == 0
 
     run(go())
+
+
+# -- the node's caches (record ids, records for an optimistic CAS) ------------------------------
+
+
+class CountingStore(MemoryRecordStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, record_id: bytes) -> tuple[bytes, int] | None:
+        self.gets += 1
+        return await super().get(record_id)
+
+
+def test_a_recovery_on_the_node_that_wrote_the_record_needs_no_read() -> None:
+    async def go() -> None:
+        store = CountingStore()
+        h = Harness(store)
+        key = await h.register(b"pw")
+        store.gets = 0
+        h.log.clear()
+        for _ in range(3):
+            assert (await h.recover(b"pw")).display() == key.display()
+        await h.wrong_guess()
+        assert store.gets == 0 and h.record().attempts == 1
+        assert h.evaluations() == 4
+
+    run(go())
+
+
+def test_record_id_hmac_runs_once_per_account() -> None:
+    async def go() -> None:
+        h = Harness()
+        calls: list[bytes] = []
+        inner = h.token.hmac_sha256
+
+        def counting(label: str, data: bytes) -> bytes:
+            calls.append(data)
+            return inner(label, data)
+
+        h.token.hmac_sha256 = counting  # type: ignore[method-assign]
+        await h.register(b"pw")
+        await h.recover(b"pw")
+        await h.register(b"pw", account="bob")
+        assert calls == [ACCOUNT.encode(), b"bob"]
+
+    run(go())
+
+
+def test_guesses_counted_on_another_node_are_not_lost_by_a_stale_cache() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=3)
+        await h.register(b"pw")
+        h.log.clear()
+        await h.wrong_guess()  # node A caches the record at attempts=1
+        node_a, node_b = h.service, h.node()
+        h.service = node_b
+        await h.wrong_guess()  # attempts=2, written by node B
+        h.service = node_a
+        r1 = await h.wrong_guess()  # A's cached compare fails; the failed CAS returns attempts=2
+        assert r1.outcome == OK and r1.guesses_left == 0 and h.record().attempts == 3
+        assert (await h.wrong_guess()).outcome == LOCKED
+        assert h.evaluations() == 3
+        h.service = node_b
+        assert (await h.start(b"pw"))[1].outcome == LOCKED
+        assert h.evaluations() == 3
+
+    run(go())
+
+
+def test_a_stale_cache_never_redeems_a_used_ticket_or_answers_for_a_deleted_record() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        h.log.clear()
+        state, r1 = await h.start(b"pw")  # node A caches the counted record
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        node_a, node_b = h.service, h.node()
+        h.service = node_b
+        assert (await h.finish(ke3, r1.recover_start.ticket)).outcome == OK
+        h.service = node_a  # its cache still holds the record from before the redemption
+        with pytest.raises(Precondition):
+            await h.finish(ke3, r1.recover_start.ticket)
+        h.service = node_b
+        assert (await h.delete()).delete.existed
+        h.service = node_a
+        assert (await h.start(b"pw"))[1].outcome == NOT_REGISTERED
+        assert h.evaluations() == 1
+
+    run(go())
+
+
+def test_cache_sizes_are_validated() -> None:
+    with pytest.raises(ValueError, match="cache sizes"):
+        ServiceConfig(node_name="n", record_cache_size=-1).validate()
 
 
 def test_records_and_tickets_fail_with_one_error() -> None:
