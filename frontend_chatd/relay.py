@@ -72,7 +72,7 @@ class Relay:
 
     def __init__(
         self,
-        plan: Callable[[], list[NodeInfo]],
+        plan: Callable[[str], list[NodeInfo]],
         open_call: OpenCall,
         deadline_s: float,
     ) -> None:
@@ -87,7 +87,7 @@ class Relay:
         request = node_pb2.OpenRequest(account_id=account_id, envelope=envelope)
         # At most one retry, and only when the node could not be reached. Safe for the guess
         # limit: a node commits the attempt before evaluating, so a retry at most counts twice.
-        candidates = self._plan()[:2]
+        candidates = self._plan(account_id)[:2]
         if not candidates:
             raise NoNodeAvailable("no vault node available")
         last = "no vault node available"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -61,6 +62,24 @@ def order_nodes(nodes: Iterable[NodeInfo], own_dc: str, turn: int) -> list[NodeI
     return _rotate(local, turn) + _rotate(remote, turn)
 
 
+def affine_order(nodes: Iterable[NodeInfo], own_dc: str, account_id: str) -> list[NodeInfo]:
+    """Nodes to try for `account_id`, best first: own DC, then the others, each group in
+    rendezvous-hash order, so an account keeps going to the same node while membership holds.
+
+    Any node can serve any account; affinity only lets that node's record cache save the etcd
+    read of its optimistic compare-and-swap (the node never trusts the routing for safety).
+    """
+    seed = account_id.encode("utf-8") + b"\x00"
+
+    def score(node: NodeInfo) -> bytes:
+        return hashlib.blake2b(seed + node.name.encode("utf-8"), digest_size=8).digest()
+
+    unique = set(nodes)
+    local = sorted((n for n in unique if n.dc == own_dc), key=score)
+    remote = sorted((n for n in unique if n.dc != own_dc), key=score)
+    return local + remote
+
+
 def _rotate(items: list[NodeInfo], turn: int) -> list[NodeInfo]:
     if not items:
         return items
@@ -100,8 +119,11 @@ class NodeTable:
     def nodes(self) -> list[NodeInfo]:
         return list(self._nodes.values())
 
-    def plan(self) -> list[NodeInfo]:
-        """Nodes in the order one request should try them; advances the round-robin turn."""
+    def plan(self, account_id: str = "") -> list[NodeInfo]:
+        """Nodes in the order one request of `account_id` should try them (see
+        `affine_order`); without an account, round robin (advances the turn)."""
+        if account_id:
+            return affine_order(self._nodes.values(), self.own_dc, account_id)
         self._turn += 1
         return order_nodes(self._nodes.values(), self.own_dc, self._turn)
 

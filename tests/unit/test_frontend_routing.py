@@ -18,6 +18,7 @@ from frontend_chatd.routing import (
     NodeInfo,
     NodeTable,
     NodeWatcher,
+    affine_order,
     etcd_target,
     order_nodes,
     parse_node,
@@ -61,6 +62,23 @@ def test_failover_order_local_then_remote() -> None:
     plan = order_nodes([A1, B1], "dc-a", 7)
     assert plan == [A1, B1]
     assert order_nodes([], "dc-a", 0) == []
+
+
+def test_affine_order_keeps_an_account_on_one_node_and_spreads_accounts() -> None:
+    nodes = [C1, B1, A2, A1]
+    plans = {affine_order(nodes, "dc-a", f"acct-{i}")[0] for i in range(64)}
+    assert plans == {A1, A2}  # own DC first, both local nodes used
+    for i in range(16):
+        account = f"acct-{i}"
+        plan = affine_order(nodes, "dc-a", account)
+        assert plan == affine_order(list(reversed(nodes)), "dc-a", account)  # stable
+        assert set(plan[:2]) == {A1, A2} and set(plan[2:]) == {B1, C1}
+        # A node leaving moves only its own accounts.
+        without_a2 = affine_order([C1, B1, A1], "dc-a", account)
+        assert plan[0] == A2 or without_a2[0] == plan[0]
+    table = NodeTable("dc-a")
+    table.replace([(key(n), value(n)) for n in nodes])
+    assert table.plan("acct-1") == table.plan("acct-1") == affine_order(nodes, "dc-a", "acct-1")
 
 
 def test_parse_node_rejects_bad_values() -> None:
@@ -235,7 +253,7 @@ def run_relay(plan: list[NodeInfo], outcomes: dict[str, Any]) -> tuple[Any, list
             raise outcome
         return node_pb2.OpenReply(sealed_response=outcome)
 
-    relay = Relay(lambda: list(plan), open_call, 2.0)
+    relay = Relay(lambda _account: list(plan), open_call, 2.0)
     try:
         return asyncio.run(relay.relay("alice", b"env")), calls
     except (NoNodeAvailable, NodeTimedOut, NodeRejected) as e:
