@@ -93,8 +93,12 @@ class AioGrpcConnector:
         return self._entry(address)[1]
 
     async def ready(self, address: str, timeout: float) -> bool:
+        channel = self._entry(address)[0]
+        # The common case costs no task and no timer: the channel is already connected.
+        if channel.get_state() == grpc.ChannelConnectivity.READY:
+            return True
         try:
-            await asyncio.wait_for(self._entry(address)[0].channel_ready(), timeout)
+            await asyncio.wait_for(channel.channel_ready(), timeout)
         except TimeoutError:
             return False
         return True
