@@ -113,3 +113,13 @@ def test_cas_are_distinct_and_constrained(pki: Pki) -> None:
     for ca in (cluster, frontend):
         bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
         assert bc.ca and bc.path_length == 0
+
+
+def test_extra_ip_sans_for_a_datacenter_host(tmp_path: Path) -> None:
+    pki = create_pki(
+        tmp_path, ["dc-a-node-1"], ["fe-1"], now=NOW, server_ips={"dc-a-node-1": ["169.254.9.2"]}
+    )
+    node, fe = pki.server("dc-a-node-1").cert, pki.server("fe-1").cert
+    assert _server_ok(pki, pki.cluster_ca.cert, node, "169.254.9.2")
+    assert _server_ok(pki, pki.cluster_ca.cert, node, "127.0.0.1")
+    assert not _server_ok(pki, pki.cluster_ca.cert, fe, "169.254.9.2")

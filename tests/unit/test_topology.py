@@ -148,3 +148,64 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[cluster\n")
     with pytest.raises(TopologyError, match="not valid TOML"):
         load_topology(bad)
+
+
+def _with_network(data: dict[str, Any], i: int, host: str, prefix: list[str]) -> None:
+    data["datacenter"][i]["host"] = host
+    data["datacenter"][i]["command_prefix"] = prefix
+
+
+def test_a_datacenter_may_run_on_its_own_link_local_host_in_a_namespace() -> None:
+    data = _base()
+    _with_network(data, 0, "169.254.9.2", ["ip", "netns", "exec", "bkv-x-dc-a"])
+    t = parse_topology(data)
+    assert t.host_of("dc-a") == "169.254.9.2" and t.host_of("dc-b") == t.host == "127.0.0.1"
+    assert t.prefix_of("dc-a") == ("ip", "netns", "exec", "bkv-x-dc-a")
+    assert t.prefix_of("dc-b") == ()
+    assert t.hosts() == ["127.0.0.1", "169.254.9.2"]
+    assert parse_topology(t.to_dict()) == t
+    # The default topology has no per-DC network and writes none.
+    assert all("host" not in dc for dc in _base()["datacenter"])
+
+
+def test_datacenter_hosts_must_be_loopback_or_link_local_in_a_namespace() -> None:
+    data = _base()
+    _with_network(data, 0, "10.1.2.3", ["ip", "netns", "exec", "n"])
+    _with_network(data, 1, "169.254.9.6", [])
+    _with_network(data, 2, "not-an-ip", ["x", ""])
+    text = "\n".join(_problems(data))
+    assert "datacenter 'dc-a': host '10.1.2.3' must be loopback or 169.254.0.0/16" in text
+    assert "datacenter 'dc-b': host '169.254.9.6' needs a command_prefix" in text
+    assert "datacenter 'dc-c': host 'not-an-ip' is not an IP address" in text
+    assert "datacenter[2].command_prefix must be an array of non-empty strings" in text
+
+
+def test_etcd_peer_proxy_port_is_advertised_to_every_member(tmp_path: Path) -> None:
+    from deploy.etcd import etcd_argv, member_hosts
+
+    data = _base()
+    data["datacenter"][2]["etcd"]["advertise_peer_port"] = 41999
+    t = parse_topology(data).with_ports(lambda n: list(range(50000, 50000 + n)))
+    assert parse_topology(t.to_dict()) == t
+    c = t.etcd[2]
+    for member in t.etcd:
+        argv = etcd_argv(
+            member, t.etcd, host=t.host, options=t.options, data_dir=tmp_path,
+            log_file=tmp_path / "log", fsync=False, hosts=member_hosts(t),
+        )  # fmt: skip
+        initial = argv[argv.index("--initial-cluster") + 1]
+        assert f"{c.name}=http://127.0.0.1:41999" in initial
+        listen = argv[argv.index("--listen-peer-urls") + 1]
+        assert listen == f"http://127.0.0.1:{member.peer_port}"
+    advertised = argv[argv.index("--initial-advertise-peer-urls") + 1]
+    assert advertised == "http://127.0.0.1:41999"  # the last argv is that member's
+
+
+def test_etcd_peer_proxy_is_loopback_only_and_its_port_unique() -> None:
+    data = _base()
+    data["datacenter"][0]["etcd"]["advertise_peer_port"] = 41999
+    data["datacenter"][0]["etcd"]["client_port"] = 41999
+    _with_network(data, 0, "169.254.9.2", ["ip", "netns", "exec", "n"])
+    text = "\n".join(_problems(data))
+    assert "advertise_peer_port = 41999 is also used by" in text
+    assert "etcd etcd-dc-a.advertise_peer_port: the peer proxy runs on loopback only" in text
