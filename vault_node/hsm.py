@@ -5,7 +5,10 @@ Two process-wide rules, both forced by python-pkcs11 on SoftHSM2 (see shared/PLA
 * **One thread.** python-pkcs11 calls `C_Initialize(NULL)`, which leaves SoftHSM without any
   locking; concurrent calls corrupted its heap. Every PKCS#11 call of this process therefore
   runs on one dedicated thread (`_PKCS11`, a single-worker executor shared by every `Token`);
-  sync methods submit to it and wait, the `a*` coroutines await it.
+  sync methods submit to it and wait, the `a*` coroutines await it. A process whose event loop
+  makes every token call itself (the vault node) may instead `adopt_calling_thread()` before
+  its first call: calls then run inline on that one thread, without two thread switches each,
+  and a call from any other thread raises instead of starting a second PKCS#11 thread.
 * **One SOFTHSM2_CONF.** SoftHSM reads `SOFTHSM2_CONF` when the library is loaded, and
   python-pkcs11 loads each module once per process. One process can therefore open tokens of
   one softhsm2.conf only; opening a token of another conf raises `HsmLibraryConflict`. Use one
@@ -52,6 +55,7 @@ __all__ = [
     "HsmLoginError",
     "Token",
     "TokenSpec",
+    "adopt_calling_thread",
     "decode_ec_point",
     "encode_ec_point",
     "softhsm_env",
@@ -104,6 +108,7 @@ class HsmDecryptError(HsmError):
 # --- the one PKCS#11 thread of this process -------------------------------------------------
 
 _PKCS11_THREAD: list[threading.Thread] = []  # filled when the worker thread starts
+_ADOPTED: list[threading.Thread] = []  # the thread `adopt_calling_thread` chose, if any
 _LOADED: dict[str, Any] = {}  # "conf" -> Path, "lib" -> pkcs11 lib, set on the PKCS#11 thread
 
 
@@ -117,15 +122,41 @@ _PKCS11: Final = ThreadPoolExecutor(
 )
 
 
+def adopt_calling_thread() -> None:
+    """Make the calling thread this process's one PKCS#11 thread; call before any token call.
+
+    Every later PKCS#11 call must come from this thread (others raise `HsmError`). Idempotent on
+    the adopted thread; `HsmError` if the worker thread already made a call.
+    """
+    current = threading.current_thread()
+    if _PKCS11_THREAD:
+        if _ADOPTED == [current]:
+            return
+        raise HsmError("this process already chose its PKCS#11 thread")
+    _ADOPTED.append(current)
+    _PKCS11_THREAD.append(current)
+
+
+def _not_adopted() -> None:
+    # SoftHSM runs unlocked: after adoption a second thread must never make a PKCS#11 call.
+    if _ADOPTED:
+        raise HsmError(f"PKCS#11 calls of this process must come from thread {_ADOPTED[0].name}")
+
+
 def _run(fn: Callable[..., T], *args: Any) -> T:
     """Run `fn(*args)` on the PKCS#11 thread and wait for it (re-entrant on that thread)."""
     if threading.current_thread() in _PKCS11_THREAD:
         return fn(*args)
+    _not_adopted()
     return _PKCS11.submit(fn, *args).result()
 
 
 async def _arun(fn: Callable[..., T], *args: Any) -> T:
-    """Await `fn(*args)` on the PKCS#11 thread without blocking the event loop."""
+    """Await `fn(*args)` on the PKCS#11 thread without blocking the event loop (inline when the
+    loop's own thread was adopted)."""
+    if threading.current_thread() in _PKCS11_THREAD:
+        return fn(*args)
+    _not_adopted()
     return await asyncio.get_running_loop().run_in_executor(_PKCS11, fn, *args)
 
 

@@ -11,7 +11,10 @@ import hmac
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,63 @@ def test_async_and_threaded_calls_share_one_pkcs11_thread(
         "ecdh": ephemeral.exchange(ec.ECDH(), fleet_key),
     }
     assert probe.call("threads_burst", peer=_point(ephemeral), count=64) == 1
+
+
+_ADOPT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys, threading
+    from pathlib import Path
+    from vault_node.hsm import HsmError, Token, TokenSpec, adopt_calling_thread
+
+    raw = json.loads(sys.argv[1])
+    spec = TokenSpec(
+        module=raw["module"], softhsm_conf=Path(raw["softhsm_conf"]),
+        token_label=raw["token_label"], pin_file=Path(raw["pin_file"]),
+    )
+    adopt_calling_thread()
+    adopt_calling_thread()  # idempotent on the adopted thread
+    token = Token.open(spec)
+    inline = token.hmac_sha256("id_mac", b"x")
+    awaited = asyncio.run(token.ahmac_sha256("id_mac", b"x"))
+    refused = []
+
+    def other() -> None:
+        try:
+            token.hmac_sha256("id_mac", b"x")
+        except HsmError:
+            refused.append("sync")
+        try:
+            asyncio.run(token.ahmac_sha256("id_mac", b"x"))
+        except HsmError:
+            refused.append("async")
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    token.close()
+    names = [t.name for t in threading.enumerate()]
+    print(json.dumps({
+        "same": inline == awaited, "refused": refused,
+        "pkcs11_threads": [n for n in names if n.startswith("pkcs11")],
+    }))
+    """
+)
+
+
+def test_an_adopted_thread_is_the_only_pkcs11_thread(
+    provisioned: tuple[list[TokenSpec], FleetPublic],
+) -> None:
+    specs, _ = provisioned
+    done = subprocess.run(
+        [sys.executable, "-c", _ADOPT_SCRIPT, json.dumps(_spec_dict(specs[0]))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # Calls run inline on the adopted thread; another thread is refused, never served.
+    assert result == {"same": True, "refused": ["sync", "async"], "pkcs11_threads": []}
 
 
 @pytest.mark.parametrize(
