@@ -8,7 +8,7 @@
   process) with envelope-sized messages.
 * `crypto_ceiling`: the server-side cryptography of one recovery (two envelope opens, OPRF,
   3DH/KE2, ticket seal/open, KE3 check, key transport, two response seals) on one core with
-  software keys, as `benchmarks/protocol.py` measures it. A real node also makes 11 PKCS#11 calls
+  software keys, as `benchmarks/protocol.py` measures it. A real node also makes 7 PKCS#11 calls
   per recovery on its one token thread (`HSM_CALLS_PER_RECOVERY`).
 
 Each loop is bounded by a deadline and an operation cap and stops by itself.
@@ -51,13 +51,14 @@ MAX_OPS = 10_000_000
 REQUEST_BYTES = 1100  # a sealed envelope padded to the 1024-byte bucket, plus HPKE overhead
 REPLY_BYTES = 600
 
-# PKCS#11 calls a vault node makes per successful recovery (vault_node/service.py), with the
-# per-call rates measured on this machine in shared/PLATFORM.md (SoftHSM2, one thread).
+# PKCS#11 calls a vault node makes per successful recovery (vault_node/service.py) in the steady
+# state: the record id is cached per account, and the node the frontend routes the account to
+# holds the record it last wrote, so it seals records but opens none. A node without the record
+# cached adds one record open per step (and one etcd read). Per-call rates: shared/PLATFORM.md.
 HSM_CALLS_PER_RECOVERY: dict[str, int] = {
     "ecdh (envelope open)": 2,
-    "hmac_sha256 (record id)": 2,
     "hmac_sha512 (oprf key)": 1,
-    "aes_gcm (record open/seal)": 4,
+    "aes_gcm (record seal)": 2,
     "aes_gcm (ticket seal/open)": 2,
 }
 _HSM_RATES_PER_S = {"ecdh": 2800.0, "hmac": 47000.0, "aes_gcm": 38000.0}

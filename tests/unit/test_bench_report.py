@@ -76,7 +76,10 @@ def test_plot_writes_a_png_with_marks_and_gaps(tmp_path: Path) -> None:
     assert (tmp_path / "empty.png").exists()
 
 
-def test_hsm_estimate_counts_eleven_calls() -> None:
+def test_hsm_estimate_counts_seven_calls() -> None:
+    from deploy.bench.ceilings import HSM_CALLS_PER_RECOVERY
+
+    assert sum(HSM_CALLS_PER_RECOVERY.values()) == 7
     # 2 ECDH at 2.8 k/s dominate: a bit under a millisecond of token time per recovery.
     assert 0.0005 < hsm_seconds_per_recovery() < 0.002
 
