@@ -146,6 +146,22 @@ def test_compare_and_swap_on_mod_revision(etcd_member: EtcdProcess) -> None:
     with_store(etcd_member, body)
 
 
+def test_swap_returns_the_current_entry_on_a_conflict(etcd_member: EtcdProcess) -> None:
+    async def body(store: EtcdStore) -> None:
+        rid = os.urandom(32)
+        assert await store.swap(rid, b"v1", 5) == (0, None)  # absent: conflict, nothing there
+        rev1, current = await store.swap(rid, b"v1", 0)
+        assert rev1 > 0 and current is None
+        assert await store.get(rid) == (b"v1", rev1)  # a put's commit revision is its mod_revision
+        assert await store.swap(rid, b"again", 0) == (0, (b"v1", rev1))
+        rev2, _ = await store.swap(rid, b"v2", rev1)
+        assert rev2 > rev1
+        assert await store.swap(rid, b"v3", rev1) == (0, (b"v2", rev2))  # stale compare
+        assert await store.delete(rid, rev2)
+
+    with_store(etcd_member, body)
+
+
 def test_concurrent_increments_lose_nothing(etcd_member: EtcdProcess) -> None:
     async def body(store: EtcdStore) -> None:
         rid = os.urandom(32)
