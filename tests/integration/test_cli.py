@@ -170,14 +170,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _run_measured(argv: list[str]) -> tuple[int, int]:
-    """Run argv; return (exit code, peak RSS of that child in KiB) via wait4's rusage."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.stderr is not None
-    proc.stderr.close()
-    return proc.returncode, usage.ru_maxrss
+# Runs the `bkv` console script in a fresh interpreter and reports that process's own peak RSS
+# (VmHWM of its address space). ru_maxrss from wait4 is no good here: on Linux a child's maxrss
+# starts at its parent's size when it execs (the big pytest process, through vfork).
+_MEASURE = """
+import runpy, sys
+out, script = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[2:]
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM:"))
+    with open(out, "w") as f:
+        f.write(hwm.split()[1])
+"""
+
+
+def _run_measured(argv: list[str], tmp_path: Path) -> tuple[int, int]:
+    """Run the `bkv` script argv[0] with argv[1:]; return (exit code, its peak RSS in KiB)."""
+    report = tmp_path / "vmhwm"
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(report), *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+        timeout=850,
+    )
+    return proc.returncode, int(report.read_text())
 
 
 @pytest.mark.timeout(900)
@@ -187,11 +207,15 @@ def test_one_gib_backup_round_trip_in_constant_memory(tmp_path: Path) -> None:
     key = "0123456789abcdef" * 4
     limit_kib = 200 * 1024
     try:
-        code, peak = _run_measured([BKV, "backup", "encrypt", str(src), str(enc), "--key", key])
+        code, peak = _run_measured(
+            [BKV, "backup", "encrypt", str(src), str(enc), "--key", key], tmp_path
+        )
         assert code == 0
         assert peak < limit_kib, f"encrypt peak RSS {peak} KiB"
         src.unlink()
-        code, peak = _run_measured([BKV, "backup", "decrypt", str(enc), str(dec), "--key", key])
+        code, peak = _run_measured(
+            [BKV, "backup", "decrypt", str(enc), str(dec), "--key", key], tmp_path
+        )
         assert code == 0
         assert peak < limit_kib, f"decrypt peak RSS {peak} KiB"
         assert _sha256(dec) == expected

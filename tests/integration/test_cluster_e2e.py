@@ -23,11 +23,12 @@ import pytest
 
 from bkv.v1 import envelope_pb2, node_pb2, node_pb2_grpc
 from client import InvalidPassword, Locked, NotRegistered, Unavailable, VaultClient
-from client.config import load_config
+from client.config import ksf_named, load_config
 from deploy.cluster import Cluster
 from deploy.configs import Layout
 from deploy.demo import run_scenario
 from vault_protocol import envelope, opaque
+from vault_protocol.errors import AuthenticationError
 
 pytestmark = pytest.mark.integration
 
@@ -82,17 +83,28 @@ def test_main_scenario_end_to_end(healthy_cluster: Cluster, tmp_path: Path) -> N
 
 @pytest.mark.timeout(300)
 def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) -> None:
-    """50 concurrent wrong guesses over both frontends: exactly max_attempts are evaluated."""
+    """50 concurrent wrong guesses, over both frontends and all six nodes: exactly max_attempts
+    are evaluated, the rest are Locked, and then the right password is Locked too.
+
+    Frontends route one account to one node per data centre (record-cache affinity), so half of
+    the guesses go through the two frontends with the client library and half straight to every
+    vault node, as a frontend would send them (its client certificate, the sealed envelope).
+    """
     max_attempts = 10
     with client_for(healthy_cluster, key_dir) as owner:
         account = owner.create_account()
         key = owner.register(PASSWORD)
-        before = evaluations(healthy_cluster)
-
+    assert key is not None
+    before = evaluations(healthy_cluster)
+    audit_before = len(audit_lines(healthy_cluster))
+    config = load_config(healthy_cluster.client_config_path)
+    fleet = envelope.FleetKey.from_pem(Path(config.fleet_public_key).read_bytes())
+    stubs = node_stubs(healthy_cluster)
+    assert len(stubs) == 6
     barrier = threading.Barrier(50)
 
-    def guess(i: int) -> str:
-        with client_for(healthy_cluster, key_dir, account_id=account, reverse=i % 2 == 1) as c:
+    def via_frontend(i: int) -> str:
+        with client_for(healthy_cluster, key_dir, account_id=account, reverse=i % 4 == 1) as c:
             c.login()
             barrier.wait(timeout=60)
             try:
@@ -103,22 +115,50 @@ def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) 
                 return "locked"
             return "ok"
 
-    with ThreadPoolExecutor(max_workers=50) as pool:
-        outcomes = Counter(pool.map(guess, range(50)))
+    def via_node(i: int) -> str:
+        state, ke1 = opaque.login_start(f"wrong password {i}".encode(), os.urandom)
+        response_key = os.urandom(32)
+        sealed = envelope.seal_request(
+            fleet,
+            account,
+            envelope_pb2.VaultRequest(
+                response_key=response_key, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
+            ),
+        )
+        stub = stubs[(i // 2) % len(stubs)][0]
+        barrier.wait(timeout=60)
+        reply = stub.Open(node_pb2.OpenRequest(account_id=account, envelope=sealed), timeout=30)
+        answer = envelope.open_response(response_key, reply.sealed_response)
+        if answer.outcome == envelope_pb2.OUTCOME_LOCKED:
+            return "locked"
+        assert answer.outcome == envelope_pb2.OUTCOME_OK
+        with pytest.raises(AuthenticationError):  # the wrong password fails at KE2
+            opaque.login_finish(
+                state, answer.recover_start.ke2, opaque.OpaqueConfig(ksf=ksf_named("fast"))
+            )
+        return "invalid_password"
+
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            outcomes = Counter(
+                pool.map(lambda i: via_node(i) if i % 2 else via_frontend(i), range(50))
+            )
+    finally:
+        for _, channel in stubs:
+            channel.close()
     assert outcomes == Counter({"invalid_password": max_attempts, "locked": 50 - max_attempts})
     # Counted from the nodes' audit lines, not from the clients' view alone.
     assert evaluations(healthy_cluster) - before == max_attempts
-    nodes = {
+    touched = {
         line["node"]
-        for line in audit_lines(healthy_cluster)[-60:]
-        if line.get("event") == "evaluate"
+        for line in audit_lines(healthy_cluster)[audit_before:]
+        if line.get("event") in ("evaluate", "lock", "locked")
     }
-    assert len(nodes) >= 2, f"evaluations should be spread over nodes, got {nodes}"
+    assert len(touched) == 6, f"every vault node should have answered a guess, got {touched}"
     with client_for(healthy_cluster, key_dir, account_id=account) as c:
         with pytest.raises(Locked):
             c.recover(PASSWORD)
         assert c.status().locked
-    del key  # erased for good: only its absence is checked
 
 
 @pytest.mark.timeout(300)
@@ -257,14 +297,25 @@ def test_frontend_that_swaps_the_account_is_rejected_by_the_node(
     assert vault.recover(PASSWORD) == key
 
 
-def node_stub(cluster: Cluster) -> tuple[node_pb2_grpc.VaultNodeStub, grpc.Channel]:
-    """A stub to one vault node, authenticated with a frontend's client certificate."""
+def node_stubs(cluster: Cluster) -> list[tuple[node_pb2_grpc.VaultNodeStub, grpc.Channel]]:
+    """Stubs to every healthy vault node, authenticated with a frontend's client certificate."""
     pki = Layout(cluster.directory).pki
-    node = next(p for p in cluster.status() if p.role == "node" and p.healthy)
     creds = grpc.ssl_channel_credentials(
         root_certificates=pki.cluster_ca.cert.read_bytes(),
         private_key=pki.frontend_client("fe-1").key.read_bytes(),
         certificate_chain=pki.frontend_client("fe-1").cert.read_bytes(),
     )
-    channel = grpc.secure_channel(node.address, creds)
-    return node_pb2_grpc.VaultNodeStub(channel), channel
+    out = []
+    for node in cluster.status():
+        if node.role == "node" and node.healthy:
+            channel = grpc.secure_channel(node.address, creds)
+            out.append((node_pb2_grpc.VaultNodeStub(channel), channel))
+    return out
+
+
+def node_stub(cluster: Cluster) -> tuple[node_pb2_grpc.VaultNodeStub, grpc.Channel]:
+    """A stub to one vault node, authenticated with a frontend's client certificate."""
+    first, *rest = node_stubs(cluster)
+    for _, channel in rest:
+        channel.close()
+    return first
