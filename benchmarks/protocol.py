@@ -25,15 +25,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from bkv.v1 import envelope_pb2
+from deploy.bench import server_work
 from vault_protocol import backup_file, envelope, opaque, oprf, ristretto
-from vault_protocol.backup_key import BackupKey, seal_transport
+from vault_protocol.backup_key import BackupKey
 
-ACCOUNT = "bench-account"
+ACCOUNT = server_work.ACCOUNT
 CRED = ACCOUNT.encode()
 
 
@@ -101,84 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     rng = os.urandom
     secs = args.seconds
 
-    # Keys standing in for the fleet's token keys.
-    keys = opaque.SoftwareServerKeys.generate(rng)
-    kem = ec.generate_private_key(ec.SECP256R1())
-    pk_r = kem.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    fleet = envelope.FleetKey(pk_r)
-
-    def ecdh(enc: bytes) -> bytes:
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), enc)
-        return kem.exchange(ec.ECDH(), peer)
-
-    ticket_key = AESGCM(rng(32))
-    config = opaque.OpaqueConfig(ksf=opaque.IdentityKsf())  # the KSF runs on the client only
-
-    # A registered record.
-    reg_state, reg_req = opaque.registration_start(b"correct horse", rng)
-    reg_resp = opaque.server_registration_response(reg_req, CRED, keys)
-    record, _export = opaque.registration_finish(reg_state, reg_resp, config, rng)
-    wrapped = rng(60)
-
-    def make_login() -> tuple[bytes, bytes, bytes]:
-        st, ke1 = opaque.login_start(b"correct horse", rng)
-        ke2, sstate = opaque.server_login_start(record, CRED, ke1, keys, config, rng)
-        ke3, _sk, _ek = opaque.login_finish(st, ke2, config)
-        return ke1, ke3, sstate.expected_client_mac
-
-    ke1, ke3, expected_mac = make_login()
-    rk1, rk2 = rng(32), rng(32)
-    env1 = envelope.seal_request(
-        fleet,
-        ACCOUNT,
-        envelope_pb2.VaultRequest(
-            response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
-        ),
-    )
-    ticket_plain = rng(200)
-    ticket_nonce = rng(12)
-    ticket_ct = ticket_key.encrypt(ticket_nonce, ticket_plain, b"bkv-v1 ticket")
-    env2 = envelope.seal_request(
-        fleet,
-        ACCOUNT,
-        envelope_pb2.VaultRequest(
-            response_key=rk2,
-            recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket_ct),
-        ),
-    )
+    work = server_work.prepare(rng)  # software keys in place of the token's
+    keys, config, record, ke1, ke3 = work.keys, work.config, work.record, work.ke1, work.ke3
+    expected_mac, fleet, ecdh = work.expected_client_mac, work.fleet, work.ecdh
+    pk_r, env1, rk1 = fleet.public_key_bytes, work.envelope_start, work.response_key
+    server_recovery = work.run
     oprf_key = opaque.derive_oprf_key(keys.oprf_seed_hmac, CRED)
     blinded = oprf.blind(b"pw", rng)[1]
     point = ristretto.base_mult(ristretto.random_scalar(rng))
     scalar = ristretto.random_scalar(rng)
-
-    def server_recovery() -> None:
-        # Step 1: open KE1 envelope, KE2, seal ticket, seal response.
-        opaque_ke1 = envelope.open_request(env1, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
-        ke2, st = opaque.server_login_start(
-            record, CRED, opaque_ke1.recover_start.ke1, keys, config, rng
-        )
-        ticket_key.encrypt(rng(12), st.expected_client_mac + st.session_key + rng(72), b"t")
-        envelope.seal_response(
-            rk1,
-            envelope_pb2.VaultResponse(
-                outcome=envelope_pb2.OUTCOME_OK,
-                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket_ct),
-            ),
-            rng,
-        )
-        # Step 2: open KE3 envelope, open ticket, check MAC, transport the key, seal response.
-        req2 = envelope.open_request(env2, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
-        ticket_key.decrypt(ticket_nonce, req2.recover_finish.ticket, b"bkv-v1 ticket")
-        opaque.server_login_finish(expected_mac, ke3)
-        transported = seal_transport(st.session_key, wrapped, rng)
-        envelope.seal_response(
-            rk2,
-            envelope_pb2.VaultResponse(
-                outcome=envelope_pb2.OUTCOME_OK,
-                recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
-            ),
-            rng,
-        )
 
     with MultCounter() as counter:
         server_recovery()

@@ -36,15 +36,11 @@ import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from bkv.v1 import envelope_pb2
+from deploy.bench import server_work
 from deploy.bench.noop_server import METHOD
 from vault_node.store import grpc_target
-from vault_protocol import envelope, opaque
-from vault_protocol.backup_key import seal_transport
 
 BENCH_PREFIX = b"/bkv-bench/"
 MAX_OPS = 10_000_000
@@ -278,72 +274,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def crypto_ceiling(seconds: float, clock: Any = time.perf_counter) -> Ceiling:
     """Server-side recoveries per second on one core, software keys in place of the token."""
-    rng = os.urandom
-    account = "bench-account"
-    cred = account.encode()
-    keys = opaque.SoftwareServerKeys.generate(rng)
-    kem = ec.generate_private_key(ec.SECP256R1())
-    pk_r = kem.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    fleet = envelope.FleetKey(pk_r)
-
-    def ecdh(enc: bytes) -> bytes:
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), enc)
-        return kem.exchange(ec.ECDH(), peer)
-
-    ticket_key = AESGCM(rng(32))
-    config = opaque.OpaqueConfig(ksf=opaque.IdentityKsf())  # the KSF runs on the client only
-    reg_state, reg_req = opaque.registration_start(b"correct horse", rng)
-    reg_resp = opaque.server_registration_response(reg_req, cred, keys)
-    record, _ = opaque.registration_finish(reg_state, reg_resp, config, rng)
-    st, ke1 = opaque.login_start(b"correct horse", rng)
-    ke2_0, server_state = opaque.server_login_start(record, cred, ke1, keys, config, rng)
-    ke3 = opaque.login_finish(st, ke2_0, config)[0]
-    expected_mac = server_state.expected_client_mac
-    rk1, rk2, wrapped = rng(32), rng(32), rng(60)
-    env1 = envelope.seal_request(
-        fleet,
-        account,
-        envelope_pb2.VaultRequest(
-            response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
-        ),
-    )
-    ticket_nonce = rng(12)
-    ticket_ct = ticket_key.encrypt(ticket_nonce, rng(200), b"bkv-v1 ticket")
-    env2 = envelope.seal_request(
-        fleet,
-        account,
-        envelope_pb2.VaultRequest(
-            response_key=rk2, recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket_ct)
-        ),
-    )
-
-    def one_recovery() -> None:
-        req1 = envelope.open_request(env1, account, fleet.fleet_id, ecdh, pk_r)
-        ke2, state = opaque.server_login_start(
-            record, cred, req1.recover_start.ke1, keys, config, rng
-        )
-        ticket_key.encrypt(rng(12), state.expected_client_mac + state.session_key, b"t")
-        envelope.seal_response(
-            rk1,
-            envelope_pb2.VaultResponse(
-                outcome=envelope_pb2.OUTCOME_OK,
-                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket_ct),
-            ),
-            rng,
-        )
-        req2 = envelope.open_request(env2, account, fleet.fleet_id, ecdh, pk_r)
-        ticket_key.decrypt(ticket_nonce, req2.recover_finish.ticket, b"bkv-v1 ticket")
-        opaque.server_login_finish(expected_mac, ke3)
-        transported = seal_transport(state.session_key, wrapped, rng)
-        envelope.seal_response(
-            rk2,
-            envelope_pb2.VaultResponse(
-                outcome=envelope_pb2.OUTCOME_OK,
-                recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
-            ),
-            rng,
-        )
-
+    one_recovery = server_work.prepare(os.urandom).run
     one_recovery()  # warm up
     ops = 0
     start = clock()
