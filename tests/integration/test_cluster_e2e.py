@@ -58,16 +58,22 @@ def vault(healthy_cluster: Cluster, key_dir: Path) -> Iterator[VaultClient]:
         yield v
 
 
-def audit_lines(cluster: Cluster) -> list[dict[str, object]]:
-    lines = []
+def audit_by_node(cluster: Cluster) -> dict[str, list[dict[str, object]]]:
+    """Every node's audit lines, per audit file (one file per node)."""
+    out: dict[str, list[dict[str, object]]] = {}
     for path in sorted((cluster.directory / "logs").glob("*.audit.jsonl")):
+        lines = out.setdefault(path.name, [])
         for raw in path.read_text().splitlines():
             if raw.strip():
                 try:
                     lines.append(json.loads(raw))
                 except json.JSONDecodeError:  # a node killed mid-line leaves a torn last line
                     continue
-    return lines
+    return out
+
+
+def audit_lines(cluster: Cluster) -> list[dict[str, object]]:
+    return [line for lines in audit_by_node(cluster).values() for line in lines]
 
 
 def evaluations(cluster: Cluster) -> int:
@@ -96,7 +102,7 @@ def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) 
         key = owner.register(PASSWORD)
     assert key is not None
     before = evaluations(healthy_cluster)
-    audit_before = len(audit_lines(healthy_cluster))
+    audit_before = {name: len(lines) for name, lines in audit_by_node(healthy_cluster).items()}
     config = load_config(healthy_cluster.client_config_path)
     fleet = envelope.FleetKey.from_pem(Path(config.fleet_public_key).read_bytes())
     stubs = node_stubs(healthy_cluster)
@@ -151,7 +157,8 @@ def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) 
     assert evaluations(healthy_cluster) - before == max_attempts
     touched = {
         line["node"]
-        for line in audit_lines(healthy_cluster)[audit_before:]
+        for name, lines in audit_by_node(healthy_cluster).items()
+        for line in lines[audit_before.get(name, 0) :]
         if line.get("event") in ("evaluate", "lock", "locked")
     }
     assert len(touched) == 6, f"every vault node should have answered a guess, got {touched}"
