@@ -302,7 +302,8 @@ class VaultClient:
         self._uniform = uniform
         self._session = Session(clock_ms=clock_ms)
         self._connector = connector or GrpcConnector(config)
-        self._preferred = 0
+        # Start at a random frontend so that many clients spread over all of them.
+        self._preferred = min(int(uniform() * len(config.frontends)), len(config.frontends) - 1)
         self._account: AccountKey | None = None
         self._fleet: Any = None
         self._closed = False
