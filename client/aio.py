@@ -18,7 +18,6 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -26,18 +25,18 @@ import grpc.aio
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from client import protocol
-from client.config import ClientConfig, load_config, load_fleet_key
+from client.config import ClientConfig, load_config
+from client.core import ClientCore
 from client.errors import (
-    BadInput,
     ProtocolError,
     Unauthenticated,
     Unavailable,
     VaultError,
     error_from_status,
 )
-from client.protocol import Done, FlowContext, Outbound, Status
+from client.protocol import Done, Outbound, Status
 from client.retry import RetryPolicy, acall_with_retry
-from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
+from client.session import login_request, wall_clock_ms
 from client.vault import (
     Progress,
     channel_credentials,
@@ -45,11 +44,9 @@ from client.vault import (
     decrypt_backup,
     default_config_path,
     encrypt_backup,
-    resolve_ksf,
 )
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.ksf import Ksf
-from vault_protocol.opaque import OpaqueConfig
 
 T = TypeVar("T")
 _METHODS = ("GetChallenge", "Login", "Relay")
@@ -109,7 +106,7 @@ class AioGrpcConnector:
         self._channels.clear()
 
 
-class AsyncVaultClient:
+class AsyncVaultClient(ClientCore):
     """Asyncio client of the Backup Key Vault; arguments as `client.VaultClient`."""
 
     def __init__(
@@ -127,23 +124,19 @@ class AsyncVaultClient:
         clock_ms: Callable[[], int] = wall_clock_ms,
         connector: AsyncConnector | None = None,
     ) -> None:
-        self.config = config.validate()
-        self.account_id = account_id
-        base = Path(config.source).parent if config.source else Path.cwd()
-        self.key_dir = Path(key_dir) if key_dir is not None else base
-        self._ksf = resolve_ksf(config, ksf)
-        self._retry = retry or RetryPolicy(overall_deadline_s=config.overall_deadline_s)
-        self._rng = rng
-        self._clock = clock
+        super().__init__(
+            config,
+            account_id=account_id,
+            key_dir=key_dir,
+            ksf=ksf,
+            retry=retry,
+            rng=rng,
+            clock=clock,
+            uniform=uniform,
+            clock_ms=clock_ms,
+        )
         self._sleep = sleep
-        self._uniform = uniform
-        self._session = Session(clock_ms=clock_ms)
         self._connector = connector or AioGrpcConnector(config)
-        # Start at a random frontend so that many clients spread over all of them.
-        self._preferred = min(int(uniform() * len(config.frontends)), len(config.frontends) - 1)
-        self._account: AccountKey | None = None
-        self._fleet: Any = None
-        self._closed = False
         self._login_lock = asyncio.Lock()
 
     @classmethod
@@ -159,11 +152,6 @@ class AsyncVaultClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        return (
-            f"AsyncVaultClient(account_id={self.account_id!r}, frontends={self.config.frontends!r})"
-        )
-
     async def close(self) -> None:
         """Close every channel; the client cannot be used afterwards."""
         self._closed = True
@@ -171,21 +159,9 @@ class AsyncVaultClient:
 
     # -- accounts -------------------------------------------------------------------------------
 
-    @property
-    def account(self) -> AccountKey:
-        """The account key, loaded from `key_dir` on first use (BadInput if there is none)."""
-        if self._account is None:
-            if not self.account_id:
-                raise BadInput("no account: pass account_id (or --account / $BKV_ACCOUNT)")
-            self._account = AccountKey.load(self.key_dir, self.account_id)
-        return self._account
-
     async def create_account(self, account_id: str | None = None, *, login: bool = True) -> str:
         """As `VaultClient.create_account`."""
-        account_id = account_id or self.account_id or new_account_id()
-        self._account = AccountKey.create(self.key_dir, account_id)
-        self.account_id = account_id
-        self._session.invalidate()
+        account_id = self._new_account(account_id)
         if login:
             await self.login()
         return account_id
@@ -247,16 +223,6 @@ class AsyncVaultClient:
         return await asyncio.to_thread(lambda: decrypt_backup(src, dst, key, progress=progress))
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    def _context(self) -> FlowContext:
-        if self._fleet is None:
-            self._fleet = load_fleet_key(self.config)
-        return FlowContext(
-            fleet=self._fleet,
-            account_id=self.account.account_id,
-            opaque=OpaqueConfig(ksf=self._ksf),
-            rng=self._rng,
-        )
 
     async def _run(self, flow: protocol.Flow[T]) -> T:
         # Each step runs in a worker thread: it may run the KSF (Argon2id) for a fifth of a second.

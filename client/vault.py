@@ -33,7 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from client import protocol
-from client.config import ClientConfig, ksf_named, load_config, load_fleet_key
+from client.config import ClientConfig, load_config
+from client.core import ClientCore
 from client.errors import (
     BadInput,
     ProtocolError,
@@ -42,14 +43,13 @@ from client.errors import (
     VaultError,
     error_from_status,
 )
-from client.protocol import FlowContext, Outbound, Status
+from client.protocol import Outbound, Status
 from client.retry import RetryPolicy, call_with_retry
-from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
+from client.session import login_request, wall_clock_ms
 from vault_protocol import backup_file
 from vault_protocol import errors as vp_errors
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.ksf import Ksf
-from vault_protocol.opaque import OpaqueConfig
 
 __all__ = [
     "Connector",
@@ -93,15 +93,6 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
         return grpc.ssl_channel_credentials(root_certificates=Path(config.ca).read_bytes())
     except OSError:
         raise BadInput(f"cannot read the cluster CA {config.ca}") from None
-
-
-def resolve_ksf(config: ClientConfig, ksf: Ksf | str | None) -> Ksf:
-    """The KSF to use: an explicit object, a preset name, or the config's `ksf` preset."""
-    if ksf is None:
-        return ksf_named(config.ksf)
-    if isinstance(ksf, str):
-        return ksf_named(ksf)
-    return ksf
 
 
 class Connector(Protocol):
@@ -263,7 +254,7 @@ def decrypt_backup(
             raise BadInput(f"cannot write {dst}: {err.strerror}") from None
 
 
-class VaultClient:
+class VaultClient(ClientCore):
     """Synchronous client of the Backup Key Vault (see the module docstring for an example).
 
     config: the validated client.toml contents.
@@ -290,23 +281,19 @@ class VaultClient:
         clock_ms: Callable[[], int] = wall_clock_ms,
         connector: Connector | None = None,
     ) -> None:
-        self.config = config.validate()
-        self.account_id = account_id
-        base = Path(config.source).parent if config.source else Path.cwd()
-        self.key_dir = Path(key_dir) if key_dir is not None else base
-        self._ksf = resolve_ksf(config, ksf)
-        self._retry = retry or RetryPolicy(overall_deadline_s=config.overall_deadline_s)
-        self._rng = rng
-        self._clock = clock
+        super().__init__(
+            config,
+            account_id=account_id,
+            key_dir=key_dir,
+            ksf=ksf,
+            retry=retry,
+            rng=rng,
+            clock=clock,
+            uniform=uniform,
+            clock_ms=clock_ms,
+        )
         self._sleep = sleep
-        self._uniform = uniform
-        self._session = Session(clock_ms=clock_ms)
         self._connector = connector or GrpcConnector(config)
-        # Start at a random frontend so that many clients spread over all of them.
-        self._preferred = min(int(uniform() * len(config.frontends)), len(config.frontends) - 1)
-        self._account: AccountKey | None = None
-        self._fleet: Any = None
-        self._closed = False
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -344,9 +331,6 @@ class VaultClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"VaultClient(account_id={self.account_id!r}, frontends={self.config.frontends!r})"
-
     def close(self) -> None:
         """Close every channel; the client cannot be used afterwards."""
         self._closed = True
@@ -354,23 +338,11 @@ class VaultClient:
 
     # -- accounts -------------------------------------------------------------------------------
 
-    @property
-    def account(self) -> AccountKey:
-        """The account key, loaded from `key_dir` on first use (BadInput if there is none)."""
-        if self._account is None:
-            if not self.account_id:
-                raise BadInput("no account: pass account_id (or --account / $BKV_ACCOUNT)")
-            self._account = AccountKey.load(self.key_dir, self.account_id)
-        return self._account
-
     def create_account(self, account_id: str | None = None, *, login: bool = True) -> str:
         """Make the account's Ed25519 key (0600 file in `key_dir`) and, by default, log in once
         so the frontend binds the account id to it. Returns the account id (fresh if none given).
         """
-        account_id = account_id or self.account_id or new_account_id()
-        self._account = AccountKey.create(self.key_dir, account_id)
-        self.account_id = account_id
-        self._session.invalidate()
+        account_id = self._new_account(account_id)
         if login:
             self.login()
         return account_id
@@ -438,16 +410,6 @@ class VaultClient:
         return decrypt_backup(src, dst, key, progress=progress)
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    def _context(self) -> FlowContext:
-        if self._fleet is None:
-            self._fleet = load_fleet_key(self.config)
-        return FlowContext(
-            fleet=self._fleet,
-            account_id=self.account.account_id,
-            opaque=OpaqueConfig(ksf=self._ksf),
-            rng=self._rng,
-        )
 
     def _run(self, flow: protocol.Flow[T]) -> T:
         return protocol.run(flow, self._relay)
