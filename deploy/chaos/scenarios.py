@@ -41,6 +41,25 @@ def _window(ctx: FaultContext, kind: str, target: str, out: list[Fault]) -> Iter
         out.append(Fault(kind, target, start, ctx.now()))
 
 
+def _hold(
+    ctx: FaultContext,
+    kind: str,
+    target: str,
+    inject: Callable[[], object],
+    heal: Callable[[], object],
+    hold_s: float,
+) -> list[Fault]:
+    """Inject, hold the fault for `hold_s` (its window), heal — also when holding fails."""
+    faults: list[Fault] = []
+    try:
+        inject()
+        with _window(ctx, kind, target, faults):
+            ctx.wait(hold_s)
+    finally:
+        heal()
+    return faults
+
+
 def _processes(ctx: FaultContext, role: str) -> list[str]:
     return [p.name for p in ctx.cluster.state().processes if p.role == role]
 
@@ -51,14 +70,14 @@ class KillDc:
 
     def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
         dc = ctx.rng.choice(ctx.cluster.topology.datacenters)
-        faults: list[Fault] = []
-        try:
-            ctx.cluster.kill_dc(dc)
-            with _window(ctx, self.name, dc, faults):
-                ctx.wait(hold_s)
-        finally:
-            ctx.cluster.start_dc(dc)
-        return faults
+        return _hold(
+            ctx,
+            self.name,
+            dc,
+            lambda: ctx.cluster.kill_dc(dc),
+            lambda: ctx.cluster.start_dc(dc),
+            hold_s,
+        )
 
 
 @dataclass
@@ -69,14 +88,14 @@ class KillEtcdLeader:
         leader = ctx.cluster.etcd_leader()
         if leader is None:
             raise SkipScenario("no etcd leader found (is etcd healthy?)")
-        faults: list[Fault] = []
-        try:
-            ctx.cluster.kill(leader)
-            with _window(ctx, self.name, leader, faults):
-                ctx.wait(hold_s)
-        finally:
-            ctx.cluster.start(leader)
-        return faults
+        return _hold(
+            ctx,
+            self.name,
+            leader,
+            lambda: ctx.cluster.kill(leader),
+            lambda: ctx.cluster.start(leader),
+            hold_s,
+        )
 
 
 @dataclass
@@ -124,14 +143,14 @@ class KillFrontend:
 
     def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
         frontend = ctx.rng.choice(_processes(ctx, "frontend"))
-        faults: list[Fault] = []
-        try:
-            ctx.cluster.kill(frontend)
-            with _window(ctx, self.name, frontend, faults):
-                ctx.wait(hold_s)
-        finally:
-            ctx.cluster.start(frontend)
-        return faults
+        return _hold(
+            ctx,
+            self.name,
+            frontend,
+            lambda: ctx.cluster.kill(frontend),
+            lambda: ctx.cluster.start(frontend),
+            hold_s,
+        )
 
 
 @dataclass
@@ -147,14 +166,14 @@ class KillDuringRegister:
         in_flight = ctx.wait_until(lambda: ctx.recorder.in_flight("register") > 0, REGISTER_WAIT_S)
         if not in_flight:
             ctx.echo(f"  no registration in flight within {REGISTER_WAIT_S}s: killing anyway")
-        faults: list[Fault] = []
-        try:
-            ctx.cluster.kill(node)
-            with _window(ctx, self.name, node, faults):
-                ctx.wait(hold_s)
-        finally:
-            ctx.cluster.start(node)
-        return faults
+        return _hold(
+            ctx,
+            self.name,
+            node,
+            lambda: ctx.cluster.kill(node),
+            lambda: ctx.cluster.start(node),
+            hold_s,
+        )
 
 
 @dataclass
