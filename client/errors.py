@@ -148,6 +148,21 @@ def _retry_after_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | 
     return None
 
 
+def _never_connected(err: _StatusCarrier) -> bool:
+    """gRPC's own words for a call that found no connection to the frontend: nothing was sent.
+
+    The text comes from the local channel. A lying frontend could send it too, but it would gain
+    one more retry of a step, which it can cause anyway by replaying the envelope; the vault
+    counts every evaluation itself.
+    """
+    details = getattr(err, "details", None)
+    try:
+        text = details() if callable(details) else ""
+    except Exception:  # noqa: BLE001 - no details: assume it was sent (the safe side)
+        return False
+    return isinstance(text, str) and text.startswith("failed to connect to all addresses")
+
+
 def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
     """Map a failed gRPC call to a client error: the library's only gRPC status → error mapping.
 
@@ -177,7 +192,8 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
             return RateLimited(retry_after)
         return ProtocolError(f"request refused as too large (RESOURCE_EXHAUSTED){suffix}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"vault unavailable: {name}{suffix}")
+        sent = not (code is grpc.StatusCode.UNAVAILABLE and _never_connected(err))
+        return Unavailable(f"vault unavailable: {name}{suffix}", sent=sent)
     return ProtocolError(f"the vault rejected the request: {name}{suffix}")
 
 

@@ -130,6 +130,7 @@ class LinkProxy:
         try:
             loop.run_forever()
         finally:
+            _drain(loop)
             loop.close()
 
     async def _shutdown(self) -> None:
@@ -197,6 +198,20 @@ class LinkProxy:
                 await asyncio.sleep(fault.delay_s + jitter)
             writer.write(data)
             await writer.drain()
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Finish what the stop left behind: a connection accepted just before it has a handler
+    (or gets one once the loop runs its callbacks); cancelling that aborts the connection, so no
+    transport is left for the garbage collector to find unclosed."""
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))  # run pending callbacks (connection_made)
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 def _clean_end(task: asyncio.Task[bool]) -> bool:

@@ -139,3 +139,32 @@ def test_retry_safety_is_documented_on_every_class() -> None:
         assert "Retry" in (cls.__doc__ or ""), cls
     assert Unavailable.retry_safe and RateLimited.retry_safe
     assert not ProtocolError.retry_safe and not Locked.retry_safe
+
+
+class _Unavailable:
+    def __init__(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_call_that_found_no_connection_was_not_sent() -> None:
+    refused = _Unavailable(
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+        "Failed to connect to remote host: Connection refused"
+    )
+    error = error_from_status(refused)
+    assert isinstance(error, Unavailable) and error.sent is False
+
+
+def test_other_unavailable_answers_may_have_been_applied() -> None:
+    for details in ("Socket closed", "no vault node available", ""):
+        error = error_from_status(_Unavailable(details))
+        assert isinstance(error, Unavailable) and error.sent is True
