@@ -1,7 +1,8 @@
 """`AsyncVaultClient`: the asyncio twin of `client.VaultClient`, same behaviour and errors.
 
->>> # doctest: +SKIP
->>> async with AsyncVaultClient.from_config("client.toml", account_id="alice") as vault:
+>>> async with AsyncVaultClient.from_config(  # doctest: +SKIP
+...     "client.toml", account_id="alice"
+... ) as vault:
 ...     key = await vault.register("correct horse battery staple")
 ...     assert await vault.recover("correct horse battery staple") == key
 

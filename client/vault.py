@@ -1,7 +1,6 @@
 """`VaultClient`: the synchronous client applications embed.
 
->>> # doctest: +SKIP
->>> with VaultClient.from_config("client.toml", account_id="alice") as vault:
+>>> with VaultClient.from_config("client.toml", account_id="alice") as vault:  # doctest: +SKIP
 ...     vault.create_account()              # once: makes alice's key file (0600) and logs in
 ...     key = vault.register("correct horse battery staple")
 ...     vault.status()                      # Status(registered=True, guesses_left=10, ...)

@@ -12,6 +12,8 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+echo "== doctests"
+.venv/bin/python -m pytest -q -p no:cacheprovider --doctest-modules vault_protocol client deploy/bench
 echo "== pytest"
 # -p no:randomly is not used: tests must pass in any order; hypothesis is bounded by its profiles.
 set +e
