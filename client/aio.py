@@ -252,6 +252,7 @@ class AsyncVaultClient(ClientCore):
                     request,
                     metadata=self._session.metadata(),
                     counts_guess=outbound.step.counts_guess,
+                    finishes=outbound.step.finishes,
                 )
                 return bytes(reply.sealed_response)
             except Unauthenticated:
@@ -286,7 +287,13 @@ class AsyncVaultClient(ClientCore):
         raise Unavailable("no frontend could be reached", sent=False)
 
     async def _rpc(
-        self, method: str, request: Any, *, metadata: Any = None, counts_guess: bool = False
+        self,
+        method: str,
+        request: Any,
+        *,
+        metadata: Any = None,
+        counts_guess: bool = False,
+        finishes: bool = False,
     ) -> Any:
         if self._closed:
             raise ProtocolError("the client is closed")
@@ -297,6 +304,7 @@ class AsyncVaultClient(ClientCore):
                 lambda remaining: self._attempt(method, request, metadata, remaining),
                 self._retry,
                 counts_guess=counts_guess,
+                finishes=finishes,
                 clock=self._clock,
                 sleep=self._sleep,
                 uniform=self._uniform,

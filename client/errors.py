@@ -96,8 +96,9 @@ class Unavailable(VaultError):
     """No frontend or vault node could serve the call in time (down, no quorum, deadline).
 
     Retry: safe (transient). The library has already retried as `client.retry` describes.
-    `sent` is False when the request provably never left this process (no frontend connection),
-    so a retry cannot have counted a guess twice.
+    `sent` is False when the request cannot have counted a guess: it never left this process
+    (no frontend connection), or the vault said that it wrote nothing (a vault node that was not
+    serving, or no node reached); so a retry cannot count a guess twice.
     """
 
     retry_safe = True
@@ -148,6 +149,23 @@ def _retry_after_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | 
     return None
 
 
+def _not_applied(err: _StatusCarrier) -> bool:
+    """The frontend's `bkv-not-applied: 1` trailer: no vault node wrote anything for this call.
+
+    Trusting it is safe for the same reason as `_never_connected`: it only buys a retry, and the
+    vault nodes count every evaluation themselves.
+    """
+    try:
+        metadata = err.trailing_metadata()
+    except Exception:  # noqa: BLE001 - no metadata: assume it may have applied (the safe side)
+        return False
+    for key, value in metadata or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key.lower() == "bkv-not-applied" and text == "1":
+            return True
+    return False
+
+
 def _never_connected(err: _StatusCarrier) -> bool:
     """gRPC's own words for a call that found no connection to the frontend: nothing was sent.
 
@@ -192,7 +210,9 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
             return RateLimited(retry_after)
         return ProtocolError(f"request refused as too large (RESOURCE_EXHAUSTED){suffix}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        sent = not (code is grpc.StatusCode.UNAVAILABLE and _never_connected(err))
+        sent = not (
+            code is grpc.StatusCode.UNAVAILABLE and (_never_connected(err) or _not_applied(err))
+        )
         return Unavailable(f"vault unavailable: {name}{suffix}", sent=sent)
     return ProtocolError(f"the vault rejected the request: {name}{suffix}")
 

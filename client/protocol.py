@@ -52,6 +52,11 @@ class Step(enum.Enum):
         """True for the step that makes the vault count a password guess (retry at most once)."""
         return self is Step.RECOVER_START
 
+    @property
+    def finishes(self) -> bool:
+        """True for the second step of a flow: it waits out RateLimited (see client.retry)."""
+        return self in (Step.RECOVER_FINISH, Step.REGISTER_FINISH)
+
 
 @dataclass(frozen=True)
 class Outbound:

@@ -2,15 +2,24 @@
 
 Policy, written down as STYLE.md asks:
 
-* Only `Unavailable` is retried. Every other error (wrong password, locked, not registered,
-  rate limited, unauthenticated, protocol) goes straight back to the caller.
+* Only `Unavailable` is retried, and `RateLimited` on a step that finishes a flow. Every other
+  error (wrong password, locked, not registered, unauthenticated, protocol; rate limited on a
+  step that starts one) goes straight back to the caller.
+* A step that finishes a flow (`RecoverFinish`, `RegisterFinish`) waits out `RateLimited` (the
+  frontend's `retry_after`, plus jitter up to `base_delay_s`) and is sent again, within
+  `max_attempts`, the deadline and `max_rate_limit_wait_s` per wait: the frontend throttled it
+  before relaying, so nothing was applied, and giving up would waste the guess that the first
+  step already counted.
 * A step that counts a guess (the first recovery step, `RecoverStart`) is sent **at most twice**:
   the first try and one retry. **A retried recovery start may count a guess twice**: when the
   first attempt reached a vault node, which committed `attempts+1` before the answer was lost,
   the retry counts another one. We accept that (DESIGN.md: counting an attempt that then failed
   to answer is allowed) but never retry such a step silently more than once.
-  An attempt that failed with `Unavailable(sent=False)` (no connection to any frontend: the
-  request never left this process) cannot have counted a guess and does not use up that budget.
+  An attempt that failed with `Unavailable(sent=False)` cannot have counted a guess and does
+  not use up that budget: the request never left this process (no connection to any frontend),
+  or the answer carried `bkv-not-applied: 1` (no vault node wrote anything: the node it reached
+  was not serving, or none could be reached). Such tries are bounded by `max_attempts` and the
+  deadline like any other.
 * Every other step is tried up to `max_attempts` times in all.
 * Between tries: exponential backoff with full jitter, `delay = u * min(max_delay_s,
   base_delay_s * multiplier**n)` with `u` from an injected uniform `rng` in [0, 1), and never past
@@ -31,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from client.errors import ConfigError, Unavailable
+from client.errors import ConfigError, RateLimited, Unavailable
 
 T = TypeVar("T")
 
@@ -49,14 +58,16 @@ class RetryPolicy:
     multiplier: growth of the backoff per retry (>= 1).
     max_delay_s: cap on one backoff, before jitter.
     overall_deadline_s: no try starts later than this after the first.
+    max_rate_limit_wait_s: the longest `retry_after` a finishing step waits out.
     """
 
-    max_attempts: int = 4
+    max_attempts: int = 5
     guess_step_max_attempts: int = 2
-    base_delay_s: float = 0.05
+    base_delay_s: float = 0.1
     multiplier: float = 2.0
     max_delay_s: float = 1.0
     overall_deadline_s: float = 30.0
+    max_rate_limit_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +87,8 @@ class RetryPolicy:
             problems.append("max_delay_s must be at least base_delay_s")
         if self.overall_deadline_s <= 0:
             problems.append("overall_deadline_s must be positive")
+        if self.max_rate_limit_wait_s < 0:
+            problems.append("max_rate_limit_wait_s must not be negative")
         if problems:
             raise ConfigError("retry policy: " + "; ".join(problems))
 
@@ -95,9 +108,18 @@ class RetryState:
     True
     """
 
-    def __init__(self, policy: RetryPolicy, *, counts_guess: bool, clock: Clock, uniform: Uniform):
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        counts_guess: bool,
+        clock: Clock,
+        uniform: Uniform,
+        finishes: bool = False,
+    ):
         self._policy = policy
         self._counts_guess = counts_guess
+        self._finishes = finishes
         self._clock = clock
         self._uniform = uniform
         self._deadline = clock() + policy.overall_deadline_s
@@ -108,9 +130,11 @@ class RetryState:
         """Seconds left before the overall deadline (never negative)."""
         return max(0.0, self._deadline - self._clock())
 
-    def after_failure(self, err: Unavailable) -> float | None:
+    def after_failure(self, err: Unavailable | RateLimited) -> float | None:
         """Record a failed try; return the delay before the next one, or None to give up."""
         self._tries += 1
+        if isinstance(err, RateLimited):
+            return self._after_rate_limit(err)
         if err.sent:
             self._sent_tries += 1
         if self._tries >= self._policy.max_attempts:
@@ -118,6 +142,19 @@ class RetryState:
         if self._counts_guess and self._sent_tries >= self._policy.guess_step_max_attempts:
             return None
         delay = self._policy.backoff(self._tries - 1, self._uniform)
+        if self._clock() + delay >= self._deadline:
+            return None
+        return delay
+
+    def _after_rate_limit(self, err: RateLimited) -> float | None:
+        # Throttled before relaying: nothing applied. Only a finishing step waits it out.
+        if not self._finishes or err.retry_after is None:
+            return None
+        if self._tries >= self._policy.max_attempts:
+            return None
+        if err.retry_after > self._policy.max_rate_limit_wait_s:
+            return None
+        delay = err.retry_after + self._uniform() * self._policy.base_delay_s
         if self._clock() + delay >= self._deadline:
             return None
         return delay
@@ -131,13 +168,16 @@ def call_with_retry(
     clock: Clock = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     uniform: Uniform = random.random,
+    finishes: bool = False,
 ) -> T:
-    """Run `attempt(time_left_s)` under `policy`, retrying only `Unavailable` (sync loop)."""
-    state = RetryState(policy, counts_guess=counts_guess, clock=clock, uniform=uniform)
+    """Run `attempt(time_left_s)` under `policy`, retrying as the module says (sync loop)."""
+    state = RetryState(
+        policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
+    )
     while True:
         try:
             return attempt(state.remaining())
-        except Unavailable as err:
+        except (Unavailable, RateLimited) as err:
             delay = state.after_failure(err)
             if delay is None:
                 raise
@@ -152,13 +192,16 @@ async def acall_with_retry(
     clock: Clock = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     uniform: Uniform = random.random,
+    finishes: bool = False,
 ) -> T:
     """The asyncio twin of `call_with_retry`, with the same `RetryState` decisions."""
-    state = RetryState(policy, counts_guess=counts_guess, clock=clock, uniform=uniform)
+    state = RetryState(
+        policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
+    )
     while True:
         try:
             return await attempt(state.remaining())
-        except Unavailable as err:
+        except (Unavailable, RateLimited) as err:
             delay = state.after_failure(err)
             if delay is None:
                 raise

@@ -424,6 +424,7 @@ class VaultClient(ClientCore):
                     request,
                     metadata=self._session.metadata(),
                     counts_guess=outbound.step.counts_guess,
+                    finishes=outbound.step.finishes,
                 )
                 return bytes(reply.sealed_response)
             except Unauthenticated:
@@ -460,7 +461,13 @@ class VaultClient(ClientCore):
         raise Unavailable("no frontend could be reached", sent=False)
 
     def _rpc(
-        self, method: str, request: Any, *, metadata: Any = None, counts_guess: bool = False
+        self,
+        method: str,
+        request: Any,
+        *,
+        metadata: Any = None,
+        counts_guess: bool = False,
+        finishes: bool = False,
     ) -> Any:
         if self._closed:
             raise ProtocolError("the client is closed")
@@ -471,6 +478,7 @@ class VaultClient(ClientCore):
                 lambda remaining: self._attempt(method, request, metadata, remaining),
                 self._retry,
                 counts_guess=counts_guess,
+                finishes=finishes,
                 clock=self._clock,
                 sleep=self._sleep,
                 uniform=self._uniform,

@@ -92,6 +92,10 @@ def etcd_argv(
         "--initial-cluster-token", "bkv-" + "-".join(m.name for m in members),
         "--heartbeat-interval", str(options.etcd_heartbeat_ms),
         "--election-timeout", str(options.etcd_election_ms),
+        # A member that rejoins (start-dc, a healed partition) must not depose a working
+        # leader: with pre-vote it campaigns only when a quorum would vote for it (etcd 3.4
+        # has it off by default; 3.5 turned it on).
+        "--pre-vote",
         # Erased records must also leave etcd's history (DESIGN: auto-compaction).
         "--auto-compaction-mode", options.etcd_compaction_mode,
         "--auto-compaction-retention", options.etcd_compaction_retention,

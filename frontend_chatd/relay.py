@@ -17,8 +17,23 @@ OpenCall = Callable[[NodeInfo, node_pb2.OpenRequest, float], Awaitable[node_pb2.
 MAX_DETAIL_CHARS = 200
 
 
+# A node's UNAVAILABLE that wrote nothing carries this trailer (vault_node/server.py); so does the
+# frontend's own UNAVAILABLE when no node it tried may have applied the request.
+NOT_APPLIED_KEY = "bkv-not-applied"
+NOT_APPLIED = ((NOT_APPLIED_KEY, "1"),)
+_NEVER_CONNECTED = "failed to connect to all addresses"
+
+
 class NoNodeAvailable(Exception):
-    """No vault node is known, or every node tried was unreachable (UNAVAILABLE, retry later)."""
+    """No vault node is known, or every node tried was unreachable (UNAVAILABLE, retry later).
+
+    `maybe_applied` is False when no node can have acted on the request: none was known, none
+    accepted a connection, or each one tried said it wrote nothing.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
 
 
 class NodeTimedOut(Exception):
@@ -41,14 +56,27 @@ class NodeRejected(Exception):
 
 
 class _Unreachable(Exception):
-    """Internal: this node could not be reached; another may be tried."""
+    """Internal: this node could not be reached or is not serving; another may be tried."""
+
+    def __init__(self, message: str, *, maybe_applied: bool) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+def _wrote_nothing(error: grpc.aio.AioRpcError) -> bool:
+    """The node said it wrote nothing, or our channel never reached it."""
+    if (error.details() or "").startswith(_NEVER_CONNECTED):
+        return True
+    return any(
+        key == NOT_APPLIED_KEY and value == "1" for key, value in error.trailing_metadata() or ()
+    )
 
 
 def classify(error: grpc.aio.AioRpcError) -> Exception:
     """The one place that turns a node's gRPC status into a typed relay error."""
     code = error.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        return _Unreachable(_short(error.details()))
+        return _Unreachable(_short(error.details()), maybe_applied=not _wrote_nothing(error))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NodeTimedOut("vault node did not answer in time; the request may have been applied")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -91,6 +119,7 @@ class Relay:
         if not candidates:
             raise NoNodeAvailable("no vault node available")
         last = "no vault node available"
+        maybe_applied = False
         for node in candidates:
             try:
                 reply = await self._open(node, request, self._deadline_s)
@@ -100,9 +129,10 @@ class Relay:
                     raise error from None
                 log.warning("vault node %s (%s) unreachable: %s", node.name, node.dc, error)
                 last = f"vault node unavailable: {error}"
+                maybe_applied = maybe_applied or error.maybe_applied
                 continue
             return bytes(reply.sealed_response)
-        raise NoNodeAvailable(last)
+        raise NoNodeAvailable(last, maybe_applied=maybe_applied)
 
 
 def stub_open_call(stub_for: Callable[[NodeInfo], object]) -> OpenCall:

@@ -23,7 +23,14 @@ from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollmen
 from frontend_chatd.config import FrontendConfig
 from frontend_chatd.decode_guard import RejectUndecodable
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
-from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay, stub_open_call
+from frontend_chatd.relay import (
+    NOT_APPLIED,
+    NodeRejected,
+    NodeTimedOut,
+    NoNodeAvailable,
+    Relay,
+    stub_open_call,
+)
 from frontend_chatd.routing import (
     NodeChannels,
     NodeTable,
@@ -75,7 +82,12 @@ def to_status(error: BaseException) -> StatusReply:
         )
     if isinstance(error, RequestTooLarge):
         return StatusReply(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    if isinstance(error, AccountStoreUnavailable | NoNodeAvailable | NodeTimedOut):
+    if isinstance(error, AccountStoreUnavailable) or (
+        isinstance(error, NoNodeAvailable) and not error.maybe_applied
+    ):
+        # Nothing reached a node that could have counted an attempt: the client may retry.
+        return StatusReply(grpc.StatusCode.UNAVAILABLE, str(error), NOT_APPLIED)
+    if isinstance(error, NoNodeAvailable | NodeTimedOut):
         return StatusReply(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, NodeRejected):
         trailing = (

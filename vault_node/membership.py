@@ -1,9 +1,14 @@
 """Membership: the node's key in etcd on a lease, our own keep-alive loop, and the fail-closed gate.
 
 The node serves only while (a) its membership key is registered and (b) its last successful etcd
-round trip (grant, put or lease refresh) is younger than the lease TTL. A refresh that fails
-marks the node not-serving at once; the loop keeps refreshing (or re-granting and re-putting when
-the lease is gone) and the node serves again by itself when etcd answers.
+round trip (grant, put or lease refresh) is younger than the lease TTL. A refresh that fails is
+tried once more at once (the etcd channel balances over every member, so the second try usually
+reaches another one: one member restarting or catching up is not a lost quorum); when that fails
+too the node is not-serving until a refresh succeeds. The loop keeps refreshing (or re-granting
+and re-putting when the lease is gone) and the node serves again by itself when etcd answers.
+
+Security: the gate is defence in depth. A node that still serves during the one quick retry
+cannot evaluate a password without etcd: every evaluation first commits its attempt there.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Membership:
         monotonic: Callable[[], float],
         on_change: Callable[[bool], None] = lambda serving: None,
         retry_interval_s: float | None = None,
+        quick_retry_s: float = 0.05,
     ) -> None:
         self._store = store
         self._info = info
@@ -58,6 +64,8 @@ class Membership:
         self._retry_interval = (
             retry_interval_s if retry_interval_s is not None else min(0.5, ttl_s / 3)
         )
+        self._quick_retry = quick_retry_s
+        self._failures = 0  # consecutive failed etcd round trips
         self._lease: int | None = None
         self._registered = False
         self._last_ok: float | None = None
@@ -86,6 +94,7 @@ class Membership:
         self._lease = lease
         self._last_ok = self._now()
         self._registered = True
+        self._failures = 0
         self._report()
 
     async def step(self) -> float:
@@ -104,10 +113,18 @@ class Membership:
                 return 0.0
             self._last_ok = self._now()
             self._registered = True
+            self._failures = 0
             self._report()
             return self._refresh_interval
-        except StoreUnavailable:
-            # Fail closed at once: a node that cannot reach etcd must not evaluate passwords.
+        except StoreUnavailable as exc:
+            self._failures += 1
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "StoreUnavailable"
+            if self._failures == 1 and self._lease is not None:
+                log.info("membership refresh failed (%s); trying once more at once", cause)
+                return self._quick_retry
+            # Fail closed: a node that cannot reach etcd twice in a row must not evaluate
+            # passwords (serving() also ends by itself once the last success is a TTL old).
+            log.warning("membership refresh failed (%s): not serving", cause)
             self._registered = False
             self._report()
             return self._retry_interval

@@ -34,6 +34,7 @@ from vault_node.service import (
     TokenServerKeys,
     Unavailable,
     VaultService,
+    WriteUnconfirmed,
 )
 from vault_node.store import EtcdStore
 
@@ -44,6 +45,18 @@ MAX_MESSAGE_BYTES = 64 * 1024
 HEALTH_POLL_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# Trailing metadata on an UNAVAILABLE that wrote nothing (no attempt counted): the frontend passes
+# it on and the client may then retry even a guess-counting step (node.proto, frontend.proto).
+NOT_APPLIED = (("bkv-not-applied", "1"),)
+
+
+def trailers_for(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that goes with `status_for(exc)`."""
+    if isinstance(exc, Unavailable) and not isinstance(exc, WriteUnconfirmed):
+        return NOT_APPLIED
+    return ()
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -77,6 +90,9 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
             sealed = await self.service.handle(request.account_id, request.envelope)
         except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
             code, details = status_for(exc)
+            trailers = trailers_for(exc)
+            if trailers:
+                context.set_trailing_metadata(trailers)
             if code == grpc.StatusCode.INTERNAL:
                 # The type and the stack only: an unexpected message could quote input bytes.
                 frames = traceback.extract_tb(exc.__traceback__)

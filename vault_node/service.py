@@ -57,7 +57,15 @@ class Precondition(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """etcd has no quorum, the node is not registered, or contention (UNAVAILABLE): retry."""
+    """etcd has no quorum, the node is not serving, or contention (UNAVAILABLE): retry.
+
+    Raised as such only when this request wrote nothing (no attempt was counted), so the
+    caller may retry it freely; a write whose outcome is unknown is `WriteUnconfirmed`.
+    """
+
+
+class WriteUnconfirmed(Unavailable):
+    """etcd failed while a write of this request was in flight: it may have been applied."""
 
 
 class RecordCorrupt(ServiceError):
@@ -172,7 +180,8 @@ class VaultService:
         try:
             response = await self._dispatch(request, account, record_id)
         except StoreUnavailable as exc:
-            raise Unavailable("etcd is unavailable") from exc
+            # Writes turn their own failures into WriteUnconfirmed: this one came from a read.
+            raise Unavailable("etcd is unavailable; nothing was written") from exc
         return seal_response(request.response_key, response, self._rng)
 
     async def _dispatch(
@@ -255,6 +264,9 @@ class VaultService:
         sealed = seal_record(self._token, record_id, record, self._rng)
         try:
             revision, current = await self._store.swap(record_id, sealed, mod_revision)
+        except StoreUnavailable as exc:
+            self._records.pop(record_id)  # the outcome is unknown
+            raise WriteUnconfirmed("etcd did not confirm the write") from exc
         except BaseException:
             self._records.pop(record_id)  # the outcome is unknown
             raise
@@ -486,7 +498,10 @@ class VaultService:
                 return envelope_pb2.VaultResponse(
                     outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
                 )
-            revision = await self._store.delete(record_id, entry[1])
+            try:
+                revision = await self._store.delete(record_id, entry[1])
+            except StoreUnavailable as exc:
+                raise WriteUnconfirmed("etcd did not confirm the delete") from exc
             if revision:
                 self._audit.write("delete", record_id, revision=revision)
                 return envelope_pb2.VaultResponse(

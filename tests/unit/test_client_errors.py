@@ -89,6 +89,23 @@ def test_unparsable_retry_after_is_still_rate_limited_without_a_hint() -> None:
     assert isinstance(err, ProtocolError)  # no usable hint: treated as "too large"
 
 
+def test_unavailable_is_sent_unless_nothing_can_have_applied() -> None:
+    U = grpc.StatusCode.UNAVAILABLE
+    sent = error_from_status(FakeRpcError(U, details="connection reset"))
+    assert isinstance(sent, Unavailable) and sent.sent
+    for trailing in [(("bkv-not-applied", "1"),), (("Bkv-Not-Applied", b"1"),)]:
+        unsent = error_from_status(FakeRpcError(U, trailing))
+        assert isinstance(unsent, Unavailable) and not unsent.sent
+    refused = error_from_status(FakeRpcError(U, details="failed to connect to all addresses"))
+    assert isinstance(refused, Unavailable) and not refused.sent
+    odd = error_from_status(FakeRpcError(U, (("bkv-not-applied", "yes"),)))
+    assert isinstance(odd, Unavailable) and odd.sent
+    late = error_from_status(
+        FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, (("bkv-not-applied", "1"),))
+    )
+    assert isinstance(late, Unavailable) and late.sent  # a deadline may always have applied
+
+
 def test_server_details_are_never_copied() -> None:
     err = error_from_status(FakeRpcError(grpc.StatusCode.INTERNAL, details="secret-echo"))
     assert "secret-echo" not in str(err)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from client.errors import ConfigError, InvalidPassword, ProtocolError, Unavailable
+from client.errors import ConfigError, InvalidPassword, ProtocolError, RateLimited, Unavailable
 from client.retry import RetryPolicy, acall_with_retry, call_with_retry
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
@@ -40,11 +40,19 @@ def _failing(errors: list[BaseException], result: str = "ok"):  # type: ignore[n
     return attempt, calls
 
 
-def _run(attempt, policy: RetryPolicy, t: FakeTime, counts_guess: bool, u: float = 0.5):  # type: ignore[no-untyped-def]
+def _run(
+    attempt,
+    policy: RetryPolicy,
+    t: FakeTime,
+    counts_guess: bool,
+    u: float = 0.5,
+    finishes: bool = False,
+):  # type: ignore[no-untyped-def]
     return call_with_retry(
         attempt,
         policy,
         counts_guess=counts_guess,
+        finishes=finishes,
         clock=t.clock,
         sleep=t.sleep,
         uniform=lambda: u,
@@ -87,6 +95,52 @@ def test_unsent_tries_do_not_use_up_the_guess_budget() -> None:
     attempt, calls = _failing([Unavailable(sent=False), Unavailable(sent=False), Unavailable()])
     assert _run(attempt, RetryPolicy(max_attempts=10), t, counts_guess=True) == "ok"
     assert len(calls) == 4
+
+
+def test_a_guess_step_the_vault_did_not_apply_is_retried_like_any_other() -> None:
+    # UNAVAILABLE with bkv-not-applied (a node that was not serving) maps to sent=False.
+    t = FakeTime()
+    attempt, calls = _failing([Unavailable(sent=False)] * 10)
+    with pytest.raises(Unavailable):
+        _run(attempt, RetryPolicy(max_attempts=5), t, counts_guess=True)
+    assert len(calls) == 5
+
+
+def test_a_finishing_step_waits_out_rate_limits() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([RateLimited(0.4), RateLimited(0.2)])
+    policy = RetryPolicy(base_delay_s=0.1)
+    assert _run(attempt, policy, t, counts_guess=False, finishes=True, u=0.5) == "ok"
+    assert len(calls) == 3
+    assert t.sleeps == pytest.approx([0.45, 0.25])  # retry_after plus jitter
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RateLimited(None), RateLimited(11.0)],  # no hint; longer than max_rate_limit_wait_s
+)
+def test_a_finishing_step_gives_up_on_unusable_rate_limits(error: RateLimited) -> None:
+    t = FakeTime()
+    attempt, calls = _failing([error])
+    with pytest.raises(RateLimited):
+        _run(attempt, RetryPolicy(max_rate_limit_wait_s=10.0), t, False, finishes=True)
+    assert len(calls) == 1 and t.sleeps == []
+
+
+def test_a_finishing_step_waits_out_rate_limits_at_most_max_attempts_times() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([RateLimited(0.1)] * 10)
+    with pytest.raises(RateLimited):
+        _run(attempt, RetryPolicy(max_attempts=3), t, False, finishes=True)
+    assert len(calls) == 3
+
+
+def test_a_starting_step_returns_rate_limits_to_the_caller() -> None:
+    t = FakeTime()
+    attempt, calls = _failing([RateLimited(0.1)])
+    with pytest.raises(RateLimited):
+        _run(attempt, RetryPolicy(), t, counts_guess=True)
+    assert len(calls) == 1 and t.sleeps == []
 
 
 @pytest.mark.parametrize(
@@ -142,4 +196,4 @@ def test_async_loop_makes_the_same_decisions() -> None:
 
     with pytest.raises(Unavailable):
         asyncio.run(go())
-    assert len(calls) == 2 and t.sleeps == [0.025]
+    assert len(calls) == 2 and t.sleeps == [0.05]

@@ -43,6 +43,8 @@ class FakeFrontends:
         self.down: set[str] = set()  # no connection: ready() is False
         self.unavailable: dict[str, int] = {}  # address -> how many calls answer UNAVAILABLE
         self.rate_limited = False
+        self.limited_relays: set[int] = set()  # numbers (from 1) of Relay calls to throttle
+        self.relays = 0
         self.accounts: dict[str, bytes] = {}
         self.tokens: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
@@ -74,7 +76,9 @@ class FakeFrontends:
         if self.unavailable.get(address, 0) > 0:
             self.unavailable[address] -= 1
             raise FakeRpcError(grpc.StatusCode.UNAVAILABLE)
-        if self.rate_limited:
+        if method == "Relay":
+            self.relays += 1
+        if self.rate_limited or (method == "Relay" and self.relays in self.limited_relays):
             raise FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, (("retry-after-ms", "500"),))
         if method == "GetChallenge":
             return frontend_pb2.ChallengeReply(challenge=b"c" * 32)
@@ -263,7 +267,7 @@ def test_other_steps_are_retried_a_few_times(
     config: ClientConfig, frontends: FakeFrontends
 ) -> None:
     t = Sleeps()
-    with _client(config, frontends, time=t, retry=RetryPolicy(max_attempts=4)) as client:
+    with _client(config, frontends, time=t, retry=RetryPolicy(max_attempts=4, base_delay_s=0.05)) as client:
         client.create_account()
         frontends.calls.clear()
         frontends.unavailable = {FE[0]: 100, FE[1]: 100}
@@ -302,6 +306,34 @@ def test_rate_limited_is_not_retried(config: ClientConfig, frontends: FakeFronte
         with pytest.raises(RateLimited) as info:
             client.status()
         assert info.value.retry_after == 0.5 and len(frontends.calls) == 1
+
+
+def test_a_throttled_recovery_finish_is_waited_out_so_no_guess_is_wasted(
+    config: ClientConfig, frontends: FakeFrontends
+) -> None:
+    t = Sleeps()
+    with _client(config, frontends, time=t) as client:
+        client.create_account()
+        key = client.register(PASSWORD, max_attempts=4)
+        frontends.relays = 0
+        frontends.limited_relays = {2, 3}  # the finish of the recovery, twice
+        assert client.recover(PASSWORD) == key
+        assert frontends.relays == 4 and t.slept == [0.55, 0.55]  # retry_after + jitter
+        assert client.status().guesses_left == 4  # the counted attempt was redeemed
+
+
+def test_a_throttled_recovery_start_goes_back_to_the_caller(
+    config: ClientConfig, frontends: FakeFrontends
+) -> None:
+    t = Sleeps()
+    with _client(config, frontends, time=t) as client:
+        client.create_account()
+        client.register(PASSWORD)
+        frontends.relays = 0
+        frontends.limited_relays = {1}
+        with pytest.raises(RateLimited):
+            client.recover(PASSWORD)
+        assert frontends.relays == 1 and t.slept == []
 
 
 def test_session_refreshes_before_expiry() -> None:
@@ -375,6 +407,11 @@ def test_async_client_round_trip(config: ClientConfig, frontends: FakeFrontends)
             with pytest.raises(Unavailable):
                 await client.recover(PASSWORD)
             assert len(frontends.calls) == 2  # at most one retry of the guess-counting step
+            frontends.unavailable = {}
+            frontends.relays = 0
+            frontends.limited_relays = {2}  # the recovery's finish is throttled once
+            assert await client.recover(PASSWORD) == key
+            assert frontends.relays == 3 and t.slept[-1] == 0.55
             assert await asyncio.to_thread(lambda: True)
 
     asyncio.run(go())

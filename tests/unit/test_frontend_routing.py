@@ -275,6 +275,22 @@ def test_relay_retries_once_on_unavailable() -> None:
     assert isinstance(result, NoNodeAvailable) and calls == ["a1"]
 
 
+def test_relay_says_not_applied_only_when_no_node_may_have_acted() -> None:
+    idle = rpc_error(grpc.StatusCode.UNAVAILABLE, "not serving", [("bkv-not-applied", "1")])
+    refused = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; x")
+    lost = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection reset")  # may have applied
+    for first, second, maybe in [
+        (idle, idle, False),
+        (refused, idle, False),
+        (idle, lost, True),
+        (lost, refused, True),
+    ]:
+        result, _ = run_relay([A1, B1], {"a1": first, "b1": second})
+        assert isinstance(result, NoNodeAvailable) and result.maybe_applied is maybe
+        trailing = to_status(result).trailing
+        assert trailing == (() if maybe else (("bkv-not-applied", "1"),))
+
+
 def test_relay_passes_node_statuses_without_retry() -> None:
     for code in [
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -312,7 +328,10 @@ def test_status_mapping() -> None:
     assert limited.trailing == (("retry-after-ms", "250"),)
     assert to_status(RequestTooLarge("x")).code == S.RESOURCE_EXHAUSTED
     assert to_status(NoNodeAvailable("x")).code == S.UNAVAILABLE
+    assert to_status(NoNodeAvailable("x")).trailing == (("bkv-not-applied", "1"),)
+    assert to_status(NoNodeAvailable("x", maybe_applied=True)).trailing == ()
     assert to_status(NodeTimedOut("x")).code == S.UNAVAILABLE
+    assert to_status(NodeTimedOut("x")).trailing == ()  # it may have been applied
     from frontend_chatd.relay import NodeStatus
 
     rejected = to_status(NodeRejected(NodeStatus(S.FAILED_PRECONDITION, "stale ticket")))

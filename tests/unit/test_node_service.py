@@ -18,6 +18,7 @@ from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node import records
 from vault_node.audit import MemoryAudit
 from vault_node.records import open_record, seal_record
+from vault_node.server import NOT_APPLIED, trailers_for
 from vault_node.service import (
     BadRequest,
     Precondition,
@@ -26,6 +27,7 @@ from vault_node.service import (
     TokenServerKeys,
     Unavailable,
     VaultService,
+    WriteUnconfirmed,
 )
 from vault_node.store import MemoryRecordStore, StoreUnavailable
 from vault_protocol import opaque
@@ -360,7 +362,9 @@ class FailingPuts(MemoryRecordStore):
         return await super().put(record_id, value, expected_mod_revision)
 
 
-@pytest.mark.parametrize(("mode", "error"), [("raise", Unavailable), ("conflict", Unavailable)])
+@pytest.mark.parametrize(
+    ("mode", "error"), [("raise", WriteUnconfirmed), ("conflict", Unavailable)]
+)
 def test_no_evaluation_when_the_attempt_cannot_be_committed(mode: str, error: type) -> None:
     async def go() -> None:
         store = FailingPuts()
@@ -368,8 +372,11 @@ def test_no_evaluation_when_the_attempt_cannot_be_committed(mode: str, error: ty
         await h.register(b"pw")
         h.log.clear()
         store.mode = mode
-        with pytest.raises(error):
+        with pytest.raises(error) as info:
             await h.start(b"pw")
+        # Only a write in flight may have applied; the client may retry the others freely.
+        assert isinstance(info.value, WriteUnconfirmed) == (mode == "raise")
+        assert trailers_for(info.value) == (() if mode == "raise" else NOT_APPLIED)
         assert h.evaluations() == 0 and "evaluate" not in h.log
         assert h.record().attempts == 0
 
@@ -606,8 +613,9 @@ def test_not_serving_answers_unavailable() -> None:
         h.serving = False
         with pytest.raises(Unavailable):
             await h.status()
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as info:
             await h.start(b"pw")
+        assert trailers_for(info.value) == NOT_APPLIED  # nothing written: the client may retry
         assert h.evaluations() == 0
 
     run(go())

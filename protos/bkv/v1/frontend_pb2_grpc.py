@@ -67,7 +67,10 @@ class FrontendServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Relay(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """UNAVAILABLE with trailing metadata "bkv-not-applied: 1": no vault node can have acted on
+        the envelope (none reachable, or each one tried said so); a client may retry even a step
+        that counts a guess. RESOURCE_EXHAUSTED with "retry-after-ms": throttled before relaying.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -45,7 +45,10 @@ class VaultNodeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Open(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """UNAVAILABLE with trailing metadata "bkv-not-applied: 1" means this request wrote nothing
+        (the node was not serving, or could not read etcd, or lost every compare-and-swap race): no
+        attempt was counted. Without it, an UNAVAILABLE may have been applied.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
