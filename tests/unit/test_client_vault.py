@@ -267,7 +267,9 @@ def test_other_steps_are_retried_a_few_times(
     config: ClientConfig, frontends: FakeFrontends
 ) -> None:
     t = Sleeps()
-    with _client(config, frontends, time=t, retry=RetryPolicy(max_attempts=4, base_delay_s=0.05)) as client:
+    with _client(
+        config, frontends, time=t, retry=RetryPolicy(max_attempts=4, base_delay_s=0.05)
+    ) as client:
         client.create_account()
         frontends.calls.clear()
         frontends.unavailable = {FE[0]: 100, FE[1]: 100}
