@@ -13,7 +13,7 @@ bkv [--config FILE] [--account ID] [--key-dir DIR] [--json] COMMAND
 
 `--config` defaults to `$BKV_CONFIG`, then `./client.toml`; `--account` to `$BKV_ACCOUNT`; the
 account key file lives beside the config unless `--key-dir`. Hidden: `--ksf fast` (or
-`$BKV_KSF=fast`) uses a much weaker Argon2id (t=1, p=1, 8 MiB) — load tests only.
+`$BKV_KSF=fast`) uses a much weaker Argon2id (t=1, p=1, 256 KiB) — load tests only.
 
 Exit codes: 0 success; 2 usage or bad input; 3 wrong password; 4 locked; 5 not registered;
 6 unavailable or rate limited; 7 authentication failed; 1 anything else.

@@ -10,7 +10,7 @@ fleet_id = "hex of 16 bytes"                          # must match the key above
 # insecure = true                                     # plaintext gRPC: tests only
 
 [client]                                              # optional, every field has a default
-ksf = "default"            # "default" = Argon2id t=3 p=4 64 MiB; "fast" = t=1 p=1 8 MiB (WEAKER)
+ksf = "default"            # "default" = Argon2id t=3 p=4 64 MiB; "fast" = t=1 p=1 256 KiB (WEAKER)
 call_timeout_s = 15.0      # deadline of one RPC
 connect_timeout_s = 1.0    # how long to wait for one frontend's connection before the next
 overall_deadline_s = 30.0  # no retry starts later than this after the first try
@@ -48,18 +48,18 @@ def ksf_named(name: str) -> Ksf:
     """The client KSF preset called `name`.
 
     "default": Argon2id t=3, p=4, m=64 MiB (RFC 9106's second recommended setting).
-    "fast": Argon2id t=1, p=1, m=8 MiB — far cheaper to brute-force if a vault record ever
+    "fast": Argon2id t=1, p=1, m=256 KiB — far cheaper to brute-force if a vault record ever
     leaked together with the OPRF key; for load tests only, never for real users.
 
     >>> ksf_named("fast").memory_kib
-    8192
+    256
     """
     from vault_protocol.ksf import Argon2idKsf
 
     if name == "default":
         return Argon2idKsf()
     if name == "fast":
-        return Argon2idKsf(time_cost=1, lanes=1, memory_kib=8192)
+        return Argon2idKsf(time_cost=1, lanes=1, memory_kib=256)
     raise ConfigError(f"ksf must be one of {', '.join(KSF_NAMES)}")
 
 

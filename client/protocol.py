@@ -57,6 +57,11 @@ class Step(enum.Enum):
         """True for the second step of a flow: it waits out RateLimited (see client.retry)."""
         return self in (Step.RECOVER_FINISH, Step.REGISTER_FINISH)
 
+    @property
+    def runs_ksf_next(self) -> bool:
+        """True when the flow runs the KSF on this step's answer (keep that off an event loop)."""
+        return self in (Step.RECOVER_START, Step.REGISTER_START)
+
 
 @dataclass(frozen=True)
 class Outbound:

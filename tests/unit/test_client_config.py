@@ -64,7 +64,7 @@ def test_missing_and_unparsable_files(tmp_path: Path) -> None:
 def test_ksf_presets() -> None:
     fast = ksf_named("fast")
     default = ksf_named("default")
-    assert (fast.time_cost, fast.lanes, fast.memory_kib) == (1, 1, 8192)  # type: ignore[attr-defined]
+    assert (fast.time_cost, fast.lanes, fast.memory_kib) == (1, 1, 256)  # type: ignore[attr-defined]
     assert (default.time_cost, default.lanes, default.memory_kib) == (3, 4, 65536)  # type: ignore[attr-defined]
     with pytest.raises(ConfigError):
         ksf_named("turbo")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -418,6 +419,35 @@ def test_async_client_round_trip(config: ClientConfig, frontends: FakeFrontends)
 
     asyncio.run(go())
     assert frontends.closed
+
+
+class ThreadRecordingKsf(IdentityKsf):
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def stretch(self, data: bytes) -> bytes:
+        self.threads.append(threading.get_ident())
+        return super().stretch(data)
+
+
+def test_async_client_never_runs_the_ksf_on_the_event_loop(
+    config: ClientConfig, frontends: FakeFrontends
+) -> None:
+    ksf = ThreadRecordingKsf()
+
+    async def go() -> int:
+        async with AsyncVaultClient(
+            config, account_id="carol", ksf=ksf, connector=AsyncFakeFrontends(frontends)
+        ) as client:
+            await client.create_account()
+            key = await client.register(PASSWORD)
+            assert await client.recover(PASSWORD) == key
+            with pytest.raises(InvalidPassword):
+                await client.recover("nope")
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(go())
+    assert len(ksf.threads) == 3 and loop_thread not in ksf.threads
 
 
 def test_account_key_load_refuses_a_key_others_can_read(tmp_path: Path) -> None:
