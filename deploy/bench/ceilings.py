@@ -1,9 +1,11 @@
 """The machine's ceilings, measured in the same run as the cluster figures.
 
-* `etcd_cas_ceiling`: compare-and-swap increments against the cluster's etcd with aetcd, dialled
-  as the vault nodes dial it, one key per worker under a bench prefix (deleted afterwards). One
-  "CAS transaction" = a linearizable read of the key's mod_revision plus a transaction comparing
-  it, exactly the pair a vault node runs per recovery step.
+* `etcd_cas_ceiling`: compare-and-swap transactions against the cluster's etcd with aetcd, dialled
+  as the vault nodes dial it, one key per worker under a bench prefix (deleted afterwards), each
+  shaped as a vault node's record write (`vault_node.store.EtcdStore.swap`): one transaction that
+  compares the key's mod_revision with the one the worker's previous commit returned, puts a
+  record-sized value, and reads the key in its failure branch. That is one etcd round trip, as a
+  node with its record cache makes per recovery step.
 * `grpc_ceiling`: unary calls through a no-op TLS service (`deploy.bench.noop_server`, its own
   process) with envelope-sized messages.
 * `crypto_ceiling`: the server-side cryptography of one recovery (two envelope opens, OPRF,
@@ -46,6 +48,7 @@ BENCH_PREFIX = b"/bkv-bench/"
 MAX_OPS = 10_000_000
 REQUEST_BYTES = 1100  # a sealed envelope padded to the 1024-byte bucket, plus HPKE overhead
 REPLY_BYTES = 600
+CAS_VALUE_BYTES = 322  # a sealed record as a node writes it (measured in etcd)
 
 # PKCS#11 calls a vault node makes per successful recovery (vault_node/service.py) in the steady
 # state: the record id is cached per account, and the node the frontend routes the account to
@@ -121,26 +124,32 @@ def etcd_client(endpoints: Sequence[str], timeout_s: float = 2.0) -> aetcd.Clien
 
 
 async def etcd_cas_ceiling(endpoints: Sequence[str], concurrency: int, seconds: float) -> Ceiling:
-    """CAS increments (read mod_revision + compare-and-put), one key per worker."""
+    """CAS transactions shaped as a vault node's record write, one key per worker."""
     prefix = BENCH_PREFIX + secrets.token_hex(4).encode() + b"/cas/"
     client = etcd_client(endpoints)
     conflicts = 0
+    value = os.urandom(CAS_VALUE_BYTES)  # the size of a sealed record
+    revisions: dict[int, int] = {}
     try:
         for i in range(concurrency):
-            await client.put(prefix + str(i).encode(), b"0")
+            await client.put(prefix + str(i).encode(), value)
+            current: Any = await client.get(prefix + str(i).encode(), serializable=False)
+            revisions[i] = int(current.mod_revision)
 
         async def step(index: int) -> None:
             nonlocal conflicts
             key = prefix + str(index).encode()
-            current: Any = await client.get(key, serializable=False)
             tx = client.transactions
-            succeeded, _ = await client.transaction(
-                compare=[tx.mod(key) == int(current.mod_revision)],
-                success=[tx.put(key, str(int(current.value) + 1).encode())],
-                failure=[],
+            succeeded, responses = await client.transaction(
+                compare=[tx.mod(key) == revisions[index]],
+                success=[tx.put(key, value)],
+                failure=[tx.get(key)],
             )
-            if not succeeded:
+            if succeeded:
+                revisions[index] = int(responses[0].response_put.header.revision)
+            else:  # not expected (one key per worker); the failure branch says where it is
                 conflicts += 1
+                revisions[index] = int(responses[0][0][1].mod_revision)
 
         ok, errors, elapsed = await _timed_workers(concurrency, seconds, step)
     finally:

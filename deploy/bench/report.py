@@ -182,7 +182,7 @@ def ceilings_text(report: Mapping[str, Any]) -> str:
         return ""
     lines = [
         "ceilings (same machine, same run):",
-        f"  etcd CAS (read + compare-and-put)  {c.get('etcd_cas_per_s', 0):9.1f} /s",
+        f"  etcd CAS (one txn per write)       {c.get('etcd_cas_per_s', 0):9.1f} /s",
         f"  unary gRPC over TLS (no-op)        {c.get('grpc_calls_per_s', 0):9.1f} /s",
         f"  server crypto per recovery, 1 core {c.get('crypto_recoveries_per_s', 0):9.1f} /s",
         f"successful recoveries: {v['recoveries_per_s']:.1f} /s",
