@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -95,6 +96,48 @@ def _short(details: str | None) -> str:
     return text[:MAX_DETAIL_CHARS] or "vault node error"
 
 
+SUSPECT_COOLDOWN_S = 5.0
+
+
+class Suspects:
+    """Nodes that recently timed out or could not be reached: tried last for a while.
+
+    A vault node that hangs (a SIGSTOP, a stalled VM) keeps its membership key until its lease
+    expires, and account affinity would keep sending the same accounts to it. Marking it after
+    one timeout sends the next requests (the client's retry included) to the next node in the
+    plan instead. Routing is never trusted for safety, so this only moves load.
+    """
+
+    def __init__(self, clock: Callable[[], float], cooldown_s: float = SUSPECT_COOLDOWN_S) -> None:
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        self._until: dict[str, float] = {}
+
+    def mark(self, node: NodeInfo) -> None:
+        self._until[node.name] = self._clock() + self._cooldown_s
+
+    def clear(self, node: NodeInfo) -> None:
+        self._until.pop(node.name, None)
+
+    def suspected(self, node: NodeInfo) -> bool:
+        until = self._until.get(node.name)
+        if until is None:
+            return False
+        if self._clock() >= until:
+            del self._until[node.name]  # the cool-down is over: back in its place
+            return False
+        return True
+
+    def order(self, plan: list[NodeInfo]) -> list[NodeInfo]:
+        """`plan` with suspected nodes moved to the end, each group in its own order."""
+        if not self._until:
+            return plan
+        suspected = [self.suspected(node) for node in plan]
+        return [n for n, s in zip(plan, suspected, strict=True) if not s] + [
+            n for n, s in zip(plan, suspected, strict=True) if s
+        ]
+
+
 class Relay:
     """Forwards Open(account_id, envelope) to nodes in the routing plan's order."""
 
@@ -103,10 +146,12 @@ class Relay:
         plan: Callable[[str], list[NodeInfo]],
         open_call: OpenCall,
         deadline_s: float,
+        suspects: Suspects | None = None,
     ) -> None:
         self._plan = plan
         self._open = open_call
         self._deadline_s = deadline_s
+        self._suspects = suspects if suspects is not None else Suspects(time.monotonic)
 
     async def relay(self, account_id: str, envelope: bytes) -> bytes:
         """The node's sealed response; raises NoNodeAvailable, NodeTimedOut or NodeRejected."""
@@ -115,7 +160,7 @@ class Relay:
         request = node_pb2.OpenRequest(account_id=account_id, envelope=envelope)
         # At most one retry, and only when the node could not be reached. Safe for the guess
         # limit: a node commits the attempt before evaluating, so a retry at most counts twice.
-        candidates = self._plan(account_id)[:2]
+        candidates = self._suspects.order(self._plan(account_id))[:2]
         if not candidates:
             raise NoNodeAvailable("no vault node available")
         last = "no vault node available"
@@ -125,12 +170,15 @@ class Relay:
                 reply = await self._open(node, request, self._deadline_s)
             except grpc.aio.AioRpcError as e:
                 error = classify(e)
+                if isinstance(error, _Unreachable | NodeTimedOut):
+                    self._suspects.mark(node)
                 if not isinstance(error, _Unreachable):
                     raise error from None
                 log.warning("vault node %s (%s) unreachable: %s", node.name, node.dc, error)
                 last = f"vault node unavailable: {error}"
                 maybe_applied = maybe_applied or error.maybe_applied
                 continue
+            self._suspects.clear(node)
             return bytes(reply.sealed_response)
         raise NoNodeAvailable(last, maybe_applied=maybe_applied)
 

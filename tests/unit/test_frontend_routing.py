@@ -13,7 +13,7 @@ import pytest
 
 from bkv.v1 import node_pb2
 from frontend_chatd.ratelimit import RateLimited
-from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay
+from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay, Suspects
 from frontend_chatd.routing import (
     NodeInfo,
     NodeTable,
@@ -242,7 +242,9 @@ def rpc_error(code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> g
     )
 
 
-def run_relay(plan: list[NodeInfo], outcomes: dict[str, Any]) -> tuple[Any, list[str]]:
+def run_relay(
+    plan: list[NodeInfo], outcomes: dict[str, Any], suspects: Suspects | None = None
+) -> tuple[Any, list[str]]:
     calls: list[str] = []
 
     async def open_call(node: NodeInfo, request: node_pb2.OpenRequest, timeout: float) -> Any:
@@ -253,7 +255,7 @@ def run_relay(plan: list[NodeInfo], outcomes: dict[str, Any]) -> tuple[Any, list
             raise outcome
         return node_pb2.OpenReply(sealed_response=outcome)
 
-    relay = Relay(lambda _account: list(plan), open_call, 2.0)
+    relay = Relay(lambda _account: list(plan), open_call, 2.0, suspects)
     try:
         return asyncio.run(relay.relay("alice", b"env")), calls
     except (NoNodeAvailable, NodeTimedOut, NodeRejected) as e:
@@ -289,6 +291,54 @@ def test_relay_says_not_applied_only_when_no_node_may_have_acted() -> None:
         assert isinstance(result, NoNodeAvailable) and result.maybe_applied is maybe
         trailing = to_status(result).trailing
         assert trailing == (() if maybe else (("bkv-not-applied", "1"),))
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_suspects_go_last_until_their_cool_down_ends() -> None:
+    clock = Ticks()
+    suspects = Suspects(clock, cooldown_s=5.0)
+    assert suspects.order([A1, A2, B1]) == [A1, A2, B1]
+    suspects.mark(A1)
+    suspects.mark(A2)
+    assert suspects.order([A1, A2, B1, C1]) == [B1, C1, A1, A2]
+    clock.now = 4.9
+    assert suspects.order([A1, B1]) == [B1, A1]
+    suspects.clear(A2)
+    assert suspects.order([A2, B1]) == [A2, B1]
+    clock.now = 5.0
+    assert suspects.order([A1, B1]) == [A1, B1]  # cool-down over
+
+
+def test_a_node_that_timed_out_is_tried_last_by_the_next_requests() -> None:
+    clock = Ticks()
+    suspects = Suspects(clock, cooldown_s=5.0)
+    timeout = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
+    result, calls = run_relay([A1, A2, B1], {"a1": timeout, "a2": b"ok"}, suspects)
+    assert isinstance(result, NodeTimedOut) and calls == ["a1"]  # may have applied: no retry
+    result, calls = run_relay([A1, A2, B1], {"a1": b"never", "a2": b"ok"}, suspects)
+    assert result == b"ok" and calls == ["a2"]  # the client's retry goes elsewhere
+    clock.now = 6.0
+    result, calls = run_relay([A1, A2, B1], {"a1": b"back", "a2": b"ok"}, suspects)
+    assert result == b"back" and calls == ["a1"]
+
+
+def test_an_unreachable_node_is_suspected_and_a_success_clears_it() -> None:
+    clock = Ticks()
+    suspects = Suspects(clock, cooldown_s=5.0)
+    down = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    result, calls = run_relay([A1, A2], {"a1": down, "a2": b"ok"}, suspects)
+    assert result == b"ok" and calls == ["a1", "a2"]
+    assert suspects.suspected(A1) and not suspects.suspected(A2)
+    result, calls = run_relay([A2, A1], {"a2": down, "a1": b"ok"}, suspects)
+    assert result == b"ok" and calls == ["a2", "a1"]  # suspected a1 still beats nothing
+    assert not suspects.suspected(A1) and suspects.suspected(A2)
 
 
 def test_relay_passes_node_statuses_without_retry() -> None:
