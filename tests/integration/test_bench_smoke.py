@@ -56,3 +56,23 @@ def test_open_loop(tmp_path: Path, cluster: Cluster) -> None:
     doc = run(tmp_path, cluster, "--count", "20", "--rate", "20")
     check_counts(doc, 20)
     assert doc["config"]["mode"] == "open" and doc["config"]["rate_per_s"] == 20
+
+
+@pytest.mark.timeout(240)
+def test_curves_on_the_cluster_and_one_node_count(tmp_path: Path, cluster: Cluster) -> None:
+    """`python -m deploy.bench.curves`: a two-point client sweep on the session cluster, the open
+    loop at half its peak, and a one-node cluster started and stopped for the node sweep."""
+    from deploy.bench import curves
+
+    out = tmp_path / "curves"
+    argv = ["--config", str(cluster.client_config_path), "--clients", "1,2", "--nodes", "1",
+            "--no-fsync", "--count", "6", "--accounts", "4", "--out", str(out)]  # fmt: skip
+    assert curves.main(argv) == 0
+    (result_dir,) = out.iterdir()
+    result = json.loads((result_dir / "curves.json").read_text())
+    assert (result_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p["concurrency"] for p in result["clients"]] == [1, 2]
+    assert all(p["count"] == 6 and p["ok"] == 6 for p in result["clients"])
+    assert result["open_loop"]["count"] == 6 and result["open_loop"]["rate_per_s"] >= 1.0
+    assert [(p["nodes"], p["ok"]) for p in result["nodes"]] == [(1, 6)]
+    assert len(list(result_dir.glob("runs/*/*/bench.json"))) == 4

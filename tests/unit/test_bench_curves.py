@@ -1,0 +1,125 @@
+"""deploy.bench.curves without a cluster: config checks, the sweep's plan, files written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.bench import curves
+from deploy.bench.curves import CurvesConfig, CurvesError, open_loop_rate, parse_ints
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+
+def test_config_reports_every_problem_at_once() -> None:
+    with pytest.raises(CurvesError) as info:
+        CurvesConfig(clients=(0,), nodes=(99,), seconds=None, count=None, open_loop_fraction=2)
+    text = str(info.value)
+    for needle in ("--clients", "--nodes", "--seconds or --count", "--open-loop-fraction"):
+        assert needle in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1,2,4", (1, 2, 4)), ("none", ()), ("", ()), ("8", (8,))]
+)
+def test_parse_ints(text: str, expected: tuple[int, ...]) -> None:
+    assert parse_ints(text, "--clients") == expected
+
+
+def test_parse_ints_refuses_garbage() -> None:
+    with pytest.raises(CurvesError, match="comma-separated"):
+        parse_ints("1,two", "--clients")
+
+
+def test_open_loop_rate_is_a_fraction_of_the_peak_and_never_zero() -> None:
+    assert open_loop_rate(80.0, 0.5) == 40.0
+    assert open_loop_rate(0.4, 0.5) == 1.0
+
+
+class FakeBench:
+    """Writes a bench.json whose throughput depends on the arguments; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> int:
+        args = list(argv)
+        self.calls.append(args)
+        concurrency = int(args[args.index("--concurrency") + 1])
+        nodes = int(args[args.index("--nodes") + 1]) if "--nodes" in args else 6
+        rate = float(args[args.index("--rate") + 1]) if "--rate" in args else 0.0
+        throughput = rate or min(10.0 * concurrency, 80.0) + nodes
+        p99 = 30.0 if rate else 20.0 * concurrency
+        doc: dict[str, Any] = {
+            "ops": {
+                "recover": {
+                    "count": 10,
+                    "ok": 10,
+                    "errors": {},
+                    "throughput_per_s": throughput,
+                    "latency_ms": {
+                        "p50": p99 / 2,
+                        "p90": p99 * 0.8,
+                        "p99": p99,
+                        "p999": p99 + 1,
+                        "max": p99 + 2,
+                    },
+                }
+            },
+            "config": {"fsync": True, "nodes": nodes},
+        }
+        out = Path(args[args.index("--out") + 1]) / "20261123T000000Z"
+        out.mkdir(parents=True)
+        (out / "bench.json").write_text(json.dumps(doc))
+        return 0
+
+
+def test_sweep_runs_every_point_then_the_open_loop_at_half_the_peak(tmp_path: Path) -> None:
+    bench = FakeBench()
+    code = curves.main(
+        ["--config", "client.toml", "--clients", "1,4,16", "--nodes", "1,2",
+         "--count", "10", "--out", str(tmp_path)],
+        bench_main=bench,
+    )  # fmt: skip
+    assert code == 0
+    (result_dir,) = tmp_path.iterdir()
+    result = json.loads((result_dir / "curves.json").read_text())
+    assert (result_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p["concurrency"] for p in result["clients"]] == [1, 4, 16]
+    assert result["peak"] == {"concurrency": 16, "throughput_per_s": 86.0}
+    assert result["open_loop"]["rate_per_s"] == 43.0
+    assert result["open_loop"]["p99_target_met"] is True
+    assert [p["nodes"] for p in result["nodes"]] == [1, 2]
+    # The client sweep and the open loop use the given cluster; each node count gets its own.
+    targets = [call[:2] for call in bench.calls]
+    assert targets[:4] == [["--config", "client.toml"]] * 4
+    assert all(call[0] == "--cluster-up" and "--fsync" in call for call in bench.calls[4:])
+    assert all("--count" in call and "recover=100" in call for call in bench.calls)
+
+
+def test_a_failed_run_stops_the_sweep_with_exit_code_1(tmp_path: Path) -> None:
+    calls: list[Sequence[str]] = []
+
+    def failing(argv: Sequence[str]) -> int:
+        calls.append(argv)
+        return 1
+
+    code = curves.main(
+        ["--config", "c.toml", "--clients", "1,2", "--nodes", "none", "--count", "5",
+         "--out", str(tmp_path)],
+        bench_main=failing,
+    )  # fmt: skip
+    assert code == 1 and len(calls) == 1
+    assert not list(tmp_path.glob("*/curves.json"))
+
+
+def test_bad_arguments_exit_2_before_any_run(tmp_path: Path) -> None:
+    bench = FakeBench()
+    code = curves.main(
+        ["--config", "c.toml", "--clients", "0", "--out", str(tmp_path)], bench_main=bench
+    )
+    assert code == 2 and bench.calls == []
