@@ -248,6 +248,12 @@ def plot_curves(path: Path, result: Mapping[str, Any]) -> None:
                        [p["throughput_per_s"] for p in result["nodes"]], marker="o")  # fmt: skip
         right.set_xlabel("vault nodes")
         right.set_ylabel("recoveries / s")
+        for ax in (left, middle):
+            ax.set_xticks(clients, [str(c) for c in clients])
+        for ax in (left, right):
+            ax.set_ylim(
+                bottom=0
+            )  # throughput from zero: run-to-run noise must not look like a trend
         for ax in axes:
             ax.grid(alpha=0.3)
         fig.suptitle(f"bkv-bench curves, mix recover=100, {result.get('title', '')}".rstrip(", "))
@@ -312,9 +318,8 @@ def main(argv: Sequence[str] | None = None, bench_main: BenchMain = cli.main) ->
         print(f"curves: {err}", file=sys.stderr)
         return 1
     cluster = result.get("cluster", {})
-    result["title"] = (
-        f"fsync {cluster.get('fsync')}, {cluster.get('nodes')} nodes, ksf {config.ksf}"
-    )
+    fsync_text = {True: "on", False: "off"}.get(cluster.get("fsync"), "unknown")
+    result["title"] = f"fsync {fsync_text}, {cluster.get('nodes')} nodes, ksf {config.ksf}"
     (out / "curves.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     plot_curves(out / "curves.png", result)
     print(table(result))
