@@ -175,7 +175,7 @@ def sweep(
     rate = open_loop_rate(float(best["throughput_per_s"]), config.open_loop_fraction)
     doc = runner.run(
         "open-loop",
-        [*target, *common, "--rate", str(rate), "--concurrency", "1", *config.amount()],
+        [*target, *common, "--rate", str(rate), *config.amount()],
     )
     open_point = point(doc)
     result["peak"] = {
