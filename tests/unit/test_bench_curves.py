@@ -49,7 +49,7 @@ class FakeBench:
     def __call__(self, argv: Sequence[str]) -> int:
         args = list(argv)
         self.calls.append(args)
-        concurrency = int(args[args.index("--concurrency") + 1])
+        concurrency = int(args[args.index("--concurrency") + 1]) if "--concurrency" in args else 8
         nodes = int(args[args.index("--nodes") + 1]) if "--nodes" in args else 6
         rate = float(args[args.index("--rate") + 1]) if "--rate" in args else 0.0
         throughput = rate or min(10.0 * concurrency, 80.0) + nodes
