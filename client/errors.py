@@ -138,15 +138,23 @@ class _StatusCarrier(Protocol):
     def trailing_metadata(self) -> Any: ...
 
 
-def _retry_after_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+def _trailer(metadata: Iterable[tuple[str, Any]] | None, name: str) -> str | None:
+    """The first value of trailing-metadata key `name` (any case), as text; None if absent."""
     for key, value in metadata or ():
-        if key.lower() == "retry-after-ms":
-            try:
-                ms = float(value.decode() if isinstance(value, bytes) else value)
-            except ValueError:
-                return None
-            return max(ms, 0.0) / 1000.0
+        if key.lower() == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     return None
+
+
+def _retry_after_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+    text = _trailer(metadata, "retry-after-ms")
+    if text is None:
+        return None
+    try:
+        ms = float(text)
+    except ValueError:
+        return None
+    return max(ms, 0.0) / 1000.0
 
 
 def _not_applied(err: _StatusCarrier) -> bool:
@@ -159,11 +167,7 @@ def _not_applied(err: _StatusCarrier) -> bool:
         metadata = err.trailing_metadata()
     except Exception:  # noqa: BLE001 - no metadata: assume it may have applied (the safe side)
         return False
-    for key, value in metadata or ():
-        text = value.decode() if isinstance(value, bytes) else value
-        if key.lower() == "bkv-not-applied" and text == "1":
-            return True
-    return False
+    return _trailer(metadata, "bkv-not-applied") == "1"
 
 
 def _never_connected(err: _StatusCarrier) -> bool:

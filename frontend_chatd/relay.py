@@ -64,13 +64,19 @@ class _Unreachable(Exception):
         self.maybe_applied = maybe_applied
 
 
+def _trailer(error: grpc.aio.AioRpcError, name: str) -> str | None:
+    """The first text value of the node's trailing-metadata key `name`; None if absent."""
+    for key, value in error.trailing_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
 def _wrote_nothing(error: grpc.aio.AioRpcError) -> bool:
     """The node said it wrote nothing, or our channel never reached it."""
     if (error.details() or "").startswith(_NEVER_CONNECTED):
         return True
-    return any(
-        key == NOT_APPLIED_KEY and value == "1" for key, value in error.trailing_metadata() or ()
-    )
+    return _trailer(error, NOT_APPLIED_KEY) == "1"
 
 
 def classify(error: grpc.aio.AioRpcError) -> Exception:
@@ -84,10 +90,9 @@ def classify(error: grpc.aio.AioRpcError) -> Exception:
         # The node refused this frontend (mTLS set-up), not the client's session: a client
         # that logs in again would not help, so this is an outage from the client's view.
         return NoNodeAvailable("vault node refused this frontend")
-    retry_after = None
-    for key, value in error.trailing_metadata() or ():
-        if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
-            retry_after = value
+    retry_after = _trailer(error, "retry-after-ms")
+    if retry_after is not None and not retry_after.isdigit():
+        retry_after = None
     return NodeRejected(NodeStatus(code, _short(error.details()), retry_after))
 
 
