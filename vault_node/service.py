@@ -276,6 +276,20 @@ class VaultService:
             self._records.pop(record_id)  # committed at a revision etcd did not report
         return revision, current
 
+    def _closed_answer(
+        self, record_id: bytes, current: Entry | None, *, evaluation: int | None = None
+    ) -> envelope_pb2.VaultResponse:
+        """NOT_REGISTERED for an absent record, LOCKED for a locked one; audited, no write."""
+        if current is None:
+            self._audit.write("not_registered", record_id)
+            return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+        record = current[0]
+        self._audit.write(
+            "locked", record_id, record.attempts, record.max_attempts,
+            generation=record.generation, evaluation=evaluation,
+        )  # fmt: skip
+        return _locked()
+
     # -- register --
 
     def _register_start(
@@ -344,16 +358,9 @@ class VaultService:
         _check_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
         current = self._cached(record_id) or await self._read(record_id)
         for _ in range(CAS_RETRIES):
-            if current is None:
-                self._audit.write("not_registered", record_id)
-                return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+            if current is None or current[0].state == sealed_pb2.RECORD_STATE_LOCKED:
+                return self._closed_answer(record_id, current)
             record, mod_revision = current
-            if record.state == sealed_pb2.RECORD_STATE_LOCKED:
-                self._audit.write(
-                    "locked", record_id, record.attempts, record.max_attempts,
-                    generation=record.generation,
-                )  # fmt: skip
-                return _locked()
             if record.attempts >= record.max_attempts:
                 # Out of guesses: erase the record's secrets for good (permanent lockout).
                 tombstone = _tombstone(record)
@@ -447,16 +454,9 @@ class VaultService:
         if current is None or not _redeemable(current[0], ticket):
             current = await self._read(record_id)  # answers other than success need a read
         for _ in range(CAS_RETRIES):
-            if current is None:
-                self._audit.write("not_registered", record_id)
-                return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+            if current is None or current[0].state == sealed_pb2.RECORD_STATE_LOCKED:
+                return self._closed_answer(record_id, current, evaluation=ticket.evaluation)
             record, mod_revision = current
-            if record.state == sealed_pb2.RECORD_STATE_LOCKED:
-                self._audit.write(
-                    "locked", record_id, record.attempts, record.max_attempts,
-                    generation=record.generation, evaluation=ticket.evaluation,
-                )  # fmt: skip
-                return _locked()
             # Single use: a ticket of an older registration, or one already redeemed (or older
             # than one redeemed), cannot release the key again.
             if not _redeemable(record, ticket):
