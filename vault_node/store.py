@@ -242,16 +242,8 @@ class EtcdStore:
         return tx.mod(key) == expected_mod_revision
 
     async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> int:
-        key = record_key(record_id)
-        tx = self._client.transactions
-        succeeded, responses = await self._call(
-            lambda: self._client.transaction(
-                compare=[self._compare(key, expected_mod_revision)],
-                success=[tx.put(key, value)],
-                failure=[],
-            )
-        )
-        return _commit_revision(succeeded, responses, "response_put")
+        revision, _current = await self.swap(record_id, value, expected_mod_revision)
+        return revision
 
     async def swap(
         self, record_id: bytes, value: bytes, expected_mod_revision: int
