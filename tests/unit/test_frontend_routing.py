@@ -10,6 +10,7 @@ from typing import Any
 import aetcd.exceptions
 import grpc
 import pytest
+from test_frontend_ratelimit import FakeClock
 
 from bkv.v1 import node_pb2
 from frontend_chatd.ratelimit import RateLimited
@@ -293,44 +294,36 @@ def test_relay_says_not_applied_only_when_no_node_may_have_acted() -> None:
         assert trailing == (() if maybe else (("bkv-not-applied", "1"),))
 
 
-class Ticks:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_suspects_go_last_until_their_cool_down_ends() -> None:
-    clock = Ticks()
+    clock = FakeClock()  # now = 100.0
     suspects = Suspects(clock, cooldown_s=5.0)
     assert suspects.order([A1, A2, B1]) == [A1, A2, B1]
     suspects.mark(A1)
     suspects.mark(A2)
     assert suspects.order([A1, A2, B1, C1]) == [B1, C1, A1, A2]
-    clock.now = 4.9
+    clock.now = 104.9
     assert suspects.order([A1, B1]) == [B1, A1]
     suspects.clear(A2)
     assert suspects.order([A2, B1]) == [A2, B1]
-    clock.now = 5.0
+    clock.now = 105.0
     assert suspects.order([A1, B1]) == [A1, B1]  # cool-down over
 
 
 def test_a_node_that_timed_out_is_tried_last_by_the_next_requests() -> None:
-    clock = Ticks()
+    clock = FakeClock()  # now = 100.0
     suspects = Suspects(clock, cooldown_s=5.0)
     timeout = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
     result, calls = run_relay([A1, A2, B1], {"a1": timeout, "a2": b"ok"}, suspects)
     assert isinstance(result, NodeTimedOut) and calls == ["a1"]  # may have applied: no retry
     result, calls = run_relay([A1, A2, B1], {"a1": b"never", "a2": b"ok"}, suspects)
     assert result == b"ok" and calls == ["a2"]  # the client's retry goes elsewhere
-    clock.now = 6.0
+    clock.now = 106.0
     result, calls = run_relay([A1, A2, B1], {"a1": b"back", "a2": b"ok"}, suspects)
     assert result == b"back" and calls == ["a1"]
 
 
 def test_an_unreachable_node_is_suspected_and_a_success_clears_it() -> None:
-    clock = Ticks()
+    clock = FakeClock()  # now = 100.0
     suspects = Suspects(clock, cooldown_s=5.0)
     down = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
     result, calls = run_relay([A1, A2], {"a1": down, "a2": b"ok"}, suspects)

@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from test_frontend_ratelimit import FakeClock
 
 from vault_node.membership import MemberInfo, Membership
 from vault_node.store import StoreUnavailable
@@ -19,14 +20,6 @@ TTL = 3
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeLeases:
@@ -57,8 +50,8 @@ class FakeLeases:
         self._next("revoke")
 
 
-def make() -> tuple[Membership, FakeLeases, Clock, list[bool]]:
-    leases, clock, changes = FakeLeases(), Clock(), []
+def make() -> tuple[Membership, FakeLeases, FakeClock, list[bool]]:
+    leases, clock, changes = FakeLeases(), FakeClock(), []
     member = Membership(
         leases,
         MemberInfo(name="n1", dc="dc-a", address="127.0.0.1:1"),
