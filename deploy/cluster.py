@@ -332,7 +332,10 @@ class Cluster:
             log = layout.log(proc.name)  # etcd's own log goes to --log-outputs
         else:
             module = "vault_node" if proc.role == "node" else "frontend_chatd"
-            argv = [sys.executable, "-m", module, "--config", str(layout.config(proc.name))]
+            argv = [
+                sys.executable, "-m", module, "--config", str(layout.config(proc.name)),
+                "--event-loop", t.options.event_loop,
+            ]  # fmt: skip
             log = Path(proc.log)
             if proc.role == "node":
                 env["SOFTHSM2_CONF"] = str(layout.hsm_dir(proc.name) / "softhsm2.conf")

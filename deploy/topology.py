@@ -28,6 +28,7 @@ Role = Literal["etcd", "node", "frontend"]
 # Names end up in file names, certificate SANs and etcd member names: keep them plain.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _COMPACTION_MODES = ("revision", "periodic")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 T = TypeVar("T")
 
@@ -47,6 +48,9 @@ class Options:
     session_ttl_s: frontend session lifetime written to frontend.toml.
     start_timeout_s: how long `up`/`start-dc` wait for a process to become healthy.
     max_restarts: how many times a supervisor restarts a child that exits unexpectedly.
+    event_loop: the asyncio loop of vault nodes and frontends, passed as `--event-loop`:
+        "uvloop" (default; ≈ 20-30% less CPU per gRPC call, see docs/performance.md) or
+        "asyncio" (the standard library's loop).
     """
 
     etcd_fsync: bool = True
@@ -60,6 +64,7 @@ class Options:
     session_ttl_s: int = 3600
     start_timeout_s: float = 60.0
     max_restarts: int = 5
+    event_loop: str = "uvloop"
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -82,6 +87,8 @@ class Options:
                 out.append(f"options.{name} must be > 0")
         if self.max_restarts < 0:
             out.append("options.max_restarts must be >= 0")
+        if self.event_loop not in EVENT_LOOPS:
+            out.append(f"options.event_loop must be one of {EVENT_LOOPS}")
         return out
 
 

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import sys
 
+import uvloop
+
 from frontend_chatd.config import ConfigError, load_config
 from frontend_chatd.server import serve
 
@@ -14,6 +16,12 @@ from frontend_chatd.server import serve
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frontend_chatd", description=__doc__)
     parser.add_argument("--config", required=True, help="path to frontend.toml")
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="asyncio loop implementation (default uvloop: less CPU per gRPC call)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     args = parser.parse_args(argv)
     try:
@@ -26,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format=f"%(asctime)s {config.frontend.name} %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(config))
+    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+    run(serve(config))
     return 0
 
 

@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 
+import uvloop
+
 from vault_node.config import ConfigError, NodeConfig
 from vault_node.server import VaultNodeServer
 
@@ -35,6 +37,12 @@ async def _run(config: NodeConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vault_node", description=__doc__)
     parser.add_argument("--config", required=True, help="path of node.toml")
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="asyncio loop implementation (default uvloop: less CPU per gRPC call)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
@@ -46,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    return asyncio.run(_run(config))
+    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+    return run(_run(config))
 
 
 if __name__ == "__main__":

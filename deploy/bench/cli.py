@@ -25,11 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import uvloop
+
 from client.config import load_config
 from client.errors import VaultError
 from deploy.bench import ceilings as ceil
 from deploy.bench import report
 from deploy.bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
+from deploy.bench.cpu import CpuMeter, cpu_json, cpu_text
 from deploy.bench.histogram import Recorder
 from deploy.bench.loops import Budget, closed_loop, open_loop
 from deploy.bench.plot import plot
@@ -37,7 +40,7 @@ from deploy.bench.topology import bench_topology
 from deploy.bench.workload import BenchSetupError, Workload, pool_sizes
 from deploy.cluster import Cluster
 from deploy.errors import DeployError
-from deploy.topology import default_topology_path, load_topology
+from deploy.topology import EVENT_LOOPS, default_topology_path, load_topology
 
 MAX_DURATION_OPS = 10_000_000
 
@@ -110,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="SECONDS:LABEL, a fault to mark on the plot (repeatable)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="uvloop",
+        help="asyncio loop of the load generator and, with --cluster-up, of the cluster's "
+        "nodes and frontends (default uvloop)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("results"))
@@ -189,6 +199,7 @@ async def run_bench(
     max_inflight: int,
     progress: TextIO | None,
     echo: Any,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:
     """Setup, measured phase, ceilings, cleanup; returns the pieces of bench.json."""
     client_config = load_config(client_toml)
@@ -208,6 +219,8 @@ async def run_bench(
             }
             echo(f"setup: {len(workload.accounts)} accounts in {setup['seconds']} s; measuring")
             recorder.start = start = clock()
+            if cpu is not None:
+                cpu.start()
             if config.count:
                 budget = Budget(config.count, start + config.max_seconds)
             else:
@@ -242,6 +255,7 @@ async def run_bench(
                         await ticker
                     progress.write("\n")  # type: ignore[union-attr]
             elapsed = clock() - start
+            used = cpu.stop() if cpu is not None else None
         finally:
             failed = await workload.cleanup()
             if failed:
@@ -268,13 +282,20 @@ async def run_bench(
         "setup": setup,
         "ceilings": measured,
         "pools": dict(zip(("main", "wrong"), pool_sizes(config.accounts, config.mix), strict=True)),
+        "cpu": used,
     }
 
 
 def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
     """fsync, node/frontend/etcd counts and limits of a cluster directory, if there is one."""
     if cluster is None or not cluster.exists():
-        return {"fsync": None, "nodes": None, "frontends": None, "etcd_members": None}
+        return {
+            "fsync": None,
+            "nodes": None,
+            "frontends": None,
+            "etcd_members": None,
+            "cluster_event_loop": None,
+        }
     state = cluster.state()
     t = state.topology
     return {
@@ -283,7 +304,20 @@ def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
         "frontends": len(t.frontends),
         "etcd_members": len(t.etcd),
         "frontend_peer_rate_per_s": t.limits.peer_rate_per_s,
+        "cluster_event_loop": t.options.event_loop,
     }
+
+
+def cluster_pids(cluster: Cluster | None) -> dict[str, list[int]]:
+    """The running cluster processes' PIDs by role (etcd, node, frontend), for the CPU meter."""
+    pids: dict[str, list[int]] = {}
+    if cluster is None or not cluster.exists():
+        return pids
+    for proc in cluster.state().processes:
+        pid = cluster.child_pid(proc.name)
+        if pid:
+            pids.setdefault(proc.role, []).append(pid)
+    return pids
 
 
 def out_dir(base: Path) -> Path:
@@ -309,7 +343,11 @@ def cluster_for(args: argparse.Namespace, echo: Any) -> Iterator[tuple[Path, Clu
     cluster = Cluster(args.dir or Path(temp or "."), echo=echo)
     base = load_topology(args.topology or default_topology_path())
     topology = bench_topology(
-        base, nodes_per_dc=args.nodes_per_dc, nodes=args.nodes, keep_limits=args.keep_limits
+        base,
+        nodes_per_dc=args.nodes_per_dc,
+        nodes=args.nodes,
+        keep_limits=args.keep_limits,
+        event_loop=args.event_loop,
     )
     try:
         echo(f"cluster: starting {len(topology.nodes)} vault nodes in {cluster.directory}")
@@ -344,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else (cluster.etcd_endpoints() if cluster is not None else None)
             )
             progress = sys.stderr if sys.stderr.isatty() else None
-            result = asyncio.run(
+            run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+            result = run(
                 run_bench(
                     config,
                     client_toml,
@@ -352,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     max_inflight=args.max_inflight,
                     progress=progress,
                     echo=echo,
+                    cpu=CpuMeter(cluster_pids(cluster)),
                 )
             )
     except (DeployError, VaultError, BenchSetupError, OSError) as err:
@@ -375,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "frontend_limits_raised": bool(args.cluster_up and not args.keep_limits),
         "ceiling_seconds": config.ceiling_seconds if config.ceilings else None,
         "seed": config.seed,
-        "client": "client.AsyncVaultClient (asyncio), one shared channel per frontend",
+        "client": "client.AsyncVaultClient, one shared channel per frontend",
+        "event_loop": args.event_loop,
     }
     doc = report.build(
         config=run_config,
@@ -389,6 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         marks=config.marks,
         started_at=started_at,
     )
+    if result["cpu"] is not None:
+        doc["cpu"] = cpu_json(
+            result["cpu"], ops=result["combined"].count, elapsed_s=result["elapsed_s"]
+        )
     out = out_dir(args.out)
     report.write_json(out / "bench.json", doc)
     fsync = {True: "on", False: "off", None: "unknown"}[facts["fsync"]]
@@ -409,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "substituted (re-registrations): "
             + ", ".join(f"{k} {v}" for k, v in doc["substituted"].items())
         )
+    if "cpu" in doc:
+        print(cpu_text(doc["cpu"]))
     text = report.ceilings_text(doc)
     if text:
         print(text)

@@ -26,8 +26,10 @@ def bench_topology(
     nodes_per_dc: int | None = None,
     nodes: int | None = None,
     keep_limits: bool = False,
+    event_loop: str | None = None,
 ) -> Topology:
-    """`base` with `nodes_per_dc` nodes in every data centre, or `nodes` spread round-robin.
+    """`base` with `nodes_per_dc` nodes in every data centre, or `nodes` spread round-robin,
+    the bench's raised frontend limits unless `keep_limits`, and `event_loop` if given.
 
     >>> from deploy.topology import default_topology_path, load_topology
     >>> t = bench_topology(load_topology(default_topology_path()), nodes=4)
@@ -56,5 +58,7 @@ def bench_topology(
                 node_deadline_s=base.limits.node_deadline_s,
             ),
         )
+    if event_loop is not None:
+        topology = replace(topology, options=replace(topology.options, event_loop=event_loop))
     topology.validate()
     return topology

@@ -48,8 +48,12 @@ def test_closed_loop_with_ceilings(
     for name in ("etcd_cas_per_s", "grpc_calls_per_s", "crypto_recoveries_per_s"):
         assert ceilings[name] > 0
     assert "fraction_of_bound" in doc["versus_ceilings"]["etcd"]
+    assert (config["event_loop"], config["cluster_event_loop"]) == ("uvloop", "uvloop")
+    cpu = doc["cpu"]
+    assert set(cpu["seconds"]) == {"etcd", "node", "frontend", "bench"}
+    assert all(s >= 0 for s in cpu["seconds"].values()) and cpu["ms_per_op"]["total"] > 0
     printed = capsys.readouterr().out
-    assert "p99.9 ms" in printed and "etcd CAS" in printed
+    assert "p99.9 ms" in printed and "etcd CAS" in printed and "CPU per operation" in printed
 
 
 def test_open_loop(tmp_path: Path, cluster: Cluster) -> None:

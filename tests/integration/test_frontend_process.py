@@ -44,6 +44,7 @@ from frontend_chatd.sessions import SessionKeys, SessionTokens
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 REPO = Path(__file__).resolve().parents[2]
+FRONTEND = (sys.executable, "-m", "frontend_chatd")
 SERVICE = "bkv.v1.Frontend"
 T = TypeVar("T")
 
@@ -348,8 +349,9 @@ client_key = "{client_key}"
         config = self.write_config(**limits)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "wb") as log:
+            # The cluster tests run the default loop (uvloop); this stack runs the standard one.
             self.frontend = subprocess.Popen(
-                [sys.executable, "-m", "frontend_chatd", "--config", str(config)],
+                [*FRONTEND, "--config", str(config), "--event-loop", "asyncio"],
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -648,3 +650,16 @@ def test_bad_config_exits_with_every_problem(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "missing table [limits]" in result.stderr and "frontend.dc: missing" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["frontend_chatd", "vault_node"])
+def test_unknown_event_loop_is_refused(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--config", "unused.toml", "--event-loop", "trio"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--event-loop: invalid choice: 'trio'" in result.stderr

@@ -34,6 +34,7 @@ from vault_protocol.ksf import IdentityKsf
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
+NODE = (sys.executable, "-m", "vault_node")
 ACCOUNT = "alice@example"
 PASSWORD = b"correct horse battery staple"
 OPAQUE_CONFIG = opaque.OpaqueConfig(context=b"BKV-v1", ksf=IdentityKsf())
@@ -234,8 +235,9 @@ pin_file = "{spec.pin_file}"
         )
         stderr_path = root / "node-1.stderr"
         stderr_file = open(stderr_path, "wb")
+        # The cluster tests run the default loop (uvloop); this node runs the standard one.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vault_node", "--config", str(config)],
+            [*NODE, "--config", str(config), "--event-loop", "asyncio"],
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
             cwd=root,

@@ -93,5 +93,7 @@ def test_bench_topology_resizes_and_raises_limits() -> None:
     six = bench_topology(base, nodes_per_dc=2, keep_limits=True)
     assert len(six.nodes) == 6
     assert six.limits == base.limits
+    assert six.options.event_loop == base.options.event_loop == "uvloop"
+    assert bench_topology(base, event_loop="asyncio").options.event_loop == "asyncio"
     with pytest.raises(ValueError):
         bench_topology(base, nodes=0)

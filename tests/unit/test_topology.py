@@ -141,6 +141,14 @@ def test_revision_retention_must_be_a_count() -> None:
     assert Options().problems() == []
 
 
+def test_event_loop_is_one_of_the_known_loops() -> None:
+    assert Options().event_loop == "uvloop"
+    assert Options(event_loop="asyncio").problems() == []
+    assert Options(event_loop="trio").problems() == [
+        "options.event_loop must be one of ('uvloop', 'asyncio')"
+    ]
+
+
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match="cannot read"):
         load_topology(tmp_path / "missing.toml")
