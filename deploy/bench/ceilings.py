@@ -204,7 +204,11 @@ def _identity(data: bytes) -> bytes:
 
 
 async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
-    """Unary TLS calls per second to a no-op server in its own process."""
+    """Unary TLS calls per second to a no-op server in its own process, which runs the same
+    event loop implementation as the caller (uvloop or asyncio's), as the cluster's servers do."""
+    loop_name = (
+        "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    )
     with tempfile.TemporaryDirectory(prefix="bkv-bench-tls-") as tmp:
         cert, key = self_signed(Path(tmp))
         proc = subprocess.Popen(
@@ -220,6 +224,8 @@ async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
                 str(REPLY_BYTES),
                 "--max-seconds",
                 str(seconds + 60.0),
+                "--event-loop",
+                loop_name,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -252,7 +258,7 @@ async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
         {
             "request_bytes": REQUEST_BYTES,
             "reply_bytes": REPLY_BYTES,
-            "server": "grpc.aio, own process",
+            "server": f"grpc.aio on {loop_name}, own process",
         },
     )
 

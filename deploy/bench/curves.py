@@ -111,7 +111,8 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def point(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """One curve point from a bench.json: recoveries/s and latency percentiles."""
+    """One curve point from a bench.json: recoveries/s, latency percentiles and, when the run
+    could see the cluster's processes, CPU milliseconds per recovery over all of them."""
     op = doc["ops"]["recover"]
     latency = op["latency_ms"]
     return {
@@ -120,6 +121,7 @@ def point(doc: Mapping[str, Any]) -> dict[str, Any]:
         "errors": dict(op["errors"]),
         "throughput_per_s": op["throughput_per_s"],
         **{key: latency[key] for key in ("p50", "p90", "p99", "p999", "max")},
+        "cpu_ms_per_op": doc.get("cpu", {}).get("ms_per_op", {}).get("total"),
     }
 
 
@@ -202,11 +204,13 @@ def sweep(
 
 def table(result: Mapping[str, Any]) -> str:
     """The curves as text: one line per point."""
-    lines = ["clients  rec/s   p50 ms   p90 ms   p99 ms  p99.9 ms"]
+    lines = ["clients  rec/s   p50 ms   p90 ms   p99 ms  p99.9 ms  CPU ms/rec"]
     for p in result["clients"]:
+        cpu = p.get("cpu_ms_per_op")
         lines.append(
             f"{p['concurrency']:7d} {p['throughput_per_s']:6.1f} {p['p50']:8.1f} "
-            f"{p['p90']:8.1f} {p['p99']:8.1f} {p['p999']:9.1f}"
+            f"{p['p90']:8.1f} {p['p99']:8.1f} {p['p999']:9.1f} "
+            + (f"{cpu:11.2f}" if cpu is not None else f"{'-':>11}")
         )
     o = result["open_loop"]
     verdict = "met" if o["p99_target_met"] else "NOT met"

@@ -1,6 +1,7 @@
 """A no-op unary gRPC service over TLS, the shape of the frontend's `Relay`: bytes in, bytes out.
 
     python -m deploy.bench.noop_server --cert C --key K [--reply-bytes 600] [--max-seconds 120]
+        [--event-loop uvloop|asyncio]
 
 Binds 127.0.0.1 on a free port, prints `PORT <n>` on stdout once serving, and exits by itself
 after `--max-seconds` (or on SIGTERM/stdin EOF). Used by `bkv-bench --ceilings` to measure how many
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import uvloop
 
 SERVICE = "bkv.bench.v1.Noop"
 METHOD = f"/{SERVICE}/Call"
@@ -67,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--reply-bytes", type=int, default=600)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args(argv)
-    asyncio.run(
-        serve(args.cert.read_bytes(), args.key.read_bytes(), args.reply_bytes, args.max_seconds)
-    )
+    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+    run(serve(args.cert.read_bytes(), args.key.read_bytes(), args.reply_bytes, args.max_seconds))
     return 0
 
 

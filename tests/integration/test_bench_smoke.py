@@ -48,6 +48,8 @@ def test_closed_loop_with_ceilings(
     for name in ("etcd_cas_per_s", "grpc_calls_per_s", "crypto_recoveries_per_s"):
         assert ceilings[name] > 0
     assert "fraction_of_bound" in doc["versus_ceilings"]["etcd"]
+    # The no-op server runs the loop the bench runs, as the cluster's servers do.
+    assert ceilings["details"]["grpc_unary_tls"]["server"] == "grpc.aio on uvloop, own process"
     assert (config["event_loop"], config["cluster_event_loop"]) == ("uvloop", "uvloop")
     cpu = doc["cpu"]
     assert set(cpu["seconds"]) == {"etcd", "node", "frontend", "bench"}

@@ -72,6 +72,8 @@ class FakeBench:
             },
             "config": {"fsync": True, "nodes": nodes},
         }
+        if concurrency > 1:  # a run that saw the cluster's processes reports CPU per operation
+            doc["cpu"] = {"ms_per_op": {"total": 12.5}}
         out = Path(args[args.index("--out") + 1]) / "20261123T000000Z"
         out.mkdir(parents=True)
         (out / "bench.json").write_text(json.dumps(doc))
@@ -90,6 +92,8 @@ def test_sweep_runs_every_point_then_the_open_loop_at_half_the_peak(tmp_path: Pa
     result = json.loads((result_dir / "curves.json").read_text())
     assert (result_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert [p["concurrency"] for p in result["clients"]] == [1, 4, 16]
+    assert [p["cpu_ms_per_op"] for p in result["clients"]] == [None, 12.5, 12.5]
+    assert "      12.50" in curves.table(result) and "          -" in curves.table(result)
     assert result["peak"] == {"concurrency": 16, "throughput_per_s": 86.0}
     assert result["open_loop"]["rate_per_s"] == 43.0
     assert result["open_loop"]["p99_target_met"] is True
