@@ -54,11 +54,14 @@ def test_json_per_op_and_cores_busy() -> None:
 
 
 def test_reads_this_process_from_proc() -> None:
-    first = read_proc(os.getpid())
-    assert first is not None
     deadline = time.process_time() + 0.05
-    while time.process_time() < deadline:  # burn a little CPU so the counter moves
+    while time.process_time() < deadline:  # burn a little CPU so the counters are not zero
         pass
+    first = read_proc(os.getpid())
+    times = os.times()
+    assert first is not None
+    # utime + stime of the whole process, as times(2) reports them (both in clock ticks).
+    assert abs(first[1] - (times.user + times.system)) <= 0.03
     second = read_proc(os.getpid())
     assert second is not None and second[0] == first[0] and second[1] >= first[1]
     assert read_proc(2**22 + 12345) is None  # above pid_max: never a process
