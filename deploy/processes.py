@@ -29,16 +29,20 @@ class Running:
     start_ticks: int
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgrp, starttime) of a process from /proc, or None when it does not exist."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (`state` first, so field N of
+    proc(5) is at index N - 3), or None when the process does not exist."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:  # FileNotFoundError, ProcessLookupError, or unreadable
         return None
-    except OSError:
-        return None
-    rest = raw[raw.rindex(")") + 2 :].split()  # the command name may contain spaces
-    return rest[0], int(rest[2]), int(rest[19])
+    return raw[raw.rindex(")") + 2 :].split()  # the command name may contain spaces
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, pgrp, starttime) of a process from /proc, or None when it does not exist."""
+    rest = stat_fields(pid)
+    return None if rest is None else (rest[0], int(rest[2]), int(rest[19]))
 
 
 def start_ticks(pid: int) -> int | None:

@@ -25,8 +25,9 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from deploy.processes import stat_fields
 
 # (start time in clock ticks, CPU seconds) of one process, or None when it does not exist.
 Reader = Callable[[int], tuple[int, float] | None]
@@ -36,11 +37,9 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def read_proc(pid: int) -> tuple[int, float] | None:
     """(start time in ticks, utime + stime in seconds) of `pid` from /proc, None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    rest = stat_fields(pid)
+    if rest is None:
         return None
-    rest = raw[raw.rindex(")") + 2 :].split()  # the command name may contain spaces
     return int(rest[19]), (int(rest[11]) + int(rest[12])) / _TICKS
 
 

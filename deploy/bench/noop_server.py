@@ -21,6 +21,8 @@ import grpc
 import grpc.aio
 import uvloop
 
+from deploy.topology import EVENT_LOOPS
+
 SERVICE = "bkv.bench.v1.Noop"
 METHOD = f"/{SERVICE}/Call"
 
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--reply-bytes", type=int, default=600)
     parser.add_argument("--max-seconds", type=float, default=120.0)
-    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop")
     args = parser.parse_args(argv)
     run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
     run(serve(args.cert.read_bytes(), args.key.read_bytes(), args.reply_bytes, args.max_seconds))
