@@ -330,6 +330,8 @@ class Cluster:
                 fsync=state.fsync, hosts=etcd.member_hosts(t),
             )  # fmt: skip
             log = layout.log(proc.name)  # etcd's own log goes to --log-outputs
+            if t.options.etcd_gomaxprocs:
+                env["GOMAXPROCS"] = str(t.options.etcd_gomaxprocs)
         else:
             module = "vault_node" if proc.role == "node" else "frontend_chatd"
             argv = [

@@ -51,6 +51,10 @@ class Options:
     event_loop: the asyncio loop of vault nodes and frontends, passed as `--event-loop`:
         "uvloop" (default; ≈ 20-30% less CPU per gRPC call, see docs/performance.md) or
         "asyncio" (the standard library's loop).
+    etcd_gomaxprocs: GOMAXPROCS of each etcd member (0 = Go's default, one per core). All
+        members of a `bkv-cluster` share one machine's cores; with 1 each spends ≈ 25% less CPU
+        per transaction (Go's idle threads stop spinning for work) at the same CAS ceiling
+        (docs/performance.md, fourth session).
     """
 
     etcd_fsync: bool = True
@@ -65,6 +69,7 @@ class Options:
     start_timeout_s: float = 60.0
     max_restarts: int = 5
     event_loop: str = "uvloop"
+    etcd_gomaxprocs: int = 1
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -89,6 +94,8 @@ class Options:
             out.append("options.max_restarts must be >= 0")
         if self.event_loop not in EVENT_LOOPS:
             out.append(f"options.event_loop must be one of {EVENT_LOOPS}")
+        if not 0 <= self.etcd_gomaxprocs <= 1024:
+            out.append("options.etcd_gomaxprocs must be between 0 (Go's default) and 1024")
         return out
 
 

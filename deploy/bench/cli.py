@@ -295,6 +295,7 @@ def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
             "frontends": None,
             "etcd_members": None,
             "cluster_event_loop": None,
+            "etcd_gomaxprocs": None,
         }
     state = cluster.state()
     t = state.topology
@@ -305,6 +306,7 @@ def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
         "etcd_members": len(t.etcd),
         "frontend_peer_rate_per_s": t.limits.peer_rate_per_s,
         "cluster_event_loop": t.options.event_loop,
+        "etcd_gomaxprocs": t.options.etcd_gomaxprocs,
     }
 
 

@@ -121,6 +121,17 @@ def test_unknown_names_are_reported(cluster_dir: Path) -> None:
     assert done.returncode == 1 and "no cluster in" in done.stderr
 
 
+def test_etcd_members_run_with_the_topologys_gomaxprocs(healthy_cluster: Cluster) -> None:
+    # The members share this machine's cores: each runs with options.etcd_gomaxprocs (1 in
+    # local-3dc.toml), read back from the running process, not from our own spec.
+    assert healthy_cluster.topology.options.etcd_gomaxprocs == 1
+    for name in ("etcd-dc-a", "etcd-dc-b", "etcd-dc-c"):
+        pid = healthy_cluster.child_pid(name)
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMAXPROCS=1" in environ, name
+
+
 def test_session_cluster_fixture(healthy_cluster: Cluster) -> None:
     c = healthy_cluster
     assert c.client_config_path.is_file()
