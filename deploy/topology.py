@@ -51,10 +51,11 @@ class Options:
     event_loop: the asyncio loop of vault nodes and frontends, passed as `--event-loop`:
         "uvloop" (default; ≈ 20-30% less CPU per gRPC call, see docs/performance.md) or
         "asyncio" (the standard library's loop).
-    etcd_gomaxprocs: GOMAXPROCS of each etcd member (0 = Go's default, one per core). All
-        members of a `bkv-cluster` share one machine's cores; with 1 each spends ≈ 25% less CPU
-        per transaction (Go's idle threads stop spinning for work) at the same CAS ceiling
-        (docs/performance.md, fourth session).
+    etcd_gomaxprocs: GOMAXPROCS of each etcd member; 0 (the default) leaves Go's default of
+        one thread per core. All members of a `bkv-cluster` share one machine's cores. With 1,
+        etcd spent 21-27% less CPU per recovery and the 16-client peak rose 5-16%, but p50 and
+        p99 at 70 recoveries/s were worse (docs/performance.md, fourth session): a throughput
+        setting, not a default.
     """
 
     etcd_fsync: bool = True
@@ -69,7 +70,7 @@ class Options:
     start_timeout_s: float = 60.0
     max_restarts: int = 5
     event_loop: str = "uvloop"
-    etcd_gomaxprocs: int = 1
+    etcd_gomaxprocs: int = 0
 
     def problems(self) -> list[str]:
         out: list[str] = []

@@ -1,6 +1,7 @@
 """`bkv-bench`: load-test a Backup Key Vault cluster through the real client library.
 
     bkv-bench --cluster-up [--dir DIR] [--nodes-per-dc N | --nodes N] [--fsync/--no-fsync]
+              [--event-loop uvloop|asyncio] [--etcd-gomaxprocs N]
               --mix recover=80,register=10,wrong=5,delete=5 --concurrency 8 --duration 30
               --ksf fast [--rate R] [--ceilings] [--out results]
     bkv-bench --config client.toml --count 1000 ...
@@ -121,6 +122,12 @@ def parser() -> argparse.ArgumentParser:
         help="asyncio loop of the load generator and, with --cluster-up, of the cluster's "
         "nodes and frontends (default uvloop)",
     )
+    p.add_argument(
+        "--etcd-gomaxprocs",
+        type=int,
+        help="with --cluster-up: GOMAXPROCS of each etcd member (0 = Go's default; default: the "
+        "topology's options.etcd_gomaxprocs)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("results"))
     return p
@@ -158,12 +165,15 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
             ("--nodes-per-dc", args.nodes_per_dc),
             ("--nodes", args.nodes),
             ("--fsync/--no-fsync", args.fsync),
+            ("--etcd-gomaxprocs", args.etcd_gomaxprocs),
         ):
             if value is not None:
                 problems.append(f"{flag} only applies with --cluster-up")
     for flag, value in (("--nodes-per-dc", args.nodes_per_dc), ("--nodes", args.nodes)):
         if value is not None and value < 1:
             problems.append(f"{flag} must be at least 1")
+    if args.etcd_gomaxprocs is not None and not 0 <= args.etcd_gomaxprocs <= 1024:
+        problems.append("--etcd-gomaxprocs must be between 0 (Go's default) and 1024")
     if problems:
         raise BenchConfigError("; ".join(problems))
     return config
@@ -350,6 +360,7 @@ def cluster_for(args: argparse.Namespace, echo: Any) -> Iterator[tuple[Path, Clu
         nodes=args.nodes,
         keep_limits=args.keep_limits,
         event_loop=args.event_loop,
+        etcd_gomaxprocs=args.etcd_gomaxprocs,
     )
     try:
         echo(f"cluster: starting {len(topology.nodes)} vault nodes in {cluster.directory}")

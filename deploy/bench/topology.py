@@ -27,9 +27,11 @@ def bench_topology(
     nodes: int | None = None,
     keep_limits: bool = False,
     event_loop: str | None = None,
+    etcd_gomaxprocs: int | None = None,
 ) -> Topology:
     """`base` with `nodes_per_dc` nodes in every data centre, or `nodes` spread round-robin,
-    the bench's raised frontend limits unless `keep_limits`, and `event_loop` if given.
+    the bench's raised frontend limits unless `keep_limits`, and `event_loop` and
+    `etcd_gomaxprocs` if given.
 
     >>> from deploy.topology import default_topology_path, load_topology
     >>> t = bench_topology(load_topology(default_topology_path()), nodes=4)
@@ -60,5 +62,8 @@ def bench_topology(
         )
     if event_loop is not None:
         topology = replace(topology, options=replace(topology.options, event_loop=event_loop))
+    if etcd_gomaxprocs is not None:
+        options = replace(topology.options, etcd_gomaxprocs=etcd_gomaxprocs)
+        topology = replace(topology, options=options)
     topology.validate()
     return topology

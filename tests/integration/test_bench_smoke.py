@@ -51,7 +51,7 @@ def test_closed_loop_with_ceilings(
     # The no-op server runs the loop the bench runs, as the cluster's servers do.
     assert ceilings["details"]["grpc_unary_tls"]["server"] == "grpc.aio on uvloop, own process"
     assert (config["event_loop"], config["cluster_event_loop"]) == ("uvloop", "uvloop")
-    assert config["etcd_gomaxprocs"] == cluster.topology.options.etcd_gomaxprocs == 1
+    assert config["etcd_gomaxprocs"] == cluster.topology.options.etcd_gomaxprocs == 0
     cpu = doc["cpu"]
     assert set(cpu["seconds"]) == {"etcd", "node", "frontend", "bench"}
     assert all(s >= 0 for s in cpu["seconds"].values()) and cpu["ms_per_op"]["total"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,14 +124,25 @@ def test_unknown_names_are_reported(cluster_dir: Path) -> None:
 
 
 def test_etcd_members_run_with_the_topologys_gomaxprocs(healthy_cluster: Cluster) -> None:
-    # The members share this machine's cores: each runs with options.etcd_gomaxprocs (1 in
-    # local-3dc.toml), read back from the running process, not from our own spec.
-    assert healthy_cluster.topology.options.etcd_gomaxprocs == 1
+    # local-3dc.toml leaves Go's default: the members' environment carries no GOMAXPROCS of ours.
+    state = healthy_cluster.state()
+    assert state.topology.options.etcd_gomaxprocs == 0
     for name in ("etcd-dc-a", "etcd-dc-b", "etcd-dc-c"):
         pid = healthy_cluster.child_pid(name)
         assert pid is not None
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert b"GOMAXPROCS=1" in environ, name
+        expected = (
+            [f"GOMAXPROCS={os.environ['GOMAXPROCS']}".encode()]
+            if "GOMAXPROCS" in os.environ
+            else []
+        )
+        assert [e for e in environ if e.startswith(b"GOMAXPROCS=")] == expected, name
+    # With the option set, every etcd member's start spec carries it; nodes and frontends do not.
+    options = replace(state.topology.options, etcd_gomaxprocs=1)
+    one = replace(state, topology=replace(state.topology, options=options))
+    for proc in one.processes:
+        env = healthy_cluster._spec(one, proc).env
+        assert env.get("GOMAXPROCS") == ("1" if proc.role == "etcd" else None), proc.name
 
 
 def test_session_cluster_fixture(healthy_cluster: Cluster) -> None:

@@ -8,6 +8,7 @@ from deploy.bench import cli
 from deploy.bench.config import BenchConfig, BenchConfigError, Mix
 from deploy.bench.topology import bench_topology
 from deploy.bench.workload import pool_sizes
+from deploy.errors import TopologyError
 from deploy.topology import default_topology_path, load_topology
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -73,6 +74,20 @@ def test_cli_arguments_validated_together() -> None:
     assert "--nodes only applies with --cluster-up" in text
 
 
+def test_etcd_gomaxprocs_flag_needs_the_cluster_up_and_a_sane_value() -> None:
+    base = ["--count", "5"]
+    with pytest.raises(BenchConfigError, match="--etcd-gomaxprocs only applies with --cluster-up"):
+        cli.bench_config(
+            cli.parser().parse_args(["--config", "c.toml", "--etcd-gomaxprocs", "1", *base])
+        )
+    with pytest.raises(BenchConfigError, match="--etcd-gomaxprocs must be between 0"):
+        cli.bench_config(
+            cli.parser().parse_args(["--cluster-up", "--etcd-gomaxprocs", "-1", *base])
+        )
+    args = cli.parser().parse_args(["--cluster-up", "--etcd-gomaxprocs", "1", *base])
+    assert cli.bench_config(args) is not None and args.etcd_gomaxprocs == 1
+
+
 def test_cli_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--config", "c.toml", "--count", "5", "--accounts", "0"]) == 2
     assert "accounts must be at least 1" in capsys.readouterr().err
@@ -95,5 +110,9 @@ def test_bench_topology_resizes_and_raises_limits() -> None:
     assert six.limits == base.limits
     assert six.options.event_loop == base.options.event_loop == "uvloop"
     assert bench_topology(base, event_loop="asyncio").options.event_loop == "asyncio"
+    assert six.options.etcd_gomaxprocs == 0
+    assert bench_topology(base, etcd_gomaxprocs=1).options.etcd_gomaxprocs == 1
+    with pytest.raises(TopologyError, match="etcd_gomaxprocs"):
+        bench_topology(base, etcd_gomaxprocs=-1)
     with pytest.raises(ValueError):
         bench_topology(base, nodes=0)

@@ -141,9 +141,9 @@ def test_revision_retention_must_be_a_count() -> None:
     assert Options().problems() == []
 
 
-def test_etcd_gomaxprocs_is_one_by_default_and_bounded() -> None:
-    assert Options().etcd_gomaxprocs == 1
-    assert Options(etcd_gomaxprocs=0).problems() == []  # Go's default: one per core
+def test_etcd_gomaxprocs_is_gos_default_unless_set_and_bounded() -> None:
+    assert Options().etcd_gomaxprocs == 0  # Go's default: one thread per core
+    assert Options(etcd_gomaxprocs=1).problems() == []
     for bad in (-1, 1025):
         assert Options(etcd_gomaxprocs=bad).problems() == [
             "options.etcd_gomaxprocs must be between 0 (Go's default) and 1024"
