@@ -110,16 +110,16 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
         raise CurvesError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def point(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """One curve point from a bench.json: recoveries/s, latency percentiles and, when the run
-    could see the cluster's processes, CPU milliseconds per recovery over all of them."""
-    op = doc["ops"]["recover"]
-    latency = op["latency_ms"]
+def point(doc: Mapping[str, Any], op: str = "recover") -> dict[str, Any]:
+    """One curve point from a bench.json: `op`'s throughput, latency percentiles and, when the
+    run could see the cluster's processes, CPU milliseconds per operation over all of them."""
+    figures = doc["ops"][op]
+    latency = figures["latency_ms"]
     return {
-        "count": op["count"],
-        "ok": op["ok"],
-        "errors": dict(op["errors"]),
-        "throughput_per_s": op["throughput_per_s"],
+        "count": figures["count"],
+        "ok": figures["ok"],
+        "errors": dict(figures["errors"]),
+        "throughput_per_s": figures["throughput_per_s"],
         **{key: latency[key] for key in ("p50", "p90", "p99", "p999", "max")},
         "cpu_ms_per_op": doc.get("cpu", {}).get("ms_per_op", {}).get("total"),
     }

@@ -83,3 +83,28 @@ def test_curves_on_the_cluster_and_one_node_count(tmp_path: Path, cluster: Clust
     assert result["open_loop"]["count"] == 6 and result["open_loop"]["rate_per_s"] >= 1.0
     assert [(p["nodes"], p["ok"]) for p in result["nodes"]] == [(1, 6)]
     assert len(list(result_dir.glob("runs/*/*/bench.json"))) == 4
+
+
+def test_pairs_on_the_cluster(tmp_path: Path, cluster: Cluster) -> None:
+    """`python -m deploy.bench.pairs`: one pair (the load generator on either loop) against the
+    session cluster; every run's bench.json is kept and the ratios are read from them."""
+    from deploy.bench import pairs
+
+    out = tmp_path / "pairs"
+    argv = ["--pairs", "1", "--a=--event-loop uvloop", "--b=--event-loop asyncio",
+            "--out", str(out), "--", "--config", str(cluster.client_config_path),
+            "--mix", "recover=100", "--ksf", "fast", "--accounts", "4", "--count", "6",
+            "--concurrency", "2"]  # fmt: skip
+    assert pairs.main(argv) == 0
+    (result_dir,) = out.iterdir()
+    result = json.loads((result_dir / "pairs.json").read_text())
+    assert (result_dir / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+    (pair,) = result["pairs"]
+    assert (pair["a"]["ok"], pair["b"]["ok"]) == (6, 6)
+    ratio = pair["ratio_b_over_a"]["throughput_per_s"]
+    assert ratio == pytest.approx(
+        pair["b"]["throughput_per_s"] / pair["a"]["throughput_per_s"], rel=1e-3
+    )
+    loops = {json.loads(Path(pair[s]["bench_json"]).read_text())["config"]["event_loop"]
+             for s in ("a", "b")}  # fmt: skip
+    assert loops == {"uvloop", "asyncio"}
