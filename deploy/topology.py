@@ -52,10 +52,11 @@ class Options:
         "uvloop" (default; ≈ 20-30% less CPU per gRPC call, see docs/performance.md) or
         "asyncio" (the standard library's loop).
     etcd_gomaxprocs: GOMAXPROCS of each etcd member; 0 (the default) leaves Go's default of
-        one thread per core. All members of a `bkv-cluster` share one machine's cores. With 1,
-        etcd spent 21-27% less CPU per recovery and the 16-client peak rose 5-16%, but p50 and
-        p99 at 70 recoveries/s were worse (docs/performance.md, fourth session): a throughput
-        setting, not a default.
+        one thread per core. All members of a `bkv-cluster` share one machine's cores. With 1, one
+        series of five pairs showed 21-27% less etcd CPU per recovery and a 5-16% higher
+        16-client peak, and a later series of three showed no gain. p50 and p99 at 70
+        recoveries/s were worse (docs/performance.md, fourth session): an option to measure, not
+        a default.
     """
 
     etcd_fsync: bool = True
