@@ -193,21 +193,23 @@ def table(result: Mapping[str, Any]) -> str:
 def plot_pairs(path: Path, result: Mapping[str, Any]) -> None:
     """Each pair's B/A ratio per metric, with the line of no difference."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    xs = list(range(1, len(result["pairs"]) + 1))
-    for metric in METRICS:
-        ys = [p["ratio_b_over_a"][metric] for p in result["pairs"]]
-        pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
-        if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=metric)
-    ax.axhline(1.0, color="grey", linewidth=1, linestyle="--")
-    ax.set_xlabel("pair")
-    ax.set_ylabel("B / A")
-    ax.set_xticks(xs)
-    ax.set_title(f"B = {result['labels']['b']} against A = {result['labels']['a']}")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        xs = list(range(1, len(result["pairs"]) + 1))
+        for metric in METRICS:
+            ys = [p["ratio_b_over_a"][metric] for p in result["pairs"]]
+            pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=metric)
+        ax.axhline(1.0, color="grey", linewidth=1, linestyle="--")
+        ax.set_xlabel("pair")
+        ax.set_ylabel("B / A")
+        ax.set_xticks(xs)
+        ax.set_title(f"B = {result['labels']['b']} against A = {result['labels']['a']}")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def parser() -> argparse.ArgumentParser:
