@@ -91,7 +91,7 @@ class LinkProxy:
     def start(self) -> None:
         ready: Future[int] = Future()
         self._thread = threading.Thread(
-            target=self._run, args=(ready,), name=f"proxy-{self.upstream[1]}", daemon=True
+            target=self._run, args=(ready,), name="link-proxy", daemon=True
         )
         self._thread.start()
         self.port = ready.result(timeout=10)
@@ -237,16 +237,20 @@ def peer_proxy_cluster(
     `LinkProxy` (yielded). The proxy runs only as long as the block: the cluster is stopped
     (`down`) on exit, since that member is cut off from its peers without it."""
     host = topology.host
-    fixed = topology.with_ports(lambda n: free_ports(host, n))
-    member = fixed.etcd[-1]
-    proxy = LinkProxy((fixed.host_of(member.dc), member.peer_port), rng=rng, host=host)
-    proxy.start()  # binds its port first: no race for it with the cluster's processes
-    fixed = replace(fixed, etcd=tuple(
-        replace(m, advertise_peer_port=proxy.port) if m == member else m for m in fixed.etcd
-    ))  # fmt: skip
-    echo(f"etcd peer link to {member.name} through {proxy.address}")
+    # The proxy binds its port before the cluster's ports are chosen, and holds it: a port that
+    # free_ports found free and released can no longer be handed to the proxy as well (seen
+    # once: the proxy's port equal to a vault node's). Its upstream is known only afterwards.
+    proxy = LinkProxy((host, 0), rng=rng, host=host)
+    proxy.start()
     cluster = Cluster(directory, echo=echo)
     try:
+        fixed = topology.with_ports(lambda n: free_ports(host, n))
+        member = fixed.etcd[-1]
+        proxy.upstream = (fixed.host_of(member.dc), member.peer_port)
+        fixed = replace(fixed, etcd=tuple(
+            replace(m, advertise_peer_port=proxy.port) if m == member else m for m in fixed.etcd
+        ))  # fmt: skip
+        echo(f"etcd peer link to {member.name} through {proxy.address}")
         cluster.up(fixed, fsync=fsync)
         yield cluster, proxy
     finally:

@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,55 @@ def test_proxy_forwards_delays_and_resets(echo_server: tuple[str, int]) -> None:
         assert _roundtrip(proxy.address, b"again") == b"again"
     with pytest.raises(ValueError, match="reset_probability"):
         LinkFault(reset_probability=2).validate()
+
+
+def test_peer_proxy_holds_its_port_before_the_clusters_ports_are_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the cluster's ports used to be chosen (bound, then released) before the proxy
+    # bound port 0, and the OS once handed the proxy a vault node's port. Now, while the ports
+    # are chosen, the proxy's port must already be taken, and the member's link goes through it.
+    from deploy.chaos import proxy as proxy_module
+    from deploy.cluster import free_ports
+    from deploy.topology import default_topology_path, load_topology
+
+    seen: dict[str, Any] = {}
+
+    def checked_free_ports(host: str, count: int) -> list[int]:
+        (proxy,) = seen["proxies"]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            with pytest.raises(OSError):
+                probe.bind((host, proxy.port))
+        finally:
+            probe.close()
+        ports = free_ports(host, count)
+        seen["ports"] = ports
+        return ports
+
+    class Started(LinkProxy):
+        def start(self) -> None:
+            seen.setdefault("proxies", []).append(self)
+            super().start()
+
+    class FakeCluster:
+        def __init__(self, directory: Path, echo: object = None) -> None:
+            self.topology = None
+
+        def up(self, topology: object, fsync: bool = False) -> None:
+            seen["topology"] = topology
+
+        def exists(self) -> bool:
+            return False
+
+    monkeypatch.setattr(proxy_module, "free_ports", checked_free_ports)
+    monkeypatch.setattr(proxy_module, "LinkProxy", Started)
+    monkeypatch.setattr(proxy_module, "Cluster", FakeCluster)
+    topology = load_topology(default_topology_path())
+    with proxy_module.peer_proxy_cluster(tmp_path, topology, rng=random.Random(1)) as (_, link):
+        member = seen["topology"].etcd[-1]
+        assert member.advertise_peer_port == link.port not in seen["ports"]
+        assert link.upstream == (topology.host_of(member.dc), member.peer_port)
 
 
 def _op(complete: float, outcome: str, definite: bool = True) -> HistoryOp:
