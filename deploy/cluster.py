@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -72,14 +73,46 @@ class UpReport:
         return sum(s for _, s in self.phases)
 
 
-def free_ports(host: str, count: int) -> list[int]:
-    """`count` distinct free TCP ports on `host` (all bound at once, so none repeats)."""
+LOWEST_FREE_PORT = 10_000
+_EPHEMERAL_DEFAULT = (32_768, 60_999)  # Linux's default net.ipv4.ip_local_port_range
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (bind to 0, the local end of a connect)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
+def free_ports(host: str, count: int, *, rng: random.Random | None = None) -> list[int]:
+    """`count` distinct free TCP ports on `host`, all bound at once so that none repeats.
+
+    The ports are released before the processes that will listen on them start, so they are
+    chosen below the kernel's ephemeral range when it leaves room: there, no connection's
+    local end and no other bind to port 0 can take one in the meantime (both draw from the
+    ephemeral range; a chaos run once saw a port given twice). Otherwise the kernel chooses.
+    """
+    rng = rng or random.Random()  # not a secret: only spreads the choice
+    low, _high = ephemeral_range()
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        if low - LOWEST_FREE_PORT >= 8 * count:
+            for _ in range(50 * count):
+                if len(socks) == count:
+                    break
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind((host, rng.randrange(LOWEST_FREE_PORT, low)))
+                except OSError:  # in use (or held by this loop already): try another
+                    s.close()
+                    continue
+                socks.append(s)
+        while len(socks) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
             socks.append(s)
+            s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc, node_pb2, node_pb2_grpc
+from deploy.cluster import free_ports
 from frontend_chatd.accounts import LOGIN_CONTEXT
 from frontend_chatd.sessions import SessionKeys, SessionTokens
 
@@ -50,9 +50,7 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports("127.0.0.1", 1)[0]  # below the ephemeral range (deploy.cluster)
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
@@ -161,7 +159,7 @@ def start_etcd(
     directory: Path, ports: tuple[int, int] | None = None
 ) -> tuple[subprocess.Popen[bytes], str, int]:
     """One etcd member on (client, peer) ports; restarting on the same ports reuses its data."""
-    client_port, peer_port = ports or (free_port(), free_port())
+    client_port, peer_port = ports or tuple(free_ports("127.0.0.1", 2))
     client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
     proc = subprocess.Popen(
         [

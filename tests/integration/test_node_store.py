@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.cluster import free_ports
 from vault_node.membership import MemberInfo, Membership
 from vault_node.store import EtcdStore, StoreUnavailable, grpc_target, record_key
 
@@ -23,9 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports("127.0.0.1", 1)[0]  # below the ephemeral range (deploy.cluster)
 
 
 class EtcdProcess:
