@@ -29,6 +29,7 @@ Role = Literal["etcd", "node", "frontend"]
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _COMPACTION_MODES = ("revision", "periodic")
 EVENT_LOOPS = ("uvloop", "asyncio")
+ETCD_GOMAXPROCS_MAX = 1024
 
 T = TypeVar("T")
 
@@ -96,8 +97,11 @@ class Options:
             out.append("options.max_restarts must be >= 0")
         if self.event_loop not in EVENT_LOOPS:
             out.append(f"options.event_loop must be one of {EVENT_LOOPS}")
-        if not 0 <= self.etcd_gomaxprocs <= 1024:
-            out.append("options.etcd_gomaxprocs must be between 0 (Go's default) and 1024")
+        if not 0 <= self.etcd_gomaxprocs <= ETCD_GOMAXPROCS_MAX:
+            out.append(
+                "options.etcd_gomaxprocs must be between 0 (Go's default) and "
+                f"{ETCD_GOMAXPROCS_MAX}"
+            )
         return out
 
 

@@ -41,7 +41,12 @@ from deploy.bench.topology import bench_topology
 from deploy.bench.workload import BenchSetupError, Workload, pool_sizes
 from deploy.cluster import Cluster
 from deploy.errors import DeployError
-from deploy.topology import EVENT_LOOPS, default_topology_path, load_topology
+from deploy.topology import (
+    ETCD_GOMAXPROCS_MAX,
+    EVENT_LOOPS,
+    default_topology_path,
+    load_topology,
+)
 
 MAX_DURATION_OPS = 10_000_000
 
@@ -172,8 +177,10 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     for flag, value in (("--nodes-per-dc", args.nodes_per_dc), ("--nodes", args.nodes)):
         if value is not None and value < 1:
             problems.append(f"{flag} must be at least 1")
-    if args.etcd_gomaxprocs is not None and not 0 <= args.etcd_gomaxprocs <= 1024:
-        problems.append("--etcd-gomaxprocs must be between 0 (Go's default) and 1024")
+    if args.etcd_gomaxprocs is not None and not 0 <= args.etcd_gomaxprocs <= ETCD_GOMAXPROCS_MAX:
+        problems.append(
+            f"--etcd-gomaxprocs must be between 0 (Go's default) and {ETCD_GOMAXPROCS_MAX}"
+        )
     if problems:
         raise BenchConfigError("; ".join(problems))
     return config

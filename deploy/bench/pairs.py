@@ -110,15 +110,20 @@ def summary(ratios: Sequence[Mapping[str, float | None]]) -> dict[str, Any]:
     return out
 
 
+def refuse_own_flags(args: Sequence[str], what: str) -> None:
+    """Refuse the flags this tool sets itself on every run."""
+    for flag in _OWN_FLAGS:
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            raise PairsError(f"{what}: {flag} is set by this tool")
+
+
 def bench_args(text: str, what: str) -> list[str]:
     """Shell-split arguments of one side; refuses the flags this tool sets itself."""
     try:
         args = shlex.split(text)
     except ValueError as err:
         raise PairsError(f"{what}: {err}") from None
-    for flag in _OWN_FLAGS:
-        if any(a == flag or a.startswith(flag + "=") for a in args):
-            raise PairsError(f"{what}: {flag} is set by this tool")
+    refuse_own_flags(args, what)
     return args
 
 
@@ -239,7 +244,7 @@ def main(argv: Sequence[str] | None = None, bench_main: BenchMain = cli.main) ->
         b = bench_args(args.b, "--b")
         if a == b:
             raise PairsError("--a and --b are the same: there is nothing to compare")
-        bench_args(shlex.join(common), "the common arguments")
+        refuse_own_flags(common, "the common arguments")
         check_bench_args([*common, *a], "side A")
         check_bench_args([*common, *b], "side B")
     except PairsError as err:
