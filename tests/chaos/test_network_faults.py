@@ -62,55 +62,52 @@ def test_partition_dc_majority_serves_minority_fails_closed(workdir: Path) -> No
     if why:
         pytest.skip(why)
     topology = load_topology(default_topology_path())
-    lab: netns.NetnsLab | None = None
-    try:
-        with netns.netns_cluster(workdir / "cluster", topology) as (cluster, lab):
-            assert all(p.address.startswith("169.254.") for p in cluster.state().processes)
-            assert all(p.command_prefix[:3] == ("ip", "netns", "exec")
-                       for p in cluster.state().processes)  # fmt: skip
-            # A 30-s slot holds the partition 12 s. A CI run's 8 s of partition (from a 20-s
-            # slot) once ended before the majority's first success: the minority's nodes stay
-            # routable until their 4-s leases lapse, and a relay to one waits out its deadline,
-            # on a machine busy with the rest of the suite.
-            config = _config(cluster, "partition-dc", workdir, 30.0)
-            result = run_chaos(config, echo=lambda _m: None, network=lab)
-            _passed(result)
-            # Healed: every process serves again by itself (none was restarted: `problems`).
-            assert all(s.healthy for s in cluster.status())
-            assert not lab.partitioned
-            run_dir = result.run_dir
-            (fault,) = read_faults(run_dir / FAULTS_FILE)
-            assert fault.kind == "partition-dc" and fault.target in topology.datacenters
-            assert fault.end is not None and fault.end - fault.start >= 5.0
-            history = read_history(run_dir / HISTORY_FILE)
-            # Load operations (not probes) that succeeded while the partition held.
-            during = [
-                op for op in history
-                if op.is_definite_ok and op.client != "probe" and op.op != "bad_input"
-                and fault.start + GRACE_S < op.complete < fault.end
-            ]  # fmt: skip
-            assert during, "the majority side served nothing during the partition"
-            assert any(
-                op.is_definite_ok and op.op == "recover" and op.invoke > fault.end for op in history
-            )
-            # The minority's nodes evaluated no password while cut off (no quorum there).
-            start_unix = read_run_info(run_dir / RUN_FILE).start_unix
-            minority = {n.name for n in topology.nodes if n.dc == fault.target}
-            evaluated = [
-                e for e in read_audits(run_dir.glob("*.audit.jsonl"))
-                if e.event == "evaluate" and e.node in minority
-                and fault.start + GRACE_S < e.ts - start_unix < fault.end
-            ]  # fmt: skip
-            assert not evaluated, evaluated[:3]
-            majority = {n.name for n in topology.nodes if n.dc != fault.target}
-            assert any(
-                e.event == "evaluate" and e.node in majority
-                and fault.start + GRACE_S < e.ts - start_unix < fault.end
-                for e in read_audits(run_dir.glob("*.audit.jsonl"))
-            )  # fmt: skip
-    finally:
-        if lab is not None:
-            assert lab.leftovers() == [], "namespaces or veths of the run were left behind"
+    with netns.netns_cluster(workdir / "cluster", topology) as (cluster, lab):
+        assert all(p.address.startswith("169.254.") for p in cluster.state().processes)
+        assert all(p.command_prefix[:3] == ("ip", "netns", "exec")
+                   for p in cluster.state().processes)  # fmt: skip
+        # A 30-s slot holds the partition 12 s. A CI run's 8 s of partition (from a 20-s
+        # slot) once ended before the majority's first success: the minority's nodes stay
+        # routable until their 4-s leases lapse, and a relay to one waits out its deadline,
+        # on a machine busy with the rest of the suite.
+        config = _config(cluster, "partition-dc", workdir, 30.0)
+        result = run_chaos(config, echo=lambda _m: None, network=lab)
+        _passed(result)
+        # Healed: every process serves again by itself (none was restarted: `problems`).
+        assert all(s.healthy for s in cluster.status())
+        assert not lab.partitioned
+        run_dir = result.run_dir
+        (fault,) = read_faults(run_dir / FAULTS_FILE)
+        assert fault.kind == "partition-dc" and fault.target in topology.datacenters
+        assert fault.end is not None and fault.end - fault.start >= 5.0
+        history = read_history(run_dir / HISTORY_FILE)
+        # Load operations (not probes) that succeeded while the partition held.
+        during = [
+            op for op in history
+            if op.is_definite_ok and op.client != "probe" and op.op != "bad_input"
+            and fault.start + GRACE_S < op.complete < fault.end
+        ]  # fmt: skip
+        assert during, "the majority side served nothing during the partition"
+        assert any(
+            op.is_definite_ok and op.op == "recover" and op.invoke > fault.end for op in history
+        )
+        # The minority's nodes evaluated no password while cut off (no quorum there).
+        start_unix = read_run_info(run_dir / RUN_FILE).start_unix
+        minority = {n.name for n in topology.nodes if n.dc == fault.target}
+        evaluated = [
+            e for e in read_audits(run_dir.glob("*.audit.jsonl"))
+            if e.event == "evaluate" and e.node in minority
+            and fault.start + GRACE_S < e.ts - start_unix < fault.end
+        ]  # fmt: skip
+        assert not evaluated, evaluated[:3]
+        majority = {n.name for n in topology.nodes if n.dc != fault.target}
+        assert any(
+            e.event == "evaluate" and e.node in majority
+            and fault.start + GRACE_S < e.ts - start_unix < fault.end
+            for e in read_audits(run_dir.glob("*.audit.jsonl"))
+        )  # fmt: skip
+    # Checked after the block (not in a `finally`): a failure above keeps its own message.
+    assert lab.leftovers() == [], "namespaces or veths of the run were left behind"
 
 
 @pytest.mark.timeout(150)

@@ -15,6 +15,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 MIX = "recover=50,register=20,wrong=15,delete=15"
 
 
+@pytest.fixture(autouse=True)
+def _every_process_running(healthy_cluster: Cluster) -> None:
+    """An earlier test (a DC-loss test, a failed chaos test) may have left a process down."""
+
+
 def run(tmp_path: Path, cluster: Cluster, *extra: str) -> dict[str, Any]:
     out = tmp_path / "results"
     argv = ["--config", str(cluster.client_config_path), "--mix", MIX, "--ksf", "fast",

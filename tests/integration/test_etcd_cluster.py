@@ -16,6 +16,7 @@ import pytest
 
 from deploy import etcd, processes
 from deploy.cluster import free_ports
+from deploy.errors import StartError
 from deploy.topology import EtcdMember, Topology, default_topology_path, load_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -58,9 +59,17 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
             cluster.start(member)
         yield cluster
     finally:
-        for group in cluster.groups.values():
-            processes.kill(group)
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            failures: list[StartError] = []
+            for group in cluster.groups.values():
+                try:  # one member that will not die must not leave the others running
+                    processes.kill(group)
+                except StartError as err:
+                    failures.append(err)
+            if failures:
+                raise failures[0]
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _eventually_put(urls: list[str], key: bytes, value: bytes, timeout: float) -> float:

@@ -194,7 +194,11 @@ def start_etcd(
         except aetcd.exceptions.ClientError:
             return False
 
-    wait_for(healthy, what="etcd")
+    try:
+        wait_for(healthy, what="etcd")
+    except BaseException:
+        stop(proc, signal.SIGKILL)  # a member that never became healthy is ours to stop
+        raise
     return proc, endpoint, peer_port
 
 

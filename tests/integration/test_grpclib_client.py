@@ -50,6 +50,7 @@ def generate(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def probe(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cluster.start_all()  # an earlier test (or a failed chaos test) may have left a process down
     out = tmp_path_factory.mktemp("grpclib")
     generate(out)
     assert (out / "bkv/v1/frontend_grpc.py").exists()

@@ -28,6 +28,8 @@ from hsm_fixtures import ProbeError, TokenProbe, provision_tokens
 from vault_node.ceremony import FleetPublic
 from vault_node.hsm import FLEET_LABELS
 from vault_node.softhsm import TokenSpec, TokenSpecError, create_token
+from vault_protocol import hpke
+from vault_protocol.oprf import derive_key_pair
 
 pytestmark = pytest.mark.integration
 
@@ -424,9 +426,6 @@ def test_rfc9180_p256_decapsulation_in_token(fresh_token: TokenSpec) -> None:
 
 
 def test_rfc9180_open_base_with_token_ecdh(fresh_token: TokenSpec) -> None:
-    hpke = pytest.importorskip("vault_protocol.hpke")
-    if not hasattr(hpke, "open_base"):
-        pytest.skip("vault_protocol.hpke.open_base not available")
     vector = next(
         v
         for v in _load("rfc9180-hpke-p256-vectors.json")
@@ -462,9 +461,5 @@ def test_rfc9807_oprf_seed_expand_in_token(fresh_token: TokenSpec) -> None:
         )
     expanded = HKDFExpand(hashes.SHA512(), 32, credential_identifier + b"OprfKey").derive(seed)
     assert mac[:32] == expanded
-    try:
-        from vault_protocol.oprf import derive_key_pair
-    except ImportError:
-        return
     sk, _ = derive_key_pair(mac[:32], b"OPAQUE-DeriveKeyPair")
     assert bytes(sk).hex() == vector["intermediates"]["oprf_key"]

@@ -168,11 +168,12 @@ def test_concurrent_increments_lose_nothing(etcd_member: EtcdProcess) -> None:
 
         async def increment() -> None:
             nonlocal conflicts
-            while True:
+            for _ in range(200):  # bounded: a broken CAS fails here, not at the timeout
                 value, rev = await store.get(rid) or (b"", 0)
                 if await store.put(rid, str(int(value) + 1).encode(), rev):
                     return
                 conflicts += 1
+            pytest.fail("an increment's CAS never succeeded in 200 tries")
 
         await asyncio.gather(*(increment() for _ in range(20)))
         value, _ = await store.get(rid) or (b"", 0)
