@@ -31,6 +31,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESPONSE_AAD",
     "RESPONSE_KEY_LEN",
+    "RESPONSE_MIN_BUCKET",
     "FleetKey",
     "envelope_info",
     "open_request",
@@ -49,6 +50,9 @@ RESPONSE_AAD = b"bkv-v1 response"
 RESPONSE_NONCE_LEN = 12
 MAX_ENVELOPE_BYTES = 32 * 1024
 BUCKETS = (512, 1024, 2048, 4096, 16384)
+# Every answer is padded to at least this bucket: the largest one (KE2 + login ticket) needs
+# 1024, the others 512, and the frontend must not tell a recovery from a registration by size.
+RESPONSE_MIN_BUCKET = 1024
 _LENGTH_PREFIX = 4
 _GCM_TAG = 16
 _SUITE = Suite(KEM.P256, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
@@ -133,11 +137,12 @@ def envelope_info(fleet_id: bytes, account_id: str) -> bytes:
     )
 
 
-def pad(plaintext: bytes) -> bytes:
-    """4-byte big-endian length || plaintext || zeros, to the smallest bucket that fits."""
+def pad(plaintext: bytes, minimum: int = 0) -> bytes:
+    """4-byte big-endian length || plaintext || zeros, to the smallest bucket that fits (and is
+    at least `minimum`)."""
     needed = _LENGTH_PREFIX + len(plaintext)
     for bucket in BUCKETS:
-        if needed <= bucket:
+        if needed <= bucket and minimum <= bucket:
             # Fixed sizes: the frontend sees only the bucket, not which operation it carries.
             return (
                 len(plaintext).to_bytes(_LENGTH_PREFIX, "big") + plaintext + bytes(bucket - needed)
@@ -255,7 +260,7 @@ def seal_response(
     if len(nonce) != RESPONSE_NONCE_LEN:
         raise ProtocolError("rng returned the wrong number of bytes")
     # A fresh random nonce per response; each response key is used for one request anyway.
-    padded = pad(response.SerializeToString(deterministic=True))
+    padded = pad(response.SerializeToString(deterministic=True), RESPONSE_MIN_BUCKET)
     ciphertext = AESGCM(response_key).encrypt(nonce, padded, RESPONSE_AAD)
     sealed = envelope_pb2.SealedResponse(nonce=nonce, ciphertext=ciphertext)
     return bytes(sealed.SerializeToString(deterministic=True))
