@@ -1,4 +1,4 @@
-"""Relay a sealed envelope to a vault node: one try, one retry elsewhere if the node is down."""
+"""Relay a sealed envelope to a vault node: one try, and one more only if it surely did nothing."""
 
 from __future__ import annotations
 
@@ -163,13 +163,14 @@ class Relay:
         # Security: the account id comes from the verified session, never from the client's
         # request, and is bound into the envelope's HPKE info: a swap fails to open on the node.
         request = node_pb2.OpenRequest(account_id=account_id, envelope=envelope)
-        # At most one retry, and only when the node could not be reached. Safe for the guess
-        # limit: a node commits the attempt before evaluating, so a retry at most counts twice.
+        # At most one retry, and only when the first node certainly did nothing (never reached,
+        # or it said "not applied"). A request that may have counted a guess is never sent to a
+        # second node: the client's own single retry is then the only one, so one password
+        # attempt counts at most twice (DESIGN: never retry a step silently more than once).
         candidates = self._suspects.order(self._plan(account_id))[:2]
         if not candidates:
             raise NoNodeAvailable("no vault node available")
         last = "no vault node available"
-        maybe_applied = False
         for node in candidates:
             try:
                 reply = await self._open(node, request, self._deadline_s)
@@ -181,11 +182,12 @@ class Relay:
                     raise error from None
                 log.warning("vault node %s (%s) unreachable: %s", node.name, node.dc, error)
                 last = f"vault node unavailable: {error}"
-                maybe_applied = maybe_applied or error.maybe_applied
+                if error.maybe_applied:
+                    raise NoNodeAvailable(last, maybe_applied=True) from None
                 continue
             self._suspects.clear(node)
             return bytes(reply.sealed_response)
-        raise NoNodeAvailable(last, maybe_applied=maybe_applied)
+        raise NoNodeAvailable(last, maybe_applied=False)
 
 
 def stub_open_call(stub_for: Callable[[NodeInfo], object]) -> OpenCall:

@@ -269,13 +269,23 @@ def test_relay_first_node_answers() -> None:
 
 
 def test_relay_retries_once_on_unavailable() -> None:
-    down = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    down = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; refused")
     result, calls = run_relay([A1, B1, C1], {"a1": down, "b1": b"ok"})
     assert result == b"ok" and calls == ["a1", "b1"]
     result, calls = run_relay([A1, B1, C1], {"a1": down, "b1": down, "c1": b"never"})
     assert isinstance(result, NoNodeAvailable) and calls == ["a1", "b1"]
     result, calls = run_relay([A1], {"a1": down})
     assert isinstance(result, NoNodeAvailable) and calls == ["a1"]
+
+
+def test_relay_never_sends_a_request_that_may_have_counted_to_a_second_node() -> None:
+    lost = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection reset")  # may have applied
+    result, calls = run_relay([A1, B1, C1], {"a1": lost, "b1": b"would count again"})
+    assert isinstance(result, NoNodeAvailable) and result.maybe_applied
+    assert calls == ["a1"]
+    idle = rpc_error(grpc.StatusCode.UNAVAILABLE, "not serving", [("bkv-not-applied", "1")])
+    result, calls = run_relay([A1, B1, C1], {"a1": idle, "b1": b"ok"})
+    assert result == b"ok" and calls == ["a1", "b1"]
 
 
 def test_relay_says_not_applied_only_when_no_node_may_have_acted() -> None:
@@ -325,7 +335,7 @@ def test_a_node_that_timed_out_is_tried_last_by_the_next_requests() -> None:
 def test_an_unreachable_node_is_suspected_and_a_success_clears_it() -> None:
     clock = FakeClock()  # now = 100.0
     suspects = Suspects(clock, cooldown_s=5.0)
-    down = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    down = rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; refused")
     result, calls = run_relay([A1, A2], {"a1": down, "a2": b"ok"}, suspects)
     assert result == b"ok" and calls == ["a1", "a2"]
     assert suspects.suspected(A1) and not suspects.suspected(A2)
