@@ -118,6 +118,17 @@ class ProtocolError(VaultError):
     code = "protocol"
 
 
+class StaleRequest(ProtocolError):
+    """A second step came too late: its ticket expired or was used, or the account's record
+    changed since the first step (FAILED_PRECONDITION). The vault changed nothing.
+
+    Retry: run the whole operation again. `register` does so once by itself; a new `recover`
+    counts a new guess.
+    """
+
+    code = "stale"
+
+
 class ConfigError(VaultError):
     """client.toml or an argument is invalid; the message lists every problem. Retry: never."""
 
@@ -213,6 +224,8 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
         if retry_after is not None:
             return RateLimited(retry_after)
         return ProtocolError(f"request refused as too large (RESOURCE_EXHAUSTED){suffix}")
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        return StaleRequest(f"the vault refused a stale step (FAILED_PRECONDITION){suffix}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         sent = not (
             code is grpc.StatusCode.UNAVAILABLE and (_never_connected(err) or _not_applied(err))

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from bkv.v1 import envelope_pb2
-from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError, error_from_outcome
+from client.errors import (
+    InvalidPassword,
+    Locked,
+    NotRegistered,
+    ProtocolError,
+    StaleRequest,
+    error_from_outcome,
+)
 from vault_protocol import backup_key, opaque
 from vault_protocol import errors as vp_errors
 from vault_protocol.backup_key import BackupKey
@@ -34,7 +41,7 @@ from vault_protocol.envelope import FleetKey, open_response, seal_request
 
 T = TypeVar("T")
 RESPONSE_KEY_BYTES = 32
-MAX_ATTEMPTS_LIMIT = 1000
+MAX_ATTEMPTS_LIMIT = 100  # the vault's own limit (vault_node.config; a unit test keeps them equal)
 
 
 class Step(enum.Enum):
@@ -160,24 +167,38 @@ def register_flow(
 def _register(
     ctx: FlowContext, password: bytes, key: BackupKey | None, max_attempts: int
 ) -> Flow[BackupKey]:
-    state, request = opaque.registration_start(password, ctx.rng)
-    start = envelope_pb2.VaultRequest(
-        register_start=envelope_pb2.RegisterStart(registration_request=request)
-    )
-    reply = yield from _exchange(ctx, Step.REGISTER_START, start, "register_start")
-    record, export_key = opaque.registration_finish(
-        state, reply.register_start.registration_response, ctx.opaque, ctx.rng
-    )
     k = key if key is not None else BackupKey.generate(ctx.rng)
-    # The vault gets K only locked under the password's export key: it never holds K itself.
-    wrapped = backup_key.wrap_key(k, export_key, ctx.account_id, ctx.rng)
-    finish = envelope_pb2.VaultRequest(
-        register_finish=envelope_pb2.RegisterFinish(
-            registration_record=record, wrapped_key=wrapped, max_attempts=max_attempts
+    for attempt in range(2):
+        state, request = opaque.registration_start(password, ctx.rng)
+        start = envelope_pb2.VaultRequest(
+            register_start=envelope_pb2.RegisterStart(registration_request=request)
         )
-    )
-    yield from _exchange(ctx, Step.REGISTER_FINISH, finish, "register_finish")
-    return k
+        reply = yield from _exchange(ctx, Step.REGISTER_START, start, "register_start")
+        if not reply.register_start.ticket:
+            raise ProtocolError("the vault's registration answer carries no ticket")
+        record, export_key = opaque.registration_finish(
+            state, reply.register_start.registration_response, ctx.opaque, ctx.rng
+        )
+        # The vault gets K only locked under the password's export key: it never holds K.
+        wrapped = backup_key.wrap_key(k, export_key, ctx.account_id, ctx.rng)
+        finish = envelope_pb2.VaultRequest(
+            register_finish=envelope_pb2.RegisterFinish(
+                registration_record=record,
+                wrapped_key=wrapped,
+                max_attempts=max_attempts,
+                ticket=reply.register_start.ticket,
+            )
+        )
+        try:
+            yield from _exchange(ctx, Step.REGISTER_FINISH, finish, "register_finish")
+        except StaleRequest:
+            # The record changed between the two steps (e.g. a recovery ran): the vault wrote
+            # nothing. One fresh registration; it counts no guess.
+            if attempt:
+                raise
+            continue
+        return k
+    raise AssertionError("unreachable")
 
 
 def recover_flow(ctx: FlowContext, password: str | bytes) -> Flow[BackupKey]:

@@ -1,4 +1,5 @@
-"""Records at rest and login tickets, sealed with AES-256-GCM under keys that never leave the token.
+"""Records at rest, login and registration tickets, sealed with AES-256-GCM under keys that never
+leave the token.
 
 `TokenOps` is the small slice of `vault_node.hsm.Token` that the request logic needs; tests pass a
 software fake. Every failure to open a record or a ticket is one `DecryptError` (no oracle).
@@ -19,9 +20,29 @@ RECORD_KEY = "record"
 TICKET_KEY = "ticket"
 RECORD_AAD_PREFIX = b"bkv-v1 record "
 TICKET_AAD = b"bkv-v1 ticket"
+# A different AAD under the same key: a login ticket never opens as a registration ticket.
+REGISTRATION_TICKET_AAD = b"bkv-v1 registration ticket"
 MAX_SEALED_BYTES = 16 * 1024
 
 Rng = Callable[[int], bytes]
+
+# Record.credential_scheme: how the OPRF key's credential_identifier is formed.
+CREDENTIAL_ACCOUNT = 0  # the account id alone (records written before schemes existed)
+CREDENTIAL_ACCOUNT_GENERATION = 1  # u16 len || account || generation (every new registration)
+
+
+def credential_identifier(account: bytes, generation: bytes, scheme: int) -> bytes:
+    """RFC 9807's credential_identifier for a record, from which its OPRF key is derived.
+
+    Security: with scheme 1 every registration has an OPRF key of its own (the generation is
+    random per registration), so a registration request, which is never counted, evaluates a
+    key no live record uses: it cannot serve as a free password oracle for the account's record.
+    """
+    if scheme == CREDENTIAL_ACCOUNT:
+        return account
+    if scheme == CREDENTIAL_ACCOUNT_GENERATION:
+        return len(account).to_bytes(2, "big") + account + generation
+    raise ValueError(f"unknown credential scheme {scheme}")
 
 
 class TokenOps(Protocol):
@@ -102,5 +123,21 @@ def open_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.Ticket:
     plaintext = _open(token, TICKET_KEY, blob, TICKET_AAD)
     try:
         return sealed_pb2.Ticket.FromString(plaintext)
+    except DecodeError:
+        raise DecryptError("sealed data failed to open") from None
+
+
+def seal_registration_ticket(
+    token: TokenOps, ticket: sealed_pb2.RegistrationTicket, rng: Rng
+) -> bytes:
+    """Serialized `Sealed` of a registration ticket under the `ticket` key, its own AAD."""
+    return _seal(token, TICKET_KEY, ticket.SerializeToString(), REGISTRATION_TICKET_AAD, rng)
+
+
+def open_registration_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.RegistrationTicket:
+    """Open a registration ticket the client sent back; `DecryptError` for any failure."""
+    plaintext = _open(token, TICKET_KEY, blob, REGISTRATION_TICKET_AAD)
+    try:
+        return sealed_pb2.RegistrationTicket.FromString(plaintext)
     except DecodeError:
         raise DecryptError("sealed data failed to open") from None

@@ -18,10 +18,14 @@ from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT
 from vault_node.lru import Lru
 from vault_node.records import (
+    CREDENTIAL_ACCOUNT_GENERATION,
     TokenOps,
+    credential_identifier,
     open_record,
+    open_registration_ticket,
     open_ticket,
     seal_record,
+    seal_registration_ticket,
     seal_ticket,
 )
 from vault_node.store import RecordStore, StoreUnavailable
@@ -53,7 +57,8 @@ class BadRequest(ServiceError):
 
 
 class Precondition(ServiceError):
-    """A ticket that is expired, stale or already used (FAILED_PRECONDITION). Nothing changed."""
+    """A ticket that is expired, stale or already used, or a registration whose record changed
+    since its start (FAILED_PRECONDITION). Nothing changed."""
 
 
 class Unavailable(ServiceError):
@@ -189,7 +194,7 @@ class VaultService:
     ) -> envelope_pb2.VaultResponse:
         op = request.WhichOneof("op")
         if op == "register_start":
-            return self._register_start(request.register_start, account)
+            return await self._register_start(request.register_start, account, record_id)
         if op == "register_finish":
             return await self._register_finish(request.register_finish, record_id)
         if op == "recover_start":
@@ -292,18 +297,33 @@ class VaultService:
 
     # -- register --
 
-    def _register_start(
-        self, msg: envelope_pb2.RegisterStart, account: bytes
+    async def _register_start(
+        self, msg: envelope_pb2.RegisterStart, account: bytes, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
+        # Security: the new registration's generation salts its OPRF key (credential scheme 1),
+        # so this uncounted evaluation never touches the key of the account's live record.
+        generation = self._rng(GENERATION_LEN)
+        identifier = credential_identifier(account, generation, CREDENTIAL_ACCOUNT_GENERATION)
         try:
             reply = opaque.server_registration_response(
-                msg.registration_request, account, self._keys
+                msg.registration_request, identifier, self._keys
             )
         except InvalidInput as exc:
             raise BadRequest("malformed registration request") from exc
+        # The finish may replace only the record as it is now: a replayed or late finish fails.
+        stored = await self._store.get(record_id)
+        ticket = sealed_pb2.RegistrationTicket(
+            record_id=record_id,
+            generation=generation,
+            base_revision=0 if stored is None else stored[1],
+            expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
+        )
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
-            register_start=envelope_pb2.RegisterStartReply(registration_response=reply),
+            register_start=envelope_pb2.RegisterStartReply(
+                registration_response=reply,
+                ticket=seal_registration_ticket(self._token, ticket, self._rng),
+            ),
         )
 
     async def _register_finish(
@@ -314,41 +334,80 @@ class VaultService:
             raise BadRequest(f"wrapped key must be {WRAPPED_KEY_LEN} bytes")
         if msg.max_attempts > MAX_ATTEMPTS_LIMIT:
             raise BadRequest(f"max_attempts must be in 0..{MAX_ATTEMPTS_LIMIT}")
+        try:
+            ticket = open_registration_ticket(self._token, msg.ticket)
+        except DecryptError as exc:
+            raise BadRequest("registration ticket could not be opened") from exc
+        if ticket.record_id != record_id or len(ticket.generation) != GENERATION_LEN:
+            raise BadRequest("registration ticket does not belong to this account")
+        if self._clock_ms() >= ticket.expires_at_ms:
+            raise Precondition("registration ticket expired")
         max_attempts = msg.max_attempts or self._config.default_max_attempts
-        generation = self._rng(GENERATION_LEN)
         current = await self._store.get(record_id)
-        for _ in range(CAS_RETRIES):
-            # Re-registering replaces whatever was there; a corrupt or locked record included.
-            mod_revision = 0 if current is None else current[1]
-            old_version = 0
-            if current is not None:
-                try:
-                    old_version = open_record(self._token, record_id, current[0]).version
-                except DecryptError:
-                    old_version = 0
-            record = sealed_pb2.Record(
-                state=sealed_pb2.RECORD_STATE_ACTIVE,
-                opaque_record=msg.registration_record,
-                wrapped_key=msg.wrapped_key,
-                attempts=0,
-                max_attempts=max_attempts,
-                generation=generation,
-                evaluations=0,
-                last_redeemed=0,
-                version=old_version + 1,
+        if (0 if current is None else current[1]) != ticket.base_revision:
+            return self._register_again(record_id, current, msg, ticket)
+        old_version = 0
+        if current is not None:
+            try:
+                old_version = open_record(self._token, record_id, current[0]).version
+            except DecryptError:
+                old_version = 0  # re-registering replaces a corrupt record too
+        record = sealed_pb2.Record(
+            state=sealed_pb2.RECORD_STATE_ACTIVE,
+            opaque_record=msg.registration_record,
+            wrapped_key=msg.wrapped_key,
+            attempts=0,
+            max_attempts=max_attempts,
+            generation=ticket.generation,
+            evaluations=0,
+            last_redeemed=0,
+            version=old_version + 1,
+            credential_scheme=CREDENTIAL_ACCOUNT_GENERATION,
+        )
+        # Security: the CAS compares the revision the ticket was issued at. Re-registering
+        # replaces the record (a locked one included) only once per ticket: a replayed finish,
+        # or one whose record changed since the start, fails and changes nothing.
+        revision, current = await self._write(record_id, record, ticket.base_revision)
+        if not revision:
+            return self._register_again(record_id, current, msg, ticket)
+        self._audit.write(
+            "register", record_id, 0, max_attempts,
+            revision=revision, generation=ticket.generation,
+        )  # fmt: skip
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK,
+            guesses_left=max_attempts,
+            register_finish=envelope_pb2.RegisterFinishReply(),
+        )
+
+    def _register_again(
+        self,
+        record_id: bytes,
+        current: tuple[bytes, int] | None,
+        msg: envelope_pb2.RegisterFinish,
+        ticket: sealed_pb2.RegistrationTicket,
+    ) -> envelope_pb2.VaultResponse:
+        """A finish whose record is no longer the one its ticket was issued against: the same
+        answer as before, without a write, when this very registration is the one stored (a
+        client's retry of an unconfirmed write); FAILED_PRECONDITION otherwise."""
+        try:
+            entry = self._open(record_id, current)
+        except RecordCorrupt:
+            entry = None
+        record = None if entry is None else entry[0]
+        if (
+            record is not None
+            and record.state == sealed_pb2.RECORD_STATE_ACTIVE
+            and record.generation == ticket.generation
+            and record.opaque_record == msg.registration_record
+            and record.wrapped_key == msg.wrapped_key
+        ):
+            return envelope_pb2.VaultResponse(
+                outcome=Outcome.OUTCOME_OK,
+                guesses_left=_guesses_left(record),
+                register_finish=envelope_pb2.RegisterFinishReply(),
             )
-            revision, current = await self._write(record_id, record, mod_revision)
-            if revision:
-                self._audit.write(
-                    "register", record_id, 0, max_attempts,
-                    revision=revision, generation=generation,
-                )  # fmt: skip
-                return envelope_pb2.VaultResponse(
-                    outcome=Outcome.OUTCOME_OK,
-                    guesses_left=max_attempts,
-                    register_finish=envelope_pb2.RegisterFinishReply(),
-                )
-        raise Unavailable("too much contention on this record; retry")
+        raise Precondition("the record changed since the registration started; start again")
 
     # -- recover --
 
@@ -374,6 +433,12 @@ class VaultService:
                     return _locked()
                 current = self._open(record_id, stored)
                 continue
+            try:  # before the write: a record we cannot evaluate must not cost a guess
+                identifier = credential_identifier(
+                    account, record.generation, record.credential_scheme
+                )
+            except ValueError as exc:
+                raise RecordCorrupt("stored record has an unknown credential scheme") from exc
             counted = sealed_pb2.Record()
             counted.CopyFrom(record)
             counted.attempts = record.attempts + 1
@@ -395,7 +460,7 @@ class VaultService:
         )  # fmt: skip
         try:
             ke2, state = opaque.server_login_start(
-                counted.opaque_record, account, msg.ke1, self._keys, self._opaque, self._rng
+                counted.opaque_record, identifier, msg.ke1, self._keys, self._opaque, self._rng
             )
         except InvalidInput as exc:
             raise BadRequest("malformed KE1") from exc
@@ -578,6 +643,7 @@ def _tombstone(record: sealed_pb2.Record) -> sealed_pb2.Record:
         evaluations=record.evaluations,
         last_redeemed=record.last_redeemed,
         version=record.version + 1,
+        credential_scheme=record.credential_scheme,
     )
 
 

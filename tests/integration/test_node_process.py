@@ -254,13 +254,17 @@ pin_file = "{spec.pin_file}"
         wait_until(serving, 30, "node never became SERVING")
         yield under_test
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-        if stderr_file is not None:
-            stderr_file.close()
-        etcd.kill()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+        finally:
+            if stderr_file is not None:
+                stderr_file.close()
+            try:
+                etcd.kill()
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 def register(node: NodeUnderTest, password: bytes) -> BackupKey:
@@ -279,6 +283,7 @@ def register(node: NodeUnderTest, password: bytes) -> BackupKey:
             register_finish=envelope_pb2.RegisterFinish(
                 registration_record=record,
                 wrapped_key=wrap_key(key, export_key, ACCOUNT, os.urandom),
+                ticket=r1.register_start.ticket,
             )
         )
     )

@@ -12,6 +12,7 @@ from client.errors import (
     NotRegistered,
     ProtocolError,
     RateLimited,
+    StaleRequest,
     Unauthenticated,
     Unavailable,
     VaultError,
@@ -46,7 +47,7 @@ EXPECTED = {
     grpc.StatusCode.ALREADY_EXISTS: ProtocolError,
     grpc.StatusCode.PERMISSION_DENIED: ProtocolError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ProtocolError,  # without retry-after-ms: too large
-    grpc.StatusCode.FAILED_PRECONDITION: ProtocolError,
+    grpc.StatusCode.FAILED_PRECONDITION: StaleRequest,
     grpc.StatusCode.ABORTED: ProtocolError,
     grpc.StatusCode.OUT_OF_RANGE: ProtocolError,
     grpc.StatusCode.UNIMPLEMENTED: ProtocolError,

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bkv.v1 import envelope_pb2
 from client import protocol
-from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError
+from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError, StaleRequest
 from client.protocol import FlowContext, Outbound, Status, Step
 from vault_protocol import backup_key, opaque
 from vault_protocol.backup_key import BackupKey
@@ -30,6 +30,7 @@ class _Record:
     opaque_record: bytes
     wrapped_key: bytes
     max_attempts: int
+    salt: bytes = b""  # the registration's own OPRF-key salt, as the node's generation
     attempts: int = 0
     locked: bool = False
 
@@ -41,6 +42,7 @@ class FakeVault:
     default_max_attempts: int = 10
     records: dict[str, _Record] = field(default_factory=dict)
     tickets: dict[bytes, tuple[str, bytes, bytes]] = field(default_factory=dict)
+    registrations: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
     evaluations: int = 0
     seen_steps: list[Step] = field(default_factory=list)
 
@@ -80,17 +82,26 @@ class FakeVault:
         op = req.WhichOneof("op")
         rec = self.records.get(account)
         if op == "register_start":
+            salt, ticket = os.urandom(16), os.urandom(16)
             resp = opaque.server_registration_response(
-                req.register_start.registration_request, cid, self._keys
+                req.register_start.registration_request, cid + salt, self._keys
             )
+            self.registrations[ticket] = (account, salt)
             return R(
                 outcome=envelope_pb2.OUTCOME_OK,
-                register_start=envelope_pb2.RegisterStartReply(registration_response=resp),
+                register_start=envelope_pb2.RegisterStartReply(
+                    registration_response=resp, ticket=ticket
+                ),
             )
         if op == "register_finish":
             f = req.register_finish
+            owner, salt = self.registrations.pop(f.ticket)  # single use, as the node's CAS
+            assert owner == account
             self.records[account] = _Record(
-                f.registration_record, f.wrapped_key, f.max_attempts or self.default_max_attempts
+                f.registration_record,
+                f.wrapped_key,
+                f.max_attempts or self.default_max_attempts,
+                salt,
             )
             return R(
                 outcome=envelope_pb2.OUTCOME_OK, register_finish=envelope_pb2.RegisterFinishReply()
@@ -121,7 +132,12 @@ class FakeVault:
             rec.attempts += 1  # counted before the OPRF runs
             self.evaluations += 1
             ke2, state = opaque.server_login_start(
-                rec.opaque_record, cid, req.recover_start.ke1, self._keys, self._config, os.urandom
+                rec.opaque_record,
+                cid + rec.salt,
+                req.recover_start.ke1,
+                self._keys,
+                self._config,
+                os.urandom,
             )
             ticket = os.urandom(16)
             self.tickets[ticket] = (account, state.expected_client_mac, state.session_key)
@@ -273,8 +289,36 @@ def test_outbound_and_results_never_show_secrets(vault: FakeVault) -> None:
 
 
 def test_max_attempts_out_of_range_is_refused(vault: FakeVault) -> None:
-    with pytest.raises(ValueError):
-        protocol.register_flow(_ctx(vault), PASSWORD, max_attempts=0)
+    for bad in (0, protocol.MAX_ATTEMPTS_LIMIT + 1):
+        with pytest.raises(ValueError):
+            protocol.register_flow(_ctx(vault), PASSWORD, max_attempts=bad)
+
+
+def test_the_clients_attempt_limit_is_the_vaults() -> None:
+    from vault_node.config import MAX_ATTEMPTS_LIMIT
+
+    assert protocol.MAX_ATTEMPTS_LIMIT == MAX_ATTEMPTS_LIMIT  # no value passes here, fails there
+
+
+def test_a_stale_register_finish_starts_the_registration_again_once(vault: FakeVault) -> None:
+    ctx, inner = _ctx(vault), vault.send_for(ACCOUNT)
+    stale_left = [1]
+
+    def send(outbound: Outbound) -> bytes:
+        if outbound.step is Step.REGISTER_FINISH and stale_left[0]:
+            stale_left[0] -= 1
+            vault.seen_steps.append(outbound.step)
+            raise StaleRequest("the record changed")
+        return inner(outbound)
+
+    key = protocol.run(protocol.register_flow(ctx, PASSWORD), send)
+    assert vault.seen_steps == [Step.REGISTER_START, Step.REGISTER_FINISH] * 2
+    assert protocol.run(protocol.recover_flow(ctx, PASSWORD), send) == key  # the same key
+    vault.seen_steps.clear()
+    stale_left[0] = 2
+    with pytest.raises(StaleRequest):
+        protocol.run(protocol.register_flow(ctx, PASSWORD), send)
+    assert vault.seen_steps == [Step.REGISTER_START, Step.REGISTER_FINISH] * 2  # once, no more
 
 
 def test_password_is_nfc_normalised(vault: FakeVault) -> None:

@@ -177,9 +177,10 @@ class Harness:
         reply = await self.service.handle(as_account or account, sealed)
         return open_response(request.response_key, reply)
 
-    async def register(
+    async def prepare_registration(
         self, password: bytes, account: str = ACCOUNT, max_attempts: int = 0
-    ) -> BackupKey:
+    ) -> tuple[BackupKey, envelope_pb2.VaultRequest]:
+        """Register start done; returns the key and the finish request, not yet sent."""
         state, req = opaque.registration_start(password, os.urandom)
         r1 = await self.call(
             envelope_pb2.VaultRequest(
@@ -187,20 +188,27 @@ class Harness:
             ),
             account,
         )
-        assert r1.outcome == OK
+        assert r1.outcome == OK and r1.register_start.ticket
         record, export_key = opaque.registration_finish(
             state, r1.register_start.registration_response, OPAQUE_CONFIG, os.urandom
         )
         key = BackupKey.generate(os.urandom)
         wrapped = wrap_key(key, export_key, account, os.urandom)
-        r2 = await self.call(
-            envelope_pb2.VaultRequest(
-                register_finish=envelope_pb2.RegisterFinish(
-                    registration_record=record, wrapped_key=wrapped, max_attempts=max_attempts
-                )
-            ),
-            account,
+        finish = envelope_pb2.VaultRequest(
+            register_finish=envelope_pb2.RegisterFinish(
+                registration_record=record,
+                wrapped_key=wrapped,
+                max_attempts=max_attempts,
+                ticket=r1.register_start.ticket,
+            )
         )
+        return key, finish
+
+    async def register(
+        self, password: bytes, account: str = ACCOUNT, max_attempts: int = 0
+    ) -> BackupKey:
+        key, finish = await self.prepare_registration(password, account, max_attempts)
+        r2 = await self.call(finish, account)
         assert r2.outcome == OK
         return key
 
@@ -577,7 +585,9 @@ def test_bad_wrapped_key_length_is_a_bad_request() -> None:
             await h.call(
                 envelope_pb2.VaultRequest(
                     register_finish=envelope_pb2.RegisterFinish(
-                        registration_record=record, wrapped_key=bytes(59)
+                        registration_record=record,
+                        wrapped_key=bytes(59),
+                        ticket=r1.register_start.ticket,
                     )
                 )
             )
@@ -772,3 +782,189 @@ def test_records_and_tickets_fail_with_one_error() -> None:
         open_record(token, os.urandom(32), blob)
     with pytest.raises(DecryptError):
         records.open_ticket(token, blob)
+
+
+# -- registration: no free OPRF oracle, no replay ------------------------------------------------
+
+
+def _unmasks(password: bytes, ke2: bytes, registration_response: bytes, blind: bytes) -> bool:
+    """True when the OPRF output of a registration response unmasks a login's KE2, i.e. when the
+    registration evaluated the same OPRF key as the login (an offline password check)."""
+    from vault_protocol import oprf
+    from vault_protocol.opaque import ENVELOPE_BYTES, NH, NN, NOE, NPK, _expand
+
+    evaluated, server_public_key = registration_response[:NOE], registration_response[NOE:]
+    rwd = opaque.randomized_password(oprf.finalize(password, blind, evaluated), IdentityKsf())
+    masking_key = _expand(rwd, b"MaskingKey", NH)
+    nonce, masked = ke2[NOE : NOE + NN], ke2[NOE + NN : NOE + NN + NPK + ENVELOPE_BYTES]
+    pad = _expand(masking_key, nonce + b"CredentialResponsePad", NPK + ENVELOPE_BYTES)
+    return bytes(a ^ b for a, b in zip(pad, masked, strict=True))[:NPK] == server_public_key
+
+
+def test_register_start_is_no_password_oracle_for_the_live_record() -> None:
+    """The review's attack: one counted recovery start yields KE2; uncounted register starts
+    then tested passwords against it. Each registration now has an OPRF key of its own."""
+
+    async def go() -> None:
+        h = Harness(max_attempts=3)
+        await h.register(b"hunter2")
+        _, r = await h.start(b"a first guess")  # counted
+        ke2 = r.recover_start.ke2
+        state, req = opaque.registration_start(b"hunter2", os.urandom)  # the right password
+        reply = await h.call(
+            envelope_pb2.VaultRequest(
+                register_start=envelope_pb2.RegisterStart(registration_request=req)
+            )
+        )
+        response = reply.register_start.registration_response
+        assert not _unmasks(b"hunter2", ke2, response, state.blind)
+        assert h.record().attempts == 1
+        # The check itself works: a response under the live record's own OPRF key (what register
+        # start computed before each registration had its own key) does unmask it.
+        record = h.record()
+        live = records.credential_identifier(
+            ACCOUNT.encode(), record.generation, record.credential_scheme
+        )
+        state, req = opaque.registration_start(b"hunter2", os.urandom)
+        response = opaque.server_registration_response(req, live, h.keys)
+        assert _unmasks(b"hunter2", ke2, response, state.blind)
+
+    run(go())
+
+
+def test_a_replayed_register_finish_cannot_undo_a_lockout() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=2)
+        _, finish = await h.prepare_registration(b"pw")
+        finish.response_key = os.urandom(32)
+        sealed = seal_request(h.fleet, ACCOUNT, finish)  # the bytes a frontend could keep
+        assert (
+            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
+            == OK
+        )
+        for _ in range(3):
+            await h.wrong_guess()
+        assert h.record().state == sealed_pb2.RECORD_STATE_LOCKED
+        revision = h.store.revision
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, sealed)
+        h.clock.now += 10 * 60_000  # and once its ticket has expired
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, sealed)
+        assert h.store.revision == revision
+        assert h.record().state == sealed_pb2.RECORD_STATE_LOCKED and not h.record().wrapped_key
+
+    run(go())
+
+
+def test_register_finish_is_single_use_and_a_retry_of_the_same_one_is_answered() -> None:
+    async def go() -> None:
+        h = Harness()
+        key, finish = await h.prepare_registration(b"pw")
+        finish.response_key = os.urandom(32)
+        sealed = seal_request(h.fleet, ACCOUNT, finish)
+        assert (
+            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
+            == OK
+        )
+        revision = h.store.revision
+        # A client's retry of an unconfirmed finish: the same answer, nothing written.
+        again = open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed))
+        assert again.outcome == OK and again.WhichOneof("reply") == "register_finish"
+        assert h.store.revision == revision
+        assert await h.recover(b"pw") == key
+        # Once the record changed (a re-registration), the old finish is refused.
+        new_key = await h.register(b"new")
+        revision = h.store.revision
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, sealed)
+        assert h.store.revision == revision and await h.recover(b"new") == new_key
+
+    run(go())
+
+
+def test_register_finish_refuses_a_record_that_changed_since_its_start() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"old")
+        _, finish = await h.prepare_registration(b"new")
+        await h.wrong_guess()  # a write between the two steps
+        revision = h.store.revision
+        with pytest.raises(Precondition):
+            await h.call(finish)
+        assert h.store.revision == revision and await h.recover(b"old")
+
+    run(go())
+
+
+def test_registration_tickets_are_checked() -> None:
+    async def go() -> None:
+        h = Harness()
+        _, finish = await h.prepare_registration(b"pw")
+        good = finish.register_finish.ticket
+        _, bob_finish = await h.prepare_registration(b"pw", account="bob")
+        _, r = await h.start(b"pw")  # NOT_REGISTERED: no login ticket; seal one directly
+        login_ticket = records.seal_ticket(h.token, sealed_pb2.Ticket(), os.urandom)
+        bob_ticket = bob_finish.register_finish.ticket
+        for bad in (b"", os.urandom(80), login_ticket, bob_ticket):
+            finish.register_finish.ticket = bad
+            with pytest.raises(BadRequest):
+                await h.call(finish)
+        finish.register_finish.ticket = good
+        h.clock.now += 60_000  # the ticket's TTL
+        with pytest.raises(Precondition, match="expired"):
+            await h.call(finish)
+        assert h.store.data == {} and r.outcome == NOT_REGISTERED
+
+    run(go())
+
+
+def test_a_record_of_the_account_only_scheme_still_recovers() -> None:
+    """Records written before credential schemes (scheme 0) keep their OPRF key."""
+
+    async def go() -> None:
+        h = Harness()
+        key = await h.register(b"pw")
+        record = h.record()
+        assert record.credential_scheme == records.CREDENTIAL_ACCOUNT_GENERATION
+        # Rebuild it as a scheme-0 registration would have stored it.
+        identifier = ACCOUNT.encode()
+        state, req = opaque.registration_start(b"legacy", os.urandom)
+        response = opaque.server_registration_response(req, identifier, h.keys)
+        opaque_record, export_key = opaque.registration_finish(
+            state, response, OPAQUE_CONFIG, os.urandom
+        )
+        record.opaque_record = opaque_record
+        record.wrapped_key = wrap_key(key, export_key, ACCOUNT, os.urandom)
+        record.credential_scheme = records.CREDENTIAL_ACCOUNT
+        rid = h.record_id()
+        h.store.data[rid] = (seal_record(h.token, rid, record, os.urandom), h.store.data[rid][1])
+        h.service = h.node()  # no cached copy of the old record
+        assert await h.recover(b"legacy") == key
+
+    run(go())
+
+
+def test_every_answer_has_one_size() -> None:
+    """The frontend must not tell a recovery from a registration (or anything else) by size."""
+
+    async def go() -> None:
+        h = Harness()
+        sizes: set[int] = set()
+        original = h.service.handle
+
+        async def measured(account_id: str, envelope: bytes) -> bytes:
+            answer = await original(account_id, envelope)
+            sizes.add(len(answer))
+            return answer
+
+        h.service.handle = measured  # type: ignore[method-assign]
+        await h.register(b"pw")
+        await h.recover(b"pw")
+        await h.wrong_guess()
+        await h.status()
+        await h.delete()
+        await h.start(b"pw")  # NOT_REGISTERED
+        assert len(sizes) == 1, sizes
+
+    run(go())

@@ -46,14 +46,16 @@ class RegisterStart(_message.Message):
     def __init__(self, registration_request: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFinish(_message.Message):
-    __slots__ = ("registration_record", "wrapped_key", "max_attempts")
+    __slots__ = ("registration_record", "wrapped_key", "max_attempts", "ticket")
     REGISTRATION_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     registration_record: bytes
     wrapped_key: bytes
     max_attempts: int
-    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    ticket: bytes
+    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ..., ticket: _Optional[bytes] = ...) -> None: ...
 
 class RecoverStart(_message.Message):
     __slots__ = ("ke1",)
@@ -96,10 +98,12 @@ class VaultRequest(_message.Message):
     def __init__(self, response_key: _Optional[bytes] = ..., register_start: _Optional[_Union[RegisterStart, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinish, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStart, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinish, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ...) -> None: ...
 
 class RegisterStartReply(_message.Message):
-    __slots__ = ("registration_response",)
+    __slots__ = ("registration_response", "ticket")
     REGISTRATION_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     registration_response: bytes
-    def __init__(self, registration_response: _Optional[bytes] = ...) -> None: ...
+    ticket: bytes
+    def __init__(self, registration_response: _Optional[bytes] = ..., ticket: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFinishReply(_message.Message):
     __slots__ = ()

@@ -25,7 +25,7 @@ class Sealed(_message.Message):
     def __init__(self, key_name: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version")
+    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme")
     STATE_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Record(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     LAST_REDEEMED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_SCHEME_FIELD_NUMBER: _ClassVar[int]
     state: RecordState
     opaque_record: bytes
     wrapped_key: bytes
@@ -44,7 +45,20 @@ class Record(_message.Message):
     evaluations: int
     last_redeemed: int
     version: int
-    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    credential_scheme: int
+    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ...) -> None: ...
+
+class RegistrationTicket(_message.Message):
+    __slots__ = ("record_id", "generation", "base_revision", "expires_at_ms")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    record_id: bytes
+    generation: bytes
+    base_revision: int
+    expires_at_ms: int
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class Ticket(_message.Message):
     __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms")
