@@ -3,13 +3,20 @@
 ```
 bkv [--config FILE] [--account ID] [--key-dir DIR] [--json] COMMAND
   account create | account show
-  register [--password-stdin] [--key 64HEX] [--max-attempts N]
+  register [--password-stdin] [--key-file F|-] [--max-attempts N]
   recover  [--password-stdin]
   status | delete
   keygen
-  backup encrypt SRC DST --key 64HEX | --key-file F
-  backup decrypt SRC DST --key 64HEX | --key-file F
+  backup encrypt SRC DST [--key-file F|-]
+  backup decrypt SRC DST [--key-file F|-]
 ```
+
+The backup key K is never taken from the command line: argv is readable by every local user
+(`ps`, `/proc/PID/cmdline`) and lands in shell history, so `--key VALUE` is refused (exit 2).
+`--key-file F` reads it from a file, `--key-file -` from one line of stdin (64 hex digits; spaces,
+dashes and upper case are fine). `backup` without `--key-file` asks for it with getpass (no echo)
+on a terminal, else reads one line of stdin; `register` without it escrows a fresh key and
+prints it. `register --key-file -` cannot be combined with `--password-stdin` (one stdin).
 
 `--config` defaults to `$BKV_CONFIG`, then `./client.toml`; `--account` to `$BKV_ACCOUNT`; the
 account key file lives beside the config unless `--key-dir`. Hidden: `--ksf fast` (or
@@ -26,7 +33,8 @@ not_registered, unavailable, rate_limited, unauthenticated, protocol, bad_input)
 
 Security: every exception is caught in `main` and printed as one line that names its type and
 its message (the library's messages never carry secrets); unknown exceptions print their type
-only. Passwords are read with getpass (no echo) or from stdin, never from the command line.
+only. Passwords and keys are read with getpass (no echo), from stdin or (keys) from a file,
+never from the command line; no message repeats a key or the text it was parsed from.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from client.errors import (
     Unavailable,
     VaultError,
 )
+from client.protocol import MAX_ATTEMPTS_LIMIT
 from client.session import AccountKey
 from client.vault import VaultClient, decrypt_backup, default_config_path, encrypt_backup
 from vault_protocol.backup_key import BackupKey
@@ -103,6 +112,32 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+KEY_ON_ARGV_MESSAGE = (
+    "--key is not accepted: the command line is visible to every local user (ps, /proc) and "
+    "is kept in shell history; pass --key-file FILE, or --key-file - to read the key from "
+    "standard input"
+)
+
+
+class _RefuseKeyOnArgv(argparse.Action):
+    """A hidden `--key [VALUE]` that always fails, so the old spelling is refused with a clear
+    message rather than taken as an abbreviation of `--key-file`/`--key-dir` (which would then
+    print the key back as a file or folder name)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(KEY_ON_ARGV_MESSAGE)  # never repeats the value
+
+
 @dataclass
 class Io:
     """What the command line reads and writes; tests pass their own."""
@@ -121,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-dir", help="folder of the account key file (default: the config's)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--ksf", choices=KSF_NAMES, help=argparse.SUPPRESS)
+    p.add_argument("--key", action=_RefuseKeyOnArgv)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     account = sub.add_parser("account", help="create or show the account key")
@@ -130,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("register", help="escrow a key behind a password")
     reg.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    reg.add_argument("--key", help="the 64-hex-digit key to escrow (default: a fresh one)")
+    reg.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="a file holding the 64-hex-digit key to escrow, - for stdin (default: a fresh one)",
+    )
+    reg.add_argument("--key", action=_RefuseKeyOnArgv)
     reg.add_argument("--max-attempts", type=int, help="wrong passwords before the key is erased")
 
     rec = sub.add_parser("recover", help="get the key back with the password")
@@ -146,9 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         b = backup_sub.add_parser(name, help=f"{name} SRC into DST")
         b.add_argument("src")
         b.add_argument("dst")
-        keys = b.add_mutually_exclusive_group(required=True)
-        keys.add_argument("--key", help="64 hex digits")
-        keys.add_argument("--key-file", help="a file holding the 64 hex digits")
+        b.add_argument(
+            "--key-file",
+            metavar="FILE",
+            help="a file holding the 64-hex-digit key, - for stdin "
+            "(default: ask on a terminal, else read stdin)",
+        )
+        b.add_argument("--key", action=_RefuseKeyOnArgv)
     return p
 
 
@@ -197,18 +242,74 @@ def _read_password(args: argparse.Namespace, io: Io, *, confirm: bool) -> str:
     return password
 
 
-def _parse_key(args: argparse.Namespace) -> BackupKey:
-    if getattr(args, "key_file", None):
-        try:
-            text = Path(args.key_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise BadInput(f"cannot read the key file {args.key_file}") from None
-    else:
-        text = args.key
+# A key with separators is under 100 characters; a bigger "key" (say --key-file /dev/zero) is
+# refused after this many rather than read whole.
+_KEY_TEXT_MAX = 4096
+
+
+def _looks_like_a_key(text: str) -> bool:
+    try:
+        BackupKey.parse(text)
+    except KeyFormatError:
+        return False
+    return True
+
+
+def _read_key_file(path: str) -> str:
+    """A key file's text. Errors name the file and the OS's reason, never the content; a "file
+    name" that is itself a key (`--key-file 804e0f27...`) is not repeated either."""
+    if _looks_like_a_key(path) and not os.path.lexists(path):
+        raise BadInput("--key-file takes the name of a file holding the key, not the key itself")
+    try:
+        # utf-8-sig: a key saved by an editor that writes a byte-order mark still parses.
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read(_KEY_TEXT_MAX + 1)
+    except FileNotFoundError:
+        raise BadInput(f"no such key file {path}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"bad key in the key file {path}: not UTF-8 text") from None
+    except OSError as err:
+        raise BadInput(f"cannot read the key file {path}: {err.strerror or 'error'}") from None
+    if len(text) > _KEY_TEXT_MAX:
+        raise BadInput(f"bad key in the key file {path}: too long to be a key")
+    return text
+
+
+def _parse_key(text: str, source: str) -> BackupKey:
+    text = text.strip()
+    if not text:
+        raise BadInput(f"no key {source}")
     try:
         return BackupKey.parse(text)
     except KeyFormatError as err:
-        raise BadInput(f"bad key: {err}") from None
+        # KeyFormatError gives a position or a digit count, never the text itself.
+        raise BadInput(f"bad key {source}: {err}") from None
+
+
+def _key_from_stdin(args: argparse.Namespace, io: Io) -> BackupKey:
+    if getattr(args, "password_stdin", False):
+        raise UsageError("--password-stdin and a key on stdin cannot share stdin; use --key-file")
+    return _parse_key(io.stdin.readline(_KEY_TEXT_MAX), "on standard input")
+
+
+def _key_from_option(args: argparse.Namespace, io: Io) -> BackupKey | None:
+    """K from --key-file: a file, or - for one line of stdin; None without --key-file."""
+    path: str | None = args.key_file
+    if path is None:
+        return None
+    if path == "-":
+        return _key_from_stdin(args, io)
+    return _parse_key(_read_key_file(path), f"in the key file {path}")
+
+
+def _key_required(args: argparse.Namespace, io: Io) -> BackupKey:
+    """K from --key-file, else asked for without echo on a terminal, else one line of stdin."""
+    key = _key_from_option(args, io)
+    if key is not None:
+        return key
+    if io.stdin.isatty():
+        return _parse_key(io.getpass("Backup key (64 hex digits): "), "typed")
+    return _key_from_stdin(args, io)
 
 
 class _ProgressBar:
@@ -260,9 +361,9 @@ def cmd_account(args: argparse.Namespace, io: Io) -> Result:
 
 
 def cmd_register(args: argparse.Namespace, io: Io) -> Result:
-    given = _parse_key(args) if args.key else None
-    if args.max_attempts is not None and args.max_attempts < 1:
-        raise BadInput("--max-attempts must be at least 1")
+    given = _key_from_option(args, io)  # None: register escrows a fresh key and prints it
+    if args.max_attempts is not None and not 1 <= args.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise BadInput(f"--max-attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
     with make_client(args) as client:
         client.account  # noqa: B018 - fail on a missing account before asking for a password
         password = _read_password(args, io, confirm=True)
@@ -309,7 +410,7 @@ def cmd_keygen(args: argparse.Namespace, io: Io) -> Result:
 
 
 def cmd_backup(args: argparse.Namespace, io: Io) -> Result:
-    key = _parse_key(args)
+    key = _key_required(args, io)
     if not os.path.isfile(args.src):
         raise BadInput(f"no such file {args.src}")
     bar = None

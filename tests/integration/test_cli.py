@@ -58,8 +58,8 @@ class Bkv:
 
 
 @pytest.fixture
-def client_toml(cluster: Any) -> Path:
-    return _client_toml(cluster)
+def client_toml(healthy_cluster: Any) -> Path:
+    return _client_toml(healthy_cluster)
 
 
 @pytest.fixture
@@ -85,11 +85,18 @@ def test_exit_0_register_and_recover_round_trip(bkv: Bkv) -> None:
 @pytest.mark.timeout(60)
 def test_exit_2_bad_key_and_missing_file(bkv: Bkv, tmp_path: Path) -> None:
     assert bkv("account", "create").returncode == 0
-    proc = bkv("register", "--password-stdin", "--key", "not-a-key", stdin=PASSWORD)
-    assert proc.returncode == 2 and "bad key" in proc.stderr
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not-a-key\n")
+    proc = bkv("register", "--password-stdin", "--key-file", str(bad_key), stdin=PASSWORD)
+    assert proc.returncode == 2 and "bad key" in proc.stderr and "not-a-key" not in proc.stderr
     code, out = bkv.json("backup", "encrypt", str(tmp_path / "nope"), str(tmp_path / "x"),
-                         "--key", "00" * 32)  # fmt: skip
+                         stdin="00" * 32)  # fmt: skip
     assert code == 2 and out["error"] == "bad_input"
+    # The key on the command line (visible to every local user through ps) is refused.
+    proc = bkv("register", "--password-stdin", "--key", "00" * 32, stdin=PASSWORD)
+    assert proc.returncode == 2 and "--key-file" in proc.stderr and "00" * 32 not in proc.stderr
+    code, st = bkv.json("status")
+    assert code == 0 and not st["registered"]
 
 
 @pytest.mark.timeout(120)
@@ -204,17 +211,18 @@ def _run_measured(argv: list[str], tmp_path: Path) -> tuple[int, int]:
 def test_one_gib_backup_round_trip_in_constant_memory(tmp_path: Path) -> None:
     src, enc, dec = tmp_path / "plain.bin", tmp_path / "plain.bkv", tmp_path / "plain.out"
     expected = _write_gib(src, 1024)
-    key = "0123456789abcdef" * 4
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("0123456789abcdef" * 4 + "\n")
     limit_kib = 200 * 1024
     try:
         code, peak = _run_measured(
-            [BKV, "backup", "encrypt", str(src), str(enc), "--key", key], tmp_path
+            [BKV, "backup", "encrypt", str(src), str(enc), "--key-file", str(key_file)], tmp_path
         )
         assert code == 0
         assert peak < limit_kib, f"encrypt peak RSS {peak} KiB"
         src.unlink()
         code, peak = _run_measured(
-            [BKV, "backup", "decrypt", str(enc), str(dec), "--key", key], tmp_path
+            [BKV, "backup", "decrypt", str(enc), str(dec), "--key-file", str(key_file)], tmp_path
         )
         assert code == 0
         assert peak < limit_kib, f"decrypt peak RSS {peak} KiB"

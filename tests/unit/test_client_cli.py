@@ -1,7 +1,8 @@
-"""The `bkv` command line: parsing, exit codes, --json, passwords, key files (fake client)."""
+"""The `bkv` command line: parsing, exit codes, --json, passwords, keys (fake client)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -65,11 +66,14 @@ class Run:
         self.prompts.append(prompt)
         return self.passwords.pop(0)
 
-    def __call__(self, *argv: str, stdin: str = "", tty: bool = False) -> tuple[int, str, str]:
+    def __call__(
+        self, *argv: str, stdin: str = "", tty: bool = False, stdin_tty: bool = False
+    ) -> tuple[int, str, str]:
+        """`tty`: stderr is a terminal (progress bar); `stdin_tty`: stdin is (key prompt)."""
         out, err = io.StringIO(), (Tty() if tty else io.StringIO())
+        stdin_io = Tty(stdin) if stdin_tty else io.StringIO(stdin)
         code = cli.main(
-            list(argv),
-            cli.Io(stdin=io.StringIO(stdin), stdout=out, stderr=err, getpass=self.getpass),
+            list(argv), cli.Io(stdin=stdin_io, stdout=out, stderr=err, getpass=self.getpass)
         )
         return code, out.getvalue(), err.getvalue()
 
@@ -109,19 +113,60 @@ def test_register_mismatched_passwords_is_bad_input(run: Run) -> None:
     assert code == 2 and "do not match" in err and SECRET not in err + out
 
 
-def test_register_with_a_given_key_does_not_print_it(run: Run) -> None:
+def test_register_with_a_key_file_escrows_it_and_does_not_print_it(
+    run: Run, tmp_path: Path
+) -> None:
     run("account", "create")
     key = "ab" * 32
-    code, out, _ = run("register", "--password-stdin", "--key", key, stdin=SECRET)
-    assert code == 0 and key not in out
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("ABAB abab-" + "ab" * 28 + "\n")  # the parser's separators, upper case
+    code, out, err = run("register", "--password-stdin", "--key-file", str(key_file), stdin=SECRET)
+    assert code == 0 and out == "registered\n" and key not in out + err
     code, out, _ = run("--json", "recover", "--password-stdin", stdin=SECRET)
     assert json.loads(out)["key"] == key
 
 
-def test_bad_key_format_is_exit_2(run: Run) -> None:
+def test_register_with_the_key_on_stdin_asks_for_the_password(run: Run) -> None:
     run("account", "create")
-    code, _out, err = run("register", "--password-stdin", "--key", "xyz", stdin=SECRET)
-    assert code == 2 and "bad key" in err
+    key = "cd" * 32
+    run.passwords = [SECRET, SECRET]
+    code, out, err = run("register", "--key-file", "-", stdin=f"  {key}  \n")
+    assert code == 0 and out == "registered\n" and key not in out + err
+    assert run.prompts == ["Password: ", "Password (again): "]
+    code, out, _ = run("--json", "recover", "--password-stdin", stdin=SECRET)
+    assert json.loads(out)["key"] == key
+
+
+def test_register_key_and_password_cannot_both_come_from_stdin(run: Run) -> None:
+    run("account", "create")
+    code, out, err = run(
+        "register", "--password-stdin", "--key-file", "-", stdin="ab" * 32 + "\n" + SECRET
+    )
+    assert code == 2 and "--key-file" in err and out == ""
+    assert json.loads(run("--json", "status")[1])["registered"] is False
+
+
+def test_register_without_a_key_still_escrows_a_fresh_one(run: Run) -> None:
+    run("account", "create")
+    code, out, _ = run("--json", "register", "--password-stdin", stdin=SECRET)
+    assert code == 0 and len(json.loads(out)["key"]) == 64
+
+
+def test_bad_key_format_is_exit_2(run: Run, tmp_path: Path) -> None:
+    run("account", "create")
+    (tmp_path / "k").write_text("xyz\n")
+    code, _out, err = run("register", "--password-stdin", "--key-file", str(tmp_path / "k"))
+    assert code == 2 and "bad key" in err and "xyz" not in err
+
+
+def test_max_attempts_outside_the_vaults_range_is_exit_2(run: Run) -> None:
+    run("account", "create")
+    for bad in ("0", "101"):
+        code, out, _ = run("--json", "register", "--password-stdin", "--max-attempts", bad,
+                           stdin=SECRET)  # fmt: skip
+        assert code == 2 and json.loads(out)["error"] == "bad_input"
+    code, out, _ = run("--json", "status")
+    assert code == 0 and json.loads(out)["registered"] is False
 
 
 def test_wrong_password_locked_not_registered_exit_codes(run: Run) -> None:
@@ -219,13 +264,13 @@ def test_keygen_prints_a_fresh_key(run: Run) -> None:
     assert out.replace(" ", "").strip() != json.loads(out2)["key"]
 
 
-def test_backup_round_trip_with_key_and_key_file(run: Run, tmp_path: Path) -> None:
+def test_backup_round_trip_with_key_on_stdin_and_key_file(run: Run, tmp_path: Path) -> None:
     src, enc, dec = tmp_path / "plain", tmp_path / "plain.bkv", tmp_path / "plain.out"
     src.write_bytes(os.urandom(3 * (1 << 20) + 17))
-    key = json.loads(run("--json", "keygen")[1])["key"]
+    key = run("keygen")[1]  # the display form: "804e 0f27 ..."
     key_file = tmp_path / "key.txt"
-    key_file.write_text(key + "\n")
-    code, _, err = run("backup", "encrypt", str(src), str(enc), "--key", key, tty=True)
+    key_file.write_text(key)
+    code, _, err = run("backup", "encrypt", str(src), str(enc), stdin=key, tty=True)
     assert code == 0 and "100%" in err  # progress bar on a terminal
     code, out, err = run(
         "--json", "backup", "decrypt", str(enc), str(dec), "--key-file", str(key_file), tty=True
@@ -234,18 +279,155 @@ def test_backup_round_trip_with_key_and_key_file(run: Run, tmp_path: Path) -> No
     assert dec.read_bytes() == src.read_bytes()
 
 
+def test_backup_with_key_file_dash_reads_one_line_of_stdin(run: Run, tmp_path: Path) -> None:
+    src, enc, dec = tmp_path / "p", tmp_path / "p.bkv", tmp_path / "p.out"
+    src.write_bytes(b"hello" * 1000)
+    key = "0f" * 32
+    assert run("backup", "encrypt", str(src), str(enc), "--key-file", "-", stdin=key + "\n")[0] == 0
+    code, out, err = run("backup", "decrypt", str(enc), str(dec), "--key-file", "-", stdin=key)
+    assert code == 0 and key not in out + err and dec.read_bytes() == src.read_bytes()
+
+
+def test_backup_without_a_key_file_prompts_without_echo_on_a_terminal(
+    run: Run, tmp_path: Path
+) -> None:
+    src, enc, dec = tmp_path / "p", tmp_path / "p.bkv", tmp_path / "p.out"
+    src.write_bytes(b"hello" * 1000)
+    key = "5a" * 32
+    run.passwords = [key, key.upper()]
+    assert run("backup", "encrypt", str(src), str(enc), stdin_tty=True)[0] == 0
+    code, out, err = run("backup", "decrypt", str(enc), str(dec), stdin_tty=True)
+    assert code == 0 and key not in out + err and dec.read_bytes() == src.read_bytes()
+    assert run.prompts == ["Backup key (64 hex digits): "] * 2
+    run.passwords = ["not a key"]
+    code, out, err = run("backup", "encrypt", str(src), str(enc), stdin_tty=True)
+    assert code == 2 and "bad key" in err and "not a key" not in out + err
+
+
+def test_backup_with_no_key_on_stdin_is_exit_2(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "p").write_bytes(b"x")
+    code, _, err = run("backup", "encrypt", str(tmp_path / "p"), str(tmp_path / "p.bkv"))
+    assert code == 2 and "no key on standard input" in err
+    assert not (tmp_path / "p.bkv").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("register", "--password-stdin", "--key", "KEY"),
+        ("register", "--key=KEY", "--password-stdin"),
+        ("backup", "encrypt", "SRC", "DST", "--key", "KEY"),
+        ("backup", "decrypt", "SRC", "DST", "--key=KEY"),
+        ("backup", "encrypt", "--key", "KEY", "SRC", "DST"),
+        ("backup", "encrypt", "SRC", "DST", "--key"),
+        ("--key", "KEY", "backup", "encrypt", "SRC", "DST"),  # not taken as --key-dir
+    ],
+)
+def test_a_key_on_the_command_line_is_refused_with_exit_2(
+    run: Run, tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    run("account", "create")
+    key = "80" * 32
+    src, dst = tmp_path / "p", tmp_path / "p.bkv"
+    src.write_bytes(b"hello")
+    argv = tuple(
+        a.replace("KEY", key).replace("SRC", str(src)).replace("DST", str(dst)) for a in argv
+    )
+    code, out, err = run(*argv, stdin=SECRET)
+    assert code == 2 and out == "" and not dst.exists()
+    assert err.count("\n") == 1 and "--key-file" in err and "visible" in err and key not in err
+    code, out, _ = run("--json", *argv, stdin=SECRET)
+    assert code == 2 and json.loads(out)["error"] == "bad_input" and key not in out
+    assert json.loads(run("--json", "status")[1])["registered"] is False
+
+
+def test_the_help_offers_key_file_and_not_key(run: Run) -> None:
+    parser = cli.build_parser()
+    for argv in (["register", "--help"], ["backup", "encrypt", "--help"]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert "--key-file" in out.getvalue() and "--key " not in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "ab" * 31 + "zz\n",  # a bad digit
+        "ab" * 31 + "a\n",  # 63 digits
+        "ab" * 32 + "ab\n",  # 66 digits
+        "# my key\n" + "ab" * 32 + "\n",
+    ],
+)
+def test_a_malformed_key_file_is_exit_2_and_never_echoed(
+    run: Run, tmp_path: Path, content: str
+) -> None:
+    src, dst, key_file = tmp_path / "p", tmp_path / "p.bkv", tmp_path / "key.txt"
+    src.write_bytes(b"hello")
+    key_file.write_text(content)
+    for json_flag in ((), ("--json",)):
+        argv = (*json_flag, "backup", "encrypt", str(src), str(dst), "--key-file", str(key_file))
+        code, out, err = run(*argv)
+        assert code == 2 and "bad key in the key file" in out + err and not dst.exists()
+        assert "abab" not in out + err and "zz" not in out + err and "my key" not in out + err
+
+
+def test_a_missing_or_unreadable_key_file_is_exit_2(run: Run, tmp_path: Path) -> None:
+    src, dst = tmp_path / "p", tmp_path / "p.bkv"
+    src.write_bytes(b"hello")
+    backup = ("backup", "encrypt", str(src), str(dst), "--key-file")
+    code, _, err = run(*backup, str(tmp_path / "nope.txt"))
+    assert code == 2 and f"no such key file {tmp_path / 'nope.txt'}" in err
+    code, _, err = run(*backup, str(tmp_path))
+    assert code == 2 and "cannot read the key file" in err
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00" * 30)
+    code, _, err = run(*backup, str(tmp_path / "binary"))
+    assert code == 2 and "not UTF-8" in err
+    (tmp_path / "huge").write_text("ab" * 10_000)
+    code, _, err = run(*backup, str(tmp_path / "huge"))
+    assert code == 2 and "too long" in err and "abab" not in err
+    assert not dst.exists()
+
+
+def test_a_key_file_without_read_permission_is_exit_2(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "p").write_bytes(b"hello")
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("ab" * 32)
+    key_file.chmod(0)
+    if os.geteuid() == 0:  # root reads a mode-000 file: make the open fail as it would for others
+
+        def refuse(path: str, *args: Any, **kwargs: Any) -> Any:
+            raise PermissionError(13, "Permission denied", path)
+
+        monkeypatch.setattr(cli, "open", refuse, raising=False)
+    code, out, err = run("backup", "encrypt", str(tmp_path / "p"), str(tmp_path / "x"),
+                         "--key-file", str(key_file))  # fmt: skip
+    assert code == 2 and f"cannot read the key file {key_file}: Permission denied" in err
+    assert "abab" not in out + err and not (tmp_path / "x").exists()
+
+
+def test_a_key_given_as_the_key_file_name_is_not_echoed(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "p").write_bytes(b"hello")
+    key = "804e 0f27 " * 8
+    code, out, err = run("backup", "encrypt", str(tmp_path / "p"), str(tmp_path / "x"),
+                         "--key-file", key)  # fmt: skip
+    assert code == 2 and "not the key itself" in err and "804e" not in out + err
+
+
 def test_backup_decrypt_with_the_wrong_key_leaves_no_output(run: Run, tmp_path: Path) -> None:
     src, enc, dec = tmp_path / "p", tmp_path / "p.bkv", tmp_path / "p.out"
     src.write_bytes(b"hello" * 1000)
-    assert run("backup", "encrypt", str(src), str(enc), "--key", "11" * 32)[0] == 0
-    code, _, err = run("backup", "decrypt", str(enc), str(dec), "--key", "22" * 32)
+    assert run("backup", "encrypt", str(src), str(enc), stdin="11" * 32)[0] == 0
+    code, _, err = run("backup", "decrypt", str(enc), str(dec), stdin="22" * 32)
     assert code == 2 and "corrupt" in err
     assert not dec.exists() and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
 
 
 def test_backup_missing_source_is_exit_2(run: Run, tmp_path: Path) -> None:
     code, _, err = run(
-        "backup", "encrypt", str(tmp_path / "nope"), str(tmp_path / "x"), "--key", "11" * 32
+        "backup", "encrypt", str(tmp_path / "nope"), str(tmp_path / "x"), stdin="11" * 32
     )
     assert code == 2 and "no such file" in err
 
