@@ -36,7 +36,7 @@ from client.errors import (
     error_from_status,
 )
 from client.protocol import Done, Outbound, Status
-from client.retry import RetryPolicy, acall_with_retry
+from client.retry import RetryPolicy, RetryState, acall_with_retry
 from client.session import login_request, wall_clock_ms
 from client.vault import (
     Progress,
@@ -249,6 +249,15 @@ class AsyncVaultClient(ClientCore):
 
     async def _relay(self, outbound: Outbound) -> bytes:
         request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
+        # One retry budget for the step across the re-login below: a try that may have counted
+        # a guess, then a refused session, must not give the guess step two more tries.
+        state = RetryState(
+            self._retry,
+            counts_guess=outbound.step.counts_guess,
+            finishes=outbound.step.finishes,
+            clock=self._clock,
+            uniform=self._uniform,
+        )
         for auth_try in range(2):
             await self._ensure_session()
             try:
@@ -258,6 +267,7 @@ class AsyncVaultClient(ClientCore):
                     metadata=self._session.metadata(),
                     counts_guess=outbound.step.counts_guess,
                     finishes=outbound.step.finishes,
+                    state=state,
                 )
                 return bytes(reply.sealed_response)
             except Unauthenticated:
@@ -299,6 +309,7 @@ class AsyncVaultClient(ClientCore):
         metadata: Any = None,
         counts_guess: bool = False,
         finishes: bool = False,
+        state: RetryState | None = None,
     ) -> Any:
         if self._closed:
             raise ProtocolError("the client is closed")
@@ -313,6 +324,7 @@ class AsyncVaultClient(ClientCore):
                 clock=self._clock,
                 sleep=self._sleep,
                 uniform=self._uniform,
+                state=state,
             )
         except VaultError:
             raise

@@ -169,11 +169,17 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     uniform: Uniform = random.random,
     finishes: bool = False,
+    state: RetryState | None = None,
 ) -> T:
-    """Run `attempt(time_left_s)` under `policy`, retrying as the module says (sync loop)."""
-    state = RetryState(
-        policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
-    )
+    """Run `attempt(time_left_s)` under `policy`, retrying as the module says (sync loop).
+
+    `state`: one step's budget, shared by every call for that step (e.g. before and after a
+    fresh login), so that re-logging in never grants a guess-counting step another retry.
+    """
+    if state is None:
+        state = RetryState(
+            policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
+        )
     while True:
         try:
             return attempt(state.remaining())
@@ -193,11 +199,13 @@ async def acall_with_retry(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     uniform: Uniform = random.random,
     finishes: bool = False,
+    state: RetryState | None = None,
 ) -> T:
     """The asyncio twin of `call_with_retry`, with the same `RetryState` decisions."""
-    state = RetryState(
-        policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
-    )
+    if state is None:
+        state = RetryState(
+            policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
+        )
     while True:
         try:
             return await attempt(state.remaining())

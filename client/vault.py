@@ -43,7 +43,7 @@ from client.errors import (
     error_from_status,
 )
 from client.protocol import Outbound, Status
-from client.retry import RetryPolicy, call_with_retry
+from client.retry import RetryPolicy, RetryState, call_with_retry
 from client.session import login_request, wall_clock_ms
 from vault_protocol import backup_file
 from vault_protocol import errors as vp_errors
@@ -415,6 +415,15 @@ class VaultClient(ClientCore):
 
     def _relay(self, outbound: Outbound) -> bytes:
         request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
+        # One retry budget for the step across the re-login below: a try that may have counted
+        # a guess, then a refused session, must not give the guess step two more tries.
+        state = RetryState(
+            self._retry,
+            counts_guess=outbound.step.counts_guess,
+            finishes=outbound.step.finishes,
+            clock=self._clock,
+            uniform=self._uniform,
+        )
         for auth_try in range(2):
             if self._session.token() is None:
                 self.login()
@@ -425,6 +434,7 @@ class VaultClient(ClientCore):
                     metadata=self._session.metadata(),
                     counts_guess=outbound.step.counts_guess,
                     finishes=outbound.step.finishes,
+                    state=state,
                 )
                 return bytes(reply.sealed_response)
             except Unauthenticated:
@@ -468,6 +478,7 @@ class VaultClient(ClientCore):
         metadata: Any = None,
         counts_guess: bool = False,
         finishes: bool = False,
+        state: RetryState | None = None,
     ) -> Any:
         if self._closed:
             raise ProtocolError("the client is closed")
@@ -482,6 +493,7 @@ class VaultClient(ClientCore):
                 clock=self._clock,
                 sleep=self._sleep,
                 uniform=self._uniform,
+                state=state,
             )
         except VaultError:
             raise

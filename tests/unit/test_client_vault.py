@@ -457,3 +457,60 @@ def test_account_key_load_refuses_a_key_others_can_read(tmp_path: Path) -> None:
         AccountKey.create(tmp_path, "carol")  # never overwrites
     with pytest.raises(BadInput):
         AccountKey.create(tmp_path, "../escape")
+
+
+class LossyFrontends(FakeFrontends):
+    """Relays follow `script`: "lost" = relayed (the vault counts it), the answer lost;
+    "unauth" = the session expired, refused before relaying. Then behaves normally."""
+
+    def __init__(self, vault: FakeVault) -> None:
+        super().__init__(vault)
+        self.script: list[str] = []
+        self.reached = 0
+
+    def handle(self, address: str, method: str, request: Any, metadata: Any) -> Any:
+        if method == "Relay" and self.script:
+            action = self.script.pop(0)
+            if action == "unauth":
+                self.tokens.clear()
+                raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED)
+            super().handle(address, method, request, metadata)
+            self.reached += 1
+            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, (), "connection reset")
+        return super().handle(address, method, request, metadata)
+
+
+def test_a_fresh_login_gives_the_guess_step_no_new_retry(
+    config: ClientConfig, vault: FakeVault
+) -> None:
+    """The re-review's sequence: counted and lost, session refused, re-login: the step had its one
+    retry already, so one user attempt reaches the vault at most twice (sync and asyncio)."""
+    frontends = LossyFrontends(vault)
+    with _client(config, frontends) as client:
+        client.create_account()
+        client.register(PASSWORD, max_attempts=10)
+        frontends.script = ["lost", "unauth", "lost", "lost"]
+        with pytest.raises(Unavailable):
+            client.recover(PASSWORD)
+        assert frontends.reached == 2 and client.status().guesses_left == 8
+    t = Sleeps()
+
+    async def go() -> None:
+        async with AsyncVaultClient(
+            config,
+            account_id="bob",
+            ksf=IdentityKsf(),
+            connector=AsyncFakeFrontends(frontends),
+            clock=t.clock,
+            sleep=t.asleep,
+            uniform=lambda: 0.5,
+        ) as aclient:
+            await aclient.create_account()
+            await aclient.register(PASSWORD, max_attempts=10)
+            frontends.reached = 0
+            frontends.script = ["lost", "unauth", "lost", "lost"]
+            with pytest.raises(Unavailable):
+                await aclient.recover(PASSWORD)
+            assert frontends.reached == 2 and (await aclient.status()).guesses_left == 8
+
+    asyncio.run(go())
