@@ -42,6 +42,7 @@ Rng = Callable[[int], bytes]
 GENERATION_LEN = 16
 MAX_ACCOUNT_ID_BYTES = 256
 CAS_RETRIES = 16
+MAX_CLOCK_SKEW_MS = 5_000  # between the node that issues a ticket and the one that redeems it
 ID_CACHE_SIZE = 65_536
 RECORD_CACHE_SIZE = 16_384
 
@@ -281,11 +282,21 @@ class VaultService:
             self._records.pop(record_id)  # committed at a revision etcd did not report
         return revision, current
 
+    def _check_expiry(self, expires_at_ms: int, what: str) -> None:
+        now = self._clock_ms()
+        if now >= expires_at_ms:
+            raise Precondition(f"{what} expired")
+        # A ticket from a node whose clock runs ahead would live longer here: it is refused when
+        # it claims more than one TTL (plus the clock skew we tolerate) of life left.
+        if expires_at_ms - now > self._config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS:
+            raise Precondition(f"{what} expires too far in the future (clock skew)")
+
     def _closed_answer(
         self, record_id: bytes, current: Entry | None, *, evaluation: int | None = None
     ) -> envelope_pb2.VaultResponse:
-        """NOT_REGISTERED for an absent record, LOCKED for a locked one; audited, no write."""
-        if current is None:
+        """NOT_REGISTERED for an absent or deleted record, LOCKED for a locked one; audited, no
+        write."""
+        if current is None or current[0].state == sealed_pb2.RECORD_STATE_DELETED:
             self._audit.write("not_registered", record_id)
             return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
         record = current[0]
@@ -340,8 +351,7 @@ class VaultService:
             raise BadRequest("registration ticket could not be opened") from exc
         if ticket.record_id != record_id or len(ticket.generation) != GENERATION_LEN:
             raise BadRequest("registration ticket does not belong to this account")
-        if self._clock_ms() >= ticket.expires_at_ms:
-            raise Precondition("registration ticket expired")
+        self._check_expiry(ticket.expires_at_ms, "registration ticket")
         max_attempts = msg.max_attempts or self._config.default_max_attempts
         current = await self._store.get(record_id)
         if (0 if current is None else current[1]) != ticket.base_revision:
@@ -417,7 +427,7 @@ class VaultService:
         _check_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
         current = self._cached(record_id) or await self._read(record_id)
         for _ in range(CAS_RETRIES):
-            if current is None or current[0].state == sealed_pb2.RECORD_STATE_LOCKED:
+            if current is None or _erased(current[0]):
                 return self._closed_answer(record_id, current)
             record, mod_revision = current
             if record.attempts >= record.max_attempts:
@@ -490,8 +500,7 @@ class VaultService:
         # A ticket is bound to the record it was issued for: another account's is refused.
         if ticket.record_id != record_id:
             raise BadRequest("ticket does not belong to this account")
-        if self._clock_ms() >= ticket.expires_at_ms:
-            raise Precondition("ticket expired")
+        self._check_expiry(ticket.expires_at_ms, "ticket")
         try:
             opaque.server_login_finish(ticket.expected_client_mac, msg.ke3)
             good_mac = True
@@ -502,7 +511,7 @@ class VaultService:
         if not good_mac:
             # The guess was counted at step 1; a wrong MAC writes nothing more.
             current = await self._read(record_id)
-            if current is None:
+            if current is None or current[0].state == sealed_pb2.RECORD_STATE_DELETED:
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
             record = current[0]
             self._audit.write(
@@ -519,7 +528,7 @@ class VaultService:
         if current is None or not _redeemable(current[0], ticket):
             current = await self._read(record_id)  # answers other than success need a read
         for _ in range(CAS_RETRIES):
-            if current is None or current[0].state == sealed_pb2.RECORD_STATE_LOCKED:
+            if current is None or _erased(current[0]):
                 return self._closed_answer(record_id, current, evaluation=ticket.evaluation)
             record, mod_revision = current
             # Single use: a ticket of an older registration, or one already redeemed (or older
@@ -556,17 +565,26 @@ class VaultService:
     # -- delete, status --
 
     async def _delete(self, record_id: bytes) -> envelope_pb2.VaultResponse:
-        self._records.pop(record_id)
+        stored = await self._store.get(record_id)
         for _ in range(CAS_RETRIES):
-            entry = await self._store.get(record_id)
-            if entry is None:
+            if stored is None:
                 return envelope_pb2.VaultResponse(
                     outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
                 )
+            blob, mod_revision = stored
             try:
-                revision = await self._store.delete(record_id, entry[1])
-            except StoreUnavailable as exc:
-                raise WriteUnconfirmed("etcd did not confirm the delete") from exc
+                record = open_record(self._token, record_id, blob)
+            except DecryptError:
+                record = sealed_pb2.Record()  # a corrupt record is erased all the same
+            if record.state == sealed_pb2.RECORD_STATE_DELETED:
+                return envelope_pb2.VaultResponse(
+                    outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
+                )
+            # Security: erase by overwriting with a secret-free tombstone, never by removing the
+            # key. An absent key would match a registration ticket issued while the account had
+            # no record (base revision 0) again, so a kept register finish could be replayed.
+            deleted = _tombstone(record, sealed_pb2.RECORD_STATE_DELETED)
+            revision, stored = await self._write(record_id, deleted, mod_revision)
             if revision:
                 self._audit.write("delete", record_id, revision=revision)
                 return envelope_pb2.VaultResponse(
@@ -576,7 +594,7 @@ class VaultService:
 
     async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
         current = await self._read(record_id)
-        if current is None:
+        if current is None or current[0].state == sealed_pb2.RECORD_STATE_DELETED:
             return envelope_pb2.VaultResponse(
                 outcome=Outcome.OUTCOME_OK, status=envelope_pb2.StatusReply(registered=False)
             )
@@ -632,9 +650,18 @@ def _guesses_left(record: sealed_pb2.Record) -> int:
     return max(0, int(record.max_attempts) - int(record.attempts))
 
 
-def _tombstone(record: sealed_pb2.Record) -> sealed_pb2.Record:
+def _erased(record: sealed_pb2.Record) -> bool:
+    """No password can be evaluated for it: locked or deleted (its secrets are gone)."""
+    return record.state in (sealed_pb2.RECORD_STATE_LOCKED, sealed_pb2.RECORD_STATE_DELETED)
+
+
+def _tombstone(
+    record: sealed_pb2.Record,
+    state: sealed_pb2.RecordState.ValueType = sealed_pb2.RECORD_STATE_LOCKED,
+) -> sealed_pb2.Record:
+    """The record with its secrets erased (LOCKED after the last guess, or DELETED)."""
     return sealed_pb2.Record(
-        state=sealed_pb2.RECORD_STATE_LOCKED,
+        state=state,
         opaque_record=b"",
         wrapped_key=b"",
         attempts=record.attempts,

@@ -614,6 +614,54 @@ def test_delete_and_status() -> None:
         assert not (await h.delete()).delete.existed
         assert not (await h.status()).status.registered
         assert h.audit.events().count("delete") == 1
+        # Erased, not removed: a secret-free tombstone that answers as "not registered".
+        record = h.record()
+        assert record.state == sealed_pb2.RECORD_STATE_DELETED
+        assert not record.opaque_record and not record.wrapped_key
+        h.log.clear()
+        _, r = await h.start(b"pw")
+        assert r.outcome == NOT_REGISTERED and h.evaluations() == 0
+        key = await h.register(b"again")
+        assert await h.recover(b"again") == key
+
+    run(go())
+
+
+def test_a_corrupt_record_can_be_deleted() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        rid = h.record_id()
+        h.store.data[rid] = (b"garbage", h.store.data[rid][1])
+        assert (await h.delete()).delete.existed
+        assert h.record().state == sealed_pb2.RECORD_STATE_DELETED
+
+    run(go())
+
+
+def test_a_first_register_finish_replayed_after_a_delete_changes_nothing() -> None:
+    """The second review's attack: keep a first registration's finish (ticket issued while the
+    account had no record), guess until locked, delete, replay: the key came back with 0 tries."""
+
+    async def go() -> None:
+        h = Harness(max_attempts=2)
+        _, finish = await h.prepare_registration(b"pw")
+        finish.response_key = os.urandom(32)
+        sealed = seal_request(h.fleet, ACCOUNT, finish)
+        assert (
+            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
+            == OK
+        )
+        for _ in range(3):
+            await h.wrong_guess()
+        assert (await h.delete()).delete.existed
+        revision = h.store.revision
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, sealed)
+        assert h.store.revision == revision
+        assert h.record().state == sealed_pb2.RECORD_STATE_DELETED and not h.record().wrapped_key
+        _, r = await h.start(b"pw")
+        assert r.outcome == NOT_REGISTERED
 
     run(go())
 
@@ -966,5 +1014,29 @@ def test_every_answer_has_one_size() -> None:
         await h.delete()
         await h.start(b"pw")  # NOT_REGISTERED
         assert len(sizes) == 1, sizes
+
+    run(go())
+
+
+def test_tickets_from_a_clock_far_ahead_are_refused() -> None:
+    """A node whose clock runs ahead would otherwise stretch a ticket's life on the others."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        h.clock.now += 3_600_000  # the issuing node's clock, an hour ahead
+        state, r = await h.start(b"pw")
+        _, finish = await h.prepare_registration(b"new")
+        h.clock.now -= 3_600_000
+        ke3, _, _ = opaque.login_finish(state, r.recover_start.ke2, OPAQUE_CONFIG)
+        with pytest.raises(Precondition, match="clock skew"):
+            await h.finish(ke3, r.recover_start.ticket)
+        with pytest.raises(Precondition, match="clock skew"):
+            await h.call(finish)
+        h.clock.now += 3_000  # a few seconds of skew are tolerated
+        state, r = await h.start(b"pw")
+        h.clock.now -= 3_000
+        ke3, _, _ = opaque.login_finish(state, r.recover_start.ke2, OPAQUE_CONFIG)
+        assert (await h.finish(ke3, r.recover_start.ticket)).outcome == OK
 
     run(go())

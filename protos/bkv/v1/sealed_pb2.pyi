@@ -10,9 +10,11 @@ class RecordState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD_STATE_UNSPECIFIED: _ClassVar[RecordState]
     RECORD_STATE_ACTIVE: _ClassVar[RecordState]
     RECORD_STATE_LOCKED: _ClassVar[RecordState]
+    RECORD_STATE_DELETED: _ClassVar[RecordState]
 RECORD_STATE_UNSPECIFIED: RecordState
 RECORD_STATE_ACTIVE: RecordState
 RECORD_STATE_LOCKED: RecordState
+RECORD_STATE_DELETED: RecordState
 
 class Sealed(_message.Message):
     __slots__ = ("key_name", "nonce", "ciphertext")
