@@ -60,15 +60,20 @@ def trailers_for(exc: BaseException) -> tuple[tuple[str, str], ...]:
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from the node's errors to gRPC status codes and details."""
+    """The one mapping from the node's errors to gRPC status codes and details.
+
+    Security: the details are one fixed text per code. The frontend reads them, and a specific
+    reason ("registration ticket expired", "malformed KE1") would tell it which step an
+    envelope carried; the node's own log keeps the reason.
+    """
     if isinstance(exc, BadRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return grpc.StatusCode.INVALID_ARGUMENT, "the vault node refused the request"
     if isinstance(exc, Precondition):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        return grpc.StatusCode.FAILED_PRECONDITION, "stale request: start the operation again"
     if isinstance(exc, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
+        return grpc.StatusCode.UNAVAILABLE, "vault node unavailable"
     if isinstance(exc, RecordCorrupt):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
+        return grpc.StatusCode.DATA_LOSS, "stored record failed to open"
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
@@ -99,7 +104,8 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
                 where = " <- ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(frames))
                 log.error("unexpected %s in Open at %s", type(exc).__name__, where)
             else:
-                log.info("Open -> %s", code.name)
+                # Our own messages (no secrets, no input bytes): the reason stays in this log.
+                log.info("Open -> %s: %s", code.name, exc)
             await context.abort(code, details)
         return node_pb2.OpenReply(sealed_response=sealed)
 
