@@ -42,7 +42,9 @@ __all__ = [
     "unpad",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: registration tickets and per-registration OPRF keys (2026-11-23). A node of version 1
+# refuses these envelopes instead of storing a registration it would never recover.
+PROTOCOL_VERSION = 2
 PROTOCOL_LABEL = b"bkv-v1"
 FLEET_ID_LEN = 16
 RESPONSE_KEY_LEN = 32
@@ -124,7 +126,8 @@ def _length_prefixed(data: bytes) -> bytes:
 
 
 def envelope_info(fleet_id: bytes, account_id: str) -> bytes:
-    """HPKE `info`: protocol version, fleet id and account id, each with a 2-byte length.
+    """HPKE `info`: protocol label and version, fleet id and account id, each with a 2-byte
+    length. The version is bound here too, not only in the envelope's clear version field.
 
     Binding the account here makes a frontend that swaps accounts get a failed open.
     """
@@ -132,6 +135,7 @@ def envelope_info(fleet_id: bytes, account_id: str) -> bytes:
         raise InvalidInput(f"fleet id must be {FLEET_ID_LEN} bytes")
     return (
         _length_prefixed(PROTOCOL_LABEL)
+        + _length_prefixed(PROTOCOL_VERSION.to_bytes(2, "big"))
         + _length_prefixed(fleet_id)
         + _length_prefixed(account_id.encode("utf-8"))
     )

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bkv.v1 import envelope_pb2
 from vault_protocol import opaque
-from vault_protocol.envelope import BUCKETS, FleetKey, pad, seal_request, unpad
+from vault_protocol.envelope import BUCKETS, PROTOCOL_VERSION, FleetKey, pad, seal_request, unpad
 from vault_protocol.errors import ProtocolError
 
 Draw = Callable[..., object]
@@ -174,7 +174,7 @@ def _fields_case(
     """A SealedEnvelope rebuilt with some fields replaced: version, fleet id, enc, ciphertext."""
     valid = envelope_pb2.SealedEnvelope.FromString(base)
     enc, ct = bytes(valid.enc), bytes(valid.ciphertext)
-    version = draw(st.one_of(st.just(1), st.integers(0, 2**32 - 1)))
+    version = draw(st.one_of(st.just(PROTOCOL_VERSION), st.integers(0, 2**32 - 1)))
     fleet_id = draw(st.one_of(st.just(bytes(valid.fleet_id)), st.binary(max_size=40)))
     enc = draw(
         st.sampled_from(

@@ -31,7 +31,14 @@ from client.session import AccountKey, login_request
 from client.vault import VaultClient
 from deploy.cluster import Cluster
 from vault_protocol.backup_key import BackupKey
-from vault_protocol.envelope import FleetKey, envelope_info, open_response, pad, seal_request
+from vault_protocol.envelope import (
+    PROTOCOL_VERSION,
+    FleetKey,
+    envelope_info,
+    open_response,
+    pad,
+    seal_request,
+)
 from vault_protocol.ksf import IdentityKsf
 
 Code = grpc.StatusCode
@@ -234,7 +241,7 @@ def seal_plaintext(
     *,
     info_fleet_id: bytes | None = None,
     envelope_fleet_id: bytes | None = None,
-    version: int = 1,
+    version: int = PROTOCOL_VERSION,
 ) -> bytes:
     """HPKE-seal arbitrary `plaintext` (no padding, no checks) into a SealedEnvelope.
 

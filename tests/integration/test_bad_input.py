@@ -41,7 +41,7 @@ from bkv.v1 import envelope_pb2
 from deploy.cluster import Cluster
 from vault_protocol import opaque
 from vault_protocol.backup_key import open_transport, unwrap_key
-from vault_protocol.envelope import MAX_ENVELOPE_BYTES, pad
+from vault_protocol.envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, pad
 from vault_protocol.ksf import IdentityKsf
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -165,7 +165,7 @@ def test_envelope_for_another_fleet(wire: Wire, watch: Watch, account: Account) 
             envelope_fleet_id=stranger.fleet_id,
         ),
         "wrong version": seal_plaintext(
-            wire.fleet, account.id, pad(request.SerializeToString()), version=2
+            wire.fleet, account.id, pad(request.SerializeToString()), version=PROTOCOL_VERSION + 1
         ),
     }
     for name, envelope in cases.items():

@@ -65,7 +65,7 @@ def _hand_sealed(padded: bytes, **fields: object) -> bytes:
     info = envelope.envelope_info(FLEET.key.fleet_id, ACCOUNT)
     enc, ct = hpke.seal_base(FLEET.key.public_key_bytes, info, b"", padded, os.urandom)
     message = envelope_pb2.SealedEnvelope(
-        version=1, fleet_id=FLEET.key.fleet_id, enc=enc, ciphertext=ct
+        version=envelope.PROTOCOL_VERSION, fleet_id=FLEET.key.fleet_id, enc=enc, ciphertext=ct
     )
     for name, value in fields.items():
         setattr(message, name, value)
@@ -109,7 +109,8 @@ def test_fleet_key_rejects_bad_keys() -> None:
 def test_envelope_info_layout_is_length_prefixed() -> None:
     fleet_id = bytes(range(16))
     info = envelope.envelope_info(fleet_id, "bob")
-    assert info == b"\x00\x06bkv-v1" + b"\x00\x10" + fleet_id + b"\x00\x03bob"
+    version = b"\x00\x02" + envelope.PROTOCOL_VERSION.to_bytes(2, "big")
+    assert info == b"\x00\x06bkv-v1" + version + b"\x00\x10" + fleet_id + b"\x00\x03bob"
     assert envelope.envelope_info(fleet_id, "bo") != envelope.envelope_info(fleet_id, "bob")
     with pytest.raises(InvalidInput):
         envelope.envelope_info(fleet_id[:15], "bob")
@@ -232,9 +233,10 @@ def test_wrong_version_is_invalid_input() -> None:
     sealed = envelope_pb2.SealedEnvelope.FromString(
         envelope.seal_request(FLEET.key, ACCOUNT, _recover_start())
     )
-    sealed.version = 2
-    with pytest.raises(InvalidInput, match="version"):
-        FLEET.open(sealed.SerializeToString())
+    for other in (envelope.PROTOCOL_VERSION - 1, envelope.PROTOCOL_VERSION + 1):
+        sealed.version = other
+        with pytest.raises(InvalidInput, match="version"):
+            FLEET.open(sealed.SerializeToString())
 
 
 def test_truncated_and_oversized_envelopes_are_invalid_input() -> None:
