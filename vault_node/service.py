@@ -282,13 +282,20 @@ class VaultService:
             self._records.pop(record_id)  # committed at a revision etcd did not report
         return revision, current
 
-    def _check_expiry(self, expires_at_ms: int, what: str) -> None:
+    def _check_expiry(self, expires_at_ms: int, what: str, *, strict: bool) -> None:
         now = self._clock_ms()
         if now >= expires_at_ms:
             raise Precondition(f"{what} expired")
-        # A ticket from a node whose clock runs ahead would live longer here: it is refused when
-        # it claims more than one TTL (plus the clock skew we tolerate) of life left.
-        if expires_at_ms - now > self._config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS:
+        if expires_at_ms - now <= self._ticket_life_ms():
+            return
+        # The issuing node's clock runs ahead of ours (or ours behind). A registration ticket is
+        # refused: tombstone removal relies on its lifetime (`_delete`), and a refusal costs only
+        # a new registration. A login ticket is accepted: its guess is already counted, refusing
+        # it would burn guesses of a user with the right password, and a late redemption cannot
+        # forgive later guesses (`_redeemed_attempts`).
+        log.warning("%s expires %d ms after our clock's TTL: clock skew between nodes?",
+                    what, expires_at_ms - now - self._config.ticket_ttl_ms)  # fmt: skip
+        if strict:
             raise Precondition(f"{what} expires too far in the future (clock skew)")
 
     def _closed_answer(
@@ -351,15 +358,17 @@ class VaultService:
             raise BadRequest("registration ticket could not be opened") from exc
         if ticket.record_id != record_id or len(ticket.generation) != GENERATION_LEN:
             raise BadRequest("registration ticket does not belong to this account")
-        self._check_expiry(ticket.expires_at_ms, "registration ticket")
+        self._check_expiry(ticket.expires_at_ms, "registration ticket", strict=True)
         max_attempts = msg.max_attempts or self._config.default_max_attempts
         current = await self._store.get(record_id)
         if (0 if current is None else current[1]) != ticket.base_revision:
             return self._register_again(record_id, current, msg, ticket)
         old_version = 0
+        created_at_ms = self._clock_ms()  # the key goes from absent to present now
         if current is not None:
             try:
-                old_version = open_record(self._token, record_id, current[0]).version
+                old = open_record(self._token, record_id, current[0])
+                old_version, created_at_ms = old.version, old.created_at_ms  # key kept existing
             except DecryptError:
                 old_version = 0  # re-registering replaces a corrupt record too
         record = sealed_pb2.Record(
@@ -373,6 +382,7 @@ class VaultService:
             last_redeemed=0,
             version=old_version + 1,
             credential_scheme=CREDENTIAL_ACCOUNT_GENERATION,
+            created_at_ms=created_at_ms,
         )
         # Security: the CAS compares the revision the ticket was issued at. Re-registering
         # replaces the record (a locked one included) only once per ticket: a replayed finish,
@@ -473,7 +483,8 @@ class VaultService:
                 counted.opaque_record, identifier, msg.ke1, self._keys, self._opaque, self._rng
             )
         except InvalidInput as exc:
-            raise BadRequest("malformed KE1") from exc
+            # KE1 was checked before the write: only the stored record can be malformed here.
+            raise RecordCorrupt("stored record holds a malformed OPAQUE record") from exc
         ticket = sealed_pb2.Ticket(
             record_id=record_id,
             generation=counted.generation,
@@ -500,7 +511,7 @@ class VaultService:
         # A ticket is bound to the record it was issued for: another account's is refused.
         if ticket.record_id != record_id:
             raise BadRequest("ticket does not belong to this account")
-        self._check_expiry(ticket.expires_at_ms, "ticket")
+        self._check_expiry(ticket.expires_at_ms, "ticket", strict=False)
         try:
             opaque.server_login_finish(ticket.expected_client_mac, msg.ke3)
             good_mac = True
@@ -541,7 +552,9 @@ class VaultService:
                 raise Precondition("ticket is stale or was already used")
             redeemed = sealed_pb2.Record()
             redeemed.CopyFrom(record)
-            redeemed.attempts = 0
+            # Security: only the guesses up to this ticket's evaluation are forgiven. Wrong ones
+            # evaluated after it (say, while its finish was held back) stay counted.
+            redeemed.attempts = min(record.attempts, record.evaluations - ticket.evaluation)
             redeemed.last_redeemed = ticket.evaluation
             redeemed.version = record.version + 1
             revision, stored = await self._write(record_id, redeemed, mod_revision)
@@ -551,14 +564,14 @@ class VaultService:
         else:
             raise Unavailable("too much contention on this record; retry")
         self._audit.write(
-            "success", record_id, 0, redeemed.max_attempts,
+            "success", record_id, redeemed.attempts, redeemed.max_attempts,
             revision=revision, generation=redeemed.generation, evaluation=ticket.evaluation,
             read_revision=mod_revision,
         )  # fmt: skip
         transported = seal_transport(ticket.session_key, redeemed.wrapped_key, self._rng)
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
-            guesses_left=redeemed.max_attempts,
+            guesses_left=_guesses_left(redeemed),
             recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
         )
 
@@ -568,29 +581,43 @@ class VaultService:
         stored = await self._store.get(record_id)
         for _ in range(CAS_RETRIES):
             if stored is None:
-                return envelope_pb2.VaultResponse(
-                    outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
-                )
+                return _deleted(existed=False)
             blob, mod_revision = stored
             try:
                 record = open_record(self._token, record_id, blob)
             except DecryptError:
-                record = sealed_pb2.Record()  # a corrupt record is erased all the same
-            if record.state == sealed_pb2.RECORD_STATE_DELETED:
-                return envelope_pb2.VaultResponse(
-                    outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=False)
-                )
-            # Security: erase by overwriting with a secret-free tombstone, never by removing the
-            # key. An absent key would match a registration ticket issued while the account had
-            # no record (base revision 0) again, so a kept register finish could be replayed.
+                # A corrupt record is erased all the same; its age is unknown, so count it new.
+                record = sealed_pb2.Record(created_at_ms=self._clock_ms())
+            existed = record.state != sealed_pb2.RECORD_STATE_DELETED
+            # Security: the etcd key may become absent again only when no registration ticket
+            # issued while it was absent (base revision 0) can still be redeemed: its finish
+            # would match the absent key again. Such tickets are older than the key, and
+            # registration tickets never live longer than a TTL plus the clock skew.
+            if self._clock_ms() > record.created_at_ms + self._ticket_life_ms():
+                try:
+                    revision = await self._store.delete(record_id, mod_revision)
+                except StoreUnavailable as exc:
+                    self._records.pop(record_id)
+                    raise WriteUnconfirmed("etcd did not confirm the delete") from exc
+                self._records.pop(record_id)
+                if revision:
+                    if existed:
+                        self._audit.write("delete", record_id, revision=revision)
+                    return _deleted(existed=existed)
+                stored = await self._store.get(record_id)
+                continue
+            if not existed:
+                return _deleted(existed=False)
+            # Too young to remove: erase it in place with a secret-free tombstone.
             deleted = _tombstone(record, sealed_pb2.RECORD_STATE_DELETED)
             revision, stored = await self._write(record_id, deleted, mod_revision)
             if revision:
                 self._audit.write("delete", record_id, revision=revision)
-                return envelope_pb2.VaultResponse(
-                    outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=True)
-                )
+                return _deleted(existed=True)
         raise Unavailable("too much contention on this record; retry")
+
+    def _ticket_life_ms(self) -> int:
+        return self._config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS
 
     async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
         current = await self._read(record_id)
@@ -650,6 +677,12 @@ def _guesses_left(record: sealed_pb2.Record) -> int:
     return max(0, int(record.max_attempts) - int(record.attempts))
 
 
+def _deleted(*, existed: bool) -> envelope_pb2.VaultResponse:
+    return envelope_pb2.VaultResponse(
+        outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=existed)
+    )
+
+
 def _erased(record: sealed_pb2.Record) -> bool:
     """No password can be evaluated for it: locked or deleted (its secrets are gone)."""
     return record.state in (sealed_pb2.RECORD_STATE_LOCKED, sealed_pb2.RECORD_STATE_DELETED)
@@ -671,6 +704,7 @@ def _tombstone(
         last_redeemed=record.last_redeemed,
         version=record.version + 1,
         credential_scheme=record.credential_scheme,
+        created_at_ms=record.created_at_ms,
     )
 
 

@@ -20,6 +20,7 @@ from vault_node.audit import MemoryAudit
 from vault_node.records import open_record, seal_record
 from vault_node.server import NOT_APPLIED, trailers_for
 from vault_node.service import (
+    MAX_CLOCK_SKEW_MS,
     BadRequest,
     Precondition,
     RecordCorrupt,
@@ -1018,8 +1019,11 @@ def test_every_answer_has_one_size() -> None:
     run(go())
 
 
-def test_tickets_from_a_clock_far_ahead_are_refused() -> None:
-    """A node whose clock runs ahead would otherwise stretch a ticket's life on the others."""
+def test_tickets_from_a_clock_far_ahead() -> None:
+    """A node whose clock runs ahead stretches its tickets' life on the others. A registration
+    ticket is then refused (tombstone removal relies on its lifetime); a login ticket is still
+    redeemed: its guess is counted already, and refusing it would burn a right password's
+    guesses (a late redemption forgives nothing after it, see the test below)."""
 
     async def go() -> None:
         h = Harness()
@@ -1028,15 +1032,66 @@ def test_tickets_from_a_clock_far_ahead_are_refused() -> None:
         state, r = await h.start(b"pw")
         _, finish = await h.prepare_registration(b"new")
         h.clock.now -= 3_600_000
-        ke3, _, _ = opaque.login_finish(state, r.recover_start.ke2, OPAQUE_CONFIG)
-        with pytest.raises(Precondition, match="clock skew"):
-            await h.finish(ke3, r.recover_start.ticket)
         with pytest.raises(Precondition, match="clock skew"):
             await h.call(finish)
-        h.clock.now += 3_000  # a few seconds of skew are tolerated
-        state, r = await h.start(b"pw")
-        h.clock.now -= 3_000
         ke3, _, _ = opaque.login_finish(state, r.recover_start.ke2, OPAQUE_CONFIG)
         assert (await h.finish(ke3, r.recover_start.ticket)).outcome == OK
+
+    run(go())
+
+
+def test_a_late_redeemed_ticket_forgives_only_the_guesses_before_it() -> None:
+    """A frontend holds back a user's right-password finish, guesses 9 times, then lets it
+    through: those 9 wrong guesses stay counted (a third review's finding)."""
+
+    async def go() -> None:
+        h = Harness(max_attempts=10)
+        key = await h.register(b"pw")
+        state, r = await h.start(b"pw")  # the user's attempt, evaluation 1
+        ke3, session_key, export_key = opaque.login_finish(
+            state, r.recover_start.ke2, OPAQUE_CONFIG
+        )
+        for _ in range(9):
+            await h.wrong_guess()
+        assert h.record().attempts == 10
+        late = await h.finish(ke3, r.recover_start.ticket)
+        assert late.outcome == OK and late.guesses_left == 1
+        wrapped = open_transport(session_key, late.recover_finish.transported_key)
+        assert unwrap_key(wrapped, export_key, ACCOUNT) == key  # the user still gets K
+        assert h.record().attempts == 9
+        assert (await h.wrong_guess()).outcome == OK  # the 10th wrong guess in a row
+        assert (await h.wrong_guess()).outcome == LOCKED
+        assert h.audit.events().count("evaluate") == 11
+
+    run(go())
+
+
+def test_delete_removes_the_key_once_no_first_registration_ticket_can_be_valid() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=2)
+        _, finish = await h.prepare_registration(b"pw")  # base revision 0: no record yet
+        finish.response_key = os.urandom(32)
+        sealed = seal_request(h.fleet, ACCOUNT, finish)
+        assert (
+            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
+            == OK
+        )
+        for _ in range(3):
+            await h.wrong_guess()  # locked
+        life = h.service_config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS
+        h.clock.now += life  # not yet: the finish's ticket may still be valid somewhere
+        assert (await h.delete()).delete.existed
+        assert h.record().state == sealed_pb2.RECORD_STATE_DELETED
+        h.clock.now += 1
+        assert not (await h.delete()).delete.existed  # the tombstone is removed now
+        assert h.store.data == {}
+        with pytest.raises(Precondition, match="expired"):  # and the kept finish is dead
+            await h.service.handle(ACCOUNT, sealed)
+        assert h.store.data == {}
+        # An old record is removed by its first delete.
+        await h.register(b"pw")
+        h.clock.now += life + 1
+        assert (await h.delete()).delete.existed and h.store.data == {}
+        assert h.audit.events().count("delete") == 2
 
     run(go())
