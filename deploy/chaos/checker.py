@@ -127,7 +127,8 @@ def guess_limit(
 ) -> InvariantResult:
     """At most max_attempts evaluations per record between successes, and none uncounted.
 
-    Windows are cut by `success`, `register` and `delete` in commit (revision) order. Also a
+    Windows are cut by `success`, `register` and `delete` in commit (revision) order; a success
+    carries over the evaluations its ticket did not cover (its `attempts`). Also a
     violation: an evaluate reporting attempts > max, two evaluates on one commit, or an evaluate
     whose attempts did not grow within a window (an evaluation that was not counted).
 
@@ -156,8 +157,11 @@ def guess_limit(
             if event.max_attempts is not None:
                 limit = event.max_attempts
             if event.event in ("success", "register", "delete"):
-                count = 0
-                last_attempts = None if event.event == "delete" else 0
+                # A success forgives only the guesses up to its ticket: evaluations after it
+                # stay counted (its `attempts`), and the new window starts from them.
+                carried = event.attempts if event.event == "success" else 0
+                count = carried or 0
+                last_attempts = None if event.event == "delete" else (carried or 0)
                 cut = _show_event(event)
                 continue
             if event.event != "evaluate":

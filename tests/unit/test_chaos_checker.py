@@ -197,6 +197,20 @@ def test_windows_follow_revisions_not_timestamps() -> None:
     only(checker.guess_limit(moved), "more than 3", "did not grow")
 
 
+def test_a_success_carries_over_the_guesses_after_its_ticket() -> None:
+    # A late-redeemed ticket forgives only the guesses before it: the node's success line says
+    # 2 stay counted, so one more evaluation fills the window of 3 and a second is one too many.
+    events = [
+        ev("register", 1, 0),
+        ev("evaluate", 2, 1),
+        ev("evaluate", 3, 2),
+        ev("evaluate", 4, 3),
+    ]
+    events += [ev("success", 5, 2), ev("evaluate", 6)]  # no attempts logged: only the count
+    assert checker.guess_limit(events).ok
+    only(checker.guess_limit([*events, ev("evaluate", 7)]), "more than 3")
+
+
 def test_evaluate_with_attempts_above_max() -> None:
     events = [ev("register", 1, 0), ev("evaluate", 2, 5)]
     result = checker.guess_limit(events)
