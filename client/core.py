@@ -15,8 +15,8 @@ from typing import Any
 
 from client.config import ClientConfig, ksf_named, load_fleet_key
 from client.errors import BadInput
-from client.protocol import FlowContext
-from client.retry import RetryPolicy
+from client.protocol import FlowContext, Step
+from client.retry import RetryPolicy, RetryState
 from client.session import AccountKey, Session, new_account_id, wall_clock_ms
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
@@ -86,6 +86,18 @@ class ClientCore:
         self.account_id = account_id
         self._session.invalidate()
         return account_id
+
+    def _step_retry(self, step: Step) -> RetryState:
+        """One retry budget for one step, shared by its tries before and after a fresh login:
+        a try that may have counted a guess, then a refused session, must not give the guess
+        step two more tries."""
+        return RetryState(
+            self._retry,
+            counts_guess=step.counts_guess,
+            finishes=step.finishes,
+            clock=self._clock,
+            uniform=self._uniform,
+        )
 
     def _context(self) -> FlowContext:
         if self._fleet is None:

@@ -415,15 +415,7 @@ class VaultClient(ClientCore):
 
     def _relay(self, outbound: Outbound) -> bytes:
         request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
-        # One retry budget for the step across the re-login below: a try that may have counted
-        # a guess, then a refused session, must not give the guess step two more tries.
-        state = RetryState(
-            self._retry,
-            counts_guess=outbound.step.counts_guess,
-            finishes=outbound.step.finishes,
-            clock=self._clock,
-            uniform=self._uniform,
-        )
+        state = self._step_retry(outbound.step)  # shared across the re-login below
         for auth_try in range(2):
             if self._session.token() is None:
                 self.login()

@@ -8,7 +8,7 @@ software fake. Every failure to open a record or a ticket is one `DecryptError` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -99,6 +99,16 @@ def _open(token: TokenOps, key_name: str, blob: bytes, aad: bytes) -> bytes:
         raise DecryptError("sealed data failed to open") from None
 
 
+M = TypeVar("M", sealed_pb2.Record, sealed_pb2.Ticket, sealed_pb2.RegistrationTicket)
+
+
+def _parse(message_type: type[M], plaintext: bytes) -> M:
+    try:
+        return message_type.FromString(plaintext)
+    except DecodeError:
+        raise DecryptError("sealed data failed to open") from None
+
+
 def seal_record(token: TokenOps, record_id: bytes, record: sealed_pb2.Record, rng: Rng) -> bytes:
     """Serialized `Sealed` of `record` under the `record` key, bound to `record_id`."""
     return _seal(token, RECORD_KEY, record.SerializeToString(), record_aad(record_id), rng)
@@ -106,11 +116,7 @@ def seal_record(token: TokenOps, record_id: bytes, record: sealed_pb2.Record, rn
 
 def open_record(token: TokenOps, record_id: bytes, blob: bytes) -> sealed_pb2.Record:
     """Open a sealed record read from etcd; `DecryptError` for any failure."""
-    plaintext = _open(token, RECORD_KEY, blob, record_aad(record_id))
-    try:
-        return sealed_pb2.Record.FromString(plaintext)
-    except DecodeError:
-        raise DecryptError("sealed data failed to open") from None
+    return _parse(sealed_pb2.Record, _open(token, RECORD_KEY, blob, record_aad(record_id)))
 
 
 def seal_ticket(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:
@@ -120,11 +126,7 @@ def seal_ticket(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:
 
 def open_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.Ticket:
     """Open a ticket the client sent back; `DecryptError` for any failure."""
-    plaintext = _open(token, TICKET_KEY, blob, TICKET_AAD)
-    try:
-        return sealed_pb2.Ticket.FromString(plaintext)
-    except DecodeError:
-        raise DecryptError("sealed data failed to open") from None
+    return _parse(sealed_pb2.Ticket, _open(token, TICKET_KEY, blob, TICKET_AAD))
 
 
 def seal_registration_ticket(
@@ -137,7 +139,4 @@ def seal_registration_ticket(
 def open_registration_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.RegistrationTicket:
     """Open a registration ticket the client sent back; `DecryptError` for any failure."""
     plaintext = _open(token, TICKET_KEY, blob, REGISTRATION_TICKET_AAD)
-    try:
-        return sealed_pb2.RegistrationTicket.FromString(plaintext)
-    except DecodeError:
-        raise DecryptError("sealed data failed to open") from None
+    return _parse(sealed_pb2.RegistrationTicket, plaintext)

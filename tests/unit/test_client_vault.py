@@ -381,19 +381,23 @@ def test_password_never_logged_or_shown(
     assert PASSWORD not in blob and bytes(key).hex() not in blob
 
 
+def _async_client(config: ClientConfig, frontends: FakeFrontends, t: Sleeps) -> AsyncVaultClient:
+    return AsyncVaultClient(
+        config,
+        account_id="bob",
+        ksf=IdentityKsf(),
+        connector=AsyncFakeFrontends(frontends),
+        clock=t.clock,
+        sleep=t.asleep,
+        uniform=lambda: 0.5,
+    )
+
+
 def test_async_client_round_trip(config: ClientConfig, frontends: FakeFrontends) -> None:
     t = Sleeps()
 
     async def go() -> None:
-        async with AsyncVaultClient(
-            config,
-            account_id="bob",
-            ksf=IdentityKsf(),
-            connector=AsyncFakeFrontends(frontends),
-            clock=t.clock,
-            sleep=t.asleep,
-            uniform=lambda: 0.5,
-        ) as client:
+        async with _async_client(config, frontends, t) as client:
             await client.create_account()
             key = await client.register(PASSWORD, max_attempts=3)
             assert await client.recover(PASSWORD) == key
@@ -496,15 +500,7 @@ def test_a_fresh_login_gives_the_guess_step_no_new_retry(
     t = Sleeps()
 
     async def go() -> None:
-        async with AsyncVaultClient(
-            config,
-            account_id="bob",
-            ksf=IdentityKsf(),
-            connector=AsyncFakeFrontends(frontends),
-            clock=t.clock,
-            sleep=t.asleep,
-            uniform=lambda: 0.5,
-        ) as aclient:
+        async with _async_client(config, frontends, t) as aclient:
             await aclient.create_account()
             await aclient.register(PASSWORD, max_attempts=10)
             frontends.reached = 0

@@ -213,6 +213,16 @@ class Harness:
         assert r2.outcome == OK
         return key
 
+    async def register_keeping_finish(self, password: bytes) -> tuple[BackupKey, bytes, bytes]:
+        """Register, and return the key with the sealed finish envelope as relayed (the bytes a
+        frontend could keep to replay) and its response key."""
+        key, finish = await self.prepare_registration(password)
+        finish.response_key = os.urandom(32)
+        sealed = seal_request(self.fleet, ACCOUNT, finish)
+        answer = open_response(finish.response_key, await self.service.handle(ACCOUNT, sealed))
+        assert answer.outcome == OK
+        return key, sealed, finish.response_key
+
     async def start(
         self, password: bytes, account: str = ACCOUNT
     ) -> tuple[opaque.ClientLoginState, envelope_pb2.VaultResponse]:
@@ -646,13 +656,7 @@ def test_a_first_register_finish_replayed_after_a_delete_changes_nothing() -> No
 
     async def go() -> None:
         h = Harness(max_attempts=2)
-        _, finish = await h.prepare_registration(b"pw")
-        finish.response_key = os.urandom(32)
-        sealed = seal_request(h.fleet, ACCOUNT, finish)
-        assert (
-            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
-            == OK
-        )
+        _, sealed, _ = await h.register_keeping_finish(b"pw")
         for _ in range(3):
             await h.wrong_guess()
         assert (await h.delete()).delete.existed
@@ -884,13 +888,7 @@ def test_register_start_is_no_password_oracle_for_the_live_record() -> None:
 def test_a_replayed_register_finish_cannot_undo_a_lockout() -> None:
     async def go() -> None:
         h = Harness(max_attempts=2)
-        _, finish = await h.prepare_registration(b"pw")
-        finish.response_key = os.urandom(32)
-        sealed = seal_request(h.fleet, ACCOUNT, finish)  # the bytes a frontend could keep
-        assert (
-            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
-            == OK
-        )
+        _, sealed, _ = await h.register_keeping_finish(b"pw")  # the bytes a frontend could keep
         for _ in range(3):
             await h.wrong_guess()
         assert h.record().state == sealed_pb2.RECORD_STATE_LOCKED
@@ -909,16 +907,10 @@ def test_a_replayed_register_finish_cannot_undo_a_lockout() -> None:
 def test_register_finish_is_single_use_and_a_retry_of_the_same_one_is_answered() -> None:
     async def go() -> None:
         h = Harness()
-        key, finish = await h.prepare_registration(b"pw")
-        finish.response_key = os.urandom(32)
-        sealed = seal_request(h.fleet, ACCOUNT, finish)
-        assert (
-            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
-            == OK
-        )
+        key, sealed, response_key = await h.register_keeping_finish(b"pw")
         revision = h.store.revision
         # A client's retry of an unconfirmed finish: the same answer, nothing written.
-        again = open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed))
+        again = open_response(response_key, await h.service.handle(ACCOUNT, sealed))
         assert again.outcome == OK and again.WhichOneof("reply") == "register_finish"
         assert h.store.revision == revision
         assert await h.recover(b"pw") == key
@@ -1069,13 +1061,7 @@ def test_a_late_redeemed_ticket_forgives_only_the_guesses_before_it() -> None:
 def test_delete_removes_the_key_once_no_first_registration_ticket_can_be_valid() -> None:
     async def go() -> None:
         h = Harness(max_attempts=2)
-        _, finish = await h.prepare_registration(b"pw")  # base revision 0: no record yet
-        finish.response_key = os.urandom(32)
-        sealed = seal_request(h.fleet, ACCOUNT, finish)
-        assert (
-            open_response(finish.response_key, await h.service.handle(ACCOUNT, sealed)).outcome
-            == OK
-        )
+        _, sealed, _ = await h.register_keeping_finish(b"pw")  # base revision 0: no record yet
         for _ in range(3):
             await h.wrong_guess()  # locked
         life = h.service_config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS
