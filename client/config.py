@@ -154,13 +154,17 @@ def load_config(path: str | os.PathLike[str]) -> ClientConfig:
         return str(base / value)
 
     frontends = cluster.get("frontends", [])
+    insecure = cluster.get("insecure", False)
+    if not isinstance(insecure, bool):
+        # Security: `insecure = "false"` must not turn TLS off (a non-empty string is truthy).
+        problems.append("cluster.insecure must be true or false (a TOML boolean, no quotes)")
     cfg = ClientConfig(
         frontends=tuple(frontends) if isinstance(frontends, list) else (),
         ca=path_of(cluster.get("ca", "")),
         server_name=str(cluster.get("server_name", "")),
         fleet_public_key=path_of(cluster.get("fleet_public_key", "")),
         fleet_id=str(cluster.get("fleet_id", "")),
-        insecure=bool(cluster.get("insecure", False)),
+        insecure=insecure is True,
         **{k: client[k] for k in client if k in _CLIENT_KEYS},
         source=str(p),
     )

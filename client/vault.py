@@ -19,6 +19,7 @@ Not thread-safe: use one client per thread (or `AsyncVaultClient` in asyncio cod
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import tempfile
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 _METHODS = ("GetChallenge", "Login", "Relay")
 _CORRUPT = "the backup file is corrupt, truncated or the key is wrong"
@@ -87,6 +89,7 @@ def channel_options(config: ClientConfig) -> list[tuple[str, Any]]:
 def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
     """TLS credentials trusting only the cluster CA (None with `insecure = true`)."""
     if config.insecure:
+        log.warning("insecure = true: plaintext gRPC to the frontends (tests only)")
         return None
     try:
         return grpc.ssl_channel_credentials(root_certificates=Path(config.ca).read_bytes())

@@ -54,6 +54,22 @@ def test_relative_paths_resolve_beside_the_file(tmp_path: Path) -> None:
         load_fleet_key(cfg)
 
 
+def test_insecure_must_be_a_boolean(tmp_path: Path) -> None:
+    """`insecure = "false"` once turned TLS off: a non-empty string was truthy."""
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "fleet.pub").write_text("x")
+    base = (
+        '[cluster]\nfrontends = ["127.0.0.1:1"]\nca = "ca.pem"\nserver_name = "localhost"\n'
+        f'fleet_public_key = "fleet.pub"\nfleet_id = "{"ab" * 16}"\n'
+    )
+    for bad in ('"false"', '"true"', "0", "1"):
+        with pytest.raises(ConfigError, match=r"cluster\.insecure must be true or false"):
+            load_config(_write(tmp_path, base + f"insecure = {bad}\n"))
+    assert load_config(_write(tmp_path, base + "insecure = false\n")).insecure is False
+    assert load_config(_write(tmp_path, base)).insecure is False
+    assert load_config(_write(tmp_path, base + "insecure = true\n")).insecure is True
+
+
 def test_missing_and_unparsable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no client configuration"):
         load_config(tmp_path / "nope.toml")
