@@ -289,6 +289,10 @@ def node_unwrap(session: Any, blob: dict[str, Any]) -> dict[str, Any]:
                 Attribute.PRIVATE: True,
                 Attribute.SENSITIVE: True,
                 Attribute.EXTRACTABLE: False,
+                # Frozen: no C_SetAttributeValue can later turn on DERIVE (or another use) to
+                # leak key material, nor can C_CopyObject make a copy with other attributes
+                # (tests/integration/test_hsm.py). SoftHSM refuses COPYABLE in this template.
+                Attribute.MODIFIABLE: False,
             }
             if spec.key_type == KeyType.EC:
                 template.update(_EC_PRIVATE_UNWRAP_FIX)

@@ -74,7 +74,15 @@ P256_POINT_LEN: Final = 65
 GCM_NONCE_LEN: Final = 12
 GCM_TAG_LEN: Final = 16
 ECDH_SECRET_LEN: Final = 32
-_ATTRIBUTE_NAMES: Final = ("SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE")
+_ATTRIBUTE_NAMES: Final = (
+    "SENSITIVE",
+    "EXTRACTABLE",
+    "NEVER_EXTRACTABLE",
+    "ALWAYS_SENSITIVE",
+    "MODIFIABLE",
+    "COPYABLE",
+    "DERIVE",
+)
 
 
 class HsmError(Exception):
@@ -436,7 +444,8 @@ class Token:
     # -- inspection --
 
     def key_attributes(self, label: str) -> dict[str, bool]:
-        """SENSITIVE, EXTRACTABLE, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE of fleet key `label`."""
+        """SENSITIVE, EXTRACTABLE, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE, MODIFIABLE, COPYABLE and
+        DERIVE of fleet key `label` (those the token reports)."""
         if label not in FLEET_LABELS:
             raise HsmInputError(f"unknown fleet key label {label!r}")
         return _run(self._attributes, label)

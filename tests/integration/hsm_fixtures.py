@@ -154,6 +154,27 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
 
         return need().run_in_session(read)
 
+    def tamper(label: str) -> dict[str, str]:
+        """Try to switch DERIVE on for a fleet key, in place and in a copy: the error kinds."""
+
+        def attempt(session: Any) -> dict[str, str]:
+            wanted = ObjectClass.PRIVATE_KEY if label == "kem" else ObjectClass.SECRET_KEY
+            (key,) = session.get_objects({Attribute.CLASS: wanted, Attribute.LABEL: label})
+            outcome: dict[str, str] = {}
+            try:
+                key[Attribute.DERIVE] = True
+                outcome["set"] = "allowed"
+            except Exception as exc:  # noqa: BLE001 - the refusal is the result
+                outcome["set"] = type(exc).__name__
+            try:
+                key.copy({Attribute.DERIVE: True, Attribute.TOKEN: False})
+                outcome["copy"] = "allowed"
+            except Exception as exc:  # noqa: BLE001
+                outcome["copy"] = type(exc).__name__
+            return outcome
+
+        return need().run_in_session(attempt)
+
     def labels() -> list[str]:
         def read(session: Any) -> list[str]:
             return sorted(
@@ -240,6 +261,8 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
                 result = Token.open(_spec_from(args["spec"])).label
             elif op == "read_value":
                 result = read_value(args["label"])
+            elif op == "tamper":
+                result = tamper(args["label"])
             elif op == "labels":
                 result = labels()
             elif op == "import_ec_private":

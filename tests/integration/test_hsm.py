@@ -88,11 +88,28 @@ def test_fleet_keys_are_sensitive_and_never_leave(probes: list[TokenProbe], labe
         attributes = probe.call("key_attributes", label=label)
         assert attributes["SENSITIVE"] is True
         assert attributes["EXTRACTABLE"] is False
+        # Frozen, and only the kem key derives (ECDH): a key whose DERIVE could be switched on
+        # could be fed to a derivation that leaks its bytes on tokens that offer one.
+        assert attributes["MODIFIABLE"] is False
+        assert attributes["DERIVE"] is (label == "kem")
         # NEVER_EXTRACTABLE / ALWAYS_SENSITIVE are False on unwrapped keys (PKCS#11: the key once
         # existed outside this token, wrapped); EXTRACTABLE=False is what keeps it in now.
         with pytest.raises(ProbeError) as raised:
             probe.call("read_value", label=label)
         assert raised.value.kind == "AttributeSensitive"
+
+
+@pytest.mark.parametrize("label", ["record", "ticket", "oprf_seed"])
+def test_fleet_keys_cannot_be_turned_to_derive(
+    provisioned: tuple[list[TokenSpec], FleetPublic], label: str
+) -> None:
+    """Even with the PIN and a read-write session, no attribute of a fleet key changes."""
+    specs, _ = provisioned
+    with TokenProbe(specs[0], read_write=True) as probe:
+        outcome = probe.call("tamper", label=label)
+        assert outcome["set"] != "allowed", outcome
+        assert outcome["copy"] != "allowed", outcome
+        assert probe.call("key_attributes", label=label)["DERIVE"] is False
 
 
 def test_tokens_hold_only_fleet_keys(probes: list[TokenProbe]) -> None:
