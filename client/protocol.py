@@ -18,6 +18,7 @@ Security: the password, the export key, the session key and K stay inside these 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import unicodedata
@@ -38,6 +39,7 @@ from vault_protocol import backup_key, opaque
 from vault_protocol import errors as vp_errors
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.envelope import FleetKey, open_response, seal_request
+from vault_protocol.ksf import Argon2idKsf, stored_argon2id
 
 T = TypeVar("T")
 RESPONSE_KEY_BYTES = 32
@@ -189,6 +191,15 @@ def _register(
                 ticket=reply.register_start.ticket,
             )
         )
+        ksf = ctx.opaque.ksf
+        if isinstance(ksf, Argon2idKsf):  # stored, so any client later stretches the same way
+            finish.register_finish.ksf.CopyFrom(
+                envelope_pb2.KsfParams(
+                    argon2id_time_cost=ksf.time_cost,
+                    argon2id_lanes=ksf.lanes,
+                    argon2id_memory_kib=ksf.memory_kib,
+                )
+            )
         try:
             yield from _exchange(ctx, Step.REGISTER_FINISH, finish, "register_finish")
         except StaleRequest:
@@ -214,10 +225,15 @@ def _recover(ctx: FlowContext, password: bytes) -> Flow[BackupKey]:
     start = envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=ke1))
     first = yield from _exchange(ctx, Step.RECOVER_START, start, "recover_start")
     guesses_left = int(first.guesses_left)
+    config = ctx.opaque
+    if first.recover_start.HasField("ksf"):
+        # The KSF the key was registered with, whatever this client is configured with: a
+        # mismatch would make the right password count as a wrong guess. Bounded (InvalidInput).
+        k = first.recover_start.ksf
+        ksf = stored_argon2id(k.argon2id_time_cost, k.argon2id_lanes, k.argon2id_memory_kib)
+        config = dataclasses.replace(ctx.opaque, ksf=ksf)
     try:
-        ke3, session_key, export_key = opaque.login_finish(
-            state, first.recover_start.ke2, ctx.opaque
-        )
+        ke3, session_key, export_key = opaque.login_finish(state, first.recover_start.ke2, config)
     except vp_errors.AuthenticationError:
         # The vault counted this guess before answering KE2; KE3 would tell it nothing new.
         raise InvalidPassword(guesses_left) from None

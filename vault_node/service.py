@@ -33,6 +33,7 @@ from vault_protocol import opaque, ristretto
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.envelope import FleetKey, open_request, seal_response
 from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput
+from vault_protocol.ksf import stored_argon2id
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +353,13 @@ class VaultService:
             raise BadRequest(f"wrapped key must be {WRAPPED_KEY_LEN} bytes")
         if msg.max_attempts > MAX_ATTEMPTS_LIMIT:
             raise BadRequest(f"max_attempts must be in 0..{MAX_ATTEMPTS_LIMIT}")
+        if msg.HasField("ksf"):
+            try:  # bounded: a record must not make its recovering client spend without limit
+                stored_argon2id(
+                    msg.ksf.argon2id_time_cost, msg.ksf.argon2id_lanes, msg.ksf.argon2id_memory_kib
+                )
+            except InvalidInput as exc:
+                raise BadRequest("KSF parameters out of range") from exc
         try:
             ticket = open_registration_ticket(self._token, msg.ticket)
         except DecryptError as exc:
@@ -383,6 +391,7 @@ class VaultService:
             version=old_version + 1,
             credential_scheme=CREDENTIAL_ACCOUNT_GENERATION,
             created_at_ms=created_at_ms,
+            ksf_params=msg.ksf.SerializeToString() if msg.HasField("ksf") else b"",
         )
         # Security: the CAS compares the revision the ticket was issued at. Re-registering
         # replaces the record (a locked one included) only once per ticket: a replayed finish,
@@ -493,12 +502,15 @@ class VaultService:
             session_key=state.session_key,
             expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
         )
+        reply = envelope_pb2.RecoverStartReply(
+            ke2=ke2, ticket=seal_ticket(self._token, ticket, self._rng)
+        )
+        if counted.ksf_params:
+            reply.ksf.ParseFromString(counted.ksf_params)  # as registered: see KsfParams
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
             guesses_left=counted.max_attempts - counted.attempts,
-            recover_start=envelope_pb2.RecoverStartReply(
-                ke2=ke2, ticket=seal_ticket(self._token, ticket, self._rng)
-            ),
+            recover_start=reply,
         )
 
     async def _recover_finish(

@@ -17,6 +17,11 @@ from vault_protocol.errors import InvalidInput
 
 KSF_OUTPUT_BYTES = 64  # Nh for ristretto255-SHA512
 _ZERO_SALT = bytes(16)
+# Bounds on parameters that come from elsewhere (a stored registration): a record must not make a
+# client spend unbounded time or memory.
+MAX_TIME_COST = 64
+MAX_LANES = 64
+MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
 
 
 class Ksf(Protocol):
@@ -75,3 +80,13 @@ class Argon2idKsf:
             memory_cost=self.memory_kib,
         )
         return kdf.derive(data)
+
+
+def stored_argon2id(time_cost: int, lanes: int, memory_kib: int) -> Argon2idKsf:
+    """An `Argon2idKsf` from stored parameters, within the bounds above; InvalidInput if not."""
+    if not (time_cost <= MAX_TIME_COST and lanes <= MAX_LANES and memory_kib <= MAX_MEMORY_KIB):
+        raise InvalidInput(
+            f"Argon2id parameters above the bounds (t <= {MAX_TIME_COST}, p <= {MAX_LANES}, "
+            f"m <= {MAX_MEMORY_KIB} KiB)"
+        )
+    return Argon2idKsf(time_cost=time_cost, lanes=lanes, memory_kib=memory_kib)

@@ -17,7 +17,7 @@ from vault_protocol import backup_key, opaque
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.envelope import FleetKey, open_request, seal_response
 from vault_protocol.errors import AuthenticationError
-from vault_protocol.ksf import IdentityKsf
+from vault_protocol.ksf import Argon2idKsf, IdentityKsf
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -31,6 +31,7 @@ class _Record:
     wrapped_key: bytes
     max_attempts: int
     salt: bytes = b""  # the registration's own OPRF-key salt, as the node's generation
+    ksf: bytes = b""  # serialized KsfParams, as the node keeps them
     attempts: int = 0
     locked: bool = False
 
@@ -102,6 +103,7 @@ class FakeVault:
                 f.wrapped_key,
                 f.max_attempts or self.default_max_attempts,
                 salt,
+                f.ksf.SerializeToString() if f.HasField("ksf") else b"",
             )
             return R(
                 outcome=envelope_pb2.OUTCOME_OK, register_finish=envelope_pb2.RegisterFinishReply()
@@ -141,10 +143,13 @@ class FakeVault:
             )
             ticket = os.urandom(16)
             self.tickets[ticket] = (account, state.expected_client_mac, state.session_key)
+            reply = envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket)
+            if rec.ksf:
+                reply.ksf.ParseFromString(rec.ksf)
             return R(
                 outcome=envelope_pb2.OUTCOME_OK,
                 guesses_left=rec.max_attempts - rec.attempts,
-                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket),
+                recover_start=reply,
             )
         if op == "recover_finish":
             owner, mac, session_key = self.tickets.pop(req.recover_finish.ticket)
@@ -334,3 +339,27 @@ def test_real_argon2_fast_preset_round_trip(vault: FakeVault) -> None:
     send = vault.send_for(ACCOUNT)
     key = protocol.run(protocol.register_flow(ctx, PASSWORD), send)
     assert protocol.run(protocol.recover_flow(ctx, PASSWORD), send) == key
+
+
+def test_recovery_stretches_as_the_registration_did(vault: FakeVault) -> None:
+    """Registered with the "fast" KSF, recovered by a client configured with another one: the
+    right password still works (it used to count as a wrong guess), a wrong one still fails."""
+    fast = Argon2idKsf(time_cost=1, lanes=1, memory_kib=256)
+    other = Argon2idKsf(time_cost=2, lanes=1, memory_kib=512)
+    send = vault.send_for(ACCOUNT)
+
+    def ctx(ksf: Argon2idKsf) -> FlowContext:
+        return FlowContext(
+            fleet=vault.fleet, account_id=ACCOUNT, opaque=opaque.OpaqueConfig(ksf=ksf)
+        )
+
+    key = protocol.run(protocol.register_flow(ctx(fast), PASSWORD), send)
+    assert protocol.run(protocol.recover_flow(ctx(other), PASSWORD), send) == key
+    with pytest.raises(InvalidPassword):
+        protocol.run(protocol.recover_flow(ctx(other), "wrong"), send)
+    # Parameters beyond the bounds (a record must not exhaust the client) are refused.
+    vault.records[ACCOUNT].ksf = envelope_pb2.KsfParams(
+        argon2id_time_cost=1, argon2id_lanes=1, argon2id_memory_kib=2**31
+    ).SerializeToString()
+    with pytest.raises(ProtocolError):
+        protocol.run(protocol.recover_flow(ctx(other), PASSWORD), send)

@@ -1081,3 +1081,31 @@ def test_delete_removes_the_key_once_no_first_registration_ticket_can_be_valid()
         assert h.audit.events().count("delete") == 2
 
     run(go())
+
+
+def test_the_registration_ksf_is_kept_and_given_back_bounded() -> None:
+    async def go() -> None:
+        h = Harness()
+        _, finish = await h.prepare_registration(b"pw")
+        params = envelope_pb2.KsfParams(
+            argon2id_time_cost=3, argon2id_lanes=4, argon2id_memory_kib=65536
+        )
+        finish.register_finish.ksf.CopyFrom(params)
+        assert (await h.call(finish)).outcome == OK
+        _, r = await h.start(b"pw")
+        assert r.recover_start.ksf == params
+        _, finish = await h.prepare_registration(b"pw")
+        finish.register_finish.ksf.CopyFrom(
+            envelope_pb2.KsfParams(
+                argon2id_time_cost=1, argon2id_lanes=1, argon2id_memory_kib=2**30
+            )
+        )
+        revision = h.store.revision
+        with pytest.raises(BadRequest, match="KSF"):
+            await h.call(finish)
+        assert h.store.revision == revision
+        await h.register(b"plain")  # no KSF sent (IdentityKsf): none given back
+        _, r = await h.start(b"plain")
+        assert not r.recover_start.HasField("ksf")
+
+    run(go())

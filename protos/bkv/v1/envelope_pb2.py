@@ -24,45 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62kv/v1/envelope.proto\x12\x06\x62kv.v1\"T\n\x0eSealedEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66leet_id\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nc\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"3\n\x0eSealedResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"-\n\rRegisterStart\x12\x1c\n\x14registration_request\x18\x01 \x01(\x0c\"h\n\x0eRegisterFinish\x12\x1b\n\x13registration_record\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x0e\n\x06ticket\x18\x04 \x01(\x0c\"\x1b\n\x0cRecoverStart\x12\x0b\n\x03ke1\x18\x01 \x01(\x0c\",\n\rRecoverFinish\x12\x0b\n\x03ke3\x18\x01 \x01(\x0c\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\"\x0f\n\rDeleteRequest\"\x0f\n\rStatusRequest\"\xc0\x02\n\x0cVaultRequest\x12\x14\n\x0cresponse_key\x18\x01 \x01(\x0c\x12/\n\x0eregister_start\x18\x02 \x01(\x0b\x32\x15.bkv.v1.RegisterStartH\x00\x12\x31\n\x0fregister_finish\x18\x03 \x01(\x0b\x32\x16.bkv.v1.RegisterFinishH\x00\x12-\n\rrecover_start\x18\x04 \x01(\x0b\x32\x14.bkv.v1.RecoverStartH\x00\x12/\n\x0erecover_finish\x18\x05 \x01(\x0b\x32\x15.bkv.v1.RecoverFinishH\x00\x12\'\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x15.bkv.v1.DeleteRequestH\x00\x12\'\n\x06status\x18\x07 \x01(\x0b\x32\x15.bkv.v1.StatusRequestH\x00\x42\x04\n\x02op\"C\n\x12RegisterStartReply\x12\x1d\n\x15registration_response\x18\x01 \x01(\x0c\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\"\x15\n\x13RegisterFinishReply\"0\n\x11RecoverStartReply\x12\x0b\n\x03ke2\x18\x01 \x01(\x0c\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\"-\n\x12RecoverFinishReply\x12\x17\n\x0ftransported_key\x18\x01 \x01(\x0c\"\x1e\n\x0b\x44\x65leteReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"G\n\x0bStatusReply\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x0e\n\x06locked\x18\x02 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\"\xf6\x02\n\rVaultResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.bkv.v1.Outcome\x12\x14\n\x0cguesses_left\x18\x02 \x01(\r\x12\x34\n\x0eregister_start\x18\x03 \x01(\x0b\x32\x1a.bkv.v1.RegisterStartReplyH\x00\x12\x36\n\x0fregister_finish\x18\x04 \x01(\x0b\x32\x1b.bkv.v1.RegisterFinishReplyH\x00\x12\x32\n\rrecover_start\x18\x05 \x01(\x0b\x32\x19.bkv.v1.RecoverStartReplyH\x00\x12\x34\n\x0erecover_finish\x18\x06 \x01(\x0b\x32\x1a.bkv.v1.RecoverFinishReplyH\x00\x12%\n\x06\x64\x65lete\x18\x07 \x01(\x0b\x32\x13.bkv.v1.DeleteReplyH\x00\x12%\n\x06status\x18\x08 \x01(\x0b\x32\x13.bkv.v1.StatusReplyH\x00\x42\x07\n\x05reply*\x80\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x1c\n\x18OUTCOME_INVALID_PASSWORD\x10\x02\x12\x12\n\x0eOUTCOME_LOCKED\x10\x03\x12\x1a\n\x16OUTCOME_NOT_REGISTERED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62kv/v1/envelope.proto\x12\x06\x62kv.v1\"T\n\x0eSealedEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66leet_id\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nc\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"3\n\x0eSealedResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"-\n\rRegisterStart\x12\x1c\n\x14registration_request\x18\x01 \x01(\x0c\"\x88\x01\n\x0eRegisterFinish\x12\x1b\n\x13registration_record\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x0e\n\x06ticket\x18\x04 \x01(\x0c\x12\x1e\n\x03ksf\x18\x05 \x01(\x0b\x32\x11.bkv.v1.KsfParams\"\\\n\tKsfParams\x12\x1a\n\x12\x61rgon2id_time_cost\x18\x01 \x01(\r\x12\x16\n\x0e\x61rgon2id_lanes\x18\x02 \x01(\r\x12\x1b\n\x13\x61rgon2id_memory_kib\x18\x03 \x01(\r\"\x1b\n\x0cRecoverStart\x12\x0b\n\x03ke1\x18\x01 \x01(\x0c\",\n\rRecoverFinish\x12\x0b\n\x03ke3\x18\x01 \x01(\x0c\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\"\x0f\n\rDeleteRequest\"\x0f\n\rStatusRequest\"\xc0\x02\n\x0cVaultRequest\x12\x14\n\x0cresponse_key\x18\x01 \x01(\x0c\x12/\n\x0eregister_start\x18\x02 \x01(\x0b\x32\x15.bkv.v1.RegisterStartH\x00\x12\x31\n\x0fregister_finish\x18\x03 \x01(\x0b\x32\x16.bkv.v1.RegisterFinishH\x00\x12-\n\rrecover_start\x18\x04 \x01(\x0b\x32\x14.bkv.v1.RecoverStartH\x00\x12/\n\x0erecover_finish\x18\x05 \x01(\x0b\x32\x15.bkv.v1.RecoverFinishH\x00\x12\'\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x15.bkv.v1.DeleteRequestH\x00\x12\'\n\x06status\x18\x07 \x01(\x0b\x32\x15.bkv.v1.StatusRequestH\x00\x42\x04\n\x02op\"C\n\x12RegisterStartReply\x12\x1d\n\x15registration_response\x18\x01 \x01(\x0c\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\"\x15\n\x13RegisterFinishReply\"P\n\x11RecoverStartReply\x12\x0b\n\x03ke2\x18\x01 \x01(\x0c\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\x12\x1e\n\x03ksf\x18\x03 \x01(\x0b\x32\x11.bkv.v1.KsfParams\"-\n\x12RecoverFinishReply\x12\x17\n\x0ftransported_key\x18\x01 \x01(\x0c\"\x1e\n\x0b\x44\x65leteReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"G\n\x0bStatusReply\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x0e\n\x06locked\x18\x02 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\"\xf6\x02\n\rVaultResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.bkv.v1.Outcome\x12\x14\n\x0cguesses_left\x18\x02 \x01(\r\x12\x34\n\x0eregister_start\x18\x03 \x01(\x0b\x32\x1a.bkv.v1.RegisterStartReplyH\x00\x12\x36\n\x0fregister_finish\x18\x04 \x01(\x0b\x32\x1b.bkv.v1.RegisterFinishReplyH\x00\x12\x32\n\rrecover_start\x18\x05 \x01(\x0b\x32\x19.bkv.v1.RecoverStartReplyH\x00\x12\x34\n\x0erecover_finish\x18\x06 \x01(\x0b\x32\x1a.bkv.v1.RecoverFinishReplyH\x00\x12%\n\x06\x64\x65lete\x18\x07 \x01(\x0b\x32\x13.bkv.v1.DeleteReplyH\x00\x12%\n\x06status\x18\x08 \x01(\x0b\x32\x13.bkv.v1.StatusReplyH\x00\x42\x07\n\x05reply*\x80\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x1c\n\x18OUTCOME_INVALID_PASSWORD\x10\x02\x12\x12\n\x0eOUTCOME_LOCKED\x10\x03\x12\x1a\n\x16OUTCOME_NOT_REGISTERED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bkv.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1429
-  _globals['_OUTCOME']._serialized_end=1557
+  _globals['_OUTCOME']._serialized_start=1588
+  _globals['_OUTCOME']._serialized_end=1716
   _globals['_SEALEDENVELOPE']._serialized_start=33
   _globals['_SEALEDENVELOPE']._serialized_end=117
   _globals['_SEALEDRESPONSE']._serialized_start=119
   _globals['_SEALEDRESPONSE']._serialized_end=170
   _globals['_REGISTERSTART']._serialized_start=172
   _globals['_REGISTERSTART']._serialized_end=217
-  _globals['_REGISTERFINISH']._serialized_start=219
-  _globals['_REGISTERFINISH']._serialized_end=323
-  _globals['_RECOVERSTART']._serialized_start=325
-  _globals['_RECOVERSTART']._serialized_end=352
-  _globals['_RECOVERFINISH']._serialized_start=354
-  _globals['_RECOVERFINISH']._serialized_end=398
-  _globals['_DELETEREQUEST']._serialized_start=400
-  _globals['_DELETEREQUEST']._serialized_end=415
-  _globals['_STATUSREQUEST']._serialized_start=417
-  _globals['_STATUSREQUEST']._serialized_end=432
-  _globals['_VAULTREQUEST']._serialized_start=435
-  _globals['_VAULTREQUEST']._serialized_end=755
-  _globals['_REGISTERSTARTREPLY']._serialized_start=757
-  _globals['_REGISTERSTARTREPLY']._serialized_end=824
-  _globals['_REGISTERFINISHREPLY']._serialized_start=826
-  _globals['_REGISTERFINISHREPLY']._serialized_end=847
-  _globals['_RECOVERSTARTREPLY']._serialized_start=849
-  _globals['_RECOVERSTARTREPLY']._serialized_end=897
-  _globals['_RECOVERFINISHREPLY']._serialized_start=899
-  _globals['_RECOVERFINISHREPLY']._serialized_end=944
-  _globals['_DELETEREPLY']._serialized_start=946
-  _globals['_DELETEREPLY']._serialized_end=976
-  _globals['_STATUSREPLY']._serialized_start=978
-  _globals['_STATUSREPLY']._serialized_end=1049
-  _globals['_VAULTRESPONSE']._serialized_start=1052
-  _globals['_VAULTRESPONSE']._serialized_end=1426
+  _globals['_REGISTERFINISH']._serialized_start=220
+  _globals['_REGISTERFINISH']._serialized_end=356
+  _globals['_KSFPARAMS']._serialized_start=358
+  _globals['_KSFPARAMS']._serialized_end=450
+  _globals['_RECOVERSTART']._serialized_start=452
+  _globals['_RECOVERSTART']._serialized_end=479
+  _globals['_RECOVERFINISH']._serialized_start=481
+  _globals['_RECOVERFINISH']._serialized_end=525
+  _globals['_DELETEREQUEST']._serialized_start=527
+  _globals['_DELETEREQUEST']._serialized_end=542
+  _globals['_STATUSREQUEST']._serialized_start=544
+  _globals['_STATUSREQUEST']._serialized_end=559
+  _globals['_VAULTREQUEST']._serialized_start=562
+  _globals['_VAULTREQUEST']._serialized_end=882
+  _globals['_REGISTERSTARTREPLY']._serialized_start=884
+  _globals['_REGISTERSTARTREPLY']._serialized_end=951
+  _globals['_REGISTERFINISHREPLY']._serialized_start=953
+  _globals['_REGISTERFINISHREPLY']._serialized_end=974
+  _globals['_RECOVERSTARTREPLY']._serialized_start=976
+  _globals['_RECOVERSTARTREPLY']._serialized_end=1056
+  _globals['_RECOVERFINISHREPLY']._serialized_start=1058
+  _globals['_RECOVERFINISHREPLY']._serialized_end=1103
+  _globals['_DELETEREPLY']._serialized_start=1105
+  _globals['_DELETEREPLY']._serialized_end=1135
+  _globals['_STATUSREPLY']._serialized_start=1137
+  _globals['_STATUSREPLY']._serialized_end=1208
+  _globals['_VAULTRESPONSE']._serialized_start=1211
+  _globals['_VAULTRESPONSE']._serialized_end=1585
 # @@protoc_insertion_point(module_scope)

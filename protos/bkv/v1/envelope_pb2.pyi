@@ -46,16 +46,28 @@ class RegisterStart(_message.Message):
     def __init__(self, registration_request: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFinish(_message.Message):
-    __slots__ = ("registration_record", "wrapped_key", "max_attempts", "ticket")
+    __slots__ = ("registration_record", "wrapped_key", "max_attempts", "ticket", "ksf")
     REGISTRATION_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
+    KSF_FIELD_NUMBER: _ClassVar[int]
     registration_record: bytes
     wrapped_key: bytes
     max_attempts: int
     ticket: bytes
-    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+    ksf: KsfParams
+    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ..., ticket: _Optional[bytes] = ..., ksf: _Optional[_Union[KsfParams, _Mapping]] = ...) -> None: ...
+
+class KsfParams(_message.Message):
+    __slots__ = ("argon2id_time_cost", "argon2id_lanes", "argon2id_memory_kib")
+    ARGON2ID_TIME_COST_FIELD_NUMBER: _ClassVar[int]
+    ARGON2ID_LANES_FIELD_NUMBER: _ClassVar[int]
+    ARGON2ID_MEMORY_KIB_FIELD_NUMBER: _ClassVar[int]
+    argon2id_time_cost: int
+    argon2id_lanes: int
+    argon2id_memory_kib: int
+    def __init__(self, argon2id_time_cost: _Optional[int] = ..., argon2id_lanes: _Optional[int] = ..., argon2id_memory_kib: _Optional[int] = ...) -> None: ...
 
 class RecoverStart(_message.Message):
     __slots__ = ("ke1",)
@@ -110,12 +122,14 @@ class RegisterFinishReply(_message.Message):
     def __init__(self) -> None: ...
 
 class RecoverStartReply(_message.Message):
-    __slots__ = ("ke2", "ticket")
+    __slots__ = ("ke2", "ticket", "ksf")
     KE2_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
+    KSF_FIELD_NUMBER: _ClassVar[int]
     ke2: bytes
     ticket: bytes
-    def __init__(self, ke2: _Optional[bytes] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+    ksf: KsfParams
+    def __init__(self, ke2: _Optional[bytes] = ..., ticket: _Optional[bytes] = ..., ksf: _Optional[_Union[KsfParams, _Mapping]] = ...) -> None: ...
 
 class RecoverFinishReply(_message.Message):
     __slots__ = ("transported_key",)

@@ -27,7 +27,7 @@ class Sealed(_message.Message):
     def __init__(self, key_name: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme", "created_at_ms")
+    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme", "created_at_ms", "ksf_params")
     STATE_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Record(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_SCHEME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    KSF_PARAMS_FIELD_NUMBER: _ClassVar[int]
     state: RecordState
     opaque_record: bytes
     wrapped_key: bytes
@@ -50,7 +51,8 @@ class Record(_message.Message):
     version: int
     credential_scheme: int
     created_at_ms: int
-    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    ksf_params: bytes
+    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., ksf_params: _Optional[bytes] = ...) -> None: ...
 
 class RegistrationTicket(_message.Message):
     __slots__ = ("record_id", "generation", "base_revision", "expires_at_ms")
