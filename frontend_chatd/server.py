@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -99,9 +100,15 @@ def to_status(error: BaseException) -> StatusReply:
     return StatusReply(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _account_tag(account_id: str) -> str:
-    # Logs carry a short hash, not the account id: enough to correlate lines, no directory.
-    return hashlib.sha256(account_id.encode()).hexdigest()[:12] if account_id else "-"
+def account_tag(key: bytes, account_id: str) -> str:
+    """What logs carry instead of the account id: enough to correlate lines, no directory.
+
+    Security: keyed (HMAC under a key derived from the session secret), so guessable ids such as
+    phone numbers cannot be found by hashing candidates; a plain hash could.
+    """
+    if not account_id:
+        return "-"
+    return hmac.new(key, account_id.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def _peer_host(peer: str) -> str:
@@ -127,7 +134,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
         account_limiter: TokenBucketLimiter,
         peer_limiter: TokenBucketLimiter,
         max_request_bytes: int,
+        log_tag_key: bytes,
     ) -> None:
+        self._log_tag_key = log_tag_key
         self._accounts = accounts
         self._tokens = tokens
         self._relay = relay
@@ -156,7 +165,7 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
             access_log.info(
                 "method=%s account=%s peer=%s status=%s latency_ms=%.1f",
                 method,
-                _account_tag(call.account),
+                account_tag(self._log_tag_key, call.account),
                 call.peer,
                 code,
                 (time.monotonic() - call.started) * 1000,
@@ -256,6 +265,7 @@ class FrontendServer:
                 "peer", limits.peer_rate_per_s, limits.peer_burst, time.monotonic
             ),
             max_request_bytes=limits.max_request_bytes,
+            log_tag_key=keys.log_tag_key,
         )
         self.server: Any = None
         self.port = 0

@@ -60,6 +60,7 @@ class SessionKeys:
 
     challenge_key: bytes
     token_key: bytes
+    log_tag_key: bytes
 
     @classmethod
     def derive(cls, session_secret: bytes) -> SessionKeys:
@@ -67,6 +68,7 @@ class SessionKeys:
         return cls(
             challenge_key=_hkdf(session_secret, b"bkv-v1 frontend login-challenge"),
             token_key=_hkdf(session_secret, b"bkv-v1 frontend session-token"),
+            log_tag_key=_hkdf(session_secret, b"bkv-v1 frontend log-tag"),
         )
 
     def __repr__(self) -> str:

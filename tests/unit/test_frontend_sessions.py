@@ -327,3 +327,20 @@ def test_login_enrollment_required_on_first_login_only() -> None:
     assert store.keys == {}
     login(accounts, "alice", key, enrollment_token(secret, "alice"))
     login(accounts, "alice", key)  # bound: no enrollment token needed any more
+
+
+def test_log_account_tags_are_keyed() -> None:
+    """Access logs name accounts by a keyed tag: a guessable id (a phone number) cannot be found
+    by hashing candidates, as a plain SHA-256 prefix allowed."""
+    import hashlib
+
+    from frontend_chatd.server import account_tag
+
+    keys = SessionKeys.derive(b"s" * 32)
+    other = SessionKeys.derive(b"t" * 32)
+    tag = account_tag(keys.log_tag_key, "+15551234567")
+    assert len(tag) == 12 and tag == account_tag(keys.log_tag_key, "+15551234567")
+    assert tag != hashlib.sha256(b"+15551234567").hexdigest()[:12]
+    assert tag != account_tag(other.log_tag_key, "+15551234567")
+    assert keys.log_tag_key not in (keys.token_key, keys.challenge_key)
+    assert account_tag(keys.log_tag_key, "") == "-"
