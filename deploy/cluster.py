@@ -43,7 +43,9 @@ SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 ROLLBACK_WARNING = (
     "WARNING: etcd is trusted to keep attempt counters fresh: restoring etcd from an old "
-    "snapshot (or rolling back its disks) restores spent password guesses."
+    "snapshot (or rolling back its disks) restores spent password guesses, and anyone who can "
+    "write to etcd (here: every local user; no etcd auth) can reset counters and take over "
+    "accounts. Keep etcd reachable only by vault nodes and frontends."
 )
 
 
