@@ -170,6 +170,16 @@ def _register(
     ctx: FlowContext, password: bytes, key: BackupKey | None, max_attempts: int
 ) -> Flow[BackupKey]:
     k = key if key is not None else BackupKey.generate(ctx.rng)
+    ksf = ctx.opaque.ksf  # stored with the record, so any client later stretches the same way
+    params = (
+        envelope_pb2.KsfParams(
+            argon2id_time_cost=ksf.time_cost,
+            argon2id_lanes=ksf.lanes,
+            argon2id_memory_kib=ksf.memory_kib,
+        )
+        if isinstance(ksf, Argon2idKsf)
+        else None
+    )
     for attempt in range(2):
         state, request = opaque.registration_start(password, ctx.rng)
         start = envelope_pb2.VaultRequest(
@@ -189,17 +199,9 @@ def _register(
                 wrapped_key=wrapped,
                 max_attempts=max_attempts,
                 ticket=reply.register_start.ticket,
+                ksf=params,
             )
         )
-        ksf = ctx.opaque.ksf
-        if isinstance(ksf, Argon2idKsf):  # stored, so any client later stretches the same way
-            finish.register_finish.ksf.CopyFrom(
-                envelope_pb2.KsfParams(
-                    argon2id_time_cost=ksf.time_cost,
-                    argon2id_lanes=ksf.lanes,
-                    argon2id_memory_kib=ksf.memory_kib,
-                )
-            )
         try:
             yield from _exchange(ctx, Step.REGISTER_FINISH, finish, "register_finish")
         except StaleRequest:

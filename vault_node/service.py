@@ -293,7 +293,7 @@ class VaultService:
         # refused: tombstone removal relies on its lifetime (`_delete`), and a refusal costs only
         # a new registration. A login ticket is accepted: its guess is already counted, refusing
         # it would burn guesses of a user with the right password, and a late redemption cannot
-        # forgive later guesses (`_redeemed_attempts`).
+        # forgive later guesses (see `redeemed.attempts` in `_recover_finish`).
         log.warning("%s expires %d ms after our clock's TTL: clock skew between nodes?",
                     what, expires_at_ms - now - self._config.ticket_ttl_ms)  # fmt: skip
         if strict:
@@ -304,7 +304,7 @@ class VaultService:
     ) -> envelope_pb2.VaultResponse:
         """NOT_REGISTERED for an absent or deleted record, LOCKED for a locked one; audited, no
         write."""
-        if current is None or current[0].state == sealed_pb2.RECORD_STATE_DELETED:
+        if current is None or _unregistered(current):
             self._audit.write("not_registered", record_id)
             return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
         record = current[0]
@@ -534,7 +534,7 @@ class VaultService:
         if not good_mac:
             # The guess was counted at step 1; a wrong MAC writes nothing more.
             current = await self._read(record_id)
-            if current is None or current[0].state == sealed_pb2.RECORD_STATE_DELETED:
+            if current is None or _unregistered(current):
                 return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
             record = current[0]
             self._audit.write(
@@ -609,9 +609,9 @@ class VaultService:
                 try:
                     revision = await self._store.delete(record_id, mod_revision)
                 except StoreUnavailable as exc:
-                    self._records.pop(record_id)
                     raise WriteUnconfirmed("etcd did not confirm the delete") from exc
-                self._records.pop(record_id)
+                finally:
+                    self._records.pop(record_id)
                 if revision:
                     if existed:
                         self._audit.write("delete", record_id, revision=revision)
@@ -633,7 +633,7 @@ class VaultService:
 
     async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
         current = await self._read(record_id)
-        if current is None or current[0].state == sealed_pb2.RECORD_STATE_DELETED:
+        if current is None or _unregistered(current):
             return envelope_pb2.VaultResponse(
                 outcome=Outcome.OUTCOME_OK, status=envelope_pb2.StatusReply(registered=False)
             )
@@ -693,6 +693,11 @@ def _deleted(*, existed: bool) -> envelope_pb2.VaultResponse:
     return envelope_pb2.VaultResponse(
         outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=existed)
     )
+
+
+def _unregistered(entry: Entry) -> bool:
+    """Answered as "not registered", as an absent record is: a deleted one."""
+    return bool(entry[0].state == sealed_pb2.RECORD_STATE_DELETED)
 
 
 def _erased(record: sealed_pb2.Record) -> bool:

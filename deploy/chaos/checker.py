@@ -159,9 +159,9 @@ def guess_limit(
             if event.event in ("success", "register", "delete"):
                 # A success forgives only the guesses up to its ticket: evaluations after it
                 # stay counted (its `attempts`), and the new window starts from them.
-                carried = event.attempts if event.event == "success" else 0
-                count = carried or 0
-                last_attempts = None if event.event == "delete" else (carried or 0)
+                carried = (event.attempts or 0) if event.event == "success" else 0
+                count = carried
+                last_attempts = None if event.event == "delete" else carried
                 cut = _show_event(event)
                 continue
             if event.event != "evaluate":
