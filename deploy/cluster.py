@@ -41,6 +41,18 @@ from deploy.topology import Role, Topology, default_topology_path, load_topology
 ROLE_ORDER: tuple[Role, ...] = ("etcd", "node", "frontend")
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
+
+def crash_looping(run_state: dict[str, Any]) -> bool:
+    """Whether a supervisor's state file shows a process that cannot start: it gave up, or it is
+    waiting to restart a second time in a row. One restart pending is the supervisor doing its
+    job after a crash of a running process (chaos, `crash`), not a failed start: waiting then
+    reported a healthy restart as "crashed while starting" when the wait began inside that
+    backoff."""
+    state = run_state.get("state")
+    restarts = run_state.get("restarts")
+    return state == "failed" or (state == "backoff" and isinstance(restarts, int) and restarts >= 2)
+
+
 ROLLBACK_WARNING = (
     "WARNING: etcd is trusted to keep attempt counters fresh: restoring etcd from an old "
     "snapshot (or rolling back its disks) restores spent password guesses, and anyone who can "
@@ -439,7 +451,7 @@ class Cluster:
                 running = proc.running
                 if running is None or not processes.is_alive(running):
                     raise StartError(self._failure(proc, "exited"))
-                if self._run_state(proc.name).get("state") in ("backoff", "failed"):
+                if crash_looping(self._run_state(proc.name)):
                     raise StartError(self._failure(proc, "crashed while starting"))
                 if not checker(proc):
                     still.append(proc)
