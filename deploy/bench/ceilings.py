@@ -12,6 +12,12 @@
   3DH/KE2, ticket seal/open, KE3 check, key transport, two response seals) on one core with
   software keys, as `benchmarks/protocol.py` measures it. A real node also makes 7 PKCS#11 calls
   per recovery on its one token thread (`HSM_CALLS_PER_RECOVERY`).
+* `shape_ceiling`: recoveries through the cluster's path with its work taken out
+  (`deploy.bench.shape_server`): relays for frontends, stores for vault nodes, two relayed TLS
+  calls and two CAS per recovery on the cluster's etcd, and the CPU each role spends on them. It
+  is what the plumbing alone allows on this machine, so the cluster's figure against it says how
+  much is our own work, and its own figure against the etcd bound says how far any
+  implementation of this layout in Python gRPC could go here.
 
 Each loop is bounded by a deadline and an operation cap and stops by itself.
 """
@@ -41,13 +47,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from deploy.bench import server_work
+from deploy.bench.cpu import CpuMeter, CpuUsed, cpu_json
 from deploy.bench.noop_server import METHOD
+from deploy.bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
 from vault_node.store import grpc_target
 
 BENCH_PREFIX = b"/bkv-bench/"
 MAX_OPS = 10_000_000
 REQUEST_BYTES = 1100  # a sealed envelope padded to the 1024-byte bucket, plus HPKE overhead
 REPLY_BYTES = 600
+# One recovery = 2 client round trips (KE1 -> KE2, then KE3 + ticket -> wrapped key), each
+# relayed by a frontend to a node, and 2 etcd CAS transactions (attempts+1, then the reset).
+ROUND_TRIPS_PER_RECOVERY = 2
+CAS_PER_RECOVERY = 2
 CAS_VALUE_BYTES = 322  # a sealed record as a node writes it (measured in etcd)
 
 # PKCS#11 calls a vault node makes per successful recovery (vault_node/service.py) in the steady
@@ -203,33 +215,41 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _event_loop_name() -> str:
+    """The running loop's implementation, which the servers we start run too."""
+    return (
+        "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    )
+
+
+def _spawn(module: str, args: Sequence[str], max_seconds: float) -> subprocess.Popen[bytes]:
+    """Start `python -m module args...`; it prints `PORT <n>` and stops when its stdin closes."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            "--max-seconds",
+            str(max_seconds),
+            "--event-loop",
+            _event_loop_name(),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
     """Unary TLS calls per second to a no-op server in its own process, which runs the same
     event loop implementation as the caller (uvloop or asyncio's), as the cluster's servers do."""
-    loop_name = (
-        "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-    )
     with tempfile.TemporaryDirectory(prefix="bkv-bench-tls-") as tmp:
         cert, key = self_signed(Path(tmp))
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "deploy.bench.noop_server",
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--reply-bytes",
-                str(REPLY_BYTES),
-                "--max-seconds",
-                str(seconds + 60.0),
-                "--event-loop",
-                loop_name,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+        proc = _spawn(
+            "deploy.bench.noop_server",
+            ["--cert", str(cert), "--key", str(key), "--reply-bytes", str(REPLY_BYTES)],
+            seconds + 60.0,
         )
         try:
             port = await asyncio.wait_for(asyncio.to_thread(_read_port, proc), 30.0)
@@ -258,9 +278,151 @@ async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
         {
             "request_bytes": REQUEST_BYTES,
             "reply_bytes": REPLY_BYTES,
-            "server": f"grpc.aio on {loop_name}, own process",
+            "server": f"grpc.aio on {_event_loop_name()}, own process",
         },
     )
+
+
+# -- the recovery path's shape, without its work -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathShape:
+    """The process layout the shape ceiling copies: as many relays as the cluster has frontends,
+    as many stores as it has vault nodes; the etcd members' PIDs, when known, for their CPU."""
+
+    relays: int = 2
+    stores: int = 6
+    etcd_pids: tuple[int, ...] = ()
+
+    def validate(self) -> list[str]:
+        out = []
+        if not 1 <= self.relays <= 64:
+            out.append(f"relays must be 1..64, not {self.relays}")
+        if not 1 <= self.stores <= 64:
+            out.append(f"stores must be 1..64, not {self.stores}")
+        return out
+
+
+async def shape_ceiling(
+    endpoints: Sequence[str], concurrency: int, seconds: float, shape: PathShape
+) -> Ceiling:
+    """Recoveries per second through the cluster's plumbing alone (`deploy.bench.shape_server`):
+    relay processes (the frontends) and store processes (the vault nodes), two relayed TLS calls
+    per recovery and one CAS per call on the cluster's etcd, no cryptography.
+
+    It bounds what any implementation of this process layout in Python gRPC could reach on this
+    machine; the CPU per recovery of each role (the etcd members' too, when their PIDs are given)
+    is measured over the same phase and goes into the notes."""
+    problems = shape.validate()
+    if problems:
+        raise ValueError("; ".join(problems))
+    relays, stores = shape.relays, shape.stores
+    prefix = (BENCH_PREFIX + secrets.token_hex(4).encode() + b"/shape/").decode()
+    procs: dict[str, list[subprocess.Popen[bytes]]] = {"store": [], "relay": []}
+    with tempfile.TemporaryDirectory(prefix="bkv-bench-shape-") as tmp:
+        cert, key = self_signed(Path(tmp))
+        tls = ["--cert", str(cert), "--key", str(key)]
+        try:
+            for _ in range(stores):
+                procs["store"].append(
+                    _spawn(
+                        "deploy.bench.shape_server",
+                        ["store", *tls, "--etcd", ",".join(endpoints), "--prefix", prefix],
+                        seconds + 60.0,
+                    )
+                )
+            store_ports = await _read_ports(procs["store"])
+            store_addresses = ",".join(f"127.0.0.1:{p}" for p in store_ports)
+            for _ in range(relays):
+                procs["relay"].append(
+                    _spawn(
+                        "deploy.bench.shape_server",
+                        ["relay", *tls, "--stores", store_addresses],
+                        seconds + 60.0,
+                    )
+                )
+            relay_ports = await _read_ports(procs["relay"])
+            ok, errors, elapsed, used = await _drive_shape(
+                cert.read_bytes(),
+                relay_ports,
+                concurrency,
+                seconds,
+                CpuMeter(
+                    {
+                        "etcd": list(shape.etcd_pids),
+                        "frontend": [p.pid for p in procs["relay"]],
+                        "node": [p.pid for p in procs["store"]],
+                    }
+                ),
+            )
+        finally:
+            for proc in procs["relay"] + procs["store"]:
+                _stop(proc)
+            await _delete_prefix(endpoints, prefix.encode())
+    return Ceiling(
+        "shape_recovery",
+        ok,
+        elapsed,
+        concurrency,
+        errors,
+        {
+            "relays": relays,
+            "stores": stores,
+            "calls_per_recovery": ROUND_TRIPS_PER_RECOVERY,
+            "cas_per_recovery": CAS_PER_RECOVERY,
+            "cpu": cpu_json(used, ops=ok, elapsed_s=elapsed),
+            "what": "the recovery path's processes, calls and CAS writes, with no cryptography",
+        },
+    )
+
+
+async def _read_ports(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+    return [await asyncio.wait_for(asyncio.to_thread(_read_port, p), 30.0) for p in procs]
+
+
+async def _drive_shape(
+    cert: bytes, relay_ports: Sequence[int], concurrency: int, seconds: float, meter: CpuMeter
+) -> tuple[int, int, float, CpuUsed]:
+    """Closed loop: each worker recovers its own account, two calls per recovery, through the
+    relays in turn (one shared channel per relay, as the client keeps one per frontend)."""
+    creds = grpc.ssl_channel_credentials(root_certificates=cert)
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    channels = [grpc.aio.secure_channel(f"127.0.0.1:{p}", creds, options) for p in relay_ports]
+    try:
+        calls = [
+            c.unary_unary(
+                RELAY_METHOD, request_serializer=_identity, response_deserializer=_identity
+            )
+            for c in channels
+        ]
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 10.0)
+        padding = os.urandom(REQUEST_BYTES - ACCOUNT_BYTES)
+        requests = [i.to_bytes(ACCOUNT_BYTES, "big") + padding for i in range(concurrency)]
+        for index in range(concurrency):  # create every account's key before measuring
+            await calls[index % len(calls)](requests[index], timeout=5.0)
+
+        async def recovery(index: int) -> None:
+            call = calls[index % len(calls)]
+            for _ in range(ROUND_TRIPS_PER_RECOVERY):
+                await call(requests[index], timeout=5.0)
+
+        meter.start()
+        ok, errors, elapsed = await _timed_workers(concurrency, seconds, recovery)
+        used = meter.stop()
+    finally:
+        for channel in channels:
+            await channel.close()
+    return ok, errors, elapsed, used
+
+
+async def _delete_prefix(endpoints: Sequence[str], prefix: bytes) -> None:
+    client = etcd_client(endpoints)
+    try:
+        await client.delete_prefix(prefix)
+    finally:
+        await client.close()
 
 
 def _read_port(proc: subprocess.Popen[bytes]) -> int:

@@ -217,6 +217,7 @@ async def run_bench(
     progress: TextIO | None,
     echo: Any,
     cpu: CpuMeter | None = None,
+    shape: ceil.PathShape | None = None,
 ) -> dict[str, Any]:
     """Setup, measured phase, ceilings, cleanup; returns the pieces of bench.json."""
     client_config = load_config(client_toml)
@@ -278,8 +279,9 @@ async def run_bench(
             if failed:
                 echo(f"cleanup: {failed} bench accounts could not be deleted")
     measured: list[ceil.Ceiling] = []
+    shape = shape or ceil.PathShape()
     if config.ceilings:
-        echo("ceilings: etcd CAS, gRPC, crypto")
+        echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
         if etcd_endpoints:
             measured.append(
                 await ceil.etcd_cas_ceiling(
@@ -290,6 +292,12 @@ async def run_bench(
             echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
         measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
         measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
+        if etcd_endpoints:
+            measured.append(
+                await ceil.shape_ceiling(
+                    etcd_endpoints, config.concurrency, config.ceiling_seconds, shape
+                )
+            )
     return {
         "summaries": [recorder.summary(op, elapsed) for op in recorder.ops()],
         "combined": recorder.combined(elapsed),
@@ -402,6 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else (cluster.etcd_endpoints() if cluster is not None else None)
             )
             progress = sys.stderr if sys.stderr.isatty() else None
+            pids = cluster_pids(cluster)
+            shape = ceil.PathShape(
+                relays=facts["frontends"] or ceil.PathShape.relays,
+                stores=facts["nodes"] or ceil.PathShape.stores,
+                etcd_pids=tuple(pids.get("etcd", ())),
+            )
             run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
             result = run(
                 run_bench(
@@ -411,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     max_inflight=args.max_inflight,
                     progress=progress,
                     echo=echo,
-                    cpu=CpuMeter(cluster_pids(cluster)),
+                    cpu=CpuMeter(pids),
+                    shape=shape,
                 )
             )
     except (DeployError, VaultError, BenchSetupError, OSError) as err:

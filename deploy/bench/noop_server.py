@@ -47,6 +47,14 @@ async def serve(cert: bytes, key: bytes, reply_bytes: int, max_seconds: float) -
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
+    await serve_until_stopped(server, cert, key, max_seconds)
+
+
+async def serve_until_stopped(
+    server: grpc.aio.Server, cert: bytes, key: bytes, max_seconds: float
+) -> None:
+    """Bind 127.0.0.1 on a free port over TLS, print `PORT <n>`, serve until stdin closes (the
+    parent stopping us, or dying) or `max_seconds` pass, then stop."""
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     print(f"PORT {port}", flush=True)

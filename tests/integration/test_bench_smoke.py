@@ -30,6 +30,22 @@ def run(tmp_path: Path, cluster: Cluster, *extra: str) -> dict[str, Any]:
     return json.loads(bench_json.read_text())  # type: ignore[no-any-return]
 
 
+def bench_keys_left(cluster: Cluster) -> list[bytes]:
+    """Keys the ceilings wrote under /bkv-bench/ and did not delete."""
+    import asyncio
+
+    from deploy.bench.ceilings import BENCH_PREFIX, etcd_client
+
+    async def keys() -> list[bytes]:
+        client = etcd_client(cluster.etcd_endpoints())
+        try:
+            return [kv.key for kv in await client.get_prefix(BENCH_PREFIX, keys_only=True)]
+        finally:
+            await client.close()
+
+    return asyncio.run(keys())
+
+
 def check_counts(doc: dict[str, Any], total: int) -> None:
     ops = doc["ops"]
     assert sum(op["count"] for op in ops.values()) == doc["total"]["count"] == total
@@ -50,9 +66,18 @@ def test_closed_loop_with_ceilings(
     assert (config["mode"], config["concurrency"], config["ksf"]) == ("closed", 4, "fast")
     assert config["fsync"] is False and config["nodes"] == len(cluster.topology.nodes)
     ceilings = doc["ceilings"]
-    for name in ("etcd_cas_per_s", "grpc_calls_per_s", "crypto_recoveries_per_s"):
+    for name in ("etcd_cas_per_s", "grpc_calls_per_s", "crypto_recoveries_per_s",
+                 "shape_recoveries_per_s"):  # fmt: skip
         assert ceilings[name] > 0
     assert "fraction_of_bound" in doc["versus_ceilings"]["etcd"]
+    # The path without its work copies the cluster's layout and meters every role of it.
+    shape = ceilings["details"]["shape_recovery"]
+    assert (shape["relays"], shape["stores"], shape["errors"]) == (
+        len(cluster.topology.frontends), len(cluster.topology.nodes), 0)  # fmt: skip
+    assert set(shape["cpu"]["seconds"]) == {"etcd", "node", "frontend", "bench"}
+    assert shape["cpu"]["seconds"]["etcd"] > 0 and shape["cpu"]["missing_pids"] == []
+    assert "shape_fraction_of_etcd_bound" in doc["versus_ceilings"]["shape"]
+    assert not bench_keys_left(cluster)
     # The no-op server runs the loop the bench runs, as the cluster's servers do.
     assert ceilings["details"]["grpc_unary_tls"]["server"] == "grpc.aio on uvloop, own process"
     assert (config["event_loop"], config["cluster_event_loop"]) == ("uvloop", "uvloop")

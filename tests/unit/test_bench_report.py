@@ -90,3 +90,30 @@ def test_crypto_ceiling_runs_a_bounded_loop() -> None:
     c = crypto_ceiling(0.05)
     assert c.ops >= 1 and c.per_s > 0
     assert c.notes["hsm_calls_per_recovery"]["ecdh (envelope open)"] == 2
+
+
+def test_shape_ceiling_fractions_in_json_and_text() -> None:
+    """The cluster against the path without its work, and that path against the etcd bound."""
+    r = Recorder(start=0.0)
+    for i in range(200):
+        r.record("recover", i / 100, 0.010)  # 100 recoveries/s over 2 s
+    ceilings = [
+        Ceiling("etcd_cas", 1600, 1.0, 16),  # bound 800 recoveries/s
+        Ceiling("shape_recovery", 600, 2.0, 16, notes={"relays": 2, "stores": 6}),  # 300/s
+    ]
+    doc = report.build(config={}, summaries=[r.summary("recover", 2.0)],
+                       combined=r.combined(2.0), elapsed_s=2.0, series=[], substituted={},
+                       setup={}, ceilings=ceilings)  # fmt: skip
+    assert doc["ceilings"]["shape_recoveries_per_s"] == 300.0
+    assert doc["ceilings"]["details"]["shape_recovery"]["stores"] == 6
+    shape = doc["versus_ceilings"]["shape"]
+    assert shape["fraction_of_bound"] == pytest.approx(100 / 300, abs=1e-4)
+    assert shape["shape_fraction_of_etcd_bound"] == pytest.approx(300 / 800)
+    text = report.ceilings_text(doc)
+    assert "33.3% of the same path without its work (300.0/s)" in text
+    assert "that path alone reaches 37.5% of the etcd bound" in text
+
+
+def test_shape_without_etcd_ceiling_has_no_etcd_fraction() -> None:
+    v = report.versus_ceilings(50.0, {"shape_recoveries_per_s": 200.0})
+    assert v["shape"] == {"recoveries_bound_per_s": 200.0, "fraction_of_bound": 0.25}

@@ -1,0 +1,192 @@
+"""The cluster's recovery path with the work taken out: what the plumbing alone costs.
+
+    python -m deploy.bench.shape_server store --cert C --key K --etcd host:port,... --prefix P
+    python -m deploy.bench.shape_server relay --cert C --key K --stores host:port,...
+        [--reply-bytes 600] [--max-seconds 120] [--event-loop uvloop|asyncio]
+
+`bkv-bench --ceilings` starts as many `relay` processes as the cluster has frontends and as many
+`store` processes as it has vault nodes, and drives them with recoveries of the same shape as the
+real ones: two unary TLS calls from the load generator to a relay, each relayed to the store that
+the account's key is routed to (one per account, as the frontend routes an account to one node),
+and each making one compare-and-swap on the account's etcd key from a store-local revision cache —
+the steady state of a vault node (`vault_node.store.EtcdStore.swap` with its record cache). No
+envelope, no OPAQUE, no token, no sessions: whatever the cluster spends beyond this is its own work.
+
+A request is `account key (8 bytes) ‖ padding`; the store writes a record-sized value under
+`--prefix`, which the harness deletes afterwards. Each process binds 127.0.0.1 on a free port,
+prints `PORT <n>` once serving and stops when its stdin closes or after `--max-seconds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import uvloop
+
+from deploy.bench.noop_server import serve_until_stopped
+from deploy.topology import EVENT_LOOPS
+
+SERVICE = "bkv.bench.v1.Shape"
+RELAY_METHOD = f"/{SERVICE}/Relay"
+STORE_METHOD = f"/{SERVICE}/Step"
+ACCOUNT_BYTES = 8
+VALUE_BYTES = 322  # a sealed record as a node writes it (as deploy.bench.ceilings.CAS_VALUE_BYTES)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def account_of(request: bytes) -> int:
+    """The account a request belongs to (its first 8 bytes, big-endian).
+
+    >>> account_of((7).to_bytes(8, "big") + bytes(4))
+    7
+    """
+    if len(request) < ACCOUNT_BYTES:
+        raise ValueError("request shorter than its account key")
+    return int.from_bytes(request[:ACCOUNT_BYTES], "big")
+
+
+def route(account: int, stores: int) -> int:
+    """The store an account goes to: always the same one, as the frontend routes an account.
+
+    >>> [route(a, 3) for a in range(5)]
+    [0, 1, 2, 0, 1]
+    """
+    return account % stores
+
+
+def _handler(method: str, fn: Any) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            method.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=_identity, response_serializer=_identity
+            )
+        },
+    )
+
+
+class Store:
+    """One optimistic compare-and-swap per step, from a revision cache, as a vault node does."""
+
+    def __init__(self, client: Any, prefix: bytes, reply: bytes) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._reply = reply
+        self._value = os.urandom(VALUE_BYTES)
+        self._revisions: dict[int, int] = {}  # account -> mod_revision of its key, 0 = absent
+        self.conflicts = 0
+
+    async def step(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        account = account_of(request)
+        key = self._prefix + str(account).encode()
+        tx = self._client.transactions
+        for _ in range(2):  # a stale cache costs one failed compare, then the write goes through
+            succeeded, responses = await self._client.transaction(
+                compare=[tx.mod(key) == self._revisions.get(account, 0)],
+                success=[tx.put(key, self._value)],
+                failure=[tx.get(key)],
+            )
+            if succeeded:
+                self._revisions[account] = int(responses[0].response_put.header.revision)
+                return self._reply
+            self.conflicts += 1
+            found = responses[0]
+            self._revisions[account] = int(found[0][1].mod_revision) if found else 0
+        await context.abort(grpc.StatusCode.ABORTED, "compare failed twice")
+        raise AssertionError("unreachable")  # abort raises
+
+
+async def serve_store(args: argparse.Namespace) -> None:
+    import aetcd  # the store needs it; the relay does not
+
+    from vault_node.store import grpc_target
+
+    host, port = grpc_target(args.etcd.split(","))
+    client = aetcd.Client(
+        host=host, port=port, timeout=5.0, options={"grpc.lb_policy_name": "round_robin"}
+    )
+    store = Store(client, args.prefix.encode(), bytes(args.reply_bytes))
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_handler(STORE_METHOD, store.step),))
+    try:
+        await serve_until_stopped(server, args.cert_bytes, args.key_bytes, args.max_seconds)
+    finally:
+        await client.close()
+
+
+async def serve_relay(args: argparse.Namespace) -> None:
+    creds = grpc.ssl_channel_credentials(root_certificates=args.cert_bytes)
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    channels = [grpc.aio.secure_channel(a, creds, options) for a in args.stores.split(",")]
+    calls = [
+        c.unary_unary(STORE_METHOD, request_serializer=_identity, response_deserializer=_identity)
+        for c in channels
+    ]
+
+    async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            account = account_of(request)
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise AssertionError("unreachable") from err
+        try:
+            reply: bytes = await calls[route(account, len(calls))](request, timeout=5.0)
+        except grpc.aio.AioRpcError as err:
+            await context.abort(err.code(), "store failed")
+            raise AssertionError("unreachable") from err
+        return reply
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_handler(RELAY_METHOD, relay),))
+    try:
+        await serve_until_stopped(server, args.cert_bytes, args.key_bytes, args.max_seconds)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deploy.bench.shape_server")
+    p.add_argument("role", choices=("store", "relay"))
+    p.add_argument("--cert", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--etcd", help="store: etcd endpoints host:port,...")
+    p.add_argument("--prefix", help="store: the etcd key prefix to write under")
+    p.add_argument("--stores", help="relay: the stores' addresses host:port,...")
+    p.add_argument("--reply-bytes", type=int, default=600)
+    p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.role == "store" and not (args.etcd and args.prefix):
+        p.error("store needs --etcd and --prefix")
+    if args.role == "store" and not args.prefix.startswith("/bkv-bench/"):
+        p.error("store --prefix must start with /bkv-bench/ (it must never touch vault records)")
+    if args.role == "relay" and not args.stores:
+        p.error("relay needs --stores")
+    if not 0 <= args.reply_bytes <= 1 << 20 or args.max_seconds <= 0:
+        p.error("--reply-bytes must be 0..1048576 and --max-seconds positive")
+    args.cert_bytes, args.key_bytes = args.cert.read_bytes(), args.key.read_bytes()
+    serve = serve_store if args.role == "store" else serve_relay
+    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+    run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
