@@ -3,7 +3,7 @@ against vault nodes, and the latency at a fraction of the peak in open loop.
 
     python -m deploy.bench.curves --cluster-up [--fsync] [--clients 1,2,4,8,16,32,64]
         [--nodes 1,2,4,6] [--node-clients 8] (--seconds 10 | --count K)
-        [--open-loop-fraction 0.5] [--ksf fast] [--out results]
+        [--open-loop-fraction 0.5] [--ksf fast] [--node-ceilings 5] [--out results]
     python -m deploy.bench.curves --config client.toml --nodes none --seconds 10
 
 Every point is one `bkv-bench` run (`deploy.bench.cli.main`, mix `recover=100`), each bounded by
@@ -14,7 +14,10 @@ its own duration or count; each run's bench.json and bench.png stay under
 2. an open-loop run at `--open-loop-fraction` of the sweep's peak throughput (latency counted from
    the scheduled start, so no coordinated omission), checked against the 50 ms p99 target;
 3. the node sweep: a cluster of N vault nodes started and stopped for each N (`--cluster-up
-   --nodes N`), at `--node-clients` clients.
+   --nodes N`), at `--node-clients` clients; with `--node-ceilings S` each of those runs also
+   measures the ceilings for S seconds, among them the recovery path without its work with N
+   stores (`bkv-bench --ceilings`), so that the cluster's node curve stands beside the curve the
+   plumbing alone allows on the same machine.
 
 Writes `OUT/<timestamp>/curves.json` and `curves.png`, and prints a table. No figure is asserted:
 the machine is shared and noisy, so the curves are a report, not a test.
@@ -63,6 +66,7 @@ class CurvesConfig:
     open_loop_fraction: float = 0.5
     ksf: str = "fast"
     accounts: int = 64
+    node_ceiling_seconds: float | None = None  # None: the node sweep measures no ceilings
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +94,8 @@ class CurvesConfig:
             problems.append("--ksf must be fast or default")
         if self.accounts < 1:
             problems.append("--accounts must be at least 1")
+        if self.node_ceiling_seconds is not None and not 0 < self.node_ceiling_seconds <= 60:
+            problems.append("--node-ceilings must be in (0, 60] seconds")
         if problems:
             raise CurvesError("; ".join(problems))
 
@@ -122,6 +128,28 @@ def point(doc: Mapping[str, Any], op: str = "recover") -> dict[str, Any]:
         "throughput_per_s": figures["throughput_per_s"],
         **{key: latency[key] for key in ("p50", "p90", "p99", "p999", "max")},
         "cpu_ms_per_op": doc.get("cpu", {}).get("ms_per_op", {}).get("total"),
+        **ceiling_point(doc),
+    }
+
+
+def ceiling_point(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's fractions of the etcd bound, its own and the work-free path's, when it measured
+    the ceilings; nothing otherwise.
+
+    >>> ceiling_point({})
+    {}
+    >>> ceiling_point({"versus_ceilings": {"etcd": {"fraction_of_bound": 0.17},
+    ...     "shape": {"recoveries_bound_per_s": 190.0, "shape_fraction_of_etcd_bound": 0.31}}})
+    {'fraction_of_etcd_bound': 0.17, 'shape_per_s': 190.0, 'shape_fraction_of_etcd_bound': 0.31}
+    """
+    versus = doc.get("versus_ceilings")
+    if not versus:
+        return {}
+    shape = versus.get("shape", {})
+    return {
+        "fraction_of_etcd_bound": versus.get("etcd", {}).get("fraction_of_bound"),
+        "shape_per_s": shape.get("recoveries_bound_per_s"),
+        "shape_fraction_of_etcd_bound": shape.get("shape_fraction_of_etcd_bound"),
     }
 
 
@@ -192,11 +220,16 @@ def sweep(
         "p99_target_met": float(open_point["p99"]) < P99_TARGET_MS,
         "bench_json": doc["_path"],
     }
+    ceilings = (
+        ["--ceilings", "--ceiling-seconds", str(config.node_ceiling_seconds)]
+        if config.node_ceiling_seconds is not None
+        else []
+    )
     for nodes in config.nodes:
         doc = runner.run(
             f"nodes-{nodes}",
             ["--cluster-up", *cluster_up_args, "--nodes", str(nodes), *common,
-             "--concurrency", str(config.node_clients), *config.amount()],
+             "--concurrency", str(config.node_clients), *config.amount(), *ceilings],
         )  # fmt: skip
         result["nodes"].append({"nodes": nodes, **point(doc), "bench_json": doc["_path"]})
     return result
@@ -220,12 +253,25 @@ def table(result: Mapping[str, Any]) -> str:
         f"p99 {o['p99']:.1f} ms; target p99 < {P99_TARGET_MS:.0f} ms: {verdict}"
     )
     if result["nodes"]:
-        lines.append("nodes  rec/s   p50 ms   p99 ms")
+        with_shape = any(p.get("shape_per_s") for p in result["nodes"])
+        lines.append(
+            "nodes  rec/s   p50 ms   p99 ms"
+            + ("  of etcd bound  no-work path/s  its share of etcd bound" if with_shape else "")
+        )
         for p in result["nodes"]:
-            lines.append(
-                f"{p['nodes']:5d} {p['throughput_per_s']:6.1f} {p['p50']:8.1f} {p['p99']:8.1f}"
-            )
+            line = f"{p['nodes']:5d} {p['throughput_per_s']:6.1f} {p['p50']:8.1f} {p['p99']:8.1f}"
+            if with_shape:
+                line += (
+                    f"  {_percent(p.get('fraction_of_etcd_bound')):>13}  "
+                    f"{p.get('shape_per_s') or 0:14.1f}  "
+                    f"{_percent(p.get('shape_fraction_of_etcd_bound')):>23}"
+                )
+            lines.append(line)
     return "\n".join(lines)
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.1%}"
 
 
 def plot_curves(path: Path, result: Mapping[str, Any]) -> None:
@@ -248,8 +294,13 @@ def plot_curves(path: Path, result: Mapping[str, Any]) -> None:
         middle.set_ylabel("latency, ms")
         middle.legend()
         if result["nodes"]:
-            right.plot([p["nodes"] for p in result["nodes"]],
-                       [p["throughput_per_s"] for p in result["nodes"]], marker="o")  # fmt: skip
+            nodes = [p["nodes"] for p in result["nodes"]]
+            right.plot(nodes, [p["throughput_per_s"] for p in result["nodes"]], marker="o",
+                       label="cluster")  # fmt: skip
+            if any(p.get("shape_per_s") for p in result["nodes"]):
+                right.plot(nodes, [p.get("shape_per_s") or float("nan") for p in result["nodes"]],
+                           marker="s", linestyle="--", label="same path, no work")  # fmt: skip
+                right.legend()
         right.set_xlabel("vault nodes")
         right.set_ylabel("recoveries / s")
         for ax in (left, middle):
@@ -288,6 +339,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--open-loop-fraction", type=float, default=0.5)
     p.add_argument("--ksf", choices=("fast", "default"), default="fast")
     p.add_argument("--accounts", type=int, default=64)
+    p.add_argument("--node-ceilings", type=float, metavar="SECONDS",
+                   help="measure the ceilings (the no-work path among them) in every node-sweep "
+                   "run, each for SECONDS")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("results"))
     return p
 
@@ -305,6 +359,7 @@ def main(argv: Sequence[str] | None = None, bench_main: BenchMain = cli.main) ->
             open_loop_fraction=args.open_loop_fraction,
             ksf=args.ksf,
             accounts=args.accounts,
+            node_ceiling_seconds=args.node_ceilings,
         )
     except CurvesError as err:
         print(f"curves: {err}", file=sys.stderr)

@@ -74,6 +74,15 @@ class FakeBench:
         }
         if concurrency > 1:  # a run that saw the cluster's processes reports CPU per operation
             doc["cpu"] = {"ms_per_op": {"total": 12.5}}
+        if "--ceilings" in args:  # the path without its work, with as many stores as nodes
+            shape = 100.0 + 10 * nodes
+            doc["versus_ceilings"] = {
+                "etcd": {"fraction_of_bound": throughput / 500.0},
+                "shape": {
+                    "recoveries_bound_per_s": shape,
+                    "shape_fraction_of_etcd_bound": shape / 500,
+                },
+            }
         out = Path(args[args.index("--out") + 1]) / "20261123T000000Z"
         out.mkdir(parents=True)
         (out / "bench.json").write_text(json.dumps(doc))
@@ -125,5 +134,34 @@ def test_bad_arguments_exit_2_before_any_run(tmp_path: Path) -> None:
     bench = FakeBench()
     code = curves.main(
         ["--config", "c.toml", "--clients", "0", "--out", str(tmp_path)], bench_main=bench
+    )
+    assert code == 2 and bench.calls == []
+
+
+def test_node_sweep_with_ceilings_reports_the_no_work_path_per_node_count(tmp_path: Path) -> None:
+    bench = FakeBench()
+    code = curves.main(
+        ["--config", "c.toml", "--clients", "2", "--nodes", "1,6", "--count", "10",
+         "--node-ceilings", "2", "--out", str(tmp_path)],
+        bench_main=bench,
+    )  # fmt: skip
+    assert code == 0
+    # Only the node sweep measures ceilings, each run for the given seconds.
+    assert [("--ceilings" in c) for c in bench.calls] == [False, False, True, True]
+    assert all(c[c.index("--ceiling-seconds") + 1] == "2.0" for c in bench.calls[2:])
+    (result_dir,) = tmp_path.iterdir()
+    result = json.loads((result_dir / "curves.json").read_text())
+    assert [(p["nodes"], p["shape_per_s"]) for p in result["nodes"]] == [(1, 110.0), (6, 160.0)]
+    assert result["nodes"][1]["shape_fraction_of_etcd_bound"] == pytest.approx(0.32)
+    text = curves.table(result)
+    assert "no-work path/s" in text and "32.0%" in text
+    assert (result_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_node_ceiling_seconds_are_bounded(tmp_path: Path) -> None:
+    bench = FakeBench()
+    code = curves.main(
+        ["--config", "c.toml", "--node-ceilings", "0", "--count", "5", "--out", str(tmp_path)],
+        bench_main=bench,
     )
     assert code == 2 and bench.calls == []
