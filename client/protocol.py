@@ -35,11 +35,10 @@ from client.errors import (
     StaleRequest,
     error_from_outcome,
 )
-from vault_protocol import backup_key, opaque
+from vault_protocol import backup_key, ksf, opaque
 from vault_protocol import errors as vp_errors
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.envelope import FleetKey, open_response, seal_request
-from vault_protocol.ksf import Argon2idKsf, stored_argon2id
 
 T = TypeVar("T")
 RESPONSE_KEY_BYTES = 32
@@ -170,16 +169,7 @@ def _register(
     ctx: FlowContext, password: bytes, key: BackupKey | None, max_attempts: int
 ) -> Flow[BackupKey]:
     k = key if key is not None else BackupKey.generate(ctx.rng)
-    ksf = ctx.opaque.ksf  # stored with the record, so any client later stretches the same way
-    params = (
-        envelope_pb2.KsfParams(
-            argon2id_time_cost=ksf.time_cost,
-            argon2id_lanes=ksf.lanes,
-            argon2id_memory_kib=ksf.memory_kib,
-        )
-        if isinstance(ksf, Argon2idKsf)
-        else None
-    )
+    params = ksf.to_params(ctx.opaque.ksf)  # stored with the record: later clients stretch alike
     for attempt in range(2):
         state, request = opaque.registration_start(password, ctx.rng)
         start = envelope_pb2.VaultRequest(
@@ -231,9 +221,7 @@ def _recover(ctx: FlowContext, password: bytes) -> Flow[BackupKey]:
     if first.recover_start.HasField("ksf"):
         # The KSF the key was registered with, whatever this client is configured with: a
         # mismatch would make the right password count as a wrong guess. Bounded (InvalidInput).
-        k = first.recover_start.ksf
-        ksf = stored_argon2id(k.argon2id_time_cost, k.argon2id_lanes, k.argon2id_memory_kib)
-        config = dataclasses.replace(ctx.opaque, ksf=ksf)
+        config = dataclasses.replace(ctx.opaque, ksf=ksf.from_params(first.recover_start.ksf))
     try:
         ke3, session_key, export_key = opaque.login_finish(state, first.recover_start.ke2, config)
     except vp_errors.AuthenticationError:

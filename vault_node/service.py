@@ -33,7 +33,7 @@ from vault_protocol import opaque, ristretto
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.envelope import FleetKey, open_request, seal_response
 from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput
-from vault_protocol.ksf import stored_argon2id
+from vault_protocol.ksf import from_params as ksf_from_params
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +355,7 @@ class VaultService:
             raise BadRequest(f"max_attempts must be in 0..{MAX_ATTEMPTS_LIMIT}")
         if msg.HasField("ksf"):
             try:  # bounded: a record must not make its recovering client spend without limit
-                stored_argon2id(
-                    msg.ksf.argon2id_time_cost, msg.ksf.argon2id_lanes, msg.ksf.argon2id_memory_kib
-                )
+                ksf_from_params(msg.ksf)
             except InvalidInput as exc:
                 raise BadRequest("KSF parameters out of range") from exc
         try:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from bkv.v1 import envelope_pb2
 from vault_protocol.errors import InvalidInput
 
 KSF_OUTPUT_BYTES = 64  # Nh for ristretto255-SHA512
@@ -90,3 +91,25 @@ def stored_argon2id(time_cost: int, lanes: int, memory_kib: int) -> Argon2idKsf:
             f"m <= {MAX_MEMORY_KIB} KiB)"
         )
     return Argon2idKsf(time_cost=time_cost, lanes=lanes, memory_kib=memory_kib)
+
+
+def to_params(ksf: Ksf) -> envelope_pb2.KsfParams | None:
+    """The wire form of `ksf`, stored with a registration; None for a KSF that has none."""
+    if not isinstance(ksf, Argon2idKsf):
+        return None
+    return envelope_pb2.KsfParams(
+        argon2id_time_cost=ksf.time_cost,
+        argon2id_lanes=ksf.lanes,
+        argon2id_memory_kib=ksf.memory_kib,
+    )
+
+
+def from_params(params: envelope_pb2.KsfParams) -> Argon2idKsf:
+    """The KSF of stored wire parameters, within the bounds above; InvalidInput if not.
+
+    >>> from_params(to_params(Argon2idKsf(1, 1, 8)))
+    Argon2idKsf(time_cost=1, lanes=1, memory_kib=8)
+    """
+    return stored_argon2id(
+        params.argon2id_time_cost, params.argon2id_lanes, params.argon2id_memory_kib
+    )
