@@ -257,8 +257,6 @@ class AsyncVaultClient(ClientCore):
                     "Relay",
                     request,
                     metadata=self._session.metadata(),
-                    counts_guess=outbound.step.counts_guess,
-                    finishes=outbound.step.finishes,
                     state=state,
                 )
                 return bytes(reply.sealed_response)
@@ -299,10 +297,10 @@ class AsyncVaultClient(ClientCore):
         request: Any,
         *,
         metadata: Any = None,
-        counts_guess: bool = False,
-        finishes: bool = False,
         state: RetryState | None = None,
     ) -> Any:
+        """One call with its retries: under `state` (a flow step's budget), or a fresh budget
+        for a call that counts no guess."""
         if self._closed:
             raise ProtocolError("the client is closed")
         if method not in _METHODS:
@@ -310,13 +308,8 @@ class AsyncVaultClient(ClientCore):
         try:
             return await acall_with_retry(
                 lambda remaining: self._attempt(method, request, metadata, remaining),
-                self._retry,
-                counts_guess=counts_guess,
-                finishes=finishes,
-                clock=self._clock,
+                state or self._step_retry(),
                 sleep=self._sleep,
-                uniform=self._uniform,
-                state=state,
             )
         except VaultError:
             raise

@@ -87,14 +87,14 @@ class ClientCore:
         self._session.invalidate()
         return account_id
 
-    def _step_retry(self, step: Step) -> RetryState:
+    def _step_retry(self, step: Step | None = None) -> RetryState:
         """One retry budget for one step, shared by its tries before and after a fresh login:
         a try that may have counted a guess, then a refused session, must not give the guess
-        step two more tries."""
+        step two more tries. None: a call outside a flow (login), which counts no guess."""
         return RetryState(
             self._retry,
-            counts_guess=step.counts_guess,
-            finishes=step.finishes,
+            counts_guess=step is not None and step.counts_guess,
+            finishes=step is not None and step.finishes,
             clock=self._clock,
             uniform=self._uniform,
         )

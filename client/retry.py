@@ -34,7 +34,6 @@ Policy, written down as STYLE.md asks:
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -162,24 +161,15 @@ class RetryState:
 
 def call_with_retry(
     attempt: Callable[[float], T],
-    policy: RetryPolicy,
+    state: RetryState,
     *,
-    counts_guess: bool,
-    clock: Clock = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    uniform: Uniform = random.random,
-    finishes: bool = False,
-    state: RetryState | None = None,
 ) -> T:
-    """Run `attempt(time_left_s)` under `policy`, retrying as the module says (sync loop).
+    """Run `attempt(time_left_s)`, retrying as `state` decides and the module says (sync loop).
 
     `state`: one step's budget, shared by every call for that step (e.g. before and after a
     fresh login), so that re-logging in never grants a guess-counting step another retry.
     """
-    if state is None:
-        state = RetryState(
-            policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
-        )
     while True:
         try:
             return attempt(state.remaining())
@@ -192,20 +182,11 @@ def call_with_retry(
 
 async def acall_with_retry(
     attempt: Callable[[float], Awaitable[T]],
-    policy: RetryPolicy,
+    state: RetryState,
     *,
-    counts_guess: bool,
-    clock: Clock = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    uniform: Uniform = random.random,
-    finishes: bool = False,
-    state: RetryState | None = None,
 ) -> T:
     """The asyncio twin of `call_with_retry`, with the same `RetryState` decisions."""
-    if state is None:
-        state = RetryState(
-            policy, counts_guess=counts_guess, clock=clock, uniform=uniform, finishes=finishes
-        )
     while True:
         try:
             return await attempt(state.remaining())

@@ -427,8 +427,6 @@ class VaultClient(ClientCore):
                     "Relay",
                     request,
                     metadata=self._session.metadata(),
-                    counts_guess=outbound.step.counts_guess,
-                    finishes=outbound.step.finishes,
                     state=state,
                 )
                 return bytes(reply.sealed_response)
@@ -471,10 +469,10 @@ class VaultClient(ClientCore):
         request: Any,
         *,
         metadata: Any = None,
-        counts_guess: bool = False,
-        finishes: bool = False,
         state: RetryState | None = None,
     ) -> Any:
+        """One call with its retries: under `state` (a flow step's budget), or a fresh budget
+        for a call that counts no guess."""
         if self._closed:
             raise ProtocolError("the client is closed")
         if method not in _METHODS:
@@ -482,13 +480,8 @@ class VaultClient(ClientCore):
         try:
             return call_with_retry(
                 lambda remaining: self._attempt(method, request, metadata, remaining),
-                self._retry,
-                counts_guess=counts_guess,
-                finishes=finishes,
-                clock=self._clock,
+                state or self._step_retry(),
                 sleep=self._sleep,
-                uniform=self._uniform,
-                state=state,
             )
         except VaultError:
             raise

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from client.errors import ConfigError, InvalidPassword, ProtocolError, RateLimited, Unavailable
-from client.retry import RetryPolicy, acall_with_retry, call_with_retry
+from client.retry import RetryPolicy, RetryState, acall_with_retry, call_with_retry
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
@@ -48,15 +48,10 @@ def _run(
     u: float = 0.5,
     finishes: bool = False,
 ):  # type: ignore[no-untyped-def]
-    return call_with_retry(
-        attempt,
-        policy,
-        counts_guess=counts_guess,
-        finishes=finishes,
-        clock=t.clock,
-        sleep=t.sleep,
-        uniform=lambda: u,
+    state = RetryState(
+        policy, counts_guess=counts_guess, finishes=finishes, clock=t.clock, uniform=lambda: u
     )
+    return call_with_retry(attempt, state, sleep=t.sleep)
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
@@ -185,14 +180,8 @@ def test_async_loop_makes_the_same_decisions() -> None:
         raise errors.pop(0)
 
     async def go() -> None:
-        await acall_with_retry(
-            attempt,
-            RetryPolicy(),
-            counts_guess=True,
-            clock=t.clock,
-            sleep=t.asleep,
-            uniform=lambda: 0.5,
-        )
+        state = RetryState(RetryPolicy(), counts_guess=True, clock=t.clock, uniform=lambda: 0.5)
+        await acall_with_retry(attempt, state, sleep=t.asleep)
 
     with pytest.raises(Unavailable):
         asyncio.run(go())
