@@ -8,7 +8,9 @@
 
 Closed loop by default (`--concurrency` workers, each with one operation in flight); open loop
 with `--rate R` (operations start at fixed intervals; latency counts from the scheduled start).
-Writes OUT/<timestamp>/bench.json and bench.png and prints a table per operation.
+Writes OUT/<timestamp>/bench.json and bench.png and prints a table per operation. With
+`--ceilings`, the cluster's recovery rate is also given as a fraction of each ceiling measured in
+the same run, among them the same path with its work taken out (`deploy.bench.shape_server`).
 """
 
 from __future__ import annotations
@@ -111,7 +113,12 @@ def parser() -> argparse.ArgumentParser:
         default=1024,
         help="open loop: operations in flight before new ones are dropped",
     )
-    p.add_argument("--ceilings", action="store_true", help="also measure the machine's ceilings")
+    p.add_argument(
+        "--ceilings",
+        action="store_true",
+        help="also measure the machine's ceilings: etcd CAS, gRPC, server crypto, and the "
+        "recovery path without its work (needs the etcd endpoints)",
+    )
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
     p.add_argument(
         "--mark",
