@@ -16,13 +16,34 @@ out-of-range input raises `InvalidInput`; no other exception leaves this module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import TypeAlias
 
 import rbcl
 
 from vault_protocol.errors import InvalidInput
+
+
+def _remove_rbcl_copy() -> None:
+    """Delete the copy of libsodium that importing rbcl (1.1.2) left in the temporary directory.
+
+    rbcl writes its bundled libsodium (2.8 MB) to a new temporary file at every import and never
+    removes it, so every node, frontend and client process left one behind: supervised restarts
+    and test runs filled /tmp. Once loaded the library stays mapped, so the file can go. Only a
+    file in the temporary directory is touched, never one of an installed package.
+    """
+    path = getattr(sys.modules.get("rbcl._sodium"), "lib_path", None)
+    if isinstance(path, str) and os.path.dirname(path) == tempfile.gettempdir():
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+_remove_rbcl_copy()  # the one side effect of this module: undoing rbcl's at import
 
 Element: TypeAlias = bytes
 Scalar: TypeAlias = bytes
