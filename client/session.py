@@ -6,9 +6,9 @@ Login, as the frontend expects it: `GetChallenge(account)` → sign `b"bkv-v1 lo
 token; `client.vault` / `client.aio` make the calls.
 
 >>> import tempfile
->>> d = tempfile.mkdtemp()
->>> key = AccountKey.create(d, "alice")
->>> oct(os.stat(key.path).st_mode & 0o777)
+>>> with tempfile.TemporaryDirectory() as d:  # removed after, key file included
+...     key = AccountKey.create(d, "alice")
+...     oct(os.stat(key.path).st_mode & 0o777)
 '0o600'
 >>> repr(key).startswith("AccountKey(account_id='alice'")
 True
