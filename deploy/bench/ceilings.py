@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
-import grpc
-import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,7 +46,7 @@ from cryptography.x509.oid import NameOID
 
 from deploy.bench import server_work
 from deploy.bench.cpu import CpuMeter, CpuUsed, cpu_json
-from deploy.bench.noop_server import METHOD
+from deploy.bench.noop_server import METHOD, bytes_call, bytes_channel
 from deploy.bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
 from vault_node.store import grpc_target
 
@@ -211,10 +209,6 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _identity(data: bytes) -> bytes:
-    return data
-
-
 def _event_loop_name() -> str:
     """The running loop's implementation, which the servers we start run too."""
     return (
@@ -252,14 +246,9 @@ async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
             seconds + 60.0,
         )
         try:
-            port = await asyncio.wait_for(asyncio.to_thread(_read_port, proc), 30.0)
-            creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
-            async with grpc.aio.secure_channel(
-                f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
-            ) as channel:
-                call = channel.unary_unary(
-                    METHOD, request_serializer=_identity, response_deserializer=_identity
-                )
+            (port,) = await _read_ports([proc])
+            async with bytes_channel(cert.read_bytes(), f"127.0.0.1:{port}") as channel:
+                call = bytes_call(channel, METHOD)
                 payload = os.urandom(REQUEST_BYTES)
                 await asyncio.wait_for(channel.channel_ready(), 10.0)
 
@@ -386,16 +375,9 @@ async def _drive_shape(
 ) -> tuple[int, int, float, CpuUsed]:
     """Closed loop: each worker recovers its own account, two calls per recovery, through the
     relays in turn (one shared channel per relay, as the client keeps one per frontend)."""
-    creds = grpc.ssl_channel_credentials(root_certificates=cert)
-    options = [("grpc.ssl_target_name_override", "localhost")]
-    channels = [grpc.aio.secure_channel(f"127.0.0.1:{p}", creds, options) for p in relay_ports]
+    channels = [bytes_channel(cert, f"127.0.0.1:{p}") for p in relay_ports]
     try:
-        calls = [
-            c.unary_unary(
-                RELAY_METHOD, request_serializer=_identity, response_deserializer=_identity
-            )
-            for c in channels
-        ]
+        calls = [bytes_call(c, RELAY_METHOD) for c in channels]
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 10.0)
         padding = os.urandom(REQUEST_BYTES - ACCOUNT_BYTES)

@@ -14,8 +14,9 @@ import argparse
 import asyncio
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -27,8 +28,42 @@ SERVICE = "bkv.bench.v1.Noop"
 METHOD = f"/{SERVICE}/Call"
 
 
-def _identity(data: bytes) -> bytes:
+# The bench's own servers (this one, deploy.bench.shape_server) carry raw bytes: no messages to
+# parse, so that they cost what gRPC costs and nothing more.
+
+
+def identity(data: bytes) -> bytes:
+    """The (de)serializer of a bytes-in, bytes-out method."""
     return data
+
+
+def bytes_handler(
+    method: str, fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+) -> grpc.GenericRpcHandler:
+    """A generic handler serving `fn` at the full method name `/service/Method`."""
+    service, name = method.strip("/").split("/")
+    return grpc.method_handlers_generic_handler(
+        service,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=identity, response_serializer=identity
+            )
+        },
+    )
+
+
+def bytes_channel(cert: bytes, address: str) -> grpc.aio.Channel:
+    """A TLS channel to a bench server on loopback, checked against its throwaway certificate."""
+    return grpc.aio.secure_channel(
+        address,
+        grpc.ssl_channel_credentials(root_certificates=cert),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+
+
+def bytes_call(channel: grpc.aio.Channel, method: str) -> Any:
+    """The unary bytes-in, bytes-out callable of `method` on `channel`."""
+    return channel.unary_unary(method, request_serializer=identity, response_deserializer=identity)
 
 
 async def serve(cert: bytes, key: bytes, reply_bytes: int, max_seconds: float) -> None:
@@ -37,16 +72,8 @@ async def serve(cert: bytes, key: bytes, reply_bytes: int, max_seconds: float) -
     async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return reply
 
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Call": grpc.unary_unary_rpc_method_handler(
-                call, request_deserializer=_identity, response_serializer=_identity
-            )
-        },
-    )
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((bytes_handler(METHOD, call),))
     await serve_until_stopped(server, cert, key, max_seconds)
 
 

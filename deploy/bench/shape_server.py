@@ -31,7 +31,7 @@ import grpc
 import grpc.aio
 import uvloop
 
-from deploy.bench.noop_server import serve_until_stopped
+from deploy.bench.noop_server import bytes_call, bytes_channel, bytes_handler, serve_until_stopped
 from deploy.topology import EVENT_LOOPS
 
 SERVICE = "bkv.bench.v1.Shape"
@@ -39,10 +39,6 @@ RELAY_METHOD = f"/{SERVICE}/Relay"
 STORE_METHOD = f"/{SERVICE}/Step"
 ACCOUNT_BYTES = 8
 VALUE_BYTES = 322  # a sealed record as a node writes it (as deploy.bench.ceilings.CAS_VALUE_BYTES)
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 def account_of(request: bytes) -> int:
@@ -63,17 +59,6 @@ def route(account: int, stores: int) -> int:
     [0, 1, 2, 0, 1]
     """
     return account % stores
-
-
-def _handler(method: str, fn: Any) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            method.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=_identity, response_serializer=_identity
-            )
-        },
-    )
 
 
 class Store:
@@ -118,7 +103,7 @@ async def serve_store(args: argparse.Namespace) -> None:
     )
     store = Store(client, args.prefix.encode(), bytes(args.reply_bytes))
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_handler(STORE_METHOD, store.step),))
+    server.add_generic_rpc_handlers((bytes_handler(STORE_METHOD, store.step),))
     try:
         await serve_until_stopped(server, args.cert_bytes, args.key_bytes, args.max_seconds)
     finally:
@@ -126,13 +111,8 @@ async def serve_store(args: argparse.Namespace) -> None:
 
 
 async def serve_relay(args: argparse.Namespace) -> None:
-    creds = grpc.ssl_channel_credentials(root_certificates=args.cert_bytes)
-    options = [("grpc.ssl_target_name_override", "localhost")]
-    channels = [grpc.aio.secure_channel(a, creds, options) for a in args.stores.split(",")]
-    calls = [
-        c.unary_unary(STORE_METHOD, request_serializer=_identity, response_deserializer=_identity)
-        for c in channels
-    ]
+    channels = [bytes_channel(args.cert_bytes, a) for a in args.stores.split(",")]
+    calls = [bytes_call(c, STORE_METHOD) for c in channels]
 
     async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -148,7 +128,7 @@ async def serve_relay(args: argparse.Namespace) -> None:
         return reply
 
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_handler(RELAY_METHOD, relay),))
+    server.add_generic_rpc_handlers((bytes_handler(RELAY_METHOD, relay),))
     try:
         await serve_until_stopped(server, args.cert_bytes, args.key_bytes, args.max_seconds)
     finally:
