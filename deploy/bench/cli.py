@@ -423,6 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stores=facts["nodes"] or ceil.PathShape.stores,
                 etcd_pids=tuple(pids.get("etcd", ())),
             )
+            problems = shape.validate() if config.ceilings else []
+            if problems:  # before the run, not after it: the ceilings come last
+                print(
+                    f"bkv-bench: --ceilings on this cluster: {'; '.join(problems)}", file=sys.stderr
+                )
+                return 2
             run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
             result = run(
                 run_bench(

@@ -48,3 +48,30 @@ def test_bad_arguments_exit_2_before_serving(
         shape_server.main([*argv, "--cert", str(cert), "--key", str(key)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bkv_bench_refuses_a_layout_it_cannot_copy_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cluster with more vault nodes than the shape ceiling starts stores: exit 2, no run."""
+    import contextlib
+    from collections.abc import Iterator
+    from typing import Any
+
+    from deploy.bench import cli
+
+    @contextlib.contextmanager
+    def no_cluster(_args: Any, _echo: Any) -> Iterator[tuple[Path, None]]:
+        yield Path("client.toml"), None
+
+    def must_not_run(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the bench ran")
+
+    monkeypatch.setattr(cli, "cluster_for", no_cluster)
+    monkeypatch.setattr(cli, "cluster_facts", lambda _c: {"frontends": 2, "nodes": 65})
+    monkeypatch.setattr(cli, "run_bench", must_not_run)
+    assert cli.main(["--config", "client.toml", "--ceilings", "--count", "1"]) == 2
+    assert "stores must be 1..64, not 65" in capsys.readouterr().err
+    # Without --ceilings the layout does not matter (the run would go ahead).
+    with pytest.raises(AssertionError, match="the bench ran"):
+        cli.main(["--config", "client.toml", "--count", "1"])
