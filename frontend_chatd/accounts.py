@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any, Protocol
+from typing import Protocol
 
-import aetcd.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from etcd_client import (
+    Compare,
+    EtcdAuthError,
+    EtcdClient,
+    EtcdError,
+    EtcdPermissionDenied,
+    Get,
+    Put,
+    RangeResult,
+)
 from frontend_chatd.sessions import (
     Challenges,
     InvalidArgument,
@@ -25,6 +35,8 @@ ACCOUNTS_PREFIX = "/bkv/v1/accounts/"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_ENROLLMENT_TOKEN_CHARS = 128
+
+log = logging.getLogger(__name__)
 
 
 class AccountStoreUnavailable(Exception):
@@ -42,7 +54,7 @@ class KeyStore(Protocol):
 class EtcdKeyStore:
     """Account keys at /bkv/v1/accounts/<account_id> (raw 32-byte Ed25519 public key)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: EtcdClient) -> None:
         self._client = client
 
     @staticmethod
@@ -51,30 +63,35 @@ class EtcdKeyStore:
 
     async def get(self, account_id: str) -> bytes | None:
         try:
-            result = await self._client.get(self.key_for(account_id))
-        except (aetcd.exceptions.ClientError, TimeoutError) as e:
-            raise AccountStoreUnavailable("account store unavailable") from e
-        return None if result is None else bytes(result.value)
+            kv = await self._client.get(self.key_for(account_id))
+        except EtcdError as e:
+            raise _unavailable(e) from e
+        return None if kv is None else kv.value
 
     async def bind(self, account_id: str, public_key: bytes) -> bytes:
         key = self.key_for(account_id)
-        tx = self._client.transactions
         try:
             # Security: put-if-absent (create_revision == 0), so two racing first logins with
             # different keys cannot both win; the loser sees the winner's key.
-            succeeded, responses = await self._client.transaction(
-                compare=[tx.create(key) == 0],
-                success=[tx.put(key, public_key)],
-                failure=[tx.get(key)],
+            result = await self._client.txn(
+                [Compare.create_is(key, 0)], [Put(key, public_key)], [Get(key)]
             )
-        except (aetcd.exceptions.ClientError, TimeoutError) as e:
-            raise AccountStoreUnavailable("account store unavailable") from e
-        if succeeded:
+        except EtcdError as e:
+            raise _unavailable(e) from e
+        if result.succeeded:
             return public_key
-        ranges = responses[0] if responses else []
-        if not ranges:  # deleted between compare and read: treat as not bound, caller retries
+        ranges = result.responses[0] if result.responses else None
+        if not isinstance(ranges, RangeResult) or not ranges.kvs:
+            # deleted between compare and read: treat as not bound, caller retries
             raise AccountStoreUnavailable("account key changed concurrently, retry")
-        return bytes(ranges[0][0])
+        return ranges.kvs[0].value
+
+
+def _unavailable(error: EtcdError) -> AccountStoreUnavailable:
+    """Every etcd failure is UNAVAILABLE to the client; a refusal is also a deployment error."""
+    if isinstance(error, EtcdPermissionDenied | EtcdAuthError):
+        log.error("etcd refused the account store (%s): check the frontend's etcd role", error)
+    return AccountStoreUnavailable("account store unavailable")
 
 
 def enrollment_token(enrollment_secret: bytes, account_id: str) -> str:

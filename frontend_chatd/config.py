@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from etcd_client.config import DEFAULT_SERVER_NAME, EtcdClientConfig, EtcdTls, endpoint_problems
+
 MIN_SESSION_SECRET_BYTES = 32
 MIN_ENROLLMENT_SECRET_BYTES = 16
+ETCD_CALL_TIMEOUT_S = 5.0  # deadline of one etcd call (account reads and binds, node listing)
 
 
 class ConfigError(Exception):
@@ -44,6 +46,22 @@ class LimitsSection:
 @dataclass(frozen=True)
 class EtcdSection:
     endpoints: tuple[str, ...]  # host:port of every etcd member
+    ca: str  # CA that signs the etcd members' server certificates
+    cert: str  # this frontend's etcd client certificate; its CN is its etcd user
+    key: str  # its private key
+    server_name: str = DEFAULT_SERVER_NAME  # TLS name every member's certificate carries
+
+    def tls(self) -> EtcdTls:
+        """The TLS identity this frontend shows etcd (the etcd user is the certificate's CN)."""
+        return EtcdTls(ca=self.ca, cert=self.cert, key=self.key, server_name=self.server_name)
+
+    def client_config(self, call_timeout_s: float = 0.0) -> EtcdClientConfig:
+        """The etcd client's configuration: every member, over TLS, as this frontend's user."""
+        return EtcdClientConfig(
+            endpoints=self.endpoints,
+            tls=self.tls(),
+            call_timeout_s=call_timeout_s or ETCD_CALL_TIMEOUT_S,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,10 +112,12 @@ class FrontendConfig:
             problems.append("limits.max_request_bytes must be between 1024 and 16777216")
         if not 0 < lim.node_deadline_s <= 120:
             problems.append("limits.node_deadline_s must be > 0 and <= 120")
-        if not self.etcd.endpoints:
+        etcd = self.etcd
+        if not etcd.endpoints:
             problems.append("etcd.endpoints must list at least one host:port")
-        for i, endpoint in enumerate(self.etcd.endpoints):
-            problems += _check_hostport(f"etcd.endpoints[{i}]", endpoint, allow_zero_port=False)
+        else:  # one round-robin gRPC target: several endpoints must be IP addresses
+            problems += [f"etcd.{p}" for p in endpoint_problems(etcd.endpoints)]
+        problems += [f"etcd.{p}" for p in etcd.tls().problems()]
         for f in fields(tls):
             problems += _check_file(f"tls.{f.name}", getattr(tls, f.name))
         return problems
@@ -140,24 +160,15 @@ def _check_hostport(label: str, value: str, *, allow_zero_port: bool) -> list[st
     return []
 
 
-def split_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def is_ipv4(host: str) -> bool:
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return True
-
-
 _SECTIONS: dict[str, type[Any]] = {
     "frontend": FrontendSection,
     "limits": LimitsSection,
     "etcd": EtcdSection,
     "tls": TlsSection,
+}
+_OPTIONAL: dict[tuple[str, str], Any] = {
+    ("frontend", "enrollment_secret_file"): "",
+    ("etcd", "server_name"): DEFAULT_SERVER_NAME,
 }
 _FLOAT_FIELDS = {"account_rate_per_s", "peer_rate_per_s", "node_deadline_s"}
 _INT_FIELDS = {"session_ttl_s", "account_burst", "peer_burst", "max_request_bytes"}
@@ -178,8 +189,8 @@ def parse_config(data: Mapping[str, Any]) -> FrontendConfig:
         values: dict[str, Any] = {}
         for name in names:
             if name not in raw:
-                if section == "frontend" and name == "enrollment_secret_file":
-                    values[name] = ""
+                if (section, name) in _OPTIONAL:
+                    values[name] = _OPTIONAL[(section, name)]
                     continue
                 problems.append(f"{section}.{name}: missing")
                 continue

@@ -7,16 +7,24 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import aetcd.exceptions
 import grpc
 
 from bkv.v1 import node_pb2_grpc
-from frontend_chatd.config import is_ipv4, split_hostport
+from etcd_client import (
+    EtcdAuthError,
+    EtcdClient,
+    EtcdCompacted,
+    EtcdPermissionDenied,
+    WatchEvent,
+    prefix_end,
+)
 
 NODES_PREFIX = b"/bkv/v1/nodes/"
+NODES_END = prefix_end(NODES_PREFIX)
 MAX_NODE_VALUE_BYTES = 4096
 
 log = logging.getLogger(__name__)
@@ -142,7 +150,7 @@ class NodeWatcher:
 
     def __init__(
         self,
-        client: Any,
+        client: EtcdClient,
         table: NodeTable,
         *,
         on_state: StateCallback = lambda ready: None,
@@ -162,7 +170,6 @@ class NodeWatcher:
         self._backoff_max_s = backoff_max_s
         self.ready = False
         self.revision: int | None = None  # last revision applied to the table
-        self._watch: Any = None
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self.ready:
@@ -170,9 +177,9 @@ class NodeWatcher:
             self._on_state(ready)
 
     async def list_nodes(self) -> None:
-        result = await self._client.get_prefix(NODES_PREFIX)
-        self._table.replace((bytes(kv.key), bytes(kv.value)) for kv in result.kvs)
-        self.revision = int(result.header.revision)
+        result = await self._client.range(NODES_PREFIX, range_end=NODES_END)
+        self._table.replace((kv.key, kv.value) for kv in result.kvs)
+        self.revision = result.header.revision
         self._on_change()
 
     async def run(self) -> None:
@@ -186,15 +193,19 @@ class NodeWatcher:
                 backoff = self._backoff_min_s
             except asyncio.CancelledError:
                 raise
-            except aetcd.exceptions.RevisionCompactedError:
+            except EtcdCompacted:
                 log.info("node watch: revision %s compacted, listing again", self.revision)
                 self.revision = None
                 self._set_ready(False)
             except Exception as e:  # noqa: BLE001 - the watch must outlive any etcd failure
                 self._set_ready(False)
-                log.warning(
-                    "node watch interrupted (%s), resuming from revision %s",
+                # Refused (not transient): the frontend's etcd user lacks read on the prefix.
+                refused = isinstance(e, EtcdPermissionDenied | EtcdAuthError)
+                log.log(
+                    logging.ERROR if refused else logging.WARNING,
+                    "node watch interrupted (%s%s), resuming from revision %s",
                     type(e).__name__,
+                    ": check the frontend's etcd role" if refused else "",
                     self.revision,
                 )
                 jitter = 0.5 + (self._rng() if self._rng else 0.5)
@@ -203,23 +214,25 @@ class NodeWatcher:
 
     async def _follow(self) -> None:
         assert self.revision is not None
-        watch = await self._client.watch_prefix(NODES_PREFIX, start_revision=self.revision + 1)
-        self._watch = watch
-        self._set_ready(True)
-        try:
-            async for event in watch:
+        # Ready once etcd has set the watch up: from then on no change can be missed.
+        events = self._client.watch(
+            NODES_PREFIX,
+            range_end=NODES_END,
+            start_revision=self.revision + 1,
+            on_created=lambda _revision: self._set_ready(True),
+        )
+        async with aclosing(events):
+            async for event in events:
                 self.apply(event)
-        finally:
-            self._watch = None
-        # The iterator ends without error only when cancelled: treat as a broken watch.
+        # The iterator raises when the stream dies; ending without error is a broken watch too.
         raise ConnectionError("node watch ended")
 
-    def apply(self, event: Any) -> None:
-        key, revision = bytes(event.kv.key), int(event.kv.mod_revision)
+    def apply(self, event: WatchEvent) -> None:
+        key, revision = event.kv.key, event.kv.mod_revision
         if event.kind == "DELETE":
             self._table.delete(key)
         else:
-            self._table.put(key, bytes(event.kv.value))
+            self._table.put(key, event.kv.value)
         if self.revision is None or revision > self.revision:
             self.revision = revision
         self._on_change()
@@ -268,25 +281,3 @@ class NodeChannels:
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close(None) for c in channels), *self._closing)
-
-
-def etcd_target(endpoints: Sequence[str]) -> tuple[str, int, dict[str, Any]]:
-    """aetcd.Client(host, port, options) arguments for one or several etcd endpoints.
-
-    aetcd dials f"{host}:{port}"; several IPv4 endpoints become the gRPC target
-    `ipv4:A:p,B:q,C:r` with round_robin, which fails over between members.
-    """
-    options: dict[str, Any] = {
-        "grpc.keepalive_time_ms": 10_000,
-        "grpc.keepalive_timeout_ms": 5_000,
-    }
-    if len(endpoints) == 1:
-        host, port = split_hostport(endpoints[0])
-        return host, port, options
-    if not all(is_ipv4(split_hostport(e)[0]) for e in endpoints):
-        joined = ",".join(endpoints)
-        raise ValueError(f"several etcd endpoints must be IPv4 host:port (got {joined})")
-    target = "ipv4:" + ",".join(endpoints)
-    host, _, last_port = target.rpartition(":")
-    options["grpc.lb_policy_name"] = "round_robin"
-    return host, int(last_port), options

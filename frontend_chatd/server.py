@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aetcd
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
+from etcd_client import EtcdClient
 from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
 from frontend_chatd.config import FrontendConfig
 from frontend_chatd.decode_guard import RejectUndecodable
@@ -36,7 +36,6 @@ from frontend_chatd.routing import (
     NodeChannels,
     NodeTable,
     NodeWatcher,
-    etcd_target,
     load_channel_credentials,
 )
 from frontend_chatd.sessions import (
@@ -49,7 +48,6 @@ from frontend_chatd.sessions import (
 )
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
-ETCD_TIMEOUT_S = 5
 STOP_GRACE_S = 5.0
 
 access_log = logging.getLogger("frontend_chatd.access")
@@ -238,8 +236,9 @@ class FrontendServer:
         enrollment = Enrollment(
             _read(fe.enrollment_secret_file) if fe.enrollment_secret_file else None
         )
-        host, port, options = etcd_target(config.etcd.endpoints)
-        self.etcd = aetcd.Client(host=host, port=port, timeout=ETCD_TIMEOUT_S, options=options)
+        # Security: TLS to every member, authenticated (and authorised, by etcd's roles) as
+        # the etcd user named by this frontend's client certificate.
+        self.etcd = EtcdClient(config.etcd.client_config())
         self.table = NodeTable(fe.dc)
         tls = config.tls
         self.channels = NodeChannels(

@@ -1,9 +1,10 @@
 """The real frontend process against a real etcd and fake mTLS vault nodes.
 
-Each stack: one etcd (temp dir, --unsafe-no-fsync, free loopback ports), certificates made here
-(a cluster CA for server certificates, a frontend CA for the frontend's client certificate), fake
-VaultNode servers that require the frontend's client certificate, and
-`python -m frontend_chatd --config frontend.toml`.
+Each stack: one locked-down etcd (`SecureEtcd`: TLS, client-certificate auth, auth on; the
+frontend's etcd user may read /bkv/v1/nodes/ and read-write /bkv/v1/accounts/ and
+/bkv/v1/sessions/, nothing else), certificates made here (a cluster CA for server certificates, a
+frontend CA for the frontend's client certificate), fake VaultNode servers that require the
+frontend's client certificate, and `python -m frontend_chatd --config frontend.toml`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aetcd
 import grpc
 import pytest
 from cryptography import x509
@@ -33,11 +33,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from etcd_fixtures import SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc, node_pb2, node_pb2_grpc
 from deploy.cluster import free_ports
+from deploy.etcd_auth import frontend_grants
+from etcd_client import EtcdClient
 from frontend_chatd.accounts import LOGIN_CONTEXT
 from frontend_chatd.sessions import SessionKeys, SessionTokens
 
@@ -47,6 +50,8 @@ REPO = Path(__file__).resolve().parents[2]
 FRONTEND = (sys.executable, "-m", "frontend_chatd")
 SERVICE = "bkv.v1.Frontend"
 T = TypeVar("T")
+ETCD_USER = "bkv-frontend-fe-1"  # CN of the frontend's etcd client certificate
+ETCD_ROLES, ETCD_USERS = frontend_grants("fe-1")  # exactly what bkv-cluster grants a frontend
 
 
 def free_port() -> int:
@@ -145,61 +150,25 @@ class CA:
 # --- etcd ----------------------------------------------------------------------------------
 
 
-def etcd_run(endpoint: str, coro_fn: Callable[[aetcd.Client], Any]) -> Any:
-    host, port = endpoint.rsplit(":", 1)
+def etcd_run(etcd: SecureEtcd, coro_fn: Callable[[EtcdClient], Any]) -> Any:
+    """Run `coro_fn(client)` with a client connected as root (the test plays the nodes)."""
 
     async def main() -> Any:
-        async with aetcd.Client(host=host, port=int(port), timeout=5) as client:
+        async with EtcdClient(etcd.config_for("root", call_timeout_s=5)) as client:
             return await coro_fn(client)
 
     return asyncio.run(main())
 
 
-def start_etcd(
-    directory: Path, ports: tuple[int, int] | None = None
-) -> tuple[subprocess.Popen[bytes], str, int]:
-    """One etcd member on (client, peer) ports; restarting on the same ports reuses its data."""
-    client_port, peer_port = ports or tuple(free_ports("127.0.0.1", 2))
-    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    proc = subprocess.Popen(
-        [
-            "etcd",
-            "--name=fe-test",
-            f"--data-dir={directory / 'etcd-data'}",
-            f"--listen-client-urls={client_url}",
-            f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=fe-test={peer_url}",
-            "--initial-cluster-state=new",
-            f"--log-level={'info' if ports is None else 'warn'}",
-            "--unsafe-no-fsync",
-            "--logger=zap",
-            f"--log-outputs={directory / 'etcd.log'}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"127.0.0.1:{client_port}"
-
-    async def ping(client: aetcd.Client) -> bool:
-        await client.get(b"health")
-        return True
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError("etcd exited")
-        try:
-            return bool(etcd_run(endpoint, ping))
-        except aetcd.exceptions.ClientError:
-            return False
-
+def start_etcd() -> SecureEtcd:
+    """One locked-down etcd member with the frontend's etcd user; the caller closes it."""
+    etcd = SecureEtcd(ETCD_ROLES, ETCD_USERS)
     try:
-        wait_for(healthy, what="etcd")
+        etcd.start()
     except BaseException:
-        stop(proc, signal.SIGKILL)  # a member that never became healthy is ours to stop
+        etcd.close()
         raise
-    return proc, endpoint, peer_port
+    return etcd
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -257,12 +226,10 @@ class FakeNode:
 @dataclass
 class Stack:
     directory: Path
-    etcd: subprocess.Popen[bytes]
-    etcd_endpoint: str
+    etcd: SecureEtcd
     cluster_ca: CA
     frontend_ca: CA
     session_secret: bytes
-    etcd_peer_port: int
     frontend: subprocess.Popen[bytes] | None = None
     frontend_port: int = 0
     channel: Any = None
@@ -273,13 +240,15 @@ class Stack:
     def log_path(self) -> Path:
         return self.directory / "frontend.log"
 
+    @property
+    def etcd_endpoint(self) -> str:
+        return self.etcd.endpoint
+
     def restart_etcd_after_kill(self, between: Callable[[], None]) -> None:
         """SIGKILL etcd, run `between` while it is down, start it again on its data dir."""
-        client_port = int(self.etcd_endpoint.rsplit(":", 1)[1])
-        self.etcd.kill()
-        self.etcd.wait(10)  # PLATFORM: wait for the PID to be gone before restarting
+        self.etcd.kill()  # waits for the PID to be gone before a restart (PLATFORM)
         between()
-        self.etcd, _, _ = start_etcd(self.directory, (client_port, self.etcd_peer_port))
+        self.etcd.start()
 
     def add_node(self, name: str, dc: str) -> FakeNode:
         node = FakeNode(name, dc, free_port())
@@ -295,14 +264,14 @@ class Stack:
     def register(self, node: FakeNode) -> None:
         value = json.dumps({"name": node.name, "dc": node.dc, "address": node.address})
 
-        async def put(client: aetcd.Client) -> None:
-            lease = await client.lease(60)
-            await client.put(self.node_key(node), value.encode(), lease=lease)
+        async def put(client: EtcdClient) -> None:
+            lease = await client.lease_grant(60)
+            await client.put(self.node_key(node), value.encode(), lease=lease.lease_id)
 
-        etcd_run(self.etcd_endpoint, put)
+        etcd_run(self.etcd, put)
 
     def unregister(self, node: FakeNode) -> None:
-        etcd_run(self.etcd_endpoint, lambda c: c.delete(self.node_key(node)))
+        etcd_run(self.etcd, lambda c: c.delete(self.node_key(node)))
 
     def write_config(self, **limits: float) -> Path:
         d = self.directory
@@ -310,6 +279,7 @@ class Stack:
         secret.write_bytes(self.session_secret)
         fe_cert, fe_key = self.cluster_ca.issue("fe-1", d)
         client_cert, client_key = self.frontend_ca.issue("fe-1-client", d)
+        etcd_tls = self.etcd.tls_for(ETCD_USER)
         values = {
             "account_rate_per_s": 20.0,
             "account_burst": 40,
@@ -336,6 +306,10 @@ max_request_bytes = {int(values["max_request_bytes"])}
 node_deadline_s = {float(values["node_deadline_s"])}
 [etcd]
 endpoints = ["{self.etcd_endpoint}"]
+ca = "{etcd_tls.ca}"
+cert = "{etcd_tls.cert}"
+key = "{etcd_tls.key}"
+server_name = "{etcd_tls.server_name}"
 [tls]
 cert = "{fe_cert}"
 key = "{fe_key}"
@@ -393,7 +367,7 @@ client_key = "{client_key}"
             stop(self.frontend)
         for node in self.nodes:
             node.kill()
-        stop(self.etcd)
+        self.etcd.close()
 
 
 @pytest.fixture(scope="module")
@@ -410,8 +384,8 @@ def make_stack(directory: Path, **limits: float) -> Stack:
     cluster_ca, frontend_ca = CA.make("cluster-ca"), CA.make("frontend-ca")
     cluster_ca.write(directory / "cluster-ca.pem")
     frontend_ca.write(directory / "frontend-ca.pem")
-    etcd, endpoint, peer_port = start_etcd(directory)
-    stack = Stack(directory, etcd, endpoint, cluster_ca, frontend_ca, os.urandom(32), peer_port)
+    etcd = start_etcd()
+    stack = Stack(directory, etcd, cluster_ca, frontend_ca, os.urandom(32))
     try:
         stack.add_node("n1", "dc-a")
         stack.start_frontend(**limits)
@@ -486,7 +460,7 @@ def test_login_binds_key_and_rejects_another(stack: Stack) -> None:
     reply = login(stack, "alice@example.org", key)
     assert reply.session_token.startswith("v1.")
     assert reply.expires_at_ms > time.time() * 1000
-    bound = etcd_run(stack.etcd_endpoint, lambda c: c.get(b"/bkv/v1/accounts/alice@example.org"))
+    bound = etcd_run(stack.etcd, lambda c: c.get(b"/bkv/v1/accounts/alice@example.org"))
     assert bytes(bound.value) == raw(key)
     login(stack, "alice@example.org", key)  # the same key logs in again
     err = rpc_error(lambda: login(stack, "alice@example.org", Ed25519PrivateKey.generate()))
@@ -497,6 +471,22 @@ def test_login_binds_key_and_rejects_another(stack: Stack) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_the_frontends_etcd_user_has_only_its_role(stack: Stack) -> None:
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return stack.etcd.ctl(ETCD_USER, *args)
+
+    assert ctl("get", "--prefix", "/bkv/v1/nodes/").returncode == 0
+    assert ctl("put", "/bkv/v1/sessions/probe", "x").returncode == 0
+    for denied in [
+        ("put", "/bkv/v1/nodes/dc-a/impostor", "{}"),  # a frontend cannot announce a node
+        ("get", "/bkv/v1/records/00"),  # nor read sealed records
+        ("put", "/bkv/v1/records/00", "x"),
+        ("user", "list"),
+    ]:
+        result = ctl(*denied)
+        assert result.returncode != 0 and "permission denied" in result.stderr, denied
+
+
 def test_racing_first_logins_bind_exactly_one_key(stack: Stack) -> None:
     keys = [Ed25519PrivateKey.generate() for _ in range(6)]
     with futures.ThreadPoolExecutor(len(keys)) as pool:
@@ -504,7 +494,7 @@ def test_racing_first_logins_bind_exactly_one_key(stack: Stack) -> None:
     assert outcomes.count(grpc.StatusCode.OK) == 1
     assert outcomes.count(grpc.StatusCode.UNAUTHENTICATED) == len(keys) - 1
     winner = keys[outcomes.index(grpc.StatusCode.OK)]
-    bound = etcd_run(stack.etcd_endpoint, lambda c: c.get(b"/bkv/v1/accounts/race@example.org"))
+    bound = etcd_run(stack.etcd, lambda c: c.get(b"/bkv/v1/accounts/race@example.org"))
     assert bytes(bound.value) == raw(winner)
 
 

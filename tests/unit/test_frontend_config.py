@@ -12,7 +12,16 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
 
 def write_toml(tmp_path: Path, *, secret_bytes: int = 32, enrollment: str = "") -> Path:
-    for name in ["fe.pem", "fe.key", "ca.pem", "client.pem", "client.key"]:
+    for name in [
+        "fe.pem",
+        "fe.key",
+        "ca.pem",
+        "client.pem",
+        "client.key",
+        "etcd-ca.pem",
+        "etcd.pem",
+        "etcd.key",
+    ]:
         (tmp_path / name).write_text("x")
     (tmp_path / "session.key").write_bytes(b"s" * secret_bytes)
     text = f"""
@@ -32,6 +41,9 @@ max_request_bytes = 65536
 node_deadline_s = 5.0
 [etcd]
 endpoints = ["127.0.0.1:2379", "127.0.0.1:2479", "127.0.0.1:2579"]
+ca = "{tmp_path}/etcd-ca.pem"
+cert = "{tmp_path}/etcd.pem"
+key = "{tmp_path}/etcd.key"
 [tls]
 cert = "{tmp_path}/fe.pem"
 key = "{tmp_path}/fe.key"
@@ -50,7 +62,37 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     assert config.limits.peer_rate_per_s == 200.0
     assert config.etcd.endpoints == ("127.0.0.1:2379", "127.0.0.1:2479", "127.0.0.1:2579")
     assert config.frontend.enrollment_secret_file == ""
+    assert config.etcd.server_name == "bkv-etcd"  # the default
+    assert config.etcd.cert == f"{tmp_path}/etcd.pem"
     assert config.validate() == []
+    client = config.etcd.client_config()
+    client.validate()
+    assert client.tls.ca == f"{tmp_path}/etcd-ca.pem" and client.endpoints == config.etcd.endpoints
+
+
+def test_etcd_tls_and_endpoints_are_checked_with_the_rest(tmp_path: Path) -> None:
+    path = write_toml(tmp_path)
+    text = path.read_text()
+    text = text.replace(
+        'endpoints = ["127.0.0.1:2379", "127.0.0.1:2479", "127.0.0.1:2579"]',
+        'endpoints = ["etcd-a:2379", "etcd-b:2379"]\nserver_name = "etcd.internal"',
+    )
+    text = text.replace(f'ca = "{tmp_path}/etcd-ca.pem"', 'ca = "etcd-ca.pem"')
+    text = text.replace(f'key = "{tmp_path}/etcd.key"', f'key = "{tmp_path}/gone.key"')
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        "etcd.endpoints must all be IPv4 (or all IPv6) addresses when there are several: "
+        "they form one round-robin gRPC target",
+        "etcd.ca must be an absolute path (got 'etcd-ca.pem')",
+        f"etcd.key: no such file '{tmp_path}/gone.key'",
+    ]
+    text = path.read_text().replace('ca = "etcd-ca.pem"\n', "")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == ["etcd.ca: missing"]
 
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aetcd.exceptions
 import grpc
 import pytest
 from test_frontend_ratelimit import FakeClock
 
 from bkv.v1 import node_pb2
+from etcd_client import EtcdCompacted, EtcdUnavailable, KeyValue, WatchEvent
 from frontend_chatd.ratelimit import RateLimited
 from frontend_chatd.relay import NodeRejected, NodeTimedOut, NoNodeAvailable, Relay, Suspects
 from frontend_chatd.routing import (
@@ -20,7 +20,6 @@ from frontend_chatd.routing import (
     NodeTable,
     NodeWatcher,
     affine_order,
-    etcd_target,
     order_nodes,
     parse_node,
 )
@@ -109,51 +108,27 @@ def test_table_put_delete_replace_and_plan() -> None:
     assert table.nodes() == [C1]
 
 
-def test_etcd_target() -> None:
-    host, port, options = etcd_target(["127.0.0.1:2379"])
-    assert (host, port) == ("127.0.0.1", 2379) and "grpc.lb_policy_name" not in options
-    host, port, options = etcd_target(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])
-    assert f"{host}:{port}" == "ipv4:127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"
-    assert options["grpc.lb_policy_name"] == "round_robin"
-    with pytest.raises(ValueError):
-        etcd_target(["etcd-a:1", "etcd-b:2"])
-
-
 # --- watcher with a fake etcd client -------------------------------------------------------
 
 
-class KV:
-    def __init__(self, k: bytes, v: bytes, mod: int) -> None:
-        self.key, self.value, self.mod_revision = k, v, mod
+def KV(k: bytes, v: bytes, mod: int) -> KeyValue:
+    return KeyValue(k, v, create_revision=mod, mod_revision=mod, version=1, lease=0)
 
 
-class Event:
-    def __init__(self, kind: str, kv: KV) -> None:
-        self.kind, self.kv = kind, kv
+def Event(kind: str, kv: KeyValue) -> WatchEvent:
+    return WatchEvent(kind, kv)  # type: ignore[arg-type]
 
 
 class Listing:
-    def __init__(self, kvs: list[KV], revision: int) -> None:
+    def __init__(self, kvs: list[KeyValue], revision: int) -> None:
         self.kvs = kvs
         self.header = type("H", (), {"revision": revision})()
 
 
-class FakeWatch:
-    """Yields its items (raising exceptions), then stays open like a live watch."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        for item in self.items:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-        await asyncio.Event().wait()
-
-
 class FakeEtcd:
-    """Scripted: listings and watch streams are consumed in order; records start revisions."""
+    """Scripted, with EtcdClient's range/watch: listings and watch streams are consumed in
+    order; records start revisions. A watch item that is an exception fails the set-up (before
+    `on_created`); a list is created, yields its items (raising exceptions), then stays open."""
 
     def __init__(self, listings: list[Any], watches: list[Any]) -> None:
         self.listings = listings
@@ -161,21 +136,35 @@ class FakeEtcd:
         self.watch_starts: list[int] = []
         self.list_calls = 0
 
-    async def get_prefix(self, prefix: bytes) -> Listing:
+    async def range(self, key: bytes, *, range_end: bytes) -> Listing:
+        assert (key, range_end) == (b"/bkv/v1/nodes/", b"/bkv/v1/nodes0")
         self.list_calls += 1
         item = self.listings.pop(0)
         if isinstance(item, BaseException):
             raise item
         return item  # type: ignore[no-any-return]
 
-    async def watch_prefix(self, prefix: bytes, start_revision: int) -> FakeWatch:
+    async def watch(
+        self,
+        key: bytes,
+        *,
+        range_end: bytes,
+        start_revision: int,
+        on_created: Callable[[int], None],
+    ) -> AsyncIterator[WatchEvent]:
+        assert (key, range_end) == (b"/bkv/v1/nodes/", b"/bkv/v1/nodes0")
         self.watch_starts.append(start_revision)
         if not self.watches:
             await asyncio.Event().wait()  # hang: the test cancels
         item = self.watches.pop(0)
         if isinstance(item, BaseException):
             raise item
-        return FakeWatch(item)
+        on_created(start_revision - 1)
+        for event in item:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+        await asyncio.Event().wait()
 
 
 def run_watcher(etcd: FakeEtcd, table: NodeTable, until: Any) -> list[bool]:
@@ -201,7 +190,7 @@ def run_watcher(etcd: FakeEtcd, table: NodeTable, until: Any) -> list[bool]:
 
 
 def test_watch_lists_then_follows_and_resumes_after_unavailable() -> None:
-    unavailable = aetcd.exceptions.ConnectionFailedError("member killed")
+    unavailable = EtcdUnavailable("member killed")
     etcd = FakeEtcd(
         listings=[Listing([KV(key(A1), value(A1), 5)], revision=10)],
         watches=[
@@ -221,11 +210,11 @@ def test_watch_lists_then_follows_and_resumes_after_unavailable() -> None:
 def test_watch_relists_after_compaction() -> None:
     etcd = FakeEtcd(
         listings=[
-            aetcd.exceptions.ConnectionFailedError("etcd down"),
+            EtcdUnavailable("etcd down"),
             Listing([KV(key(A1), value(A1), 5)], revision=10),
             Listing([KV(key(B1), value(B1), 40)], revision=50),
         ],
-        watches=[aetcd.exceptions.RevisionCompactedError(30), []],
+        watches=[EtcdCompacted("compacted", compact_revision=30), []],
     )
     table = NodeTable("dc-a")
     states = run_watcher(etcd, table, lambda w: len(etcd.watch_starts) == 2 and w.ready)
