@@ -33,11 +33,14 @@ def create_node_token(directory: Path, label: str) -> TokenSpec:
         raise CeremonyError(f"token {label}: {exc}") from exc
 
 
-def run_fleet_ceremony(tokens: list[TokenSpec], out_dir: Path) -> Fleet:
-    """Make the fleet keys once and provision every token with them (see vault_node.ceremony)."""
+def run_fleet_ceremony(
+    tokens: list[TokenSpec], out_dir: Path, *, etcd_cluster_id: int = 0
+) -> Fleet:
+    """Make the fleet keys once and provision every token with them (see vault_node.ceremony),
+    pinning the etcd cluster `etcd_cluster_id` (when non-zero) in every node token."""
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        public = ceremony.run_ceremony(tokens, out_dir)
+        public = ceremony.run_ceremony(tokens, out_dir, etcd_cluster_id=etcd_cluster_id)
     except ceremony.CeremonyError as exc:
         raise CeremonyError(str(exc)) from exc
     return Fleet(public.public_key, public.fleet_id, out_dir / ceremony.FLEET_PUB)

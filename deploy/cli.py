@@ -5,6 +5,8 @@ bkv-cluster status | down            [--dir DIR]
 bkv-cluster kill-dc NAME | start-dc NAME
 bkv-cluster kill NAME | start NAME | stop NAME | crash NAME
 bkv-cluster stop-process NAME | cont-process NAME
+bkv-cluster etcdctl [--dir DIR] [--member NAME]... -- ARGS...   (as etcd's root, over TLS)
+bkv-cluster maintain [--dir DIR] [--defrag]   (compact etcd now; defragment member by member)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy import etcd_maintain
 from deploy.cluster import ROLE_ORDER, Cluster, ProcessStatus, UpReport
 from deploy.errors import DeployError
 from deploy.topology import default_topology_path, load_topology
@@ -60,6 +63,30 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-fsync", action="store_true",
                     help="run etcd with --unsafe-no-fsync (tests only)")  # fmt: skip
     sub.add_parser("status", parents=[common], help="live status of every process")
+    ctl = sub.add_parser(
+        "etcdctl", parents=[common],
+        help="run etcdctl against the cluster's etcd as root (TLS, client certificate)",
+        description="Runs the system etcdctl (ETCDCTL_API=3) against every etcd member over "
+        "https with the root identity, passing ARGS through; exits with etcdctl's status. "
+        "Example: bkv-cluster etcdctl --dir DIR -- get --prefix /bkv/v1/records/ --keys-only",
+    )  # fmt: skip
+    ctl.add_argument(
+        "--member",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this etcd member (repeatable; e.g. for snapshot save, defrag)",
+    )
+    ctl.add_argument("args", nargs=argparse.REMAINDER, help="etcdctl's arguments, after --")
+    maintain = sub.add_parser(
+        "maintain", parents=[common],
+        help="compact etcd to its current revision (and --defrag each member in turn)",
+    )  # fmt: skip
+    maintain.add_argument(
+        "--defrag",
+        action="store_true",
+        help="defragment every member, one at a time, after compacting",
+    )
     sub.add_parser("down", parents=[common], help="stop every process (data is kept)")
     for name, what in (
         ("kill-dc", "SIGKILL every process of a data centre"),
@@ -87,10 +114,21 @@ def run(args: argparse.Namespace) -> int:
         report = cluster.up(topology, fsync=False if args.no_fsync else None)
         print(phases_table(report))
         print(status_table(cluster.status()))
+        print(f"etcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
         print(f"client configuration: {cluster.client_config_path}")
         print(f"up in {time.monotonic() - started:.1f} s (fsync {'on' if report.fsync else 'off'})")
     elif command == "status":
         print(status_table(cluster.status()))
+        print(f"\netcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
+    elif command == "etcdctl":
+        args_ = list(args.args)
+        if args_[:1] == ["--"]:
+            args_ = args_[1:]
+        done = cluster.etcdctl(*args_, members=args.member, capture=False, timeout=None)
+        return done.returncode
+    elif command == "maintain":
+        maintained = cluster.maintain(defrag=args.defrag)
+        print("\n".join(etcd_maintain.report_lines(maintained)))
     elif command == "down":
         cluster.down()
         print(f"stopped every process of {cluster.directory}")

@@ -15,6 +15,8 @@ import os
 import random
 import signal
 import socket
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from deploy import etcd, processes
+from deploy import etcd, etcd_auth, etcd_maintain, processes
 from deploy.ceremony import create_node_token, load_fleet, run_fleet_ceremony
 from deploy.configs import Layout, client_toml, frontend_toml, node_toml
 from deploy.errors import (
@@ -35,7 +37,14 @@ from deploy.errors import (
 )
 from deploy.health import TlsFiles, grpc_serving
 from deploy.pki import create_pki, write_private
-from deploy.state import ClusterState, ProcessState, locked, read_state, write_state
+from deploy.state import (
+    STATE_VERSION,
+    ClusterState,
+    ProcessState,
+    locked,
+    read_state,
+    write_state,
+)
 from deploy.topology import Role, Topology, default_topology_path, load_topology
 
 ROLE_ORDER: tuple[Role, ...] = ("etcd", "node", "frontend")
@@ -53,11 +62,9 @@ def crash_looping(run_state: dict[str, Any]) -> bool:
     return state == "failed" or (state == "backoff" and isinstance(restarts, int) and restarts >= 2)
 
 
-ROLLBACK_WARNING = (
-    "WARNING: etcd is trusted to keep attempt counters fresh: restoring etcd from an old "
-    "snapshot (or rolling back its disks) restores spent password guesses, and anyone who can "
-    "write to etcd (here: every local user; no etcd auth) can reset counters and take over "
-    "accounts. Keep etcd reachable only by vault nodes and frontends."
+ETCD_NOTE = (
+    "etcd is locked down (TLS, client certificates, a role per process); an etcd admin (root) "
+    "can still deny service and erase records."
 )
 
 
@@ -143,6 +150,7 @@ class Cluster:
     def __init__(self, directory: Path, *, echo: Callable[[str], None] = _silent) -> None:
         self.layout = Layout(directory.resolve())
         self.echo = echo
+        self._tls_cache: tuple[tuple[tuple[int, int], ...], ssl.SSLContext] | None = None
 
     # ---- read-only views -------------------------------------------------------------------
 
@@ -169,15 +177,87 @@ class Cluster:
         return etcd.topology_endpoints(self.topology)
 
     def etcd_client_urls(self) -> dict[str, str]:
-        """Member name -> client URL."""
+        """Member name -> client URL (https)."""
         t = self.topology
         return {m.name: etcd.client_url(t.host_of(m.dc), m) for m in t.etcd}
 
     def etcd_leader(self) -> str | None:
         """Name of the etcd member that is leader now, or None."""
+        tls = self._etcd_tls()
+        if tls is None:
+            return None
         urls = self.etcd_client_urls()
-        leader = etcd.find_leader(list(urls.values()))
+        leader = etcd.find_leader(list(urls.values()), tls)
         return next((name for name, url in urls.items() if url == leader), None)
+
+    def etcd_identity(self, user: str = etcd.ROOT_USER) -> etcd.EtcdIdentity:
+        """The etcd CA and the client certificate of etcd user `user` (root: the admin)."""
+        return etcd.EtcdIdentity.of(self.layout.pki, user)
+
+    def etcdctl_argv(
+        self,
+        *args: str,
+        user: str = etcd.ROOT_USER,
+        identity: etcd.EtcdIdentity | None = None,
+        members: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The etcdctl command line running `args` against every member (or the named
+        `members`) over https, as etcd user `user` (or as `identity`)."""
+        urls = self.etcd_client_urls()
+        unknown = [m for m in members or () if m not in urls]
+        if unknown:
+            raise UnknownProcessError(f"no etcd member {unknown[0]!r} (have {sorted(urls)})")
+        chosen = [urls[m] for m in members] if members else list(urls.values())
+        return etcd.etcdctl_argv(chosen, identity or self.etcd_identity(user), args)
+
+    def etcdctl(
+        self,
+        *args: str,
+        user: str = etcd.ROOT_USER,
+        identity: etcd.EtcdIdentity | None = None,
+        members: Sequence[str] | None = None,
+        capture: bool = True,
+        timeout: float | None = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the system `etcdctl` with `args` (see `etcdctl_argv`); ETCDCTL_API=3 and no
+        ETCDCTL_* setting of the caller's. `capture` False leaves stdout/stderr to the caller's
+        terminal (`bkv-cluster etcdctl`). Never raises for etcdctl's own exit status."""
+        argv = self.etcdctl_argv(*args, user=user, identity=identity, members=members)
+        try:
+            return subprocess.run(
+                argv, capture_output=capture, text=True, timeout=timeout, check=False,
+                env=etcd.etcdctl_env(),
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            raise ClusterStateError(
+                "etcdctl not found (Debian: apt-get install etcd-client)"
+            ) from exc
+
+    def maintain(self, *, defrag: bool) -> etcd_maintain.MaintainReport:
+        """Compact etcd to its current revision and, with `defrag`, defragment each member in
+        turn as root (see deploy/etcd_maintain.py)."""
+        run = etcd_maintain.etcdctl_runner(self.etcd_identity())
+        urls = list(self.etcd_client_urls().values())
+        return etcd_maintain.maintain(run, urls, defrag=defrag, echo=self.echo)
+
+    def _etcd_tls(self) -> ssl.SSLContext | None:
+        """The probes' SSL context (etcd CA, name `bkv-etcd`, root's certificate), built once
+        per set of certificate files; None when there are none (a cluster made before etcd
+        was locked down)."""
+        identity = self.etcd_identity()
+        try:
+            stamp = tuple(
+                (p.stat().st_ino, p.stat().st_mtime_ns)
+                for p in (identity.ca, identity.cert, identity.key)
+            )
+        except OSError:
+            return None
+        if self._tls_cache is None or self._tls_cache[0] != stamp:
+            try:
+                self._tls_cache = (stamp, etcd.probe_context(identity))
+            except (OSError, ssl.SSLError):
+                return None
+        return self._tls_cache[1]
 
     def names_in_dc(self, dc: str) -> list[str]:
         state = self.state()
@@ -209,8 +289,9 @@ class Cluster:
         alive = running is not None and processes.is_alive(running)
         run = self._run_state(proc.name) if alive else {}
         leader = False
-        if alive and proc.role == "etcd":
-            member = etcd.member_status(f"http://{proc.address}")
+        tls = self._etcd_tls() if alive and proc.role == "etcd" else None
+        if tls is not None:
+            member = etcd.member_status(f"https://{proc.address}", tls)
             leader = member is not None and member.is_leader
         return ProcessStatus(
             name=proc.name, role=proc.role, dc=proc.dc, address=proc.address,
@@ -230,10 +311,11 @@ class Cluster:
         pki = self.layout.pki
         node_tls = TlsFiles.for_nodes(pki, state.topology.frontends[0].name)
         fe_tls = TlsFiles.for_frontends(pki)
+        etcd_tls = self._etcd_tls()
 
         def check(proc: ProcessState) -> bool:
             if proc.role == "etcd":
-                return etcd.is_healthy(f"http://{proc.address}")
+                return etcd_tls is not None and etcd.is_healthy(f"https://{proc.address}", etcd_tls)
             return grpc_serving(proc.address, node_tls if proc.role == "node" else fe_tls)
 
         return check
@@ -267,6 +349,7 @@ class Cluster:
             )
         self._warn(state.fsync)
         self.echo(f"resuming the stopped cluster in {self.directory}")
+        # etcd keeps its users, roles and auth on its data: nothing to bootstrap again.
         phases = self._start_names(state, [p.name for p in state.processes])
         return UpReport(tuple(phases), resumed=True, fsync=state.fsync)
 
@@ -283,38 +366,66 @@ class Cluster:
         self._warn(fsync_on)
         phases: list[tuple[str, float]] = []
         with self._phase(phases, "certificates"):
-            create_pki(
-                self.layout.pki.dir,
-                [n.name for n in topology.nodes],
-                [f.name for f in topology.frontends],
-                server_ips={
-                    **{n.name: [topology.host_of(n.dc)] for n in topology.nodes},
-                    **{f.name: [topology.host_of(f.dc)] for f in topology.frontends},
-                },
-            )
+            self._create_pki(topology)
             self.layout.session_secret.parent.mkdir(mode=0o700, exist_ok=True)
             write_private(self.layout.session_secret, os.urandom(32))
         with self._phase(phases, "tokens"):
             tokens = [
                 create_node_token(self.layout.hsm_dir(n.name), n.name) for n in topology.nodes
             ]
-        with self._phase(phases, "key ceremony"):
-            fleet = run_fleet_ceremony(tokens, self.layout.fleet_dir)
-        with self._phase(phases, "configuration"):
-            state = self._write_configs(topology, tokens, fleet.fleet_id.hex())
+        state = self._initial_state(topology)
+        etcd_names = [p.name for p in state.processes if p.role == "etcd"]
+        complete = False
         try:
-            phases += self._start_names(state, [p.name for p in state.processes])
+            phases += self._start_names(state, etcd_names)
+            with self._phase(phases, "etcd auth"):
+                # Before any vault node or frontend runs: they only ever see etcd locked down.
+                cluster_id = etcd_auth.bootstrap(
+                    etcd.topology_endpoints(topology), self.etcd_identity(),
+                    etcd_auth.cluster_auth_plan(topology),
+                )  # fmt: skip
+            with self._phase(phases, "key ceremony"):
+                fleet = run_fleet_ceremony(
+                    tokens, self.layout.fleet_dir, etcd_cluster_id=cluster_id
+                )
+            with self._phase(phases, "configuration"):
+                self._write_configs(topology, tokens)
+                state = replace(
+                    self.state(), fleet_id=fleet.fleet_id.hex(),
+                    etcd_cluster_id=f"{cluster_id:x}",
+                )  # fmt: skip
+                write_state(self.layout.state_file, state)
+            complete = True
+            others = [p.name for p in state.processes if p.role != "etcd"]
+            phases += self._start_names(state, others)
         except BaseException:
             self.echo("start failed: stopping what was started (logs stay in the directory)")
             self._stop(self.state(), [p.name for p in state.processes])
+            if not complete:
+                # Not resumable (no fleet or no configuration yet): the directory then holds
+                # no cluster, and `up` refuses it until it is removed, as for any leftover.
+                self.layout.state_file.unlink(missing_ok=True)
             raise
         self.layout.client_config.write_text(
             client_toml(topology, self.layout, fleet.public_key_file, fleet.fleet_id)
         )
         return UpReport(tuple(phases), resumed=False, fsync=fsync_on)
 
+    def _create_pki(self, topology: Topology) -> None:
+        create_pki(
+            self.layout.pki.dir,
+            [n.name for n in topology.nodes],
+            [f.name for f in topology.frontends],
+            server_ips={
+                **{n.name: [topology.host_of(n.dc)] for n in topology.nodes},
+                **{f.name: [topology.host_of(f.dc)] for f in topology.frontends},
+            },
+            etcd_members={m.name: [topology.host_of(m.dc)] for m in topology.etcd},
+            etcd_users=etcd_auth.cluster_users(topology),
+        )
+
     def _warn(self, fsync: bool) -> None:
-        self.echo(ROLLBACK_WARNING)
+        self.echo(ETCD_NOTE)
         if fsync:
             self.echo("etcd fsync: ON")
         else:
@@ -327,11 +438,10 @@ class Cluster:
         phases.append((name, time.monotonic() - started))
         self.echo(f"  {name:<14} {phases[-1][1]:6.2f} s")
 
-    def _write_configs(
-        self, topology: Topology, tokens: Sequence[Any], fleet_id: str
-    ) -> ClusterState:
+    def _initial_state(self, topology: Topology) -> ClusterState:
+        """Every process of `topology`, none running yet, written to cluster.json (so that a
+        failed `up`, or another invocation, can stop the etcd members it starts first)."""
         layout = self.layout
-        eps = etcd.topology_endpoints(topology)
         for d in ("conf", "logs", "run", "etcd"):
             (layout.root / d).mkdir(exist_ok=True)
         procs: list[ProcessState] = []
@@ -341,28 +451,33 @@ class Cluster:
                 {"client": m.client_port, "peer": m.peer_port}, str(layout.etcd_log(m.name)),
                 command_prefix=topology.prefix_of(m.dc),
             ))  # fmt: skip
-        for node, token in zip(topology.nodes, tokens, strict=True):
-            layout.config(node.name).write_text(node_toml(
-                topology, node, layout, eps, token.token_label, token.softhsm_conf,
-                token.pin_file, token.module,
-            ))  # fmt: skip
+        for node in topology.nodes:
             procs.append(ProcessState(
                 node.name, "node", node.dc, f"{topology.host_of(node.dc)}:{node.port}",
                 {"grpc": node.port}, str(layout.log(node.name)),
                 command_prefix=topology.prefix_of(node.dc),
             ))  # fmt: skip
         for fe in topology.frontends:
-            layout.config(fe.name).write_text(frontend_toml(topology, fe, layout, eps))
             procs.append(ProcessState(
                 fe.name, "frontend", fe.dc, f"{topology.host_of(fe.dc)}:{fe.port}",
                 {"grpc": fe.port}, str(layout.log(fe.name)),
                 command_prefix=topology.prefix_of(fe.dc),
             ))  # fmt: skip
-        state = ClusterState(
-            str(layout.root), topology, topology.options.etcd_fsync, fleet_id, tuple(procs)
-        )
+        state = ClusterState(str(layout.root), topology, topology.options.etcd_fsync, "",
+                             tuple(procs))  # fmt: skip
         write_state(layout.state_file, state)
         return state
+
+    def _write_configs(self, topology: Topology, tokens: Sequence[Any]) -> None:
+        layout = self.layout
+        eps = etcd.topology_endpoints(topology)
+        for node, token in zip(topology.nodes, tokens, strict=True):
+            layout.config(node.name).write_text(node_toml(
+                topology, node, layout, eps, token.token_label, token.softhsm_conf,
+                token.pin_file, token.module,
+            ))  # fmt: skip
+        for fe in topology.frontends:
+            layout.config(fe.name).write_text(frontend_toml(topology, fe, layout, eps))
 
     # ---- starting and stopping ---------------------------------------------------------------
 
@@ -372,7 +487,7 @@ class Cluster:
         if proc.role == "etcd":
             member = next(m for m in t.etcd if m.name == proc.name)
             argv = etcd.etcd_argv(
-                member, t.etcd, host=t.host, options=t.options,
+                member, t.etcd, host=t.host, options=t.options, pki=layout.pki,
                 data_dir=layout.etcd_data(member.name), log_file=layout.etcd_log(member.name),
                 fsync=state.fsync, hosts=etcd.member_hosts(t),
             )  # fmt: skip
@@ -394,9 +509,18 @@ class Cluster:
             command_prefix=proc.command_prefix,
         )  # fmt: skip
 
-    def _start_names(self, state: ClusterState, names: Iterable[str]) -> list[tuple[str, float]]:
+    def _start_names(
+        self, state: ClusterState, names: Iterable[str], *, wait: bool = True
+    ) -> list[tuple[str, float]]:
         """Start the named processes role by role (etcd, nodes, frontends), each role waited
-        healthy before the next. Already-running ones are left alone."""
+        healthy before the next (unless `wait` is False: then only spawned). Already-running
+        ones are left alone."""
+        if state.version != STATE_VERSION:
+            raise ClusterStateError(
+                f"{self.directory} holds a cluster made before etcd was locked down (state "
+                f"version {state.version}: plaintext etcd, no etcd certificates), which this "
+                "version cannot start: `bkv-cluster down`, remove the directory, `up` again"
+            )
         wanted = set(names)
         phases: list[tuple[str, float]] = []
         labels = {"etcd": "etcd", "node": "vault nodes", "frontend": "frontends"}
@@ -415,6 +539,8 @@ class Cluster:
                     state = state.with_process(proc.with_running(running))
                     write_state(self.layout.state_file, state)
                 started = [p.name for p in procs]
+                if not wait:
+                    continue
                 if role == "etcd":
                     # Without quorum a member answers nothing (3.4 serves clients only once it
                     # has published itself through raft), but it listens: wait for that, then
@@ -530,11 +656,12 @@ class Cluster:
         with locked(self.layout.lock_file):
             self._stop(self.state(), [name])
 
-    def start(self, name: str) -> list[tuple[str, float]]:
-        """Start one stopped process on its data and wait for its health."""
+    def start(self, name: str, *, wait: bool = True) -> list[tuple[str, float]]:
+        """Start one stopped process on its data and wait for its health (`wait` False: do not
+        wait, e.g. for a vault node expected to refuse to serve)."""
         self.process(name)
         with locked(self.layout.lock_file):
-            return self._start_names(self.state(), [name])
+            return self._start_names(self.state(), [name], wait=wait)
 
     def crash(self, name: str) -> int:
         """SIGKILL only the supervised program, so that its supervisor restarts it.

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.pki import Pki
+from deploy.etcd_auth import frontend_user, node_user
+from deploy.pki import ETCD_TLS_NAME, Pki
 from deploy.topology import Frontend, Topology, VaultNode
 
 Scalar = str | int | float | bool
@@ -96,6 +97,20 @@ class Layout:
         return self.root / "run" / f"{name}.json"
 
 
+def etcd_table(pki: Pki, user: str, etcd_endpoints: Sequence[str]) -> dict[str, Value]:
+    """The `[etcd]` table of a process that is etcd user `user`: every member, the etcd CA to
+    verify them by the name `bkv-etcd`, and that user's client certificate (its CN is the
+    user; etcd grants it only its roles, see deploy/etcd_auth.py)."""
+    identity = pki.etcd_user(user)
+    return {
+        "endpoints": list(etcd_endpoints),
+        "ca": str(pki.etcd_ca.cert),
+        "cert": str(identity.cert),
+        "key": str(identity.key),
+        "server_name": ETCD_TLS_NAME,
+    }
+
+
 def node_toml(
     topology: Topology, node: VaultNode, layout: Layout, etcd_endpoints: Sequence[str],
     token_label: str, softhsm_conf: Path, pin_file: Path, module: str,
@@ -110,7 +125,7 @@ def node_toml(
             "lease_ttl_s": topology.options.lease_ttl_s,
             "audit_log": str(layout.audit_log(node.name)),
         },
-        "etcd": {"endpoints": list(etcd_endpoints)},
+        "etcd": etcd_table(pki, node_user(node.name), etcd_endpoints),
         "tls": {
             "ca": str(pki.cluster_ca.cert),
             "cert": str(pki.server(node.name).cert),
@@ -146,7 +161,7 @@ def frontend_toml(
             "max_request_bytes": limits.max_request_bytes,
             "node_deadline_s": float(limits.node_deadline_s),
         },
-        "etcd": {"endpoints": list(etcd_endpoints)},
+        "etcd": etcd_table(pki, frontend_user(frontend.name), etcd_endpoints),
         "tls": {
             "cert": str(pki.server(frontend.name).cert),
             "key": str(pki.server(frontend.name).key),

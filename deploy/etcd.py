@@ -1,39 +1,46 @@
-"""etcd members: the command line of one member, and fast health, leader and key-value probes.
+"""etcd members: the command line of one member, fast health and leader probes, and `etcdctl`.
 
-Probes go through etcd's HTTP endpoints (`/health`, the v3 JSON gateway) with short timeouts:
-no etcd client library in the launcher (two etcd proto sets cannot share a process) and no
-`etcdctl` (about 30 ms of process start per call).
+etcd is locked down on every port: clients reach it only over TLS with a client certificate of
+the etcd CA (`--client-cert-auth`; with auth on, etcd takes the certificate's CN as the user),
+and members talk to each other only over TLS with certificates of the separate etcd peer CA
+(`--peer-client-cert-auth`). There is no plaintext listener (no `--listen-metrics-urls`).
+
+Probes go through etcd's HTTPS endpoints (`/health`, and `/metrics` for leadership and the
+revision) with short timeouts, an SSL context that trusts the etcd CA, checks the name
+`bkv-etcd` and presents the root client certificate: no etcd client library in the launcher's
+hot loops and no `etcdctl` there (about 30 ms of process start per call). The v3 JSON gateway is
+off (see `etcd_argv`): keys are read and written with `etcdctl` (`etcdctl_argv`) or an etcd
+client over gRPC.
 """
 
 from __future__ import annotations
 
-import base64
 import json
+import os
+import socket
+import ssl
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from deploy.etcd_auth import ROOT_USER as ROOT_USER  # the admin: operators, the launcher
+from deploy.pki import ETCD_TLS_NAME, Pki
 from deploy.topology import EtcdMember, Options, Topology
-
-# Loopback only: never route a probe through an HTTP proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def client_url(host: str, member: EtcdMember) -> str:
-    return f"http://{host}:{member.client_port}"
+    return f"https://{host}:{member.client_port}"
 
 
 def peer_url(host: str, member: EtcdMember) -> str:
-    return f"http://{host}:{member.peer_port}"
+    return f"https://{host}:{member.peer_port}"
 
 
 def advertised_peer_url(host: str, member: EtcdMember) -> str:
     """The peer URL the other members dial: a proxy's port when the member has one."""
-    return f"http://{host}:{member.advertise_peer_port or member.peer_port}"
+    return f"https://{host}:{member.advertise_peer_port or member.peer_port}"
 
 
 def endpoints(host: str, members: Sequence[EtcdMember]) -> list[str]:
@@ -44,6 +51,11 @@ def endpoints(host: str, members: Sequence[EtcdMember]) -> list[str]:
 def topology_endpoints(topology: Topology) -> list[str]:
     """Every member's `host:port` client endpoint, each on its data centre's host."""
     return [f"{topology.host_of(m.dc)}:{m.client_port}" for m in topology.etcd]
+
+
+def topology_client_urls(topology: Topology) -> list[str]:
+    """Every member's `https://host:port` client URL, each on its data centre's host."""
+    return [client_url(topology.host_of(m.dc), m) for m in topology.etcd]
 
 
 def member_hosts(topology: Topology) -> dict[str, str]:
@@ -57,13 +69,14 @@ def etcd_argv(
     *,
     host: str,
     options: Options,
+    pki: Pki,
     data_dir: Path,
     log_file: Path,
     fsync: bool,
     etcd_binary: str = "etcd",
     hosts: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The command line of `member` in a cluster of `members`.
+    """The command line of `member` in a cluster of `members`, its certificates in `pki`.
 
     `hosts` maps member names to their own host (default: `host` for all). A member with an
     `advertise_peer_port` listens on its `peer_port` but advertises the proxy's port, and every
@@ -79,6 +92,7 @@ def etcd_argv(
 
     own = host_of(member)
     initial = ",".join(f"{m.name}={advertised_peer_url(host_of(m), m)}" for m in members)
+    server, peer = pki.etcd_member(member.name), pki.etcd_peer(member.name)
     argv = [
         etcd_binary,
         "--name", member.name,
@@ -90,13 +104,30 @@ def etcd_argv(
         "--initial-cluster", initial,
         "--initial-cluster-state", "new",
         "--initial-cluster-token", "bkv-" + "-".join(m.name for m in members),
+        # Clients: TLS only, and only with a client certificate of the etcd CA, whose CN is
+        # the etcd user once auth is on. No one without such a certificate gets a handshake.
+        "--cert-file", str(server.cert),
+        "--key-file", str(server.key),
+        "--trusted-ca-file", str(pki.etcd_ca.cert),
+        "--client-cert-auth",
+        # Peers: a CA of their own, so that no client certificate can pose as a member.
+        "--peer-cert-file", str(peer.cert),
+        "--peer-key-file", str(peer.key),
+        "--peer-trusted-ca-file", str(pki.etcd_peer_ca.cert),
+        "--peer-client-cert-auth",
+        # The JSON gateway dials the member's own gRPC port with the member's server
+        # certificate as its client certificate: refused (serverAuth only; a warning every few
+        # seconds in the log), and were it accepted, it would relay every caller's request
+        # under the member's CN instead of the caller's. Off: clients use gRPC.
+        "--enable-grpc-gateway=false",
         "--heartbeat-interval", str(options.etcd_heartbeat_ms),
         "--election-timeout", str(options.etcd_election_ms),
         # A member that rejoins (start-dc, a healed partition) must not depose a working
         # leader: with pre-vote it campaigns only when a quorum would vote for it (etcd 3.4
         # has it off by default; 3.5 turned it on).
         "--pre-vote",
-        # Erased records must also leave etcd's history (DESIGN: auto-compaction).
+        # Erased records must also leave etcd's history within a bounded time (DESIGN):
+        # "periodic" by default, since an idle cluster in revision mode keeps history for ever.
         "--auto-compaction-mode", options.etcd_compaction_mode,
         "--auto-compaction-retention", options.etcd_compaction_retention,
         "--logger", "zap",
@@ -108,75 +139,189 @@ def etcd_argv(
     return argv
 
 
-def _request(url: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any] | None:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")  # noqa: S310
+# ---- identities and probes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EtcdIdentity:
+    """What an etcd client trusts (the etcd CA) and presents (one etcd user's certificate)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def of(cls, pki: Pki, user: str = ROOT_USER) -> EtcdIdentity:
+        paths = pki.etcd_user(user)
+        return cls(pki.etcd_ca.cert, paths.cert, paths.key)
+
+
+class _NamedContext(ssl.SSLContext):
+    """A client context that checks the server certificate for one fixed name, whatever host
+    the URL names (members live on different hosts; every member certificate has this name)."""
+
+    server_name = ETCD_TLS_NAME
+
+    def wrap_socket(  # type: ignore[override]
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=self.server_name,
+            session=session,
+        )
+
+
+def probe_context(identity: EtcdIdentity) -> ssl.SSLContext:
+    """An SSL context for the probes: trusts the etcd CA only, checks `bkv-etcd`, presents
+    `identity`'s certificate. Build it once and reuse it (it reads and parses three files)."""
+    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=str(identity.ca))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    return context
+
+
+def _opener(tls: ssl.SSLContext) -> urllib.request.OpenerDirector:
+    # No proxy from the environment: probes go straight to the member.
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+    )
+
+
+def _get(url: str, tls: ssl.SSLContext, timeout: float) -> bytes | None:
     try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            parsed = json.loads(resp.read())
+        with _opener(tls).open(url, timeout=timeout) as resp:
+            return bytes(resp.read())
     except (OSError, ValueError):
-        # OSError covers refused connections, timeouts and HTTP errors (URLError subclasses it).
+        # OSError covers refused connections, timeouts, TLS failures and HTTP errors.
         return None
-    return parsed if isinstance(parsed, dict) else None
 
 
-def is_healthy(url: str, timeout: float = 0.5) -> bool:
+def is_healthy(url: str, tls: ssl.SSLContext, timeout: float = 0.5) -> bool:
     """True when the member answers `/health` with a leader elected (quorum reachable)."""
-    answer = _request(url + "/health", None, timeout)
-    return answer is not None and answer.get("health") == "true"
+    body = _get(url + "/health", tls, timeout)
+    try:
+        answer = json.loads(body) if body is not None else None
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("health") == "true"
 
 
 @dataclass(frozen=True)
 class MemberStatus:
-    member_id: str
-    leader_id: str
+    """What a member's `/metrics` says about itself."""
+
+    member_id: str  # hex, as etcdctl prints it
+    leader: bool  # this member is the raft leader
+    has_leader: bool  # this member knows a leader
+    revision: int  # its store's current revision
 
     @property
     def is_leader(self) -> bool:
-        return self.member_id == self.leader_id and self.leader_id not in ("", "0")
+        return self.leader and self.has_leader
 
 
-def member_status(url: str, timeout: float = 0.5) -> MemberStatus | None:
-    answer = _request(url + "/v3/maintenance/status", {}, timeout)
-    if answer is None:
+def _metrics(url: str, tls: ssl.SSLContext, timeout: float) -> dict[str, str] | None:
+    """The metric lines of `url/metrics` that `member_status` reads (name{labels} -> value)."""
+    body = _get(url + "/metrics", tls, timeout)
+    if body is None:
         return None
-    header = answer.get("header", {})
-    return MemberStatus(str(header.get("member_id", "")), str(answer.get("leader", "")))
+    text = body.decode("utf-8", "replace")
+    wanted = ("etcd_server_is_leader", "etcd_server_has_leader", "etcd_server_id{",
+              "etcd_debugging_mvcc_current_revision")  # fmt: skip
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            name, _, value = line.rpartition(" ")
+            out[name] = value
+    return out
 
 
-def find_leader(urls: Sequence[str], timeout: float = 0.5) -> str | None:
+def member_status(url: str, tls: ssl.SSLContext, timeout: float = 0.5) -> MemberStatus | None:
+    """The member's leadership and revision from its `/metrics`, or None when it does not
+    answer (every member serves them; they need a client certificate, no etcd permission)."""
+    metrics = _metrics(url, tls, timeout)
+    if metrics is None or "etcd_server_is_leader" not in metrics:
+        return None
+    member_id = next(
+        (k.split('"')[1] for k in metrics if k.startswith('etcd_server_id{server_id="')), ""
+    )
+    try:
+        revision = int(float(metrics.get("etcd_debugging_mvcc_current_revision", "0")))
+    except ValueError:
+        revision = 0
+    return MemberStatus(
+        member_id=member_id,
+        leader=metrics["etcd_server_is_leader"] == "1",
+        has_leader=metrics.get("etcd_server_has_leader") == "1",
+        revision=revision,
+    )
+
+
+def find_leader(urls: Sequence[str], tls: ssl.SSLContext, timeout: float = 0.5) -> str | None:
     """The client URL of the member that reports itself leader, or None."""
     for url in urls:
-        status = member_status(url, timeout)
+        status = member_status(url, tls, timeout)
         if status is not None and status.is_leader:
             return url
     return None
 
 
-def wait_healthy(urls: Sequence[str], deadline: float, need: int | None = None) -> bool:
+def wait_healthy(
+    urls: Sequence[str], tls: ssl.SSLContext, deadline: float, need: int | None = None
+) -> bool:
     """Poll until at least `need` (default: all) of `urls` are healthy, or the deadline."""
     need = len(urls) if need is None else need
     while True:
-        if sum(is_healthy(u) for u in urls) >= need:
+        if sum(is_healthy(u, tls) for u in urls) >= need:
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+# ---- etcdctl -----------------------------------------------------------------------------------
 
 
-def kv_put(url: str, key: bytes, value: bytes, timeout: float = 1.0) -> bool:
-    """One put through the JSON gateway; True when the member acknowledged it."""
-    answer = _request(url + "/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, timeout)
-    return answer is not None and "header" in answer
+def etcdctl_argv(
+    urls: Sequence[str],
+    identity: EtcdIdentity,
+    args: Sequence[str],
+    *,
+    binary: str = "etcdctl",
+    dial_timeout_s: float = 2.0,
+    command_timeout_s: float = 10.0,
+) -> list[str]:
+    """The `etcdctl` command line that runs `args` against `urls` (https) as `identity`.
+
+    The timeouts come before `args`, so a caller's own `--command-timeout` wins (for a
+    duration flag etcdctl keeps the last value)."""
+    return [
+        binary,
+        f"--endpoints={','.join(urls)}",
+        f"--cacert={identity.ca}",
+        f"--cert={identity.cert}",
+        f"--key={identity.key}",
+        f"--dial-timeout={dial_timeout_s:g}s",
+        f"--command-timeout={command_timeout_s:g}s",
+        *args,
+    ]
 
 
-def kv_get(url: str, key: bytes, timeout: float = 1.0) -> bytes | None:
-    """A linearizable read through the JSON gateway; None when absent or unreachable."""
-    answer = _request(url + "/v3/kv/range", {"key": _b64(key)}, timeout)
-    if answer is None or not answer.get("kvs"):
-        return None
-    return base64.b64decode(answer["kvs"][0].get("value", ""))
+def etcdctl_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) without any ETCDCTL_* setting of the
+    caller's (which could name other endpoints or a password user), with ETCDCTL_API=3."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
+    return env

@@ -1,6 +1,6 @@
 """Live health checks of the cluster's processes, each with a short timeout.
 
-* etcd member: HTTP `/health` (a leader is known).
+* etcd member: `/health` over HTTPS with the root etcd client certificate (a leader is known).
 * vault node: gRPC health (service "") over mTLS with a frontend client certificate — the only
   kind a node accepts, so this also checks that the node enforces its client CA correctly.
 * frontend: gRPC health over TLS, verified against the cluster CA as a client would.
@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -54,5 +55,6 @@ def grpc_serving(address: str, tls: TlsFiles, timeout: float = 1.0) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def etcd_healthy(client_url: str, timeout: float = 0.5) -> bool:
-    return etcd.is_healthy(client_url, timeout)
+def etcd_healthy(client_url: str, tls: ssl.SSLContext, timeout: float = 0.5) -> bool:
+    """`tls`: `deploy.etcd.probe_context` (etcd CA, name `bkv-etcd`, a client certificate)."""
+    return etcd.is_healthy(client_url, tls, timeout)

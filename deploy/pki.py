@@ -1,10 +1,17 @@
-"""The cluster's certificates: two CAs, server certificates and frontend client certificates.
+"""The cluster's certificates: four CAs, server, peer and client certificates.
 
 * The **cluster CA** signs every server certificate (vault nodes and frontends); clients and
   frontends verify servers against it.
 * The **frontend CA** signs only the frontends' client certificates. Vault nodes accept client
   certificates from this CA alone: that is how "only frontends may call a vault node" is enforced
   (a server certificate, or any certificate of the cluster CA, is refused by the nodes).
+* The **etcd CA** signs each etcd member's server certificate (SANs `bkv-etcd`, the one TLS name
+  etcd clients check, `localhost`, 127.0.0.1 and the member's host) and the etcd client
+  certificates, whose CN is the etcd user name (etcd with `--client-cert-auth` and auth on takes
+  the CN as the user): `root` for operators, `bkv-node-<node>`, `bkv-frontend-<frontend>`.
+* The **etcd peer CA** signs only the members' peer certificates (serverAuth + clientAuth, SANs
+  of the peer host): members trust no other CA on the peer port, so no etcd client certificate
+  can pose as a member.
 
 All keys are EC P-256; private keys are written 0600. Server certificates carry the SANs
 `localhost`, IP `127.0.0.1`, the process name and any extra IP the caller names (a data centre's
@@ -28,6 +35,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CLUSTER_CA = "cluster-ca"
 FRONTEND_CA = "frontend-ca"
+ETCD_CA = "etcd-ca"
+ETCD_PEER_CA = "etcd-peer-ca"
+# The one TLS name every etcd member's server certificate carries and every etcd client checks
+# (members live on different hosts; one name lets a client verify any of them the same way).
+ETCD_TLS_NAME = "bkv-etcd"
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,28 @@ class Pki:
 
     def frontend_client(self, name: str) -> CertPaths:
         return CertPaths(self.dir / f"{name}-client.pem", self.dir / f"{name}-client.key")
+
+    @property
+    def etcd_ca(self) -> CertPaths:
+        return CertPaths(self.dir / f"{ETCD_CA}.pem", self.dir / f"{ETCD_CA}.key")
+
+    @property
+    def etcd_peer_ca(self) -> CertPaths:
+        return CertPaths(self.dir / f"{ETCD_PEER_CA}.pem", self.dir / f"{ETCD_PEER_CA}.key")
+
+    def etcd_member(self, member: str) -> CertPaths:
+        """The server certificate etcd member `member` shows its clients."""
+        return CertPaths(
+            self.dir / f"{member}.etcd-server.pem", self.dir / f"{member}.etcd-server.key"
+        )
+
+    def etcd_peer(self, member: str) -> CertPaths:
+        """The certificate etcd member `member` shows (and presents) on peer connections."""
+        return CertPaths(self.dir / f"{member}.etcd-peer.pem", self.dir / f"{member}.etcd-peer.key")
+
+    def etcd_user(self, user: str) -> CertPaths:
+        """The client certificate of etcd user `user` (its CN)."""
+        return CertPaths(self.dir / f"etcd-user-{user}.pem", self.dir / f"etcd-user-{user}.key")
 
 
 @dataclass(frozen=True)
@@ -152,24 +186,26 @@ def make_ca(common_name: str, *, now: dt.datetime, days: int = 3650) -> Issued:
 def _issue(
     ca: Issued,
     name: str,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | Sequence[x509.ObjectIdentifier],
     sans: Iterable[x509.GeneralName],
     now: dt.datetime,
     days: int,
 ) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    usages = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
+    builder = (
         _builder(name, ca.cert.subject, key, now, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     )
+    sans = list(sans)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+        critical=False,
+    ).sign(ca.key, hashes.SHA256())
     return Issued(key, cert)
 
 
@@ -196,6 +232,50 @@ def issue_client(ca: Issued, name: str, *, now: dt.datetime, days: int = 825) ->
     return _issue(ca, name, ExtendedKeyUsageOID.CLIENT_AUTH, sans, now, days)
 
 
+def _ip_sans(ips: Iterable[str], skip: Sequence[str] = ()) -> list[x509.GeneralName]:
+    seen = {ipaddress.ip_address(ip) for ip in skip}
+    out: list[x509.GeneralName] = []
+    for ip in ips:
+        address = ipaddress.ip_address(ip)
+        if address not in seen:
+            seen.add(address)
+            out.append(x509.IPAddress(address))
+    return out
+
+
+def issue_etcd_member(
+    ca: Issued, member: str, *, now: dt.datetime, days: int = 825, ips: Sequence[str] = ()
+) -> Issued:
+    """An etcd member's client-port certificate: serverAuth only, SANs `bkv-etcd` (what our
+    clients check), `localhost` and 127.0.0.1 and each of `ips` (what etcdctl checks: it
+    verifies the endpoint's host)."""
+    sans: list[x509.GeneralName] = [
+        x509.DNSName(ETCD_TLS_NAME),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+        *_ip_sans(ips, skip=["127.0.0.1"]),
+    ]
+    return _issue(ca, member, ExtendedKeyUsageOID.SERVER_AUTH, sans, now, days)
+
+
+def issue_etcd_peer(
+    ca: Issued, member: str, *, now: dt.datetime, days: int = 825, ips: Sequence[str] = ()
+) -> Issued:
+    """An etcd member's peer certificate: serverAuth and clientAuth (a member both serves and
+    dials the peer port), SANs its peer host IPs only. etcd also checks that a dialling peer's
+    address is among its certificate's IP SANs (a DNS SAN would make it look the name up when
+    it is not), so `ips` must hold every address the member dials its peers from."""
+    sans = _ip_sans(ips or ["127.0.0.1"])
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return _issue(ca, member, usages, sans, now, days)
+
+
+def issue_etcd_user(ca: Issued, user: str, *, now: dt.datetime, days: int = 825) -> Issued:
+    """An etcd client certificate: clientAuth only, CN = the etcd user name, no SAN (it names
+    no server, so it can serve as none)."""
+    return _issue(ca, user, ExtendedKeyUsageOID.CLIENT_AUTH, [], now, days)
+
+
 def create_pki(
     pki_dir: Path,
     servers: Iterable[str],
@@ -203,10 +283,13 @@ def create_pki(
     *,
     now: dt.datetime | None = None,
     server_ips: Mapping[str, Sequence[str]] | None = None,
+    etcd_members: Mapping[str, Sequence[str]] | None = None,
+    etcd_users: Iterable[str] = (),
 ) -> Pki:
-    """Make both CAs, a server certificate per name in `servers` and in `frontends` (with the
-    extra IP SANs `server_ips[name]`), and a frontend-CA client certificate per name in
-    `frontends`; write them under `pki_dir`."""
+    """Make the four CAs, a server certificate per name in `servers` and in `frontends` (with
+    the extra IP SANs `server_ips[name]`), a frontend-CA client certificate per name in
+    `frontends`, a server and a peer certificate per etcd member (`etcd_members`: member name ->
+    its host IPs) and a client certificate per etcd user; write them under `pki_dir`."""
     extra = server_ips or {}
     now = now or dt.datetime.now(dt.UTC)
     pki_dir.mkdir(parents=True, exist_ok=True)
@@ -214,13 +297,22 @@ def create_pki(
     pki = Pki(pki_dir)
     cluster_ca = make_ca("BKV cluster CA", now=now)
     frontend_ca = make_ca("BKV frontend client CA", now=now)
+    etcd_ca = make_ca("BKV etcd CA", now=now)
+    etcd_peer_ca = make_ca("BKV etcd peer CA", now=now)
     cluster_ca.write(pki.cluster_ca)
     frontend_ca.write(pki.frontend_ca)
+    etcd_ca.write(pki.etcd_ca)
+    etcd_peer_ca.write(pki.etcd_peer_ca)
     frontends = list(frontends)
     for name in [*servers, *frontends]:
         issue_server(cluster_ca, name, now=now, ips=extra.get(name, ())).write(pki.server(name))
     for name in frontends:
         issue_client(frontend_ca, name, now=now).write(pki.frontend_client(name))
+    for member, ips in (etcd_members or {}).items():
+        issue_etcd_member(etcd_ca, member, now=now, ips=ips).write(pki.etcd_member(member))
+        issue_etcd_peer(etcd_peer_ca, member, now=now, ips=ips).write(pki.etcd_peer(member))
+    for user in dict.fromkeys(etcd_users):
+        issue_etcd_user(etcd_ca, user, now=now).write(pki.etcd_user(user))
     return pki
 
 

@@ -19,7 +19,11 @@ from deploy.errors import ClusterStateError
 from deploy.processes import Running
 from deploy.topology import Role, Topology, parse_topology
 
-STATE_VERSION = 1
+# 2: etcd locked down (TLS, client certificates, auth), its cluster id recorded. A version-1
+# directory (plaintext etcd, no etcd certificates) can still be read, shown and stopped, never
+# started again (`Cluster` refuses): make a new cluster.
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class ClusterState:
     fsync: bool
     fleet_id: str
     processes: tuple[ProcessState, ...] = field(default=())
+    etcd_cluster_id: str = ""  # hex, as etcd reports it ("" before the bootstrap has run)
+    version: int = STATE_VERSION
 
     def process(self, name: str) -> ProcessState | None:
         return next((p for p in self.processes if p.name == name), None)
@@ -67,10 +73,11 @@ class ClusterState:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "version": STATE_VERSION,
+                "version": self.version,
                 "directory": self.directory,
                 "fsync": self.fsync,
                 "fleet_id": self.fleet_id,
+                "etcd_cluster_id": self.etcd_cluster_id,
                 "topology": self.topology.to_dict(),
                 "processes": [asdict(p) for p in self.processes],
             },
@@ -80,8 +87,9 @@ class ClusterState:
     @staticmethod
     def from_json(text: str) -> ClusterState:
         data: dict[str, Any] = json.loads(text)
-        if data.get("version") != STATE_VERSION:
-            raise ClusterStateError(f"cluster.json version {data.get('version')!r} is unknown")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise ClusterStateError(f"cluster.json version {version!r} is unknown")
         return ClusterState(
             directory=data["directory"],
             topology=parse_topology(data["topology"]),
@@ -91,6 +99,8 @@ class ClusterState:
                 ProcessState(**{**p, "command_prefix": tuple(p.get("command_prefix", ()))})
                 for p in data["processes"]
             ),
+            etcd_cluster_id=str(data.get("etcd_cluster_id", "")),
+            version=int(version),
         )
 
 

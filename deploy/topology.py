@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from deploy.errors import TopologyError
+from deploy.etcd_auth import user_name_problems
 
 Role = Literal["etcd", "node", "frontend"]
 
 # Names end up in file names, certificate SANs and etcd member names: keep them plain.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _COMPACTION_MODES = ("revision", "periodic")
+# A Go duration as etcd's periodic retention takes it ("5m", "1h30m", "90s"; a whole number is
+# hours: etcd tries an integer first, then time.ParseDuration, which wants a unit).
+_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:h|m|s|ms|us|ns))+$|^\d+$")
 EVENT_LOOPS = ("uvloop", "asyncio")
 ETCD_GOMAXPROCS_MAX = 1024
 
@@ -42,8 +46,9 @@ class Options:
     etcd_heartbeat_ms / etcd_election_ms: raft timing; short on loopback (etcd wants
         election >= 5 x heartbeat).
     etcd_compaction_mode / etcd_compaction_retention: etcd auto-compaction, so that erased
-        records also leave etcd's history ("revision" keeps that many revisions; "periodic"
-        takes a duration such as "5m").
+        records also leave etcd's history within a bounded time. "periodic" (the default)
+        takes a duration ("5m": history older than about 5 minutes is compacted, every 5
+        minutes); "revision" keeps that many revisions, which on an idle cluster is for ever.
     max_attempts: default guess limit written to every node.toml.
     ticket_ttl_s, lease_ttl_s: vault-node settings written to node.toml.
     session_ttl_s: frontend session lifetime written to frontend.toml.
@@ -63,8 +68,8 @@ class Options:
     etcd_fsync: bool = True
     etcd_heartbeat_ms: int = 100
     etcd_election_ms: int = 1000
-    etcd_compaction_mode: str = "revision"
-    etcd_compaction_retention: str = "1000"
+    etcd_compaction_mode: str = "periodic"
+    etcd_compaction_retention: str = "5m"
     max_attempts: int = 10
     ticket_ttl_s: int = 120
     lease_ttl_s: int = 4
@@ -88,6 +93,13 @@ class Options:
             self.etcd_compaction_retention.isdigit() and int(self.etcd_compaction_retention) > 0
         ):
             out.append("options.etcd_compaction_retention must be a positive revision count")
+        elif self.etcd_compaction_mode == "periodic" and not _is_retention(
+            self.etcd_compaction_retention
+        ):
+            out.append(
+                "options.etcd_compaction_retention must be a positive duration such as '5m' "
+                "or '1h' (a bare number is hours)"
+            )
         if not 1 <= self.max_attempts <= 1000:
             out.append("options.max_attempts must be between 1 and 1000")
         for name in ("ticket_ttl_s", "lease_ttl_s", "session_ttl_s", "start_timeout_s"):
@@ -264,6 +276,7 @@ class Topology:
             for m in self.etcd
             if m.advertise_peer_port and not _is_loopback(self.host_of(m.dc))
         ]
+        out += user_name_problems(self)
         return out + self._network_problems() + self.options.problems() + self.limits.problems()
 
     def _network_problems(self) -> list[str]:
@@ -361,6 +374,12 @@ class Topology:
                     out["etcd"]["advertise_peer_port"] = m.advertise_peer_port
         out["nodes"] = [{"name": n.name, "port": n.port} for n in self.nodes if n.dc == dc]
         return out
+
+
+def _is_retention(text: str) -> bool:
+    if not _DURATION_RE.match(text):
+        return False
+    return any(c.isdigit() and c != "0" for c in text)  # not zero: 0 turns compaction off
 
 
 def _is_loopback(host: str) -> bool:

@@ -191,9 +191,12 @@ class NetnsLab:
         if up:
             # Setting a link down drops its routes: put them back at every heal.
             for this, other, side in ends:
+                # `src` = this DC's host: etcd checks a peer's address against its
+                # certificate (IP SANs of the DC host), not the mesh link's address.
                 _ip("-n", self.namespace(self.dcs[this]), "route", "replace",
                     f"{self.dc_host(self.dcs[other])}/32",
-                    "via", self._mesh_addr(i, j, side), "dev", f"dc{other}")  # fmt: skip
+                    "via", self._mesh_addr(i, j, side), "dev", f"dc{other}",
+                    "src", self.dc_host(self.dcs[this]))  # fmt: skip
 
     # -- use ---------------------------------------------------------------------------------
 

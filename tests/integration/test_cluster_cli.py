@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,12 @@ def bkv_cluster(*args: str, timeout: float = 180) -> subprocess.CompletedProcess
 def status_rows(root: Path) -> dict[str, list[str]]:
     done = bkv_cluster("status", "--dir", str(root))
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    table, _, footer = done.stdout.partition("\n\n")
+    lines = table.splitlines()
     assert lines[0].split()[:3] == ["DC", "PROCESS", "ROLE"]
+    # Below the table: the etcd cluster id that the key ceremony pinned, as cluster.json has it.
+    cluster_id = json.loads((root / "cluster.json").read_text())["etcd_cluster_id"]
+    assert footer.strip() == f"etcd cluster id: {cluster_id}" and len(cluster_id) >= 8
     return {line.split()[1]: line.split() for line in lines[1:]}
 
 
@@ -69,9 +74,17 @@ def test_up_status_kill_dc_start_dc_down(cluster_dir: Path) -> None:
     up_s = time.monotonic() - started
     assert up.returncode == 0, up.stdout + up.stderr
     print(f"bkv-cluster up took {up_s:.1f} s\n{up.stdout}")
-    assert "restores spent password guesses" in up.stdout
+    assert "etcd is locked down" in up.stdout
     assert "fsync: OFF" in up.stdout
-    assert "key ceremony" in up.stdout and "total" in up.stdout
+    table = up.stdout.split("PHASE", 1)[1].splitlines()[1:]
+    phases = [re.split(r"\s{2,}", line)[0] for line in table]
+    # One line per phase, in this order: etcd is locked down before any node or frontend runs.
+    assert phases[: phases.index("total") + 1] == [
+        "certificates", "tokens", "etcd", "etcd auth", "key ceremony", "configuration",
+        "vault nodes", "frontends", "total",
+    ]  # fmt: skip
+    cluster_id = json.loads((cluster_dir / "cluster.json").read_text())["etcd_cluster_id"]
+    assert f"etcd cluster id: {cluster_id}" in up.stdout
 
     client = tomllib.loads((cluster_dir / "client.toml").read_text())["cluster"]
     assert len(client["frontends"]) == 2 and len(bytes.fromhex(client["fleet_id"])) == 16
@@ -111,7 +124,9 @@ def test_up_status_kill_dc_start_dc_down(cluster_dir: Path) -> None:
     resumed = bkv_cluster("up", "--dir", root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming" in resumed.stdout
+    assert "etcd auth" not in resumed.stdout  # etcd keeps its users and roles on its data
     assert tomllib.loads((cluster_dir / "client.toml").read_text())["cluster"] == client
+    assert json.loads((cluster_dir / "cluster.json").read_text())["etcd_cluster_id"] == cluster_id
     rows = status_rows(cluster_dir)
     assert {n: health(r) for n, r in rows.items()} == {n: "healthy" for n in rows}
     assert bkv_cluster("down", "--dir", root).returncode == 0
@@ -143,6 +158,16 @@ def test_etcd_members_run_with_the_topologys_gomaxprocs(healthy_cluster: Cluster
     for proc in one.processes:
         env = healthy_cluster._spec(one, proc).env
         assert env.get("GOMAXPROCS") == ("1" if proc.role == "etcd" else None), proc.name
+
+
+def test_maintain_compacts_and_defragments_the_session_cluster(healthy_cluster: Cluster) -> None:
+    d = str(healthy_cluster.directory)
+    done = bkv_cluster("maintain", "--dir", d, "--defrag", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("defragmented https://") == 3
+    sizes = [line for line in done.stdout.splitlines() if ": database " in line]
+    assert len(sizes) == 3
+    assert all(s.healthy for s in healthy_cluster.status())
 
 
 def test_session_cluster_fixture(healthy_cluster: Cluster) -> None:

@@ -1,4 +1,8 @@
-"""The cluster PKI: chains, SANs, usages, and that the two CAs cannot stand in for each other."""
+"""The cluster PKI: chains, SANs, usages, and that no CA or certificate can stand in for another.
+
+etcd's part: the etcd CA signs member server certificates (name `bkv-etcd`) and user client
+certificates (CN = the etcd user); the etcd peer CA signs only the members' peer certificates.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,30 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from deploy.pki import Pki, create_pki, load_cert
+from deploy.pki import ETCD_TLS_NAME, Pki, create_pki, load_cert
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
+ETCD_USERS = ["root", "bkv-node-dc-a-node-1", "bkv-frontend-fe-1"]
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return create_pki(tmp_path_factory.mktemp("pki"), ["dc-a-node-1"], ["fe-1"], now=NOW)
+    return create_pki(
+        tmp_path_factory.mktemp("pki"), ["dc-a-node-1"], ["fe-1"], now=NOW,
+        etcd_members={"etcd-dc-a": ["127.0.0.1"], "etcd-dc-b": ["169.254.9.6"]},
+        etcd_users=ETCD_USERS,
+    )  # fmt: skip
 
 
 def _store(path: Path) -> Store:
@@ -99,7 +112,14 @@ def test_certificates_expire(pki: Pki) -> None:
 
 
 def test_keys_are_p256_and_private_files_0600(pki: Pki) -> None:
-    for cert in [pki.cluster_ca, pki.frontend_ca, pki.server("fe-1"), pki.frontend_client("fe-1")]:
+    etcd = [pki.etcd_ca, pki.etcd_peer_ca, pki.etcd_member("etcd-dc-a"), pki.etcd_peer("etcd-dc-a")]
+    etcd += [pki.etcd_user(u) for u in ETCD_USERS]
+    every = [pki.cluster_ca, pki.frontend_ca, pki.server("fe-1"), pki.frontend_client("fe-1")]
+    # Every key file of the directory (etcd-dc-b's and dc-a-node-1's too) is 0600.
+    keys = list(pki.dir.glob("*.key"))
+    assert len(keys) == len(every + etcd) + 3
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    for cert in [*every, *etcd]:
         assert stat.S_IMODE(cert.key.stat().st_mode) == 0o600
         pub = load_cert(cert.cert).public_key()
         assert isinstance(pub, ec.EllipticCurvePublicKey)
@@ -108,9 +128,11 @@ def test_keys_are_p256_and_private_files_0600(pki: Pki) -> None:
 
 
 def test_cas_are_distinct_and_constrained(pki: Pki) -> None:
-    cluster, frontend = load_cert(pki.cluster_ca.cert), load_cert(pki.frontend_ca.cert)
-    assert cluster.subject != frontend.subject
-    for ca in (cluster, frontend):
+    cas = [load_cert(p.cert) for p in (pki.cluster_ca, pki.frontend_ca, pki.etcd_ca,
+                                        pki.etcd_peer_ca)]  # fmt: skip
+    assert len({ca.subject for ca in cas}) == 4
+    assert len({ca.fingerprint(hashes.SHA256()) for ca in cas}) == 4
+    for ca in cas:
         bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
         assert bc.ca and bc.path_length == 0
 
@@ -123,3 +145,95 @@ def test_extra_ip_sans_for_a_datacenter_host(tmp_path: Path) -> None:
     assert _server_ok(pki, pki.cluster_ca.cert, node, "169.254.9.2")
     assert _server_ok(pki, pki.cluster_ca.cert, node, "127.0.0.1")
     assert not _server_ok(pki, pki.cluster_ca.cert, fe, "169.254.9.2")
+
+
+# ---- etcd ------------------------------------------------------------------------------------
+
+
+def _usages(path: Path) -> list[x509.ObjectIdentifier]:
+    return list(load_cert(path).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def _sans(path: Path) -> list[str]:
+    try:
+        ext = load_cert(path).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in ext.value]
+
+
+def _etcd_client_ok(ca: Path, leaf: Path) -> bool:
+    """What etcd (Go's verifier) checks of a client certificate without SANs: signed by `ca`
+    and usable for clientAuth. (cryptography's client verifier insists on a SAN.)"""
+    cert = load_cert(leaf)
+    try:
+        cert.verify_directly_issued_by(load_cert(ca))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in _usages(leaf) and NOW < cert.not_valid_after_utc
+
+
+def _cn(path: Path) -> str:
+    attrs = load_cert(path).subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    return str(attrs[0].value)
+
+
+@pytest.mark.parametrize("name", [ETCD_TLS_NAME, "localhost", "127.0.0.1"])
+def test_etcd_member_server_cert_serves_the_etcd_names(pki: Pki, name: str) -> None:
+    member = pki.etcd_member("etcd-dc-a").cert
+    assert _server_ok(pki, pki.etcd_ca.cert, member, name)
+    # ... under the etcd CA only: no other CA of the cluster vouches for it.
+    for other in (pki.cluster_ca, pki.frontend_ca, pki.etcd_peer_ca):
+        assert not _server_ok(pki, other.cert, member, name)
+
+
+def test_etcd_member_server_cert_usages_and_sans(pki: Pki) -> None:
+    assert _usages(pki.etcd_member("etcd-dc-a").cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert _sans(pki.etcd_member("etcd-dc-a").cert) == [ETCD_TLS_NAME, "localhost", "127.0.0.1"]
+    # A member on its own host carries that IP too (etcdctl checks the endpoint's host).
+    assert _sans(pki.etcd_member("etcd-dc-b").cert) == [
+        ETCD_TLS_NAME, "localhost", "127.0.0.1", "169.254.9.6",
+    ]  # fmt: skip
+    assert _server_ok(pki, pki.etcd_ca.cert, pki.etcd_member("etcd-dc-b").cert, "169.254.9.6")
+    assert not _server_ok(pki, pki.etcd_ca.cert, pki.etcd_member("etcd-dc-a").cert, "169.254.9.6")
+    # A server certificate is no client certificate: it cannot act as an etcd user.
+    assert not _etcd_client_ok(pki.etcd_ca.cert, pki.etcd_member("etcd-dc-a").cert)
+
+
+def test_etcd_peer_certs_are_server_and_client_under_the_peer_ca_only(pki: Pki) -> None:
+    peer = pki.etcd_peer("etcd-dc-b").cert
+    assert _usages(peer) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert _sans(peer) == ["169.254.9.6"]
+    assert _sans(pki.etcd_peer("etcd-dc-a").cert) == ["127.0.0.1"]
+    assert _server_ok(pki, pki.etcd_peer_ca.cert, peer, "169.254.9.6")
+    assert _client_ok(pki.etcd_peer_ca.cert, peer)
+    assert _etcd_client_ok(pki.etcd_peer_ca.cert, peer)
+    # The client port trusts the etcd CA, which never signed a peer certificate.
+    assert not _etcd_client_ok(pki.etcd_ca.cert, peer)
+    assert not _server_ok(pki, pki.etcd_ca.cert, peer, "169.254.9.6")
+
+
+@pytest.mark.parametrize("user", ETCD_USERS)
+def test_etcd_user_certs_are_clients_named_by_their_cn(pki: Pki, user: str) -> None:
+    cert = pki.etcd_user(user).cert
+    assert _cn(cert) == user  # etcd takes the CN as the user name
+    assert _usages(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert _sans(cert) == []
+    assert _etcd_client_ok(pki.etcd_ca.cert, cert)
+    # ... and the peer port, which trusts the peer CA alone, refuses every user: none can pose
+    # as a member.
+    assert not _etcd_client_ok(pki.etcd_peer_ca.cert, cert)
+    assert not _etcd_client_ok(pki.frontend_ca.cert, cert)
+
+
+@pytest.mark.parametrize("user", ETCD_USERS)
+@pytest.mark.parametrize("name", [ETCD_TLS_NAME, "localhost", "127.0.0.1"])
+def test_etcd_user_certs_cannot_serve_as_an_etcd_member(pki: Pki, user: str, name: str) -> None:
+    assert not _server_ok(pki, pki.etcd_ca.cert, pki.etcd_user(user).cert, name)
+
+
+def test_frontend_and_node_certs_are_no_etcd_identity(pki: Pki) -> None:
+    for cert in (pki.frontend_client("fe-1").cert, pki.server("dc-a-node-1").cert):
+        assert not _etcd_client_ok(pki.etcd_ca.cert, cert)
+        assert not _etcd_client_ok(pki.etcd_peer_ca.cert, cert)
+        assert not _server_ok(pki, pki.etcd_ca.cert, cert, ETCD_TLS_NAME)

@@ -41,7 +41,10 @@ def test_bundled_topology_has_three_dcs_two_nodes_each_two_frontends() -> None:
     assert t.unassigned_ports() == 3 * 2 + 6 + 2
     assert t.options.etcd_fsync is True
     assert t.options.etcd_election_ms >= 5 * t.options.etcd_heartbeat_ms
-    assert t.options.etcd_compaction_mode == "revision"
+    # Erased records leave etcd's history within minutes even on an idle cluster.
+    assert (t.options.etcd_compaction_mode, t.options.etcd_compaction_retention) == (
+        "periodic", "5m",
+    )  # fmt: skip
 
 
 def test_round_trip_through_dict() -> None:
@@ -136,9 +139,37 @@ def test_options_compaction_and_ints_as_floats() -> None:
 
 
 def test_revision_retention_must_be_a_count() -> None:
-    assert any("positive revision count" in p for p in
-               Options(etcd_compaction_retention="5m").problems())  # fmt: skip
+    revision = Options(etcd_compaction_mode="revision", etcd_compaction_retention="5m")
+    assert any("positive revision count" in p for p in revision.problems())
+    assert (
+        Options(etcd_compaction_mode="revision", etcd_compaction_retention="1000").problems() == []
+    )
     assert Options().problems() == []
+
+
+def test_compaction_defaults_to_periodic_five_minutes_and_checks_the_duration() -> None:
+    assert (Options().etcd_compaction_mode, Options().etcd_compaction_retention) == (
+        "periodic", "5m",
+    )  # fmt: skip
+    for good in ("5m", "1h", "90s", "1h30m", "0.5h", "2"):
+        assert Options(etcd_compaction_retention=good).problems() == [], good
+    for bad in ("0", "0m", "five", "5 m", "-5m", "m", "5d", "0.5"):
+        problems = Options(etcd_compaction_retention=bad).problems()
+        assert problems == [
+            "options.etcd_compaction_retention must be a positive duration such as '5m' or '1h' "
+            "(a bare number is hours)"
+        ], bad
+
+
+def test_names_must_fit_their_etcd_users_common_name() -> None:
+    data = _base()
+    data["datacenter"][0]["nodes"][0]["name"] = "n" * 55  # bkv-node- + 55 = 64: fits
+    data["frontend"][0]["name"] = "f" * 52  # bkv-frontend- + 52 = 65: does not
+    problems = _problems(data)
+    assert problems == (
+        f"frontend name {'f' * 52!r} is too long: its etcd user 'bkv-frontend-{'f' * 52}' must "
+        "fit a certificate's common name (64 characters)",
+    )
 
 
 def test_etcd_gomaxprocs_is_gos_default_unless_set_and_bounded() -> None:
@@ -199,6 +230,7 @@ def test_datacenter_hosts_must_be_loopback_or_link_local_in_a_namespace() -> Non
 
 def test_etcd_peer_proxy_port_is_advertised_to_every_member(tmp_path: Path) -> None:
     from deploy.etcd import etcd_argv, member_hosts
+    from deploy.pki import Pki
 
     data = _base()
     data["datacenter"][2]["etcd"]["advertise_peer_port"] = 41999
@@ -207,15 +239,15 @@ def test_etcd_peer_proxy_port_is_advertised_to_every_member(tmp_path: Path) -> N
     c = t.etcd[2]
     for member in t.etcd:
         argv = etcd_argv(
-            member, t.etcd, host=t.host, options=t.options, data_dir=tmp_path,
-            log_file=tmp_path / "log", fsync=False, hosts=member_hosts(t),
+            member, t.etcd, host=t.host, options=t.options, pki=Pki(tmp_path),
+            data_dir=tmp_path, log_file=tmp_path / "log", fsync=False, hosts=member_hosts(t),
         )  # fmt: skip
         initial = argv[argv.index("--initial-cluster") + 1]
-        assert f"{c.name}=http://127.0.0.1:41999" in initial
+        assert f"{c.name}=https://127.0.0.1:41999" in initial
         listen = argv[argv.index("--listen-peer-urls") + 1]
-        assert listen == f"http://127.0.0.1:{member.peer_port}"
+        assert listen == f"https://127.0.0.1:{member.peer_port}"
     advertised = argv[argv.index("--initial-advertise-peer-urls") + 1]
-    assert advertised == "http://127.0.0.1:41999"  # the last argv is that member's
+    assert advertised == "https://127.0.0.1:41999"  # the last argv is that member's
 
 
 def test_etcd_peer_proxy_is_loopback_only_and_its_port_unique() -> None:
