@@ -57,6 +57,7 @@ from client.errors import (
     NotRegistered,
     ProtocolError,
     RateLimited,
+    RecordTampered,
     Unauthenticated,
     Unavailable,
     VaultError,
@@ -75,6 +76,7 @@ EXIT_LOCKED = 4
 EXIT_NOT_REGISTERED = 5
 EXIT_UNAVAILABLE = 6
 EXIT_UNAUTHENTICATED = 7
+EXIT_TAMPERED = 8
 
 _EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (InvalidPassword, EXIT_INVALID_PASSWORD, "invalid_password"),
@@ -83,6 +85,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (RateLimited, EXIT_UNAVAILABLE, "rate_limited"),
     (Unavailable, EXIT_UNAVAILABLE, "unavailable"),
     (Unauthenticated, EXIT_UNAUTHENTICATED, "unauthenticated"),
+    (RecordTampered, EXIT_TAMPERED, "tampered"),
     (BadInput, EXIT_BAD_INPUT, "bad_input"),  # includes ConfigError's code too
     (KeyFormatError, EXIT_BAD_INPUT, "bad_input"),
     (ProtocolError, EXIT_OTHER, "protocol"),

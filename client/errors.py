@@ -65,6 +65,22 @@ class NotRegistered(VaultError):
         super().__init__(message)
 
 
+class RecordTampered(VaultError):
+    """The vault refused the account's stored record: storage holds a value no vault node wrote
+    there (written back from an old copy, moved, restored or damaged), or the whole store was
+    rolled back below what the vault had seen — DATA_LOSS. No password was evaluated and no
+    guess was counted or given back.
+
+    Retry: not as is; the vault's operators see it in the nodes' logs and audit lines. The key
+    escrowed before is unreachable until the record is repaired; registering again replaces it.
+    """
+
+    code = "tampered"
+
+    def __init__(self, message: str = "the vault refused the stored record (tampered)") -> None:
+        super().__init__(message)
+
+
 class Unauthenticated(VaultError):
     """The frontend refused the account's session (bad signature, mismatched account key).
 
@@ -224,6 +240,8 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
         if retry_after is not None:
             return RateLimited(retry_after)
         return ProtocolError(f"request refused as too large (RESOURCE_EXHAUSTED){suffix}")
+    if code is grpc.StatusCode.DATA_LOSS:
+        return RecordTampered(f"the vault refused the stored record (DATA_LOSS){suffix}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return StaleRequest(f"the vault refused a stale step (FAILED_PRECONDITION){suffix}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

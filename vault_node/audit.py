@@ -4,16 +4,26 @@ Lines hold the time (unix seconds), the node, the hex record id, the event and t
 never a secret. The chaos checker (`deploy.chaos.audit_format` documents the line) counts
 `evaluate` lines per record to prove the guess limit and orders them by `revision`, the etcd
 revision of the commit the event made; so each line is flushed before the caller goes on.
+
+The log is also the node's memory of the revisions it committed: a restarted node takes its
+store high-water mark from the last lines (`high_water_from_audit`), which were flushed before
+the evaluations they count.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import Literal, Protocol, TextIO
 
+AUDIT_TAIL_BYTES = 1 << 20
+
 AuditEvent = Literal[
+    "reserve",
+    "tampered",
+    "rollback",
     "evaluate",
     "lock",
     "locked",
@@ -92,6 +102,32 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._stream.close()
+
+
+def high_water_from_audit(path: str, tail_bytes: int = AUDIT_TAIL_BYTES) -> int:
+    """The highest commit `revision` in the last `tail_bytes` of the audit log (0 if none).
+
+    Lines are appended in commit order give or take concurrent requests, so the last megabyte
+    holds the highest revisions; a torn or foreign line is skipped, a missing file is 0.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - tail_bytes))
+            tail = f.read()
+    except FileNotFoundError:
+        return 0
+    best = 0
+    for line in tail.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        revision = entry.get("revision") if isinstance(entry, dict) else None
+        if isinstance(revision, int) and not isinstance(revision, bool) and revision > best:
+            best = revision
+    return best
 
 
 class MemoryAudit:

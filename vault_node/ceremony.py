@@ -128,11 +128,12 @@ def _step(
     *,
     in_file: Path | None = None,
     out_file: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> None:
     """Run one ceremony step on `spec`'s token in a subprocess; raise `CeremonyError`."""
     from vault_node.ceremony_cli import spec_args  # light import: no library is loaded
 
-    command = [sys.executable, "-m", "vault_node.ceremony_cli", step, *spec_args(spec)]
+    command = [sys.executable, "-m", "vault_node.ceremony_cli", step, *spec_args(spec), *extra]
     if in_file is not None:
         command += ["--in", str(in_file)]
     if out_file is not None:
@@ -180,13 +181,21 @@ def run_ceremony(
     now: Callable[[], datetime] = _now,
     max_parallel: int | None = None,
     work_root: Path | None = None,
+    etcd_cluster_id: int = 0,
 ) -> FleetPublic:
     """Provision every token of `nodes` with one new fleet; write out_dir/fleet.pub, fleet.json.
 
     Each node token must be initialised and hold no fleet key. The ceremony token and the
     exchanged files live in a fresh directory under `work_root` (default: the system temp dir),
     deleted at the end whatever happens. Raises `CeremonyError` naming the node and the step.
+
+    `etcd_cluster_id` (non-zero) is pinned in every node token: the node then refuses any other
+    etcd cluster (`vault_node.store_guard`). Without it a node pins the first cluster it meets
+    and says so in its log.
     """
+    if not 0 <= etcd_cluster_id < 1 << 64:
+        raise CeremonyError("-", "check", "etcd_cluster_id must be an unsigned 64-bit number")
+    pin = ["--etcd-cluster-id", f"{etcd_cluster_id:016x}"] if etcd_cluster_id else []
     out_dir = out_dir.resolve()
     _check_nodes(nodes, out_dir)
     workers = max(1, min(len(nodes), max_parallel or os.cpu_count() or 1))
@@ -235,6 +244,7 @@ def run_ceremony(
                 spec.token_label,
                 in_file=work / f"{_safe(spec)}.blob",
                 out_file=result,
+                extra=pin,
             )
             if _read(result).get("kem_point") != fleet.public_key.hex():
                 raise CeremonyError(spec.token_label, "node-unwrap", "kem point mismatch")
@@ -250,6 +260,7 @@ def run_ceremony(
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {
             "fleet_id": fleet.fleet_id.hex(),
+            "etcd_cluster_id": f"{etcd_cluster_id:016x}" if etcd_cluster_id else "",
             "created": now().isoformat(timespec="seconds"),
             "curve": "P-256",
             "nodes": [spec.token_label for spec in nodes],

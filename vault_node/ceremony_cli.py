@@ -9,7 +9,16 @@ JSON files that hold public points and wrapped (encrypted) keys only, never a PI
     fleet-wrap --in F        ceremony token: per node, KEK = ECDH(ceremony, node) and wrap every
                              fleet key into that node's blob file; then destroy every key
     node-unwrap --in F       node token: same KEK, unwrap every key as SENSITIVE, not EXTRACTABLE,
-                             store the kem public key, check it, destroy the transport pair
+       [--etcd-cluster-id H] store the kem public key, check it, destroy the transport pair;
+                             pin the etcd cluster id H (hex) the node will accept
+    store-status             node token: print the store checkpoint (high-water mark, alarm, pin)
+    record-id --account A    node token: print the record id (= etcd key) of account A, for
+                             operators and attack tests; needs the token's PIN, as the id_mac
+                             key hides which etcd key belongs to which account
+    store-alarm-clear        node token (node stopped): clear a rollback alarm and forget the
+       [--accept-cluster-id H] high-water mark; with H, pin that etcd cluster id instead.
+                             Accepting a rolled-back store gives back the guesses spent since the
+                             point it was rolled back to: only for a store known to be current.
 
 Exit status 0 on success; otherwise one line `error: ...` on stderr (no secrets) and status 1.
 """
@@ -31,6 +40,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
+from vault_node.checkpoint import (
+    CLUSTER_PIN_LABEL,
+    CheckpointError,
+    encode_cluster_id,
+    load_state,
+    pinned_cluster_id,
+    write_state,
+)
 from vault_node.hsm import (
     FLEET_LABELS,
     KEM_LABEL,
@@ -42,6 +59,7 @@ from vault_node.hsm import (
     validate_p256_point,
 )
 from vault_node.softhsm import SoftHsmError, TokenSpec
+from vault_node.store_guard import GuardState
 
 BLOB_VERSION: Final = 1
 CEREMONY_TRANSPORT: Final = "ceremony-transport"
@@ -361,16 +379,38 @@ def _check_kem(private: Any, kem_point: bytes) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vault_node.ceremony_cli")
-    parser.add_argument(
-        "step", choices=["fleet-generate", "node-transport", "fleet-wrap", "node-unwrap"]
-    )
+    parser.add_argument("step", choices=STEPS)
     parser.add_argument("--module", required=True)
     parser.add_argument("--conf", required=True, type=Path)
     parser.add_argument("--label", required=True)
     parser.add_argument("--pin-file", required=True, type=Path)
     parser.add_argument("--in", dest="in_file", type=Path)
     parser.add_argument("--out", dest="out_file", type=Path)
+    parser.add_argument("--etcd-cluster-id", type=_cluster_id, default=0)
+    parser.add_argument("--accept-cluster-id", type=_cluster_id, default=0)
+    parser.add_argument("--account", default="")
     return parser
+
+
+STEPS: Final = (
+    "fleet-generate",
+    "node-transport",
+    "fleet-wrap",
+    "node-unwrap",
+    "store-status",
+    "store-alarm-clear",
+    "record-id",
+)
+
+
+def _cluster_id(text: str) -> int:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError("an etcd cluster id is hexadecimal") from None
+    if not 0 < value < 1 << 64:
+        raise argparse.ArgumentTypeError("an etcd cluster id is a non-zero 64-bit number")
+    return value
 
 
 def spec_args(spec: TokenSpec) -> list[str]:
@@ -387,7 +427,16 @@ def spec_args(spec: TokenSpec) -> list[str]:
     ]
 
 
-def run_step(step: str, spec: TokenSpec, in_file: Path | None, out_file: Path | None) -> None:
+def run_step(
+    step: str,
+    spec: TokenSpec,
+    in_file: Path | None,
+    out_file: Path | None,
+    *,
+    etcd_cluster_id: int = 0,
+    accept_cluster_id: int = 0,
+    account: str = "",
+) -> None:
     """Run one step on the token of `spec` in this process."""
     with Token.open(spec, read_write=True) as token:
         if step == "fleet-generate":
@@ -404,10 +453,50 @@ def run_step(step: str, spec: TokenSpec, in_file: Path | None, out_file: Path | 
         elif step == "node-unwrap":
             blob = _read_json(_need(in_file, "--in"))
             result = token.run_in_session(lambda session: node_unwrap(session, blob))
+            if etcd_cluster_id:
+                # The node refuses any other etcd cluster from its first start on.
+                token.replace_data(CLUSTER_PIN_LABEL, encode_cluster_id(etcd_cluster_id))
+                result["etcd_cluster_id"] = f"{etcd_cluster_id:016x}"
             if out_file is not None:
                 _write_json(out_file, result)
+        elif step == "store-status":
+            print(json.dumps(store_status(token), sort_keys=True))
+        elif step == "store-alarm-clear":
+            print(json.dumps(store_alarm_clear(token, accept_cluster_id), sort_keys=True))
+        elif step == "record-id":
+            if not account:
+                raise CeremonyStepError("record-id needs --account")
+            print(token.hmac_sha256("id_mac", account.encode("utf-8")).hex())
         else:
             raise CeremonyStepError(f"unknown step {step!r}")
+
+
+def store_status(token: Token) -> dict[str, Any]:
+    """The node's store checkpoint and cluster pin, as JSON-ready values (no secrets)."""
+    state, sequence = load_state(token, 0)
+    return {
+        "sequence": sequence,
+        "etcd_cluster_id": f"{state.cluster_id:016x}" if state.cluster_id else "",
+        "pinned_by_ceremony": bool(pinned_cluster_id(token)),
+        "high_water": state.high_water,
+        "alarm": state.alarm,
+        "alarm_revision": state.alarm_revision,
+    }
+
+
+def store_alarm_clear(token: Token, accept_cluster_id: int) -> dict[str, Any]:
+    """Clear the alarm and the high-water mark (the node relearns it from the store as it is).
+
+    Security: this is the one way past a detected rollback, so it needs the token (the node's
+    host and PIN), not etcd access; whoever runs it accepts the store's counters as they are.
+    """
+    state, sequence = load_state(token, 0)
+    cluster_id = state.cluster_id
+    if accept_cluster_id:
+        token.replace_data(CLUSTER_PIN_LABEL, encode_cluster_id(accept_cluster_id))
+        cluster_id = accept_cluster_id
+    write_state(token, GuardState(cluster_id=cluster_id), sequence + 1)
+    return {"cleared": state.alarm, "etcd_cluster_id": f"{cluster_id:016x}" if cluster_id else ""}
 
 
 def _need(path: Path | None, flag: str) -> Path:
@@ -426,8 +515,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         pin_file=args.pin_file,
     )
     try:
-        run_step(args.step, spec, args.in_file, args.out_file)
-    except (CeremonyStepError, HsmError, SoftHsmError, OSError, ValueError) as exc:
+        run_step(
+            args.step,
+            spec,
+            args.in_file,
+            args.out_file,
+            etcd_cluster_id=args.etcd_cluster_id,
+            accept_cluster_id=args.accept_cluster_id,
+            account=args.account,
+        )
+    except (
+        CeremonyStepError,
+        CheckpointError,
+        HsmError,
+        SoftHsmError,
+        OSError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except PKCS11Error as exc:

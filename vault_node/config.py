@@ -31,13 +31,22 @@ class NodeSection:
     ticket_ttl_s: int = 120  # lifetime of a login ticket between the two recovery steps
     lease_ttl_s: int = 4  # membership lease TTL; also the fail-closed horizon
     audit_log: str = ""  # absolute path of the JSON-lines audit log
+    # How often the store guard reads etcd while idle (so a rolled-back store is seen before
+    # later writes carry it past the high-water mark) and checkpoints its mark in the token.
+    checkpoint_interval_ms: int = 1000
+    # A lock or delete has etcd compacted up to its revision after this delay (coalescing).
+    compact_delay_ms: int = 500
 
 
 @dataclass(frozen=True)
 class EtcdSection:
-    """`[etcd]`: the etcd members, dialled as one round-robin target."""
+    """`[etcd]`: the etcd members, dialled as one round-robin target over TLS."""
 
     endpoints: tuple[str, ...] = ()
+    ca: str = ""  # CA that signs the etcd members' certificates
+    cert: str = ""  # this node's etcd client certificate; its CN is the node's etcd user
+    key: str = ""  # its private key
+    server_name: str = "bkv-etcd"  # the TLS name every member certificate carries
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,12 @@ class NodeConfig:
             out.append("node.ticket_ttl_s must be in 1..3600")
         if not 2 <= n.lease_ttl_s <= 600:
             out.append("node.lease_ttl_s must be in 2..600")
+        if not 50 <= n.checkpoint_interval_ms <= 60_000:
+            out.append("node.checkpoint_interval_ms must be in 50..60000")
+        if not 0 <= n.compact_delay_ms <= 60_000:
+            out.append("node.compact_delay_ms must be in 0..60000")
+        if not self.etcd.server_name or self.etcd.server_name.strip() != self.etcd.server_name:
+            out.append("etcd.server_name must be a non-empty TLS name")
         if not self.etcd.endpoints:
             out.append("etcd.endpoints must list at least one host:port")
         for ep in self.etcd.endpoints:
@@ -99,6 +114,9 @@ class NodeConfig:
             "hsm.module": self.hsm.module,
             "hsm.softhsm_conf": self.hsm.softhsm_conf,
             "hsm.pin_file": self.hsm.pin_file,
+            "etcd.ca": self.etcd.ca,
+            "etcd.cert": self.etcd.cert,
+            "etcd.key": self.etcd.key,
         }
         if self.tls.ca:
             paths["tls.ca"] = self.tls.ca

@@ -42,6 +42,7 @@ from vault_node.softhsm import SoftHsmError, TokenSpec, softhsm_env
 
 __all__ = [
     "AES_LABELS",
+    "DATA_LABELS",
     "FLEET_LABELS",
     "HMAC_SHA256_LABELS",
     "HMAC_SHA512_LABELS",
@@ -69,6 +70,9 @@ AES_LABELS: Final = frozenset({"record", "ticket"})
 HMAC_SHA512_LABELS: Final = frozenset({"oprf_seed", "ake_seed"})
 HMAC_SHA256_LABELS: Final = frozenset({"id_mac"})
 FLEET_LABELS: Final = (KEM_LABEL, "record", "ticket", "oprf_seed", "ake_seed", "id_mac")
+# Data objects a node keeps in its own token (vault_node.checkpoint): never key material.
+DATA_LABELS: Final = frozenset({"store_checkpoint", "etcd_cluster"})
+DATA_APPLICATION: Final = "bkv"
 P256_EC_PARAMS: Final = encode_named_curve_parameters("secp256r1")
 P256_POINT_LEN: Final = 65
 GCM_NONCE_LEN: Final = 12
@@ -254,7 +258,8 @@ class Token:
     def open(cls, spec: TokenSpec, *, read_write: bool = False) -> Token:
         """Load the library for `spec`, find the token by label and log in once.
 
-        `read_write` is for the key ceremony only: a serving node never writes token objects.
+        `read_write` is for the key ceremony and for a serving node's data objects (its store
+        checkpoint); no key object is ever written by a serving node.
         """
         spec.validate()
         try:
@@ -441,6 +446,57 @@ class Token:
         except PKCS11Error as exc:
             raise HsmError(f"HMAC failed with key {label!r}: {type(exc).__name__}") from None
 
+    # -- data objects (the store checkpoint, the etcd cluster pin) --
+
+    def read_data(self, label: str) -> list[bytes]:
+        """The values of every data object called `label` in the token."""
+        _check_data_label(label)
+        return _run(self._read_data, label)
+
+    def replace_data(self, label: str, value: bytes) -> None:
+        """Store a new data object `label` = `value`, then destroy the older ones.
+
+        SoftHSM refuses to modify a data object's value, so the new object is made first: a
+        crash in between leaves both, and readers pick the newer by its content.
+        Needs a read-write session (`Token.open(..., read_write=True)`).
+        """
+        _check_data_label(label)
+        _run(self._replace_data, label, bytes(value))
+
+    def _data_objects(self, label: str) -> list[Any]:
+        if self._session is None:
+            raise HsmError(f"token {self.label!r} is closed")
+        return list(
+            self._session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label})
+        )
+
+    def _read_data(self, label: str) -> list[bytes]:
+        return [bytes(obj[Attribute.VALUE]) for obj in self._data_objects(label)]
+
+    def _replace_data(self, label: str, value: bytes) -> None:
+        older = self._data_objects(label)
+        assert self._session is not None
+        try:
+            self._session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    # Private: readable only after login, and SoftHSM encrypts it at rest.
+                    Attribute.PRIVATE: True,
+                    Attribute.LABEL: label,
+                    Attribute.APPLICATION: DATA_APPLICATION,
+                    Attribute.VALUE: value,
+                    Attribute.MODIFIABLE: False,
+                }
+            )
+            for obj in older:
+                obj.destroy()
+        except PKCS11Error as exc:
+            raise HsmError(
+                f"writing data object {label!r} failed in token {self.label!r}: "
+                f"{type(exc).__name__}"
+            ) from None
+
     # -- inspection --
 
     def key_attributes(self, label: str) -> dict[str, bool]:
@@ -506,6 +562,11 @@ def _check_gcm(label: str, nonce: bytes) -> None:
     _check_label(label, AES_LABELS, "AES-GCM")
     if len(nonce) != GCM_NONCE_LEN:
         raise HsmInputError(f"AES-GCM nonce must be {GCM_NONCE_LEN} bytes")
+
+
+def _check_data_label(label: str) -> None:
+    if label not in DATA_LABELS:
+        raise HsmInputError(f"{label!r} is not a data object of the node ({sorted(DATA_LABELS)})")
 
 
 def _check_label(label: str, allowed: frozenset[str], operation: str) -> None:

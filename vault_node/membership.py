@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vault_node.store import NODES_PREFIX, LeaseStore, StoreUnavailable
+from vault_node.store_guard import StoreRolledBack
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Membership:
         on_change: Callable[[bool], None] = lambda serving: None,
         retry_interval_s: float | None = None,
         quick_retry_s: float = 0.05,
+        confirm: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._info = info
@@ -65,6 +67,8 @@ class Membership:
             retry_interval_s if retry_interval_s is not None else min(0.5, ttl_s / 3)
         )
         self._quick_retry = quick_retry_s
+        # Run once before the node serves again after not serving (the store guard's probe).
+        self._confirm = confirm
         self._failures = 0  # consecutive failed etcd round trips
         self._lease: int | None = None
         self._registered = False
@@ -90,12 +94,20 @@ class Membership:
         """Grant a lease and put the membership key (raises `StoreUnavailable`)."""
         lease = await self._store.grant_lease(self._ttl)
         await self._store.put_leased(self._info.key, self._info.value(), lease)
+        await self._check_store()
         # Only a lease that carries our key counts; a lease whose put failed expires by itself.
         self._lease = lease
         self._last_ok = self._now()
         self._registered = True
         self._failures = 0
         self._report()
+
+    async def _check_store(self) -> None:
+        """The store guard's probe before serving (again). A latched alarm does not stop the
+        node from staying announced: its accounts must keep reaching it, to be refused there."""
+        if self._confirm is not None:
+            with contextlib.suppress(StoreRolledBack):
+                await self._confirm()
 
     async def step(self) -> float:
         """One iteration of the loop; returns how long to wait before the next one."""
@@ -111,11 +123,19 @@ class Membership:
                 self._lease = None
                 self._report()
                 return 0.0
+            if not self.serving():
+                await self._check_store()
             self._last_ok = self._now()
             self._registered = True
             self._failures = 0
             self._report()
             return self._refresh_interval
+        except StoreRolledBack:
+            # The store guard latched an alarm: the node serves nothing until an operator
+            # clears it; keep the lease loop alive (and quiet) meanwhile.
+            self._registered = False
+            self._report()
+            return self._retry_interval
         except StoreUnavailable as exc:
             self._failures += 1
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "StoreUnavailable"

@@ -3,6 +3,14 @@ leave the token.
 
 `TokenOps` is the small slice of `vault_node.hsm.Token` that the request logic needs; tests pass a
 software fake. Every failure to open a record or a ticket is one `DecryptError` (no oracle).
+
+A record is bound to where and when it was written: its AAD holds the record id and the etcd
+metadata `(create_revision, version)` that the key has once the write storing it commits
+(`record_aad`). etcd assigns those numbers, never a client, and never gives one key the same
+pair twice (a put-back raises the version, a delete-and-recreate changes the create_revision),
+so a value read back from history, a snapshot or another key fails to open where it is put.
+The one value sealed before its key's create_revision is known is the key's first: the secret-free
+RESERVED placeholder of register start, sealed for version 1 with create_revision 0.
 """
 
 from __future__ import annotations
@@ -13,12 +21,13 @@ from typing import Protocol, TypeVar
 from google.protobuf.message import DecodeError
 
 from bkv.v1 import sealed_pb2
+from vault_node.key_meta import KeyMeta, StoredValue
 from vault_protocol.errors import DecryptError
 
 NONCE_LEN = 12
 RECORD_KEY = "record"
 TICKET_KEY = "ticket"
-RECORD_AAD_PREFIX = b"bkv-v1 record "
+RECORD_AAD_PREFIX = b"bkv-v2 record "  # format 2: bound to etcd metadata (sealed.proto)
 TICKET_AAD = b"bkv-v1 ticket"
 # A different AAD under the same key: a login ticket never opens as a registration ticket.
 REGISTRATION_TICKET_AAD = b"bkv-v1 registration ticket"
@@ -69,9 +78,32 @@ class TokenOps(Protocol):
     def hmac_sha256(self, label: str, data: bytes) -> bytes: ...
 
 
-def record_aad(record_id: bytes) -> bytes:
-    """Binds a sealed record to its id, so etcd cannot move one account's record to another."""
-    return RECORD_AAD_PREFIX + record_id
+def record_aad(record_id: bytes, create_revision: int, version: int) -> bytes:
+    """Binds a sealed record to its id (etcd cannot move one account's record to another) and to
+    the key's `(create_revision, version)` after the write that stores it (etcd cannot write an
+    earlier value of the key back: the key would then be at another version or incarnation)."""
+    if not 0 <= create_revision < 1 << 63 or not 1 <= version < 1 << 63:
+        raise ValueError("etcd metadata out of range")
+    return b"".join(
+        (
+            RECORD_AAD_PREFIX,
+            len(record_id).to_bytes(2, "big"),
+            record_id,
+            create_revision.to_bytes(8, "big"),
+            version.to_bytes(8, "big"),
+        )
+    )
+
+
+def _written_at(meta: KeyMeta) -> tuple[int, int]:
+    """The `(create_revision, version)` a value stored at `meta` is sealed for.
+
+    Version 1 is a key's first value, written before etcd has said its create_revision: bound
+    to create_revision 0, and only ever the secret-free placeholder (checked on both sides).
+    """
+    if meta.version == 1:
+        return 0, 1
+    return meta.create_revision, meta.version
 
 
 def _seal(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rng: Rng) -> bytes:
@@ -109,14 +141,27 @@ def _parse(message_type: type[M], plaintext: bytes) -> M:
         raise DecryptError("sealed data failed to open") from None
 
 
-def seal_record(token: TokenOps, record_id: bytes, record: sealed_pb2.Record, rng: Rng) -> bytes:
-    """Serialized `Sealed` of `record` under the `record` key, bound to `record_id`."""
-    return _seal(token, RECORD_KEY, record.SerializeToString(), record_aad(record_id), rng)
+def seal_record(
+    token: TokenOps, record_id: bytes, record: sealed_pb2.Record, stored_at: KeyMeta, rng: Rng
+) -> bytes:
+    """Serialized `Sealed` of `record` under the `record` key, for the key `record_id` at
+    `stored_at`: the metadata the key will have once this value's write commits."""
+    placeholder = record.state == sealed_pb2.RECORD_STATE_RESERVED
+    if placeholder != (stored_at.version == 1):
+        # A secret never goes into a value whose create_revision is not bound (version 1).
+        raise ValueError("only the RESERVED placeholder is a key's first value")
+    aad = record_aad(record_id, *_written_at(stored_at))
+    return _seal(token, RECORD_KEY, record.SerializeToString(), aad, rng)
 
 
-def open_record(token: TokenOps, record_id: bytes, blob: bytes) -> sealed_pb2.Record:
-    """Open a sealed record read from etcd; `DecryptError` for any failure."""
-    return _parse(sealed_pb2.Record, _open(token, RECORD_KEY, blob, record_aad(record_id)))
+def open_record(token: TokenOps, record_id: bytes, stored: StoredValue) -> sealed_pb2.Record:
+    """Open a sealed record read from etcd at the metadata etcd returned it with; `DecryptError`
+    for any failure, a value written back from elsewhere or earlier included."""
+    aad = record_aad(record_id, *_written_at(stored.meta))
+    record = _parse(sealed_pb2.Record, _open(token, RECORD_KEY, stored.value, aad))
+    if (record.state == sealed_pb2.RECORD_STATE_RESERVED) != (stored.meta.version == 1):
+        raise DecryptError("sealed data failed to open")
+    return record
 
 
 def seal_ticket(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:

@@ -22,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from bkv.v1 import node_pb2, node_pb2_grpc
-from vault_node.audit import AuditLog
+from etcd_client import EtcdClientConfig, EtcdTls
+from vault_node.audit import AuditLog, high_water_from_audit
+from vault_node.checkpoint import Checkpointer, load_state
+from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
 from vault_node.decode_guard import RejectUndecodable
 from vault_node.membership import MemberInfo, Membership
@@ -37,6 +40,7 @@ from vault_node.service import (
     WriteUnconfirmed,
 )
 from vault_node.store import EtcdStore
+from vault_node.store_guard import StoreGuard
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, Unavailable):
         return grpc.StatusCode.UNAVAILABLE, "vault node unavailable"
     if isinstance(exc, RecordCorrupt):
-        return grpc.StatusCode.DATA_LOSS, "stored record failed to open"
+        # RecordTampered too: one text for every stored record the node refuses.
+        return grpc.StatusCode.DATA_LOSS, "stored record refused"
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
@@ -137,9 +142,13 @@ class VaultNodeServer:
         self._store: EtcdStore | None = None
         self._membership: Membership | None = None
         self._audit: AuditLog | None = None
+        self._guard: StoreGuard | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._compactor: Compactor | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported: int | None = None
+        self._checkpoint_sequence = 0
         self.port = 0
 
     def serving(self) -> bool:
@@ -147,6 +156,8 @@ class VaultNodeServer:
             self._servicer.service is not None
             and self._membership is not None
             and self._membership.serving()
+            and self._guard is not None
+            and not self._guard.alarm
         )
 
     async def start(self) -> None:
@@ -181,18 +192,38 @@ class VaultNodeServer:
         log.info("token %s open, AKE key pair derived", self.config.hsm.token_label)
 
         node = self.config.node
+        guard = self._open_guard(token)
         self._audit = AuditLog.open(node.audit_log, node.name, _wall_clock_ms)
+        etcd = self.config.etcd
         # Each etcd call must end well inside the lease TTL, so fail-closed reacts in time.
         self._store = EtcdStore(
-            self.config.etcd.endpoints, call_timeout_s=min(2.0, node.lease_ttl_s / 3)
+            EtcdClientConfig(
+                endpoints=tuple(etcd.endpoints),
+                tls=EtcdTls(ca=etcd.ca, cert=etcd.cert, key=etcd.key, server_name=etcd.server_name),
+                call_timeout_s=min(2.0, node.lease_ttl_s / 3),
+            ),
+            guard,
         )
+        member = MemberInfo(name=node.name, dc=node.dc, address=node.advertise)
+        store = self._store
         self._membership = Membership(
             self._store,
-            MemberInfo(name=node.name, dc=node.dc, address=node.advertise),
+            member,
             node.lease_ttl_s,
             monotonic=time.monotonic,
             on_change=lambda _serving: self._wake.set(),
+            # Before serving again after an etcd outage (a restore is one), one linearizable
+            # read through the store guard: a rolled-back store latches the alarm first.
+            confirm=lambda: store.probe(member.key),
         )
+        self._checkpointer = Checkpointer(
+            token,
+            guard,
+            self._checkpoint_sequence,
+            interval_s=node.checkpoint_interval_ms / 1000,
+            probe=lambda: store.probe(member.key),
+        )
+        self._compactor = Compactor(store.compact, delay_s=node.compact_delay_ms / 1000)
         self._servicer.service = VaultService(
             token=token,
             store=self._store,
@@ -205,10 +236,51 @@ class VaultNodeServer:
             clock_ms=_wall_clock_ms,
             rng=os.urandom,
             audit=self._audit,
+            # Not self.serving: a node whose store guard latched an alarm still takes requests
+            # and refuses each with DATA_LOSS (service.StoreRefused), so that frontends do not
+            # fail its accounts over to nodes that never saw their revisions.
             serving=self._membership.serving,
+            on_erased=self._compactor.note,
+            store_alarm=lambda: guard.alarm,
         )
+        self._checkpointer.start()
+        self._compactor.start()
         self._membership.start()
         self._health_task = asyncio.get_running_loop().create_task(self._sync_health())
+
+    def _open_guard(self, token: Any) -> StoreGuard:
+        """The store guard, from the token's checkpoint and the audit log's last commits."""
+        node = self.config.node
+        state, self._checkpoint_sequence = load_state(token, high_water_from_audit(node.audit_log))
+        if not state.cluster_id:
+            log.warning(
+                "no etcd cluster id is pinned in token %s (the key ceremony ran without one): "
+                "pinning the first cluster etcd names (trust on first use)",
+                self.config.hsm.token_label,
+            )
+        if state.alarm:
+            log.error("STORE ROLLBACK ALARM (from the token's checkpoint): %s", state.alarm)
+        log.info("store high-water mark at start: revision %d", state.high_water)
+        self._guard = StoreGuard(state, on_alarm=self._store_alarm, on_pin=self._pinned)
+        return self._guard
+
+    def _store_alarm(self, reason: str) -> None:
+        """The guard saw etcd rolled back (or another cluster): stop serving, say so loudly."""
+        log.error(
+            "STORE ROLLBACK ALARM: %s. This node refuses to serve until an operator clears the "
+            "alarm with its token (python -m vault_node.ceremony_cli store-alarm-clear).",
+            reason,
+        )
+        if self._audit is not None:
+            self._audit.write("rollback", b"")
+        if self._checkpointer is not None:
+            self._checkpointer.wake()
+        self._wake.set()
+
+    def _pinned(self, cluster_id: int) -> None:
+        log.warning("pinned etcd cluster %016x (first seen)", cluster_id)
+        if self._checkpointer is not None:
+            self._checkpointer.wake()
 
     def _open_token(self) -> Any:
         from vault_node.hsm import Token, TokenSpec  # loads the PKCS#11 layer only when needed
@@ -220,7 +292,8 @@ class VaultNodeServer:
             token_label=hsm.token_label,
             pin_file=Path(hsm.pin_file),
         )
-        return Token.open(spec)
+        # Read-write for the store checkpoint's data objects only (vault_node.checkpoint).
+        return Token.open(spec, read_write=True)
 
     async def _set_health(self, status: int) -> None:
         if status != self._reported:
@@ -249,8 +322,15 @@ class VaultNodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self._health.enter_graceful_shutdown()
+        if self._compactor is not None:
+            await self._compactor.stop()
         if self._membership is not None:
             await self._membership.stop()
+        if self._checkpointer is not None:
+            try:
+                await self._checkpointer.stop()  # a last checkpoint of the high-water mark
+            except Exception:
+                log.exception("could not write the last store checkpoint")
         if self._server is not None:
             await self._server.stop(grace_s)
         if self._store is not None:

@@ -5,6 +5,11 @@ a millisecond clock, randomness and an audit sink. `handle` returns the sealed r
 one of the `ServiceError` subclasses, which `server.py` maps to a gRPC status in one place.
 Protocol outcomes (wrong password, locked, not registered) are not errors: they travel inside the
 sealed response, which the frontend cannot read.
+
+Every change of a record is one pure transition (`vault_node.transitions`) run by the one
+compare-and-swap loop `_apply`: decide from the key as stored, seal the new record for the key's
+next etcd version, write it if the key is still at the revision decided on, and on a conflict
+decide again from what the failed write read. Nothing is evaluated unless its guess committed.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bkv.v1 import envelope_pb2, sealed_pb2
+from vault_node import transitions
 from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT
+from vault_node.key_meta import KeyMeta, StoredValue
 from vault_node.lru import Lru
 from vault_node.records import (
     CREDENTIAL_ACCOUNT_GENERATION,
@@ -29,6 +36,8 @@ from vault_node.records import (
     seal_ticket,
 )
 from vault_node.store import RecordStore, StoreUnavailable
+from vault_node.store_guard import StoreRolledBack
+from vault_node.transitions import Current, Kind, Step
 from vault_protocol import opaque, ristretto
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.envelope import FleetKey, open_request, seal_response
@@ -46,8 +55,6 @@ CAS_RETRIES = 16
 MAX_CLOCK_SKEW_MS = 5_000  # between the node that issues a ticket and the one that redeems it
 ID_CACHE_SIZE = 65_536
 RECORD_CACHE_SIZE = 16_384
-
-Entry = tuple[sealed_pb2.Record, int]  # an opened record and the etcd mod_revision it had
 
 
 class ServiceError(Exception):
@@ -76,7 +83,23 @@ class WriteUnconfirmed(Unavailable):
 
 
 class RecordCorrupt(ServiceError):
-    """A record in etcd failed to open under the fleet's record key (DATA_LOSS)."""
+    """A record that opened holds something a vault node cannot use (DATA_LOSS)."""
+
+
+class StoreRefused(RecordCorrupt):
+    """etcd answered below the revisions this node has seen, or as another cluster: the store
+    was rolled back or replaced (DATA_LOSS). The node's guard latched its alarm; every request
+    is refused until an operator clears it with the token.
+
+    Security: DATA_LOSS, not UNAVAILABLE: a frontend fails an UNAVAILABLE node over to another
+    (and marks it suspect), which may never have seen this account's revisions; an account's
+    requests keep going to the node that knows them, and that node keeps refusing."""
+
+
+class RecordTampered(RecordCorrupt):
+    """The stored record does not open at the etcd metadata it was read with (DATA_LOSS): storage
+    holds a value no vault node wrote there (written back, copied, recreated or damaged). No
+    password was evaluated and no counter changed; the node logged and audited it."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,16 @@ class _KsfUnused:
         raise AssertionError("the server side of OPAQUE never calls the KSF")
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What `_apply` did: the step decided last, the key it was decided on, and the revision
+    of the commit it made (0 when it wrote nothing)."""
+
+    step: Step
+    current: Current
+    revision: int
+
+
 class VaultService:
     """Handles one sealed request for an account (as authenticated by the frontend)."""
 
@@ -140,6 +173,8 @@ class VaultService:
         rng: Rng,
         audit: AuditSink,
         serving: Callable[[], bool] = lambda: True,
+        on_erased: Callable[[int], None] = lambda revision: None,
+        store_alarm: Callable[[], str] = lambda: "",
     ) -> None:
         config.validate()
         self._token = token
@@ -150,15 +185,19 @@ class VaultService:
         self._rng = rng
         self._audit = audit
         self._serving = serving
+        self._store_alarm = store_alarm
+        # A lock or delete committed at this revision: etcd's history before it still holds
+        # the erased record, so the node has it compacted (vault_node.compactor).
+        self._on_erased = on_erased
         self._fleet = FleetKey(token.kem_public_key())
         self._opaque = opaque.OpaqueConfig(context=config.opaque_context, ksf=_KsfUnused())
         # record_id = HMAC(id_mac, account) is deterministic and no secret from the node (it is
         # the etcd key): caching it saves one token call per request.
         self._ids: Lru[bytes, bytes] = Lru(config.id_cache_size)
-        # Records this node last read or wrote, with their mod_revision, used only as the
+        # Records this node last read or wrote, with their etcd metadata, used only as the
         # *compare* of an optimistic CAS (see `_cached`). They stay inside the node process, the
         # HSM boundary, which opens every record it serves anyway.
-        self._records: Lru[bytes, Entry] = Lru(config.record_cache_size)
+        self._records: Lru[bytes, Current] = Lru(config.record_cache_size)
 
     @property
     def fleet_id(self) -> bytes:
@@ -166,6 +205,10 @@ class VaultService:
 
     async def handle(self, account_id: str, envelope: bytes) -> bytes:
         """Open `envelope` for `account_id`, run the operation, return the sealed response."""
+        # First: a latched store alarm refuses with DATA_LOSS even while the node also fails
+        # closed for etcd (after a restore both hold), so no frontend fails the account over.
+        if self._store_alarm():
+            raise StoreRefused("the store was rolled back; this node refuses to serve")
         # Fail closed: without a fresh etcd round trip no request is served at all.
         if not self._serving():
             raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
@@ -186,6 +229,9 @@ class VaultService:
         record_id = self._record_id(account)
         try:
             response = await self._dispatch(request, account, record_id)
+        except StoreRolledBack as exc:
+            # The guard latched an alarm: this node serves nothing more (see StoreRefused).
+            raise StoreRefused("the store was rolled back; this node refuses to serve") from exc
         except StoreUnavailable as exc:
             # Writes turn their own failures into WriteUnconfirmed: this one came from a read.
             raise Unavailable("etcd is unavailable; nothing was written") from exc
@@ -218,44 +264,38 @@ class VaultService:
             self._ids.put(account, record_id)
         return record_id
 
-    def _cached(self, record_id: bytes) -> Entry | None:
-        """The last record this node saw for `record_id`, if it is active with guesses left.
+    def _cached(self, record_id: bytes, usable: Callable[[Current], bool]) -> Current | None:
+        """The last state this node saw for `record_id`, if `usable` says it may decide on it.
 
         Used only as the compare of a CAS, never to answer: etcd changes a key's mod_revision
         with every write, so a stale entry can only make the CAS fail (and the failure returns
-        the current record), never succeed. A CAS that commits proves the entry was current.
-        Locked, exhausted or absent records always take a linearizable read instead.
+        the current value), never succeed. A CAS that commits proves the entry was current.
+        Answers without a write (locked, not registered, stale) always take a linearizable read.
         """
-        entry = self._records.get(record_id)
-        if entry is None:
+        current = self._records.get(record_id)
+        if current is None or not usable(current):
             return None
-        record = entry[0]
-        if record.state != sealed_pb2.RECORD_STATE_ACTIVE or record.attempts >= record.max_attempts:
-            return None
-        return entry
+        return current
 
-    def _remember(self, record_id: bytes, entry: Entry | None) -> Entry | None:
-        if entry is None:
-            self._records.pop(record_id)
-        else:
-            known = self._records.get(record_id)
-            if known is None or entry[1] >= known[1]:
-                self._records.put(record_id, entry)
-        return entry
-
-    def _open(self, record_id: bytes, stored: tuple[bytes, int] | None) -> Entry | None:
+    def _open(self, record_id: bytes, stored: StoredValue | None) -> Current:
+        """The key as etcd returned it, its record opened at the metadata it came with."""
         if stored is None:
-            return self._remember(record_id, None)
-        blob, mod_revision = stored
-        try:
-            record = open_record(self._token, record_id, blob)
-        except DecryptError as exc:
             self._records.pop(record_id)
-            raise RecordCorrupt("stored record failed to open") from exc
-        return self._remember(record_id, (record, mod_revision))
+            return transitions.NOTHING
+        try:
+            record = open_record(self._token, record_id, stored)
+        except DecryptError:
+            # Not written here by a vault node (or damaged): never cached, never evaluated.
+            self._records.pop(record_id)
+            return Current(stored.meta, None, tampered=True)
+        current = Current(stored.meta, record)
+        known = self._records.get(record_id)
+        if known is None or stored.meta.mod_revision >= known.meta.mod_revision:
+            self._records.put(record_id, current)
+        return current
 
-    async def _read(self, record_id: bytes) -> Entry | None:
-        """A linearizable read of the record (and the cache refreshed with it)."""
+    async def _read(self, record_id: bytes) -> Current:
+        """A linearizable read of the key (and the cache refreshed with it)."""
         try:
             stored = await self._store.get(record_id)
         except BaseException:
@@ -263,25 +303,65 @@ class VaultService:
             raise
         return self._open(record_id, stored)
 
-    async def _write(
-        self, record_id: bytes, record: sealed_pb2.Record, mod_revision: int
-    ) -> tuple[int, tuple[bytes, int] | None]:
-        """CAS-write the sealed record: `(commit revision, None)`, or on a conflict
-        `(0, current stored entry)` as read by the same etcd transaction."""
-        sealed = seal_record(self._token, record_id, record, self._rng)
+    async def _commit(self, record_id: bytes, current: Current, step: Step) -> tuple[int, Current]:
+        """Write (or erase) what `step` says if the key is still at `current.meta`:
+        `(commit revision, the key after it)`, or `(0, the key as the failed CAS read it)`."""
         try:
-            revision, current = await self._store.swap(record_id, sealed, mod_revision)
+            if step.erase:
+                revision, conflict = await self._store.delete(record_id, current.meta)
+            else:
+                assert step.write is not None
+                stored_at = current.meta.successor()
+                record = step.write
+                record.version = stored_at.version  # the etcd version it is sealed for
+                sealed = seal_record(self._token, record_id, record, stored_at, self._rng)
+                revision, conflict = await self._store.swap(record_id, sealed, current.meta)
         except StoreUnavailable as exc:
             self._records.pop(record_id)  # the outcome is unknown
             raise WriteUnconfirmed("etcd did not confirm the write") from exc
+        except StoreRolledBack as exc:
+            # The write may have landed in the rolled-back store; nothing is evaluated on it.
+            self._records.pop(record_id)
+            raise StoreRefused("the store was rolled back; this node refuses to serve") from exc
         except BaseException:
             self._records.pop(record_id)  # the outcome is unknown
             raise
-        if revision > 0:
-            self._remember(record_id, (record, revision))  # a put sets mod_revision to it
-        elif revision:
-            self._records.pop(record_id)  # committed at a revision etcd did not report
-        return revision, current
+        if not revision:
+            return 0, self._open(record_id, conflict)
+        if step.erase:
+            self._records.pop(record_id)
+            return revision, transitions.NOTHING
+        after = Current(current.meta.after_write(revision), step.write)
+        self._records.put(record_id, after)
+        return revision, after
+
+    async def _apply(
+        self, record_id: bytes, decide: Callable[[Current], Step], current: Current
+    ) -> Applied:
+        """The one compare-and-swap loop: decide, commit, and on a conflict decide again."""
+        for _ in range(CAS_RETRIES):
+            step = decide(current)
+            if step.kind is Kind.TAMPERED:
+                self._tampered(record_id, current)
+            if not step.writes:
+                return Applied(step, current, 0)
+            revision, after = await self._commit(record_id, current, step)
+            if revision:
+                return Applied(step, current, revision)
+            current = after  # read by the failed CAS itself
+        raise Unavailable("too much contention on this record; retry")
+
+    def _tampered(self, record_id: bytes, current: Current) -> None:
+        """Refuse a record storage wrote: audit line, operator log line, DATA_LOSS."""
+        meta = current.meta
+        self._audit.write("tampered", record_id, read_revision=meta.mod_revision)
+        log.error(
+            "record %s does not open at its etcd metadata (create_revision=%d version=%d "
+            "mod_revision=%d): etcd holds a value no vault node wrote there; refused, nothing "
+            "evaluated",
+            record_id.hex(), meta.create_revision, meta.version, meta.mod_revision,
+        )  # fmt: skip
+        raise RecordTampered("the stored record was not written by the vault")
 
     def _check_expiry(self, expires_at_ms: int, what: str, *, strict: bool) -> None:
         now = self._clock_ms()
@@ -290,24 +370,25 @@ class VaultService:
         if expires_at_ms - now <= self._ticket_life_ms():
             return
         # The issuing node's clock runs ahead of ours (or ours behind). A registration ticket is
-        # refused: tombstone removal relies on its lifetime (`_delete`), and a refusal costs only
-        # a new registration. A login ticket is accepted: its guess is already counted, refusing
-        # it would burn guesses of a user with the right password, and a late redemption cannot
-        # forgive later guesses (see `redeemed.attempts` in `_recover_finish`).
+        # refused: a refusal costs only a new registration. A login ticket is accepted: its
+        # guess is already counted, refusing it would burn guesses of a user with the right
+        # password, and a late redemption cannot forgive later guesses (`transitions.redeem`).
         log.warning("%s expires %d ms after our clock's TTL: clock skew between nodes?",
                     what, expires_at_ms - now - self._config.ticket_ttl_ms)  # fmt: skip
         if strict:
             raise Precondition(f"{what} expires too far in the future (clock skew)")
 
+    def _ticket_life_ms(self) -> int:
+        return self._config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS
+
     def _closed_answer(
-        self, record_id: bytes, current: Entry | None, *, evaluation: int | None = None
+        self, record_id: bytes, applied: Applied, *, evaluation: int | None = None
     ) -> envelope_pb2.VaultResponse:
-        """NOT_REGISTERED for an absent or deleted record, LOCKED for a locked one; audited, no
-        write."""
-        if current is None or _unregistered(current):
+        """NOT_REGISTERED or LOCKED, as the step decided; audited, no write."""
+        record = applied.current.record
+        if applied.step.kind is Kind.NOT_REGISTERED or record is None:
             self._audit.write("not_registered", record_id)
             return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
-        record = current[0]
         self._audit.write(
             "locked", record_id, record.attempts, record.max_attempts,
             generation=record.generation, evaluation=evaluation,
@@ -329,12 +410,26 @@ class VaultService:
             )
         except InvalidInput as exc:
             raise BadRequest("malformed registration request") from exc
-        # The finish may replace only the record as it is now: a replayed or late finish fails.
-        stored = await self._store.get(record_id)
+        # Security: the finish may replace only the key as it is now, named by a real write: an
+        # absent key is reserved first (a secret-free placeholder), because a ticket bound to
+        # "absent" would match the key again after a delete. One transaction either way.
+        placeholder = seal_record(
+            self._token,
+            record_id,
+            sealed_pb2.Record(state=transitions.RESERVED, version=1),
+            KeyMeta(0, 0, 1),
+            self._rng,
+        )
+        stored, reserved_at = await self._store.reserve(record_id, placeholder)
+        if reserved_at:
+            self._audit.write("reserve", record_id, revision=reserved_at)
+        meta = stored.meta
         ticket = sealed_pb2.RegistrationTicket(
             record_id=record_id,
             generation=generation,
-            base_revision=0 if stored is None else stored[1],
+            base_revision=meta.mod_revision,
+            base_create_revision=meta.create_revision,
+            base_version=meta.version,
             expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
         )
         return envelope_pb2.VaultResponse(
@@ -362,23 +457,16 @@ class VaultService:
             ticket = open_registration_ticket(self._token, msg.ticket)
         except DecryptError as exc:
             raise BadRequest("registration ticket could not be opened") from exc
-        if ticket.record_id != record_id or len(ticket.generation) != GENERATION_LEN:
+        if (
+            ticket.record_id != record_id
+            or len(ticket.generation) != GENERATION_LEN
+            or ticket.base_version <= 0
+        ):
             raise BadRequest("registration ticket does not belong to this account")
         self._check_expiry(ticket.expires_at_ms, "registration ticket", strict=True)
         max_attempts = msg.max_attempts or self._config.default_max_attempts
-        current = await self._store.get(record_id)
-        if (0 if current is None else current[1]) != ticket.base_revision:
-            return self._register_again(record_id, current, msg, ticket)
-        old_version = 0
-        created_at_ms = self._clock_ms()  # the key goes from absent to present now
-        if current is not None:
-            try:
-                old = open_record(self._token, record_id, current[0])
-                old_version, created_at_ms = old.version, old.created_at_ms  # key kept existing
-            except DecryptError:
-                old_version = 0  # re-registering replaces a corrupt record too
-        record = sealed_pb2.Record(
-            state=sealed_pb2.RECORD_STATE_ACTIVE,
+        new = sealed_pb2.Record(
+            state=transitions.ACTIVE,
             opaque_record=msg.registration_record,
             wrapped_key=msg.wrapped_key,
             attempts=0,
@@ -386,55 +474,32 @@ class VaultService:
             generation=ticket.generation,
             evaluations=0,
             last_redeemed=0,
-            version=old_version + 1,
             credential_scheme=CREDENTIAL_ACCOUNT_GENERATION,
-            created_at_ms=created_at_ms,
             ksf_params=msg.ksf.SerializeToString() if msg.HasField("ksf") else b"",
         )
-        # Security: the CAS compares the revision the ticket was issued at. Re-registering
-        # replaces the record (a locked one included) only once per ticket: a replayed finish,
-        # or one whose record changed since the start, fails and changes nothing.
-        revision, current = await self._write(record_id, record, ticket.base_revision)
-        if not revision:
-            return self._register_again(record_id, current, msg, ticket)
-        self._audit.write(
-            "register", record_id, 0, max_attempts,
-            revision=revision, generation=ticket.generation,
-        )  # fmt: skip
+        # No read first: the ticket names the write the key must still be at, so the CAS goes
+        # straight to it; a conflict returns the key as it is, and the decision is taken again.
+        base = Current(
+            KeyMeta(ticket.base_create_revision, ticket.base_revision, ticket.base_version)
+        )
+        applied = await self._apply(
+            record_id, lambda current: transitions.register(current, ticket, new), base
+        )
+        if applied.step.kind is Kind.STALE:
+            raise Precondition("the record changed since the registration started; start again")
+        if applied.revision:
+            self._audit.write(
+                "register", record_id, 0, max_attempts,
+                revision=applied.revision, generation=ticket.generation,
+                read_revision=applied.current.meta.mod_revision,
+            )  # fmt: skip
+        stored = applied.step.write or applied.current.record
+        assert stored is not None
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
-            guesses_left=max_attempts,
+            guesses_left=transitions.guesses_left(stored),
             register_finish=envelope_pb2.RegisterFinishReply(),
         )
-
-    def _register_again(
-        self,
-        record_id: bytes,
-        current: tuple[bytes, int] | None,
-        msg: envelope_pb2.RegisterFinish,
-        ticket: sealed_pb2.RegistrationTicket,
-    ) -> envelope_pb2.VaultResponse:
-        """A finish whose record is no longer the one its ticket was issued against: the same
-        answer as before, without a write, when this very registration is the one stored (a
-        client's retry of an unconfirmed write); FAILED_PRECONDITION otherwise."""
-        try:
-            entry = self._open(record_id, current)
-        except RecordCorrupt:
-            entry = None
-        record = None if entry is None else entry[0]
-        if (
-            record is not None
-            and record.state == sealed_pb2.RECORD_STATE_ACTIVE
-            and record.generation == ticket.generation
-            and record.opaque_record == msg.registration_record
-            and record.wrapped_key == msg.wrapped_key
-        ):
-            return envelope_pb2.VaultResponse(
-                outcome=Outcome.OUTCOME_OK,
-                guesses_left=_guesses_left(record),
-                register_finish=envelope_pb2.RegisterFinishReply(),
-            )
-        raise Precondition("the record changed since the registration started; start again")
 
     # -- recover --
 
@@ -442,49 +507,30 @@ class VaultService:
         self, msg: envelope_pb2.RecoverStart, account: bytes, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
         _check_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
-        current = self._cached(record_id) or await self._read(record_id)
-        for _ in range(CAS_RETRIES):
-            if current is None or _erased(current[0]):
-                return self._closed_answer(record_id, current)
-            record, mod_revision = current
-            if record.attempts >= record.max_attempts:
-                # Out of guesses: erase the record's secrets for good (permanent lockout).
-                tombstone = _tombstone(record)
-                revision, stored = await self._write(record_id, tombstone, mod_revision)
-                if revision:
-                    self._audit.write(
-                        "lock", record_id, record.attempts, record.max_attempts,
-                        revision=revision, generation=record.generation,
-                        evaluation=record.evaluations, read_revision=mod_revision,
-                    )  # fmt: skip
-                    return _locked()
-                current = self._open(record_id, stored)
-                continue
-            try:  # before the write: a record we cannot evaluate must not cost a guess
-                identifier = credential_identifier(
-                    account, record.generation, record.credential_scheme
-                )
-            except ValueError as exc:
-                raise RecordCorrupt("stored record has an unknown credential scheme") from exc
-            counted = sealed_pb2.Record()
-            counted.CopyFrom(record)
-            counted.attempts = record.attempts + 1
-            counted.evaluations = record.evaluations + 1
-            counted.version = record.version + 1
-            # The guess is committed to etcd BEFORE the OPRF runs: a crash or a lost answer
-            # after this point costs the client a guess, never the attacker a free one.
-            revision, stored = await self._write(record_id, counted, mod_revision)
-            if revision:
-                break
-            current = self._open(record_id, stored)  # read by the failed CAS itself
-        else:
-            raise Unavailable("too much contention on this record; retry")
-        # Written (and flushed) after the commit and before the OPRF: the checker's count.
+        current = self._cached(record_id, _has_guesses) or await self._read(record_id)
+        applied = await self._apply(record_id, transitions.count_guess, current)
+        step, before = applied.step, applied.current
+        if step.kind in (Kind.NOT_REGISTERED, Kind.LOCKED):
+            return self._closed_answer(record_id, applied)
+        record = before.record
+        assert record is not None and step.write is not None
+        if step.kind is Kind.LOCK:
+            self._audit.write(
+                "lock", record_id, record.attempts, record.max_attempts,
+                revision=applied.revision, generation=record.generation,
+                evaluation=record.evaluations, read_revision=before.meta.mod_revision,
+            )  # fmt: skip
+            self._on_erased(applied.revision)
+            return _locked()
+        counted = step.write
+        # Written (and flushed) after the commit and before the OPRF: the checker's count, and
+        # the revision a restarted node takes its high-water mark from.
         self._audit.write(
             "evaluate", record_id, counted.attempts, counted.max_attempts,
-            revision=revision, generation=counted.generation, evaluation=counted.evaluations,
-            read_revision=mod_revision,
+            revision=applied.revision, generation=counted.generation,
+            evaluation=counted.evaluations, read_revision=before.meta.mod_revision,
         )  # fmt: skip
+        identifier = credential_identifier(account, counted.generation, counted.credential_scheme)
         try:
             ke2, state = opaque.server_login_start(
                 counted.opaque_record, identifier, msg.ke1, self._keys, self._opaque, self._rng
@@ -492,6 +538,7 @@ class VaultService:
         except InvalidInput as exc:
             # KE1 was checked before the write: only the stored record can be malformed here.
             raise RecordCorrupt("stored record holds a malformed OPAQUE record") from exc
+        committed = before.meta.after_write(applied.revision)
         ticket = sealed_pb2.Ticket(
             record_id=record_id,
             generation=counted.generation,
@@ -499,6 +546,8 @@ class VaultService:
             expected_client_mac=state.expected_client_mac,
             session_key=state.session_key,
             expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
+            create_revision=committed.create_revision,
+            version=committed.version,
         )
         reply = envelope_pb2.RecoverStartReply(
             ke2=ke2, ticket=seal_ticket(self._token, ticket, self._rng)
@@ -530,120 +579,101 @@ class VaultService:
         except InvalidInput as exc:
             raise BadRequest("malformed KE3") from exc
         if not good_mac:
-            # The guess was counted at step 1; a wrong MAC writes nothing more.
-            current = await self._read(record_id)
-            if current is None or _unregistered(current):
-                return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
-            record = current[0]
+            return await self._bad_mac(record_id, ticket)
+        current = self._cached(
+            record_id, lambda c: transitions.redeemable(c, ticket)
+        ) or await self._read(record_id)
+        applied = await self._apply(record_id, lambda c: transitions.redeem(c, ticket), current)
+        step, before = applied.step, applied.current
+        if step.kind in (Kind.NOT_REGISTERED, Kind.LOCKED):
+            return self._closed_answer(record_id, applied, evaluation=ticket.evaluation)
+        record = before.record
+        assert record is not None
+        if step.kind is Kind.STALE:
             self._audit.write(
-                "bad_mac", record_id, record.attempts, record.max_attempts,
+                "stale_ticket", record_id, record.attempts, record.max_attempts,
                 generation=record.generation, evaluation=ticket.evaluation,
             )  # fmt: skip
-            if record.state == sealed_pb2.RECORD_STATE_LOCKED:
-                return _locked()
-            return envelope_pb2.VaultResponse(
-                outcome=Outcome.OUTCOME_INVALID_PASSWORD,
-                guesses_left=_guesses_left(record),
-            )
-        current = self._cached(record_id)
-        if current is None or not _redeemable(current[0], ticket):
-            current = await self._read(record_id)  # answers other than success need a read
-        for _ in range(CAS_RETRIES):
-            if current is None or _erased(current[0]):
-                return self._closed_answer(record_id, current, evaluation=ticket.evaluation)
-            record, mod_revision = current
-            # Single use: a ticket of an older registration, or one already redeemed (or older
-            # than one redeemed), cannot release the key again.
-            if not _redeemable(record, ticket):
-                self._audit.write(
-                    "stale_ticket", record_id, record.attempts, record.max_attempts,
-                    generation=record.generation, evaluation=ticket.evaluation,
-                )  # fmt: skip
-                raise Precondition("ticket is stale or was already used")
-            redeemed = sealed_pb2.Record()
-            redeemed.CopyFrom(record)
-            # Security: only the guesses up to this ticket's evaluation are forgiven. Wrong ones
-            # evaluated after it (say, while its finish was held back) stay counted.
-            redeemed.attempts = min(record.attempts, record.evaluations - ticket.evaluation)
-            redeemed.last_redeemed = ticket.evaluation
-            redeemed.version = record.version + 1
-            revision, stored = await self._write(record_id, redeemed, mod_revision)
-            if revision:
-                break
-            current = self._open(record_id, stored)
-        else:
-            raise Unavailable("too much contention on this record; retry")
+            raise Precondition("ticket is stale or was already used")
+        redeemed = step.write
+        assert redeemed is not None
         self._audit.write(
             "success", record_id, redeemed.attempts, redeemed.max_attempts,
-            revision=revision, generation=redeemed.generation, evaluation=ticket.evaluation,
-            read_revision=mod_revision,
+            revision=applied.revision, generation=redeemed.generation,
+            evaluation=ticket.evaluation, read_revision=before.meta.mod_revision,
         )  # fmt: skip
         transported = seal_transport(ticket.session_key, redeemed.wrapped_key, self._rng)
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
-            guesses_left=_guesses_left(redeemed),
+            guesses_left=transitions.guesses_left(redeemed),
             recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
+        )
+
+    async def _bad_mac(
+        self, record_id: bytes, ticket: sealed_pb2.Ticket
+    ) -> envelope_pb2.VaultResponse:
+        """A wrong client MAC: the guess was counted at step 1; nothing more is written."""
+        current = await self._read(record_id)
+        if current.tampered:
+            self._tampered(record_id, current)
+        record = current.record
+        if record is None or record.state == transitions.RESERVED:
+            return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+        self._audit.write(
+            "bad_mac", record_id, record.attempts, record.max_attempts,
+            generation=record.generation, evaluation=ticket.evaluation,
+        )  # fmt: skip
+        if record.state == transitions.LOCKED:
+            return _locked()
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_INVALID_PASSWORD,
+            guesses_left=transitions.guesses_left(record),
         )
 
     # -- delete, status --
 
     async def _delete(self, record_id: bytes) -> envelope_pb2.VaultResponse:
-        stored = await self._store.get(record_id)
-        for _ in range(CAS_RETRIES):
-            if stored is None:
-                return _deleted(existed=False)
-            blob, mod_revision = stored
-            try:
-                record = open_record(self._token, record_id, blob)
-            except DecryptError:
-                # A corrupt record is erased all the same; its age is unknown, so count it new.
-                record = sealed_pb2.Record(created_at_ms=self._clock_ms())
-            existed = record.state != sealed_pb2.RECORD_STATE_DELETED
-            # Security: the etcd key may become absent again only when no registration ticket
-            # issued while it was absent (base revision 0) can still be redeemed: its finish
-            # would match the absent key again. Such tickets are older than the key, and
-            # registration tickets never live longer than a TTL plus the clock skew.
-            if self._clock_ms() > record.created_at_ms + self._ticket_life_ms():
-                try:
-                    revision = await self._store.delete(record_id, mod_revision)
-                except StoreUnavailable as exc:
-                    raise WriteUnconfirmed("etcd did not confirm the delete") from exc
-                finally:
-                    self._records.pop(record_id)
-                if revision:
-                    if existed:
-                        self._audit.write("delete", record_id, revision=revision)
-                    return _deleted(existed=existed)
-                stored = await self._store.get(record_id)
-                continue
-            if not existed:
-                return _deleted(existed=False)
-            # Too young to remove: erase it in place with a secret-free tombstone.
-            deleted = _tombstone(record, sealed_pb2.RECORD_STATE_DELETED)
-            revision, stored = await self._write(record_id, deleted, mod_revision)
-            if revision:
-                self._audit.write("delete", record_id, revision=revision)
-                return _deleted(existed=True)
-        raise Unavailable("too much contention on this record; retry")
-
-    def _ticket_life_ms(self) -> int:
-        return self._config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS
+        # A tampered value is erased all the same: deleting needs no record to open.
+        applied = await self._apply(record_id, transitions.delete, await self._read(record_id))
+        if applied.revision:
+            self._audit.write(
+                "delete", record_id, revision=applied.revision,
+                read_revision=applied.current.meta.mod_revision,
+            )  # fmt: skip
+            self._on_erased(applied.revision)
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK,
+            delete=envelope_pb2.DeleteReply(existed=applied.step.existed),
+        )
 
     async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
         current = await self._read(record_id)
-        if current is None or _unregistered(current):
+        if current.tampered:
+            self._tampered(record_id, current)
+        record = current.record
+        if not current.registered or record is None:
             return envelope_pb2.VaultResponse(
                 outcome=Outcome.OUTCOME_OK, status=envelope_pb2.StatusReply(registered=False)
             )
-        record = current[0]
-        locked = record.state == sealed_pb2.RECORD_STATE_LOCKED
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
-            guesses_left=_guesses_left(record),
+            guesses_left=transitions.guesses_left(record),
             status=envelope_pb2.StatusReply(
-                registered=True, locked=locked, max_attempts=record.max_attempts
+                registered=True,
+                locked=record.state == transitions.LOCKED,
+                max_attempts=record.max_attempts,
             ),
         )
+
+
+def _has_guesses(current: Current) -> bool:
+    """A cached state a guess may be counted on without a read: active with guesses left."""
+    record = current.record
+    return (
+        record is not None
+        and record.state == transitions.ACTIVE
+        and record.attempts < record.max_attempts
+    )
 
 
 def _account_bytes(account_id: str) -> bytes:
@@ -670,57 +700,6 @@ def _check_ke1(ke1: bytes) -> None:
         ristretto.decode_element(ke1[opaque.NOE + opaque.NN :])
     except InvalidInput as exc:
         raise BadRequest("KE1 holds an invalid group element") from exc
-
-
-def _redeemable(record: sealed_pb2.Record, ticket: sealed_pb2.Ticket) -> bool:
-    """Single use: a ticket of an older registration, or one already redeemed (or older than
-    one redeemed), cannot release the key again."""
-    return bool(
-        record.generation == ticket.generation
-        and record.last_redeemed < ticket.evaluation <= record.evaluations
-    )
-
-
-def _guesses_left(record: sealed_pb2.Record) -> int:
-    if record.state == sealed_pb2.RECORD_STATE_LOCKED:
-        return 0
-    return max(0, int(record.max_attempts) - int(record.attempts))
-
-
-def _deleted(*, existed: bool) -> envelope_pb2.VaultResponse:
-    return envelope_pb2.VaultResponse(
-        outcome=Outcome.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=existed)
-    )
-
-
-def _unregistered(entry: Entry) -> bool:
-    """Answered as "not registered", as an absent record is: a deleted one."""
-    return bool(entry[0].state == sealed_pb2.RECORD_STATE_DELETED)
-
-
-def _erased(record: sealed_pb2.Record) -> bool:
-    """No password can be evaluated for it: locked or deleted (its secrets are gone)."""
-    return record.state in (sealed_pb2.RECORD_STATE_LOCKED, sealed_pb2.RECORD_STATE_DELETED)
-
-
-def _tombstone(
-    record: sealed_pb2.Record,
-    state: sealed_pb2.RecordState.ValueType = sealed_pb2.RECORD_STATE_LOCKED,
-) -> sealed_pb2.Record:
-    """The record with its secrets erased (LOCKED after the last guess, or DELETED)."""
-    return sealed_pb2.Record(
-        state=state,
-        opaque_record=b"",
-        wrapped_key=b"",
-        attempts=record.attempts,
-        max_attempts=record.max_attempts,
-        generation=record.generation,
-        evaluations=record.evaluations,
-        last_redeemed=record.last_redeemed,
-        version=record.version + 1,
-        credential_scheme=record.credential_scheme,
-        created_at_ms=record.created_at_ms,
-    )
 
 
 def _locked() -> envelope_pb2.VaultResponse:

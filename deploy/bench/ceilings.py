@@ -1,7 +1,8 @@
 """The machine's ceilings, measured in the same run as the cluster figures.
 
-* `etcd_cas_ceiling`: compare-and-swap transactions against the cluster's etcd with aetcd, dialled
-  as the vault nodes dial it, one key per worker under a bench prefix (deleted afterwards), each
+* `etcd_cas_ceiling`: compare-and-swap transactions against the cluster's etcd with
+  `etcd_client`, dialled as the vault nodes dial it (TLS, here with the cluster's admin
+  identity), one key per worker under a bench prefix (deleted afterwards), each
   shaped as a vault node's record write (`vault_node.store.EtcdStore.swap`): one transaction that
   compares the key's mod_revision with the one the worker's previous commit returned, puts a
   record-sized value, and reads the key in its failure branch. That is one etcd round trip, as a
@@ -38,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aetcd
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,7 +48,7 @@ from deploy.bench import server_work
 from deploy.bench.cpu import CpuMeter, CpuUsed, cpu_json
 from deploy.bench.noop_server import METHOD, bytes_call, bytes_channel
 from deploy.bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
-from vault_node.store import grpc_target
+from etcd_client import Compare, EtcdClient, EtcdClientConfig, Get, Put, RangeResult, prefix_end
 
 BENCH_PREFIX = b"/bkv-bench/"
 MAX_OPS = 10_000_000
@@ -122,49 +122,45 @@ async def _timed_workers(
 # -- etcd --------------------------------------------------------------------------------------
 
 
-def etcd_client(endpoints: Sequence[str], timeout_s: float = 2.0) -> aetcd.Client:
-    """An aetcd client spanning every member with round-robin, as `vault_node.store` builds it."""
-    host, port = grpc_target(endpoints)
-    return aetcd.Client(
-        host=host,
-        port=port,
-        timeout=timeout_s,
-        options={"grpc.lb_policy_name": "round_robin"},
-    )
+async def _delete_prefix(etcd: EtcdClientConfig, prefix: bytes) -> None:
+    client = EtcdClient(etcd)
+    try:
+        await client.delete(prefix, range_end=prefix_end(prefix))
+    finally:
+        await client.close()
 
 
-async def etcd_cas_ceiling(endpoints: Sequence[str], concurrency: int, seconds: float) -> Ceiling:
-    """CAS transactions shaped as a vault node's record write, one key per worker."""
+async def etcd_cas_ceiling(etcd: EtcdClientConfig, concurrency: int, seconds: float) -> Ceiling:
+    """CAS transactions shaped as a vault node's record write, one key per worker, over TLS with
+    the identity `etcd` names (the cluster's admin: only it may write under /bkv-bench/)."""
     prefix = BENCH_PREFIX + secrets.token_hex(4).encode() + b"/cas/"
-    client = etcd_client(endpoints)
+    client = EtcdClient(etcd)
     conflicts = 0
     value = os.urandom(CAS_VALUE_BYTES)  # the size of a sealed record
     revisions: dict[int, int] = {}
     try:
         for i in range(concurrency):
-            await client.put(prefix + str(i).encode(), value)
-            current: Any = await client.get(prefix + str(i).encode(), serializable=False)
-            revisions[i] = int(current.mod_revision)
+            put = await client.put(prefix + str(i).encode(), value)
+            revisions[i] = put.header.revision
 
         async def step(index: int) -> None:
             nonlocal conflicts
             key = prefix + str(index).encode()
-            tx = client.transactions
-            succeeded, responses = await client.transaction(
-                compare=[tx.mod(key) == revisions[index]],
-                success=[tx.put(key, value)],
-                failure=[tx.get(key)],
+            result = await client.txn(
+                [Compare.mod_is(key, revisions[index])], [Put(key, value)], [Get(key)]
             )
-            if succeeded:
-                revisions[index] = int(responses[0].response_put.header.revision)
+            if result.succeeded:
+                revisions[index] = result.header.revision
             else:  # not expected (one key per worker); the failure branch says where it is
                 conflicts += 1
-                revisions[index] = int(responses[0][0][1].mod_revision)
+                found = result.responses[0]
+                assert isinstance(found, RangeResult)
+                revisions[index] = found.kvs[0].mod_revision if found.kvs else 0
 
         ok, errors, elapsed = await _timed_workers(concurrency, seconds, step)
     finally:
         try:
-            await client.delete_prefix(prefix)
+            await client.delete(prefix, range_end=prefix_end(prefix))
         finally:
             await client.close()
     return Ceiling("etcd_cas", ok, elapsed, concurrency, errors, {"conflicts": conflicts})
@@ -294,7 +290,7 @@ class PathShape:
 
 
 async def shape_ceiling(
-    endpoints: Sequence[str], concurrency: int, seconds: float, shape: PathShape
+    etcd: EtcdClientConfig, concurrency: int, seconds: float, shape: PathShape
 ) -> Ceiling:
     """Recoveries per second through the cluster's plumbing alone (`deploy.bench.shape_server`):
     relay processes (the frontends) and store processes (the vault nodes), two relayed TLS calls
@@ -317,7 +313,7 @@ async def shape_ceiling(
                 procs["store"].append(
                     _spawn(
                         "deploy.bench.shape_server",
-                        ["store", *tls, "--etcd", ",".join(endpoints), "--prefix", prefix],
+                        ["store", *tls, *_etcd_args(etcd), "--prefix", prefix],
                         seconds + 60.0,
                     )
                 )
@@ -348,7 +344,7 @@ async def shape_ceiling(
         finally:
             for proc in procs["relay"] + procs["store"]:
                 _stop(proc)
-            await _delete_prefix(endpoints, prefix.encode())
+            await _delete_prefix(etcd, prefix.encode())
     return Ceiling(
         "shape_recovery",
         ok,
@@ -399,12 +395,13 @@ async def _drive_shape(
     return ok, errors, elapsed, used
 
 
-async def _delete_prefix(endpoints: Sequence[str], prefix: bytes) -> None:
-    client = etcd_client(endpoints)
-    try:
-        await client.delete_prefix(prefix)
-    finally:
-        await client.close()
+def _etcd_args(etcd: EtcdClientConfig) -> list[str]:
+    """The shape store's command-line arguments naming etcd and the identity to dial it with."""
+    tls = etcd.tls
+    return [
+        "--etcd", ",".join(etcd.endpoints), "--etcd-ca", tls.ca, "--etcd-cert", tls.cert,
+        "--etcd-key", tls.key, "--etcd-server-name", tls.server_name,
+    ]  # fmt: skip
 
 
 def _read_port(proc: subprocess.Popen[bytes]) -> int:

@@ -49,6 +49,7 @@ from deploy.topology import (
     default_topology_path,
     load_topology,
 )
+from etcd_client import EtcdClientConfig, EtcdTls
 
 MAX_DURATION_OPS = 10_000_000
 
@@ -90,9 +91,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--etcd",
-        help="etcd endpoints host:port,... for --ceilings with --config "
-        "(default: read from the cluster directory holding client.toml)",
+        help="etcd endpoints host:port,... for --ceilings with --config, with --etcd-ca, "
+        "--etcd-cert and --etcd-key (an identity allowed to write under /bkv-bench/); default: "
+        "the cluster directory holding client.toml, with its admin identity",
     )
+    p.add_argument("--etcd-ca", help="with --etcd: the CA of etcd's member certificates")
+    p.add_argument("--etcd-cert", help="with --etcd: the etcd client certificate to dial with")
+    p.add_argument("--etcd-key", help="with --etcd: its private key")
     p.add_argument("--mix", default=DEFAULT_MIX, help=f"operation weights (default {DEFAULT_MIX})")
     p.add_argument("--concurrency", type=int, default=8)
     amount = p.add_mutually_exclusive_group(required=True)
@@ -219,7 +224,7 @@ async def run_bench(
     config: BenchConfig,
     client_toml: Path,
     *,
-    etcd_endpoints: Sequence[str] | None,
+    etcd: EtcdClientConfig | None,
     max_inflight: int,
     progress: TextIO | None,
     echo: Any,
@@ -289,21 +294,17 @@ async def run_bench(
     shape = shape or ceil.PathShape()
     if config.ceilings:
         echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
-        if etcd_endpoints:
+        if etcd is not None:
             measured.append(
-                await ceil.etcd_cas_ceiling(
-                    etcd_endpoints, config.concurrency, config.ceiling_seconds
-                )
+                await ceil.etcd_cas_ceiling(etcd, config.concurrency, config.ceiling_seconds)
             )
         else:
             echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
         measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
         measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
-        if etcd_endpoints:
+        if etcd is not None:
             measured.append(
-                await ceil.shape_ceiling(
-                    etcd_endpoints, config.concurrency, config.ceiling_seconds, shape
-                )
+                await ceil.shape_ceiling(etcd, config.concurrency, config.ceiling_seconds, shape)
             )
     return {
         "summaries": [recorder.summary(op, elapsed) for op in recorder.ops()],
@@ -316,6 +317,26 @@ async def run_bench(
         "pools": dict(zip(("main", "wrong"), pool_sizes(config.accounts, config.mix), strict=True)),
         "cpu": used,
     }
+
+
+def etcd_config(args: argparse.Namespace, cluster: Cluster | None) -> EtcdClientConfig | None:
+    """How the ceilings dial etcd: `--etcd` with the identity flags, else the cluster's admin."""
+    if args.etcd:
+        missing = [f for f in ("etcd_ca", "etcd_cert", "etcd_key") if not getattr(args, f)]
+        if missing:
+            flags = ", ".join("--" + f.replace("_", "-") for f in missing)
+            raise BenchConfigError(f"--etcd needs {flags} (etcd admits no anonymous client)")
+        return EtcdClientConfig(
+            endpoints=tuple(args.etcd.split(",")),
+            tls=EtcdTls(ca=args.etcd_ca, cert=args.etcd_cert, key=args.etcd_key),
+        )
+    if cluster is None:
+        return None
+    identity = cluster.etcd_identity()
+    return EtcdClientConfig(
+        endpoints=tuple(cluster.etcd_endpoints()),
+        tls=EtcdTls(ca=str(identity.ca), cert=str(identity.cert), key=str(identity.key)),
+    )
 
 
 def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
@@ -404,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = bench_config(args)
+        etcd_config(args, None)  # the --etcd flags, checked before anything starts
     except BenchConfigError as err:
         print(f"bkv-bench: {err}", file=sys.stderr)
         return 2
@@ -411,11 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with cluster_for(args, echo) as (client_toml, cluster):
             facts = cluster_facts(cluster)
-            endpoints = (
-                args.etcd.split(",")
-                if args.etcd
-                else (cluster.etcd_endpoints() if cluster is not None else None)
-            )
+            etcd = etcd_config(args, cluster)
             progress = sys.stderr if sys.stderr.isatty() else None
             pids = cluster_pids(cluster)
             shape = ceil.PathShape(
@@ -434,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_bench(
                     config,
                     client_toml,
-                    etcd_endpoints=endpoints,
+                    etcd=etcd,
                     max_inflight=args.max_inflight,
                     progress=progress,
                     echo=echo,

@@ -1,6 +1,7 @@
 """The cluster's recovery path with the work taken out: what the plumbing alone costs.
 
-    python -m deploy.bench.shape_server store --cert C --key K --etcd host:port,... --prefix P
+    python -m deploy.bench.shape_server store --cert C --key K --etcd host:port,... \
+        --etcd-ca CA --etcd-cert C --etcd-key K --prefix P
     python -m deploy.bench.shape_server relay --cert C --key K --stores host:port,...
         [--reply-bytes 600] [--max-seconds 120] [--event-loop uvloop|asyncio]
 
@@ -33,6 +34,7 @@ import uvloop
 
 from deploy.bench.noop_server import bytes_call, bytes_channel, bytes_handler, serve_until_stopped
 from deploy.topology import EVENT_LOOPS
+from etcd_client.types import Compare, Get, Put, RangeResult
 
 SERVICE = "bkv.bench.v1.Shape"
 RELAY_METHOD = f"/{SERVICE}/Relay"
@@ -75,31 +77,37 @@ class Store:
     async def step(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         account = account_of(request)
         key = self._prefix + str(account).encode()
-        tx = self._client.transactions
         for _ in range(2):  # a stale cache costs one failed compare, then the write goes through
-            succeeded, responses = await self._client.transaction(
-                compare=[tx.mod(key) == self._revisions.get(account, 0)],
-                success=[tx.put(key, self._value)],
-                failure=[tx.get(key)],
+            result = await self._client.txn(
+                [Compare.mod_is(key, self._revisions.get(account, 0))],
+                [Put(key, self._value)],
+                [Get(key)],
             )
-            if succeeded:
-                self._revisions[account] = int(responses[0].response_put.header.revision)
+            if result.succeeded:
+                self._revisions[account] = result.header.revision
                 return self._reply
             self.conflicts += 1
-            found = responses[0]
-            self._revisions[account] = int(found[0][1].mod_revision) if found else 0
+            found = result.responses[0] if result.responses else None
+            kvs = found.kvs if isinstance(found, RangeResult) else ()
+            self._revisions[account] = kvs[0].mod_revision if kvs else 0
         await context.abort(grpc.StatusCode.ABORTED, "compare failed twice")
         raise AssertionError("unreachable")  # abort raises
 
 
 async def serve_store(args: argparse.Namespace) -> None:
-    import aetcd  # the store needs it; the relay does not
+    from etcd_client import EtcdClient, EtcdClientConfig, EtcdTls
 
-    from vault_node.store import grpc_target
-
-    host, port = grpc_target(args.etcd.split(","))
-    client = aetcd.Client(
-        host=host, port=port, timeout=5.0, options={"grpc.lb_policy_name": "round_robin"}
+    client = EtcdClient(
+        EtcdClientConfig(
+            endpoints=tuple(args.etcd.split(",")),
+            tls=EtcdTls(
+                ca=args.etcd_ca,
+                cert=args.etcd_cert,
+                key=args.etcd_key,
+                server_name=args.etcd_server_name,
+            ),
+            call_timeout_s=5.0,
+        )
     )
     store = Store(client, args.prefix.encode(), bytes(args.reply_bytes))
     server = grpc.aio.server()
@@ -142,6 +150,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)
     p.add_argument("--etcd", help="store: etcd endpoints host:port,...")
+    p.add_argument("--etcd-ca", help="store: the etcd CA (PEM)")
+    p.add_argument("--etcd-cert", help="store: the etcd client certificate to dial with")
+    p.add_argument("--etcd-key", help="store: its private key")
+    p.add_argument("--etcd-server-name", default="bkv-etcd", help="store: etcd's TLS name")
     p.add_argument("--prefix", help="store: the etcd key prefix to write under")
     p.add_argument("--stores", help="relay: the stores' addresses host:port,...")
     p.add_argument("--reply-bytes", type=int, default=600)
@@ -153,8 +165,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.role == "store" and not (args.etcd and args.prefix):
-        p.error("store needs --etcd and --prefix")
+    if args.role == "store" and not (
+        args.etcd and args.prefix and args.etcd_ca and args.etcd_cert and args.etcd_key
+    ):
+        p.error("store needs --etcd, --etcd-ca, --etcd-cert, --etcd-key and --prefix")
     if args.role == "store" and not args.prefix.startswith("/bkv-bench/"):
         p.error("store --prefix must start with /bkv-bench/ (it must never touch vault records)")
     if args.role == "relay" and not args.stores:

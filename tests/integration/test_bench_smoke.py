@@ -31,19 +31,12 @@ def run(tmp_path: Path, cluster: Cluster, *extra: str) -> dict[str, Any]:
 
 
 def bench_keys_left(cluster: Cluster) -> list[bytes]:
-    """Keys the ceilings wrote under /bkv-bench/ and did not delete."""
-    import asyncio
+    """Keys the ceilings wrote under /bkv-bench/ and did not delete (read with etcdctl as root)."""
+    from deploy.bench.ceilings import BENCH_PREFIX
 
-    from deploy.bench.ceilings import BENCH_PREFIX, etcd_client
-
-    async def keys() -> list[bytes]:
-        client = etcd_client(cluster.etcd_endpoints())
-        try:
-            return [kv.key for kv in await client.get_prefix(BENCH_PREFIX, keys_only=True)]
-        finally:
-            await client.close()
-
-    return asyncio.run(keys())
+    done = cluster.etcdctl("get", "--prefix", BENCH_PREFIX.decode(), "--keys-only")
+    assert done.returncode == 0, done.stderr
+    return [line.encode() for line in done.stdout.splitlines() if line.strip()]
 
 
 def check_counts(doc: dict[str, Any], total: int) -> None:

@@ -21,11 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from etcd_fixtures import ROOT, SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hsm_fixtures import provision_tokens
-from test_node_store import EtcdProcess, free_port, wait_until
+from test_node_store import wait_until
 
 from bkv.v1 import envelope_pb2, node_pb2, node_pb2_grpc
+from deploy.cluster import free_ports
+from deploy.etcd_auth import node_grants, node_user
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
 from vault_protocol.envelope import FleetKey, open_response, seal_request
@@ -142,7 +145,7 @@ def issue(ca: Issued, name: str, *, server: bool) -> Issued:
 @dataclass
 class NodeUnderTest:
     root: Path
-    etcd: EtcdProcess
+    etcd: SecureEtcd
     proc: subprocess.Popen[bytes]
     address: str
     cluster_ca: Issued
@@ -186,8 +189,8 @@ class NodeUnderTest:
 @pytest.fixture
 def node() -> Iterator[NodeUnderTest]:
     root = Path(tempfile.mkdtemp(prefix="bkv-node-proc-"))
-    etcd = EtcdProcess(root / "etcd")
-    (root / "etcd").mkdir()
+    etcd = SecureEtcd(*node_grants("node-1", "dc-a"))  # what bkv-cluster grants a node
+    etcd_cert, etcd_key = etcd.user_cert(node_user("node-1"))
     proc: subprocess.Popen[bytes] | None = None
     stderr_file = None
     try:
@@ -205,7 +208,7 @@ def node() -> Iterator[NodeUnderTest]:
         (pki / "node-1.pem").write_bytes(server.cert_pem)
         (pki / "node-1.key").write_bytes(server.key_pem)
         os.chmod(pki / "node-1.key", 0o600)
-        address = f"127.0.0.1:{free_port()}"
+        address = f"127.0.0.1:{free_ports('127.0.0.1', 1)[0]}"
         audit_path = root / "node-1.audit.jsonl"
         config = root / "node.toml"
         config.write_text(
@@ -221,6 +224,9 @@ lease_ttl_s = 2
 audit_log = "{audit_path}"
 [etcd]
 endpoints = ["{etcd.endpoint}"]
+ca = "{etcd.ca_path}"
+cert = "{etcd_cert}"
+key = "{etcd_key}"
 [tls]
 ca = "{pki / "cluster-ca.pem"}"
 cert = "{pki / "node-1.pem"}"
@@ -262,7 +268,7 @@ pin_file = "{spec.pin_file}"
             if stderr_file is not None:
                 stderr_file.close()
             try:
-                etcd.kill()
+                etcd.close()
             finally:
                 shutil.rmtree(root, ignore_errors=True)
 
@@ -377,12 +383,8 @@ def test_sigterm_stops_gracefully(node: NodeUnderTest) -> None:
     assert "stopped" in logs and "Traceback" not in logs
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["etcdctl", "--endpoints", node.etcd.endpoint, "--dial-timeout=1s",
-             "--command-timeout=1s", "get", "--prefix", "/bkv/v1/nodes/"],
-            capture_output=True, text=True, check=True,
-            env={**os.environ, "ETCDCTL_API": "3"},
-        )  # fmt: skip
+        out = node.etcd.ctl(ROOT, "get", "--prefix", "/bkv/v1/nodes/")
+        assert out.returncode == 0, out.stderr
         if "node-1" not in out.stdout:
             break
         time.sleep(0.1)

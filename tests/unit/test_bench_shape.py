@@ -34,8 +34,23 @@ def test_path_shape_reports_every_problem() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["store"], "store needs --etcd and --prefix"),
-        (["store", "--etcd", "127.0.0.1:1", "--prefix", "/bkv/records/"], "must start with"),
+        (["store"], "store needs --etcd, --etcd-ca, --etcd-cert, --etcd-key and --prefix"),
+        (
+            [
+                "store",
+                "--etcd",
+                "127.0.0.1:1",
+                "--prefix",
+                "/bkv/records/",
+                "--etcd-ca",
+                "/c",
+                "--etcd-cert",
+                "/c",
+                "--etcd-key",
+                "/k",
+            ],
+            "must start with",
+        ),
         (["relay"], "relay needs --stores"),
         (["relay", "--stores", "127.0.0.1:1", "--max-seconds", "0"], "--max-seconds positive"),
     ],

@@ -12,6 +12,7 @@ from client.errors import (
     NotRegistered,
     ProtocolError,
     RateLimited,
+    RecordTampered,
     StaleRequest,
     Unauthenticated,
     Unavailable,
@@ -53,7 +54,7 @@ EXPECTED = {
     grpc.StatusCode.UNIMPLEMENTED: ProtocolError,
     grpc.StatusCode.INTERNAL: ProtocolError,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DATA_LOSS: ProtocolError,
+    grpc.StatusCode.DATA_LOSS: RecordTampered,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 

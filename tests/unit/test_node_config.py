@@ -23,6 +23,10 @@ lease_ttl_s = 4
 audit_log = "/abs/logs/dc-a-node-1.audit.jsonl"
 [etcd]
 endpoints = ["127.0.0.1:2379", "127.0.0.1:2479", "127.0.0.1:2579"]
+ca = "/abs/pki/etcd-ca.pem"
+cert = "/abs/pki/etcd-user-bkv-node-dc-a-node-1.pem"
+key = "/abs/pki/etcd-user-bkv-node-dc-a-node-1.key"
+server_name = "bkv-etcd"
 [tls]
 ca = "/abs/pki/cluster-ca.pem"
 cert = "/abs/pki/dc-a-node-1.pem"
@@ -41,6 +45,8 @@ def test_the_documented_example_parses() -> None:
     assert config.node.name == "dc-a-node-1" and config.node.lease_ttl_s == 4
     assert config.etcd.endpoints == ("127.0.0.1:2379", "127.0.0.1:2479", "127.0.0.1:2579")
     assert config.tls.client_ca == "/abs/pki/frontend-ca.pem"
+    assert config.etcd.ca == "/abs/pki/etcd-ca.pem" and config.etcd.server_name == "bkv-etcd"
+    assert config.node.checkpoint_interval_ms == 1000 and config.node.compact_delay_ms == 500
     assert config.hsm.token_label == "dc-a-node-1"
     with pytest.raises(AttributeError):
         config.node.name = "x"  # type: ignore[misc]
@@ -53,14 +59,19 @@ def test_every_problem_is_reported_at_once() -> None:
         .replace("lease_ttl_s = 4", "lease_ttl_s = 1")
         .replace('key = "/abs/pki/dc-a-node-1.key"', 'key = "relative.key"')
         .replace('token_label = "dc-a-node-1"', 'token_label = ""')
+        .replace('ca = "/abs/pki/etcd-ca.pem"', 'ca = "etcd-ca.pem"')
+        .replace("lease_ttl_s = 1", "lease_ttl_s = 1\ncheckpoint_interval_ms = 5")
     )
     with pytest.raises(ConfigError) as info:
         NodeConfig.from_mapping(tomllib.loads(text))
     joined = "\n".join(info.value.problems)
-    needles = ("node.listen", "node.max_attempts", "node.lease_ttl_s", "tls.key", "token_label")
+    needles = (
+        "node.listen", "node.max_attempts", "node.lease_ttl_s", "tls.key", "token_label",
+        "etcd.ca", "node.checkpoint_interval_ms",
+    )  # fmt: skip
     for needle in needles:
         assert needle in joined
-    assert len(info.value.problems) == 5
+    assert len(info.value.problems) == 7
 
 
 def test_unknown_missing_and_mistyped_keys_are_reported_together() -> None:

@@ -153,3 +153,37 @@ def test_an_expired_lease_is_granted_again() -> None:
     run(body())
     assert leases.calls == ["grant", "put", "keep_alive", "grant", "put"]
     assert changes == [True, False, True]
+
+
+def test_the_store_is_checked_before_serving_and_an_alarm_keeps_the_node_announced() -> None:
+    """After an outage the guard's probe runs before the node serves again; a probe that finds
+    the store rolled back (StoreRolledBack) does not undo the registration: the node stays
+    announced so that its accounts reach it and are refused there."""
+    from vault_node.store_guard import StoreRolledBack
+
+    async def go() -> None:
+        leases, clock = FakeLeases(), FakeClock()
+        probes: list[str] = []
+
+        async def confirm() -> None:
+            probes.append("probe")
+            if len(probes) > 1:
+                raise StoreRolledBack("rolled back")
+
+        member = Membership(
+            leases, MemberInfo(name="n1", dc="dc-a", address="127.0.0.1:1"), TTL,
+            monotonic=clock, confirm=confirm,
+        )  # fmt: skip
+        await member.step()  # registers, probes once
+        assert member.serving() and probes == ["probe"]
+        await member.step()  # serving: a keep-alive needs no probe
+        assert probes == ["probe"]
+        leases.script = [False, False]
+        await member.step()
+        await member.step()
+        assert not member.serving()
+        await member.step()  # back: probe first; it finds the rollback, the node stays announced
+        assert probes == ["probe", "probe"] and member.serving()
+        assert leases.calls.count("revoke") == 0
+
+    run(go())

@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node import records
 from vault_node.audit import MemoryAudit
+from vault_node.key_meta import KeyMeta, StoredValue
 from vault_node.records import open_record, seal_record
 from vault_node.server import NOT_APPLIED, trailers_for
 from vault_node.service import (
-    MAX_CLOCK_SKEW_MS,
     BadRequest,
     Precondition,
-    RecordCorrupt,
+    RecordTampered,
     ServiceConfig,
     TokenServerKeys,
     Unavailable,
     VaultService,
     WriteUnconfirmed,
 )
-from vault_node.store import MemoryRecordStore, StoreUnavailable
+from vault_node.soft_token import SoftToken
+from vault_node.store import MemoryRecordStore, StoreUnavailable, SwapResult
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
 from vault_protocol.envelope import FleetKey, open_response, seal_request
@@ -52,36 +48,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-class FakeToken:
-    """Software stand-in for `vault_node.hsm.Token` (same operations, keys in memory)."""
-
-    def __init__(self) -> None:
-        self._kem = ec.generate_private_key(ec.SECP256R1())
-        self._aes = {"record": AESGCM.generate_key(256), "ticket": AESGCM.generate_key(256)}
-        self._secrets = {name: os.urandom(32) for name in ("oprf_seed", "ake_seed", "id_mac")}
-
-    def ecdh(self, peer_point: bytes) -> bytes:
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), peer_point)
-        return self._kem.exchange(ec.ECDH(), peer)
-
-    def kem_public_key(self) -> bytes:
-        return self._kem.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-
-    def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return AESGCM(self._aes[label]).encrypt(nonce, plaintext, aad)
-
-    def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        return AESGCM(self._aes[label]).decrypt(nonce, ciphertext, aad)
-
-    def hmac_sha512(self, label: str, data: bytes) -> bytes:
-        assert label in ("oprf_seed", "ake_seed")
-        return hmac.new(self._secrets[label], data, hashlib.sha512).digest()
-
-    def hmac_sha256(self, label: str, data: bytes) -> bytes:
-        assert label == "id_mac"
-        return hmac.new(self._secrets[label], data, hashlib.sha256).digest()
+FakeToken = SoftToken  # the one software token (vault_node.soft_token)
 
 
 class SpyKeys:
@@ -164,8 +131,8 @@ class Harness:
         return self.token.hmac_sha256("id_mac", account.encode())
 
     def record(self, account: str = ACCOUNT) -> sealed_pb2.Record:
-        blob, _ = self.store.data[self.record_id(account)]
-        return open_record(self.token, self.record_id(account), blob)
+        stored = self.store.data[self.record_id(account)]
+        return open_record(self.token, self.record_id(account), stored)
 
     def evaluations(self) -> int:
         return self.log.count("oprf")
@@ -298,7 +265,7 @@ def test_record_id_is_the_hmac_of_the_account_and_reveals_nothing() -> None:
         await h.register(password)
         (record_id,) = h.store.data
         assert record_id == h.record_id() and ACCOUNT.encode() not in record_id
-        blob = h.store.data[record_id][0]
+        blob = h.store.data[record_id].value
         assert password not in blob and ACCOUNT.encode() not in blob
 
     run(go())
@@ -349,7 +316,9 @@ def test_reregistration_replaces_the_record_and_voids_old_tickets() -> None:
         state, r1 = await h.start(b"old")
         ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
         new_key = await h.register(b"new")
-        assert h.record().version == 3  # register, evaluate, register again
+        # The etcd key's version, which the record carries: reserved, registered, evaluated,
+        # registered again (the second register start found the key and wrote nothing).
+        assert h.record().version == 4
         with pytest.raises(Precondition):
             await h.finish(ke3, r1.recover_start.ticket)
         assert (await h.recover(b"new")).display() == new_key.display()
@@ -376,12 +345,12 @@ class FailingPuts(MemoryRecordStore):
         super().__init__()
         self.mode = "ok"
 
-    async def put(self, record_id: bytes, value: bytes, expected_mod_revision: int) -> int:
+    async def swap(self, record_id: bytes, value: bytes, expected: KeyMeta) -> SwapResult:
         if self.mode == "raise":
             raise StoreUnavailable("etcd down")
         if self.mode == "conflict":
-            return 0
-        return await super().put(record_id, value, expected_mod_revision)
+            return 0, self.data.get(record_id)
+        return await super().swap(record_id, value, expected)
 
 
 @pytest.mark.parametrize(
@@ -592,6 +561,9 @@ def test_bad_wrapped_key_length_is_a_bad_request() -> None:
         record, _ = opaque.registration_finish(
             state, r1.register_start.registration_response, OPAQUE_CONFIG, os.urandom
         )
+        # Register start reserved the key (a secret-free placeholder); the finish writes nothing.
+        assert h.record().state == sealed_pb2.RECORD_STATE_RESERVED
+        revision = h.store.revision
         with pytest.raises(BadRequest):
             await h.call(
                 envelope_pb2.VaultRequest(
@@ -602,7 +574,8 @@ def test_bad_wrapped_key_length_is_a_bad_request() -> None:
                     )
                 )
             )
-        assert h.store.data == {}
+        assert h.store.revision == revision
+        assert h.record().state == sealed_pb2.RECORD_STATE_RESERVED
 
     run(go())
 
@@ -625,10 +598,8 @@ def test_delete_and_status() -> None:
         assert not (await h.delete()).delete.existed
         assert not (await h.status()).status.registered
         assert h.audit.events().count("delete") == 1
-        # Erased, not removed: a secret-free tombstone that answers as "not registered".
-        record = h.record()
-        assert record.state == sealed_pb2.RECORD_STATE_DELETED
-        assert not record.opaque_record and not record.wrapped_key
+        # Removed at once: no ticket can be bound to an absent key (register start reserves it).
+        assert h.record_id() not in h.store.data
         h.log.clear()
         _, r = await h.start(b"pw")
         assert r.outcome == NOT_REGISTERED and h.evaluations() == 0
@@ -643,9 +614,9 @@ def test_a_corrupt_record_can_be_deleted() -> None:
         h = Harness()
         await h.register(b"pw")
         rid = h.record_id()
-        h.store.data[rid] = (b"garbage", h.store.data[rid][1])
+        h.store.put_back(rid, b"garbage")
         assert (await h.delete()).delete.existed
-        assert h.record().state == sealed_pb2.RECORD_STATE_DELETED
+        assert rid not in h.store.data
 
     run(go())
 
@@ -663,10 +634,15 @@ def test_a_first_register_finish_replayed_after_a_delete_changes_nothing() -> No
         revision = h.store.revision
         with pytest.raises(Precondition):
             await h.service.handle(ACCOUNT, sealed)
-        assert h.store.revision == revision
-        assert h.record().state == sealed_pb2.RECORD_STATE_DELETED and not h.record().wrapped_key
+        assert h.store.revision == revision and h.record_id() not in h.store.data
         _, r = await h.start(b"pw")
         assert r.outcome == NOT_REGISTERED
+        # Nor once the key exists again: its new create_revision matches no old ticket.
+        await h.register(b"new")
+        revision = h.store.revision
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, sealed)
+        assert h.store.revision == revision
 
     run(go())
 
@@ -689,7 +665,7 @@ def test_not_serving_answers_unavailable() -> None:
 
 def test_store_unavailable_on_read_is_unavailable() -> None:
     class DownStore(MemoryRecordStore):
-        async def get(self, record_id: bytes) -> tuple[bytes, int] | None:
+        async def get(self, record_id: bytes) -> StoredValue | None:
             raise StoreUnavailable("down")
 
     async def go() -> None:
@@ -708,17 +684,17 @@ def test_corrupt_or_moved_record_is_record_corrupt() -> None:
         # etcd moves bob's record under alice's key: the AAD binds the record id, so it fails.
         # (A move is a write, so the key's mod_revision changes and the node's cached copy of
         # alice's record fails the CAS compare; the failed CAS returns what etcd holds.)
-        bob_blob, _ = h.store.data[h.record_id("bob")]
-        assert await h.store.put(h.record_id(), bob_blob, h.store.data[h.record_id()][1])
+        h.store.put_back(h.record_id(), h.store.data[h.record_id("bob")].value)
         h.log.clear()
-        with pytest.raises(RecordCorrupt):
+        with pytest.raises(RecordTampered):
             await h.start(b"pw")
         assert h.evaluations() == 0
         # A node that never saw alice's record reads it and fails the same way.
         h.service = h.node()
-        with pytest.raises(RecordCorrupt):
+        with pytest.raises(RecordTampered):
             await h.start(b"pw")
         assert h.evaluations() == 0
+        assert h.audit.events().count("tampered") == 2
 
     run(go())
 
@@ -731,7 +707,7 @@ class CountingStore(MemoryRecordStore):
         super().__init__()
         self.gets = 0
 
-    async def get(self, record_id: bytes) -> tuple[bytes, int] | None:
+    async def get(self, record_id: bytes) -> StoredValue | None:
         self.gets += 1
         return await super().get(record_id)
 
@@ -822,19 +798,45 @@ def test_cache_sizes_are_validated() -> None:
 def test_records_and_tickets_fail_with_one_error() -> None:
     token = FakeToken()
     rid = os.urandom(32)
-    blob = seal_record(token, rid, sealed_pb2.Record(attempts=3), os.urandom)
-    assert open_record(token, rid, blob).attempts == 3
+    at = KeyMeta(create_revision=7, mod_revision=9, version=3)
+    blob = seal_record(token, rid, sealed_pb2.Record(attempts=3), at, os.urandom)
+    assert open_record(token, rid, StoredValue(blob, at)).attempts == 3
     ticket = records.seal_ticket(token, sealed_pb2.Ticket(evaluation=7), os.urandom)
     assert records.open_ticket(token, ticket).evaluation == 7
     tampered = bytearray(blob)
     tampered[-1] ^= 1
     for bad in (bytes(tampered), b"", b"\xff\xff", ticket):
         with pytest.raises(DecryptError):
-            open_record(token, rid, bad)
+            open_record(token, rid, StoredValue(bad, at))
     with pytest.raises(DecryptError):
-        open_record(token, os.urandom(32), blob)
+        open_record(token, os.urandom(32), StoredValue(blob, at))
     with pytest.raises(DecryptError):
         records.open_ticket(token, blob)
+
+
+def test_a_sealed_record_opens_only_at_the_etcd_metadata_it_was_written_at() -> None:
+    """A put-back raises the key's version, a delete-and-recreate changes its create_revision;
+    the mod_revision alone may differ (etcd names it only once the write commits)."""
+    token = FakeToken()
+    rid = os.urandom(32)
+    at = KeyMeta(create_revision=7, mod_revision=0, version=3)
+    blob = seal_record(token, rid, sealed_pb2.Record(attempts=1), at, os.urandom)
+    assert open_record(token, rid, StoredValue(blob, KeyMeta(7, 12, 3))).attempts == 1
+    for elsewhere in (KeyMeta(7, 15, 4), KeyMeta(7, 15, 2), KeyMeta(8, 15, 3), KeyMeta(20, 20, 3)):
+        with pytest.raises(DecryptError):
+            open_record(token, rid, StoredValue(blob, elsewhere))
+    # Only the secret-free placeholder is ever a key's first value, and it opens only there.
+    with pytest.raises(ValueError, match="placeholder"):
+        seal_record(token, rid, sealed_pb2.Record(attempts=1), KeyMeta(0, 0, 1), os.urandom)
+    reserved = sealed_pb2.Record(state=sealed_pb2.RECORD_STATE_RESERVED)
+    with pytest.raises(ValueError, match="placeholder"):
+        seal_record(token, rid, reserved, KeyMeta(7, 0, 2), os.urandom)
+    placeholder = seal_record(token, rid, reserved, KeyMeta(0, 0, 1), os.urandom)
+    assert open_record(token, rid, StoredValue(placeholder, KeyMeta(30, 30, 1))).state == (
+        sealed_pb2.RECORD_STATE_RESERVED
+    )
+    with pytest.raises(DecryptError):  # written back onto a key that moved on
+        open_record(token, rid, StoredValue(placeholder, KeyMeta(30, 31, 2)))
 
 
 # -- registration: no free OPRF oracle, no replay ------------------------------------------------
@@ -955,7 +957,9 @@ def test_registration_tickets_are_checked() -> None:
         h.clock.now += 60_000  # the ticket's TTL
         with pytest.raises(Precondition, match="expired"):
             await h.call(finish)
-        assert h.store.data == {} and r.outcome == NOT_REGISTERED
+        # Nothing but the two register starts' secret-free reservations was ever written.
+        assert r.outcome == NOT_REGISTERED and len(h.store.data) == 2
+        assert {h.record(a).state for a in (ACCOUNT, "bob")} == {sealed_pb2.RECORD_STATE_RESERVED}
 
     run(go())
 
@@ -979,7 +983,9 @@ def test_a_record_of_the_account_only_scheme_still_recovers() -> None:
         record.wrapped_key = wrap_key(key, export_key, ACCOUNT, os.urandom)
         record.credential_scheme = records.CREDENTIAL_ACCOUNT
         rid = h.record_id()
-        h.store.data[rid] = (seal_record(h.token, rid, record, os.urandom), h.store.data[rid][1])
+        stored = h.store.data[rid]  # written as a node writes: for the key's next version
+        sealed = seal_record(h.token, rid, record, stored.meta.successor(), os.urandom)
+        assert (await h.store.swap(rid, sealed, stored.meta))[0]
         h.service = h.node()  # no cached copy of the old record
         assert await h.recover(b"legacy") == key
 
@@ -1058,31 +1064,6 @@ def test_a_late_redeemed_ticket_forgives_only_the_guesses_before_it() -> None:
     run(go())
 
 
-def test_delete_removes_the_key_once_no_first_registration_ticket_can_be_valid() -> None:
-    async def go() -> None:
-        h = Harness(max_attempts=2)
-        _, sealed, _ = await h.register_keeping_finish(b"pw")  # base revision 0: no record yet
-        for _ in range(3):
-            await h.wrong_guess()  # locked
-        life = h.service_config.ticket_ttl_ms + MAX_CLOCK_SKEW_MS
-        h.clock.now += life  # not yet: the finish's ticket may still be valid somewhere
-        assert (await h.delete()).delete.existed
-        assert h.record().state == sealed_pb2.RECORD_STATE_DELETED
-        h.clock.now += 1
-        assert not (await h.delete()).delete.existed  # the tombstone is removed now
-        assert h.store.data == {}
-        with pytest.raises(Precondition, match="expired"):  # and the kept finish is dead
-            await h.service.handle(ACCOUNT, sealed)
-        assert h.store.data == {}
-        # An old record is removed by its first delete.
-        await h.register(b"pw")
-        h.clock.now += life + 1
-        assert (await h.delete()).delete.existed and h.store.data == {}
-        assert h.audit.events().count("delete") == 2
-
-    run(go())
-
-
 def test_the_registration_ksf_is_kept_and_given_back_bounded() -> None:
     async def go() -> None:
         h = Harness()
@@ -1107,5 +1088,177 @@ def test_the_registration_ksf_is_kept_and_given_back_bounded() -> None:
         await h.register(b"plain")  # no KSF sent (IdentityKsf): none given back
         _, r = await h.start(b"plain")
         assert not r.recover_start.HasField("ksf")
+
+    run(go())
+
+
+# -- storage cannot cheat: an etcd insider's writes gain no evaluation --------------------------
+
+
+def test_a_saved_record_written_back_gains_no_guess() -> None:
+    """The insider's first attack: save the record, guess, write the saved value back, guess
+    again, three times over. Every written-back value is refused (audited `tampered`), nothing
+    is evaluated on it, and only the first cycle's guesses ever run: storage denied service
+    (the record stays refused until its owner registers again), it granted no guess."""
+
+    async def go() -> None:
+        h = Harness(max_attempts=10)
+        await h.register(b"right")
+        rid = h.record_id()
+        saved = [h.store.data[rid].value]
+        h.log.clear()  # count recovery evaluations only (a register start evaluates too)
+        for _ in range(5):
+            await h.wrong_guess()
+            saved.append(h.store.data[rid].value)
+        for value in [saved[0], saved[2], saved[-1]]:  # three put-backs, the latest value too
+            h.store.put_back(rid, value)
+            for node in (h.service, h.node()):  # warm cache or a node that never saw it
+                h.service = node
+                for _ in range(5):
+                    with pytest.raises(RecordTampered):
+                        await h.start(b"wrong password")
+                with pytest.raises(RecordTampered):
+                    await h.start(b"right")
+        assert h.evaluations() == 5
+        assert h.audit.events().count("tampered") == 3 * 2 * 6
+        assert h.audit.events().count("evaluate") == 5
+
+    run(go())
+
+
+def test_a_pre_lock_value_from_history_never_brings_the_key_back() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=3)
+        await h.register(b"right")
+        rid = h.record_id()
+        saved = h.store.data[rid].value  # as `etcdctl get KEY --rev=N` shows it
+        for _ in range(4):
+            await h.wrong_guess()
+        assert h.record().state == sealed_pb2.RECORD_STATE_LOCKED
+        erased = []
+        h.service = VaultService(
+            token=h.token, store=h.store, keys=h.keys, config=h.service_config,
+            clock_ms=h.clock, rng=os.urandom, audit=h.audit, on_erased=erased.append,
+        )  # fmt: skip
+        h.store.put_back(rid, saved)
+        before = h.evaluations()
+        with pytest.raises(RecordTampered):
+            await h.start(b"right")
+        # And deleted, recreated, bumped to the saved version: another incarnation of the key.
+        h.store.remove(rid)
+        for _ in range(2):
+            h.store.put_back(rid, saved)
+        assert h.store.data[rid].meta.version == 2
+        with pytest.raises(RecordTampered):
+            await h.start(b"right")
+        assert h.evaluations() == before and not erased
+
+    run(go())
+
+
+def test_a_lock_and_a_delete_have_their_history_compacted() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=1)
+        erased: list[int] = []
+        h.service = VaultService(
+            token=h.token, store=h.store, keys=h.keys, config=h.service_config,
+            clock_ms=h.clock, rng=os.urandom, audit=h.audit, on_erased=erased.append,
+        )  # fmt: skip
+        await h.register(b"right")
+        await h.wrong_guess()
+        r = await h.wrong_guess()
+        assert r.outcome == LOCKED and erased == [h.store.data[h.record_id()].meta.mod_revision]
+        assert (await h.delete()).delete.existed
+        assert erased[-1] == h.store.revision and len(erased) == 2
+
+    run(go())
+
+
+def test_another_accounts_record_or_a_recreated_key_is_refused() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"alice")
+        await h.register(b"bob", account="bob")
+        h.store.put_back(h.record_id(), h.store.data[h.record_id("bob")].value)
+        with pytest.raises(RecordTampered):
+            await h.start(b"bob")
+        # A delete-and-recreate with the key's own first value (the reservation) is a delete.
+        h.store.remove(h.record_id())
+        await h.prepare_registration(b"x")  # reserves the key again
+        placeholder = h.store.data[h.record_id()].value
+        h.store.remove(h.record_id())
+        h.store.put_back(h.record_id(), placeholder)
+        h.log.clear()
+        _, r = await h.start(b"alice")
+        assert r.outcome == NOT_REGISTERED and h.evaluations() == 0
+        # Written back onto a key that moved on, the placeholder is refused too.
+        await h.register(b"alice")
+        h.store.put_back(h.record_id(), placeholder)
+        with pytest.raises(RecordTampered):
+            await h.status()
+
+    run(go())
+
+
+def test_a_tampered_record_can_be_deleted_or_registered_over_by_its_owner() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        h.store.put_back(h.record_id(), b"garbage")
+        key = await h.register(b"new")
+        assert await h.recover(b"new") == key
+        h.store.put_back(h.record_id(), b"garbage")
+        assert (await h.delete()).delete.existed and h.record_id() not in h.store.data
+
+    run(go())
+
+
+def test_a_login_ticket_does_not_apply_to_a_recreated_key() -> None:
+    """Bound to the key's create_revision: a ticket stays dead when etcd later holds a record of
+    the same generation under a new incarnation of the key (only a restore could make that)."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        state, r1 = await h.start(b"pw")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        rid = h.record_id()
+        record = h.record()
+        h.store.remove(rid)
+        h.store.put_back(rid, b"reserved")
+        stored = h.store.data[rid]  # a node writes the very record again (a restore's effect)
+        sealed = seal_record(h.token, rid, record, stored.meta.successor(), os.urandom)
+        assert (await h.store.swap(rid, sealed, stored.meta))[0]
+        h.service = h.node()
+        with pytest.raises(Precondition):
+            await h.finish(ke3, r1.recover_start.ticket)
+
+    run(go())
+
+
+def test_a_latched_store_alarm_refuses_with_data_loss_before_the_serving_gate() -> None:
+    """After a restore a node both fails closed (etcd was down) and holds an alarm: it must say
+    DATA_LOSS, never UNAVAILABLE "not applied", which a frontend would fail over."""
+    from vault_node.server import status_for
+    from vault_node.service import StoreRefused
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        alarm = ["etcd answered below the mark"]
+        h.service = VaultService(
+            token=h.token, store=h.store, keys=h.keys, config=h.service_config,
+            clock_ms=h.clock, rng=os.urandom, audit=h.audit, serving=lambda: False,
+            store_alarm=lambda: alarm[0],
+        )  # fmt: skip
+        h.log.clear()
+        with pytest.raises(StoreRefused) as info:
+            await h.start(b"pw")
+        assert status_for(info.value)[0].name == "DATA_LOSS" and trailers_for(info.value) == ()
+        assert h.evaluations() == 0
+        alarm[0] = ""
+        with pytest.raises(Unavailable) as unavailable:
+            await h.start(b"pw")
+        assert trailers_for(unavailable.value) == NOT_APPLIED
 
     run(go())

@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x62kv/v1/sealed.proto\x12\x06\x62kv.v1\"=\n\x06Sealed\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\x97\x02\n\x06Record\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.bkv.v1.RecordState\x12\x15\n\ropaque_record\x18\x02 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x03 \x01(\x0c\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12\x12\n\ngeneration\x18\x06 \x01(\x0c\x12\x13\n\x0b\x65valuations\x18\x07 \x01(\x04\x12\x15\n\rlast_redeemed\x18\x08 \x01(\x04\x12\x0f\n\x07version\x18\t \x01(\x04\x12\x19\n\x11\x63redential_scheme\x18\n \x01(\r\x12\x15\n\rcreated_at_ms\x18\x0b \x01(\x04\x12\x12\n\nksf_params\x18\x0c \x01(\x0c\"i\n\x12RegistrationTicket\x12\x11\n\trecord_id\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x0c\x12\x15\n\rbase_revision\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"\x8c\x01\n\x06Ticket\x12\x11\n\trecord_id\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x0c\x12\x12\n\nevaluation\x18\x03 \x01(\x04\x12\x1b\n\x13\x65xpected_client_mac\x18\x04 \x01(\x0c\x12\x13\n\x0bsession_key\x18\x05 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03*w\n\x0bRecordState\x12\x1c\n\x18RECORD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13RECORD_STATE_ACTIVE\x10\x01\x12\x17\n\x13RECORD_STATE_LOCKED\x10\x02\x12\x18\n\x14RECORD_STATE_DELETED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x62kv/v1/sealed.proto\x12\x06\x62kv.v1\"=\n\x06Sealed\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\x86\x02\n\x06Record\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.bkv.v1.RecordState\x12\x15\n\ropaque_record\x18\x02 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x03 \x01(\x0c\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12\x12\n\ngeneration\x18\x06 \x01(\x0c\x12\x13\n\x0b\x65valuations\x18\x07 \x01(\x04\x12\x15\n\rlast_redeemed\x18\x08 \x01(\x04\x12\x0f\n\x07version\x18\t \x01(\x04\x12\x19\n\x11\x63redential_scheme\x18\n \x01(\r\x12\x12\n\nksf_params\x18\x0c \x01(\x0cJ\x04\x08\x0b\x10\x0c\"\x9d\x01\n\x12RegistrationTicket\x12\x11\n\trecord_id\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x0c\x12\x15\n\rbase_revision\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\x1c\n\x14\x62\x61se_create_revision\x18\x05 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x06 \x01(\x03\"\xb6\x01\n\x06Ticket\x12\x11\n\trecord_id\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x0c\x12\x12\n\nevaluation\x18\x03 \x01(\x04\x12\x1b\n\x13\x65xpected_client_mac\x18\x04 \x01(\x0c\x12\x13\n\x0bsession_key\x18\x05 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12\x17\n\x0f\x63reate_revision\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\x03\"r\n\x0fStoreCheckpoint\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\ncluster_id\x18\x02 \x01(\x04\x12\x12\n\nhigh_water\x18\x03 \x01(\x03\x12\r\n\x05\x61larm\x18\x04 \x01(\t\x12\x16\n\x0e\x61larm_revision\x18\x05 \x01(\x03*~\n\x0bRecordState\x12\x1c\n\x18RECORD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13RECORD_STATE_ACTIVE\x10\x01\x12\x17\n\x13RECORD_STATE_LOCKED\x10\x02\x12\x19\n\x15RECORD_STATE_RESERVED\x10\x04\"\x04\x08\x03\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bkv.v1.sealed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDSTATE']._serialized_start=626
-  _globals['_RECORDSTATE']._serialized_end=745
+  _globals['_RECORDSTATE']._serialized_start=820
+  _globals['_RECORDSTATE']._serialized_end=946
   _globals['_SEALED']._serialized_start=31
   _globals['_SEALED']._serialized_end=92
   _globals['_RECORD']._serialized_start=95
-  _globals['_RECORD']._serialized_end=374
-  _globals['_REGISTRATIONTICKET']._serialized_start=376
-  _globals['_REGISTRATIONTICKET']._serialized_end=481
-  _globals['_TICKET']._serialized_start=484
-  _globals['_TICKET']._serialized_end=624
+  _globals['_RECORD']._serialized_end=357
+  _globals['_REGISTRATIONTICKET']._serialized_start=360
+  _globals['_REGISTRATIONTICKET']._serialized_end=517
+  _globals['_TICKET']._serialized_start=520
+  _globals['_TICKET']._serialized_end=702
+  _globals['_STORECHECKPOINT']._serialized_start=704
+  _globals['_STORECHECKPOINT']._serialized_end=818
 # @@protoc_insertion_point(module_scope)

@@ -10,11 +10,11 @@ class RecordState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD_STATE_UNSPECIFIED: _ClassVar[RecordState]
     RECORD_STATE_ACTIVE: _ClassVar[RecordState]
     RECORD_STATE_LOCKED: _ClassVar[RecordState]
-    RECORD_STATE_DELETED: _ClassVar[RecordState]
+    RECORD_STATE_RESERVED: _ClassVar[RecordState]
 RECORD_STATE_UNSPECIFIED: RecordState
 RECORD_STATE_ACTIVE: RecordState
 RECORD_STATE_LOCKED: RecordState
-RECORD_STATE_DELETED: RecordState
+RECORD_STATE_RESERVED: RecordState
 
 class Sealed(_message.Message):
     __slots__ = ("key_name", "nonce", "ciphertext")
@@ -27,7 +27,7 @@ class Sealed(_message.Message):
     def __init__(self, key_name: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme", "created_at_ms", "ksf_params")
+    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme", "ksf_params")
     STATE_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,7 +38,6 @@ class Record(_message.Message):
     LAST_REDEEMED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_SCHEME_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     KSF_PARAMS_FIELD_NUMBER: _ClassVar[int]
     state: RecordState
     opaque_record: bytes
@@ -50,34 +49,55 @@ class Record(_message.Message):
     last_redeemed: int
     version: int
     credential_scheme: int
-    created_at_ms: int
     ksf_params: bytes
-    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., ksf_params: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ..., ksf_params: _Optional[bytes] = ...) -> None: ...
 
 class RegistrationTicket(_message.Message):
-    __slots__ = ("record_id", "generation", "base_revision", "expires_at_ms")
+    __slots__ = ("record_id", "generation", "base_revision", "expires_at_ms", "base_create_revision", "base_version")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    BASE_CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     record_id: bytes
     generation: bytes
     base_revision: int
     expires_at_ms: int
-    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+    base_create_revision: int
+    base_version: int
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., base_create_revision: _Optional[int] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Ticket(_message.Message):
-    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms")
+    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_CLIENT_MAC_FIELD_NUMBER: _ClassVar[int]
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     record_id: bytes
     generation: bytes
     evaluation: int
     expected_client_mac: bytes
     session_key: bytes
     expires_at_ms: int
-    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+    create_revision: int
+    version: int
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class StoreCheckpoint(_message.Message):
+    __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    HIGH_WATER_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    ALARM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    cluster_id: int
+    high_water: int
+    alarm: str
+    alarm_revision: int
+    def __init__(self, sequence: _Optional[int] = ..., cluster_id: _Optional[int] = ..., high_water: _Optional[int] = ..., alarm: _Optional[str] = ..., alarm_revision: _Optional[int] = ...) -> None: ...

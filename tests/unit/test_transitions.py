@@ -1,0 +1,174 @@
+"""vault_node.transitions: the record's state machine, with no token, store or clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bkv.v1 import sealed_pb2
+from vault_node import transitions as t
+from vault_node.key_meta import KeyMeta
+from vault_node.transitions import Current, Kind
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+META = KeyMeta(create_revision=10, mod_revision=20, version=3)
+GEN = b"g" * 16
+
+
+def active(attempts: int = 0, max_attempts: int = 10, evaluations: int = 0) -> sealed_pb2.Record:
+    return sealed_pb2.Record(
+        state=t.ACTIVE,
+        opaque_record=b"r" * 192,
+        wrapped_key=b"k" * 60,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        generation=GEN,
+        evaluations=evaluations,
+        credential_scheme=1,
+    )
+
+
+def ticket(evaluation: int, meta: KeyMeta = META) -> sealed_pb2.Ticket:
+    return sealed_pb2.Ticket(
+        generation=GEN, evaluation=evaluation, create_revision=meta.create_revision,
+        version=meta.version,
+    )  # fmt: skip
+
+
+def test_a_guess_is_counted_in_the_write_that_precedes_the_evaluation() -> None:
+    step = t.count_guess(Current(META, active(attempts=2, evaluations=5)))
+    assert step.kind is Kind.EVALUATE and step.write is not None and not step.erase
+    assert (step.write.attempts, step.write.evaluations) == (3, 6)
+    assert step.write.opaque_record and step.write.wrapped_key
+
+
+def test_the_last_guess_spent_means_lock_and_erase() -> None:
+    step = t.count_guess(Current(META, active(attempts=10, evaluations=10)))
+    assert step.kind is Kind.LOCK and step.write is not None
+    assert step.write.state == t.LOCKED
+    assert not step.write.opaque_record and not step.write.wrapped_key
+    assert step.write.attempts == 10 and step.write.generation == GEN
+
+
+@pytest.mark.parametrize(
+    ("current", "kind"),
+    [
+        (t.NOTHING, Kind.NOT_REGISTERED),
+        (Current(META, sealed_pb2.Record(state=t.RESERVED)), Kind.NOT_REGISTERED),
+        (Current(META, sealed_pb2.Record(state=t.LOCKED)), Kind.LOCKED),
+        (Current(META, None, tampered=True), Kind.TAMPERED),
+        (
+            Current(META, sealed_pb2.Record(state=sealed_pb2.RECORD_STATE_UNSPECIFIED)),
+            Kind.TAMPERED,
+        ),
+        (Current(META, sealed_pb2.Record(state=t.ACTIVE, credential_scheme=9)), Kind.TAMPERED),
+    ],
+)
+def test_nothing_is_written_or_evaluated_for_a_closed_key(current: Current, kind: Kind) -> None:
+    for step in (t.count_guess(current), t.redeem(current, ticket(1))):
+        assert step.kind is kind and not step.writes
+
+
+def test_a_redemption_forgives_only_the_guesses_up_to_its_ticket() -> None:
+    record = active(attempts=4, evaluations=7)
+    step = t.redeem(Current(META, record), ticket(5))
+    assert step.kind is Kind.RELEASE and step.write is not None
+    assert step.write.attempts == 2 and step.write.last_redeemed == 5  # evaluations 6 and 7 stay
+    assert step.write.wrapped_key == record.wrapped_key
+
+
+@pytest.mark.parametrize(
+    ("record_change", "ticket_change"),
+    [
+        ({"generation": b"h" * 16}, {}),  # another registration's ticket
+        ({"last_redeemed": 5}, {}),  # already redeemed
+        ({}, {"evaluation": 8}),  # from the future
+        ({}, {"create_revision": 9}),  # another incarnation of the key
+        ({}, {"version": 4}),  # a value from before the ticket's guess
+    ],
+)
+def test_a_ticket_is_single_use_and_bound_to_its_key(
+    record_change: dict[str, object], ticket_change: dict[str, object]
+) -> None:
+    record = active(attempts=1, evaluations=7)
+    for name, value in record_change.items():
+        setattr(record, name, value)
+    tk = ticket(5)
+    for name, value in ticket_change.items():
+        setattr(tk, name, value)
+    assert t.redeem(Current(META, record), tk) == t.Step(Kind.STALE)
+
+
+def test_a_ticket_is_redeemable_at_a_later_version_of_the_same_key() -> None:
+    later = KeyMeta(META.create_revision, 40, META.version + 5)
+    assert t.redeem(Current(later, active(evaluations=7)), ticket(5)).kind is Kind.RELEASE
+
+
+def registration_ticket(meta: KeyMeta) -> sealed_pb2.RegistrationTicket:
+    return sealed_pb2.RegistrationTicket(
+        generation=GEN, base_revision=meta.mod_revision,
+        base_create_revision=meta.create_revision, base_version=meta.version,
+    )  # fmt: skip
+
+
+def test_register_replaces_whatever_the_key_holds_at_its_base() -> None:
+    new = active()
+    for held in (None, sealed_pb2.Record(state=t.LOCKED), sealed_pb2.Record(state=t.RESERVED)):
+        step = t.register(Current(META, held), registration_ticket(META), new)
+        assert step.kind is Kind.REGISTERED and step.write == new and step.write is not new
+    tampered = Current(META, None, tampered=True)
+    assert t.register(tampered, registration_ticket(META), new).write == new
+
+
+def test_register_off_its_base_is_stale_unless_it_is_this_registration() -> None:
+    new = active()
+    moved = KeyMeta(META.create_revision, 30, META.version + 1)
+    other = sealed_pb2.Record()
+    other.CopyFrom(new)
+    other.wrapped_key = b"x" * 60
+    assert t.register(Current(moved, other), registration_ticket(META), new).kind is Kind.STALE
+    retry = t.register(Current(moved, new), registration_ticket(META), new)
+    assert retry.kind is Kind.REGISTERED and not retry.writes
+    recreated = KeyMeta(50, 50, 1)  # deleted and made again: a new create_revision
+    step = t.register(Current(recreated, None), registration_ticket(META), new)
+    assert step.kind is Kind.STALE
+
+
+def test_delete_erases_any_existing_key_and_says_whether_it_held_a_registration() -> None:
+    assert t.delete(t.NOTHING) == t.Step(Kind.DELETED)
+    for held, existed in (
+        (active(), True),
+        (sealed_pb2.Record(state=t.LOCKED), True),
+        (sealed_pb2.Record(state=t.RESERVED), False),
+    ):
+        step = t.delete(Current(META, held))
+        assert step.erase and step.existed is existed
+    assert t.delete(Current(META, None, tampered=True)).existed
+
+
+@given(attempts=st.integers(0, 20), max_attempts=st.integers(1, 10), evaluations=st.integers(0, 40))
+def test_no_sequence_of_guesses_evaluates_more_than_the_limit(
+    attempts: int, max_attempts: int, evaluations: int
+) -> None:
+    """From any state, count_guess until it stops writing: at most max - attempts evaluations,
+    and the record ends locked with its secrets gone."""
+    record = active(min(attempts, max_attempts), max_attempts, evaluations)
+    current = Current(META, record)
+    evaluated = 0
+    for _ in range(50):
+        step = t.count_guess(current)
+        if not step.writes:
+            break
+        assert step.write is not None
+        evaluated += step.kind is Kind.EVALUATE
+        current = Current(current.meta.after_write(current.meta.mod_revision + 1), step.write)
+    assert evaluated == max_attempts - min(attempts, max_attempts)
+    assert current.record is not None and current.record.state == t.LOCKED
+    assert not current.record.wrapped_key
+
+
+def test_guesses_left() -> None:
+    assert t.guesses_left(active(attempts=3, max_attempts=10)) == 7
+    assert t.guesses_left(sealed_pb2.Record(state=t.LOCKED, max_attempts=10)) == 0

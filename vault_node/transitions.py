@@ -1,0 +1,229 @@
+"""The record's state machine: pure functions from (record as stored, request) to a `Step`.
+
+No I/O, no token, no clock: each function looks at the `Current` state of one etcd key (its
+metadata and the record it holds, already opened) and says what to write and what to answer.
+`vault_node.service` runs each of them inside its one compare-and-swap loop: decide, seal and
+write the step's record for the key's next version, and on a conflict decide again from the
+state the failed write read. As in Juicebox's `hsm_core`, the rules can be tested without a
+token or a store (tests/unit/test_transitions.py).
+
+States of a key: absent; RESERVED (made by register start, no secret); ACTIVE; LOCKED (secrets
+erased for good); or tampered (a value that does not open at the metadata etcd returns it with:
+storage wrote it, not a vault node).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from bkv.v1 import sealed_pb2
+from vault_node.key_meta import ABSENT, KeyMeta
+from vault_node.records import CREDENTIAL_ACCOUNT, CREDENTIAL_ACCOUNT_GENERATION
+
+ACTIVE = sealed_pb2.RECORD_STATE_ACTIVE
+LOCKED = sealed_pb2.RECORD_STATE_LOCKED
+RESERVED = sealed_pb2.RECORD_STATE_RESERVED
+CREDENTIAL_SCHEMES = frozenset({CREDENTIAL_ACCOUNT, CREDENTIAL_ACCOUNT_GENERATION})
+
+
+@dataclass(frozen=True)
+class Current:
+    """One etcd key as a vault node sees it: its metadata and the record it holds.
+
+    `record` is None when the key is absent or when its value did not open (`tampered`).
+    """
+
+    meta: KeyMeta
+    record: sealed_pb2.Record | None = None
+    tampered: bool = False
+
+    @property
+    def registered(self) -> bool:
+        """Holds a registration (active or locked): what status and delete call "existed"."""
+        return self.record is not None and self.record.state in (ACTIVE, LOCKED)
+
+
+NOTHING = Current(ABSENT)
+
+
+class Kind(enum.Enum):
+    """What a step answers (and, with a write, what its commit means)."""
+
+    NOT_REGISTERED = "not_registered"  # absent or RESERVED: no write
+    LOCKED = "locked"  # already locked: no write
+    TAMPERED = "tampered"  # the stored value did not open: no write, nothing evaluated
+    STALE = "stale"  # a ticket for another registration, or already redeemed: no write
+    EVALUATE = "evaluate"  # write: attempts + 1 committed, then the OPRF may run
+    LOCK = "lock"  # write: the last guess was spent before, now erased for good
+    RELEASE = "release"  # write: a good client MAC forgave this ticket's guesses
+    REGISTERED = "registered"  # write (or a retry of this very registration: no write)
+    DELETED = "deleted"  # erase the key (or nothing to erase)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A decision: the record to write (sealed for the key's next version, whose number the
+    node also puts in its `version`), or the key to erase, or neither; and what to answer once
+    that is committed."""
+
+    kind: Kind
+    write: sealed_pb2.Record | None = None
+    erase: bool = False
+    existed: bool = False  # DELETED: whether the key held a registration
+
+    @property
+    def writes(self) -> bool:
+        return self.write is not None or self.erase
+
+
+def _refusal(current: Current) -> Step | None:
+    """The answer for a key no password can be evaluated against, or None if it is active."""
+    if current.tampered:
+        return Step(Kind.TAMPERED)
+    record = current.record
+    if record is None or record.state == RESERVED:
+        return Step(Kind.NOT_REGISTERED)
+    if record.state == LOCKED:
+        return Step(Kind.LOCKED)
+    if record.state != ACTIVE or record.credential_scheme not in CREDENTIAL_SCHEMES:
+        # Vault nodes never seal another state or scheme: not ours to evaluate, whoever wrote it.
+        return Step(Kind.TAMPERED)
+    return None
+
+
+def _copy(record: sealed_pb2.Record) -> sealed_pb2.Record:
+    out = sealed_pb2.Record()
+    out.CopyFrom(record)
+    return out
+
+
+def tombstone(record: sealed_pb2.Record) -> sealed_pb2.Record:
+    """The record with its secrets erased for good (LOCKED): counters and generation only."""
+    return sealed_pb2.Record(
+        state=LOCKED,
+        attempts=record.attempts,
+        max_attempts=record.max_attempts,
+        generation=record.generation,
+        evaluations=record.evaluations,
+        last_redeemed=record.last_redeemed,
+        credential_scheme=record.credential_scheme,
+    )
+
+
+def count_guess(current: Current) -> Step:
+    """Recovery step 1: commit one more attempt before the OPRF runs, or lock.
+
+    Security: the guess is counted in the write, and the OPRF may run only once that write has
+    committed; a crash or a lost answer after it costs the user a guess, never an attacker a
+    free one. A record out of guesses is erased for good instead (permanent lockout).
+    """
+    refusal = _refusal(current)
+    if refusal is not None:
+        return refusal
+    record = current.record
+    assert record is not None
+    if record.attempts >= record.max_attempts:
+        return Step(Kind.LOCK, write=tombstone(record))
+    counted = _copy(record)
+    counted.attempts = record.attempts + 1
+    counted.evaluations = record.evaluations + 1
+    return Step(Kind.EVALUATE, write=counted)
+
+
+def redeemable(current: Current, ticket: sealed_pb2.Ticket) -> bool:
+    """Whether a login ticket may still release the key of `current`.
+
+    Single use: a ticket of an older registration, or one already redeemed (or older than one
+    redeemed), cannot release the key again. Bound to its key: the same create_revision (not a
+    recreated key) at the version its guess committed or later (not a value from before it).
+    """
+    record = current.record
+    return bool(
+        record is not None
+        and not current.tampered
+        and record.state == ACTIVE
+        and record.generation == ticket.generation
+        and record.last_redeemed < ticket.evaluation <= record.evaluations
+        and current.meta.create_revision == ticket.create_revision
+        and current.meta.version >= ticket.version
+    )
+
+
+def redeem(current: Current, ticket: sealed_pb2.Ticket) -> Step:
+    """Recovery step 2 after a good client MAC: forgive the guesses up to this ticket's.
+
+    Security: only the guesses up to this ticket's evaluation are forgiven; wrong ones evaluated
+    after it (while its finish was held back, say) stay counted.
+    """
+    refusal = _refusal(current)
+    if refusal is not None:
+        return refusal
+    if not redeemable(current, ticket):
+        return Step(Kind.STALE)
+    record = current.record
+    assert record is not None
+    redeemed = _copy(record)
+    redeemed.attempts = min(record.attempts, record.evaluations - ticket.evaluation)
+    redeemed.last_redeemed = ticket.evaluation
+    return Step(Kind.RELEASE, write=redeemed)
+
+
+def is_this_registration(current: Current, new: sealed_pb2.Record) -> bool:
+    """The key already holds exactly `new` (a client's retry of an unconfirmed finish)."""
+    record = current.record
+    return bool(
+        record is not None
+        and not current.tampered
+        and record.state == ACTIVE
+        and record.generation == new.generation
+        and record.opaque_record == new.opaque_record
+        and record.wrapped_key == new.wrapped_key
+    )
+
+
+def at_base(current: Current, ticket: sealed_pb2.RegistrationTicket) -> bool:
+    """The key is still at the write its registration ticket was issued against."""
+    meta = current.meta
+    return bool(
+        meta.exists
+        and meta.mod_revision == ticket.base_revision
+        and meta.create_revision == ticket.base_create_revision
+        and meta.version == ticket.base_version
+    )
+
+
+def register(
+    current: Current, ticket: sealed_pb2.RegistrationTicket, new: sealed_pb2.Record
+) -> Step:
+    """Register finish: replace whatever the key holds (a locked or tampered record included)
+    with `new`, but only if the key is still at the ticket's base write.
+
+    Security: a replayed or late finish meets a key that moved on and changes nothing; the key's
+    base always names a real write (register start reserves an absent key), so a finish can
+    never match a key that was deleted and made again.
+    """
+    if at_base(current, ticket):
+        return Step(Kind.REGISTERED, write=_copy(new))
+    if is_this_registration(current, new):
+        return Step(Kind.REGISTERED)
+    return Step(Kind.STALE)
+
+
+def delete(current: Current) -> Step:
+    """Delete: erase the key, whatever it holds (a tampered value too).
+
+    The key may become absent at once: no ticket is ever bound to an absent key (registration
+    reserves it first), and a key made again later gets a new create_revision that no earlier
+    value or ticket matches.
+    """
+    if not current.meta.exists:
+        return Step(Kind.DELETED)
+    return Step(Kind.DELETED, erase=True, existed=current.registered or current.tampered)
+
+
+def guesses_left(record: sealed_pb2.Record) -> int:
+    """Guesses the record still allows (0 when locked)."""
+    if record.state == LOCKED:
+        return 0
+    return max(0, int(record.max_attempts) - int(record.attempts))
