@@ -15,7 +15,11 @@ does not import this module):
 
 Events: `evaluate` (attempts+1 committed, then the OPRF evaluated), `lock` (tombstone
 committed), `locked` (answered LOCKED, no write), `success` (attempts reset committed), `bad_mac`,
-`stale_ticket`, `not_registered` (no write), `register` and `delete` (committed).
+`stale_ticket`, `not_registered` (no write), `register`, `delete` and `reserve` (register start
+made the absent key, committed), `tampered` (a stored value that does not open at its etcd
+metadata, refused: no write, no evaluation; `read_revision` is the refused value's
+mod_revision), `rollback` (the node's store guard saw etcd behind what it had seen, or another
+cluster: the node stops serving; a store event with an empty `record_id`).
 
 The reader is tolerant: the optional fields may be missing, unknown fields are ignored, and a
 torn last line (a node killed mid-write) is dropped; an unknown event or a bad value is an error.
@@ -39,6 +43,9 @@ from deploy.chaos.history import (
 
 EVENTS = frozenset(
     {
+        "reserve",
+        "tampered",
+        "rollback",
         "evaluate",
         "lock",
         "locked",
@@ -51,7 +58,10 @@ EVENTS = frozenset(
     }
 )
 # Events that commit a write to etcd, and so carry the revision of that commit.
-COMMITTING_EVENTS = frozenset({"evaluate", "lock", "success", "register", "delete"})
+COMMITTING_EVENTS = frozenset({"evaluate", "lock", "success", "register", "delete", "reserve"})
+# Events whose commit was decided on the value etcd held at `read_revision`.
+DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})
+STORE_EVENTS = frozenset({"rollback"})  # about the store, not one record: record_id is ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,8 @@ class AuditEvent:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> AuditEvent:
-        record_id = get_opt_hex(obj, "record_id")
+        store_event = obj.get("event") in STORE_EVENTS and obj.get("record_id") == ""
+        record_id = "" if store_event else get_opt_hex(obj, "record_id")
         if record_id is None:
             raise ValueError("field 'record_id' must be a non-empty string")
         return cls(
@@ -130,8 +141,10 @@ def order_events(events: Iterable[AuditEvent]) -> tuple[AuditEvent, ...]:
 
 
 def by_record(events: Iterable[AuditEvent]) -> dict[str, tuple[AuditEvent, ...]]:
-    """Events grouped per record_id, each group in commit order."""
+    """Events grouped per record_id, each group in commit order (store events left out)."""
     groups: dict[str, list[AuditEvent]] = {}
     for event in events:
+        if not event.record_id:
+            continue
         groups.setdefault(event.record_id, []).append(event)
     return {rid: order_events(group) for rid, group in sorted(groups.items())}

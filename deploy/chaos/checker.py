@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.chaos.audit_format import AuditEvent, by_record
+from deploy.chaos.audit_format import DECIDED_EVENTS, AuditEvent, by_record
 from deploy.chaos.history import LOSE_QUORUM, Fault, HistoryOp
+from deploy.chaos.insider import AttackResult
 
 # Invariant 7: the statuses a malformed, oversized, replayed or expired message may get.
 ALLOWED_BAD_INPUT_CODES = frozenset(
@@ -485,3 +486,43 @@ def bad_input(history: Sequence[HistoryOp], processes_alive: bool) -> InvariantR
                 Violation(f"bad input got status {op.status_code}, not a documented one", _show(op))
             )
     return InvariantResult("bad_input", checked, tuple(violations), unchecked)
+
+
+# -- 8. storage cannot cheat -------------------------------------------------------------------
+
+
+def storage_replay(audit: Sequence[AuditEvent], attacks: Sequence[AttackResult]) -> InvariantResult:
+    """No evaluation, lock or release was ever decided on a value an etcd insider wrote, and no
+    recovery after an attacker's write returned the key (DESIGN invariant 8).
+
+    Each attack (`deploy.chaos.insider`) names the revisions of its writes; a node that decides
+    on a value logs that value's mod_revision as `read_revision`, so a decided event on one of
+    them is a guess storage granted. `unchecked` counts attacker writes no node ever looked at
+    (the owner stopped calling before a node read them), which prove nothing either way.
+    """
+    checked = unchecked = 0
+    violations: list[Violation] = []
+    events = by_record(audit)
+    for attack in attacks:
+        written = set(attack.written)
+        record_events = events.get(attack.record_id, ())
+        seen = {e.read_revision for e in record_events if e.read_revision is not None}
+        checked += 1
+        unchecked += len(written - seen)
+        for event in record_events:
+            if event.event in DECIDED_EVENTS and event.read_revision in written:
+                violations.append(
+                    Violation(
+                        f"a node decided on a value the insider wrote ({attack.kind})",
+                        f"record {attack.record_id}: {_show_event(event)} on"
+                        f" rev={event.read_revision}",
+                    )
+                )
+        if attack.key_returned or "ok" in attack.outcomes:
+            violations.append(
+                Violation(
+                    f"a recovery succeeded after the insider's write ({attack.kind})",
+                    f"record {attack.record_id}: outcomes {attack.outcomes}",
+                )
+            )
+    return InvariantResult("storage_replay", checked, tuple(violations), unchecked)

@@ -2,8 +2,9 @@
 
 * Audit files are appended to across runs: `audit_offsets` notes each file's size when the run
   starts and `copy_audit_tails` copies only what was written since, into the run directory.
-* `etcd_dump` reads every key and value under "" through etcd's JSON gateway (no etcd client
-  library, no `etcdctl` process), for the confidentiality check.
+* `etcd_dump` reads every key and value with `etcdctl` as the cluster's admin (etcd admits no
+  anonymous reader, and its JSON gateway ignores client certificates), for the
+  confidentiality check.
 * `ProcessWatch` tells whether every cluster process is alive at the end and none crashed
   during the run: a supervisor restarts a crashed child, so a crash shows as a restart count
   that grew under the same supervisor.
@@ -11,17 +12,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import urllib.request
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from deploy import processes
 from deploy.cluster import Cluster
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def audit_files(cluster: Cluster) -> list[Path]:
@@ -50,30 +47,15 @@ def log_files(cluster: Cluster) -> list[Path]:
     return sorted(p for p in (cluster.directory / "logs").iterdir() if p.is_file())
 
 
-def _range_all(url: str, timeout: float) -> dict[str, Any] | None:
-    body = json.dumps({"key": base64.b64encode(b"\0").decode(), "range_end": "AA=="}).encode()
-    request = urllib.request.Request(url + "/v3/kv/range", data=body, method="POST")  # noqa: S310
+def etcd_dump(cluster: Cluster) -> list[bytes] | None:
+    """Every key and every value in etcd (keys and values as separate items), read with the
+    admin identity, or None when etcd did not answer."""
+    from deploy.chaos.insider import EtcdAdmin, InsiderError
+
     try:
-        with _OPENER.open(request, timeout=timeout) as resp:
-            parsed = json.loads(resp.read())
-    except (OSError, ValueError):
+        return EtcdAdmin(cluster).dump()
+    except (InsiderError, OSError, ValueError, subprocess.TimeoutExpired):
         return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def etcd_dump(cluster: Cluster, timeout: float = 5.0) -> list[bytes] | None:
-    """Every key and every value in etcd (keys and values as separate items), or None when no
-    member answered."""
-    for url in cluster.etcd_client_urls().values():
-        answer = _range_all(url, timeout)
-        if answer is None:
-            continue
-        items: list[bytes] = []
-        for kv in answer.get("kvs", []):
-            items.append(base64.b64decode(kv.get("key", "")))
-            items.append(base64.b64decode(kv.get("value", "")))
-        return items
-    return None
 
 
 def _supervisor_restarts(cluster: Cluster, name: str) -> int | None:

@@ -16,7 +16,8 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from deploy.chaos.history import Fault, JsonlWriter
 from deploy.chaos.netns import NetnsLab
@@ -35,7 +36,8 @@ class FaultContext:
 
     proxies: the client links (one per frontend); peer_proxies: etcd peer links that run
     through a proxy (see `deploy.chaos.proxy.peer_proxy_cluster`); network: the run's
-    namespaces when the cluster's data centres run in them (`partition-dc`).
+    namespaces when the cluster's data centres run in them (`partition-dc`); client_factory
+    and run_dir: for scenarios that act as users of their own (`insider`).
     """
 
     cluster: Cluster
@@ -48,6 +50,10 @@ class FaultContext:
     skipped: list[str] = field(default_factory=list)
     peer_proxies: Sequence[LinkProxy] = ()
     network: NetnsLab | None = None
+    # The load's client factory (a new client per call) and the run's directory: scenarios
+    # that act as a user of their own (`insider`) and write results beside the history.
+    client_factory: Callable[[], Any] | None = None
+    run_dir: Path | None = None
 
     def now(self) -> float:
         return self.recorder.clock.now()

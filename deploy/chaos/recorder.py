@@ -109,6 +109,12 @@ class Recorder:
             self._passwords.append(password)
         return password
 
+    def key(self, key: bytes) -> bytes:
+        """A backup key made outside the recorded load (the insider scenario's accounts)."""
+        with self._lock:
+            self._keys.append(key)
+        return key
+
     def secrets(self) -> Secrets:
         with self._lock:
             return Secrets(tuple(self._passwords), tuple(self._keys))

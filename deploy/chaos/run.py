@@ -194,7 +194,8 @@ def run_chaos(
         ctx = FaultContext(
             cluster=cluster, recorder=recorder, rng=rng, proxies=proxies, stop=stop, echo=echo,
             lease_ttl_s=float(cluster.topology.options.lease_ttl_s),
-            peer_proxies=peer_proxies, network=network,
+            peer_proxies=peer_proxies, network=network, client_factory=make_client,
+            run_dir=run_dir,
         )  # fmt: skip
         try:
             faults = run_timeline(scenarios, timeline, ctx, fault_writer)

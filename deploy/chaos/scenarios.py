@@ -12,6 +12,9 @@
 |                      | an etcd peer link when the cluster has a peer proxy              |
 | partition-dc         | cut one data centre's links to the others (network namespaces;  |
 |                      | see netns.py): its host link stays up, so clients still reach it |
+| insider              | an etcd admin attacks accounts of its own under load: writes a   |
+|                      | saved record back, a pre-lock value from history, a recreated key|
+|                      | and another account's record (insider.py; `storage_replay`)      |
 
 `all` runs each in turn. A fault's window starts once it is in place and ends when the heal
 begins, so that the fail-closed check never counts a request served after the heal.
@@ -23,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from deploy.chaos import netns
+from deploy.chaos import insider, netns
 from deploy.chaos.faults import FaultContext, Scenario, SkipScenario
 from deploy.chaos.history import LOSE_QUORUM, Fault
 from deploy.chaos.proxy import LinkFault
@@ -234,6 +237,61 @@ class PartitionDc:
         return faults
 
 
+@dataclass
+class Insider:
+    """An etcd admin attacks four accounts of its own (the load's invariants stay untouched):
+    `copy`, `recreate`, `put_back` and `history_write` (deploy/chaos/insider.py). Results go to
+    the run's insider.jsonl for the `storage_replay` invariant; the accounts' passwords and keys
+    join the run's secrets, so the confidentiality check looks for them too."""
+
+    name: str = "insider"
+    accounts: int = 4
+    guess_limit: int = 3
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        if ctx.client_factory is None or ctx.run_dir is None:
+            raise SkipScenario("the insider needs the load's clients and the run directory")
+        admin = insider.EtcdAdmin(ctx.cluster)
+        owners: list[insider.Owner] = []
+        ids: list[bytes] = []
+        tag = ctx.rng.getrandbits(32)
+        try:
+            for i in range(self.accounts):
+                client = ctx.client_factory()
+                account = client.create_account(f"insider-{tag:08x}-{i}")
+                password = ctx.recorder.password(make_password_for(ctx))
+                limit = self.guess_limit if i == 3 else None
+                key = client.register(password, max_attempts=limit)
+                ctx.recorder.key(bytes(key))
+                owners.append(insider.Owner(client, password, key))
+                ids.append(insider.record_id_of(ctx.cluster, account))
+            faults: list[Fault] = []
+            with _window(ctx, self.name, "etcd", faults):
+                results = [
+                    insider.copy(admin, owners[0], ids[0], ids[1]),
+                    insider.recreate(admin, owners[1], ids[1]),
+                    insider.put_back(admin, owners[2], ids[2], guesses=3),
+                    insider.history_write(admin, owners[3], ids[3], self.guess_limit),
+                ]
+            insider.write_results(ctx.run_dir / insider.INSIDER_FILE, results)
+            for result in results:
+                ctx.echo(
+                    f"  insider {result.kind}: wrote at {result.written}, "
+                    f"owner saw {sorted(set(result.outcomes))}"
+                )
+            return faults
+        finally:
+            for owner in owners:
+                owner.client.close()
+
+
+def make_password_for(ctx: FaultContext) -> str:
+    """A fresh password from the run's seeded generator (deploy.chaos.load.make_password)."""
+    from deploy.chaos.load import make_password
+
+    return make_password(ctx.rng)
+
+
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "kill-dc": KillDc,
     "kill-etcd-leader": KillEtcdLeader,
@@ -243,6 +301,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "kill-during-register": KillDuringRegister,
     "slow-link": SlowLink,
     "partition-dc": PartitionDc,
+    "insider": Insider,
 }
 
 

@@ -37,6 +37,7 @@ from deploy.chaos.history import (
     read_history,
     read_run_info,
 )
+from deploy.chaos.insider import INSIDER_FILE, read_results
 
 INVARIANTS = (
     "guess_limit",
@@ -46,6 +47,7 @@ INVARIANTS = (
     "confidentiality",
     "isolation",
     "bad_input",
+    "storage_replay",
 )
 
 
@@ -204,5 +206,6 @@ def check_run(
         checker.confidentiality(secrets, log_files, etcd_values),
         checker.isolation(history),
         checker.bad_input(history, info.processes_alive),
+        checker.storage_replay(audit, read_results(run_dir / INSIDER_FILE)),
     )
     return build_verdict(results, history, faults)

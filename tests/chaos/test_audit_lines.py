@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from deploy.chaos.audit_format import read_audit
+from deploy.chaos.history import RecordFormatError
 from vault_node.audit import AuditLog, MemoryAudit
+from vault_node.key_meta import KeyMeta
 from vault_node.store import MemoryRecordStore
 
 pytestmark = pytest.mark.unit
@@ -40,13 +42,32 @@ def test_memory_store_returns_commit_revisions() -> None:
     async def go() -> None:
         store = MemoryRecordStore()
         rid = os.urandom(32)
-        first = await store.put(rid, b"a", 0)
-        assert first > 0 and await store.put(rid, b"b", 0) == 0
-        second = await store.put(rid, b"c", first)
-        assert second > first and await store.delete(rid, first) == 0
-        assert await store.delete(rid, second) > second
+        reserved, first = await store.reserve(rid, b"a")
+        assert first > 0 and reserved.meta == KeyMeta(first, first, 1)
+        again, none = await store.reserve(rid, b"b")  # exists: no write, the key as it is
+        assert none == 0 and again == reserved
+        second, _ = await store.swap(rid, b"c", reserved.meta)
+        assert second > first
+        assert await store.swap(rid, b"d", reserved.meta) == (0, store.data[rid])
+        assert (await store.delete(rid, reserved.meta))[0] == 0
+        assert (await store.delete(rid, store.data[rid].meta))[0] > second
 
     asyncio.run(go())
+
+
+def test_store_events_carry_an_empty_record_id(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    log = AuditLog(stream, "dc-a-node-1", lambda: 1_700_000_000_000)
+    log.write("rollback", b"")
+    log.write("tampered", b"\x01", read_revision=9)
+    path = tmp_path / "dc-a-node-1.audit.jsonl"
+    path.write_text(stream.getvalue())
+    rollback, tampered = read_audit(path)
+    assert (rollback.event, rollback.record_id) == ("rollback", "")
+    assert (tampered.event, tampered.read_revision) == ("tampered", 9)
+    path.write_text(stream.getvalue().replace('"rollback"', '"evaluate"', 1))
+    with pytest.raises(RecordFormatError, match="record_id"):
+        read_audit(path)  # only a store event may name no record
 
 
 def test_memory_audit_keeps_details() -> None:

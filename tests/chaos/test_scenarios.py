@@ -7,6 +7,7 @@ and heals its fault itself; `healthy_cluster` restarts anything left down before
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from deploy.chaos import netns
 from deploy.chaos.checker import ALLOWED_BAD_INPUT_CODES
 from deploy.chaos.history import FAULTS_FILE, HISTORY_FILE, RUN_FILE, read_faults, read_history
+from deploy.chaos.insider import INSIDER_FILE, read_results
 from deploy.chaos.load import LoadConfig
 from deploy.chaos.run import PLOT_FILE, VERDICT_FILE, ChaosConfig, run_chaos
 from deploy.chaos.verdict import format_table
@@ -69,6 +71,21 @@ def test_scenario_keeps_every_invariant(
 ) -> None:
     run_dir = _run(healthy_cluster, scenario, tmp_path)
     _check_run_dir(run_dir, {scenario})
+
+
+@pytest.mark.timeout(240)
+def test_the_insider_gains_nothing_under_load(healthy_cluster: Cluster, tmp_path: Path) -> None:
+    """`insider`: an etcd admin's copy, recreate, put-back and history attacks under the load;
+    `storage_replay` checks all four from the audit lines, with no violation."""
+    run_dir = _run(healthy_cluster, "insider", tmp_path, duration=20.0)
+    _check_run_dir(run_dir, {"insider"})
+    verdict = json.loads((run_dir / VERDICT_FILE).read_text())
+    replay = verdict["invariants"]["storage_replay"]
+    assert replay["checked"] == 4 and replay["violations"] == 0
+    attacks = read_results(run_dir / INSIDER_FILE)
+    assert {a.kind for a in attacks} == {"copy", "recreate", "put_back", "history_write"}
+    assert all(a.written and "ok" not in a.outcomes for a in attacks)
+    assert verdict["invariants"]["guess_limit"]["violations"] == 0
 
 
 @pytest.mark.timeout(240)

@@ -9,7 +9,6 @@ import base64
 import dataclasses
 import json
 import os
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -243,25 +242,10 @@ def secret_needles(password: str, key: bytes, display: str) -> dict[str, bytes]:
 
 
 def etcd_values(cluster: Cluster) -> list[tuple[bytes, bytes]]:
-    """Every key and value in etcd, read with etcdctl (independent of our own etcd client)."""
-    out = subprocess.run(
-        [
-            "etcdctl",
-            f"--endpoints={','.join(cluster.etcd_endpoints())}",
-            "--dial-timeout=2s",
-            "--command-timeout=5s",
-            "get",
-            "",
-            "--prefix",
-            "-w",
-            "json",
-        ],
-        capture_output=True,
-        check=True,
-        timeout=20,
-        env={**os.environ, "ETCDCTL_API": "3"},
-    ).stdout
-    kvs = json.loads(out).get("kvs", [])
+    """Every key and value in etcd, read with etcdctl as root (independent of our etcd client)."""
+    done = cluster.etcdctl("get", "", "--prefix", "-w", "json", timeout=20)
+    assert done.returncode == 0, done.stderr
+    kvs = json.loads(done.stdout).get("kvs", [])
     return [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))) for kv in kvs]
 
 

@@ -33,6 +33,7 @@ from deploy.chaos.history import (
     read_run_info,
     write_run_info,
 )
+from deploy.chaos.insider import AttackResult
 from deploy.chaos.verdict import (
     INVARIANTS,
     build_verdict,
@@ -694,3 +695,28 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
     assert percentile([1.0, 9.0], 99) == 9.0
+
+
+# -- 8. storage cannot cheat -------------------------------------------------------------------
+
+
+def attack(written: list[int], outcomes: list[str], returned: bool = False) -> AttackResult:
+    return AttackResult("put_back", RID, written, outcomes, returned)
+
+
+def test_an_evaluation_on_the_insiders_value_is_a_violation() -> None:
+    refused = [ev("evaluate", 5, 1), replace(ev("tampered", None), read_revision=7)]
+    result = checker.storage_replay(refused, [attack([7], ["tampered"])])
+    assert result.ok and result.checked == 1 and result.unchecked == 0
+    granted = [*refused, replace(ev("evaluate", 8, 2), read_revision=7)]
+    only(checker.storage_replay(granted, [attack([7], ["invalid_password"])]), "decided on")
+
+
+def test_a_recovery_after_the_insiders_write_is_a_violation() -> None:
+    events = [replace(ev("tampered", None), read_revision=7)]
+    only(checker.storage_replay(events, [attack([7], ["ok"], True)]), "recovery succeeded")
+
+
+def test_an_insider_write_no_node_looked_at_is_unchecked() -> None:
+    result = checker.storage_replay([ev("evaluate", 5, 1)], [attack([7, 9], ["tampered"])])
+    assert result.ok and result.unchecked == 2
