@@ -30,13 +30,14 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def status_table(statuses: Sequence[ProcessStatus]) -> str:
-    rows = [["DC", "PROCESS", "ROLE", "PGID", "PID", "ADDRESS", "SUPERVISOR", "HEALTH"]]
+    rows = [["DC", "PROCESS", "ROLE", "PGID", "PID", "ADDRESS", "WITNESS", "SUPERVISOR",
+             "HEALTH"]]  # fmt: skip
     for s in sorted(statuses, key=lambda s: (s.dc, ROLE_ORDER.index(s.role), s.name)):
         health = "healthy" if s.healthy else ("down" if s.pgid is None else "UNHEALTHY")
         if s.leader:
             health += " (leader)"
         rows.append([s.dc, s.name, s.role, str(s.pgid or "-"), str(s.pid or "-"), s.address,
-                     s.supervisor, health])  # fmt: skip
+                     s.witness or "-", s.supervisor, health])  # fmt: skip
     return _table(rows)
 
 

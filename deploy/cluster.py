@@ -38,6 +38,7 @@ from deploy.errors import (
 from deploy.health import TlsFiles, grpc_serving
 from deploy.pki import create_pki, write_private
 from deploy.state import (
+    OUTDATED,
     STATE_VERSION,
     ClusterState,
     ProcessState,
@@ -81,6 +82,7 @@ class ProcessStatus:
     supervisor: str  # supervisor state: running, backoff, failed, stopped, down
     healthy: bool
     leader: bool = False
+    witness: str = ""  # host:port of its witness server (witness nodes only)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ class Cluster:
     @property
     def topology(self) -> Topology:
         return self.state().topology
+
+    def witness_nodes(self) -> list[str]:
+        """Names of the vault nodes that witness the record log's heads, in topology order."""
+        return [n.name for n in self.topology.witness_nodes()]
 
     def etcd_endpoints(self) -> list[str]:
         """`host:port` of every etcd member (as in node.toml)."""
@@ -297,8 +303,13 @@ class Cluster:
             name=proc.name, role=proc.role, dc=proc.dc, address=proc.address,
             pgid=proc.pgid if alive else None, pid=run.get("child_pid"),
             supervisor=str(run.get("state", "?")) if alive else "down",
-            healthy=alive and checker(proc), leader=leader,
+            healthy=alive and checker(proc), leader=leader, witness=self._witness_of(proc),
         )  # fmt: skip
+
+    @staticmethod
+    def _witness_of(proc: ProcessState) -> str:
+        port = proc.ports.get("witness", 0) if proc.role == "node" else 0
+        return f"{proc.address.rsplit(':', 1)[0]}:{port}" if port else ""
 
     def _run_state(self, name: str) -> dict[str, Any]:
         try:
@@ -422,6 +433,7 @@ class Cluster:
             },
             etcd_members={m.name: [topology.host_of(m.dc)] for m in topology.etcd},
             etcd_users=etcd_auth.cluster_users(topology),
+            nodes=[n.name for n in topology.nodes],
         )
 
     def _warn(self, fsync: bool) -> None:
@@ -452,9 +464,12 @@ class Cluster:
                 command_prefix=topology.prefix_of(m.dc),
             ))  # fmt: skip
         for node in topology.nodes:
+            ports = {"grpc": node.port}
+            if topology.is_witness(node.name):
+                ports["witness"] = node.witness_port
             procs.append(ProcessState(
                 node.name, "node", node.dc, f"{topology.host_of(node.dc)}:{node.port}",
-                {"grpc": node.port}, str(layout.log(node.name)),
+                ports, str(layout.log(node.name)),
                 command_prefix=topology.prefix_of(node.dc),
             ))  # fmt: skip
         for fe in topology.frontends:
@@ -516,10 +531,11 @@ class Cluster:
         healthy before the next (unless `wait` is False: then only spawned). Already-running
         ones are left alone."""
         if state.version != STATE_VERSION:
+            why = OUTDATED.get(state.version, "of another version")
             raise ClusterStateError(
-                f"{self.directory} holds a cluster made before etcd was locked down (state "
-                f"version {state.version}: plaintext etcd, no etcd certificates), which this "
-                "version cannot start: `bkv-cluster down`, remove the directory, `up` again"
+                f"{self.directory} holds a cluster {why} (state version {state.version}), "
+                "which this version cannot start: `bkv-cluster down`, remove the directory, "
+                "`up` again"
             )
         wanted = set(names)
         phases: list[tuple[str, float]] = []

@@ -93,6 +93,10 @@ class Layout:
     def audit_log(self, node: str) -> Path:
         return self.root / "logs" / f"{node}.audit.jsonl"
 
+    def witness_journal(self, node: str) -> Path:
+        """The heads witness `node` captured, appended before it answers."""
+        return self.root / "logs" / f"{node}.witness.jsonl"
+
     def run_state(self, name: str) -> Path:
         return self.root / "run" / f"{name}.json"
 
@@ -109,6 +113,39 @@ def etcd_table(pki: Pki, user: str, etcd_endpoints: Sequence[str]) -> dict[str, 
         "key": str(identity.key),
         "server_name": ETCD_TLS_NAME,
     }
+
+
+def witness_address(topology: Topology, node: VaultNode) -> str:
+    """host:port of witness `node`'s server (its data centre's host, as for its gRPC port)."""
+    return f"{topology.host_of(node.dc)}:{node.witness_port}"
+
+
+def witness_peers(topology: Topology) -> list[str]:
+    """Every witness as `name=host:port`, in topology order: the same list in every node.toml."""
+    return [f"{n.name}={witness_address(topology, n)}" for n in topology.witness_nodes()]
+
+
+def witness_table(topology: Topology, node: VaultNode, layout: Layout) -> dict[str, Value]:
+    """The `[witness]` table of `node` (docs/architecture.md; read by vault_node/config.py)."""
+    pki = layout.pki
+    serve = topology.is_witness(node.name)
+    table: dict[str, Value] = {"groups": topology.options.record_groups, "name": node.name,
+                               "serve": serve}  # fmt: skip
+    if serve:
+        table["listen"] = witness_address(topology, node)
+    table |= {
+        # The witness set comes from this file alone, identical on every node: etcd, trusted
+        # for availability only, never decides who vouches for a head or what a majority is.
+        "peers": witness_peers(topology),
+        "ca": str(pki.cluster_ca.cert),  # witnesses show their node's server certificate
+        "client_cert": str(pki.node_client(node.name).cert),
+        "client_key": str(pki.node_client(node.name).key),
+        # Only vault nodes hold certificates of this CA: a witness hears no frontend.
+        "client_ca": str(pki.node_client_ca.cert),
+    }
+    if serve:
+        table["journal"] = str(layout.witness_journal(node.name))
+    return table
 
 
 def node_toml(
@@ -137,6 +174,7 @@ def node_toml(
             "module": module, "softhsm_conf": str(softhsm_conf),
             "token_label": token_label, "pin_file": str(pin_file),
         },
+        "witness": witness_table(topology, node, layout),
     })  # fmt: skip
 
 

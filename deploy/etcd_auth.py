@@ -4,7 +4,8 @@ etcd runs with `--client-cert-auth` and auth on, so the CN of a client certifica
 user (`deploy.pki` issues one certificate per user). Every process gets only what it needs:
 
 * `bkv-node-<node>`, roles `bkv-node` and `bkv-member-<node>`: reads and writes every sealed
-  record; writes its own membership key `/bkv/v1/nodes/<dc>/<node>` and no other.
+  record and every record group's head (`/bkv/v1/heads/`, which the witnesses vouch for);
+  writes its own membership key `/bkv/v1/nodes/<dc>/<node>` and no other.
 * `bkv-frontend-<fe>`, role `bkv-frontend`: reads node membership; reads and writes accounts
   and sessions; no record at all.
 * `root`, role `root`: everything (operators and the launcher: bootstrap, compaction,
@@ -45,12 +46,13 @@ MEMBER_ROLE_PREFIX = "bkv-member-"
 MAX_USER_NAME = 64  # the CN of a certificate is at most 64 characters (RFC 5280 ub-common-name)
 
 RECORDS_PREFIX = "/bkv/v1/records/"
+HEADS_PREFIX = "/bkv/v1/heads/"  # each record group's head, written with every counted guess
 NODES_PREFIX = "/bkv/v1/nodes/"
 ACCOUNTS_PREFIX = "/bkv/v1/accounts/"
 SESSIONS_PREFIX = "/bkv/v1/sessions/"
 
 # The prefixes every vault node reads and writes: the one place to add a node-wide prefix.
-NODE_READWRITE_PREFIXES: tuple[str, ...] = (RECORDS_PREFIX,)
+NODE_READWRITE_PREFIXES: tuple[str, ...] = (RECORDS_PREFIX, HEADS_PREFIX)
 FRONTEND_READ_PREFIXES: tuple[str, ...] = (NODES_PREFIX,)
 FRONTEND_READWRITE_PREFIXES: tuple[str, ...] = (ACCOUNTS_PREFIX, SESSIONS_PREFIX)
 
@@ -91,7 +93,8 @@ def _prefix(key: str, perm: PermissionType) -> Permission:
 
 
 def node_grants(node: str, dc: str) -> Grants:
-    """(roles, {user: roles}) for one vault node: every record, its own membership key."""
+    """(roles, {user: roles}) for one vault node: every record and group head, its own
+    membership key."""
     from etcd_client import Permission
 
     # Its own membership key alone (range_end b""): a node cannot announce, overwrite or

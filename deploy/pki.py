@@ -1,10 +1,15 @@
-"""The cluster's certificates: four CAs, server, peer and client certificates.
+"""The cluster's certificates: five CAs, server, peer and client certificates.
 
 * The **cluster CA** signs every server certificate (vault nodes and frontends); clients and
   frontends verify servers against it.
 * The **frontend CA** signs only the frontends' client certificates. Vault nodes accept client
   certificates from this CA alone: that is how "only frontends may call a vault node" is enforced
   (a server certificate, or any certificate of the cluster CA, is refused by the nodes).
+* The **node client CA** signs only the vault nodes' own client certificates (CN = the node,
+  clientAuth only, no server SAN), which they present to the witnesses of the record log
+  (docs/architecture.md). A witness accepts client certificates of this CA alone, so neither a
+  frontend nor a server certificate can pose as a node; a node's witness server shows its
+  ordinary server certificate (cluster CA).
 * The **etcd CA** signs each etcd member's server certificate (SANs `bkv-etcd`, the one TLS name
   etcd clients check, `localhost`, 127.0.0.1 and the member's host) and the etcd client
   certificates, whose CN is the etcd user name (etcd with `--client-cert-auth` and auth on takes
@@ -35,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CLUSTER_CA = "cluster-ca"
 FRONTEND_CA = "frontend-ca"
+NODE_CLIENT_CA = "node-client-ca"
 ETCD_CA = "etcd-ca"
 ETCD_PEER_CA = "etcd-peer-ca"
 # The one TLS name every etcd member's server certificate carries and every etcd client checks
@@ -71,6 +77,14 @@ class Pki:
         return CertPaths(self.dir / f"{name}-client.pem", self.dir / f"{name}-client.key")
 
     @property
+    def node_client_ca(self) -> CertPaths:
+        return CertPaths(self.dir / f"{NODE_CLIENT_CA}.pem", self.dir / f"{NODE_CLIENT_CA}.key")
+
+    def node_client(self, name: str) -> CertPaths:
+        """The client certificate vault node `name` presents to the witnesses."""
+        return CertPaths(self.dir / f"{name}-node-client.pem", self.dir / f"{name}-node-client.key")
+
+    @property
     def etcd_ca(self) -> CertPaths:
         return CertPaths(self.dir / f"{ETCD_CA}.pem", self.dir / f"{ETCD_CA}.key")
 
@@ -91,6 +105,11 @@ class Pki:
     def etcd_user(self, user: str) -> CertPaths:
         """The client certificate of etcd user `user` (its CN)."""
         return CertPaths(self.dir / f"etcd-user-{user}.pem", self.dir / f"etcd-user-{user}.key")
+
+    def cas(self) -> tuple[CertPaths, ...]:
+        """Every CA of the cluster."""
+        return (self.cluster_ca, self.frontend_ca, self.node_client_ca, self.etcd_ca,
+                self.etcd_peer_ca)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -227,7 +246,8 @@ def issue_server(
 
 
 def issue_client(ca: Issued, name: str, *, now: dt.datetime, days: int = 825) -> Issued:
-    """A clientAuth-only certificate naming the frontend `name`."""
+    """A clientAuth-only certificate naming `name` (a frontend, or a vault node under the node
+    client CA): CN and one DNS SAN, the name; no localhost or IP SAN."""
     sans = [x509.DNSName(name)]
     return _issue(ca, name, ExtendedKeyUsageOID.CLIENT_AUTH, sans, now, days)
 
@@ -285,11 +305,13 @@ def create_pki(
     server_ips: Mapping[str, Sequence[str]] | None = None,
     etcd_members: Mapping[str, Sequence[str]] | None = None,
     etcd_users: Iterable[str] = (),
+    nodes: Iterable[str] = (),
 ) -> Pki:
-    """Make the four CAs, a server certificate per name in `servers` and in `frontends` (with
+    """Make the five CAs, a server certificate per name in `servers` and in `frontends` (with
     the extra IP SANs `server_ips[name]`), a frontend-CA client certificate per name in
-    `frontends`, a server and a peer certificate per etcd member (`etcd_members`: member name ->
-    its host IPs) and a client certificate per etcd user; write them under `pki_dir`."""
+    `frontends`, a node-client-CA client certificate per vault node in `nodes`, a server and
+    a peer certificate per etcd member (`etcd_members`: member name -> its host IPs) and a
+    client certificate per etcd user; write them under `pki_dir`."""
     extra = server_ips or {}
     now = now or dt.datetime.now(dt.UTC)
     pki_dir.mkdir(parents=True, exist_ok=True)
@@ -297,10 +319,12 @@ def create_pki(
     pki = Pki(pki_dir)
     cluster_ca = make_ca("BKV cluster CA", now=now)
     frontend_ca = make_ca("BKV frontend client CA", now=now)
+    node_client_ca = make_ca("BKV node client CA", now=now)
     etcd_ca = make_ca("BKV etcd CA", now=now)
     etcd_peer_ca = make_ca("BKV etcd peer CA", now=now)
     cluster_ca.write(pki.cluster_ca)
     frontend_ca.write(pki.frontend_ca)
+    node_client_ca.write(pki.node_client_ca)
     etcd_ca.write(pki.etcd_ca)
     etcd_peer_ca.write(pki.etcd_peer_ca)
     frontends = list(frontends)
@@ -308,6 +332,10 @@ def create_pki(
         issue_server(cluster_ca, name, now=now, ips=extra.get(name, ())).write(pki.server(name))
     for name in frontends:
         issue_client(frontend_ca, name, now=now).write(pki.frontend_client(name))
+    for name in dict.fromkeys(nodes):
+        # Its own CA: a witness that trusts it accepts nodes only, never a frontend's client
+        # certificate (frontend CA) nor a server certificate (cluster CA).
+        issue_client(node_client_ca, name, now=now).write(pki.node_client(name))
     for member, ips in (etcd_members or {}).items():
         issue_etcd_member(etcd_ca, member, now=now, ips=ips).write(pki.etcd_member(member))
         issue_etcd_peer(etcd_peer_ca, member, now=now, ips=ips).write(pki.etcd_peer(member))

@@ -19,11 +19,19 @@ from deploy.errors import ClusterStateError
 from deploy.processes import Running
 from deploy.topology import Role, Topology, parse_topology
 
-# 2: etcd locked down (TLS, client certificates, auth), its cluster id recorded. A version-1
-# directory (plaintext etcd, no etcd certificates) can still be read, shown and stopped, never
-# started again (`Cluster` refuses): make a new cluster.
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2: etcd locked down (TLS, client certificates, auth), its cluster id recorded.
+# 3: witnesses of the record log: witness ports, node client certificates, `[witness]` in every
+#    node.toml, the group heads' prefix in the node role.
+# An older directory can still be read, shown and stopped, never started again (`Cluster`
+# refuses, saying why): make a new cluster.
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# Why a directory of an older version cannot be started, by version.
+OUTDATED = {
+    1: "made before etcd was locked down (plaintext etcd, no etcd certificates)",
+    2: "made before the record log's witnesses (no witness ports, no node client certificates, "
+    "no [witness] in node.toml, no etcd grant on the group heads)",
+}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ raise one `TopologyError` listing them all. A port of 0 means "choose a free loo
 `up`"; `with_ports()` returns the topology with every port fixed, which `cluster.json` keeps so
 that restarts reuse the same addresses.
 
+The witnesses of the record log (docs/architecture.md) are the first `options.witnesses_per_dc`
+vault nodes of each data centre, in topology order: static configuration, the same in every
+node.toml, never something etcd decides. Each witness serves on a `witness_port` of its own.
+
 By default every process binds the cluster's loopback `host`. A data centre may instead have a
 host of its own with a command prefix that runs its processes inside a network namespace (e.g.
 `["ip", "netns", "exec", NS]`; see `deploy/chaos/netns.py`): such a host must be link-local
@@ -22,7 +26,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from deploy.errors import TopologyError
-from deploy.etcd_auth import user_name_problems
+from deploy.etcd_auth import cluster_users, user_name_problems
+from deploy.pki import CertPaths, Pki
+from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
 
 Role = Literal["etcd", "node", "frontend"]
 
@@ -63,6 +69,11 @@ class Options:
         16-client peak, and a later series of three showed no gain. p50 and p99 at 70
         recoveries/s were worse (docs/performance.md, fourth session): an option to measure, not
         a default.
+    witnesses_per_dc: how many vault nodes of each data centre witness the record log's group
+        heads (the first ones, in topology order); 1 up to the nodes of the smallest data
+        centre that has vault nodes. A data centre without vault nodes has no witness.
+    record_groups: how many groups the records fall into (one witnessed head each), written to
+        every node.toml: 1..65536, the same on every node.
     """
 
     etcd_fsync: bool = True
@@ -78,6 +89,8 @@ class Options:
     max_restarts: int = 5
     event_loop: str = "uvloop"
     etcd_gomaxprocs: int = 0
+    witnesses_per_dc: int = 1
+    record_groups: int = 256
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -114,6 +127,10 @@ class Options:
                 "options.etcd_gomaxprocs must be between 0 (Go's default) and "
                 f"{ETCD_GOMAXPROCS_MAX}"
             )
+        if self.witnesses_per_dc < 1:
+            out.append("options.witnesses_per_dc must be >= 1")
+        if not 1 <= self.record_groups <= MAX_RECORD_GROUPS:
+            out.append(f"options.record_groups must be between 1 and {MAX_RECORD_GROUPS}")
         return out
 
 
@@ -173,9 +190,13 @@ class DcNetwork:
 
 @dataclass(frozen=True)
 class VaultNode:
+    """A vault node. `witness_port` is its witness server's port (witnesses only; 0 = choose
+    one at `up`, and always 0 for a node that is no witness)."""
+
     name: str
     dc: str
     port: int = 0
+    witness_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,17 @@ class Topology:
         """The command prefix of the processes of `dc` (empty: run as they are)."""
         network = self.network_of(dc)
         return () if network is None else network.command_prefix
+
+    def witness_nodes(self) -> tuple[VaultNode, ...]:
+        """The witnesses: the first `options.witnesses_per_dc` vault nodes of each data centre,
+        in topology order (data centres in their order, nodes in theirs)."""
+        per_dc = self.options.witnesses_per_dc
+        return tuple(
+            n for dc in self.datacenters for n in [n for n in self.nodes if n.dc == dc][:per_dc]
+        )
+
+    def is_witness(self, node: str) -> bool:
+        return any(n.name == node for n in self.witness_nodes())
 
     def hosts(self) -> list[str]:
         """Every distinct bind address, the cluster's host first."""
@@ -277,7 +309,34 @@ class Topology:
             if m.advertise_peer_port and not _is_loopback(self.host_of(m.dc))
         ]
         out += user_name_problems(self)
+        out += self._witness_problems()
+        out += _certificate_clashes(self)
         return out + self._network_problems() + self.options.problems() + self.limits.problems()
+
+    def _witness_problems(self) -> list[str]:
+        out: list[str] = []
+        per_dc = self.options.witnesses_per_dc
+        for dc in self.datacenters:
+            count = sum(1 for n in self.nodes if n.dc == dc)
+            if count and per_dc > count:
+                out.append(
+                    f"options.witnesses_per_dc = {per_dc} but datacenter {dc!r} has only "
+                    f"{count} vault node{'s' if count > 1 else ''}"
+                )
+        witnesses = self.witness_nodes()
+        if len(witnesses) > MAX_WITNESSES:
+            out.append(
+                f"options.witnesses_per_dc = {per_dc} makes {len(witnesses)} witnesses (at "
+                f"most {MAX_WITNESSES})"
+            )
+        chosen = {n.name for n in witnesses}
+        out += [
+            f"node {n.name}.witness_port = {n.witness_port}: it is no witness (witnesses are the "
+            f"first options.witnesses_per_dc = {per_dc} of its data centre), so it must be 0"
+            for n in self.nodes
+            if n.witness_port and n.name not in chosen
+        ]
+        return out
 
     def _network_problems(self) -> list[str]:
         out: list[str] = []
@@ -309,8 +368,11 @@ class Topology:
         for m in self.etcd:
             yield f"etcd {m.name}.client_port", m.client_port
             yield f"etcd {m.name}.peer_port", m.peer_port
+        witnesses = {n.name for n in self.witness_nodes()}
         for n in self.nodes:
             yield f"node {n.name}.port", n.port
+            if n.name in witnesses or n.witness_port:
+                yield f"node {n.name}.witness_port", n.witness_port
         for f in self.frontends:
             yield f"frontend {f.name}.port", f.port
 
@@ -333,6 +395,7 @@ class Topology:
     def with_ports(self, allocate: Callable[[int], list[int]]) -> Topology:
         """This topology with every 0 port replaced by one of `allocate(count)`."""
         free = iter(allocate(self.unassigned_ports()))
+        witnesses = {n.name for n in self.witness_nodes()}
 
         def pick(port: int) -> int:
             return port or next(free)
@@ -343,7 +406,14 @@ class Topology:
                 replace(m, client_port=pick(m.client_port), peer_port=pick(m.peer_port))
                 for m in self.etcd
             ),
-            nodes=tuple(replace(n, port=pick(n.port)) for n in self.nodes),
+            nodes=tuple(
+                replace(
+                    n,
+                    port=pick(n.port),
+                    witness_port=pick(n.witness_port) if n.name in witnesses else n.witness_port,
+                )
+                for n in self.nodes
+            ),
             frontends=tuple(replace(f, port=pick(f.port)) for f in self.frontends),
         )
 
@@ -372,7 +442,11 @@ class Topology:
                 }
                 if m.advertise_peer_port:
                     out["etcd"]["advertise_peer_port"] = m.advertise_peer_port
-        out["nodes"] = [{"name": n.name, "port": n.port} for n in self.nodes if n.dc == dc]
+        out["nodes"] = [
+            {"name": n.name, "port": n.port, "witness_port": n.witness_port}
+            for n in self.nodes
+            if n.dc == dc
+        ]
         return out
 
 
@@ -380,6 +454,35 @@ def _is_retention(text: str) -> bool:
     if not _DURATION_RE.match(text):
         return False
     return any(c.isdigit() and c != "0" for c in text)  # not zero: 0 turns compaction off
+
+
+def _certificate_clashes(topology: Topology) -> list[str]:
+    """Names whose certificate files would overwrite another's in `pki/` (a frontend `x-node`
+    and a vault node `x` would both own `x-node-client.pem`; a process `etcd-user-root`, root's
+    etcd certificate). A name used twice is reported as such, not here."""
+    pki = Pki(Path("pki"))
+    files: list[tuple[str, str, CertPaths]] = [
+        *(("vault node", n.name, pki.server(n.name)) for n in topology.nodes),
+        *(("vault node", n.name, pki.node_client(n.name)) for n in topology.nodes),
+        *(("frontend", f.name, pki.server(f.name)) for f in topology.frontends),
+        *(("frontend", f.name, pki.frontend_client(f.name)) for f in topology.frontends),
+        *(("etcd member", m.name, pki.etcd_member(m.name)) for m in topology.etcd),
+        *(("etcd member", m.name, pki.etcd_peer(m.name)) for m in topology.etcd),
+        *(("etcd user", u, pki.etcd_user(u)) for u in cluster_users(topology)),
+        *(("CA", ca.cert.stem, ca) for ca in pki.cas()),
+    ]
+    processes = {"vault node", "etcd member", "frontend"}
+    owners: dict[str, tuple[str, str]] = {}
+    out: list[str] = []
+    for role, name, paths in files:
+        first = owners.setdefault(paths.cert.name, (role, name))
+        same_process = first[1] == name and {first[0], role} <= processes
+        if first != (role, name) and not same_process:
+            out.append(
+                f"{role} {name!r} and {first[0]} {first[1]!r} would both write "
+                f"pki/{paths.cert.name}: rename one"
+            )
+    return out
 
 
 def _is_loopback(host: str) -> bool:
@@ -489,12 +592,13 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
             )
         for j, n in enumerate(r.tables(dc_data, "nodes", where)):
             nwhere = f"{where}nodes[{j}]."
-            r.unknown(n, {"name", "port"}, nwhere)
+            r.unknown(n, {"name", "port", "witness_port"}, nwhere)
             nodes.append(
                 VaultNode(
                     name=r.required(n, "name", nwhere),
                     dc=dc,
                     port=r.value(n, "port", int, 0, nwhere),
+                    witness_port=r.value(n, "witness_port", int, 0, nwhere),
                 )
             )
     frontends: list[Frontend] = []

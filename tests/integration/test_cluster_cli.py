@@ -44,7 +44,7 @@ def status_rows(root: Path) -> dict[str, list[str]]:
 
 
 def health(row: list[str]) -> str:
-    return row[7]
+    return row[8]
 
 
 def all_pids(root: Path) -> list[int]:
@@ -168,6 +168,34 @@ def test_maintain_compacts_and_defragments_the_session_cluster(healthy_cluster: 
     sizes = [line for line in done.stdout.splitlines() if ": database " in line]
     assert len(sizes) == 3
     assert all(s.healthy for s in healthy_cluster.status())
+
+
+def test_node_tomls_load_and_agree_on_the_witness_set(healthy_cluster: Cluster) -> None:
+    from vault_node.config import NodeConfig
+
+    c = healthy_cluster
+    topology = c.topology
+    witnesses = c.witness_nodes()
+    assert witnesses == ["dc-a-node-1", "dc-b-node-1", "dc-c-node-1"]
+    configs = {
+        n.name: NodeConfig.load(c.layout.config(n.name), check_files=True) for n in topology.nodes
+    }
+    peers = {name: config.witness.peer_map() for name, config in configs.items()}
+    first = peers[topology.nodes[0].name]
+    assert list(first) == witnesses
+    assert all(p == first for p in peers.values())  # one witness set, the same on every node
+    ports = {p.name: p.ports for p in c.state().processes if p.role == "node"}
+    for name, config in configs.items():
+        w = config.witness
+        assert (w.name, w.serve, w.groups) == (name, name in witnesses, 256)
+        if w.serve:
+            assert w.listen == first[name] == f"127.0.0.1:{ports[name]['witness']}"
+            assert Path(w.journal).parent.is_dir()
+        else:
+            assert (w.listen, w.journal) == ("", "") and "witness" not in ports[name]
+    # `status` shows each witness's address, and only theirs.
+    rows = status_rows(c.directory)
+    assert {n: r[6] for n, r in rows.items() if r[6] != "-"} == {w: first[w] for w in witnesses}
 
 
 def test_session_cluster_fixture(healthy_cluster: Cluster) -> None:

@@ -1,5 +1,6 @@
-"""cluster.json: the etcd cluster id is kept; a cluster made before etcd was locked down (state
-version 1) can still be read and stopped but never started; `Cluster.etcdctl_argv`."""
+"""cluster.json: the etcd cluster id and the witness ports are kept; a cluster made before etcd
+was locked down (state version 1) or before the witnesses (version 2) can still be read and
+stopped but never started; `Cluster.etcdctl_argv`, `Cluster.witness_nodes`."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_the_etcd_cluster_id_survives_a_round_trip(tmp_path: Path) -> None:
     write_state(tmp_path / "cluster.json", state)
     again = read_state(tmp_path / "cluster.json")
     assert again == state
-    assert again.version == STATE_VERSION == 2
+    assert again.version == STATE_VERSION == 3
     assert json.loads((tmp_path / "cluster.json").read_text())["etcd_cluster_id"] == (
         "55ee7cf1bf2069f5"
     )
@@ -53,11 +54,45 @@ def test_a_version_1_cluster_is_read_but_never_started(tmp_path: Path) -> None:
         cluster.up()
 
 
+def test_witness_ports_survive_a_round_trip_and_the_witnesses_are_named(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    write_state(tmp_path / "cluster.json", state)
+    saved = json.loads((tmp_path / "cluster.json").read_text())
+    ports = {n["name"]: n["witness_port"] for dc in saved["topology"]["datacenter"]
+             for n in dc["nodes"]}  # fmt: skip
+    assert ports == {n.name: n.witness_port for n in state.topology.nodes}
+    assert [ports[n] > 0 for n in sorted(ports)] == [True, False] * 3
+    again = read_state(tmp_path / "cluster.json")
+    assert again.topology.witness_nodes() == state.topology.witness_nodes()
+    assert Cluster(tmp_path).witness_nodes() == ["dc-a-node-1", "dc-b-node-1", "dc-c-node-1"]
+
+
+def test_a_version_2_cluster_is_read_but_never_started(tmp_path: Path) -> None:
+    data = json.loads(_state(tmp_path, etcd_cluster_id="55ee7cf1bf2069f5").to_json())
+    data["version"] = 2
+    for dc in data["topology"]["datacenter"]:  # as then: no witness ports
+        for node in dc["nodes"]:
+            del node["witness_port"]
+    del data["topology"]["options"]["witnesses_per_dc"]
+    del data["topology"]["options"]["record_groups"]
+    (tmp_path / "cluster.json").write_text(json.dumps(data))
+    create_pki(tmp_path / "pki", [], ["fe-1"], etcd_users=["root"])
+    state = read_state(tmp_path / "cluster.json")
+    assert (state.version, state.etcd_cluster_id) == (2, "55ee7cf1bf2069f5")
+    assert all(n.witness_port == 0 for n in state.topology.nodes)
+    cluster = Cluster(tmp_path)
+    assert [s.supervisor for s in cluster.status()] == ["down"] * 3
+    cluster.down()
+    for start in (cluster.start_all, cluster.up):
+        with pytest.raises(ClusterStateError, match="made before the record log's witnesses"):
+            start()
+
+
 def test_an_unknown_version_is_refused(tmp_path: Path) -> None:
     data = json.loads(_state(tmp_path).to_json())
-    data["version"] = 3
+    data["version"] = 4
     (tmp_path / "cluster.json").write_text(json.dumps(data))
-    with pytest.raises(ClusterStateError, match="version 3 is unknown"):
+    with pytest.raises(ClusterStateError, match="version 4 is unknown"):
         read_state(tmp_path / "cluster.json")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.etcd_auth import (
+    NODE_READWRITE_PREFIXES,
     cluster_auth_plan,
     cluster_users,
     frontend_user,
@@ -24,11 +25,18 @@ def _prefix(key: bytes, perm: str) -> Permission:
     return Permission(key, prefix_end(key), perm)  # type: ignore[arg-type]
 
 
-def test_node_role_reads_and_writes_the_records_prefix_only() -> None:
+def test_node_role_reads_and_writes_the_records_and_the_group_heads_only() -> None:
     plan = cluster_auth_plan(TOPOLOGY)
+    assert NODE_READWRITE_PREFIXES == ("/bkv/v1/records/", "/bkv/v1/heads/")
     assert plan.roles["bkv-node"] == (
         Permission(b"/bkv/v1/records/", b"/bkv/v1/records0", "readwrite"),
+        Permission(b"/bkv/v1/heads/", b"/bkv/v1/heads0", "readwrite"),
     )
+
+
+def test_frontends_cannot_touch_the_group_heads() -> None:
+    plan = cluster_auth_plan(TOPOLOGY)
+    assert [p for p in plan.roles["bkv-frontend"] if b"/bkv/v1/heads/".startswith(p.key)] == []
 
 
 def test_each_node_may_write_its_own_membership_key_and_no_other() -> None:

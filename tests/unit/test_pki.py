@@ -1,5 +1,7 @@
 """The cluster PKI: chains, SANs, usages, and that no CA or certificate can stand in for another.
 
+The node client CA signs only the vault nodes' client certificates, which witnesses accept.
+
 etcd's part: the etcd CA signs member server certificates (name `bkv-etcd`) and user client
 certificates (CN = the etcd user); the etcd peer CA signs only the members' peer certificates.
 """
@@ -28,6 +30,7 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 ETCD_USERS = ["root", "bkv-node-dc-a-node-1", "bkv-frontend-fe-1"]
+NODES = ["dc-a-node-1", "dc-b-node-1"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return create_pki(
         tmp_path_factory.mktemp("pki"), ["dc-a-node-1"], ["fe-1"], now=NOW,
         etcd_members={"etcd-dc-a": ["127.0.0.1"], "etcd-dc-b": ["169.254.9.6"]},
-        etcd_users=ETCD_USERS,
+        etcd_users=ETCD_USERS, nodes=NODES,
     )  # fmt: skip
 
 
@@ -115,6 +118,7 @@ def test_keys_are_p256_and_private_files_0600(pki: Pki) -> None:
     etcd = [pki.etcd_ca, pki.etcd_peer_ca, pki.etcd_member("etcd-dc-a"), pki.etcd_peer("etcd-dc-a")]
     etcd += [pki.etcd_user(u) for u in ETCD_USERS]
     every = [pki.cluster_ca, pki.frontend_ca, pki.server("fe-1"), pki.frontend_client("fe-1")]
+    every += [pki.node_client_ca, *(pki.node_client(n) for n in NODES)]
     # Every key file of the directory (etcd-dc-b's and dc-a-node-1's too) is 0600.
     keys = list(pki.dir.glob("*.key"))
     assert len(keys) == len(every + etcd) + 3
@@ -128,10 +132,11 @@ def test_keys_are_p256_and_private_files_0600(pki: Pki) -> None:
 
 
 def test_cas_are_distinct_and_constrained(pki: Pki) -> None:
-    cas = [load_cert(p.cert) for p in (pki.cluster_ca, pki.frontend_ca, pki.etcd_ca,
-                                        pki.etcd_peer_ca)]  # fmt: skip
-    assert len({ca.subject for ca in cas}) == 4
-    assert len({ca.fingerprint(hashes.SHA256()) for ca in cas}) == 4
+    cas = [load_cert(p.cert) for p in pki.cas()]
+    assert pki.cas() == (pki.cluster_ca, pki.frontend_ca, pki.node_client_ca, pki.etcd_ca,
+                         pki.etcd_peer_ca)  # fmt: skip
+    assert len({ca.subject for ca in cas}) == 5
+    assert len({ca.fingerprint(hashes.SHA256()) for ca in cas}) == 5
     for ca in cas:
         bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
         assert bc.ca and bc.path_length == 0
@@ -145,6 +150,52 @@ def test_extra_ip_sans_for_a_datacenter_host(tmp_path: Path) -> None:
     assert _server_ok(pki, pki.cluster_ca.cert, node, "169.254.9.2")
     assert _server_ok(pki, pki.cluster_ca.cert, node, "127.0.0.1")
     assert not _server_ok(pki, pki.cluster_ca.cert, fe, "169.254.9.2")
+
+
+# ---- node client certificates (witness calls) ------------------------------------------------
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_node_client_cert_is_a_client_named_by_the_node_under_the_node_client_ca(
+    pki: Pki, node: str
+) -> None:
+    paths = pki.node_client(node)
+    assert (paths.cert.name, paths.key.name) == (
+        f"{node}-node-client.pem",
+        f"{node}-node-client.key",
+    )
+    assert pki.node_client_ca.cert.name == "node-client-ca.pem"
+    assert pki.node_client_ca.key.name == "node-client-ca.key"
+    assert _cn(paths.cert) == node
+    assert _usages(paths.cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert _sans(paths.cert) == [node]  # its name only: no localhost, no IP
+    assert _client_ok(pki.node_client_ca.cert, paths.cert)
+    # Signed by the node client CA alone: a node (which trusts the frontend CA) refuses it as a
+    # frontend, and no other CA of the cluster vouches for it.
+    for other in (pki.frontend_ca, pki.cluster_ca, pki.etcd_ca, pki.etcd_peer_ca):
+        assert not _client_ok(other.cert, paths.cert)
+        assert not _etcd_client_ok(other.cert, paths.cert)
+    # It serves as nothing: no serverAuth, whatever CA and name a verifier uses.
+    for ca in (pki.node_client_ca, pki.cluster_ca):
+        for name in ("localhost", "127.0.0.1", node):
+            assert not _server_ok(pki, ca.cert, paths.cert, name)
+
+
+def test_a_witness_accepts_no_frontend_and_no_server_certificate(pki: Pki) -> None:
+    ca = pki.node_client_ca.cert
+    for other in (pki.frontend_client("fe-1"), pki.server("dc-a-node-1"), pki.server("fe-1"),
+                  pki.etcd_user("bkv-node-dc-a-node-1"), pki.etcd_peer("etcd-dc-a")):  # fmt: skip
+        assert not _client_ok(ca, other.cert)
+        assert not _etcd_client_ok(ca, other.cert)
+
+
+def test_a_witness_serves_its_nodes_server_certificate(pki: Pki) -> None:
+    # The witness port shows the node's ordinary server certificate: callers verify it with
+    # the cluster CA, by the witness's name.
+    assert _server_ok(pki, pki.cluster_ca.cert, pki.server("dc-a-node-1").cert, "dc-a-node-1")
+    assert not _server_ok(
+        pki, pki.node_client_ca.cert, pki.server("dc-a-node-1").cert, "dc-a-node-1"
+    )
 
 
 # ---- etcd ------------------------------------------------------------------------------------

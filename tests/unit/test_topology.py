@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def test_bundled_topology_has_three_dcs_two_nodes_each_two_frontends() -> None:
     for dc in t.datacenters:
         assert len([n for n in t.nodes if n.dc == dc]) == 2
     assert [(f.name, f.dc) for f in t.frontends] == [("fe-1", "dc-a"), ("fe-2", "dc-b")]
-    assert t.unassigned_ports() == 3 * 2 + 6 + 2
+    assert t.unassigned_ports() == 3 * 2 + 6 + 3 + 2  # etcd, nodes, witnesses, frontends
+    assert (t.options.witnesses_per_dc, t.options.record_groups) == (1, 256)
     assert t.options.etcd_fsync is True
     assert t.options.etcd_election_ms >= 5 * t.options.etcd_heartbeat_ms
     # Erased records leave etcd's history within minutes even on an idle cluster.
@@ -61,8 +63,113 @@ def test_with_ports_fills_only_zero_ports_and_keeps_fixed_ones() -> None:
     assert filled.frontends[0].port == 40001
     ports = [p for m in filled.etcd for p in (m.client_port, m.peer_port)]
     ports += [n.port for n in filled.nodes] + [f.port for f in filled.frontends]
+    ports += [n.witness_port for n in filled.witness_nodes()]
     assert len(set(ports)) == len(ports)
     filled.validate()
+
+
+# ---- witnesses -------------------------------------------------------------------------------
+
+
+def _nodes(dc: str, count: int) -> list[dict[str, Any]]:
+    return [{"name": f"{dc}-node-{i + 1}", "port": 0} for i in range(count)]
+
+
+def test_the_witnesses_are_the_first_nodes_of_each_datacenter_in_topology_order() -> None:
+    t = load_topology(default_topology_path())
+    assert [n.name for n in t.witness_nodes()] == ["dc-a-node-1", "dc-b-node-1", "dc-c-node-1"]
+    assert t.is_witness("dc-b-node-1") and not t.is_witness("dc-b-node-2")
+    data = _base()
+    data["options"]["witnesses_per_dc"] = 2
+    data["datacenter"][1]["nodes"] = _nodes("dc-b", 3)[::-1]  # topology order, not name order
+    t = parse_topology(data)
+    assert [n.name for n in t.witness_nodes()] == [
+        "dc-a-node-1", "dc-a-node-2", "dc-b-node-3", "dc-b-node-2", "dc-c-node-1", "dc-c-node-2",
+    ]  # fmt: skip
+    # The order follows the datacenters' order, whatever the order of the node list.
+    reordered = replace(t, nodes=tuple(sorted(t.nodes, key=lambda n: n.name, reverse=True)))
+    assert [n.dc for n in reordered.witness_nodes()] == ["dc-a"] * 2 + ["dc-b"] * 2 + ["dc-c"] * 2
+
+
+def test_a_datacenter_without_vault_nodes_has_no_witness() -> None:
+    data = _base()
+    data["datacenter"][2]["nodes"] = []
+    t = parse_topology(data)
+    assert [n.name for n in t.witness_nodes()] == ["dc-a-node-1", "dc-b-node-1"]
+
+
+def test_witnesses_per_dc_and_record_groups_are_bounded() -> None:
+    data = _base()
+    data["options"]["witnesses_per_dc"] = 3  # every data centre has two nodes
+    data["options"]["record_groups"] = 65537
+    assert _problems(data) == (
+        "options.witnesses_per_dc = 3 but datacenter 'dc-a' has only 2 vault nodes",
+        "options.witnesses_per_dc = 3 but datacenter 'dc-b' has only 2 vault nodes",
+        "options.witnesses_per_dc = 3 but datacenter 'dc-c' has only 2 vault nodes",
+        "options.record_groups must be between 1 and 65536",
+    )
+    assert Options(witnesses_per_dc=0).problems() == ["options.witnesses_per_dc must be >= 1"]
+    assert Options(record_groups=0).problems() == [
+        "options.record_groups must be between 1 and 65536"
+    ]
+    for good in (1, 256, 65536):
+        assert Options(record_groups=good).problems() == []
+    # At most 15 witnesses (what a node accepts in witness.peers).
+    data = _base()
+    data["options"]["witnesses_per_dc"] = 6
+    for i, dc in enumerate(("dc-a", "dc-b", "dc-c")):
+        data["datacenter"][i]["nodes"] = _nodes(dc, 6)
+    assert _problems(data) == ("options.witnesses_per_dc = 6 makes 18 witnesses (at most 15)",)
+    data["options"]["witnesses_per_dc"] = 5
+    assert len(parse_topology(data).witness_nodes()) == 15
+
+
+def test_with_ports_gives_witnesses_a_witness_port_and_no_one_else() -> None:
+    data = _base()
+    data["datacenter"][1]["nodes"][0]["witness_port"] = 41111  # a fixed one is kept
+    t = parse_topology(data)
+    filled = t.with_ports(lambda n: list(range(50000, 50000 + n)))
+    assert filled.unassigned_ports() == 0
+    by_name = {n.name: n for n in filled.nodes}
+    assert by_name["dc-b-node-1"].witness_port == 41111
+    assert by_name["dc-a-node-1"].witness_port >= 50000
+    assert by_name["dc-c-node-1"].witness_port >= 50000
+    assert [by_name[f"{dc}-node-2"].witness_port for dc in ("dc-a", "dc-b", "dc-c")] == [0] * 3
+    assert parse_topology(filled.to_dict()) == filled
+
+
+def test_a_witness_port_must_be_unique_and_only_on_a_witness() -> None:
+    data = _base()
+    data["datacenter"][0]["nodes"][0]["witness_port"] = 41111
+    data["datacenter"][1]["nodes"][0]["port"] = 41111
+    data["datacenter"][2]["nodes"][1]["witness_port"] = 41112
+    text = "\n".join(_problems(data))
+    assert "node dc-b-node-1.port = 41111 is also used by node dc-a-node-1.witness_port" in text
+    assert (
+        "node dc-c-node-2.witness_port = 41112: it is no witness (witnesses are the first "
+        "options.witnesses_per_dc = 1 of its data centre), so it must be 0"
+    ) in text
+
+
+def test_names_whose_certificate_files_would_clash_are_refused() -> None:
+    data = _base()
+    data["frontend"][0]["name"] = "dc-a-node-1-node"  # its client cert = dc-a-node-1's node one
+    data["frontend"][1]["name"] = "etcd-user-root"  # its server cert = root's etcd certificate
+    assert _problems(data) == (
+        "frontend 'dc-a-node-1-node' and vault node 'dc-a-node-1' would both write "
+        "pki/dc-a-node-1-node-client.pem: rename one",
+        "etcd user 'root' and frontend 'etcd-user-root' would both write "
+        "pki/etcd-user-root.pem: rename one",
+    )
+    data = _base()
+    data["frontend"][0]["name"] = "cluster-ca"
+    assert _problems(data) == (
+        "CA 'cluster-ca' and frontend 'cluster-ca' would both write pki/cluster-ca.pem: rename one",
+    )
+    # A name used twice is reported once, as such.
+    data = _base()
+    data["frontend"][0]["name"] = "dc-a-node-1"
+    assert _problems(data) == ("process name 'dc-a-node-1' is used twice",)
 
 
 def test_every_problem_is_reported_at_once() -> None:
