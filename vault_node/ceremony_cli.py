@@ -12,6 +12,9 @@ JSON files that hold public points and wrapped (encrypted) keys only, never a PI
        [--etcd-cluster-id H] store the kem public key, check it, destroy the transport pair;
                              pin the etcd cluster id H (hex) the node will accept
     store-status             node token: print the store checkpoint (high-water mark, alarm, pin)
+    witness-reset            witness token (node stopped): forget the witnessed heads it holds;
+                             with its journal removed, it relearns them from the other witnesses
+                             at its next start. For a store an operator accepts as it is
     record-id --account A    node token: print the record id (= etcd key) of account A, for
                              operators and attack tests; needs the token's PIN, as the id_mac
                              key hides which etcd key belongs to which account
@@ -60,6 +63,8 @@ from vault_node.hsm import (
 )
 from vault_node.softhsm import SoftHsmError, TokenSpec
 from vault_node.store_guard import GuardState
+
+WITNESS_HEADS_LABEL: Final = "witness_heads"  # vault_node.witness_server.HEADS_LABEL
 
 BLOB_VERSION: Final = 1
 CEREMONY_TRANSPORT: Final = "ceremony-transport"
@@ -114,6 +119,13 @@ FLEET_KEYS: Final = (
     ),
     FleetKeySpec(
         "id_mac",
+        ObjectClass.SECRET_KEY,
+        KeyType.GENERIC_SECRET,
+        256,
+        MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    ),
+    FleetKeySpec(
+        "witness",
         ObjectClass.SECRET_KEY,
         KeyType.GENERIC_SECRET,
         256,
@@ -399,6 +411,7 @@ STEPS: Final = (
     "node-unwrap",
     "store-status",
     "store-alarm-clear",
+    "witness-reset",
     "record-id",
 )
 
@@ -463,6 +476,9 @@ def run_step(
             print(json.dumps(store_status(token), sort_keys=True))
         elif step == "store-alarm-clear":
             print(json.dumps(store_alarm_clear(token, accept_cluster_id), sort_keys=True))
+        elif step == "witness-reset":
+            token.replace_data(WITNESS_HEADS_LABEL, b"")
+            print(json.dumps({"witness_heads": "forgotten"}))
         elif step == "record-id":
             if not account:
                 raise CeremonyStepError("record-id needs --account")

@@ -93,6 +93,7 @@ def load_state(token: DataObjects, audit_high_water: int) -> tuple[GuardState, i
         high_water=max(checkpoint.high_water, audit_high_water),
         alarm=checkpoint.alarm,
         alarm_revision=checkpoint.alarm_revision,
+        alarmed_groups=frozenset(checkpoint.alarmed_groups),
     )
     return state, checkpoint.sequence
 
@@ -105,6 +106,7 @@ def write_state(token: DataObjects, state: GuardState, sequence: int) -> None:
         high_water=state.high_water,
         alarm=state.alarm,
         alarm_revision=state.alarm_revision,
+        alarmed_groups=sorted(state.alarmed_groups),
     )
     token.replace_data(CHECKPOINT_LABEL, checkpoint.SerializeToString())
 

@@ -69,6 +69,76 @@ class HsmSection:
     pin_file: str = ""  # file holding the user PIN (never the PIN itself in the config)
 
 
+MAX_RECORD_GROUPS = 65_536
+MAX_WITNESSES = 15
+
+
+@dataclass(frozen=True)
+class WitnessSection:
+    """`[witness]`: the record groups and the fleet's witnesses (docs/architecture.md).
+
+    Records fall into `groups` groups by record id; each group has a head in etcd that a
+    majority of the witnesses must capture before a guess-counting write is answered. The
+    witness set is static configuration, the same on every node: etcd, which is not trusted for
+    integrity, never decides who the witnesses are or how many make a majority.
+    """
+
+    groups: int = 256  # record groups, the same on every node of the fleet
+    name: str = ""  # this node's name in the witness set ("" = the node's name)
+    serve: bool = False  # whether this node is one of the witnesses in `peers`
+    listen: str = ""  # host:port of this node's witness server (when serve)
+    peers: tuple[str, ...] = ()  # every witness of the fleet: "name=host:port"
+    ca: str = ""  # CA of the witnesses' server certificates (the cluster CA)
+    client_cert: str = ""  # this node's client certificate for calling witnesses (node CA)
+    client_key: str = ""  # its private key
+    client_ca: str = ""  # a witness accepts only client certificates of this CA
+    journal: str = ""  # absolute path: heads this witness captured, appended before answering
+    checkpoint_interval_ms: int = 1000  # how often the witness's heads go to its token
+
+    def peer_map(self) -> dict[str, str]:
+        """Witness name -> host:port (malformed entries are left out; `problems` names them)."""
+        out: dict[str, str] = {}
+        for entry in self.peers:
+            name, sep, address = entry.partition("=")
+            if sep and name and address:
+                out[name] = address
+        return out
+
+    def problems(self, node_name: str) -> list[str]:
+        out: list[str] = []
+        if not 1 <= self.groups <= MAX_RECORD_GROUPS:
+            out.append(f"witness.groups must be in 1..{MAX_RECORD_GROUPS}")
+        peers = self.peer_map()
+        if not self.peers:
+            out.append("witness.peers must list every witness as name=host:port")
+        if len(peers) != len(self.peers):
+            out.append("witness.peers entries must be name=host:port, each name once")
+        if len(peers) > MAX_WITNESSES:
+            out.append(f"witness.peers may list at most {MAX_WITNESSES} witnesses")
+        for name, address in peers.items():
+            if not _is_host_port(address):
+                out.append(f"witness.peers entry {name!r} must be name=host:port")
+        own = self.name or node_name
+        if self.serve:
+            if own not in peers:
+                out.append(f"witness.serve is on but {own!r} is not in witness.peers")
+            if not _is_host_port(self.listen):
+                out.append("witness.listen must be host:port when witness.serve is on")
+            if not self.journal or not Path(self.journal).is_absolute():
+                out.append("witness.journal must be an absolute path when witness.serve is on")
+        elif own in peers:
+            out.append(f"{own!r} is listed in witness.peers but witness.serve is off")
+        for key in ("ca", "client_cert", "client_key"):
+            value = getattr(self, key)
+            if not value or not Path(value).is_absolute():
+                out.append(f"witness.{key} must be an absolute path")
+        if self.serve and (not self.client_ca or not Path(self.client_ca).is_absolute()):
+            out.append("witness.client_ca must be an absolute path when witness.serve is on")
+        if not 50 <= self.checkpoint_interval_ms <= 60_000:
+            out.append("witness.checkpoint_interval_ms must be in 50..60000")
+        return out
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """The whole `node.toml`."""
@@ -77,6 +147,7 @@ class NodeConfig:
     etcd: EtcdSection = field(default_factory=EtcdSection)
     tls: TlsSection = field(default_factory=TlsSection)
     hsm: HsmSection = field(default_factory=HsmSection)
+    witness: WitnessSection = field(default_factory=WitnessSection)
 
     def problems(self, *, check_files: bool = False) -> list[str]:
         """Every problem of this configuration (empty when it is usable)."""
@@ -130,6 +201,16 @@ class NodeConfig:
                 out.append(f"node.audit_log: directory {Path(n.audit_log).parent} does not exist")
         if not self.hsm.token_label:
             out.append("hsm.token_label must be non-empty")
+        out += self.witness.problems(n.name)
+        if check_files:
+            w = self.witness
+            files = {"witness.ca": w.ca, "witness.client_cert": w.client_cert,
+                     "witness.client_key": w.client_key}  # fmt: skip
+            if w.serve:
+                files["witness.client_ca"] = w.client_ca
+            for name, value in files.items():
+                if value and Path(value).is_absolute() and not Path(value).is_file():
+                    out.append(f"{name}: file {value} does not exist")
         return out
 
     def validate(self, *, check_files: bool = False) -> None:
@@ -142,7 +223,7 @@ class NodeConfig:
     def from_mapping(data: dict[str, Any]) -> NodeConfig:
         """Build from parsed TOML; unknown or mistyped keys are reported together."""
         problems: list[str] = []
-        known = {"node", "etcd", "tls", "hsm"}
+        known = {"node", "etcd", "tls", "hsm", "witness"}
         problems += [f"unknown section [{k}]" for k in data if k not in known]
         node = _section(data, "node", NodeSection, problems, required=True)
         etcd_raw = data.get("etcd", {})
@@ -151,9 +232,15 @@ class NodeConfig:
         etcd = _section({"etcd": etcd_raw}, "etcd", EtcdSection, problems, required=False)
         tls = _section(data, "tls", TlsSection, problems, required=False)
         hsm = _section(data, "hsm", HsmSection, problems, required=False)
+        witness_raw = data.get("witness", {})
+        if isinstance(witness_raw, dict) and isinstance(witness_raw.get("peers"), list):
+            witness_raw = {**witness_raw, "peers": tuple(witness_raw["peers"])}
+        witness = _section(
+            {"witness": witness_raw}, "witness", WitnessSection, problems, required=True
+        )
         # Sections are built even around bad keys (placeholders), so that the value checks
         # below run too and the operator sees every problem in one go.
-        config = NodeConfig(node=node, etcd=etcd, tls=tls, hsm=hsm)
+        config = NodeConfig(node=node, etcd=etcd, tls=tls, hsm=hsm, witness=witness)
         problems += config.problems()
         if problems:
             raise ConfigError(problems)
@@ -200,6 +287,10 @@ def _section(
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 problems.append(f"{name}.{key} must be a list of strings")
                 continue
+        elif expected is bool:
+            if not isinstance(value, bool):
+                problems.append(f"{name}.{key} must be true or false")
+                continue
         elif expected is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 problems.append(f"{name}.{key} must be an integer")
@@ -224,6 +315,8 @@ def _expected_type(cls: type[Any], key: str) -> type:
         return tuple
     if text == "int":
         return int
+    if text == "bool":
+        return bool
     return str
 
 

@@ -68,10 +68,12 @@ T = TypeVar("T")
 KEM_LABEL: Final = "kem"
 AES_LABELS: Final = frozenset({"record", "ticket"})
 HMAC_SHA512_LABELS: Final = frozenset({"oprf_seed", "ake_seed"})
-HMAC_SHA256_LABELS: Final = frozenset({"id_mac"})
-FLEET_LABELS: Final = (KEM_LABEL, "record", "ticket", "oprf_seed", "ake_seed", "id_mac")
+# `witness` MACs the witnesses' answers (vault_node.witness_core): any token of the fleet can
+# make and check them, nobody without one (etcd, a frontend, the network) can forge one.
+HMAC_SHA256_LABELS: Final = frozenset({"id_mac", "witness"})
+FLEET_LABELS: Final = (KEM_LABEL, "record", "ticket", "oprf_seed", "ake_seed", "id_mac", "witness")
 # Data objects a node keeps in its own token (vault_node.checkpoint): never key material.
-DATA_LABELS: Final = frozenset({"store_checkpoint", "etcd_cluster"})
+DATA_LABELS: Final = frozenset({"store_checkpoint", "etcd_cluster", "witness_heads"})
 DATA_APPLICATION: Final = "bkv"
 P256_EC_PARAMS: Final = encode_named_curve_parameters("secp256r1")
 P256_POINT_LEN: Final = 65
@@ -430,7 +432,7 @@ class Token:
         return await _arun(self._hmac, label, Mechanism.SHA512_HMAC, data)
 
     def hmac_sha256(self, label: str, data: bytes) -> bytes:
-        """HMAC-SHA256 under `id_mac` (32 bytes)."""
+        """HMAC-SHA256 under `id_mac` or `witness` (32 bytes)."""
         _check_label(label, HMAC_SHA256_LABELS, "HMAC-SHA256")
         return _run(self._hmac, label, Mechanism.SHA256_HMAC, data)
 

@@ -106,7 +106,8 @@ def _written_at(meta: KeyMeta) -> tuple[int, int]:
     return meta.create_revision, meta.version
 
 
-def _seal(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rng: Rng) -> bytes:
+def seal_sealed(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rng: Rng) -> bytes:
+    """A serialized `Sealed` of `plaintext` under token key `key_name`, bound to `aad`."""
     nonce = rng(NONCE_LEN)
     if len(nonce) != NONCE_LEN:
         raise ValueError("rng returned the wrong number of bytes")
@@ -115,7 +116,8 @@ def _seal(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rng: Rng
     return bytes(sealed.SerializeToString())
 
 
-def _open(token: TokenOps, key_name: str, blob: bytes, aad: bytes) -> bytes:
+def open_sealed(token: TokenOps, key_name: str, blob: bytes, aad: bytes) -> bytes:
+    """The plaintext of `seal_sealed`'s output; one `DecryptError` for every failure."""
     if len(blob) > MAX_SEALED_BYTES:
         raise DecryptError("sealed data failed to open")
     try:
@@ -151,14 +153,14 @@ def seal_record(
         # A secret never goes into a value whose create_revision is not bound (version 1).
         raise ValueError("only the RESERVED placeholder is a key's first value")
     aad = record_aad(record_id, *_written_at(stored_at))
-    return _seal(token, RECORD_KEY, record.SerializeToString(), aad, rng)
+    return seal_sealed(token, RECORD_KEY, record.SerializeToString(), aad, rng)
 
 
 def open_record(token: TokenOps, record_id: bytes, stored: StoredValue) -> sealed_pb2.Record:
     """Open a sealed record read from etcd at the metadata etcd returned it with; `DecryptError`
     for any failure, a value written back from elsewhere or earlier included."""
     aad = record_aad(record_id, *_written_at(stored.meta))
-    record = _parse(sealed_pb2.Record, _open(token, RECORD_KEY, stored.value, aad))
+    record = _parse(sealed_pb2.Record, open_sealed(token, RECORD_KEY, stored.value, aad))
     if (record.state == sealed_pb2.RECORD_STATE_RESERVED) != (stored.meta.version == 1):
         raise DecryptError("sealed data failed to open")
     return record
@@ -166,22 +168,22 @@ def open_record(token: TokenOps, record_id: bytes, stored: StoredValue) -> seale
 
 def seal_ticket(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:
     """Serialized `Sealed` of `ticket` under the fleet's `ticket` key (any node can open it)."""
-    return _seal(token, TICKET_KEY, ticket.SerializeToString(), TICKET_AAD, rng)
+    return seal_sealed(token, TICKET_KEY, ticket.SerializeToString(), TICKET_AAD, rng)
 
 
 def open_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.Ticket:
     """Open a ticket the client sent back; `DecryptError` for any failure."""
-    return _parse(sealed_pb2.Ticket, _open(token, TICKET_KEY, blob, TICKET_AAD))
+    return _parse(sealed_pb2.Ticket, open_sealed(token, TICKET_KEY, blob, TICKET_AAD))
 
 
 def seal_registration_ticket(
     token: TokenOps, ticket: sealed_pb2.RegistrationTicket, rng: Rng
 ) -> bytes:
     """Serialized `Sealed` of a registration ticket under the `ticket` key, its own AAD."""
-    return _seal(token, TICKET_KEY, ticket.SerializeToString(), REGISTRATION_TICKET_AAD, rng)
+    return seal_sealed(token, TICKET_KEY, ticket.SerializeToString(), REGISTRATION_TICKET_AAD, rng)
 
 
 def open_registration_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.RegistrationTicket:
     """Open a registration ticket the client sent back; `DecryptError` for any failure."""
-    plaintext = _open(token, TICKET_KEY, blob, REGISTRATION_TICKET_AAD)
+    plaintext = open_sealed(token, TICKET_KEY, blob, REGISTRATION_TICKET_AAD)
     return _parse(sealed_pb2.RegistrationTicket, plaintext)

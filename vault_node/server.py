@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from bkv.v1 import node_pb2, node_pb2_grpc
+from bkv.v1 import node_pb2, node_pb2_grpc, witness_pb2_grpc
 from etcd_client import EtcdClientConfig, EtcdTls
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, load_state
@@ -41,6 +41,8 @@ from vault_node.service import (
 )
 from vault_node.store import EtcdStore
 from vault_node.store_guard import StoreGuard
+from vault_node.witness_server import WitnessServer
+from vault_node.witnessing import CaptureEndpoint, PeerWitness, RemoteWitnesses, channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,22 @@ def server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
     )
 
 
+def witness_credentials(config: NodeConfig) -> grpc.ServerCredentials:
+    """The witness port: the node's server certificate; callers need a node client certificate
+    (Security: a frontend's certificate, of another CA, gets no connection)."""
+    tls, w = config.tls, config.witness
+    cert = Path(tls.cert).read_bytes()
+    if tls.ca:
+        ca = Path(tls.ca).read_bytes()
+        if ca.strip() not in cert:
+            cert = cert.rstrip(b"\n") + b"\n" + ca
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key).read_bytes(), cert)],
+        root_certificates=Path(w.client_ca).read_bytes(),
+        require_client_auth=True,
+    )
+
+
 class VaultNodeServer:
     """One vault node process: gRPC server, token, etcd store, membership, audit log."""
 
@@ -145,6 +163,9 @@ class VaultNodeServer:
         self._guard: StoreGuard | None = None
         self._checkpointer: Checkpointer | None = None
         self._compactor: Compactor | None = None
+        self._witness: WitnessServer | None = None
+        self._witness_server: grpc.aio.Server | None = None
+        self._witnesses: RemoteWitnesses | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported: int | None = None
@@ -224,6 +245,7 @@ class VaultNodeServer:
             probe=lambda: store.probe(member.key),
         )
         self._compactor = Compactor(store.compact, delay_s=node.compact_delay_ms / 1000)
+        witnesses = await self._start_witnessing(token)
         self._servicer.service = VaultService(
             token=token,
             store=self._store,
@@ -232,6 +254,7 @@ class VaultNodeServer:
                 node_name=node.name,
                 default_max_attempts=node.max_attempts,
                 ticket_ttl_ms=node.ticket_ttl_s * 1000,
+                record_groups=self.config.witness.groups,
             ),
             clock_ms=_wall_clock_ms,
             rng=os.urandom,
@@ -242,11 +265,53 @@ class VaultNodeServer:
             serving=self._membership.serving,
             on_erased=self._compactor.note,
             store_alarm=lambda: guard.alarm,
+            witnesses=witnesses,
+            group_alarms=guard,
         )
         self._checkpointer.start()
         self._compactor.start()
         self._membership.start()
         self._health_task = asyncio.get_running_loop().create_task(self._sync_health())
+
+    async def _start_witnessing(self, token: Any) -> RemoteWitnesses:
+        """The fleet's witnesses as this node's writes see them, and, on a witness node, its
+        own witness service (on a port of its own, node client certificates only)."""
+        w = self.config.witness
+        peers = w.peer_map()
+        own = w.name or self.config.node.name
+        if w.serve:
+            self._witness = WitnessServer(
+                own, w.groups, len(peers), token, Path(w.journal),
+                checkpoint_interval_s=w.checkpoint_interval_ms / 1000,
+            )  # fmt: skip
+            server = grpc.aio.server(
+                interceptors=[RejectUndecodable()],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
+            witness_pb2_grpc.add_WitnessServicer_to_server(self._witness, server)
+            port = server.add_secure_port(w.listen, witness_credentials(self.config))
+            if port == 0:
+                raise OSError(f"cannot bind the witness port {w.listen}")
+            await server.start()
+            self._witness_server = server
+            log.info("witness %s listening on %s (node client CA only)", own, w.listen)
+        credentials = channel_credentials(w.ca, w.client_cert, w.client_key)
+        endpoints: list[CaptureEndpoint] = [
+            self._witness
+            if name == own and self._witness is not None
+            else PeerWitness(name, address, credentials)
+            for name, address in sorted(peers.items())
+        ]
+        self._witnesses = RemoteWitnesses(
+            endpoints, len(peers), lambda data: bytes(token.hmac_sha256("witness", data)),
+            os.urandom,
+        )  # fmt: skip
+        if self._witness is not None:
+            self._witness.start(self._witnesses)
+        return self._witnesses
 
     def _open_guard(self, token: Any) -> StoreGuard:
         """The store guard, from the token's checkpoint and the audit log's last commits."""
@@ -322,6 +387,15 @@ class VaultNodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self._health.enter_graceful_shutdown()
+        if self._witness_server is not None:
+            await self._witness_server.stop(grace_s)
+        if self._witness is not None:
+            try:
+                await self._witness.stop()  # a last checkpoint of the witnessed heads
+            except Exception:
+                log.exception("could not write the witness's last checkpoint")
+        if self._witnesses is not None:
+            await self._witnesses.close()
         if self._compactor is not None:
             await self._compactor.stop()
         if self._membership is not None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node import transitions
 from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT
-from vault_node.key_meta import KeyMeta, StoredValue
+from vault_node.heads import Head, group_of, next_head, open_head
+from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.lru import Lru
 from vault_node.records import (
     CREDENTIAL_ACCOUNT_GENERATION,
@@ -35,9 +37,10 @@ from vault_node.records import (
     seal_registration_ticket,
     seal_ticket,
 )
-from vault_node.store import RecordStore, StoreUnavailable
+from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
 from vault_node.transitions import Current, Kind, Step
+from vault_node.witnessing import Witnessing
 from vault_protocol import opaque, ristretto
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.envelope import FleetKey, open_request, seal_response
@@ -110,9 +113,12 @@ class ServiceConfig:
     opaque_context: bytes = opaque.DEFAULT_CONTEXT
     id_cache_size: int = ID_CACHE_SIZE  # accounts whose record id is kept (0: none)
     record_cache_size: int = RECORD_CACHE_SIZE  # records kept for optimistic CAS (0: none)
+    record_groups: int = 256  # groups of records, one witnessed head each (same on every node)
 
     def validate(self) -> None:
         problems = []
+        if not 1 <= self.record_groups <= 65_536:
+            problems.append("record_groups must be in 1..65536")
         if self.id_cache_size < 0 or self.record_cache_size < 0:
             problems.append("cache sizes must be >= 0")
         if not self.node_name:
@@ -149,6 +155,29 @@ class _KsfUnused:
         raise AssertionError("the server side of OPAQUE never calls the KSF")
 
 
+class GroupAlarms(Protocol):
+    """The record groups a witness showed rolled back (store_guard.StoreGuard keeps them)."""
+
+    def group_alarmed(self, group: int) -> bool: ...
+
+    def alarm_group(self, group: int) -> bool: ...
+
+
+class MemoryGroupAlarms:
+    """Group alarms in memory only (unit tests)."""
+
+    def __init__(self) -> None:
+        self.groups: set[int] = set()
+
+    def group_alarmed(self, group: int) -> bool:
+        return group in self.groups
+
+    def alarm_group(self, group: int) -> bool:
+        new = group not in self.groups
+        self.groups.add(group)
+        return new
+
+
 @dataclass(frozen=True)
 class Applied:
     """What `_apply` did: the step decided last, the key it was decided on, and the revision
@@ -175,6 +204,8 @@ class VaultService:
         serving: Callable[[], bool] = lambda: True,
         on_erased: Callable[[int], None] = lambda revision: None,
         store_alarm: Callable[[], str] = lambda: "",
+        witnesses: Witnessing,
+        group_alarms: GroupAlarms | None = None,
     ) -> None:
         config.validate()
         self._token = token
@@ -186,6 +217,9 @@ class VaultService:
         self._audit = audit
         self._serving = serving
         self._store_alarm = store_alarm
+        self._witnesses = witnesses
+        # Groups a witness showed rolled back: refused (latched; in the store guard's checkpoint).
+        self._groups: GroupAlarms = group_alarms or MemoryGroupAlarms()
         # A lock or delete committed at this revision: etcd's history before it still holds
         # the erased record, so the node has it compacted (vault_node.compactor).
         self._on_erased = on_erased
@@ -227,6 +261,8 @@ class VaultService:
         if len(request.response_key) != 32:
             raise BadRequest("envelope could not be opened")
         record_id = self._record_id(account)
+        if self._groups.group_alarmed(self._group(record_id)):
+            raise StoreRefused("this record's group was rolled back; refused until cleared")
         try:
             response = await self._dispatch(request, account, record_id)
         except StoreRolledBack as exc:
@@ -277,45 +313,71 @@ class VaultService:
             return None
         return current
 
-    def _open(self, record_id: bytes, stored: StoredValue | None) -> Current:
-        """The key as etcd returned it, its record opened at the metadata it came with."""
+    def _group(self, record_id: bytes) -> int:
+        return group_of(record_id, self._config.record_groups)
+
+    def _open(self, record_id: bytes, snapshot: Snapshot) -> Current:
+        """The record and its group's head as etcd returned them, each opened and checked
+        against the other: the record at the metadata it came with, the head's page against
+        the record's digest."""
+        group = self._group(record_id)
+        stored = snapshot.record
+        try:
+            head = open_head(self._token, group, snapshot.head)
+        except DecryptError:
+            self._records.pop(record_id)
+            return Current(ABSENT if stored is None else stored.meta, None, tampered=True)
+        if not head.holds(record_id, stored):
+            # A record the head does not vouch for (an older or newer value than the page, or
+            # one the page lists but etcd lost): storage's, not a vault node's.
+            self._records.pop(record_id)
+            meta = ABSENT if stored is None else stored.meta
+            return Current(meta, None, tampered=True, head=head)
         if stored is None:
             self._records.pop(record_id)
-            return transitions.NOTHING
+            return Current(ABSENT, None, head=head)
         try:
             record = open_record(self._token, record_id, stored)
         except DecryptError:
             # Not written here by a vault node (or damaged): never cached, never evaluated.
             self._records.pop(record_id)
-            return Current(stored.meta, None, tampered=True)
-        current = Current(stored.meta, record)
+            return Current(stored.meta, None, tampered=True, head=head)
+        current = Current(stored.meta, record, head=head)
         known = self._records.get(record_id)
         if known is None or stored.meta.mod_revision >= known.meta.mod_revision:
             self._records.put(record_id, current)
         return current
 
     async def _read(self, record_id: bytes) -> Current:
-        """A linearizable read of the key (and the cache refreshed with it)."""
+        """A linearizable read of the record and its group's head (the cache refreshed)."""
         try:
-            stored = await self._store.get(record_id)
+            snapshot = await self._store.read(record_id, self._group(record_id))
         except BaseException:
             self._records.pop(record_id)
             raise
-        return self._open(record_id, stored)
+        return self._open(record_id, snapshot)
 
-    async def _commit(self, record_id: bytes, current: Current, step: Step) -> tuple[int, Current]:
-        """Write (or erase) what `step` says if the key is still at `current.meta`:
-        `(commit revision, the key after it)`, or `(0, the key as the failed CAS read it)`."""
+    async def _commit(
+        self, record_id: bytes, current: Current, step: Step
+    ) -> tuple[int, Current, Head]:
+        """Write (or erase) what `step` says, with the group's next head, if the record and the
+        head are still at `current`'s metadata: `(commit revision, the key after it, the new
+        head)`, or `(0, the key as the failed CAS read it, the head it would have written)`."""
+        head = current.head
+        assert head is not None
+        sealed: bytes | None = None
+        if not step.erase:
+            assert step.write is not None
+            # A key's first value is sealed for version 1 (only the placeholder: records.py).
+            stored_at = current.meta.successor() if current.meta.exists else KeyMeta(0, 0, 1)
+            record = step.write
+            record.version = stored_at.version  # the etcd version it is sealed for
+            sealed = seal_record(self._token, record_id, record, stored_at, self._rng)
+        sealed_head, new_head = next_head(self._token, head, record_id, sealed, self._rng)
         try:
-            if step.erase:
-                revision, conflict = await self._store.delete(record_id, current.meta)
-            else:
-                assert step.write is not None
-                stored_at = current.meta.successor()
-                record = step.write
-                record.version = stored_at.version  # the etcd version it is sealed for
-                sealed = seal_record(self._token, record_id, record, stored_at, self._rng)
-                revision, conflict = await self._store.swap(record_id, sealed, current.meta)
+            revision, conflict = await self._store.write(
+                record_id, sealed, current.meta, head.group, sealed_head, head.meta
+            )
         except StoreUnavailable as exc:
             self._records.pop(record_id)  # the outcome is unknown
             raise WriteUnconfirmed("etcd did not confirm the write") from exc
@@ -327,29 +389,61 @@ class VaultService:
             self._records.pop(record_id)  # the outcome is unknown
             raise
         if not revision:
-            return 0, self._open(record_id, conflict)
+            assert conflict is not None
+            return 0, self._open(record_id, conflict), new_head
+        new_head = replace(new_head, meta=head.meta.after_write(revision))
         if step.erase:
             self._records.pop(record_id)
-            return revision, transitions.NOTHING
-        after = Current(current.meta.after_write(revision), step.write)
+            return revision, Current(ABSENT, None, head=new_head), new_head
+        after = Current(current.meta.after_write(revision), step.write, head=new_head)
         self._records.put(record_id, after)
-        return revision, after
+        return revision, after, new_head
 
     async def _apply(
         self, record_id: bytes, decide: Callable[[Current], Step], current: Current
     ) -> Applied:
-        """The one compare-and-swap loop: decide, commit, and on a conflict decide again."""
+        """The one compare-and-swap loop: decide, commit, and on a conflict decide again; then
+        have a majority of witnesses capture the new head before anything is answered on it."""
         for _ in range(CAS_RETRIES):
+            if current.head is None:
+                self._tampered(record_id, current)  # the group's head itself is not ours
             step = decide(current)
             if step.kind is Kind.TAMPERED:
                 self._tampered(record_id, current)
             if not step.writes:
                 return Applied(step, current, 0)
-            revision, after = await self._commit(record_id, current, step)
+            revision, after, new_head = await self._commit(record_id, current, step)
             if revision:
+                assert current.head is not None
+                await self._witness(record_id, current.head, new_head, step)
                 return Applied(step, current, revision)
             current = after  # read by the failed CAS itself
         raise Unavailable("too much contention on this record; retry")
+
+    async def _witness(self, record_id: bytes, base: Head, head: Head, step: Step) -> None:
+        """A majority of witnesses must capture `head` before a guess is evaluated, a lock or a
+        delete is confirmed, or a registration acknowledged. The finish (RELEASE) is captured
+        lazily: it only forgives guesses, so losing it to a rollback costs its user, never
+        gains an attacker, and the next write of the group extends it."""
+        result = await self._witnesses.capture(base, head, lazy=step.kind is Kind.RELEASE)
+        if result.rollback:
+            self._records.pop(record_id)
+            group = base.group
+            if self._groups.alarm_group(group):
+                log.error(
+                    "GROUP ROLLBACK ALARM: group %d (record %s): %s. etcd holds a head older than "
+                    "the witnesses' (a restore, however its revisions were bumped) or another "
+                    "history (a fork); this node refuses the group until an operator clears it "
+                    "with its token (ceremony_cli store-alarm-clear)",
+                    group, record_id.hex(), result.rollback,
+                )  # fmt: skip
+            self._audit.write("rollback", record_id, read_revision=base.meta.mod_revision)
+            raise StoreRefused("the group's head is behind the witnesses'")
+        if not result.captured:
+            self._records.pop(record_id)
+            # The write is in etcd, unwitnessed: nothing is evaluated or answered on it.
+            log.warning("write to group %d not witnessed: %s", base.group, result.answers)
+            raise WriteUnconfirmed("the witnesses did not confirm the write")
 
     def _tampered(self, record_id: bytes, current: Current) -> None:
         """Refuse a record storage wrote: audit line, operator log line, DATA_LOSS."""
@@ -411,19 +505,15 @@ class VaultService:
         except InvalidInput as exc:
             raise BadRequest("malformed registration request") from exc
         # Security: the finish may replace only the key as it is now, named by a real write: an
-        # absent key is reserved first (a secret-free placeholder), because a ticket bound to
-        # "absent" would match the key again after a delete. One transaction either way.
-        placeholder = seal_record(
-            self._token,
-            record_id,
-            sealed_pb2.Record(state=transitions.RESERVED, version=1),
-            KeyMeta(0, 0, 1),
-            self._rng,
-        )
-        stored, reserved_at = await self._store.reserve(record_id, placeholder)
-        if reserved_at:
-            self._audit.write("reserve", record_id, revision=reserved_at)
-        meta = stored.meta
+        # absent key is reserved first (a secret-free placeholder, witnessed like any write),
+        # because a ticket bound to "absent" would match the key again after a delete.
+        # A read, never the cache: the ticket's base must be the key as etcd holds it now.
+        applied = await self._apply(record_id, transitions.reserve, await self._read(record_id))
+        if applied.revision:
+            self._audit.write("reserve", record_id, revision=applied.revision)
+            meta = applied.current.meta.after_write(applied.revision)
+        else:
+            meta = applied.current.meta
         ticket = sealed_pb2.RegistrationTicket(
             record_id=record_id,
             generation=generation,
@@ -477,13 +567,12 @@ class VaultService:
             credential_scheme=CREDENTIAL_ACCOUNT_GENERATION,
             ksf_params=msg.ksf.SerializeToString() if msg.HasField("ksf") else b"",
         )
-        # No read first: the ticket names the write the key must still be at, so the CAS goes
-        # straight to it; a conflict returns the key as it is, and the decision is taken again.
-        base = Current(
-            KeyMeta(ticket.base_create_revision, ticket.base_revision, ticket.base_version)
-        )
+        # From the cache when it holds the key at the ticket's base: the CAS compares it.
+        current = self._cached(
+            record_id, lambda c: transitions.at_base(c, ticket)
+        ) or await self._read(record_id)
         applied = await self._apply(
-            record_id, lambda current: transitions.register(current, ticket, new), base
+            record_id, lambda current: transitions.register(current, ticket, new), current
         )
         if applied.step.kind is Kind.STALE:
             raise Precondition("the record changed since the registration started; start again")

@@ -1,11 +1,12 @@
 """Sealed records and the membership lease in etcd, behind small protocols.
 
-`RecordStore` is what the request logic needs: a linearizable read that returns the key's etcd
-metadata with its value, register start's reservation, compare-and-swap writes and deletes on
-the key's `mod_revision`, and compaction. `MemoryRecordStore` is the in-process fake with etcd's
-revision semantics for unit tests; `EtcdStore` talks to etcd 3.4 through `etcd_client` over TLS
-with this node's client certificate, and hands every linearizable answer to the `StoreGuard`,
-so that a store rolled back below what this node has seen is refused.
+`RecordStore` is what the request logic needs: a linearizable read of a record and its group's
+head (vault_node.heads) with their etcd metadata, one compare-and-swap write of both (a put or a
+delete of the record, a put of the head) on both keys' `mod_revision`, and compaction.
+`MemoryRecordStore` is the in-process fake with etcd's revision semantics for unit tests;
+`EtcdStore` talks to etcd 3.4 through `etcd_client` over TLS with this node's client
+certificate, and hands every linearizable answer to the `StoreGuard`, so that a store rolled
+back below what this node has seen is refused.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from etcd_client import EtcdClient, EtcdClientConfig
 from etcd_client.errors import EtcdCompacted, EtcdError
 from etcd_client.types import Compare, Delete, Get, Header, KeyValue, Put, RangeResult
+from vault_node.heads import head_key
 from vault_node.key_meta import ABSENT, KeyMeta, StoredValue
 from vault_node.store_guard import StoreGuard
 
@@ -27,9 +30,18 @@ NODES_PREFIX = "/bkv/v1/nodes/"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# (commit revision, None) after a commit; (0, the key as the failed transaction read it) after a
-# conflict, None for an absent key.
-SwapResult = tuple[int, StoredValue | None]
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A record and its group's head as one linearizable read returned them (None: absent)."""
+
+    record: StoredValue | None
+    head: StoredValue | None
+
+
+# (commit revision, None) after a commit; (0, the record and head as the failed transaction read
+# them) after a conflict.
+WriteResult = tuple[int, Snapshot | None]
 
 
 class StoreUnavailable(Exception):
@@ -37,27 +49,25 @@ class StoreUnavailable(Exception):
 
 
 class RecordStore(Protocol):
-    """Records keyed by record id; writes are compare-and-swap on the key's `mod_revision`."""
+    """Records keyed by record id, each with its group's head (vault_node.heads); writes are
+    compare-and-swap on both keys' `mod_revision`, in one transaction."""
 
-    async def get(self, record_id: bytes) -> StoredValue | None:
-        """The key's value and metadata, or None when absent. Linearizable."""
+    async def read(self, record_id: bytes, group: int) -> Snapshot:
+        """The record and its group's head, both as of one revision. Linearizable."""
         ...
 
-    async def reserve(self, record_id: bytes, placeholder: bytes) -> tuple[StoredValue, int]:
-        """Create the key with `placeholder` if it is absent, in one transaction.
-
-        `(the key as it is afterwards, the commit revision)`, the revision 0 when the key
-        existed (then the value is the existing one).
-        """
-        ...
-
-    async def swap(self, record_id: bytes, value: bytes, expected: KeyMeta) -> SwapResult:
-        """Write `value` if the key is still at `expected` (its `mod_revision`); on a conflict,
-        the key as the same transaction read it, so a retry needs no extra read."""
-        ...
-
-    async def delete(self, record_id: bytes, expected: KeyMeta) -> SwapResult:
-        """Delete the key if it is still at `expected`; as `swap` otherwise."""
+    async def write(
+        self,
+        record_id: bytes,
+        value: bytes | None,
+        expected: KeyMeta,
+        group: int,
+        head: bytes,
+        expected_head: KeyMeta,
+    ) -> WriteResult:
+        """Put `value` (None: delete the record) and the group's new `head`, if both keys are
+        still at `expected` / `expected_head` (ABSENT: the key must not exist); on a conflict
+        the two keys as the same transaction read them, so a retry needs no extra read."""
         ...
 
     async def compact(self, revision: int) -> None:
@@ -89,28 +99,33 @@ def record_key(record_id: bytes) -> bytes:
 class MemoryRecordStore:
     """In-memory `RecordStore` with etcd's revision semantics, for unit tests.
 
-    `data` maps record ids to `StoredValue`s; tests may write it directly, as an etcd insider
-    would (`put_back`, `recreate`), to check that the node refuses what it did not write.
+    `data` maps record ids and `heads` group numbers to `StoredValue`s; tests may write them
+    directly, as an etcd insider would (`put_back`, `remove`, `restore`), to check that the node
+    refuses what it did not write.
     """
 
     def __init__(self) -> None:
         self.revision = 0
         self.compacted = 0
         self.data: dict[bytes, StoredValue] = {}
+        self.heads: dict[int, StoredValue] = {}
 
-    async def get(self, record_id: bytes) -> StoredValue | None:
-        await asyncio.sleep(0)  # a real store yields here: let concurrent callers interleave
-        return self.data.get(record_id)
-
-    def _meta(self, record_id: bytes) -> KeyMeta:
-        entry = self.data.get(record_id)
+    def _meta(self, table: dict[Any, StoredValue], key: Any) -> KeyMeta:
+        entry = table.get(key)
         return ABSENT if entry is None else entry.meta
 
     def put_back(self, record_id: bytes, value: bytes) -> StoredValue:
-        """An unconditional put, as `etcdctl put` makes it."""
+        """An unconditional put of a record, as `etcdctl put` makes it."""
         self.revision += 1
-        stored = StoredValue(value, self._meta(record_id).after_write(self.revision))
+        stored = StoredValue(value, self._meta(self.data, record_id).after_write(self.revision))
         self.data[record_id] = stored
+        return stored
+
+    def put_head_back(self, group: int, value: bytes) -> StoredValue:
+        """An unconditional put of a group's head."""
+        self.revision += 1
+        stored = StoredValue(value, self._meta(self.heads, group).after_write(self.revision))
+        self.heads[group] = stored
         return stored
 
     def remove(self, record_id: bytes) -> None:
@@ -118,26 +133,44 @@ class MemoryRecordStore:
         if self.data.pop(record_id, None) is not None:
             self.revision += 1
 
-    async def reserve(self, record_id: bytes, placeholder: bytes) -> tuple[StoredValue, int]:
-        await asyncio.sleep(0)
-        existing = self.data.get(record_id)
-        if existing is not None:
-            return existing, 0
-        stored = self.put_back(record_id, placeholder)
-        return stored, self.revision
+    def copy(self) -> tuple[dict[bytes, StoredValue], dict[int, StoredValue], int]:
+        """A snapshot of the whole store (`etcdctl snapshot save`)."""
+        return dict(self.data), dict(self.heads), self.revision
 
-    async def swap(self, record_id: bytes, value: bytes, expected: KeyMeta) -> SwapResult:
-        await asyncio.sleep(0)
-        if not expected.exists or self._meta(record_id).mod_revision != expected.mod_revision:
-            return 0, self.data.get(record_id)
-        self.put_back(record_id, value)
-        return self.revision, None
+    def restore(
+        self, snapshot: tuple[dict[bytes, StoredValue], dict[int, StoredValue], int], bump: int = 0
+    ) -> None:
+        """Put a snapshot back, its revision raised by `bump` (a restore that bumps revisions)."""
+        self.data, self.heads = dict(snapshot[0]), dict(snapshot[1])
+        self.revision = snapshot[2] + bump
 
-    async def delete(self, record_id: bytes, expected: KeyMeta) -> SwapResult:
+    async def read(self, record_id: bytes, group: int) -> Snapshot:
+        await asyncio.sleep(0)  # a real store yields here: let concurrent callers interleave
+        return Snapshot(self.data.get(record_id), self.heads.get(group))
+
+    async def write(
+        self,
+        record_id: bytes,
+        value: bytes | None,
+        expected: KeyMeta,
+        group: int,
+        head: bytes,
+        expected_head: KeyMeta,
+    ) -> WriteResult:
         await asyncio.sleep(0)
-        if not expected.exists or self._meta(record_id).mod_revision != expected.mod_revision:
-            return 0, self.data.get(record_id)
-        self.remove(record_id)
+        if (
+            self._meta(self.data, record_id).mod_revision != expected.mod_revision
+            or self._meta(self.heads, group).mod_revision != expected_head.mod_revision
+        ):
+            return 0, Snapshot(self.data.get(record_id), self.heads.get(group))
+        self.revision += 1
+        if value is None:
+            self.data.pop(record_id, None)
+        else:
+            meta = self._meta(self.data, record_id).after_write(self.revision)
+            self.data[record_id] = StoredValue(value, meta)
+        head_meta = self._meta(self.heads, group).after_write(self.revision)
+        self.heads[group] = StoredValue(head, head_meta)
         return self.revision, None
 
     async def compact(self, revision: int) -> None:
@@ -149,8 +182,23 @@ def _stored(kv: KeyValue) -> StoredValue:
     return StoredValue(kv.value, KeyMeta(kv.create_revision, kv.mod_revision, kv.version))
 
 
-def _first(result: RangeResult) -> StoredValue | None:
-    return _stored(result.kvs[0]) if result.kvs else None
+def _first(result: object) -> StoredValue | None:
+    if isinstance(result, RangeResult) and result.kvs:
+        return _stored(result.kvs[0])
+    return None
+
+
+def _snapshot(responses: tuple[object, ...]) -> Snapshot:
+    if len(responses) != 2:
+        raise StoreUnavailable("etcd answered a record read without both keys")
+    return Snapshot(_first(responses[0]), _first(responses[1]))
+
+
+def _compare(key: bytes, expected: KeyMeta) -> Compare:
+    """The key is still at `expected`: its mod_revision, or absent (version 0)."""
+    if not expected.exists:
+        return Compare.version_is(key, 0)
+    return Compare.mod_is(key, expected.mod_revision)
 
 
 class EtcdStore:
@@ -189,59 +237,44 @@ class EtcdStore:
 
     # -- records --
 
-    async def get(self, record_id: bytes) -> StoredValue | None:
+    async def read(self, record_id: bytes, group: int) -> Snapshot:
         # Linearizable (not serializable): a partitioned member can never hand us an old
-        # attempt counter, and the answer's revision is one the guard may compare.
-        self._guard.check()
-        floor = self._guard.floor()
-        result = await self._call(lambda: self._client.range(record_key(record_id)))
-        self._observe(result.header, floor)
-        return _first(result)
-
-    async def reserve(self, record_id: bytes, placeholder: bytes) -> tuple[StoredValue, int]:
-        key = record_key(record_id)
+        # attempt counter, and the answer's revision is one the guard may compare. A
+        # transaction with no compare: both keys at one revision, one round trip.
         self._guard.check()
         floor = self._guard.floor()
         result = await self._call(
-            lambda: self._client.txn(
-                [Compare.version_is(key, 0)], [Put(key, placeholder)], [Get(key)]
-            )
+            lambda: self._client.txn([], [Get(record_key(record_id)), Get(head_key(group))])
         )
         self._observe(result.header, floor)
-        revision = result.header.revision
-        if result.succeeded:
-            return StoredValue(placeholder, ABSENT.after_write(revision)), revision
-        got = result.responses[0] if result.responses else None
-        if not isinstance(got, RangeResult) or not got.kvs:
-            # Deleted between the compare and the read of the same transaction cannot happen
-            # in etcd; treat a malformed answer as the store failing.
-            raise StoreUnavailable("etcd answered a reservation without the key")
-        return _stored(got.kvs[0]), 0
+        return _snapshot(result.responses)
 
-    async def _conditional(
-        self, record_id: bytes, expected: KeyMeta, op: Put | Delete
-    ) -> SwapResult:
-        if not expected.exists:
-            raise ValueError("a compare-and-swap needs an existing key")
-        key = record_key(record_id)
+    async def write(
+        self,
+        record_id: bytes,
+        value: bytes | None,
+        expected: KeyMeta,
+        group: int,
+        head: bytes,
+        expected_head: KeyMeta,
+    ) -> WriteResult:
+        key, hkey = record_key(record_id), head_key(group)
+        record_op: Put | Delete = Delete(key) if value is None else Put(key, value)
         self._guard.check()
         floor = self._guard.floor()
-        # One round trip either way: the failure branch reads the key inside the transaction,
-        # which etcd serialises like any write, so the value returned is linearizable.
+        # One round trip either way: the failure branch reads both keys inside the
+        # transaction, which etcd serialises like any write, so what it returns is current.
         result = await self._call(
-            lambda: self._client.txn([Compare.mod_is(key, expected.mod_revision)], [op], [Get(key)])
+            lambda: self._client.txn(
+                [_compare(key, expected), _compare(hkey, expected_head)],
+                [record_op, Put(hkey, head)],
+                [Get(key), Get(hkey)],
+            )
         )
         self._observe(result.header, floor)
         if result.succeeded:
             return result.header.revision, None
-        got = result.responses[0] if result.responses else None
-        return 0, (_first(got) if isinstance(got, RangeResult) else None)
-
-    async def swap(self, record_id: bytes, value: bytes, expected: KeyMeta) -> SwapResult:
-        return await self._conditional(record_id, expected, Put(record_key(record_id), value))
-
-    async def delete(self, record_id: bytes, expected: KeyMeta) -> SwapResult:
-        return await self._conditional(record_id, expected, Delete(record_key(record_id)))
+        return 0, _snapshot(result.responses)
 
     async def compact(self, revision: int) -> None:
         try:

@@ -38,6 +38,7 @@ class GuardState:
     high_water: int = 0
     alarm: str = ""
     alarm_revision: int = 0
+    alarmed_groups: frozenset[int] = frozenset()  # record groups a witness found rolled back
 
 
 class StoreGuard:
@@ -59,6 +60,7 @@ class StoreGuard:
         self._high_water = state.high_water
         self._alarm = state.alarm
         self._alarm_revision = state.alarm_revision
+        self._groups = set(state.alarmed_groups)
         self._on_alarm = on_alarm
         self._on_pin = on_pin
 
@@ -71,7 +73,24 @@ class StoreGuard:
         return self._high_water
 
     def state(self) -> GuardState:
-        return GuardState(self._cluster_id, self._high_water, self._alarm, self._alarm_revision)
+        return GuardState(
+            self._cluster_id,
+            self._high_water,
+            self._alarm,
+            self._alarm_revision,
+            frozenset(self._groups),
+        )
+
+    def group_alarmed(self, group: int) -> bool:
+        return group in self._groups
+
+    def alarm_group(self, group: int) -> bool:
+        """A witness showed group `group` rolled back or forked: refuse it from now on (latched,
+        checkpointed like the store alarm; cleared only with the token). True the first time."""
+        if group in self._groups:
+            return False
+        self._groups.add(group)
+        return True
 
     def floor(self) -> int:
         """The revision no answer to a request sent from now on may be below."""

@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass
 
 from bkv.v1 import sealed_pb2
+from vault_node.heads import Head
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.records import CREDENTIAL_ACCOUNT, CREDENTIAL_ACCOUNT_GENERATION
 
@@ -29,14 +30,17 @@ CREDENTIAL_SCHEMES = frozenset({CREDENTIAL_ACCOUNT, CREDENTIAL_ACCOUNT_GENERATIO
 
 @dataclass(frozen=True)
 class Current:
-    """One etcd key as a vault node sees it: its metadata and the record it holds.
+    """One etcd key as a vault node sees it: its metadata, the record it holds, and its group's
+    head (vault_node.heads).
 
-    `record` is None when the key is absent or when its value did not open (`tampered`).
+    `record` is None when the key is absent or when its value did not open, or does not match
+    its group's head (`tampered`); `head` is None when the head itself did not open.
     """
 
     meta: KeyMeta
     record: sealed_pb2.Record | None = None
     tampered: bool = False
+    head: Head | None = None
 
     @property
     def registered(self) -> bool:
@@ -58,6 +62,7 @@ class Kind(enum.Enum):
     LOCK = "lock"  # write: the last guess was spent before, now erased for good
     RELEASE = "release"  # write: a good client MAC forgave this ticket's guesses
     REGISTERED = "registered"  # write (or a retry of this very registration: no write)
+    RESERVED = "reserved"  # register start: the absent key reserved (write), or already there
     DELETED = "deleted"  # erase the key (or nothing to erase)
 
 
@@ -208,6 +213,15 @@ def register(
     if is_this_registration(current, new):
         return Step(Kind.REGISTERED)
     return Step(Kind.STALE)
+
+
+def reserve(current: Current) -> Step:
+    """Register start: make an absent key exist with the secret-free RESERVED placeholder, so
+    that the registration's ticket names a real write; an existing key is left as it is (a
+    tampered value too: the finish may replace it)."""
+    if current.meta.exists:
+        return Step(Kind.RESERVED)
+    return Step(Kind.RESERVED, write=sealed_pb2.Record(state=RESERVED))
 
 
 def delete(current: Current) -> Step:

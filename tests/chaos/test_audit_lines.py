@@ -11,7 +11,7 @@ import pytest
 from deploy.chaos.audit_format import read_audit
 from deploy.chaos.history import RecordFormatError
 from vault_node.audit import AuditLog, MemoryAudit
-from vault_node.key_meta import KeyMeta
+from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.store import MemoryRecordStore
 
 pytestmark = pytest.mark.unit
@@ -42,15 +42,19 @@ def test_memory_store_returns_commit_revisions() -> None:
     async def go() -> None:
         store = MemoryRecordStore()
         rid = os.urandom(32)
-        reserved, first = await store.reserve(rid, b"a")
-        assert first > 0 and reserved.meta == KeyMeta(first, first, 1)
-        again, none = await store.reserve(rid, b"b")  # exists: no write, the key as it is
-        assert none == 0 and again == reserved
-        second, _ = await store.swap(rid, b"c", reserved.meta)
+        first, none = await store.write(rid, b"a", ABSENT, 3, b"h1", ABSENT)
+        assert first > 0 and none is None
+        created = store.data[rid]
+        assert created.meta == KeyMeta(first, first, 1)
+        head = store.heads[3].meta
+        again, current = await store.write(rid, b"b", ABSENT, 3, b"h", head)
+        assert again == 0 and current is not None and current.record == created
+        second, _ = await store.write(rid, b"c", created.meta, 3, b"h2", head)
         assert second > first
-        assert await store.swap(rid, b"d", reserved.meta) == (0, store.data[rid])
-        assert (await store.delete(rid, reserved.meta))[0] == 0
-        assert (await store.delete(rid, store.data[rid].meta))[0] > second
+        assert (await store.write(rid, None, created.meta, 3, b"h", store.heads[3].meta))[0] == 0
+        now = store.data[rid].meta
+        assert (await store.write(rid, None, now, 3, b"h3", store.heads[3].meta))[0] > second
+        assert rid not in store.data
 
     asyncio.run(go())
 

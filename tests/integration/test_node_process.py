@@ -208,7 +208,13 @@ def node() -> Iterator[NodeUnderTest]:
         (pki / "node-1.pem").write_bytes(server.cert_pem)
         (pki / "node-1.key").write_bytes(server.key_pem)
         os.chmod(pki / "node-1.key", 0o600)
-        address = f"127.0.0.1:{free_ports('127.0.0.1', 1)[0]}"
+        node_client_ca = make_ca("node-client")
+        node_client = issue(node_client_ca, "node-1", server=False)
+        (pki / "node-client-ca.pem").write_bytes(node_client_ca.cert_pem)
+        (pki / "node-1-node-client.pem").write_bytes(node_client.cert_pem)
+        (pki / "node-1-node-client.key").write_bytes(node_client.key_pem)
+        os.chmod(pki / "node-1-node-client.key", 0o600)
+        address, witness_address = (f"127.0.0.1:{p}" for p in free_ports("127.0.0.1", 2))
         audit_path = root / "node-1.audit.jsonl"
         config = root / "node.toml"
         config.write_text(
@@ -232,6 +238,17 @@ ca = "{pki / "cluster-ca.pem"}"
 cert = "{pki / "node-1.pem"}"
 key = "{pki / "node-1.key"}"
 client_ca = "{pki / "frontend-ca.pem"}"
+[witness]
+groups = 256
+name = "node-1"
+serve = true
+listen = "{witness_address}"
+peers = ["node-1={witness_address}"]
+ca = "{pki / "cluster-ca.pem"}"
+client_cert = "{pki / "node-1-node-client.pem"}"
+client_key = "{pki / "node-1-node-client.key"}"
+client_ca = "{pki / "node-client-ca.pem"}"
+journal = "{root / "node-1.witness.jsonl"}"
 [hsm]
 module = "{spec.module}"
 softhsm_conf = "{spec.softhsm_conf}"

@@ -15,9 +15,9 @@ import pytest
 from etcd_fixtures import ROOT, SecureEtcd
 
 from deploy.etcd_auth import frontend_grants, node_grants
-from vault_node.key_meta import KeyMeta
+from vault_node.key_meta import ABSENT, KeyMeta, StoredValue
 from vault_node.membership import MemberInfo, Membership
-from vault_node.store import EtcdStore, StoreUnavailable, record_key
+from vault_node.store import EtcdStore, Snapshot, StoreUnavailable, record_key
 from vault_node.store_guard import GuardState, StoreGuard, StoreRolledBack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -74,24 +74,46 @@ def with_store(
     asyncio.run(go())
 
 
+G = 7  # the group the tests' records and heads use
+
+
+async def create(store: EtcdStore, rid: bytes, value: bytes) -> StoredValue:
+    """Make the record (and its group's head, whatever it holds) as a node would."""
+    snapshot = await store.read(rid, G)
+    head = snapshot.head.meta if snapshot.head is not None else ABSENT
+    revision, conflict = await store.write(rid, value, ABSENT, G, b"head", head)
+    assert revision and conflict is None
+    got = (await store.read(rid, G)).record
+    assert got is not None
+    return got
+
+
 def test_reads_and_writes_carry_etcds_key_metadata(etcd_member: SecureEtcd) -> None:
     async def body(store: EtcdStore) -> None:
         rid = os.urandom(32)
-        assert await store.get(rid) is None
-        reserved, revision = await store.reserve(rid, b"placeholder")
-        assert revision > 0 and reserved.meta == KeyMeta(revision, revision, 1)
-        again, none = await store.reserve(rid, b"other")  # exists: read in the same txn
-        assert none == 0 and again == reserved
-        rev2, conflict = await store.swap(rid, b"v2", reserved.meta)
-        assert rev2 > revision and conflict is None
-        got = await store.get(rid)
-        assert got is not None and got.value == b"v2"
-        assert got.meta == reserved.meta.after_write(rev2)  # known without a read
-        stale, current = await store.swap(rid, b"v3", reserved.meta)  # stale compare
-        assert stale == 0 and current == got  # the failed txn read the key itself
-        assert (await store.delete(rid, reserved.meta))[0] == 0
-        assert (await store.delete(rid, got.meta))[0] > rev2
-        assert await store.get(rid) is None
+        assert await store.read(rid, G) == Snapshot(None, None)
+        revision, conflict = await store.write(rid, b"v1", ABSENT, G, b"h1", ABSENT)
+        assert revision > 0 and conflict is None
+        first = await store.read(rid, G)
+        assert first.record is not None and first.head is not None
+        assert first.record.meta == KeyMeta(revision, revision, 1)
+        assert (first.record.value, first.head.value) == (b"v1", b"h1")
+        # Create-only: the record exists now, so the same write conflicts and returns both keys.
+        again, current = await store.write(rid, b"x", ABSENT, G, b"h", first.head.meta)
+        assert again == 0 and current == first
+        rev2, _ = await store.write(rid, b"v2", first.record.meta, G, b"h2", first.head.meta)
+        second = await store.read(rid, G)
+        assert second.record is not None and second.head is not None
+        assert second.record.meta == first.record.meta.after_write(rev2)  # known without a read
+        assert second.head.meta == first.head.meta.after_write(rev2)
+        # A stale compare on either key: conflict, nothing written.
+        stale_record = await store.write(rid, b"v3", first.record.meta, G, b"h", second.head.meta)
+        stale_head = await store.write(rid, b"v3", second.record.meta, G, b"h", first.head.meta)
+        assert stale_record == (0, second) and stale_head == (0, second)
+        deleted, _ = await store.write(rid, None, second.record.meta, G, b"h3", second.head.meta)
+        assert deleted > rev2
+        after = await store.read(rid, G)
+        assert after.record is None and after.head is not None and after.head.value == b"h3"
 
     with_store(etcd_member, body)
 
@@ -99,26 +121,27 @@ def test_reads_and_writes_carry_etcds_key_metadata(etcd_member: SecureEtcd) -> N
 def test_concurrent_compare_and_swap_loses_no_increment(etcd_member: SecureEtcd) -> None:
     async def body(store: EtcdStore) -> None:
         rid = os.urandom(32)
-        current, _ = await store.reserve(rid, b"0")
+        await create(store, rid, b"0")
         conflicts = 0
 
         async def increment() -> None:
             nonlocal conflicts
-            stored = await store.get(rid)
+            snapshot = await store.read(rid, G)
             while True:
-                assert stored is not None
-                value = str(int(stored.value) + 1).encode()
-                revision, conflict = await store.swap(rid, value, stored.meta)
+                record, head = snapshot.record, snapshot.head
+                assert record is not None and head is not None
+                value = str(int(record.value) + 1).encode()
+                revision, conflict = await store.write(rid, value, record.meta, G, b"h", head.meta)
                 if revision:
                     return
                 conflicts += 1
-                stored = conflict
+                assert conflict is not None
+                snapshot = conflict
 
         await asyncio.gather(*(increment() for _ in range(20)))
-        final = await store.get(rid)
+        final = (await store.read(rid, G)).record
         assert final is not None and final.value == b"20" and final.meta.version == 21
         assert conflicts > 0
-        del current
 
     with_store(etcd_member, body)
 
@@ -126,18 +149,17 @@ def test_concurrent_compare_and_swap_loses_no_increment(etcd_member: SecureEtcd)
 def test_store_unavailable_when_etcd_is_down(etcd_member: SecureEtcd) -> None:
     async def body(store: EtcdStore) -> None:
         rid = os.urandom(32)
-        stored, _ = await store.reserve(rid, b"v")
+        stored = await create(store, rid, b"v")
         etcd_member.kill()
         for call in (
-            lambda: store.get(rid),
-            lambda: store.swap(rid, b"w", stored.meta),
-            lambda: store.delete(rid, stored.meta),
+            lambda: store.read(rid, G),
+            lambda: store.write(rid, b"w", stored.meta, G, b"h", ABSENT),
             lambda: store.grant_lease(5),
         ):
             with pytest.raises(StoreUnavailable):
                 await call()
         await asyncio.to_thread(etcd_member.start)
-        got = await store.get(rid)
+        got = (await store.read(rid, G)).record
         assert got is not None and got.value == b"v"
 
     with_store(etcd_member, body)
@@ -155,8 +177,11 @@ def test_the_node_identity_may_touch_records_and_its_own_membership_only(
 
     async def frontend(store: EtcdStore) -> None:
         rid = os.urandom(32)
-        for call in (lambda: store.get(rid), lambda: store.reserve(rid, b"x")):
-            with pytest.raises(StoreUnavailable):  # permission denied: no record for it
+        for call in (
+            lambda: store.read(rid, G),
+            lambda: store.write(rid, b"x", ABSENT, G, b"h", ABSENT),
+        ):
+            with pytest.raises(StoreUnavailable):  # permission denied: no record nor head
                 await call()
 
     with_store(etcd_member, node)
@@ -208,8 +233,11 @@ def test_membership_registers_fails_closed_and_recovers(etcd_member: SecureEtcd)
 def test_compaction_removes_an_erased_values_history(etcd_member: SecureEtcd) -> None:
     async def body(store: EtcdStore) -> None:
         rid = os.urandom(32)
-        reserved, revision = await store.reserve(rid, b"secret-free placeholder")
-        erased, _ = await store.delete(rid, reserved.meta)
+        reserved = await create(store, rid, b"secret-free placeholder")
+        revision = reserved.meta.mod_revision
+        head = (await store.read(rid, G)).head
+        assert head is not None
+        erased, _ = await store.write(rid, None, reserved.meta, G, b"h", head.meta)
         key = record_key(rid).decode()
         assert etcd_member.ctl(ROOT, "get", key, f"--rev={revision}").returncode == 0
         await store.compact(erased)
@@ -231,12 +259,15 @@ def test_a_restored_snapshot_latches_the_guard(etcd_member: SecureEtcd) -> None:
     async def before() -> None:
         store = store_for(etcd_member, guard=guard)
         rid = os.urandom(32)
-        current, _ = await store.reserve(rid, b"0")
+        await create(store, rid, b"0")
         saved = etcd_member.ctl(ROOT, "snapshot", "save", str(snapshot))
         assert saved.returncode == 0, saved.stderr
         for i in range(5):
-            revision, _ = await store.swap(rid, str(i).encode(), current.meta)
-            current = await store.get(rid) or current
+            snap = await store.read(rid, G)
+            assert snap.record is not None and snap.head is not None
+            revision, _ = await store.write(
+                rid, str(i).encode(), snap.record.meta, G, b"h", snap.head.meta
+            )
             assert revision
         await store.close()
 
@@ -264,7 +295,7 @@ def test_a_restored_snapshot_latches_the_guard(etcd_member: SecureEtcd) -> None:
         for i in range(10):
             etcd_member.ctl(ROOT, "put", f"/bkv/v1/nodes/{DC}/{NODE}", str(i))
         with pytest.raises(StoreRolledBack):
-            await store.get(os.urandom(32))
+            await store.read(os.urandom(32), G)
         await store.close()
 
     asyncio.run(after())
@@ -276,7 +307,7 @@ def test_a_restored_snapshot_latches_the_guard(etcd_member: SecureEtcd) -> None:
     async def other_cluster() -> None:
         store = store_for(etcd_member, guard=StoreGuard(GuardState(pinned ^ 1)))
         with pytest.raises(StoreRolledBack, match="another store"):
-            await store.get(os.urandom(32))
+            await store.read(os.urandom(32), G)
         await store.close()
 
     asyncio.run(other_cluster())

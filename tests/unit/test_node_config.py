@@ -37,6 +37,19 @@ module = "/usr/lib/softhsm/libsofthsm2.so"
 softhsm_conf = "/abs/hsm/dc-a-node-1/softhsm2.conf"
 token_label = "dc-a-node-1"
 pin_file = "/abs/hsm/dc-a-node-1/pin"
+[witness]
+groups = 256
+name = "dc-a-node-1"
+serve = true
+listen = "127.0.0.1:40111"
+peers = [
+  "dc-a-node-1=127.0.0.1:40111", "dc-b-node-1=127.0.0.1:40211", "dc-c-node-1=127.0.0.1:40311",
+]
+ca = "/abs/pki/cluster-ca.pem"
+client_cert = "/abs/pki/dc-a-node-1-node-client.pem"
+client_key = "/abs/pki/dc-a-node-1-node-client.key"
+client_ca = "/abs/pki/node-client-ca.pem"
+journal = "/abs/logs/dc-a-node-1.witness.jsonl"
 """
 
 
@@ -47,9 +60,26 @@ def test_the_documented_example_parses() -> None:
     assert config.tls.client_ca == "/abs/pki/frontend-ca.pem"
     assert config.etcd.ca == "/abs/pki/etcd-ca.pem" and config.etcd.server_name == "bkv-etcd"
     assert config.node.checkpoint_interval_ms == 1000 and config.node.compact_delay_ms == 500
+    assert config.witness.serve and config.witness.groups == 256
+    assert set(config.witness.peer_map()) == {"dc-a-node-1", "dc-b-node-1", "dc-c-node-1"}
     assert config.hsm.token_label == "dc-a-node-1"
     with pytest.raises(AttributeError):
         config.node.name = "x"  # type: ignore[misc]
+
+
+def test_the_witness_set_is_checked() -> None:
+    data = tomllib.loads(EXAMPLE)
+    data["witness"]["peers"] = ["dc-b-node-1=127.0.0.1:40211", "nonsense"]
+    data["witness"]["groups"] = 0
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.from_mapping(data)
+    joined = "\n".join(info.value.problems)
+    for needle in ("witness.groups", "name=host:port", "not in witness.peers"):
+        assert needle in joined
+    data = tomllib.loads(EXAMPLE)
+    data["witness"]["serve"] = False
+    with pytest.raises(ConfigError, match="serve is off"):
+        NodeConfig.from_mapping(data)
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -12,6 +12,7 @@ import pytest
 from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node import records
 from vault_node.audit import MemoryAudit
+from vault_node.heads import group_of, next_head, open_head
 from vault_node.key_meta import KeyMeta, StoredValue
 from vault_node.records import open_record, seal_record
 from vault_node.server import NOT_APPLIED, trailers_for
@@ -20,13 +21,16 @@ from vault_node.service import (
     Precondition,
     RecordTampered,
     ServiceConfig,
+    StoreRefused,
     TokenServerKeys,
     Unavailable,
     VaultService,
     WriteUnconfirmed,
 )
 from vault_node.soft_token import SoftToken
-from vault_node.store import MemoryRecordStore, StoreUnavailable, SwapResult
+from vault_node.store import MemoryRecordStore, Snapshot, StoreUnavailable, WriteResult
+from vault_node.witness_core import Ref
+from vault_node.witnessing import LocalWitnesses
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
 from vault_protocol.envelope import FleetKey, open_response, seal_request
@@ -102,30 +106,41 @@ class Harness:
         self.service_config = ServiceConfig(
             node_name="n1", default_max_attempts=max_attempts, ticket_ttl_ms=60_000
         )
-        self.service = VaultService(
-            token=self.token,
-            store=self.store,
-            keys=self.keys,
-            config=self.service_config,
-            clock_ms=self.clock,
-            rng=os.urandom,
-            audit=self.audit,
-            serving=lambda: self.serving,
-        )
+        # Three witnesses of the fleet, in this process (vault_node.witnessing.LocalWitnesses).
+        self.witnesses = LocalWitnesses(["w1", "w2", "w3"], self.service_config.record_groups)
+        self.service = self.node()
         self.fleet = FleetKey(self.token.kem_public_key())
 
-    def node(self) -> VaultService:
-        """Another vault node of the same fleet, on the same store (caches of its own)."""
-        return VaultService(
-            token=self.token,
-            store=self.store,
-            keys=self.keys,
-            config=self.service_config,
-            clock_ms=self.clock,
-            rng=os.urandom,
-            audit=self.audit,
-            serving=lambda: self.serving,
-        )
+    def node(self, **overrides: Any) -> VaultService:
+        """Another vault node of the same fleet, on the same store and witnesses (caches of its
+        own); `overrides` replace its constructor arguments."""
+        arguments: dict[str, Any] = {
+            "token": self.token, "store": self.store, "keys": self.keys,
+            "config": self.service_config, "clock_ms": self.clock, "rng": os.urandom,
+            "audit": self.audit, "serving": lambda: self.serving, "witnesses": self.witnesses,
+        }  # fmt: skip
+        arguments.update(overrides)
+        return VaultService(**arguments)
+
+    def group(self, account: str = ACCOUNT) -> int:
+        return group_of(self.record_id(account), self.service_config.record_groups)
+
+    async def write_as_node(self, rid: bytes, record: sealed_pb2.Record) -> int:
+        """Write `record` as a vault node would (sealed for the key's next version, its group's
+        head advanced), bypassing the request logic; the commit revision."""
+        group = group_of(rid, self.service_config.record_groups)
+        snapshot = await self.store.read(rid, group)
+        head = open_head(self.token, group, snapshot.head)
+        stored = snapshot.record
+        meta = stored.meta if stored is not None else KeyMeta(0, 0, 0)
+        at = meta.successor() if meta.exists else KeyMeta(0, 0, 1)
+        sealed = seal_record(self.token, rid, record, at, os.urandom)
+        sealed_head, new_head = next_head(self.token, head, rid, sealed, os.urandom)
+        revision, _ = await self.store.write(rid, sealed, meta, group, sealed_head, head.meta)
+        assert revision
+        for state in self.witnesses.states.values():  # as a witnessed write would leave them
+            state.capture(Ref.of(head.ref), head.prev, Ref.of(new_head.ref))
+        return revision
 
     def record_id(self, account: str = ACCOUNT) -> bytes:
         return self.token.hmac_sha256("id_mac", account.encode())
@@ -345,12 +360,15 @@ class FailingPuts(MemoryRecordStore):
         super().__init__()
         self.mode = "ok"
 
-    async def swap(self, record_id: bytes, value: bytes, expected: KeyMeta) -> SwapResult:
+    async def write(
+        self, record_id: bytes, value: bytes | None, expected: KeyMeta, group: int,
+        head: bytes, expected_head: KeyMeta,
+    ) -> WriteResult:  # fmt: skip
         if self.mode == "raise":
             raise StoreUnavailable("etcd down")
         if self.mode == "conflict":
-            return 0, self.data.get(record_id)
-        return await super().swap(record_id, value, expected)
+            return 0, Snapshot(self.data.get(record_id), self.heads.get(group))
+        return await super().write(record_id, value, expected, group, head, expected_head)
 
 
 @pytest.mark.parametrize(
@@ -665,7 +683,7 @@ def test_not_serving_answers_unavailable() -> None:
 
 def test_store_unavailable_on_read_is_unavailable() -> None:
     class DownStore(MemoryRecordStore):
-        async def get(self, record_id: bytes) -> StoredValue | None:
+        async def read(self, record_id: bytes, group: int) -> Snapshot:
             raise StoreUnavailable("down")
 
     async def go() -> None:
@@ -707,9 +725,9 @@ class CountingStore(MemoryRecordStore):
         super().__init__()
         self.gets = 0
 
-    async def get(self, record_id: bytes) -> StoredValue | None:
+    async def read(self, record_id: bytes, group: int) -> Snapshot:
         self.gets += 1
-        return await super().get(record_id)
+        return await super().read(record_id, group)
 
 
 def test_a_recovery_on_the_node_that_wrote_the_record_needs_no_read() -> None:
@@ -983,9 +1001,7 @@ def test_a_record_of_the_account_only_scheme_still_recovers() -> None:
         record.wrapped_key = wrap_key(key, export_key, ACCOUNT, os.urandom)
         record.credential_scheme = records.CREDENTIAL_ACCOUNT
         rid = h.record_id()
-        stored = h.store.data[rid]  # written as a node writes: for the key's next version
-        sealed = seal_record(h.token, rid, record, stored.meta.successor(), os.urandom)
-        assert (await h.store.swap(rid, sealed, stored.meta))[0]
+        await h.write_as_node(rid, record)  # as a node writes it
         h.service = h.node()  # no cached copy of the old record
         assert await h.recover(b"legacy") == key
 
@@ -1136,10 +1152,7 @@ def test_a_pre_lock_value_from_history_never_brings_the_key_back() -> None:
             await h.wrong_guess()
         assert h.record().state == sealed_pb2.RECORD_STATE_LOCKED
         erased = []
-        h.service = VaultService(
-            token=h.token, store=h.store, keys=h.keys, config=h.service_config,
-            clock_ms=h.clock, rng=os.urandom, audit=h.audit, on_erased=erased.append,
-        )  # fmt: skip
+        h.service = h.node(on_erased=erased.append)
         h.store.put_back(rid, saved)
         before = h.evaluations()
         with pytest.raises(RecordTampered):
@@ -1160,10 +1173,7 @@ def test_a_lock_and_a_delete_have_their_history_compacted() -> None:
     async def go() -> None:
         h = Harness(max_attempts=1)
         erased: list[int] = []
-        h.service = VaultService(
-            token=h.token, store=h.store, keys=h.keys, config=h.service_config,
-            clock_ms=h.clock, rng=os.urandom, audit=h.audit, on_erased=erased.append,
-        )  # fmt: skip
+        h.service = h.node(on_erased=erased.append)
         await h.register(b"right")
         await h.wrong_guess()
         r = await h.wrong_guess()
@@ -1225,10 +1235,8 @@ def test_a_login_ticket_does_not_apply_to_a_recreated_key() -> None:
         rid = h.record_id()
         record = h.record()
         h.store.remove(rid)
-        h.store.put_back(rid, b"reserved")
-        stored = h.store.data[rid]  # a node writes the very record again (a restore's effect)
-        sealed = seal_record(h.token, rid, record, stored.meta.successor(), os.urandom)
-        assert (await h.store.swap(rid, sealed, stored.meta))[0]
+        await h.write_as_node(rid, sealed_pb2.Record(state=sealed_pb2.RECORD_STATE_RESERVED))
+        await h.write_as_node(rid, record)  # the very record again, on a new incarnation
         h.service = h.node()
         with pytest.raises(Precondition):
             await h.finish(ke3, r1.recover_start.ticket)
@@ -1246,11 +1254,7 @@ def test_a_latched_store_alarm_refuses_with_data_loss_before_the_serving_gate() 
         h = Harness()
         await h.register(b"pw")
         alarm = ["etcd answered below the mark"]
-        h.service = VaultService(
-            token=h.token, store=h.store, keys=h.keys, config=h.service_config,
-            clock_ms=h.clock, rng=os.urandom, audit=h.audit, serving=lambda: False,
-            store_alarm=lambda: alarm[0],
-        )  # fmt: skip
+        h.service = h.node(serving=lambda: False, store_alarm=lambda: alarm[0])
         h.log.clear()
         with pytest.raises(StoreRefused) as info:
             await h.start(b"pw")
@@ -1260,5 +1264,106 @@ def test_a_latched_store_alarm_refuses_with_data_loss_before_the_serving_gate() 
         with pytest.raises(Unavailable) as unavailable:
             await h.start(b"pw")
         assert trailers_for(unavailable.value) == NOT_APPLIED
+
+    run(go())
+
+
+# -- the witnessed record log: a restored, bumped or forked store gains nothing -----------------
+
+
+def test_a_bumped_restore_gains_no_guess() -> None:
+    """The attack issue 14 left open: snapshot, guess, restore the snapshot with its revisions
+    raised past every mark. The records open (their metadata is the one they were sealed for),
+    but the group's head is older than the one the witnesses captured: refused, alarmed."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")
+        snapshot = h.store.copy()
+        for _ in range(4):
+            await h.wrong_guess()
+        h.store.restore(snapshot, bump=1000)
+        h.log.clear()
+        for node in (h.service, h.node()):  # a warm cache, or a node that never saw it
+            h.service = node
+            with pytest.raises(StoreRefused):
+                await h.start(b"wrong password")
+            with pytest.raises(StoreRefused):  # the group stays refused on this node
+                await h.start(b"right")
+        assert h.evaluations() == 0
+        assert h.audit.events().count("rollback") == 2
+
+    run(go())
+
+
+def test_a_fork_serving_an_old_history_gains_no_guess() -> None:
+    """Two views of etcd at once (one member restored alone): a node on the old view writes on
+    an old head; the witnesses hold the new one."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")
+        old = MemoryRecordStore()
+        old.restore(h.store.copy(), bump=5)
+        for _ in range(3):
+            await h.wrong_guess()
+        h.service = h.node(store=old)
+        h.log.clear()
+        with pytest.raises(StoreRefused):
+            await h.start(b"wrong password")
+        assert h.evaluations() == 0
+        # The first view's nodes go on: the fork's write was never captured.
+        h.service = h.node()
+        assert (await h.wrong_guess()).guesses_left == 6
+
+    run(go())
+
+
+def test_no_evaluation_without_a_majority_of_witnesses() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")
+        h.witnesses.down = {"w2", "w3"}
+        h.log.clear()
+        with pytest.raises(WriteUnconfirmed) as info:
+            await h.start(b"right")
+        assert trailers_for(info.value) == ()  # the write is in etcd: it may count
+        assert h.evaluations() == 0
+        h.witnesses.down = {"w3"}  # two of three: a majority
+        assert (await h.recover(b"right")) is not None
+
+    run(go())
+
+
+def test_every_write_is_witnessed_and_a_finish_lazily() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")  # reserve + register: two captures
+        assert h.witnesses.calls == 2
+        await h.recover(b"right")  # evaluate + release (lazy: LocalWitnesses captures at once)
+        assert h.witnesses.calls == 4
+        await h.delete()
+        assert h.witnesses.calls == 5
+        latest = {state.latest(h.group()).version for state in h.witnesses.states.values()}
+        assert latest == {5}
+
+    run(go())
+
+
+def test_a_head_put_back_from_earlier_is_refused() -> None:
+    """The head alone written back (its seal opens anywhere in its group): the page no longer
+    matches the record, or, when it does, the next write's base is behind the witnesses'."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")
+        old_head = h.store.heads[h.group()].value
+        await h.wrong_guess()
+        h.store.put_head_back(h.group(), old_head)
+        h.service = h.node()
+        h.log.clear()
+        with pytest.raises(RecordTampered):  # the page holds the record's older digest
+            await h.start(b"right")
+        assert h.evaluations() == 0
 
     run(go())

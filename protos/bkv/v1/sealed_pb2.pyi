@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -89,15 +91,45 @@ class Ticket(_message.Message):
     def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class StoreCheckpoint(_message.Message):
-    __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision")
+    __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision", "alarmed_groups")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATER_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
     ALARM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ALARMED_GROUPS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     cluster_id: int
     high_water: int
     alarm: str
     alarm_revision: int
-    def __init__(self, sequence: _Optional[int] = ..., cluster_id: _Optional[int] = ..., high_water: _Optional[int] = ..., alarm: _Optional[str] = ..., alarm_revision: _Optional[int] = ...) -> None: ...
+    alarmed_groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sequence: _Optional[int] = ..., cluster_id: _Optional[int] = ..., high_water: _Optional[int] = ..., alarm: _Optional[str] = ..., alarm_revision: _Optional[int] = ..., alarmed_groups: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HeadEntry(_message.Message):
+    __slots__ = ("record_id", "digest")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    record_id: bytes
+    digest: bytes
+    def __init__(self, record_id: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class GroupHead(_message.Message):
+    __slots__ = ("group", "version", "prev", "entries")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    version: int
+    prev: bytes
+    entries: _containers.RepeatedCompositeFieldContainer[HeadEntry]
+    def __init__(self, group: _Optional[int] = ..., version: _Optional[int] = ..., prev: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[HeadEntry, _Mapping]]] = ...) -> None: ...
+
+class WitnessCheckpoint(_message.Message):
+    __slots__ = ("sequence", "heads")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    heads: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sequence: _Optional[int] = ..., heads: _Optional[_Iterable[bytes]] = ...) -> None: ...

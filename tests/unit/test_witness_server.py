@@ -1,0 +1,157 @@
+"""vault_node.witness_server and witnessing.RemoteWitnesses in one process: MAC'd answers,
+majorities, the journal that survives a restart, and catch-up from a majority."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bkv.v1 import witness_pb2
+from vault_node.heads import ZERO_HASH, Head
+from vault_node.key_meta import ABSENT
+from vault_node.soft_token import SoftToken
+from vault_node.witness_core import Verdict
+from vault_node.witness_server import WitnessServer, read_journal
+from vault_node.witnessing import RemoteWitnesses
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+NAMES = ("w1", "w2", "w3")
+
+
+def h(n: int) -> bytes:
+    return hashlib.sha256(str(n).encode()).digest()
+
+
+def head(version: int, group: int = 3) -> Head:
+    prev = ZERO_HASH if version <= 1 else h(version - 1)
+    return Head(group, version, prev, h(version) if version else ZERO_HASH, ABSENT)
+
+
+class Fleet:
+    def __init__(self, root: Path, *, ready: bool = True) -> None:
+        self.root = root
+        self.made: list[WitnessServer] = []
+        self.token = SoftToken()
+        self.tokens = {name: self.token.same_fleet() for name in NAMES}
+        self.servers = {name: self.make(name) for name in NAMES}
+        for server in self.servers.values():
+            server.state.ready = ready
+
+    def make(self, name: str) -> WitnessServer:
+        server = WitnessServer(
+            name, 16, len(NAMES), self.tokens[name], self.root / f"{name}.witness.jsonl",
+            checkpoint_interval_s=60,
+        )  # fmt: skip
+        self.made.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.made:
+            server.close()
+
+    def client(self, token: SoftToken | None = None) -> RemoteWitnesses:
+        mac_token = token or self.token
+        return RemoteWitnesses(
+            list(self.servers.values()), len(NAMES),
+            lambda data: mac_token.hmac_sha256("witness", data), os.urandom,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    made = Fleet(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def capture(client: RemoteWitnesses, version: int) -> bool:
+    async def go() -> bool:
+        return (await client.capture(head(version - 1), head(version))).captured
+
+    return asyncio.run(go())
+
+
+def test_a_majority_captures_and_a_rollback_is_shown_with_evidence(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    client = fleet.client()
+    for v in range(1, 4):
+        assert capture(client, v)
+    assert {s.state.latest(3).version for s in fleet.servers.values()} == {3}
+
+    async def rolled_back() -> str:
+        return (await client.capture(head(1), Head(3, 2, h(1), h(99), ABSENT))).rollback
+
+    evidence = asyncio.run(rolled_back())
+    assert "holds version 3" in evidence
+
+
+def test_answers_with_a_bad_mac_count_for_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    other_fleet = SoftToken()  # a token of another fleet: its witness key is not ours
+    assert not capture(fleet.client(token=other_fleet), 1)
+    assert capture(fleet.client(), 1)
+
+
+def test_a_witness_majority_down_confirms_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    for name in ("w2", "w3"):
+        fleet.servers[name].state.ready = False  # answers NOT_READY
+    assert not capture(fleet.client(), 1)
+    fleet.servers["w2"].state.ready = True
+    assert capture(fleet.client(), 1)
+
+
+def test_the_journal_and_a_catch_up_survive_a_restart(fleet: Fleet, tmp_path: Path) -> None:
+    client = fleet.client()
+    for v in range(1, 6):
+        assert capture(client, v)
+    assert read_journal(tmp_path / "w1.witness.jsonl")[-1].version == 5
+    # w1 restarts (killed: no last checkpoint): its journal gives every head back.
+    restarted = fleet.make("w1")
+    assert restarted.state.latest(3).version == 5 and not restarted.state.ready
+    # w2 restarts with its state lost: it catches up from a majority (w1 and w3 answer).
+    (tmp_path / "w2.witness.jsonl").unlink()
+    fleet.tokens["w2"].data.clear()
+    fleet.servers["w1"] = restarted
+    fleet.servers["w2"] = lost = fleet.make("w2")
+    assert lost.state.latest(3).version == 0
+
+    async def catch_up() -> bool:
+        return await lost.catch_up(fleet.client())
+
+    assert asyncio.run(catch_up()) and lost.state.ready
+    assert lost.state.latest(3) == fleet.servers["w3"].state.latest(3)
+
+
+def test_a_checkpoint_goes_to_the_token_and_a_restart_reads_it(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    client = fleet.client()
+    for v in range(1, 3):
+        assert capture(client, v)
+    w1 = fleet.servers["w1"]
+    assert w1.checkpoint() and not w1.checkpoint()  # written once, then nothing changed
+    (tmp_path / "w1.witness.jsonl").unlink()
+    assert fleet.make("w1").state.latest(3).version == 2
+
+
+def test_a_malformed_capture_is_refused_and_heads_are_macd(fleet: Fleet, tmp_path: Path) -> None:
+    w1 = fleet.servers["w1"]
+
+    async def go() -> tuple[witness_pb2.CaptureReply, witness_pb2.HeadsReply]:
+        bad = witness_pb2.CaptureRequest(
+            nonce=os.urandom(16), base=witness_pb2.HeadRef(group=99, version=0, hash=b"x"),
+            base_prev=b"", head=witness_pb2.HeadRef(group=99, version=1, hash=b"y"),
+        )  # fmt: skip
+        return await w1.capture(bad), await w1.heads(witness_pb2.HeadsRequest(nonce=b"n" * 16))
+
+    reply, heads = asyncio.run(go())
+    assert reply.verdict == Verdict.ROLLBACK and len(reply.mac) == 32
+    assert heads.witness == "w1" and heads.ready and len(heads.mac) == 32

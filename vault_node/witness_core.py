@@ -1,0 +1,182 @@
+"""The witness's logic, free of I/O: per record group, the chain of heads it has captured.
+
+A witness holds, for every group, the recent part of the chain of heads it has captured (each
+head names its predecessor's hash). A writer that committed a new head on top of `base` asks it
+to capture the new one; the witness answers, for `base` and the chain it holds:
+
+* `base` is its latest head, or is in its chain with the new head as successor, or is one head
+  past its latest and extends it (`base_prev`): **CAPTURED** (the chain grows, or already had it);
+* `base` is in its chain but another head follows it, or forks from it at some version, or is
+  older than its latest by more than `MAX_DELAY_VERSIONS`: **ROLLBACK**. A writer's base is what
+  etcd held when its compare-and-swap committed; an honest etcd never holds a head older than a
+  committed one, and witnesses capture only committed heads. So a base behind the chain means
+  etcd went back (a restore, however its revisions were bumped) or serves another history (a
+  fork);
+* `base` is more than one head past its latest (it missed captures), or older than what it still
+  remembers but within the delay margin (a capture delayed across its restart): **BEHIND**,
+  counted by nobody; it catches up.
+
+Majorities: a write counts as witnessed once more than half of the fleet's witnesses (a static
+list, the same on every node) have captured it; two majorities share a witness, so two forks of
+one group can never both be witnessed. `merge` is the catch-up after a restart: per group the
+latest head any of a majority of witnesses holds.
+
+The MAC inputs are fixed here; `vault_node.witness_server` and `vault_node.witnessing` compute
+them with the fleet's `witness` key in their token.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bkv.v1 import witness_pb2
+from vault_node.heads import HASH_LEN, ZERO_HASH
+
+WINDOW = 256  # heads per group a witness remembers
+MAX_DELAY_VERSIONS = 64  # how far behind a delayed (late) capture may plausibly be
+CAPTURE_MAC_PREFIX = b"bkv-v1 witness capture"
+HEADS_MAC_PREFIX = b"bkv-v1 witness heads"
+NONCE_LEN = 16
+
+
+class Verdict(enum.IntEnum):
+    CAPTURED = witness_pb2.CAPTURE_VERDICT_CAPTURED
+    BEHIND = witness_pb2.CAPTURE_VERDICT_BEHIND
+    ROLLBACK = witness_pb2.CAPTURE_VERDICT_ROLLBACK
+    NOT_READY = witness_pb2.CAPTURE_VERDICT_NOT_READY
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A head of one group: (group, version, hash)."""
+
+    group: int
+    version: int
+    hash: bytes
+
+    @classmethod
+    def of(cls, ref: witness_pb2.HeadRef) -> Ref:
+        return cls(int(ref.group), int(ref.version), bytes(ref.hash))
+
+    def message(self) -> witness_pb2.HeadRef:
+        return witness_pb2.HeadRef(group=self.group, version=self.version, hash=self.hash)
+
+    def valid(self, groups: int) -> bool:
+        return 0 <= self.group < groups and self.version >= 0 and len(self.hash) == HASH_LEN
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def _ref_bytes(ref: Ref) -> bytes:
+    return ref.group.to_bytes(4, "big") + _u64(ref.version) + ref.hash
+
+
+def capture_mac_input(witness: str, nonce: bytes, verdict: int, head: Ref, held: Ref) -> bytes:
+    """What a capture answer's MAC covers: who answered, to which call, what, about which head."""
+    name = witness.encode("utf-8")
+    return b"".join(
+        (
+            CAPTURE_MAC_PREFIX,
+            len(name).to_bytes(2, "big"),
+            name,
+            nonce,
+            verdict.to_bytes(1, "big"),
+            _ref_bytes(head),
+            _ref_bytes(held),
+        )
+    )
+
+
+def heads_mac_input(witness: str, nonce: bytes, ready: bool, heads: Iterable[Ref]) -> bytes:
+    name = witness.encode("utf-8")
+    parts = [HEADS_MAC_PREFIX, len(name).to_bytes(2, "big"), name, nonce, bytes([ready])]
+    parts += [_ref_bytes(ref) for ref in sorted(heads, key=lambda r: r.group)]
+    return b"".join(parts)
+
+
+class WitnessState:
+    """Every group's recent chain of captured heads; `ready` once caught up after a start."""
+
+    def __init__(self, groups: int, heads: Iterable[Ref] = (), *, ready: bool = False) -> None:
+        self.groups = groups
+        self.ready = ready
+        self._chains: dict[int, deque[tuple[int, bytes]]] = {}
+        for ref in heads:
+            self._adopt(ref)
+
+    def latest(self, group: int) -> Ref:
+        chain = self._chains.get(group)
+        if not chain:
+            return Ref(group, 0, ZERO_HASH)
+        version, digest = chain[-1]
+        return Ref(group, version, digest)
+
+    def heads(self) -> list[Ref]:
+        """The latest head of every group this witness has seen (version > 0)."""
+        return [self.latest(g) for g in sorted(self._chains) if self.latest(g).version > 0]
+
+    def _adopt(self, ref: Ref) -> None:
+        """Take `ref` as the group's latest (catch-up or load): the old chain is dropped unless
+        `ref` extends it, since only the latest is known for sure."""
+        if ref.version <= self.latest(ref.group).version:
+            return
+        chain = deque([(ref.version, ref.hash)], maxlen=WINDOW)
+        self._chains[ref.group] = chain
+
+    def _append(self, group: int, version: int, digest: bytes) -> None:
+        chain = self._chains.get(group)
+        if chain is None:
+            chain = self._chains[group] = deque([(0, ZERO_HASH)], maxlen=WINDOW)
+        chain.append((version, digest))
+
+    def capture(self, base: Ref, base_prev: bytes, head: Ref) -> tuple[Verdict, Ref]:
+        """Judge a writer's capture request; on CAPTURED the chain holds `head` afterwards."""
+        group = base.group
+        if not self.ready:
+            return Verdict.NOT_READY, self.latest(group)
+        if head.group != group or head.version != base.version + 1:
+            return Verdict.ROLLBACK, self.latest(group)  # not a successor at all: never count it
+        chain = self._chains.get(group) or deque([(0, ZERO_HASH)])
+        known = dict(chain)
+        latest_version, latest_hash = chain[-1]
+        if base.version in known:
+            if known[base.version] != base.hash:
+                return Verdict.ROLLBACK, self.latest(group)  # a fork at the base's version
+            if base.version == latest_version:
+                self._append(group, head.version, head.hash)
+                return Verdict.CAPTURED, self.latest(group)
+            # Base is behind our latest: fine only if its successor here is this very head
+            # (this capture arrived after a later one that extended it).
+            follower = known.get(head.version)
+            verdict = Verdict.CAPTURED if follower == head.hash else Verdict.ROLLBACK
+            return verdict, self.latest(group)
+        if base.version == latest_version + 1:
+            if base_prev != latest_hash:
+                return Verdict.ROLLBACK, self.latest(group)  # forks from our latest
+            self._append(group, base.version, base.hash)
+            self._append(group, head.version, head.hash)
+            return Verdict.CAPTURED, self.latest(group)
+        if base.version > latest_version + 1:
+            return Verdict.BEHIND, self.latest(group)
+        if base.version < latest_version - MAX_DELAY_VERSIONS:
+            return Verdict.ROLLBACK, self.latest(group)  # far older than anything in flight
+        return Verdict.BEHIND, self.latest(group)  # older than we remember, within the margin
+
+    def merge(self, heads: Iterable[Ref]) -> list[Ref]:
+        """Catch-up: take every group's newer head from a peer; the groups that moved."""
+        moved: list[Ref] = []
+        for ref in heads:
+            if 0 <= ref.group < self.groups and ref.version > self.latest(ref.group).version:
+                self._adopt(ref)
+                moved.append(ref)
+        return moved
+
+
+def majority(witnesses: int) -> int:
+    """How many witnesses make a majority of `witnesses`."""
+    return witnesses // 2 + 1

@@ -1,0 +1,248 @@
+"""A witness: the `bkv.v1.Witness` service one vault node per data centre runs for the fleet.
+
+It keeps every record group's recent chain of heads (`witness_core.WitnessState`) and answers
+capture requests with a MAC under the fleet's `witness` key. What it has captured survives a
+restart twice over: each head it captures is appended to its journal file and flushed before the
+answer leaves (as the audit log is before an evaluation), and the latest heads are checkpointed
+as a data object in its token. After a start it answers nothing but NOT_READY until it has
+caught up from a majority of the witnesses (itself included): per group the latest head any of
+them holds. The latest head every write was answered on is held by a majority, and any two
+majorities share a witness, so that one brings it back. The documented limit: a majority of
+witnesses that lost both their journal and their checkpoint at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from bkv.v1 import sealed_pb2, witness_pb2, witness_pb2_grpc
+from vault_node.checkpoint import DataObjects
+from vault_node.witness_core import (
+    Ref,
+    Verdict,
+    WitnessState,
+    capture_mac_input,
+    heads_mac_input,
+    majority,
+)
+from vault_node.witnessing import RemoteWitnesses, verify_heads
+
+log = logging.getLogger(__name__)
+
+HEADS_LABEL = "witness_heads"
+CATCH_UP_RETRY_S = 0.5
+JOURNAL_COMPACT_BYTES = 4 << 20
+
+
+def read_journal(path: Path) -> list[Ref]:
+    """Every head the journal holds (the latest per group wins when loaded); a torn line is
+    skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out: list[Ref] = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            out.append(Ref(int(entry["g"]), int(entry["v"]), bytes.fromhex(entry["h"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def read_checkpoint(token: DataObjects) -> tuple[list[Ref], int]:
+    """The heads of the token's newest witness checkpoint, and its sequence."""
+    best = sealed_pb2.WitnessCheckpoint()
+    for value in token.read_data(HEADS_LABEL):
+        try:
+            checkpoint = sealed_pb2.WitnessCheckpoint.FromString(value)
+        except DecodeError:
+            continue
+        if checkpoint.sequence >= best.sequence:
+            best = checkpoint
+    refs: list[Ref] = []
+    for raw in best.heads:
+        try:
+            refs.append(Ref.of(witness_pb2.HeadRef.FromString(raw)))
+        except DecodeError:
+            continue
+    return refs, best.sequence
+
+
+class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
+    """The witness's state, its persistence and its gRPC answers (also called in-process by
+    its own node: `name`, `capture`, `heads` make it a `witnessing.CaptureEndpoint`)."""
+
+    def __init__(
+        self,
+        name: str,
+        groups: int,
+        witnesses: int,
+        token: Any,
+        journal: Path,
+        *,
+        checkpoint_interval_s: float,
+    ) -> None:
+        self.name = name
+        self._token = token
+        self._journal_path = journal
+        self._witnesses = witnesses
+        self._interval = checkpoint_interval_s
+        loaded, self._sequence = read_checkpoint(token)
+        loaded += read_journal(journal)
+        self.state = WitnessState(groups, loaded, ready=witnesses == 1)
+        self._saved = self._table()
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        self._compact_journal()
+        self._journal = open(journal, "a", encoding="utf-8", buffering=1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._peers: RemoteWitnesses | None = None
+
+    def _mac(self, data: bytes) -> bytes:
+        return bytes(self._token.hmac_sha256("witness", data))
+
+    def _table(self) -> dict[int, Ref]:
+        return {ref.group: ref for ref in self.state.heads()}
+
+    # -- persistence --
+
+    def _record(self, refs: list[Ref]) -> None:
+        """Append `refs` to the journal and flush: before the answer that depends on them."""
+        for ref in refs:
+            self._journal.write(
+                json.dumps({"g": ref.group, "v": ref.version, "h": ref.hash.hex()}) + "\n"
+            )
+        self._journal.flush()
+
+    def _compact_journal(self) -> None:
+        tmp = self._journal_path.with_name(self._journal_path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for ref in self.state.heads():
+                f.write(json.dumps({"g": ref.group, "v": ref.version, "h": ref.hash.hex()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._journal_path)
+
+    def checkpoint(self) -> bool:
+        """The latest heads into the token when they changed (and a compact journal)."""
+        table = self._table()
+        if table == self._saved:
+            return False
+        self._sequence += 1
+        message = sealed_pb2.WitnessCheckpoint(
+            sequence=self._sequence,
+            heads=[ref.message().SerializeToString() for ref in table.values()],
+        )
+        self._token.replace_data(HEADS_LABEL, message.SerializeToString())
+        self._saved = table
+        if self._journal_path.stat().st_size > JOURNAL_COMPACT_BYTES:
+            self._journal.close()
+            self._compact_journal()
+            self._journal = open(self._journal_path, "a", encoding="utf-8", buffering=1)
+        return True
+
+    # -- answers --
+
+    async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
+        """Judge a capture (witness_core.WitnessState.capture), journal it, answer MAC'd."""
+        base, head = Ref.of(request.base), Ref.of(request.head)
+        groups = self.state.groups
+        if not (base.valid(groups) and head.valid(groups)) or len(request.base_prev) != 32:
+            verdict, held = Verdict.ROLLBACK, self.state.latest(base.group % groups)
+        else:
+            before = self.state.latest(base.group)
+            verdict, held = self.state.capture(base, bytes(request.base_prev), head)
+            if verdict is Verdict.CAPTURED and held != before:
+                self._record([held])
+        if verdict is Verdict.ROLLBACK:
+            log.error(
+                "witness: group %d capture refused as a rollback: base version %d, held %d",
+                base.group, base.version, held.version,
+            )  # fmt: skip
+        mac = self._mac(capture_mac_input(self.name, request.nonce, int(verdict), head, held))
+        return witness_pb2.CaptureReply(
+            witness=self.name, verdict=int(verdict), held=held.message(), mac=mac
+        )
+
+    async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply:
+        refs = self.state.heads()
+        ready = self.state.ready
+        mac = self._mac(heads_mac_input(self.name, request.nonce, ready, refs))
+        return witness_pb2.HeadsReply(
+            witness=self.name, heads=[r.message() for r in refs], mac=mac, ready=ready
+        )
+
+    async def Capture(self, request: Any, context: Any) -> Any:
+        return await self.capture(request)
+
+    async def Heads(self, request: Any, context: Any) -> Any:
+        return await self.heads(request)
+
+    # -- catch-up and the background loop --
+
+    async def catch_up(self, peers: RemoteWitnesses) -> bool:
+        """One round: ask every other witness for its heads; ready once a majority (this one
+        included) answered, with every group's latest head among them merged in."""
+        replies = await peers.heads_from_peers(self.name, verify_heads(self._mac))
+        if len(replies) + 1 < majority(self._witnesses):
+            return False
+        moved: list[Ref] = []
+        for reply in replies:
+            moved += self.state.merge(Ref.of(h) for h in reply.heads)
+        if moved:
+            self._record(moved)
+        self.state.ready = True
+        log.info(
+            "witness ready: caught up from %d of %d witnesses (%d groups moved)",
+            len(replies) + 1, self._witnesses, len(moved),
+        )  # fmt: skip
+        return True
+
+    def start(self, peers: RemoteWitnesses, on_ready: Callable[[], None] = lambda: None) -> None:
+        self._peers = peers
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._catch_up_loop(peers, on_ready), name="catch-up"))
+        self._tasks.append(loop.create_task(self._checkpoint_loop(), name="witness-checkpoint"))
+
+    async def _catch_up_loop(self, peers: RemoteWitnesses, on_ready: Callable[[], None]) -> None:
+        if self.state.ready:
+            log.info("witness ready: the only witness of the fleet")
+            on_ready()
+            return
+        while not await self.catch_up(peers):
+            await asyncio.sleep(CATCH_UP_RETRY_S)
+        on_ready()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self.checkpoint()
+            except Exception:
+                log.exception("could not checkpoint the witness's heads")
+
+    def close(self) -> None:
+        """Close the journal (idempotent); `stop` does it after a last checkpoint."""
+        if not self._journal.closed:
+            self._journal.close()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        try:
+            self.checkpoint()
+        finally:
+            self.close()

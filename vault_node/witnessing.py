@@ -1,0 +1,324 @@
+"""The writer's side of witnessing: have a majority of the fleet's witnesses capture a new head.
+
+`VaultService` calls `capture(base, head)` after every committed record write: `base` is the head
+the write was decided on (read from etcd), `head` its successor, committed in the same etcd
+transaction. The answer says whether a majority of witnesses captured it (then, and only then, a
+guess may be evaluated), or whether one of them showed etcd rolled back or forked for this group
+(then the node latches an alarm for the group). `lazy` captures (the finish step's write, which
+only forgives guesses) are sent without waiting: the next write of the group extends them.
+
+Implementations: `LocalWitnesses` (in-process witness states: unit tests) and
+`RemoteWitnesses` (the fleet's witnesses over node-to-node mTLS, answers MAC-verified in the
+token; the node may itself be one of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from bkv.v1 import witness_pb2, witness_pb2_grpc
+from vault_node.heads import Head
+from vault_node.witness_core import (
+    NONCE_LEN,
+    Ref,
+    Verdict,
+    WitnessState,
+    capture_mac_input,
+    heads_mac_input,
+    majority,
+)
+
+log = logging.getLogger(__name__)
+
+Rng = Callable[[int], bytes]
+CAPTURE_TIMEOUT_S = 2.0
+CAPTURE_RETRIES = 3
+RETRY_BACKOFF_S = (0.02, 0.06, 0.15)
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """`captured`: a majority captured the head. `rollback`: a witness showed the base behind
+    its chain or forked from it (evidence, MAC-verified); empty otherwise."""
+
+    captured: bool
+    rollback: str = ""
+    answers: tuple[str, ...] = ()  # "<witness>:<verdict>", for logs and tests
+
+
+class Witnessing(Protocol):
+    async def capture(self, base: Head, head: Head, *, lazy: bool = False) -> CaptureResult:
+        """Have a majority of witnesses capture `head` (the successor of `base`)."""
+        ...
+
+
+def _tally(answers: Mapping[str, tuple[Verdict, Ref]], witnesses: int, base: Head) -> CaptureResult:
+    captured = [name for name, (verdict, _) in answers.items() if verdict is Verdict.CAPTURED]
+    rollbacks = [
+        f"{name} holds version {held.version} (base {base.version})"
+        for name, (verdict, held) in answers.items()
+        if verdict is Verdict.ROLLBACK
+    ]
+    shown = tuple(f"{name}:{verdict.name.lower()}" for name, (verdict, _) in answers.items())
+    return CaptureResult(
+        captured=len(captured) >= majority(witnesses) and not rollbacks,
+        rollback="; ".join(rollbacks),
+        answers=shown,
+    )
+
+
+class LocalWitnesses:
+    """Witness states in this process (unit tests; the fleet's logic without its network)."""
+
+    def __init__(self, names: Sequence[str], groups: int) -> None:
+        self.states = {name: WitnessState(groups, ready=True) for name in names}
+        self.down: set[str] = set()  # witnesses that do not answer
+        self.calls = 0
+
+    async def capture(self, base: Head, head: Head, *, lazy: bool = False) -> CaptureResult:
+        self.calls += 1
+        await asyncio.sleep(0)
+        answers = {
+            name: state.capture(Ref.of(base.ref), base.prev, Ref.of(head.ref))
+            for name, state in self.states.items()
+            if name not in self.down
+        }
+        return _tally(answers, len(self.states), base)
+
+
+class CaptureEndpoint(Protocol):
+    """A witness this node can reach: its own (in-process) or a peer's (gRPC)."""
+
+    name: str
+
+    async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply: ...
+
+    async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply: ...
+
+
+class PeerWitness:
+    """A peer witness over node-to-node mTLS (this node's node-client certificate)."""
+
+    def __init__(self, name: str, address: str, credentials: grpc.ChannelCredentials) -> None:
+        self.name = name
+        self.address = address
+        self._channel = grpc.aio.secure_channel(
+            address,
+            credentials,
+            options=(
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ),
+        )
+        self._stub = witness_pb2_grpc.WitnessStub(self._channel)
+
+    async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
+        reply: witness_pb2.CaptureReply = await self._stub.Capture(
+            request, timeout=CAPTURE_TIMEOUT_S
+        )
+        return reply
+
+    async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply:
+        reply: witness_pb2.HeadsReply = await self._stub.Heads(request, timeout=CAPTURE_TIMEOUT_S)
+        return reply
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def channel_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials:
+    with open(ca, "rb") as f:
+        root = f.read()
+    with open(cert, "rb") as f:
+        chain = f.read()
+    with open(key, "rb") as f:
+        private = f.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=private, certificate_chain=chain
+    )
+
+
+class RemoteWitnesses:
+    """The fleet's witnesses: every configured one (this node's own among them, in-process,
+    when it is one), answers MAC-verified with the token's `witness` key."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[CaptureEndpoint],
+        witnesses: int,
+        mac: Callable[[bytes], bytes],
+        rng: Rng,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if witnesses < 1 or len(endpoints) != witnesses:
+            raise ValueError("every configured witness needs an endpoint")
+        self._endpoints = list(endpoints)
+        self._witnesses = witnesses
+        self._mac = mac
+        self._rng = rng
+        self._clock = clock
+        self._lazy: set[asyncio.Task[CaptureResult]] = set()
+
+    def _verify(self, endpoint: CaptureEndpoint, nonce: bytes, head: Ref, reply: Any) -> bool:
+        if reply.witness != endpoint.name:
+            return False
+        held = Ref.of(reply.held)
+        expected = self._mac(capture_mac_input(reply.witness, nonce, reply.verdict, head, held))
+        # Security: a frontend, the network or etcd cannot make a witness's answer: the MAC
+        # needs the fleet's witness key, inside the tokens.
+        return bool(len(reply.mac) == len(expected) and _equal(reply.mac, expected))
+
+    async def _ask(
+        self, endpoint: CaptureEndpoint, request: witness_pb2.CaptureRequest, head: Ref
+    ) -> tuple[Verdict, Ref] | None:
+        try:
+            reply = await endpoint.capture(request)
+        except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
+            log.debug("witness %s did not answer: %s", endpoint.name, type(exc).__name__)
+            return None
+        if not self._verify(endpoint, request.nonce, head, reply):
+            log.error("witness %s answered with a bad MAC: ignored", endpoint.name)
+            return None
+        try:
+            verdict = Verdict(reply.verdict)
+        except ValueError:
+            return None
+        return verdict, Ref.of(reply.held)
+
+    async def capture(self, base: Head, head: Head, *, lazy: bool = False) -> CaptureResult:
+        if lazy:
+            task = asyncio.get_running_loop().create_task(self._capture(base, head))
+            self._lazy.add(task)
+            task.add_done_callback(self._lazy_done)
+            return CaptureResult(captured=True, answers=("lazy",))
+        return await self._capture(base, head)
+
+    def _lazy_done(self, task: asyncio.Task[CaptureResult]) -> None:
+        self._lazy.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.warning("a lazy capture failed: %s", type(error).__name__)
+        elif task.result().rollback:
+            log.error("a lazy capture met a rollback: %s", task.result().rollback)
+
+    async def _capture(self, base: Head, head: Head) -> CaptureResult:
+        nonce = self._rng(NONCE_LEN)
+        new = Ref.of(head.ref)
+        request = witness_pb2.CaptureRequest(
+            nonce=nonce, base=base.ref, base_prev=base.prev, head=head.ref
+        )
+        answers: dict[str, tuple[Verdict, Ref]] = {}
+        pending = list(self._endpoints)
+        need = majority(self._witnesses)
+        deadline = self._clock() + CAPTURE_TIMEOUT_S
+        for attempt in range(CAPTURE_RETRIES):
+            results = await _first_enough(
+                [(e, self._ask(e, request, new)) for e in pending],
+                lambda got: _enough(got, answers, need, self._witnesses),
+            )
+            for endpoint, answer in results.items():
+                if answer is not None:
+                    answers[endpoint.name] = answer
+            tally = _tally(answers, self._witnesses, base)
+            if tally.captured or tally.rollback:
+                return tally
+            # A witness one capture behind (a lazy capture still in flight) or still catching
+            # up after a restart: ask those again, briefly. Never past the deadline.
+            pending = [
+                e
+                for e in self._endpoints
+                if answers.get(e.name, (Verdict.BEHIND, new))[0]
+                in (Verdict.BEHIND, Verdict.NOT_READY)
+            ]
+            if not pending or self._clock() >= deadline or attempt + 1 == CAPTURE_RETRIES:
+                return tally
+            await asyncio.sleep(RETRY_BACKOFF_S[attempt])
+        return _tally(answers, self._witnesses, base)
+
+    async def heads_from_peers(
+        self, exclude: str, verify: Callable[[witness_pb2.HeadsReply, bytes], bool]
+    ) -> list[witness_pb2.HeadsReply]:
+        """Every other ready witness's heads (catch-up), MAC-verified by `verify`."""
+        nonce = self._rng(NONCE_LEN)
+        request = witness_pb2.HeadsRequest(nonce=nonce)
+        others = [e for e in self._endpoints if e.name != exclude]
+
+        async def one(endpoint: CaptureEndpoint) -> witness_pb2.HeadsReply | None:
+            try:
+                reply = await endpoint.heads(request)
+            except (grpc.aio.AioRpcError, TimeoutError, ConnectionError):
+                return None
+            if reply.witness != endpoint.name or not verify(reply, nonce):
+                return None
+            return reply
+
+        replies = await asyncio.gather(*(one(e) for e in others))
+        return [r for r in replies if r is not None]
+
+    async def close(self) -> None:
+        for task in list(self._lazy):
+            task.cancel()
+        for endpoint in self._endpoints:
+            closer = getattr(endpoint, "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+
+def _equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def _enough(
+    got: Mapping[Any, tuple[Verdict, Ref] | None],
+    before: Mapping[str, tuple[Verdict, Ref]],
+    need: int,
+    witnesses: int,
+) -> bool:
+    """Stop waiting once a majority captured or someone showed a rollback."""
+    answers = dict(before)
+    answers.update({e.name: a for e, a in got.items() if a is not None})
+    verdicts = [v for v, _ in answers.values()]
+    return verdicts.count(Verdict.CAPTURED) >= need or Verdict.ROLLBACK in verdicts
+
+
+async def _first_enough(
+    calls: Sequence[tuple[CaptureEndpoint, Awaitable[tuple[Verdict, Ref] | None]]],
+    enough: Callable[[Mapping[CaptureEndpoint, tuple[Verdict, Ref] | None]], bool],
+) -> dict[CaptureEndpoint, tuple[Verdict, Ref] | None]:
+    """Run the calls concurrently; return once `enough` says so (the rest finish in the
+    background and still update their witnesses) or all have answered."""
+    tasks = {asyncio.ensure_future(call): endpoint for endpoint, call in calls}
+    got: dict[CaptureEndpoint, tuple[Verdict, Ref] | None] = {}
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            got[tasks[task]] = task.result()
+        if enough(got):
+            break
+    return got
+
+
+def verify_heads(mac: Callable[[bytes], bytes]) -> Callable[[witness_pb2.HeadsReply, bytes], bool]:
+    """A checker of a peer's heads answer against its MAC."""
+
+    def check(reply: witness_pb2.HeadsReply, nonce: bytes) -> bool:
+        refs = [Ref.of(h) for h in reply.heads]
+        expected = mac(heads_mac_input(reply.witness, nonce, reply.ready, refs))
+        return len(reply.mac) == len(expected) and _equal(reply.mac, expected)
+
+    return check
