@@ -32,6 +32,10 @@ HEAD_AAD_PREFIX = b"bkv-v2 head "
 HASH_LEN = 32
 DIGEST_LEN = 16
 ZERO_HASH = bytes(HASH_LEN)
+# How many hashes before `prev` a head lists (GroupHead.recent): the longest run of heads etcd may
+# hold that no witness captured (writes committed while no majority answered, at most one per
+# node and request in flight: service.VaultService) that a witness can still bridge.
+RECENT = 16
 
 
 def group_of(record_id: bytes, groups: int) -> int:
@@ -67,6 +71,14 @@ class Head:
     hash: bytes
     meta: KeyMeta  # the etcd metadata of the head key (the CAS compares its mod_revision)
     entries: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    recent: tuple[bytes, ...] = ()  # hashes of versions version-2, version-3, ...
+
+    def ancestor(self, version: int) -> bytes | None:
+        """The hash of this head's ancestor at `version` (below its own), if it lists it."""
+        if version == self.version - 1:
+            return self.prev
+        index = self.version - 2 - version
+        return self.recent[index] if 0 <= index < len(self.recent) else None
 
     @property
     def ref(self) -> witness_pb2.HeadRef:
@@ -94,12 +106,21 @@ def open_head(token: TokenOps, group: int, stored: StoredValue | None) -> Head:
         head = sealed_pb2.GroupHead.FromString(plaintext)
     except DecodeError:
         raise DecryptError("sealed data failed to open") from None
-    if head.group != group or head.version < 1 or len(head.prev) != HASH_LEN:
+    recent = tuple(bytes(h) for h in head.recent)
+    if (
+        head.group != group
+        or head.version < 1
+        or len(head.prev) != HASH_LEN
+        or len(recent) > min(RECENT, head.version - 1)
+        or any(len(h) != HASH_LEN for h in recent)
+    ):
         raise DecryptError("sealed data failed to open")
     entries = {e.record_id: e.digest for e in head.entries}
     if len(entries) != len(head.entries):
         raise DecryptError("sealed data failed to open")
-    return Head(group, head.version, head.prev, head_hash(stored.value), stored.meta, entries)
+    return Head(
+        group, head.version, head.prev, head_hash(stored.value), stored.meta, entries, recent
+    )
 
 
 def next_head(
@@ -113,14 +134,19 @@ def next_head(
         entries.pop(record_id, None)
     else:
         entries[record_id] = digest(sealed_record)
+    # The successor lists `head`'s prev and recent: the hashes of its versions n-2, n-3, ...
+    recent = (head.prev, *head.recent)[:RECENT] if head.version >= 1 else ()
     message = sealed_pb2.GroupHead(
         group=head.group,
         version=head.version + 1,
         prev=head.hash,
+        recent=list(recent),
         entries=[
             sealed_pb2.HeadEntry(record_id=rid, digest=d) for rid, d in sorted(entries.items())
         ],
     )
     sealed = seal_sealed(token, RECORD_KEY, message.SerializeToString(), head_aad(head.group), rng)
-    successor = Head(head.group, head.version + 1, head.hash, head_hash(sealed), head.meta, entries)
+    successor = Head(
+        head.group, head.version + 1, head.hash, head_hash(sealed), head.meta, entries, recent
+    )
     return sealed, successor

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from bkv.v1 import envelope_pb2, sealed_pb2
 from vault_node import transitions
@@ -40,7 +40,7 @@ from vault_node.records import (
 from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
 from vault_node.transitions import Current, Kind, Step
-from vault_node.witnessing import Witnessing
+from vault_node.witnessing import CaptureResult, Witnessing
 from vault_protocol import opaque, ristretto
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.envelope import FleetKey, open_request, seal_response
@@ -218,6 +218,8 @@ class VaultService:
         self._serving = serving
         self._store_alarm = store_alarm
         self._witnesses = witnesses
+        # A write of this node may sit in etcd unwitnessed (`_confirm`): check before writing.
+        self._unwitnessed = False
         # Groups a witness showed rolled back: refused (latched; in the store guard's checkpoint).
         self._groups: GroupAlarms = group_alarms or MemoryGroupAlarms()
         # A lock or delete committed at this revision: etcd's history before it still holds
@@ -380,6 +382,7 @@ class VaultService:
             )
         except StoreUnavailable as exc:
             self._records.pop(record_id)  # the outcome is unknown
+            self._unwitnessed = True  # it may commit later, with no witness told
             raise WriteUnconfirmed("etcd did not confirm the write") from exc
         except StoreRolledBack as exc:
             # The write may have landed in the rolled-back store; nothing is evaluated on it.
@@ -387,6 +390,7 @@ class VaultService:
             raise StoreRefused("the store was rolled back; this node refuses to serve") from exc
         except BaseException:
             self._records.pop(record_id)  # the outcome is unknown
+            self._unwitnessed = True
             raise
         if not revision:
             assert conflict is not None
@@ -412,6 +416,10 @@ class VaultService:
                 self._tampered(record_id, current)
             if not step.writes:
                 return Applied(step, current, 0)
+            if self._unwitnessed or self._witnesses.take_missed():
+                self._unwitnessed = True
+                current = await self._confirm(record_id)
+                continue  # decide again on the head just confirmed
             revision, after, new_head = await self._commit(record_id, current, step)
             if revision:
                 assert current.head is not None
@@ -420,6 +428,42 @@ class VaultService:
             current = after  # read by the failed CAS itself
         raise Unavailable("too much contention on this record; retry")
 
+    async def _confirm(self, record_id: bytes) -> Current:
+        """Before writing again after a write of ours may have stayed unwitnessed: a fresh read,
+        and a majority must capture its head (filling in any gap). Otherwise nothing is written.
+
+        Security and fairness: every write commits to etcd before its capture, so while no
+        majority of witnesses answers each attempt would count a guess nobody can be answered
+        on, and a user retrying the right password could lock their own key; and heads stacked
+        past what a witness can bridge (heads.RECENT) would leave the group unwritable. One
+        unconfirmed write per node at a time, then `Unavailable` (nothing applied) until the
+        witnesses vouch for the head again."""
+        current = await self._read(record_id)
+        if current.head is None:
+            self._tampered(record_id, current)
+        assert current.head is not None
+        result = await self._witnesses.confirm(current.head)
+        if result.rollback:
+            self._rollback(record_id, current.head, result)
+        if not result.captured:
+            raise Unavailable("the witnesses cannot vouch for the group's head; nothing written")
+        self._unwitnessed = False
+        return current
+
+    def _rollback(self, record_id: bytes, base: Head, result: CaptureResult) -> NoReturn:
+        self._records.pop(record_id)
+        group = base.group
+        if self._groups.alarm_group(group):
+            log.error(
+                "GROUP ROLLBACK ALARM: group %d (record %s): %s. etcd holds a head older than "
+                "the witnesses' (a restore, however its revisions were bumped) or another "
+                "history (a fork); this node refuses the group until an operator clears it "
+                "with its token (ceremony_cli store-alarm-clear)",
+                group, record_id.hex(), result.rollback,
+            )  # fmt: skip
+        self._audit.write("rollback", record_id, read_revision=base.meta.mod_revision)
+        raise StoreRefused("the group's head is behind the witnesses'")
+
     async def _witness(self, record_id: bytes, base: Head, head: Head, step: Step) -> None:
         """A majority of witnesses must capture `head` before a guess is evaluated, a lock or a
         delete is confirmed, or a registration acknowledged. The finish (RELEASE) is captured
@@ -427,20 +471,10 @@ class VaultService:
         gains an attacker, and the next write of the group extends it."""
         result = await self._witnesses.capture(base, head, lazy=step.kind is Kind.RELEASE)
         if result.rollback:
-            self._records.pop(record_id)
-            group = base.group
-            if self._groups.alarm_group(group):
-                log.error(
-                    "GROUP ROLLBACK ALARM: group %d (record %s): %s. etcd holds a head older than "
-                    "the witnesses' (a restore, however its revisions were bumped) or another "
-                    "history (a fork); this node refuses the group until an operator clears it "
-                    "with its token (ceremony_cli store-alarm-clear)",
-                    group, record_id.hex(), result.rollback,
-                )  # fmt: skip
-            self._audit.write("rollback", record_id, read_revision=base.meta.mod_revision)
-            raise StoreRefused("the group's head is behind the witnesses'")
+            self._rollback(record_id, base, result)
         if not result.captured:
             self._records.pop(record_id)
+            self._unwitnessed = True
             # The write is in etcd, unwitnessed: nothing is evaluated or answered on it.
             log.warning("write to group %d not witnessed: %s", base.group, result.answers)
             raise WriteUnconfirmed("the witnesses did not confirm the write")

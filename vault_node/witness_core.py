@@ -12,7 +12,12 @@ to capture the new one; the witness answers, for `base` and the chain it holds:
   committed one, and witnesses capture only committed heads. So a base behind the chain means
   etcd went back (a restore, however its revisions were bumped) or serves another history (a
   fork);
-* `base` is more than one head past its latest (it missed captures), or older than what it still
+* `base` is several heads past its latest, and the hashes the writer read in base's sealed head
+  (`base_prev`, `base_recent`: its ancestors) list the witness's latest at its version: the heads
+  between were committed to etcd while no majority answered, on the very chain the witness holds;
+  **CAPTURED**, the gap filled in. The same list naming another hash at that version: a fork,
+  **ROLLBACK**;
+* `base` is further past its latest than its ancestors reach, or older than what it still
   remembers but within the delay margin (a capture delayed across its restart): **BEHIND**,
   counted by nobody; it catches up.
 
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bkv.v1 import witness_pb2
@@ -134,8 +139,15 @@ class WitnessState:
             chain = self._chains[group] = deque([(0, ZERO_HASH)], maxlen=WINDOW)
         chain.append((version, digest))
 
-    def capture(self, base: Ref, base_prev: bytes, head: Ref) -> tuple[Verdict, Ref]:
-        """Judge a writer's capture request; on CAPTURED the chain holds `head` afterwards."""
+    def capture(
+        self, base: Ref, base_prev: bytes, head: Ref, base_recent: Sequence[bytes] = ()
+    ) -> tuple[Verdict, Ref]:
+        """Judge a writer's capture request; on CAPTURED the chain holds `head` afterwards.
+
+        `base_prev` and `base_recent` are base's ancestors (versions base-1, base-2, ...) as its
+        sealed head lists them. Security: they come from a vault node (mTLS), which opened that
+        head with its token: etcd can show an old or forked head, never invent an ancestor list.
+        """
         group = base.group
         if not self.ready:
             return Verdict.NOT_READY, self.latest(group)
@@ -155,14 +167,18 @@ class WitnessState:
             follower = known.get(head.version)
             verdict = Verdict.CAPTURED if follower == head.hash else Verdict.ROLLBACK
             return verdict, self.latest(group)
-        if base.version == latest_version + 1:
-            if base_prev != latest_hash:
+        if base.version > latest_version:
+            ancestors = [base_prev, *base_recent]  # versions base-1, base-2, ...
+            reach = base.version - 1 - latest_version
+            if reach >= len(ancestors):
+                return Verdict.BEHIND, self.latest(group)  # too far ahead to judge
+            if ancestors[reach] != latest_hash:
                 return Verdict.ROLLBACK, self.latest(group)  # forks from our latest
+            for version in range(latest_version + 1, base.version):
+                self._append(group, version, ancestors[base.version - 1 - version])
             self._append(group, base.version, base.hash)
             self._append(group, head.version, head.hash)
             return Verdict.CAPTURED, self.latest(group)
-        if base.version > latest_version + 1:
-            return Verdict.BEHIND, self.latest(group)
         if base.version < latest_version - MAX_DELAY_VERSIONS:
             return Verdict.ROLLBACK, self.latest(group)  # far older than anything in flight
         return Verdict.BEHIND, self.latest(group)  # older than we remember, within the margin

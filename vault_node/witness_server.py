@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from bkv.v1 import sealed_pb2, witness_pb2, witness_pb2_grpc
 from vault_node.checkpoint import DataObjects
+from vault_node.heads import HASH_LEN, RECENT
 from vault_node.witness_core import (
     Ref,
     Verdict,
@@ -105,8 +106,10 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         journal.parent.mkdir(parents=True, exist_ok=True)
         self._compact_journal()
         self._journal = open(journal, "a", encoding="utf-8", buffering=1)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._peers: RemoteWitnesses | None = None
+        self._behind_task: asyncio.Task[bool] | None = None
+        self._behind_after = 0.0
 
     def _mac(self, data: bytes) -> bytes:
         return bytes(self._token.hmac_sha256("witness", data))
@@ -157,13 +160,21 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         """Judge a capture (witness_core.WitnessState.capture), journal it, answer MAC'd."""
         base, head = Ref.of(request.base), Ref.of(request.head)
         groups = self.state.groups
-        if not (base.valid(groups) and head.valid(groups)) or len(request.base_prev) != 32:
+        recent = [bytes(h) for h in request.base_recent]
+        if (
+            not (base.valid(groups) and head.valid(groups))
+            or len(request.base_prev) != HASH_LEN
+            or len(recent) > RECENT
+            or any(len(h) != HASH_LEN for h in recent)
+        ):
             verdict, held = Verdict.ROLLBACK, self.state.latest(base.group % groups)
         else:
             before = self.state.latest(base.group)
-            verdict, held = self.state.capture(base, bytes(request.base_prev), head)
+            verdict, held = self.state.capture(base, bytes(request.base_prev), head, recent)
             if verdict is Verdict.CAPTURED and held != before:
                 self._record([held])
+        if verdict is Verdict.BEHIND:
+            self._catch_up_soon()
         if verdict is Verdict.ROLLBACK:
             log.error(
                 "witness: group %d capture refused as a rollback: base version %d, held %d",
@@ -208,6 +219,26 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         )  # fmt: skip
         return True
 
+    def _catch_up_soon(self) -> None:
+        """A running witness that answered BEHIND (it missed captures while cut off, more than
+        a head's ancestor list bridges) pulls the other witnesses' heads in the background, at
+        most one round per CATCH_UP_RETRY_S: it only ever moves forward, to heads they hold."""
+        if self._peers is None or not self.state.ready or self._behind_task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._behind_after:
+            return
+        self._behind_after = loop.time() + CATCH_UP_RETRY_S
+        task = loop.create_task(self.catch_up(self._peers), name="witness-behind-catch-up")
+        self._behind_task = task
+
+        def done(t: asyncio.Task[bool]) -> None:
+            self._behind_task = None
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("witness catch-up failed: %s", type(t.exception()).__name__)
+
+        task.add_done_callback(done)
+
     def start(self, peers: RemoteWitnesses, on_ready: Callable[[], None] = lambda: None) -> None:
         self._peers = peers
         loop = asyncio.get_running_loop()
@@ -237,6 +268,8 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
             self._journal.close()
 
     async def stop(self) -> None:
+        if self._behind_task is not None:
+            self._tasks.append(self._behind_task)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,12 @@ only forgives guesses) are sent without waiting: the next write of the group ext
 Implementations: `LocalWitnesses` (in-process witness states: unit tests) and
 `RemoteWitnesses` (the fleet's witnesses over node-to-node mTLS, answers MAC-verified in the
 token; the node may itself be one of them).
+
+`confirm(head)` has a majority capture a head read from etcd (as the successor of its
+predecessor, from the hashes it lists): a node that may have left a head in etcd unwitnessed
+(a capture without majority, an etcd write of unknown outcome, a failed lazy capture) confirms the
+head it is about to write on first, so that while witnesses are out of reach it writes nothing,
+and no user loses a guess to an answer that cannot be given.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any, Protocol
 import grpc
 
 from bkv.v1 import witness_pb2, witness_pb2_grpc
-from vault_node.heads import Head
+from vault_node.heads import ZERO_HASH, Head
 from vault_node.witness_core import (
     NONCE_LEN,
     Ref,
@@ -59,6 +65,24 @@ class Witnessing(Protocol):
         """Have a majority of witnesses capture `head` (the successor of `base`)."""
         ...
 
+    async def confirm(self, head: Head) -> CaptureResult:
+        """Have a majority of witnesses capture `head` as read from etcd (idempotent): the
+        check before writing on a head that may sit in etcd unwitnessed."""
+        ...
+
+    def take_missed(self) -> bool:
+        """Whether a lazy capture failed since the last call (its head may be unwitnessed)."""
+        ...
+
+
+def predecessor(head: Head) -> Head:
+    """`head`'s predecessor as far as a capture needs it (ref and its own ancestors), from the
+    hashes `head` lists; `head.version` must be at least 1."""
+    prev_prev = head.recent[0] if head.recent else ZERO_HASH
+    return Head(
+        head.group, head.version - 1, prev_prev, head.prev, head.meta, recent=head.recent[1:]
+    )
+
 
 def _tally(answers: Mapping[str, tuple[Verdict, Ref]], witnesses: int, base: Head) -> CaptureResult:
     captured = [name for name, (verdict, _) in answers.items() if verdict is Verdict.CAPTURED]
@@ -82,16 +106,28 @@ class LocalWitnesses:
         self.states = {name: WitnessState(groups, ready=True) for name in names}
         self.down: set[str] = set()  # witnesses that do not answer
         self.calls = 0
+        self.missed = False
 
     async def capture(self, base: Head, head: Head, *, lazy: bool = False) -> CaptureResult:
         self.calls += 1
         await asyncio.sleep(0)
         answers = {
-            name: state.capture(Ref.of(base.ref), base.prev, Ref.of(head.ref))
+            name: state.capture(Ref.of(base.ref), base.prev, Ref.of(head.ref), base.recent)
             for name, state in self.states.items()
             if name not in self.down
         }
-        return _tally(answers, len(self.states), base)
+        result = _tally(answers, len(self.states), base)
+        self.missed |= lazy and not result.captured
+        return result
+
+    async def confirm(self, head: Head) -> CaptureResult:
+        if head.version == 0:
+            return CaptureResult(captured=True, answers=("empty",))
+        return await self.capture(predecessor(head), head)
+
+    def take_missed(self) -> bool:
+        missed, self.missed = self.missed, False
+        return missed
 
 
 class CaptureEndpoint(Protocol):
@@ -167,6 +203,7 @@ class RemoteWitnesses:
         self._rng = rng
         self._clock = clock
         self._lazy: set[asyncio.Task[CaptureResult]] = set()
+        self._missed = False
 
     def _verify(self, endpoint: CaptureEndpoint, nonce: bytes, head: Ref, reply: Any) -> bool:
         if reply.witness != endpoint.name:
@@ -202,21 +239,34 @@ class RemoteWitnesses:
             return CaptureResult(captured=True, answers=("lazy",))
         return await self._capture(base, head)
 
+    async def confirm(self, head: Head) -> CaptureResult:
+        if head.version == 0:
+            # No head yet: nothing to vouch for; the write's own capture judges the group.
+            return CaptureResult(captured=True, answers=("empty",))
+        return await self._capture(predecessor(head), head)
+
+    def take_missed(self) -> bool:
+        missed, self._missed = self._missed, False
+        return missed
+
     def _lazy_done(self, task: asyncio.Task[CaptureResult]) -> None:
         self._lazy.discard(task)
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
+            self._missed = True
             log.warning("a lazy capture failed: %s", type(error).__name__)
-        elif task.result().rollback:
-            log.error("a lazy capture met a rollback: %s", task.result().rollback)
+        elif not task.result().captured:
+            self._missed = True
+            if task.result().rollback:
+                log.error("a lazy capture met a rollback: %s", task.result().rollback)
 
     async def _capture(self, base: Head, head: Head) -> CaptureResult:
         nonce = self._rng(NONCE_LEN)
         new = Ref.of(head.ref)
         request = witness_pb2.CaptureRequest(
-            nonce=nonce, base=base.ref, base_prev=base.prev, head=head.ref
+            nonce=nonce, base=base.ref, base_prev=base.prev, head=head.ref, base_recent=base.recent
         )
         answers: dict[str, tuple[Verdict, Ref]] = {}
         pending = list(self._endpoints)

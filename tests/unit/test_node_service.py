@@ -1335,6 +1335,53 @@ def test_no_evaluation_without_a_majority_of_witnesses() -> None:
     run(go())
 
 
+def test_witnesses_out_of_reach_cost_a_user_one_guess_per_node_at_most() -> None:
+    """While no majority answers, the first write of a node commits unwitnessed (it may count);
+    every later one is refused before anything is written, with the not-applied trailer, so a
+    user retrying the right password cannot lock their own key. Back in reach: served."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")
+        h.witnesses.down = {"w2", "w3"}
+        h.log.clear()
+        with pytest.raises(WriteUnconfirmed):
+            await h.start(b"right")
+        for _ in range(12):  # more than max_attempts retries
+            with pytest.raises(Unavailable) as info:
+                await h.start(b"right")
+            assert not isinstance(info.value, WriteUnconfirmed)
+            assert trailers_for(info.value) == NOT_APPLIED
+        assert h.record().attempts == 1 and h.evaluations() == 0
+        h.witnesses.down = set()
+        assert (await h.recover(b"right")) is not None
+        assert h.record().attempts == 0
+
+    run(go())
+
+
+def test_heads_left_unwitnessed_by_several_nodes_are_bridged() -> None:
+    """Three nodes each commit one write while the witnesses are out of reach: etcd holds three
+    heads no witness saw. A fourth node's capture names them through the head's ancestor list;
+    the witnesses take the gap in and the group is served again."""
+
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"right")
+        h.witnesses.down = {"w1", "w2", "w3"}
+        for _ in range(3):
+            h.service = h.node()
+            with pytest.raises(WriteUnconfirmed):
+                await h.start(b"wrong password")
+        h.witnesses.down = set()
+        h.service = h.node()
+        assert (await h.wrong_guess()).guesses_left == 6
+        versions = {state.latest(h.group()).version for state in h.witnesses.states.values()}
+        assert versions == {6}  # reserve, register, three unwitnessed, this one
+
+    run(go())
+
+
 def test_every_write_is_witnessed_and_a_finish_lazily() -> None:
     async def go() -> None:
         h = Harness()

@@ -48,6 +48,50 @@ def test_a_chain_grows_one_head_at_a_time() -> None:
     assert state.latest(1) == Ref(1, 0, ZERO)
 
 
+def test_a_gap_of_unwitnessed_heads_is_bridged_by_the_ancestor_list() -> None:
+    state = WitnessState(4, ready=True)
+    chain(state, 3)
+    # etcd committed 4 and 5 while no majority answered; 6 -> 7 names 5 (prev), 4 and 3.
+    verdict, held = state.capture(Ref(0, 6, h(6)), h(5), Ref(0, 7, h(7)), [h(4), h(3), h(2)])
+    assert verdict is Verdict.CAPTURED and held == Ref(0, 7, h(7))
+    # The gap is in the chain: a late capture of 4 -> 5 is recognised, a fork at 5 is not.
+    assert state.capture(Ref(0, 4, h(4)), h(3), Ref(0, 5, h(5)))[0] is Verdict.CAPTURED
+    assert state.capture(Ref(0, 4, h(4)), h(3), Ref(0, 5, h(5, "x")))[0] is Verdict.ROLLBACK
+
+
+def test_an_ancestor_list_from_another_history_is_a_fork() -> None:
+    state = WitnessState(4, ready=True)
+    chain(state, 3)
+    fork = [h(4, "x"), h(3, "x"), h(2)]
+    verdict, _ = state.capture(Ref(0, 6, h(6, "x")), h(5, "x"), Ref(0, 7, h(7, "x")), fork)
+    assert verdict is Verdict.ROLLBACK
+    assert state.latest(0) == Ref(0, 3, h(3))
+
+
+def test_a_gap_wider_than_the_ancestor_list_is_behind() -> None:
+    state = WitnessState(4, ready=True)
+    chain(state, 3)
+    verdict, held = state.capture(Ref(0, 9, h(9)), h(8), Ref(0, 10, h(10)), [h(7), h(6)])
+    assert verdict is Verdict.BEHIND and held == Ref(0, 3, h(3))
+
+
+def test_a_head_lists_its_ancestors_up_to_recent() -> None:
+    token = SoftToken()
+    head = heads.empty_head(2)
+    sealed_heads = []
+    for n in range(heads.RECENT + 5):
+        sealed, head = heads.next_head(token, head, bytes([n]) * 32, b"record", os.urandom)
+        sealed_heads.append(sealed)
+        stored = StoredValue(sealed, KeyMeta(1, n + 2, n + 1))
+        opened = heads.open_head(token, 2, stored)
+        assert opened.recent == head.recent and opened.prev == head.prev
+    hashes = [heads.ZERO_HASH] + [heads.head_hash(s) for s in sealed_heads]  # by version
+    assert len(head.recent) == heads.RECENT
+    for version in range(head.version - 1 - heads.RECENT, head.version):
+        assert head.ancestor(version) == hashes[version]
+    assert head.ancestor(head.version - 2 - heads.RECENT) is None
+
+
 def test_a_witness_one_capture_behind_still_extends() -> None:
     state = WitnessState(4, ready=True)
     chain(state, 3)

@@ -15,7 +15,7 @@ from bkv.v1 import witness_pb2
 from vault_node.heads import ZERO_HASH, Head
 from vault_node.key_meta import ABSENT
 from vault_node.soft_token import SoftToken
-from vault_node.witness_core import Verdict
+from vault_node.witness_core import Ref, Verdict
 from vault_node.witness_server import WitnessServer, read_journal
 from vault_node.witnessing import RemoteWitnesses
 
@@ -155,3 +155,42 @@ def test_a_malformed_capture_is_refused_and_heads_are_macd(fleet: Fleet, tmp_pat
     reply, heads = asyncio.run(go())
     assert reply.verdict == Verdict.ROLLBACK and len(reply.mac) == 32
     assert heads.witness == "w1" and heads.ready and len(heads.mac) == 32
+
+
+def test_a_running_witness_cut_off_catches_up_when_it_answers_behind(fleet: Fleet) -> None:
+    """w3 missed 30 captures (cut off, not restarted): more than an ancestor list bridges. Its
+    BEHIND answer starts a catch-up from the others; afterwards it captures again."""
+    for v in range(1, 31):
+        for name in ("w1", "w2"):
+            base = head(v - 1)
+            fleet.servers[name].state.capture(
+                witness_pb2_ref(base), base.prev, witness_pb2_ref(head(v))
+            )
+    w3 = fleet.servers["w3"]
+
+    async def go() -> None:
+        client = fleet.client()
+        w3.start(fleet.client())
+        try:
+            request = witness_pb2.CaptureRequest(
+                nonce=os.urandom(16), base=head(30).ref, base_prev=h(29), head=head(31).ref
+            )
+            assert Verdict((await w3.capture(request)).verdict) is Verdict.BEHIND
+            for _ in range(200):  # the background round: a condition, bounded
+                if w3.state.latest(3).version == 30:
+                    break
+                await asyncio.sleep(0.01)
+            assert w3.state.latest(3) == fleet.servers["w1"].state.latest(3)
+            assert (await client.capture(head(30), head(31))).captured
+            request = witness_pb2.CaptureRequest(
+                nonce=os.urandom(16), base=head(31).ref, base_prev=h(30), head=head(32).ref
+            )
+            assert Verdict((await w3.capture(request)).verdict) is Verdict.CAPTURED
+        finally:
+            await w3.stop()
+
+    asyncio.run(go())
+
+
+def witness_pb2_ref(value: Head) -> Ref:
+    return Ref.of(value.ref)

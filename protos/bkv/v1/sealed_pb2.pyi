@@ -115,16 +115,18 @@ class HeadEntry(_message.Message):
     def __init__(self, record_id: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class GroupHead(_message.Message):
-    __slots__ = ("group", "version", "prev", "entries")
+    __slots__ = ("group", "version", "prev", "entries", "recent")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PREV_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
     group: int
     version: int
     prev: bytes
     entries: _containers.RepeatedCompositeFieldContainer[HeadEntry]
-    def __init__(self, group: _Optional[int] = ..., version: _Optional[int] = ..., prev: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[HeadEntry, _Mapping]]] = ...) -> None: ...
+    recent: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, group: _Optional[int] = ..., version: _Optional[int] = ..., prev: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[HeadEntry, _Mapping]]] = ..., recent: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class WitnessCheckpoint(_message.Message):
     __slots__ = ("sequence", "heads")

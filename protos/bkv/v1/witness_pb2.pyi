@@ -31,16 +31,18 @@ class HeadRef(_message.Message):
     def __init__(self, group: _Optional[int] = ..., version: _Optional[int] = ..., hash: _Optional[bytes] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("nonce", "base", "base_prev", "head")
+    __slots__ = ("nonce", "base", "base_prev", "head", "base_recent")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     BASE_PREV_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    BASE_RECENT_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
     base: HeadRef
     base_prev: bytes
     head: HeadRef
-    def __init__(self, nonce: _Optional[bytes] = ..., base: _Optional[_Union[HeadRef, _Mapping]] = ..., base_prev: _Optional[bytes] = ..., head: _Optional[_Union[HeadRef, _Mapping]] = ...) -> None: ...
+    base_recent: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, nonce: _Optional[bytes] = ..., base: _Optional[_Union[HeadRef, _Mapping]] = ..., base_prev: _Optional[bytes] = ..., head: _Optional[_Union[HeadRef, _Mapping]] = ..., base_recent: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CaptureReply(_message.Message):
     __slots__ = ("witness", "verdict", "held", "mac")
