@@ -8,6 +8,21 @@ decide as `checked` and what the model cannot decide as `unchecked`, never as a 
 
 Guess limit and the audit half of permanent lockout use the nodes' audit lines only: a client
 cannot see evaluations that a retry or another client caused.
+
+Storage rollbacks (`rollback` faults, `RollbackWindow`). etcd may deny service, never grant a
+guess (invariant 8); the model of a restore that the operator later accepts is:
+
+* [snapshot, restore): what was written here is on a branch the restore throws away;
+* [restore, accepted): the store is the snapshot's (bumped past every node's mark). A record
+  written on the lost branch must get no evaluation, lock or release decided on a value of the
+  restored branch (`storage_replay`); refusals (`tampered`, DATA_LOSS) are storage's denial
+  of service, not violations of any invariant;
+* from `accepted` on: the operator accepted the store as it is (`insider.accept_store`), and
+  with it every counter it holds. What that gives back (the guesses spent on the lost branch,
+  a lock made there, a registration acknowledged there) is the operator's decision, not a
+  violation: the guess limit counts each record afresh from its counter in the accepted store,
+  a lock from the lost branch no longer binds, and a registration acknowledged on the lost
+  branch is exempt (unchecked) from `no_lost_registration`.
 """
 
 from __future__ import annotations
@@ -18,8 +33,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.chaos.audit_format import DECIDED_EVENTS, AuditEvent, by_record
-from deploy.chaos.history import LOSE_QUORUM, Fault, HistoryOp
+from deploy.chaos.audit_format import COMMITTING_EVENTS, DECIDED_EVENTS, AuditEvent, by_record
+from deploy.chaos.history import LOSE_QUORUM, ROLLBACK, Fault, HistoryOp
 from deploy.chaos.insider import AttackResult
 
 # Invariant 7: the statuses a malformed, oversized, replayed or expired message may get.
@@ -33,8 +48,10 @@ ALLOWED_BAD_INPUT_CODES = frozenset(
     }
 )
 # Invariant 6: what a call for another account's record may get; anything else touched it.
+# `tampered`: a node refused the caller's own record id (its group is alarmed after a rollback),
+# the one the frontend's account names: a refusal that evaluated nothing.
 ALLOWED_CROSS_ACCOUNT_OUTCOMES = frozenset(
-    {"unauthenticated", "protocol", "not_registered", "rate_limited"}
+    {"unauthenticated", "protocol", "not_registered", "rate_limited", "tampered"}
 )
 # Definite outcomes after which the operation certainly changed no record.
 NO_EFFECT_OUTCOMES = frozenset(
@@ -89,7 +106,9 @@ def _latest_effect(op: HistoryOp, horizon_s: float) -> float:
 
 
 def _may_have_applied(op: HistoryOp) -> bool:
-    if not op.definite:
+    # `tampered` is definite about evaluations (none), not about writes: a node commits a write
+    # to etcd before the witnesses refuse its head, and the operator may accept that store.
+    if not op.definite or op.outcome == "tampered":
         return True
     if op.op in ("register", "delete"):
         return op.outcome == "ok"
@@ -120,11 +139,82 @@ def first_success_after(history: Iterable[HistoryOp], t: float) -> HistoryOp | N
     return min(candidates, key=lambda op: op.complete, default=None)
 
 
+# -- storage rollbacks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollbackWindow:
+    """A store rolled back to a snapshot, later accepted by the operator: a `rollback` fault's
+    facts (deploy/chaos/scenarios.py `Rollback`), times in the history's clock.
+
+    snapshot_start: just before the snapshot was taken: a write that returned before it is in
+        the snapshot, one that returned after it may not be.
+    start: the restore began (the fault's start); writes invoked from here on land on the
+        restored store.
+    accepted: the operator's accept-store took effect: every vault node stopped and cleared,
+        none started yet (`math.inf`: never healed in the run).
+    snapshot_revision: the revision the snapshot holds.
+    bumped_revision: the restored store's revision once bumped, before any node could reach it
+        (every commit on the restored store lies above it); None when unknown.
+    """
+
+    snapshot_start: float
+    start: float
+    accepted: float
+    snapshot_revision: int
+    bumped_revision: int | None = None
+
+    @classmethod
+    def of(cls, fault: Fault) -> RollbackWindow | None:
+        """The window of a `rollback` fault, None when its facts lack what the model needs."""
+        facts = fault.facts
+        if fault.kind != ROLLBACK or not {"snapshot_start", "snapshot_revision"} <= set(facts):
+            return None
+        bumped = facts.get("bumped_revision")
+        return cls(
+            snapshot_start=facts["snapshot_start"],
+            start=fault.start,
+            accepted=facts.get("accepted_at", math.inf),
+            snapshot_revision=int(facts["snapshot_revision"]),
+            bumped_revision=None if bumped is None else int(bumped),
+        )
+
+    def restored_branch(self, revision: int) -> bool:
+        """Whether a value at `revision` is of the restored branch: at or below the snapshot,
+        or written on the restored store (above the bump). Values in between were written on
+        the branch the restore threw away."""
+        bumped = self.bumped_revision
+        return revision <= self.snapshot_revision or (bumped is not None and revision > bumped)
+
+    def survives(self, event: AuditEvent, start_unix: float) -> bool:
+        """Whether the commit (or read) `event` stands for is in the store the operator
+        accepted: by revision when it has one, else by time (before the snapshot or on the
+        restored store)."""
+        if event.revision is not None:
+            return self.restored_branch(event.revision)
+        t = event.ts - start_unix
+        return t < self.snapshot_start or t >= self.start
+
+
+def rollback_windows(faults: Sequence[Fault]) -> tuple[tuple[RollbackWindow, ...], int]:
+    """The rollback windows of `faults`, and how many `rollback` faults had no usable facts."""
+    rollbacks = [f for f in faults if f.kind == ROLLBACK]
+    windows = tuple(w for w in map(RollbackWindow.of, rollbacks) if w is not None)
+    return tuple(sorted(windows, key=lambda w: w.start)), len(rollbacks) - len(windows)
+
+
+def _accept_cuts(rollbacks: Sequence[RollbackWindow], start_unix: float) -> list[float]:
+    return sorted(start_unix + w.accepted for w in rollbacks if math.isfinite(w.accepted))
+
+
 # -- 1. guess limit ----------------------------------------------------------------------------
 
 
 def guess_limit(
-    audit: Sequence[AuditEvent], default_max_attempts: int | None = None
+    audit: Sequence[AuditEvent],
+    default_max_attempts: int | None = None,
+    rollbacks: Sequence[RollbackWindow] = (),
+    start_unix: float = 0.0,
 ) -> InvariantResult:
     """At most max_attempts evaluations per record between successes, and none uncounted.
 
@@ -137,9 +227,14 @@ def guess_limit(
     that reset the counter, say). An evaluate whose `read_revision` lies above the record's last
     audited commit proves such a gap: the window then restarts from the record's own counter
     (`attempts` after this evaluate), and the place is counted as unchecked for growth.
+
+    An accepted rollback (`rollbacks`) cuts every record's window where the operator accepted
+    the store: the first evaluation after it counts from the record's counter in that store
+    (its `attempts`), as the operator's decision gave back whatever the store had lost.
     """
     checked = unchecked = 0
     violations: list[Violation] = []
+    cuts = _accept_cuts(rollbacks, start_unix)
     for record_id, events in by_record(audit).items():
         count = 0
         limit = default_max_attempts
@@ -147,7 +242,14 @@ def guess_limit(
         cut = "start of the audit"
         revisions: set[int] = set()
         last_commit: int | None = None
+        next_cut = 0
+        rebase = False
         for event in events:
+            while next_cut < len(cuts) and event.ts >= cuts[next_cut]:
+                # The operator accepted the store: its counters are the baseline from here.
+                cut = f"the operator's accept-store at ts={cuts[next_cut]:.3f}"
+                count, last_attempts, rebase = 0, None, True
+                next_cut += 1
             gap = (
                 event.read_revision is not None
                 and last_commit is not None
@@ -164,10 +266,13 @@ def guess_limit(
                 count = carried
                 last_attempts = None if event.event == "delete" else carried
                 cut = _show_event(event)
+                rebase = False
                 continue
             if event.event != "evaluate":
                 continue
             count += 1
+            if rebase and event.attempts is not None:
+                count, rebase = event.attempts, False
             if gap and event.attempts is not None:
                 # Unaudited commit(s) before this one: trust the record's counter from here.
                 count = event.attempts
@@ -212,14 +317,46 @@ def guess_limit(
 # -- 2. permanent lockout ----------------------------------------------------------------------
 
 
-def permanent_lockout(audit: Sequence[AuditEvent], history: Sequence[HistoryOp]) -> InvariantResult:
-    """No success after a lock until a new registration: in the audit, and as clients saw it."""
-    checked = 0
+def _locked_by(events: Iterable[AuditEvent]) -> AuditEvent | None:
+    """The lock that binds after `events` (the first since the last registration), if any."""
+    locked_by: AuditEvent | None = None
+    for event in events:
+        if event.event in ("lock", "locked"):
+            locked_by = locked_by or event
+        elif event.event == "register":
+            locked_by = None
+    return locked_by
+
+
+def permanent_lockout(
+    audit: Sequence[AuditEvent],
+    history: Sequence[HistoryOp],
+    rollbacks: Sequence[RollbackWindow] = (),
+    start_unix: float = 0.0,
+) -> InvariantResult:
+    """No success after a lock until a new registration: in the audit, and as clients saw it.
+
+    Where the operator accepted a rolled-back store (`rollbacks`), what binds from then on is
+    what that store kept: the audit's locks and registrations are replayed without the ones
+    made on the lost branch (`RollbackWindow.survives`). A client-seen lock that may lie on the
+    lost branch does not forbid a success after the accept: counted as unchecked.
+    """
+    checked = unchecked = 0
     violations: list[Violation] = []
+    ordered = sorted(rollbacks, key=lambda w: w.accepted)
     for record_id, events in by_record(audit).items():
         locked_by: AuditEvent | None = None
         seen_lock = False
+        kept: list[AuditEvent] = []  # the events whose effect the store still holds
+        next_cut = 0
         for event in events:
+            while next_cut < len(ordered) and event.ts - start_unix >= ordered[next_cut].accepted:
+                window = ordered[next_cut]
+                kept = [e for e in kept if window.survives(e, start_unix)]
+                locked_by = _locked_by(kept)
+                next_cut += 1
+            if event.event in ("lock", "locked", "register"):
+                kept.append(event)
             if event.event in ("lock", "locked"):
                 seen_lock = True
                 locked_by = locked_by or event
@@ -243,27 +380,43 @@ def permanent_lockout(audit: Sequence[AuditEvent], history: Sequence[HistoryOp])
         for ok in (op for op in ops if op.op in RECOVER_OPS and op.is_definite_ok):
             for lock in (lk for lk in locks if lk.complete < ok.invoke):
                 # A registration that may lie between the lock seen and the success excuses it.
-                if not any(
+                if any(
                     r.invoke < ok.complete and (not r.definite or r.complete > lock.invoke)
                     for r in registers
                 ):
-                    violations.append(
-                        Violation(
-                            "a recovery succeeded after the account was locked",
-                            f"{_show(lock)} then {_show(ok)}",
-                        )
+                    continue
+                # So does an accepted rollback that may have thrown the lock away.
+                if any(
+                    lock.complete >= w.snapshot_start
+                    and lock.invoke < w.start
+                    and ok.invoke >= w.accepted
+                    for w in rollbacks
+                ):
+                    unchecked += 1
+                    continue
+                violations.append(
+                    Violation(
+                        "a recovery succeeded after the account was locked",
+                        f"{_show(lock)} then {_show(ok)}",
                     )
-                    break
-    return InvariantResult("permanent_lockout", checked, tuple(violations))
+                )
+                break
+    return InvariantResult("permanent_lockout", checked, tuple(violations), unchecked)
 
 
 # -- 3. no lost acknowledged registration ------------------------------------------------------
 
 
 def no_lost_registration(
-    history: Sequence[HistoryOp], indefinite_horizon_s: float = math.inf
+    history: Sequence[HistoryOp],
+    indefinite_horizon_s: float = math.inf,
+    rollbacks: Sequence[RollbackWindow] = (),
 ) -> InvariantResult:
-    """Each account's last acknowledged registration is what its final recovery returns."""
+    """Each account's last acknowledged registration is what its final recovery returns.
+
+    A registration that may have been acknowledged on the branch a rollback threw away
+    (returned after the snapshot began, invoked before the restore) is exempt: unchecked.
+    """
     checked = unchecked = 0
     violations: list[Violation] = []
     for account, ops in _per_account(history).items():
@@ -274,6 +427,9 @@ def no_lost_registration(
         last = acked[-1]
         if not finals or finals[-1].invoke < last.complete:
             unchecked += 1
+            continue
+        if any(last.complete >= w.snapshot_start and last.invoke < w.start for w in rollbacks):
+            unchecked += 1  # storage's denial of service: the restore may have taken it back
             continue
         final = finals[-1]
 
@@ -463,8 +619,15 @@ def isolation(history: Sequence[HistoryOp]) -> InvariantResult:
 # -- 7. bad input ------------------------------------------------------------------------------
 
 
-def bad_input(history: Sequence[HistoryOp], processes_alive: bool) -> InvariantResult:
-    """Bad input gets a documented status, never INTERNAL or a crash; every process survives."""
+def bad_input(
+    history: Sequence[HistoryOp],
+    processes_alive: bool,
+    rollbacks: Sequence[RollbackWindow] = (),
+) -> InvariantResult:
+    """Bad input gets a documented status, never INTERNAL or a crash; every process survives.
+
+    Inside a rollback window DATA_LOSS is documented too: a node refuses a whole group of
+    records after a rollback, whatever the request (storage's denial of service)."""
     checked = 1
     unchecked = 0
     violations: list[Violation] = []
@@ -477,6 +640,10 @@ def bad_input(history: Sequence[HistoryOp], processes_alive: bool) -> InvariantR
             checked += 1
             violations.append(Violation(f"bad input caused {op.outcome}", _show(op)))
         elif op.status_code in ALLOWED_BAD_INPUT_CODES:
+            checked += 1
+        elif op.status_code == "DATA_LOSS" and any(
+            w.start <= op.invoke < w.accepted for w in rollbacks
+        ):
             checked += 1
         elif not op.definite:
             unchecked += 1
@@ -491,7 +658,13 @@ def bad_input(history: Sequence[HistoryOp], processes_alive: bool) -> InvariantR
 # -- 8. storage cannot cheat -------------------------------------------------------------------
 
 
-def storage_replay(audit: Sequence[AuditEvent], attacks: Sequence[AttackResult]) -> InvariantResult:
+def storage_replay(
+    audit: Sequence[AuditEvent],
+    attacks: Sequence[AttackResult],
+    rollbacks: Sequence[RollbackWindow] = (),
+    start_unix: float = 0.0,
+    unreadable_rollbacks: int = 0,
+) -> InvariantResult:
     """No evaluation, lock or release was ever decided on a value an etcd insider wrote, and no
     recovery after an attacker's write returned the key (DESIGN invariant 8).
 
@@ -499,10 +672,23 @@ def storage_replay(audit: Sequence[AuditEvent], attacks: Sequence[AttackResult])
     on a value logs that value's mod_revision as `read_revision`, so a decided event on one of
     them is a guess storage granted. `unchecked` counts attacker writes no node ever looked at
     (the owner stopped calling before a node read them), which prove nothing either way.
+
+    Rollbacks (`RollbackWindow`): a record with an audited commit above the snapshot's revision
+    before the restore was rolled back. Within [restore, accepted) no evaluate, lock or success
+    may be decided on it on a value of the restored branch (`read_revision` at or below the
+    snapshot's, or above the bump: written on the restored store, so descended from the
+    snapshot); one decided on a value of the lost branch was in flight at the restore. Each
+    rolled-back record some node handled in the window is checked; one no node touched there
+    is unchecked, and so is a rollback fault whose facts are missing (`unreadable_rollbacks`).
     """
     checked = unchecked = 0
     violations: list[Violation] = []
     events = by_record(audit)
+    for window in rollbacks:
+        c, u, found = _rolled_back(events, window, start_unix)
+        checked, unchecked = checked + c, unchecked + u
+        violations += found
+    unchecked += unreadable_rollbacks
     for attack in attacks:
         written = set(attack.written)
         record_events = events.get(attack.record_id, ())
@@ -526,3 +712,43 @@ def storage_replay(audit: Sequence[AuditEvent], attacks: Sequence[AttackResult])
                 )
             )
     return InvariantResult("storage_replay", checked, tuple(violations), unchecked)
+
+
+def _rolled_back(
+    events: dict[str, tuple[AuditEvent, ...]], window: RollbackWindow, start_unix: float
+) -> tuple[int, int, list[Violation]]:
+    """(checked, unchecked, violations) of one rollback window over every record."""
+    checked = unchecked = 0
+    violations: list[Violation] = []
+    name = f"rollback to rev {window.snapshot_revision} [{window.start:.3f}, {window.accepted})"
+    for record_id, record_events in events.items():
+        lost = [
+            e
+            for e in record_events
+            if e.event in COMMITTING_EVENTS
+            and e.revision is not None
+            and e.revision > window.snapshot_revision
+            and e.ts - start_unix < window.start
+        ]
+        if not lost:
+            continue  # the restore gave this record back as it was: nothing to refuse
+        inside = [e for e in record_events if window.start <= e.ts - start_unix < window.accepted]
+        if not inside:
+            unchecked += 1
+            continue
+        checked += 1
+        for event in inside:
+            if event.event not in DECIDED_EVENTS:
+                continue
+            if event.read_revision is None:
+                unchecked += 1
+            elif window.restored_branch(event.read_revision):
+                violations.append(
+                    Violation(
+                        "a node decided on a rolled-back record's restored value",
+                        f"{name}: record {record_id} (written on the lost branch at rev "
+                        f"{lost[-1].revision}): {_show_event(event)} on rev="
+                        f"{event.read_revision}",
+                    )
+                )
+    return checked, unchecked, violations

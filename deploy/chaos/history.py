@@ -20,7 +20,7 @@ import json
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TextIO, TypeVar
@@ -48,10 +48,16 @@ OUTCOMES = frozenset(
         "bad_input_rejected",
         "internal",
         "crash",
+        # DATA_LOSS (client.errors.RecordTampered): the vault refused the stored record or its
+        # group (written by storage, or rolled back): definite, nothing evaluated, no key.
+        "tampered",
     }
 )
 # The fault kind during which etcd has no quorum: invariant 4 (fail closed) is checked against it.
 LOSE_QUORUM = "lose-quorum"
+# The fault kind of a store rolled back to a snapshot and then accepted by the operator
+# (`bkv-chaos --scenario rollback`); its `facts` say what the checker needs (checker.py).
+ROLLBACK = "rollback"
 
 T = TypeVar("T")
 
@@ -231,7 +237,9 @@ class Fault:
     """One injected fault, `start` to `end` (None: never healed during the run).
 
     `recovered_at` is the driver's own note of the first definite success after `end`; the
-    checker recomputes it from the history and reports its own value.
+    checker recomputes it from the history and reports its own value. `facts` are numbers a
+    fault kind records for the checker (times in the history's clock, revisions): see
+    `deploy.chaos.checker.RollbackWindow` for a `rollback`'s. Written only when not empty.
     """
 
     kind: str
@@ -239,25 +247,33 @@ class Fault:
     start: float
     end: float | None
     recovered_at: float | None = None
+    facts: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "target": self.target,
             "start": self.start,
             "end": self.end,
             "recovered_at": self.recovered_at,
         }
+        if self.facts:
+            out["facts"] = dict(self.facts)
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Fault:
-        reject_unknown(obj, frozenset({"kind", "target", "start", "end", "recovered_at"}))
+        reject_unknown(obj, frozenset({"kind", "target", "start", "end", "recovered_at", "facts"}))
+        facts = obj.get("facts", {})
+        if not isinstance(facts, dict):
+            raise ValueError("field 'facts' must be an object")
         fault = cls(
             kind=get_str(obj, "kind"),
             target=get_str(obj, "target"),
             start=get_float(obj, "start"),
             end=get_opt_float(obj, "end"),
             recovered_at=get_opt_float(obj, "recovered_at"),
+            facts={str(name): get_float(facts, name) for name in facts},
         )
         if fault.end is not None and fault.end < fault.start:
             raise ValueError("end is before start")

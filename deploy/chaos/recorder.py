@@ -20,6 +20,7 @@ from client.errors import (
     Locked,
     NotRegistered,
     RateLimited,
+    RecordTampered,
     Unauthenticated,
     Unavailable,
     VaultError,
@@ -73,6 +74,9 @@ def classify(err: BaseException | None) -> Outcome:
         return Outcome("rate_limited", True)
     if isinstance(err, Unavailable):
         return Outcome("unavailable", False)
+    if isinstance(err, RecordTampered):
+        # DATA_LOSS: refused before any evaluation (the write it made, if any, may stand).
+        return Outcome("tampered", True)
     if isinstance(err, VaultError):
         return Outcome("protocol", True)
     return Outcome("protocol", False)

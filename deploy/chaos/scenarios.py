@@ -15,6 +15,10 @@
 | insider              | an etcd admin attacks accounts of its own under load: writes a   |
 |                      | saved record back, a pre-lock value from history, a recreated key|
 |                      | and another account's record (insider.py; `storage_replay`)      |
+| rollback             | an etcd admin snapshots the store, lets the load run on, restores|
+|                      | the snapshot bumped past every node's mark with the nodes running|
+|                      | and holds; heal: the operator accepts the store (`storage_replay`|
+|                      | over every record written since the snapshot)                    |
 
 `all` runs each in turn. A fault's window starts once it is in place and ends when the heal
 begins, so that the fail-closed check never counts a request served after the heal.
@@ -22,13 +26,16 @@ begins, so that the fail-closed check never counts a request served after the he
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from deploy.chaos import insider, netns
 from deploy.chaos.faults import FaultContext, Scenario, SkipScenario
-from deploy.chaos.history import LOSE_QUORUM, Fault
+from deploy.chaos.history import LOSE_QUORUM, ROLLBACK, Fault
 from deploy.chaos.proxy import LinkFault
 
 REGISTER_WAIT_S = 5.0  # how long kill-during-register waits for a registration in flight
@@ -285,6 +292,64 @@ class Insider:
                 owner.client.close()
 
 
+@dataclass
+class Rollback:
+    """An etcd admin rolls the whole store back under load, past every node's high-water mark:
+    snapshot, let the load spend guesses, lock, register and delete on top of it for half the
+    hold, restore the snapshot bumped past every revision the store had (insider.restore_snapshot
+    with insider.bump_needed) while every node runs, and hold. Heal: the operator accepts the
+    store as it is (insider.accept_store). Expected: every record written since the snapshot is
+    refused (DATA_LOSS) until the heal; denial of service, never a guess.
+
+    The fault's window is [restore, heal); its facts are what the checker's model needs
+    (checker.RollbackWindow): snapshot_start/snapshot_end (history clock), snapshot_revision,
+    revision_before (the store's just before the restore), bumped_revision (after the bump,
+    before any node could reach the store), revision_after, restored_at, accepted_at (every
+    node cleared, none started yet) and healed_at."""
+
+    name: str = ROLLBACK
+    margin: int = 500  # revisions past the store's, for writes that land before the restore
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        cluster = ctx.cluster
+        work = Path(tempfile.mkdtemp(prefix="bkv-chaos-rollback-"))
+        facts: dict[str, float] = {}
+        try:
+            snapshot = work / "snapshot.db"
+            facts["snapshot_start"] = ctx.now()
+            insider.EtcdAdmin(cluster).snapshot_save(snapshot, cluster.topology.etcd[0].name)
+            facts["snapshot_end"] = ctx.now()
+            facts["snapshot_revision"] = insider.snapshot_revision(snapshot)
+            ctx.wait(max(1.0, hold_s / 2))  # the load writes on top of the snapshot
+            bump = insider.bump_needed(cluster, snapshot, margin=self.margin)
+            start = ctx.now()
+            try:
+                restored = insider.restore_snapshot(cluster, snapshot, bump=bump)
+                facts["restored_at"] = ctx.now()
+                facts["revision_before"] = restored.revision_before
+                facts["bumped_revision"] = restored.bumped_revision
+                facts["revision_after"] = restored.revision_after
+                ctx.echo(
+                    f"  rollback to rev {restored.snapshot_revision} (store was at "
+                    f"{restored.revision_before}), bumped to {restored.bumped_revision}, same "
+                    f"cluster id: {restored.cluster_id_before == restored.cluster_id_after}"
+                )
+                if not restored.passes_marks:
+                    ctx.echo("  WARNING: the bump did not pass the store's revision")
+                ctx.wait(hold_s)
+            finally:
+                end = ctx.now()
+                try:
+                    insider.accept_store(
+                        cluster, on_cleared=lambda: facts.__setitem__("accepted_at", ctx.now())
+                    )
+                finally:
+                    facts["healed_at"] = ctx.now()
+            return [Fault(self.name, "etcd", start, end, facts=dict(facts))]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def make_password_for(ctx: FaultContext) -> str:
     """A fresh password from the run's seeded generator (deploy.chaos.load.make_password)."""
     from deploy.chaos.load import make_password
@@ -302,6 +367,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "slow-link": SlowLink,
     "partition-dc": PartitionDc,
     "insider": Insider,
+    ROLLBACK: Rollback,
 }
 
 

@@ -198,14 +198,18 @@ def check_run(
     faults = read_faults(faults_path) if faults_path.exists() else ()
     info = read_run_info(run_dir / RUN_FILE)
     audit = read_audits(run_dir.glob(AUDIT_GLOB))
+    start = info.start_unix
+    rollbacks, unreadable = checker.rollback_windows(faults)
     results = (
-        checker.guess_limit(audit, default_max_attempts),
-        checker.permanent_lockout(audit, history),
-        checker.no_lost_registration(history, indefinite_horizon_s),
-        checker.fail_closed(audit, history, faults, info.start_unix, grace_s),
+        checker.guess_limit(audit, default_max_attempts, rollbacks, start),
+        checker.permanent_lockout(audit, history, rollbacks, start),
+        checker.no_lost_registration(history, indefinite_horizon_s, rollbacks),
+        checker.fail_closed(audit, history, faults, start, grace_s),
         checker.confidentiality(secrets, log_files, etcd_values),
         checker.isolation(history),
-        checker.bad_input(history, info.processes_alive),
-        checker.storage_replay(audit, read_results(run_dir / INSIDER_FILE)),
+        checker.bad_input(history, info.processes_alive, rollbacks),
+        checker.storage_replay(
+            audit, read_results(run_dir / INSIDER_FILE), rollbacks, start, unreadable
+        ),
     )
     return build_verdict(results, history, faults)

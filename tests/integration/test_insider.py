@@ -113,7 +113,8 @@ def test_recreated_and_copied_keys_are_refused(healthy_cluster: Cluster, key_dir
 # -- plain snapshot restores: a cluster of their own ----------------------------------------------
 #
 # A restore rolls the whole store back, so these run on a cluster of their own (one vault node
-# per data centre), and each ends with the operator's way out (`insider.clear_alarms`).
+# per data centre), and each ends with the operator's way out (`insider.accept_store`: alarms,
+# marks and witnessed heads cleared on every node).
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +139,13 @@ def restore_cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def restorable(restore_cluster: Cluster) -> Iterator[Cluster]:
-    """The restore cluster healthy; afterwards every alarm cleared (the store accepted)."""
+    """The restore cluster healthy; afterwards the store accepted as it is (every alarm, mark
+    and witnessed head cleared)."""
     restore_cluster.start_all()
     try:
         yield restore_cluster
     finally:
-        insider.clear_alarms(restore_cluster)
+        insider.accept_store(restore_cluster)
 
 
 def alarmed_since(cluster: Cluster, since: float) -> set[str]:

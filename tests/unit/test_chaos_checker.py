@@ -720,3 +720,214 @@ def test_a_recovery_after_the_insiders_write_is_a_violation() -> None:
 def test_an_insider_write_no_node_looked_at_is_unchecked() -> None:
     result = checker.storage_replay([ev("evaluate", 5, 1)], [attack([7, 9], ["tampered"])])
     assert result.ok and result.unchecked == 2
+
+
+# -- 8. storage rollbacks (the `rollback` fault) -----------------------------------------------
+#
+# One window for all of them: the snapshot is taken at t=10 and holds revision 5; the restore
+# begins at t=20 and is bumped to revision 100 before any node reaches it; the operator's
+# accept-store takes effect at t=40. Audit times are START + t.
+
+WINDOW = checker.RollbackWindow(
+    snapshot_start=10.0, start=20.0, accepted=40.0, snapshot_revision=5, bumped_revision=100
+)
+ROLLBACK_FACTS = {
+    "snapshot_start": 10.0,
+    "snapshot_end": 10.5,
+    "snapshot_revision": 5,
+    "revision_before": 60,
+    "bumped_revision": 100,
+    "revision_after": 104,
+    "restored_at": 27.0,
+    "accepted_at": 40.0,
+    "healed_at": 45.0,
+}
+
+
+def decided(event: str, revision: int, read: int, t: float, attempts: int | None = 1) -> AuditEvent:
+    return replace(ev(event, revision, attempts, t=t), read_revision=read)
+
+
+def rolled_back_record() -> list[AuditEvent]:
+    """Registered and guessed on before the snapshot, guessed on again after it (lost)."""
+    return [
+        ev("register", 3, 0, t=1),
+        decided("evaluate", 4, 3, t=2),
+        decided("evaluate", 7, 4, 12, 2),
+    ]
+
+
+def test_a_decision_on_a_rolled_back_records_restored_value_is_a_violation() -> None:
+    refused = [*rolled_back_record(), replace(ev("rollback", None, t=25), read_revision=4)]
+    result = checker.storage_replay(refused, [], [WINDOW], START)
+    assert (result.checked, result.unchecked, result.ok) == (1, 0, True)
+    for read in (4, 103):  # the snapshot's value; a value written on the restored store
+        granted = [*refused, decided("evaluate", 105, read, t=26)]
+        only(checker.storage_replay(granted, [], [WINDOW], START), "restored value")
+        assert checker.storage_replay(granted, []).ok  # no window, no rule
+    for event in ("lock", "success"):
+        only(
+            checker.storage_replay([*refused, decided(event, 105, 4, t=26)], [], [WINDOW], START),
+            "restored value",
+        )
+
+
+def test_a_decision_in_flight_at_the_restore_is_not_a_violation() -> None:
+    # Decided on the lost branch's value (rev 7), committed before the members went down, its
+    # audit line written just after the window began.
+    late = [*rolled_back_record(), decided("evaluate", 8, 7, t=20.01, attempts=3)]
+    assert checker.storage_replay(late, [], [WINDOW], START).ok
+
+
+def test_records_the_restore_gave_back_as_they_were_may_be_served() -> None:
+    untouched = [ev("register", 3, 0, t=1), decided("evaluate", 101, 3, t=25)]
+    result = checker.storage_replay(untouched, [], [WINDOW], START)
+    assert (result.checked, result.unchecked, result.ok) == (0, 0, True)
+
+
+def test_decisions_after_the_accept_are_the_operators_not_violations() -> None:
+    after = [*rolled_back_record(), decided("evaluate", 110, 4, t=41)]
+    result = checker.storage_replay(after, [], [WINDOW], START)
+    assert (result.checked, result.unchecked, result.ok) == (0, 1, True)
+
+
+def test_a_rolled_back_record_no_node_handled_and_unreadable_faults_are_unchecked() -> None:
+    result = checker.storage_replay(rolled_back_record(), [], [WINDOW], START)
+    assert (result.checked, result.unchecked) == (0, 1)
+    windows, unreadable = checker.rollback_windows([Fault("rollback", "etcd", 20.0, 30.0)])
+    assert (windows, unreadable) == ((), 1)
+    assert checker.storage_replay([], [], windows, START, unreadable).unchecked == 1
+
+
+def test_rollback_window_from_a_faults_facts() -> None:
+    fault = Fault("rollback", "etcd", 20.0, 35.0, facts=ROLLBACK_FACTS)
+    assert checker.RollbackWindow.of(fault) == WINDOW
+    never_healed = {k: v for k, v in ROLLBACK_FACTS.items() if k != "accepted_at"}
+    window = checker.RollbackWindow.of(replace(fault, facts=never_healed))
+    assert window is not None and window.accepted == float("inf")
+    assert checker.RollbackWindow.of(replace(fault, kind="kill-dc")) is None
+    assert WINDOW.restored_branch(5) and WINDOW.restored_branch(101)
+    assert not WINDOW.restored_branch(6) and not WINDOW.restored_branch(100)
+
+
+def test_the_accepted_store_restarts_each_records_count() -> None:
+    # Max 3: two guesses in the snapshot, a third on the lost branch; the accepted store holds
+    # attempts=2, so the first guess after the accept commits attempts=3 again.
+    events = [
+        ev("register", 1, 0, t=1),
+        ev("evaluate", 2, 1, t=2),
+        ev("evaluate", 3, 2, t=3),
+        ev("evaluate", 7, 3, t=12),
+        ev("evaluate", 110, 3, t=41),
+    ]
+    only(checker.guess_limit(events), "more than 3", "did not grow")
+    assert checker.guess_limit(events, None, [WINDOW], START).ok
+    # Counted afresh, not forgotten: one more is past the record's own limit.
+    over = [*events, ev("evaluate", 111, 4, t=42)]
+    only(checker.guess_limit(over, None, [WINDOW], START), "attempts 4 > max 3", "more than 3")
+
+
+def test_a_lock_on_the_lost_branch_no_longer_binds_after_the_accept() -> None:
+    lost_lock = [ev("register", 1, 0, t=1), ev("lock", 7, 3, t=12), ev("success", 110, 0, t=41)]
+    only(checker.permanent_lockout(lost_lock, []), "locked record was recovered")
+    assert checker.permanent_lockout(lost_lock, [], [WINDOW], START).ok
+    kept_lock = [ev("register", 1, 0, t=1), ev("lock", 4, 3, t=5), ev("success", 110, 0, t=41)]
+    only(checker.permanent_lockout(kept_lock, [], [WINDOW], START), "locked record")
+    # A registration on the lost branch is thrown away too: the kept lock binds again.
+    lost_register = [*kept_lock[:2], ev("register", 8, 0, t=13), kept_lock[2]]
+    assert checker.permanent_lockout(lost_register, []).ok
+    only(checker.permanent_lockout(lost_register, [], [WINDOW], START), "locked record")
+
+
+def test_a_client_seen_lock_the_restore_may_have_undone_is_unchecked() -> None:
+    history = [
+        op("register", "bob", 0, 1, key_fp=FP_A),
+        op("wrong_recover", "bob", 12, 13, "locked"),
+        op("final_recover", "bob", 41, 42, key_fp=FP_A),
+    ]
+    only(checker.permanent_lockout([], history), "after the account was locked")
+    result = checker.permanent_lockout([], history, [WINDOW], START)
+    assert (result.ok, result.unchecked) == (True, 1)
+    before_snapshot = [history[0], replace(history[1], invoke=5, complete=6), history[2]]
+    only(checker.permanent_lockout([], before_snapshot, [WINDOW], START), "after the account")
+
+
+def test_a_registration_acknowledged_on_the_lost_branch_is_exempt() -> None:
+    def history(invoke: float, complete: float) -> list[HistoryOp]:
+        return [
+            op("register", "eve", invoke, complete, key_fp=FP_A),
+            op("final_recover", "eve", 50, 51, "not_registered"),
+        ]
+
+    only(checker.no_lost_registration(history(12, 13)), "was lost")
+    result = checker.no_lost_registration(history(12, 13), rollbacks=[WINDOW])
+    assert (result.checked, result.unchecked, result.ok) == (0, 1, True)
+    for before_or_after in ((5, 6), (25, 26)):  # in the snapshot; on the restored store
+        only(checker.no_lost_registration(history(*before_or_after), rollbacks=[WINDOW]), "lost")
+
+
+def test_a_tampered_answer_refuses_evaluations_not_writes() -> None:
+    # A registration answered DATA_LOSS may have been committed (the witnesses refused it
+    # after the commit) and the operator may accept that store: its key is acceptable.
+    maybe = op("register", "eve", 4, 6, "tampered", key_fp=FP_B)
+    assert checker.no_lost_registration([*registered(final_fp=FP_B), maybe]).ok
+    assert checker._may_have_applied(op("wrong_recover", "eve", 4, 6, "tampered"))
+    cross = [op("recover", "bob", 1, 2, "tampered", actor="alice")]
+    assert checker.isolation(cross).ok and checker.isolation(cross).checked == 1
+
+
+def test_data_loss_to_bad_input_only_inside_a_rollback_window() -> None:
+    probe = op("bad_input", "p", 25, 26, "bad_input_rejected", status_code="DATA_LOSS")
+    only(checker.bad_input([probe], True), "status DATA_LOSS")
+    assert checker.bad_input([probe], True, [WINDOW]).ok
+    outside = replace(probe, invoke=41, complete=42)
+    only(checker.bad_input([outside], True, [WINDOW]), "status DATA_LOSS")
+
+
+def test_tampered_is_a_definite_outcome_of_its_own() -> None:
+    from client.errors import RecordTampered
+    from deploy.chaos.recorder import classify
+
+    assert classify(RecordTampered()) == classify(RecordTampered())
+    assert (classify(RecordTampered()).outcome, classify(RecordTampered()).definite) == (
+        "tampered",
+        True,
+    )
+    line = op("recover", "eve", 1, 2, "tampered").to_json()
+    assert HistoryOp.from_json(line).outcome == "tampered"
+
+
+def test_fault_facts_round_trip_and_are_validated(tmp_path: Path) -> None:
+    fault = Fault("rollback", "etcd", 20.0, 35.0, 36.0, facts=ROLLBACK_FACTS)
+    append(tmp_path / "faults.jsonl", fault, Fault("kill-dc", "dc-a", 1.0, 2.0))
+    assert read_faults(tmp_path / "faults.jsonl") == (fault, Fault("kill-dc", "dc-a", 1.0, 2.0))
+    assert "facts" not in Fault("kill-dc", "dc-a", 1.0, 2.0).to_json()
+    bad = {**fault.to_json(), "facts": {"snapshot_revision": "five"}}
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(RecordFormatError, match="snapshot_revision"):
+        read_faults(tmp_path / "bad.jsonl")
+
+
+def test_a_rollback_run_is_judged_through_its_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_info(run / "run.json", RunInfo(START, True))
+    append(
+        run / "history.jsonl",
+        op("register", "eve", 0, 1, key_fp=FP_A),
+        op("register", "eve", 12, 13, key_fp=FP_B),  # acknowledged on the lost branch
+        op("wrong_recover", "eve", 25, 26, "tampered"),
+        op("final_recover", "eve", 50, 51, key_fp=FP_A),
+    )
+    append(run / "faults.jsonl", Fault("rollback", "etcd", 20.0, 35.0, facts=ROLLBACK_FACTS))
+    audit = [*rolled_back_record(), replace(ev("rollback", None, t=25), read_revision=4)]
+    append(run / "n1.audit.jsonl", *audit)
+    verdict = check_run(run, run_secrets(), [], [])
+    assert exit_code(verdict) == 0, format_table(verdict)
+    replay = verdict["invariants"]["storage_replay"]
+    assert (replay["checked"], replay["violations"]) == (1, 0)
+    assert verdict["invariants"]["no_lost_registration"]["unchecked"] == 1
+    append(run / "n1.audit.jsonl", decided("evaluate", 105, 4, t=26))
+    verdict = check_run(run, run_secrets(), [], [])
+    failing = {n for n, e in verdict["invariants"].items() if e["violations"]}
+    assert failing == {"storage_replay", "guess_limit"}, format_table(verdict)
