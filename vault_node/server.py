@@ -307,7 +307,7 @@ class VaultNodeServer:
         ]
         self._witnesses = RemoteWitnesses(
             endpoints, len(peers), lambda data: bytes(token.hmac_sha256("witness", data)),
-            os.urandom,
+            os.urandom, local=own if self._witness is not None else None,
         )  # fmt: skip
         if self._witness is not None:
             self._witness.start(self._witnesses)

@@ -157,7 +157,16 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
     # -- answers --
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
-        """Judge a capture (witness_core.WitnessState.capture), journal it, answer MAC'd."""
+        """Judge a capture (`judge`) and answer MAC'd: the gRPC answer to a peer."""
+        verdict, held = self.judge(request)
+        head = Ref.of(request.head)
+        mac = self._mac(capture_mac_input(self.name, request.nonce, int(verdict), head, held))
+        return witness_pb2.CaptureReply(
+            witness=self.name, verdict=int(verdict), held=held.message(), mac=mac
+        )
+
+    def judge(self, request: witness_pb2.CaptureRequest) -> tuple[Verdict, Ref]:
+        """Judge a capture (witness_core.WitnessState.capture) and journal it."""
         base, head = Ref.of(request.base), Ref.of(request.head)
         groups = self.state.groups
         recent = [bytes(h) for h in request.base_recent]
@@ -180,10 +189,7 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
                 "witness: group %d capture refused as a rollback: base version %d, held %d",
                 base.group, base.version, held.version,
             )  # fmt: skip
-        mac = self._mac(capture_mac_input(self.name, request.nonce, int(verdict), head, held))
-        return witness_pb2.CaptureReply(
-            witness=self.name, verdict=int(verdict), held=held.message(), mac=mac
-        )
+        return verdict, held
 
     async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply:
         refs = self.state.heads()

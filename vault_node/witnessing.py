@@ -194,7 +194,10 @@ class RemoteWitnesses:
         rng: Rng,
         *,
         clock: Callable[[], float] = time.monotonic,
+        local: str | None = None,
     ) -> None:
+        """`local`: the name of this node's own witness when it is one, an in-process endpoint
+        whose answers need no MAC (`WitnessServer.judge`: no network between them)."""
         if witnesses < 1 or len(endpoints) != witnesses:
             raise ValueError("every configured witness needs an endpoint")
         self._endpoints = list(endpoints)
@@ -202,6 +205,7 @@ class RemoteWitnesses:
         self._mac = mac
         self._rng = rng
         self._clock = clock
+        self._local = local
         self._lazy: set[asyncio.Task[CaptureResult]] = set()
         self._missed = False
 
@@ -217,6 +221,11 @@ class RemoteWitnesses:
     async def _ask(
         self, endpoint: CaptureEndpoint, request: witness_pb2.CaptureRequest, head: Ref
     ) -> tuple[Verdict, Ref] | None:
+        judge = getattr(endpoint, "judge", None) if endpoint.name == self._local else None
+        if judge is not None:
+            # This node's own witness, in this process: no network between them, no MAC needed.
+            verdict, held = judge(request)
+            return verdict, held
         try:
             reply = await endpoint.capture(request)
         except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:

@@ -194,3 +194,29 @@ def test_a_running_witness_cut_off_catches_up_when_it_answers_behind(fleet: Flee
 
 def witness_pb2_ref(value: Head) -> Ref:
     return Ref.of(value.ref)
+
+
+def test_the_nodes_own_witness_is_asked_in_process_without_a_mac(fleet: Fleet) -> None:
+    """A node that is a witness judges its own writes in process: no MAC, no token call; its
+    peers' answers are still MAC-checked (another fleet's MACs count for nothing)."""
+    other_fleet = SoftToken()
+    endpoints = list(fleet.servers.values())
+
+    def client(token: SoftToken) -> RemoteWitnesses:
+        return RemoteWitnesses(
+            endpoints, len(NAMES), lambda data: token.hmac_sha256("witness", data), os.urandom,
+            local="w1",
+        )  # fmt: skip
+
+    calls = {"n": 0}
+    mac = fleet.servers["w1"]._mac
+
+    def counted(data: bytes) -> bytes:
+        calls["n"] += 1
+        return mac(data)
+
+    fleet.servers["w1"]._mac = counted  # type: ignore[method-assign]
+    assert capture(client(fleet.token), 1)
+    assert calls["n"] == 0 and fleet.servers["w1"].state.latest(3).version == 1
+    # Only w1's answer counts when the MAC key is another fleet's: one of three, no majority.
+    assert not capture(client(other_fleet), 2)
