@@ -12,9 +12,11 @@ JSON files that hold public points and wrapped (encrypted) keys only, never a PI
        [--etcd-cluster-id H] store the kem public key, check it, destroy the transport pair;
                              pin the etcd cluster id H (hex) the node will accept
     store-status             node token: print the store checkpoint (high-water mark, alarm, pin)
-    witness-reset            witness token (node stopped): forget the witnessed heads it holds;
-                             with its journal removed, it relearns them from the other witnesses
-                             at its next start. For a store an operator accepts as it is
+    witness-reset            witness token (node stopped): forget the witnessed heads it holds
+                             (its journal too); at its next start it takes every group's head
+                             from etcd (opened with the token) as its own, then catches up from
+                             the other witnesses. For a store an operator accepts as it is
+       [--forget-only]       (with it: forget only, as a witness whose state was lost would)
     record-id --account A    node token: print the record id (= etcd key) of account A, for
                              operators and attack tests; needs the token's PIN, as the id_mac
                              key hides which etcd key belongs to which account
@@ -43,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
+from bkv.v1 import sealed_pb2
 from vault_node.checkpoint import (
     CLUSTER_PIN_LABEL,
     CheckpointError,
@@ -401,6 +404,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--etcd-cluster-id", type=_cluster_id, default=0)
     parser.add_argument("--accept-cluster-id", type=_cluster_id, default=0)
     parser.add_argument("--account", default="")
+    parser.add_argument(
+        "--forget-only",
+        action="store_true",
+        help="witness-reset: forget without adopting the store's heads (a witness whose state "
+        "was lost; for tests of the documented limit)",
+    )
     return parser
 
 
@@ -449,6 +458,7 @@ def run_step(
     etcd_cluster_id: int = 0,
     accept_cluster_id: int = 0,
     account: str = "",
+    forget_only: bool = False,
 ) -> None:
     """Run one step on the token of `spec` in this process."""
     with Token.open(spec, read_write=True) as token:
@@ -477,8 +487,10 @@ def run_step(
         elif step == "store-alarm-clear":
             print(json.dumps(store_alarm_clear(token, accept_cluster_id), sort_keys=True))
         elif step == "witness-reset":
-            token.replace_data(WITNESS_HEADS_LABEL, b"")
-            print(json.dumps({"witness_heads": "forgotten"}))
+            # The store is accepted as it is: at its next start the witness adopts its heads.
+            reset = sealed_pb2.WitnessCheckpoint(adopt_store=not forget_only)
+            token.replace_data(WITNESS_HEADS_LABEL, reset.SerializeToString())
+            print(json.dumps({"witness_heads": "forgotten; the store's heads at the next start"}))
         elif step == "record-id":
             if not account:
                 raise CeremonyStepError("record-id needs --account")
@@ -539,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             etcd_cluster_id=args.etcd_cluster_id,
             accept_cluster_id=args.accept_cluster_id,
             account=args.account,
+            forget_only=args.forget_only,
         )
     except (
         CeremonyStepError,

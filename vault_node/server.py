@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from vault_node.checkpoint import Checkpointer, load_state
 from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
 from vault_node.decode_guard import RejectUndecodable
+from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
 from vault_node.service import (
     BadRequest,
@@ -41,8 +43,10 @@ from vault_node.service import (
 )
 from vault_node.store import EtcdStore
 from vault_node.store_guard import StoreGuard
+from vault_node.witness_core import Ref
 from vault_node.witness_server import WitnessServer
 from vault_node.witnessing import CaptureEndpoint, PeerWitness, RemoteWitnesses, channel_credentials
+from vault_protocol.errors import DecryptError
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +314,31 @@ class VaultNodeServer:
             os.urandom, local=own if self._witness is not None else None,
         )  # fmt: skip
         if self._witness is not None:
-            self._witness.start(self._witnesses)
+            self._witness.start(self._witnesses, store_heads=self._store_heads(token, w.groups))
         return self._witnesses
+
+    def _store_heads(self, token: Any, groups: int) -> Callable[[], Awaitable[list[Ref]]]:
+        """Every group's head in etcd, opened with the token: what a witness an operator reset
+        (`ceremony_cli witness-reset`, the store accepted as it is) adopts as its own."""
+        store = self._store
+        assert store is not None
+
+        async def read() -> list[Ref]:
+            refs: list[Ref] = []
+            for group, stored in await store.read_heads():
+                if not 0 <= group < groups:
+                    continue
+                try:
+                    head = open_head(token, group, stored)
+                except DecryptError:
+                    # Security: only heads a vault node sealed are adopted; this one stays
+                    # unknown (its group's writes answer BEHIND until someone fixes it).
+                    log.error("group %d's head in etcd does not open: not adopted", group)
+                    continue
+                refs.append(Ref(group, head.version, head.hash))
+            return refs
+
+        return read
 
     def _open_guard(self, token: Any) -> StoreGuard:
         """The store guard, from the token's checkpoint and the audit log's last commits."""

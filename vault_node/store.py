@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from etcd_client import EtcdClient, EtcdClientConfig
+from etcd_client import EtcdClient, EtcdClientConfig, prefix_end
 from etcd_client.errors import EtcdCompacted, EtcdError
 from etcd_client.types import Compare, Delete, Get, Header, KeyValue, Put, RangeResult
-from vault_node.heads import head_key
+from vault_node.heads import HEADS_PREFIX, head_key
 from vault_node.key_meta import ABSENT, KeyMeta, StoredValue
 from vault_node.store_guard import StoreGuard
 
@@ -275,6 +275,24 @@ class EtcdStore:
         if result.succeeded:
             return result.header.revision, None
         return 0, _snapshot(result.responses)
+
+    async def read_heads(self) -> list[tuple[int, StoredValue]]:
+        """Every group head in etcd (a linearizable range over the heads prefix), by group:
+        what a witness an operator reset adopts (witness_server)."""
+        self._guard.check()
+        floor = self._guard.floor()
+        result = await self._call(
+            lambda: self._client.range(HEADS_PREFIX, range_end=prefix_end(HEADS_PREFIX))
+        )
+        self._observe(result.header, floor)
+        heads: list[tuple[int, StoredValue]] = []
+        for kv in result.kvs:
+            try:
+                group = int(kv.key[len(HEADS_PREFIX) :].decode("ascii"), 16)
+            except ValueError:
+                continue  # not a head key of ours
+            heads.append((group, _stored(kv)))
+        return heads
 
     async def compact(self, revision: int) -> None:
         try:

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,9 @@ def read_journal(path: Path) -> list[Ref]:
     return out
 
 
-def read_checkpoint(token: DataObjects) -> tuple[list[Ref], int]:
-    """The heads of the token's newest witness checkpoint, and its sequence."""
+def read_checkpoint(token: DataObjects) -> tuple[list[Ref], int, bool]:
+    """The heads of the token's newest witness checkpoint, its sequence, and whether an
+    operator's `witness-reset` asked for the store's heads to be adopted."""
     best = sealed_pb2.WitnessCheckpoint()
     for value in token.read_data(HEADS_LABEL):
         try:
@@ -77,7 +78,7 @@ def read_checkpoint(token: DataObjects) -> tuple[list[Ref], int]:
             refs.append(Ref.of(witness_pb2.HeadRef.FromString(raw)))
         except DecodeError:
             continue
-    return refs, best.sequence
+    return refs, best.sequence, best.adopt_store
 
 
 class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
@@ -99,9 +100,14 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         self._journal_path = journal
         self._witnesses = witnesses
         self._interval = checkpoint_interval_s
-        loaded, self._sequence = read_checkpoint(token)
+        loaded, self._sequence, self.adopt_store = read_checkpoint(token)
+        if self.adopt_store:
+            # The operator accepted the store as it is (`witness-reset`): what this witness
+            # held before, journal included, is forgotten; the store's heads replace it.
+            loaded = []
+            journal.unlink(missing_ok=True)
         loaded += read_journal(journal)
-        self.state = WitnessState(groups, loaded, ready=witnesses == 1)
+        self.state = WitnessState(groups, loaded, ready=witnesses == 1 and not self.adopt_store)
         self._saved = self._table()
         journal.parent.mkdir(parents=True, exist_ok=True)
         self._compact_journal()
@@ -136,10 +142,19 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
             os.fsync(f.fileno())
         os.replace(tmp, self._journal_path)
 
-    def checkpoint(self) -> bool:
+    def adopt(self, heads: list[Ref]) -> None:
+        """Take `heads` (every group's head in the accepted store) as this witness's own, and
+        checkpoint them: the reset is done once the token holds them."""
+        self.state = WitnessState(self.state.groups, heads, ready=self.state.ready)
+        self._record(self.state.heads())
+        self.checkpoint(force=True)
+        self.adopt_store = False
+        log.warning("witness adopted %d group heads from the accepted store", len(heads))
+
+    def checkpoint(self, *, force: bool = False) -> bool:
         """The latest heads into the token when they changed (and a compact journal)."""
         table = self._table()
-        if table == self._saved:
+        if table == self._saved and not force:
             return False
         self._sequence += 1
         message = sealed_pb2.WitnessCheckpoint(
@@ -245,13 +260,38 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
 
         task.add_done_callback(done)
 
-    def start(self, peers: RemoteWitnesses, on_ready: Callable[[], None] = lambda: None) -> None:
+    def start(
+        self,
+        peers: RemoteWitnesses,
+        on_ready: Callable[[], None] = lambda: None,
+        store_heads: Callable[[], Awaitable[list[Ref]]] | None = None,
+    ) -> None:
+        """Catch up (after adopting `store_heads()` if an operator reset this witness) and
+        checkpoint in the background."""
         self._peers = peers
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._catch_up_loop(peers, on_ready), name="catch-up"))
+        catch_up = self._catch_up_loop(peers, on_ready, store_heads)
+        self._tasks.append(loop.create_task(catch_up, name="catch-up"))
         self._tasks.append(loop.create_task(self._checkpoint_loop(), name="witness-checkpoint"))
 
-    async def _catch_up_loop(self, peers: RemoteWitnesses, on_ready: Callable[[], None]) -> None:
+    async def _catch_up_loop(
+        self,
+        peers: RemoteWitnesses,
+        on_ready: Callable[[], None],
+        store_heads: Callable[[], Awaitable[list[Ref]]] | None,
+    ) -> None:
+        while self.adopt_store:
+            if store_heads is None:
+                log.error("witness reset by an operator, but no store to adopt heads from")
+                return
+            try:
+                heads = await store_heads()
+            except Exception as exc:  # noqa: BLE001 (etcd not reachable yet: retried)
+                log.warning("witness: cannot read the store's heads yet: %s", type(exc).__name__)
+                await asyncio.sleep(CATCH_UP_RETRY_S)
+                continue
+            self.adopt(heads)
+            self.state.ready = self._witnesses == 1
         if self.state.ready:
             log.info("witness ready: the only witness of the fleet")
             on_ready()

@@ -115,7 +115,7 @@ def restart_witnesses(cluster: Cluster, witnesses: list[str], *, lose_state: boo
         cluster.stop(witness)
     if lose_state:
         for witness in witnesses:
-            insider.token_step(cluster, witness, "witness-reset")
+            insider.token_step(cluster, witness, "witness-reset", "--forget-only")
             cluster.layout.witness_journal(witness).unlink(missing_ok=True)
     for witness in witnesses:
         cluster.start(witness, wait=False)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bkv.v1 import witness_pb2
+from bkv.v1 import sealed_pb2, witness_pb2
 from vault_node.heads import ZERO_HASH, Head
 from vault_node.key_meta import ABSENT
 from vault_node.soft_token import SoftToken
 from vault_node.witness_core import Ref, Verdict
-from vault_node.witness_server import WitnessServer, read_journal
+from vault_node.witness_server import WitnessServer, read_checkpoint, read_journal
 from vault_node.witnessing import RemoteWitnesses
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -220,3 +220,40 @@ def test_the_nodes_own_witness_is_asked_in_process_without_a_mac(fleet: Fleet) -
     assert calls["n"] == 0 and fleet.servers["w1"].state.latest(3).version == 1
     # Only w1's answer counts when the MAC key is another fleet's: one of three, no majority.
     assert not capture(client(other_fleet), 2)
+
+
+def test_a_witness_reset_by_the_operator_adopts_the_stores_heads(fleet: Fleet) -> None:
+    """`witness-reset` (the store accepted as it is): at its next start the witness forgets its
+    chain, journal included, takes every group's head from the store, checkpoints them, and
+    only then catches up and serves."""
+    client = fleet.client()
+    for v in range(1, 40):
+        assert capture(client, v)
+    fleet.tokens["w1"].replace_data(
+        "witness_heads", sealed_pb2.WitnessCheckpoint(adopt_store=True).SerializeToString()
+    )
+    restarted = fleet.make("w1")
+    assert restarted.adopt_store and not restarted.state.ready
+    assert restarted.state.latest(3).version == 0  # the journal is forgotten too
+    fleet.servers["w1"] = restarted
+    store = [Ref(3, 7, h(7)), Ref(5, 2, h(2))]  # the accepted store's heads
+
+    async def store_heads() -> list[Ref]:
+        return store
+
+    async def go() -> None:
+        restarted.start(fleet.client(), store_heads=store_heads)
+        try:
+            for _ in range(200):
+                if restarted.state.ready:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await restarted.stop()
+
+    asyncio.run(go())
+    assert restarted.state.ready and not restarted.adopt_store
+    # Its peers still hold version 39 of group 3: catch-up moves it forward, never back.
+    assert restarted.state.latest(3).version == 39 and restarted.state.latest(5) == store[1]
+    heads, _, adopt = read_checkpoint(fleet.tokens["w1"])
+    assert not adopt and Ref(5, 2, h(2)) in heads

@@ -129,9 +129,11 @@ class GroupHead(_message.Message):
     def __init__(self, group: _Optional[int] = ..., version: _Optional[int] = ..., prev: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[HeadEntry, _Mapping]]] = ..., recent: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class WitnessCheckpoint(_message.Message):
-    __slots__ = ("sequence", "heads")
+    __slots__ = ("sequence", "heads", "adopt_store")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    ADOPT_STORE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     heads: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, sequence: _Optional[int] = ..., heads: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    adopt_store: bool
+    def __init__(self, sequence: _Optional[int] = ..., heads: _Optional[_Iterable[bytes]] = ..., adopt_store: _Optional[bool] = ...) -> None: ...
