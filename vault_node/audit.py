@@ -104,8 +104,12 @@ class AuditLog:
             self._stream.close()
 
 
-def high_water_from_audit(path: str, tail_bytes: int = AUDIT_TAIL_BYTES) -> int:
-    """The highest commit `revision` in the last `tail_bytes` of the audit log (0 if none).
+def high_water_from_audit(
+    path: str, tail_bytes: int = AUDIT_TAIL_BYTES, *, since_ms: int = 0
+) -> int:
+    """The highest commit `revision` in the last `tail_bytes` of the audit log (0 if none),
+    among lines written at or after `since_ms` (the operator's last acceptance of the store:
+    the revisions of a store it replaced no longer count).
 
     Lines are appended in commit order give or take concurrent requests, so the last megabyte
     holds the highest revisions; a torn or foreign line is skipped, a missing file is 0.
@@ -125,6 +129,9 @@ def high_water_from_audit(path: str, tail_bytes: int = AUDIT_TAIL_BYTES) -> int:
         except ValueError:
             continue
         revision = entry.get("revision") if isinstance(entry, dict) else None
+        ts = entry.get("ts") if isinstance(entry, dict) else None
+        if since_ms and not (isinstance(ts, int | float) and ts * 1000 >= since_ms):
+            continue
         if isinstance(revision, int) and not isinstance(revision, bool) and revision > best:
             best = revision
     return best

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -523,7 +524,10 @@ def store_alarm_clear(token: Token, accept_cluster_id: int) -> dict[str, Any]:
     if accept_cluster_id:
         token.replace_data(CLUSTER_PIN_LABEL, encode_cluster_id(accept_cluster_id))
         cluster_id = accept_cluster_id
-    write_state(token, GuardState(cluster_id=cluster_id), sequence + 1)
+    # The node's audit log still names the replaced store's revisions: from now on they are
+    # ignored at a start (GuardState.accepted_at_ms), or the mark would come straight back.
+    accepted = time.time_ns() // 1_000_000
+    write_state(token, GuardState(cluster_id=cluster_id, accepted_at_ms=accepted), sequence + 1)
     return {"cleared": state.alarm, "etcd_cluster_id": f"{cluster_id:016x}" if cluster_id else ""}
 
 

@@ -94,6 +94,7 @@ def load_state(token: DataObjects, audit_high_water: int) -> tuple[GuardState, i
         alarm=checkpoint.alarm,
         alarm_revision=checkpoint.alarm_revision,
         alarmed_groups=frozenset(checkpoint.alarmed_groups),
+        accepted_at_ms=checkpoint.accepted_at_ms,
     )
     return state, checkpoint.sequence
 
@@ -107,6 +108,7 @@ def write_state(token: DataObjects, state: GuardState, sequence: int) -> None:
         alarm=state.alarm,
         alarm_revision=state.alarm_revision,
         alarmed_groups=sorted(state.alarmed_groups),
+        accepted_at_ms=state.accepted_at_ms,
     )
     token.replace_data(CHECKPOINT_LABEL, checkpoint.SerializeToString())
 

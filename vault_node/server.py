@@ -25,7 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from bkv.v1 import node_pb2, node_pb2_grpc, witness_pb2_grpc
 from etcd_client import EtcdClientConfig, EtcdTls
 from vault_node.audit import AuditLog, high_water_from_audit
-from vault_node.checkpoint import Checkpointer, load_state
+from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
 from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
 from vault_node.decode_guard import RejectUndecodable
@@ -343,7 +343,9 @@ class VaultNodeServer:
     def _open_guard(self, token: Any) -> StoreGuard:
         """The store guard, from the token's checkpoint and the audit log's last commits."""
         node = self.config.node
-        state, self._checkpoint_sequence = load_state(token, high_water_from_audit(node.audit_log))
+        accepted = latest_checkpoint(token).accepted_at_ms
+        audit_mark = high_water_from_audit(node.audit_log, since_ms=accepted)
+        state, self._checkpoint_sequence = load_state(token, audit_mark)
         if not state.cluster_id:
             log.warning(
                 "no etcd cluster id is pinned in token %s (the key ceremony ran without one): "

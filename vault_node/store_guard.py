@@ -39,6 +39,7 @@ class GuardState:
     alarm: str = ""
     alarm_revision: int = 0
     alarmed_groups: frozenset[int] = frozenset()  # record groups a witness found rolled back
+    accepted_at_ms: int = 0  # the operator's last store-alarm-clear: older audit lines ignored
 
 
 class StoreGuard:
@@ -61,6 +62,7 @@ class StoreGuard:
         self._alarm = state.alarm
         self._alarm_revision = state.alarm_revision
         self._groups = set(state.alarmed_groups)
+        self._accepted_at_ms = state.accepted_at_ms
         self._on_alarm = on_alarm
         self._on_pin = on_pin
 
@@ -79,6 +81,7 @@ class StoreGuard:
             self._alarm,
             self._alarm_revision,
             frozenset(self._groups),
+            self._accepted_at_ms,
         )
 
     def group_alarmed(self, group: int) -> bool:

@@ -154,3 +154,18 @@ def test_the_audit_log_tail_gives_the_highest_commit_revision(tmp_path: Path) ->
         f.write(json.dumps({"revision": True}) + "\n" + '{"revision": 99')  # a torn last line
     assert high_water_from_audit(str(path)) == 41
     assert high_water_from_audit(str(path), tail_bytes=60) in (0, 40, 41)
+
+
+def test_audit_lines_before_the_operators_acceptance_do_not_raise_the_mark(tmp_path: Path) -> None:
+    """After `store-alarm-clear` (accepted_at_ms), the revisions of the store it replaced,
+    still in the audit log, no longer bring the mark (and the alarm) straight back."""
+    path = tmp_path / "node.audit.jsonl"
+    clock = {"ms": 1_000}
+    log = AuditLog.open(str(path), "n1", lambda: clock["ms"])
+    log.write("evaluate", b"\x01", 1, 10, revision=900)  # the replaced store's revision
+    clock["ms"] = 5_000
+    log.write("evaluate", b"\x01", 2, 10, revision=120)  # on the accepted store
+    log.close()
+    assert high_water_from_audit(str(path)) == 900
+    assert high_water_from_audit(str(path), since_ms=4_000) == 120
+    assert high_water_from_audit(str(path), since_ms=6_000) == 0

@@ -91,20 +91,22 @@ class Ticket(_message.Message):
     def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class StoreCheckpoint(_message.Message):
-    __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision", "alarmed_groups")
+    __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision", "alarmed_groups", "accepted_at_ms")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATER_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
     ALARM_REVISION_FIELD_NUMBER: _ClassVar[int]
     ALARMED_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     cluster_id: int
     high_water: int
     alarm: str
     alarm_revision: int
     alarmed_groups: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, sequence: _Optional[int] = ..., cluster_id: _Optional[int] = ..., high_water: _Optional[int] = ..., alarm: _Optional[str] = ..., alarm_revision: _Optional[int] = ..., alarmed_groups: _Optional[_Iterable[int]] = ...) -> None: ...
+    accepted_at_ms: int
+    def __init__(self, sequence: _Optional[int] = ..., cluster_id: _Optional[int] = ..., high_water: _Optional[int] = ..., alarm: _Optional[str] = ..., alarm_revision: _Optional[int] = ..., alarmed_groups: _Optional[_Iterable[int]] = ..., accepted_at_ms: _Optional[int] = ...) -> None: ...
 
 class HeadEntry(_message.Message):
     __slots__ = ("record_id", "digest")
