@@ -12,12 +12,10 @@ that kill processes need not restore them: `healthy_cluster` does that for the n
 """
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from cluster_fixtures import own_cluster
 from hypothesis import HealthCheck, settings
 
 from deploy.cluster import Cluster
@@ -40,18 +38,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="bkv-cluster-"))
-    c = Cluster(root / "cluster")
-    try:
-        c.up(fsync=False)
+    with own_cluster("bkv-cluster-") as c:
         yield c
-    finally:
-        try:
-            if c.exists():
-                c.down()
-        finally:
-            if os.environ.get("BKV_KEEP_CLUSTER") != "1":
-                shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ and heals its fault itself; `healthy_cluster` restarts anything left down before
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cluster_fixtures import own_cluster
 
 from deploy.chaos import netns
 from deploy.chaos.checker import ALLOWED_BAD_INPUT_CODES
@@ -96,18 +94,8 @@ def test_the_insider_gains_nothing_under_load(healthy_cluster: Cluster, tmp_path
 def rollback_cluster() -> Iterator[Cluster]:
     """A cluster of its own (the local-3dc topology): a rollback throws away everything written
     since its snapshot, and its heal resets every witness, so it must not share a store."""
-    root = Path(tempfile.mkdtemp(prefix="bkv-chaos-rollback-"))
-    c = Cluster(root / "cluster")
-    try:
-        c.up(fsync=False)
+    with own_cluster("bkv-chaos-rollback-") as c:
         yield c
-    finally:
-        try:
-            if c.exists():
-                c.down()
-        finally:
-            if os.environ.get("BKV_KEEP_CLUSTER") != "1":
-                shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.timeout(420)

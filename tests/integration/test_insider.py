@@ -7,23 +7,19 @@ whole store back, so they get a cluster of their own (`restore_cluster`).
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import own_cluster
 
 from client import VaultClient
 from client.config import load_config
 from deploy.chaos import insider
 from deploy.chaos.audit_format import AuditEvent, read_audits
 from deploy.cluster import Cluster
-from deploy.topology import default_topology_path, load_topology
 
 pytestmark = pytest.mark.integration
 
@@ -119,22 +115,8 @@ def test_recreated_and_copied_keys_are_refused(healthy_cluster: Cluster, key_dir
 
 @pytest.fixture(scope="module")
 def restore_cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="bkv-restore-"))
-    topology = load_topology(default_topology_path())
-    topology = dataclasses.replace(
-        topology, nodes=tuple(n for n in topology.nodes if n.name.endswith("-1"))
-    )
-    c = Cluster(root / "cluster")
-    try:
-        c.up(topology, fsync=False)
+    with own_cluster("bkv-restore-", one_node_per_dc=True) as c:
         yield c
-    finally:
-        try:
-            if c.exists():
-                c.down()
-        finally:
-            if os.environ.get("BKV_KEEP_CLUSTER") != "1":
-                shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,15 +14,13 @@ vault node per data centre, each one a witness) and ends with the operator accep
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_fixtures import own_cluster
 
 from client import VaultClient
 from client.config import load_config
@@ -30,7 +28,6 @@ from client.errors import InvalidPassword
 from deploy.chaos import insider
 from deploy.chaos.audit_format import AuditEvent, read_audits
 from deploy.cluster import Cluster
-from deploy.topology import default_topology_path, load_topology
 from vault_node.store import record_key
 
 pytestmark = pytest.mark.integration
@@ -43,22 +40,8 @@ WITNESS_READY = "witness ready"
 
 @pytest.fixture(scope="module")
 def rollback_cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="bkv-rollback-"))
-    topology = load_topology(default_topology_path())
-    topology = dataclasses.replace(
-        topology, nodes=tuple(n for n in topology.nodes if n.name.endswith("-1"))
-    )
-    c = Cluster(root / "cluster")
-    try:
-        c.up(topology, fsync=False)
+    with own_cluster("bkv-rollback-", one_node_per_dc=True) as c:
         yield c
-    finally:
-        try:
-            if c.exists():
-                c.down()
-        finally:
-            if os.environ.get("BKV_KEEP_CLUSTER") != "1":
-                shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
