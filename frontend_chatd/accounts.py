@@ -167,6 +167,9 @@ class Accounts:
             )
         except (InvalidSignature, ValueError):
             raise Unauthenticated("bad login signature") from None
+        # Security: spent only once the signature checked (nobody can burn another's challenge),
+        # and before any await, so two concurrent logins with one challenge cannot both pass.
+        self._challenges.spend(challenge)
         # Security: the signature above proves possession of the key before it is bound or used.
         bound = await self._store.get(account_id)
         enrolled = False

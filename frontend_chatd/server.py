@@ -40,11 +40,13 @@ from frontend_chatd.routing import (
 )
 from frontend_chatd.sessions import (
     Challenges,
+    ChallengeSpent,
     InvalidArgument,
     SessionKeys,
     SessionTokens,
     Unauthenticated,
     bearer_token,
+    issuer_id,
 )
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
@@ -54,6 +56,10 @@ access_log = logging.getLogger("frontend_chatd.access")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+NEW_CHALLENGE_KEY = "bkv-new-challenge"
+NEW_CHALLENGE = ((NEW_CHALLENGE_KEY, "1"),)
 
 
 class RequestTooLarge(Exception):
@@ -69,6 +75,9 @@ class StatusReply:
 
 def to_status(error: BaseException) -> StatusReply:
     """The one mapping from the frontend's typed errors to the gRPC status the client sees."""
+    if isinstance(error, ChallengeSpent):
+        # The client may log in again at once with a new challenge (nothing was granted).
+        return StatusReply(grpc.StatusCode.UNAUTHENTICATED, str(error), NEW_CHALLENGE)
     if isinstance(error, Unauthenticated):
         return StatusReply(grpc.StatusCode.UNAUTHENTICATED, str(error))
     if isinstance(error, InvalidArgument):
@@ -251,7 +260,10 @@ class FrontendServer:
         tokens = SessionTokens(keys, fe.session_ttl_s, time.time)
         self.servicer = FrontendServicer(
             accounts=Accounts(
-                Challenges(keys, time.time, os.urandom), tokens, EtcdKeyStore(self.etcd), enrollment
+                Challenges(keys, time.time, os.urandom, issuer_id(fe.name)),
+                tokens,
+                EtcdKeyStore(self.etcd),
+                enrollment,
             ),
             tokens=tokens,
             relay=Relay(

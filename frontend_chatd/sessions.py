@@ -1,13 +1,18 @@
-"""Stateless login challenges and session tokens, MAC'd under the frontends' shared secret.
+"""Login challenges and session tokens, MAC'd under the frontends' shared secret.
 
-Nothing here is stored: any frontend that holds the session secret can check a challenge or a
-token issued by any other. Pure: the clock and the randomness are passed in.
+Session tokens are stateless: any frontend that holds the session secret checks a token issued
+by any other. A login challenge is bound to the frontend that issued it and is spent there by
+the first login that signs it (a replay within its lifetime is refused); the spent set lives in
+that frontend's memory for the challenge's lifetime only. Pure: the clock and the randomness are
+passed in.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import heapq
 import hmac
 import re
 import struct
@@ -23,9 +28,14 @@ Rng = Callable[[int], bytes]
 
 CHALLENGE_TTL_S = 60
 CHALLENGE_NONCE_BYTES = 16
-_CHALLENGE_VERSION = 1
+ISSUER_BYTES = 8
+# 2: the issuing frontend is bound into the challenge, which is single-use (2026-12-03).
+_CHALLENGE_VERSION = 2
 _CHALLENGE_HEAD = struct.Struct(">BQ")  # version, expiry in ms
-CHALLENGE_BYTES = _CHALLENGE_HEAD.size + CHALLENGE_NONCE_BYTES + 32
+CHALLENGE_BYTES = _CHALLENGE_HEAD.size + ISSUER_BYTES + CHALLENGE_NONCE_BYTES + 32
+# Spent challenges kept at once; they leave the set when they expire (60 s). Above this the
+# frontend refuses logins rather than forget a spent challenge (fail closed).
+MAX_SPENT_CHALLENGES = 200_000
 TOKEN_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
 MAX_TOKEN_CHARS = 512
 
@@ -83,24 +93,55 @@ def _now_ms(clock: Clock) -> int:
     return int(clock() * 1000)
 
 
-class Challenges:
-    """Login challenges: version || expiry_ms || nonce || HMAC(account, version, expiry, nonce)."""
+class ChallengeSpent(Unauthenticated):
+    """The challenge was already used for a login, or another frontend issued it: the client
+    asks this frontend for a new challenge and signs that one."""
 
-    def __init__(self, keys: SessionKeys, clock: Clock, rng: Rng) -> None:
+
+def issuer_id(frontend_name: str) -> bytes:
+    """The 8-byte id a frontend binds into the challenges it issues."""
+    return hashlib.sha256(b"bkv-v1 frontend issuer " + frontend_name.encode()).digest()[
+        :ISSUER_BYTES
+    ]
+
+
+class Challenges:
+    """Login challenges: version || expiry_ms || issuer || nonce || HMAC(account, all before).
+
+    `verify` checks a challenge; `spend` marks it used, once (see `Accounts.login`).
+    """
+
+    def __init__(
+        self,
+        keys: SessionKeys,
+        clock: Clock,
+        rng: Rng,
+        issuer: bytes,
+        max_spent: int = MAX_SPENT_CHALLENGES,
+    ) -> None:
+        if len(issuer) != ISSUER_BYTES:
+            raise ValueError(f"issuer id must be {ISSUER_BYTES} bytes")
         self._key = keys.challenge_key
         self._clock = clock
         self._rng = rng
+        self._issuer = issuer
+        self._max_spent = max_spent
+        self._spent: set[bytes] = set()
+        self._expiries: list[tuple[int, bytes]] = []  # heap of (expiry ms, challenge body)
 
     def issue(self, account_id: str) -> bytes:
         check_account_id(account_id)
         expires_ms = _now_ms(self._clock) + CHALLENGE_TTL_S * 1000
-        body = _CHALLENGE_HEAD.pack(_CHALLENGE_VERSION, expires_ms) + self._rng(
-            CHALLENGE_NONCE_BYTES
+        body = (
+            _CHALLENGE_HEAD.pack(_CHALLENGE_VERSION, expires_ms)
+            + self._issuer
+            + self._rng(CHALLENGE_NONCE_BYTES)
         )
         return body + self._mac(account_id, body)
 
     def verify(self, account_id: str, challenge: bytes) -> None:
-        """Raise Unauthenticated unless `challenge` was issued for `account_id` and is unexpired."""
+        """Raise Unauthenticated unless `challenge` was issued here for `account_id`, is
+        unexpired and unspent."""
         if len(challenge) != CHALLENGE_BYTES:
             raise Unauthenticated("invalid login challenge")
         body, mac = challenge[:-32], challenge[-32:]
@@ -110,10 +151,42 @@ class Challenges:
         version, expires_ms = _CHALLENGE_HEAD.unpack_from(body)
         if version != _CHALLENGE_VERSION:
             raise Unauthenticated("invalid login challenge")
-        # Security: stateless challenges can be replayed only until they expire (60 s), and a
-        # replay still needs the account key's signature over this exact challenge.
         if _now_ms(self._clock) >= expires_ms:
             raise Unauthenticated("login challenge expired: ask for a new one")
+        # Security: only the issuer keeps the spent set of its challenges, so only the issuer
+        # may accept one; another frontend accepting it could not tell a replay.
+        issuer = body[_CHALLENGE_HEAD.size : _CHALLENGE_HEAD.size + ISSUER_BYTES]
+        if not hmac.compare_digest(issuer, self._issuer):
+            raise ChallengeSpent("login challenge was issued by another frontend: ask again")
+        if body in self._spent:
+            raise ChallengeSpent("login challenge was already used: ask for a new one")
+
+    def spend(self, challenge: bytes) -> None:
+        """Mark a verified challenge used; `ChallengeSpent` if it already was.
+
+        Call it after the signature checked (so nobody can burn another's challenge) and with no
+        await between `verify` and here (so two concurrent logins cannot both pass)."""
+        body = challenge[:-32]
+        self._forget_expired()
+        if body in self._spent:
+            raise ChallengeSpent("login challenge was already used: ask for a new one")
+        if len(self._spent) >= self._max_spent:
+            # Fail closed: forgetting a spent challenge before it expires would allow a replay.
+            raise Unauthenticated("too many logins at once: retry shortly")
+        _, expires_ms = _CHALLENGE_HEAD.unpack_from(body)
+        self._spent.add(body)
+        heapq.heappush(self._expiries, (expires_ms, body))
+
+    @property
+    def spent_count(self) -> int:
+        return len(self._spent)
+
+    def _forget_expired(self) -> None:
+        now_ms = _now_ms(self._clock)
+        # An expired challenge is refused by `verify` anyway: it need not be remembered.
+        while self._expiries and self._expiries[0][0] <= now_ms:
+            _, body = heapq.heappop(self._expiries)
+            self._spent.discard(body)
 
     def _mac(self, account_id: str, body: bytes) -> bytes:
         account = account_id.encode()

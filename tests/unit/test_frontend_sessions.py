@@ -16,6 +16,7 @@ from frontend_chatd.accounts import (
 from frontend_chatd.sessions import (
     CHALLENGE_TTL_S,
     Challenges,
+    ChallengeSpent,
     InvalidAccountId,
     InvalidArgument,
     SessionKeys,
@@ -23,6 +24,7 @@ from frontend_chatd.sessions import (
     Unauthenticated,
     bearer_token,
     check_account_id,
+    issuer_id,
 )
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
@@ -165,16 +167,65 @@ def test_bearer_token_extraction() -> None:
 # --- challenges ----------------------------------------------------------------------------
 
 
-def challenges(clock: FakeClock, secret: bytes = SECRET) -> Challenges:
-    return Challenges(SessionKeys.derive(secret), clock, counter_rng())  # type: ignore[arg-type]
+ISSUER = issuer_id("fe-1")
 
 
-def test_challenge_accepted_by_any_frontend_until_expiry() -> None:
+def challenges(
+    clock: FakeClock, secret: bytes = SECRET, issuer: bytes = ISSUER, max_spent: int = 1000
+) -> Challenges:
+    return Challenges(
+        SessionKeys.derive(secret),
+        clock,  # type: ignore[arg-type]
+        counter_rng(),  # type: ignore[arg-type]
+        issuer,
+        max_spent,
+    )
+
+
+def test_challenge_accepted_by_its_issuer_until_expiry() -> None:
     clock = FakeClock()
     c = challenges(clock).issue("alice")
-    challenges(clock).verify("alice", c)
+    challenges(clock).verify("alice", c)  # a restarted issuer (same name) still accepts it
     clock.now += CHALLENGE_TTL_S - 0.01
     challenges(clock).verify("alice", c)
+
+
+def test_challenge_from_another_frontend_refused() -> None:
+    clock = FakeClock()
+    c = challenges(clock).issue("alice")
+    with pytest.raises(ChallengeSpent, match="another frontend"):
+        challenges(clock, issuer=issuer_id("fe-2")).verify("alice", c)
+
+
+def test_challenge_spent_once() -> None:
+    clock = FakeClock()
+    ch = challenges(clock)
+    c = ch.issue("alice")
+    ch.verify("alice", c)
+    ch.spend(c)
+    with pytest.raises(ChallengeSpent, match="already used"):
+        ch.verify("alice", c)
+    with pytest.raises(ChallengeSpent, match="already used"):
+        ch.spend(c)
+    other = ch.issue("alice")
+    ch.verify("alice", other)  # a fresh challenge is unaffected
+
+
+def test_spent_challenges_forgotten_only_after_expiry_and_bounded() -> None:
+    clock = FakeClock()
+    ch = challenges(clock, max_spent=2)
+    first, second = ch.issue("alice"), ch.issue("alice")
+    ch.spend(first)
+    ch.spend(second)
+    third = ch.issue("alice")
+    with pytest.raises(Unauthenticated, match="too many logins"):
+        ch.spend(third)  # full: refuse rather than forget an unexpired spent challenge
+    assert ch.spent_count == 2
+    clock.now += CHALLENGE_TTL_S
+    ch.spend(ch.issue("alice"))  # the two expired ones are forgotten, and refused by verify
+    assert ch.spent_count == 1
+    with pytest.raises(Unauthenticated, match="expired"):
+        ch.verify("alice", first)
 
 
 def test_challenge_replay_after_expiry_rejected() -> None:
@@ -257,7 +308,7 @@ def make_accounts(
     keys = SessionKeys.derive(SECRET)
     store = FakeStore()
     accounts = Accounts(
-        Challenges(keys, clock, counter_rng()),  # type: ignore[arg-type]
+        Challenges(keys, clock, counter_rng(), ISSUER),  # type: ignore[arg-type]
         SessionTokens(keys, 3600, clock),
         store,
         Enrollment(enrollment_secret),
@@ -302,6 +353,22 @@ def test_login_bad_signature_and_wrong_challenge() -> None:
     with pytest.raises(InvalidAccountId):
         asyncio.run(accounts.login("a b", raw, challenge, b"s" * 64, ""))
     assert store.keys == {}
+
+
+def test_replayed_login_refused_and_bad_signature_burns_nothing() -> None:
+    clock = FakeClock()
+    accounts, _ = make_accounts(clock)
+    key = Ed25519PrivateKey.generate()
+    challenge = accounts.challenge("alice")
+    sig = key.sign(LOGIN_CONTEXT + challenge)
+    raw = _raw(key)
+    with pytest.raises(Unauthenticated, match="signature"):
+        asyncio.run(accounts.login("alice", raw, challenge, bytes([sig[0] ^ 1]) + sig[1:], ""))
+    first = asyncio.run(accounts.login("alice", raw, challenge, sig, ""))  # still usable
+    assert tokens(clock).verify(first.token).account_id == "alice"
+    # The same challenge and signature within the challenge's lifetime: no second session.
+    with pytest.raises(ChallengeSpent, match="already used"):
+        asyncio.run(accounts.login("alice", raw, challenge, sig, ""))
 
 
 def test_login_with_expired_challenge_rejected() -> None:
