@@ -129,6 +129,11 @@ _CLUSTER_KEYS = {"frontends", "ca", "server_name", "fleet_public_key", "fleet_id
 _CLIENT_KEYS = {f.name for f in fields(ClientConfig)} - _CLUSTER_KEYS - {"source"}
 
 
+def default_config_path() -> Path:
+    """`$BKV_CONFIG` if set, else `./client.toml`."""
+    return Path(os.environ.get("BKV_CONFIG") or "client.toml")
+
+
 def load_config(path: str | os.PathLike[str]) -> ClientConfig:
     """Read and validate client.toml; ConfigError (every problem at once) when it is unusable."""
     p = Path(path)
