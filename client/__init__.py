@@ -8,6 +8,7 @@ See client/README.md for a five-minute tour.
 """
 
 from client.aio import AsyncVaultClient
+from client.backup_file import CorruptBackup, decrypt_backup, encrypt_backup
 from client.config import ClientConfig, load_config
 from client.errors import (
     BadInput,
@@ -25,7 +26,7 @@ from client.errors import (
 )
 from client.protocol import Status
 from client.retry import RetryPolicy
-from client.vault import CorruptBackup, VaultClient, decrypt_backup, encrypt_backup
+from client.vault import VaultClient
 from vault_protocol.backup_key import BackupKey
 
 __all__ = [

@@ -7,9 +7,9 @@
 ...     assert await vault.recover("correct horse battery staple") == key
 
 The protocol steps (and so the Argon2id KSF, ~0.2 s) run in a worker thread, so the event loop
-keeps serving other tasks. One `grpc.aio` channel per frontend, reused; failover, deadlines,
-session refresh and retries exactly as in `client.vault` (the retry decisions are the same
-`client.retry.RetryState`).
+keeps serving other tasks. One `grpc.aio` channel per frontend, reused (`client.channels`).
+Failover, readiness, deadlines, session refresh and retries are the plans of `client.core`, the
+same that `client.VaultClient` runs: this class only awaits their effects.
 """
 
 from __future__ import annotations
@@ -19,92 +19,23 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import grpc
-import grpc.aio
-
-from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from client import protocol
-from client.config import ClientConfig, load_config
-from client.core import ClientCore
-from client.errors import (
-    ProtocolError,
-    Unauthenticated,
-    Unavailable,
-    VaultError,
-    error_from_status,
-)
+from client.backup_file import Progress, decrypt_backup, encrypt_backup
+from client.channels import AioGrpcConnector, AsyncConnector
+from client.config import ClientConfig, default_config_path, load_config
+from client.core import Call, ClientCore, Effect, NeedSession, Probe
+from client.driver import adrive
 from client.protocol import Done, Outbound, Status
-from client.retry import RetryPolicy, RetryState, acall_with_retry
-from client.session import login_request, wall_clock_ms
-from client.vault import (
-    Progress,
-    channel_credentials,
-    channel_options,
-    decrypt_backup,
-    default_config_path,
-    encrypt_backup,
-)
+from client.retry import Pause, RetryPolicy
+from client.session import wall_clock_ms
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.ksf import Ksf
 
+__all__ = ["AioGrpcConnector", "AsyncConnector", "AsyncVaultClient"]
+
 T = TypeVar("T")
-_METHODS = ("GetChallenge", "Login", "Relay")
-
-
-class AsyncConnector(Protocol):
-    """How the asyncio client reaches frontends (injected by tests)."""
-
-    def stub(self, address: str) -> Any:
-        """The `grpc.aio` `Frontend` stub for `address`, opened on first use."""
-        ...
-
-    async def ready(self, address: str, timeout: float) -> bool:
-        """Whether `address` has (or gets within `timeout`) a connection; sends nothing."""
-        ...
-
-    async def close(self) -> None:
-        """Close every channel."""
-        ...
-
-
-class AioGrpcConnector:
-    """One `grpc.aio` channel per frontend, opened lazily and reused."""
-
-    def __init__(self, config: ClientConfig) -> None:
-        self._config = config
-        self._channels: dict[str, tuple[grpc.aio.Channel, frontend_pb2_grpc.FrontendStub]] = {}
-
-    def _entry(self, address: str) -> tuple[grpc.aio.Channel, frontend_pb2_grpc.FrontendStub]:
-        if address not in self._channels:
-            creds = channel_credentials(self._config)
-            options = channel_options(self._config)
-            if creds is None:
-                channel = grpc.aio.insecure_channel(address, options=options)
-            else:
-                channel = grpc.aio.secure_channel(address, creds, options=options)
-            self._channels[address] = (channel, frontend_pb2_grpc.FrontendStub(channel))
-        return self._channels[address]
-
-    def stub(self, address: str) -> Any:
-        return self._entry(address)[1]
-
-    async def ready(self, address: str, timeout: float) -> bool:
-        channel = self._entry(address)[0]
-        # The common case costs no task and no timer: the channel is already connected.
-        if channel.get_state() == grpc.ChannelConnectivity.READY:
-            return True
-        try:
-            await asyncio.wait_for(channel.channel_ready(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    async def close(self) -> None:
-        for channel, _ in self._channels.values():
-            await channel.close()
-        self._channels.clear()
 
 
 class AsyncVaultClient(ClientCore):
@@ -169,14 +100,7 @@ class AsyncVaultClient(ClientCore):
 
     async def login(self) -> None:
         """Get a fresh session token (GetChallenge → sign → Login)."""
-        account = self.account
-        challenge = await self._rpc(
-            "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
-        )
-        reply = await self._rpc(
-            "Login", login_request(account, challenge.challenge, self.config.enrollment_token)
-        )
-        self._session.store(reply)
+        await adrive(self.login_plan(), self._perform)
 
     # -- vault operations -----------------------------------------------------------------------
 
@@ -242,76 +166,22 @@ class AsyncVaultClient(ClientCore):
                 step = protocol.advance(flow, answer)
         return step.value
 
-    async def _ensure_session(self) -> None:
-        async with self._login_lock:  # concurrent calls share one login
-            if self._session.token() is None:
-                await self.login()
-
     async def _relay(self, outbound: Outbound) -> bytes:
-        request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
-        state = self._step_retry(outbound.step)  # shared across the re-login below
-        for auth_try in range(2):
-            await self._ensure_session()
-            try:
-                reply = await self._rpc(
-                    "Relay",
-                    request,
-                    metadata=self._session.metadata(),
-                    state=state,
-                )
-                return bytes(reply.sealed_response)
-            except Unauthenticated:
-                # Refused before relaying: no guess counted; one fresh login, one more try.
-                self._session.invalidate()
-                if auth_try == 1:
-                    raise
-        raise AssertionError("unreachable")
+        answer: bytes = await adrive(self.relay_plan(outbound), self._perform)
+        return answer
 
-    async def _attempt(self, method: str, request: Any, metadata: Any, remaining: float) -> Any:
-        n = len(self.config.frontends)
-        for offset in range(n):
-            index = (self._preferred + offset) % n
-            address = self.config.frontends[index]
-            wait = min(self.config.connect_timeout_s, max(remaining, 0.001))
-            if not await self._connector.ready(address, wait):
-                continue  # nothing was sent to this one: skipping it cannot count a guess
-            call = getattr(self._connector.stub(address), method)
-            try:
-                reply = await call(
-                    request,
-                    timeout=max(0.001, min(self.config.call_timeout_s, remaining)),
-                    metadata=metadata,
-                )
-            except grpc.RpcError as err:
-                error = error_from_status(err, where=address)
-                if isinstance(error, Unavailable):
-                    self._preferred = (index + 1) % n
-                raise error from None
-            self._preferred = index
-            return reply
-        raise Unavailable("no frontend could be reached", sent=False)
-
-    async def _rpc(
-        self,
-        method: str,
-        request: Any,
-        *,
-        metadata: Any = None,
-        state: RetryState | None = None,
-    ) -> Any:
-        """One call with its retries: under `state` (a flow step's budget), or a fresh budget
-        for a call that counts no guess."""
-        if self._closed:
-            raise ProtocolError("the client is closed")
-        if method not in _METHODS:
-            raise ValueError(method)
-        try:
-            return await acall_with_retry(
-                lambda remaining: self._attempt(method, request, metadata, remaining),
-                state or self._step_retry(),
-                sleep=self._sleep,
-            )
-        except VaultError:
-            raise
-        except grpc.RpcError:  # defensive: nothing above should let one through
-            raise ProtocolError(f"unexpected gRPC failure on {method}") from None
+    async def _perform(self, effect: Effect) -> Any:
+        """Carry out one effect of a plan of `client.core`, awaiting (the only I/O here)."""
+        if isinstance(effect, Call):
+            call = getattr(self._connector.stub(effect.address), effect.method)
+            return await call(effect.request, timeout=effect.timeout, metadata=effect.metadata)
+        if isinstance(effect, Probe):
+            return await self._connector.ready(effect.address, effect.timeout)
+        if isinstance(effect, Pause):
+            return await self._sleep(effect.seconds)
+        if isinstance(effect, NeedSession):
+            async with self._login_lock:  # concurrent calls share one login
+                if self._session.token() is None:
+                    await self.login()
+            return None
+        raise AssertionError(effect)

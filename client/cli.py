@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from client.config import KSF_NAMES, load_config
+from client.backup_file import decrypt_backup, encrypt_backup
+from client.config import KSF_NAMES, default_config_path, load_config
 from client.errors import (
     BadInput,
     InvalidPassword,
@@ -64,7 +65,7 @@ from client.errors import (
 )
 from client.protocol import MAX_ATTEMPTS_LIMIT
 from client.session import AccountKey
-from client.vault import VaultClient, decrypt_backup, default_config_path, encrypt_backup
+from client.vault import VaultClient
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.errors import KeyFormatError
 

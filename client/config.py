@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.errors import ConfigError
+from vault_common.toml_config import TomlReadError, read_toml, unknown_keys
 
 if TYPE_CHECKING:
     from vault_protocol.envelope import FleetKey
@@ -129,23 +129,28 @@ _CLUSTER_KEYS = {"frontends", "ca", "server_name", "fleet_public_key", "fleet_id
 _CLIENT_KEYS = {f.name for f in fields(ClientConfig)} - _CLUSTER_KEYS - {"source"}
 
 
+def default_config_path() -> Path:
+    """`$BKV_CONFIG` if set, else `./client.toml`."""
+    return Path(os.environ.get("BKV_CONFIG") or "client.toml")
+
+
 def load_config(path: str | os.PathLike[str]) -> ClientConfig:
     """Read and validate client.toml; ConfigError (every problem at once) when it is unusable."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no client configuration at {p}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{p}: cannot read: {type(err).__name__}") from None
+        data = read_toml(p)
+    except TomlReadError as err:
+        if err.missing:
+            raise ConfigError(f"no client configuration at {p}") from None
+        raise ConfigError(f"{p}: cannot read: {type(err.cause).__name__}") from None
     problems: list[str] = []
     cluster = data.get("cluster", {})
     client = data.get("client", {})
     if not isinstance(cluster, dict) or not isinstance(client, dict):
         raise ConfigError(f"{p}: [cluster] and [client] must be tables")
-    problems += [f"unknown section [{k}]" for k in data if k not in ("cluster", "client")]
-    problems += [f"unknown key cluster.{k}" for k in cluster if k not in _CLUSTER_KEYS]
-    problems += [f"unknown key client.{k}" for k in client if k not in _CLIENT_KEYS]
+    problems += [f"unknown section [{k}]" for k in unknown_keys(data, ("cluster", "client"))]
+    problems += [f"unknown key cluster.{k}" for k in unknown_keys(cluster, _CLUSTER_KEYS)]
+    problems += [f"unknown key client.{k}" for k in unknown_keys(client, _CLIENT_KEYS)]
     base = p.resolve().parent
 
     def path_of(value: Any) -> str:

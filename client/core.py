@@ -1,25 +1,126 @@
-"""State and steps that `VaultClient` and `AsyncVaultClient` share; they add only the I/O.
+"""Everything `VaultClient` and `AsyncVaultClient` share; they add only how they call.
 
-The flows themselves are I/O-free in `client.protocol`; this is what is left around them that
-does not depend on sync or async: the configuration, the account key, the session token, which
-frontend to try first, and the context a flow runs in.
+The flows themselves are I/O-free in `client.protocol`; this is the rest, I/O-free as well: the
+configuration, the account key, the session, and the calls as plans (`client.driver`) that
+decide failover (which frontend a try goes to), readiness (which frontend must be probed first),
+re-login and retries (`client.retry.retrying`). A plan yields effects:
+
+* `Probe(address, timeout)`: is this frontend serving? (`Connector.ready`) -> bool
+* `Call(address, method, request, timeout, metadata)`: one RPC -> its reply; a failure is
+  thrown back into the plan as the `grpc.RpcError` it was, and mapped there, once
+* `Pause(seconds)`: wait before the next try
+* `NeedSession()`: there is no valid session; log in (`login_plan`) -> None
+
+The blocking client carries them out with `client.driver.drive`, the awaiting one with `adrive`:
+their decisions are the same by construction.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from bkv.v1 import frontend_pb2
 from client.config import ClientConfig, ksf_named, load_fleet_key
-from client.errors import BadInput
-from client.protocol import FlowContext, Step
-from client.retry import RetryPolicy, RetryState
-from client.session import AccountKey, Session, new_account_id, wall_clock_ms
+from client.errors import (
+    BadInput,
+    ProtocolError,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+    error_from_status,
+)
+from client.protocol import FlowContext, Outbound, Step
+from client.retry import Pause, RetryPolicy, RetryState, retrying
+from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
+
+METHODS = ("GetChallenge", "Login", "Relay")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Effect: ask `address` whether it serves, waiting at most `timeout` s (sends nothing of
+    the vault protocol) -> bool."""
+
+    address: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """Effect: one unary RPC `method` to `address` -> its reply (or a `grpc.RpcError`)."""
+
+    address: str
+    method: str
+    request: Any = field(repr=False)
+    timeout: float
+    metadata: Any = field(default=None, repr=False)  # the session token: never shown
+
+
+@dataclass(frozen=True)
+class NeedSession:
+    """Effect: there is no valid session token; log in before the call -> None."""
+
+
+Effect = Probe | Call | Pause | NeedSession
+CallPlan = Generator[Effect, Any, Any]
+
+
+class Failover:
+    """Which frontend a try goes to, and which must be probed first (pure, not thread-safe).
+
+    A try goes to the frontend that last answered; on `Unavailable` the next try starts at the
+    next one. A frontend is probed before its first call and again after it failed with
+    `Unavailable`; one that answered stays confirmed, so the common path costs no probe.
+
+    >>> f = Failover(("a:1", "b:2"), preferred=1)
+    >>> [address for _, address in f.candidates()]
+    ['b:2', 'a:1']
+    >>> f.needs_probe("b:2")
+    True
+    >>> f.answered(1, "b:2"); f.needs_probe("b:2")
+    False
+    >>> f.failed(1, "b:2", Unavailable()); [address for _, address in f.candidates()]
+    ['a:1', 'b:2']
+    """
+
+    def __init__(self, frontends: Sequence[str], *, preferred: int) -> None:
+        self._frontends = tuple(frontends)
+        self._preferred = preferred
+        self._confirmed: set[str] = set()
+
+    def candidates(self) -> list[tuple[int, str]]:
+        """(index, address) of every frontend, from the preferred one on."""
+        n = len(self._frontends)
+        order = ((self._preferred + offset) % n for offset in range(n))
+        return [(index, self._frontends[index]) for index in order]
+
+    def needs_probe(self, address: str) -> bool:
+        return address not in self._confirmed
+
+    def probed(self, address: str) -> None:
+        """`address` said it serves."""
+        self._confirmed.add(address)
+
+    def answered(self, index: int, address: str) -> None:
+        """A call to `address` was answered: keep sending there."""
+        self._preferred = index
+        self._confirmed.add(address)
+
+    def failed(self, index: int, address: str, error: VaultError) -> None:
+        """A call to `address` failed with `error`: after `Unavailable` the next try goes to the
+        next frontend, and this one must prove again that it serves."""
+        if isinstance(error, Unavailable):
+            self._preferred = (index + 1) % len(self._frontends)
+            self._confirmed.discard(address)
 
 
 def resolve_ksf(config: ClientConfig, ksf: Ksf | str | None) -> Ksf:
@@ -59,7 +160,9 @@ class ClientCore:
         self._session = Session(clock_ms=clock_ms)
         # Start at a random frontend so that many clients spread over all of them.
         count = len(config.frontends)
-        self._preferred = min(int(uniform() * count), count - 1)
+        self._failover = Failover(
+            config.frontends, preferred=min(int(uniform() * count), count - 1)
+        )
         self._account: AccountKey | None = None
         self._fleet: Any = None
         self._closed = False
@@ -108,3 +211,76 @@ class ClientCore:
             opaque=OpaqueConfig(ksf=self._ksf),
             rng=self._rng,
         )
+
+    # -- the calls, as plans (no I/O: see the module docstring) -------------------------------
+
+    def login_plan(self) -> CallPlan:
+        """GetChallenge -> sign -> Login; the session keeps the token."""
+        account = self.account
+        challenge = yield from self.rpc_plan(
+            "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
+        )
+        reply = yield from self.rpc_plan(
+            "Login", login_request(account, challenge.challenge, self.config.enrollment_token)
+        )
+        self._session.store(reply)
+
+    def relay_plan(self, outbound: Outbound) -> CallPlan:
+        """One flow step through a frontend -> the sealed answer (bytes)."""
+        request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
+        state = self._step_retry(outbound.step)  # shared across the re-login below
+        for auth_try in range(2):
+            if self._session.token() is None:
+                yield NeedSession()
+            try:
+                reply = yield from self.rpc_plan(
+                    "Relay", request, metadata=self._session.metadata(), state=state
+                )
+                return bytes(reply.sealed_response)
+            except Unauthenticated:
+                # The frontend refused the session before relaying: no guess was counted, so
+                # one fresh login and one more try are safe.
+                self._session.invalidate()
+                if auth_try == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def rpc_plan(
+        self, method: str, request: Any, *, metadata: Any = None, state: RetryState | None = None
+    ) -> CallPlan:
+        """One call with its retries: under `state` (a flow step's budget), or a fresh budget
+        for a call that counts no guess."""
+        if self._closed:
+            raise ProtocolError("the client is closed")
+        if method not in METHODS:
+            raise ValueError(method)
+        try:
+            return (
+                yield from retrying(
+                    lambda remaining: self._attempt_plan(method, request, metadata, remaining),
+                    state or self._step_retry(),
+                )
+            )
+        except VaultError:
+            raise
+        except grpc.RpcError:  # defensive: nothing above should let one through
+            raise ProtocolError(f"unexpected gRPC failure on {method}") from None
+
+    def _attempt_plan(self, method: str, request: Any, metadata: Any, remaining: float) -> CallPlan:
+        """One try: the first frontend (from the preferred one) that serves gets the call."""
+        for index, address in self._failover.candidates():
+            if self._failover.needs_probe(address):
+                wait = min(self.config.connect_timeout_s, max(remaining, 0.001))
+                if not (yield Probe(address, wait)):
+                    continue  # nothing was sent to this one: skipping it cannot count a guess
+                self._failover.probed(address)
+            timeout = max(0.001, min(self.config.call_timeout_s, remaining))
+            try:
+                reply = yield Call(address, method, request, timeout, metadata)
+            except grpc.RpcError as err:
+                error = error_from_status(err, where=address)
+                self._failover.failed(index, address, error)
+                raise error from None
+            self._failover.answered(index, address)
+            return reply
+        raise Unavailable("no frontend could be reached", sent=False)

@@ -21,6 +21,13 @@ from typing import Any, Protocol
 
 import grpc
 
+from vault_common.wire import (
+    NEVER_CONNECTED_PREFIX,
+    NOT_APPLIED_KEY,
+    RETRY_AFTER_MS_KEY,
+    trailer,
+)
+
 
 class VaultError(Exception):
     """Base of every client error.
@@ -165,16 +172,8 @@ class _StatusCarrier(Protocol):
     def trailing_metadata(self) -> Any: ...
 
 
-def _trailer(metadata: Iterable[tuple[str, Any]] | None, name: str) -> str | None:
-    """The first value of trailing-metadata key `name` (any case), as text; None if absent."""
-    for key, value in metadata or ():
-        if key.lower() == name:
-            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    return None
-
-
 def _retry_after_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
-    text = _trailer(metadata, "retry-after-ms")
+    text = trailer(metadata, RETRY_AFTER_MS_KEY)
     if text is None:
         return None
     try:
@@ -194,7 +193,7 @@ def _not_applied(err: _StatusCarrier) -> bool:
         metadata = err.trailing_metadata()
     except Exception:  # noqa: BLE001 - no metadata: assume it may have applied (the safe side)
         return False
-    return _trailer(metadata, "bkv-not-applied") == "1"
+    return trailer(metadata, NOT_APPLIED_KEY) == "1"
 
 
 def _never_connected(err: _StatusCarrier) -> bool:
@@ -209,7 +208,7 @@ def _never_connected(err: _StatusCarrier) -> bool:
         text = details() if callable(details) else ""
     except Exception:  # noqa: BLE001 - no details: assume it was sent (the safe side)
         return False
-    return isinstance(text, str) and text.startswith("failed to connect to all addresses")
+    return isinstance(text, str) and text.startswith(NEVER_CONNECTED_PREFIX)
 
 
 def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:

@@ -1,4 +1,4 @@
-"""The client's one retry policy (and its only retry loops, one sync, one asyncio).
+"""The client's one retry policy and its one retry loop (`retrying`, a sans-I/O plan).
 
 Policy, written down as STYLE.md asks:
 
@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from client.driver import adrive, drive
 from client.errors import ConfigError, RateLimited, Unavailable
 
 T = TypeVar("T")
@@ -159,25 +160,59 @@ class RetryState:
         return delay
 
 
+@dataclass(frozen=True)
+class Pause:
+    """Effect: wait `seconds` before the next try (the driver sleeps, blocking or awaiting)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Try:
+    """Effect of `call_with_retry`'s plan: run the caller's attempt with `remaining` seconds."""
+
+    remaining: float
+
+
+def retrying(
+    attempt: Callable[[float], Generator[Any, Any, T]], state: RetryState
+) -> Generator[Any, Any, T]:
+    """The one retry loop, as a plan: run the plan `attempt(time_left_s)`, and after each
+    `Unavailable` / `RateLimited` either yield `Pause(delay)` and try again or re-raise, as
+    `state` decides. Every other error goes straight through."""
+    while True:
+        try:
+            return (yield from attempt(state.remaining()))
+        except (Unavailable, RateLimited) as err:
+            delay = state.after_failure(err)
+            if delay is None:
+                raise
+        yield Pause(delay)
+
+
+def _single(remaining: float) -> Generator[_Try, Any, Any]:
+    return (yield _Try(remaining))
+
+
 def call_with_retry(
     attempt: Callable[[float], T],
     state: RetryState,
     *,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run `attempt(time_left_s)`, retrying as `state` decides and the module says (sync loop).
+    """Run `attempt(time_left_s)`, retrying as `state` decides and the module says (blocking).
 
     `state`: one step's budget, shared by every call for that step (e.g. before and after a
     fresh login), so that re-logging in never grants a guess-counting step another retry.
     """
-    while True:
-        try:
-            return attempt(state.remaining())
-        except (Unavailable, RateLimited) as err:
-            delay = state.after_failure(err)
-            if delay is None:
-                raise
-        sleep(delay)
+
+    def perform(effect: Any) -> Any:
+        if isinstance(effect, Pause):
+            return sleep(effect.seconds)
+        return attempt(effect.remaining)
+
+    result: T = drive(retrying(_single, state), perform)
+    return result
 
 
 async def acall_with_retry(
@@ -186,12 +221,12 @@ async def acall_with_retry(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
-    """The asyncio twin of `call_with_retry`, with the same `RetryState` decisions."""
-    while True:
-        try:
-            return await attempt(state.remaining())
-        except (Unavailable, RateLimited) as err:
-            delay = state.after_failure(err)
-            if delay is None:
-                raise
-        await sleep(delay)
+    """The awaiting twin of `call_with_retry`: the same plan, the same `RetryState` decisions."""
+
+    async def perform(effect: Any) -> Any:
+        if isinstance(effect, Pause):
+            return await sleep(effect.seconds)
+        return await attempt(effect.remaining)
+
+    result: T = await adrive(retrying(_single, state), perform)
+    return result

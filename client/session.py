@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bkv.v1 import frontend_pb2
 from client.errors import BadInput
+from vault_common.wire import AUTHORIZATION_KEY, BEARER_PREFIX
 
 LOGIN_CONTEXT = b"bkv-v1 login"
 KEY_SUFFIX = ".account.key"
@@ -199,4 +200,4 @@ class Session:
         """gRPC metadata carrying the token; call only when `token()` is not None."""
         if self._token is None:
             raise RuntimeError("no session")
-        return (("authorization", f"Bearer {self._token}"),)
+        return ((AUTHORIZATION_KEY, f"{BEARER_PREFIX}{self._token}"),)

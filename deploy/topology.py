@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from deploy.errors import TopologyError
 from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
+from vault_common.toml_config import TomlReadError, read_toml
 from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
 
 Role = Literal["etcd", "node", "frontend"]
@@ -632,12 +632,11 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
 def load_topology(path: Path) -> Topology:
     """Read and validate a topology TOML file."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise TopologyError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TopologyError([f"{path}: not valid TOML: {exc}"]) from exc
+        data = read_toml(path)
+    except TomlReadError as exc:
+        if isinstance(exc.cause, OSError):
+            raise TopologyError([f"{path}: cannot read: {exc.cause.strerror}"]) from exc
+        raise TopologyError([f"{path}: not valid TOML: {exc.cause}"]) from exc
     return parse_topology(data)
 
 

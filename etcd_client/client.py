@@ -60,6 +60,7 @@ from etcd_client.types import (
     TxnResult,
     WatchEvent,
 )
+from vault_common.channels import ETCD_MAX_RECEIVE_BYTES, etcd_channel_options
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ log = logging.getLogger(__name__)
 # (DEADLINE_EXCEEDED, with the call cancelled in gRPC core) ends a call, and the bound only
 # catches a call that gRPC failed to end.
 HARD_BOUND_MARGIN_S = 0.5
-# etcd's --max-request-bytes is 1.5 MiB by default; a range over many records answers more.
-MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+MAX_RECEIVE_BYTES = ETCD_MAX_RECEIVE_BYTES
 # Streams ask the member to end them when it has no leader ("hasleader", etcd's
 # WithRequireLeader): a watch or keep-alive on a partitioned member then fails over instead of
 # going silent.
@@ -78,23 +78,8 @@ _CALL_ERRORS = (grpc.RpcError, grpc.aio.BaseError, OSError, asyncio.InvalidState
 
 
 def channel_options(config: EtcdClientConfig) -> list[tuple[str, Any]]:
-    """The gRPC channel options for the members of `config`."""
-    return [
-        # Security: every member's certificate must carry this name, signed by the etcd CA.
-        ("grpc.ssl_target_name_override", config.tls.server_name),
-        ("grpc.lb_policy_name", "round_robin"),
-        # A member that comes back is dialled again within a second, not after gRPC's 120 s.
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        # Dead connections under a quiet watch are found in ~15 s; etcd permits pings every 5 s
-        # while a stream is open, so none are sent without one.
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 0),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-    ]
+    """The gRPC channel options for the members of `config` (vault_common.channels)."""
+    return etcd_channel_options(config.tls.server_name, max_receive_bytes=MAX_RECEIVE_BYTES)
 
 
 def _read(path: str) -> bytes:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from etcd_client.config import DEFAULT_SERVER_NAME, EtcdClientConfig, EtcdTls, endpoint_problems
+from vault_common.toml_config import TomlReadError, read_toml, unknown_keys
 
 MIN_SESSION_SECRET_BYTES = 32
 MIN_ENROLLMENT_SECRET_BYTES = 16
@@ -184,7 +184,7 @@ def parse_config(data: Mapping[str, Any]) -> FrontendConfig:
             problems.append(f"missing table [{section}]")
             continue
         names = [f.name for f in fields(cls)]
-        for unknown in sorted(set(raw) - set(names)):
+        for unknown in sorted(unknown_keys(raw, names)):
             problems.append(f"{section}.{unknown}: unknown key")
         values: dict[str, Any] = {}
         for name in names:
@@ -227,10 +227,9 @@ def _coerce(section: str, name: str, value: Any) -> tuple[Any, str | None]:
 def load_config(path: str | Path) -> FrontendConfig:
     """Read, parse and validate frontend.toml; raises ConfigError with every problem."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError([f"cannot read {path}: {e.strerror}"]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path} is not valid TOML: {e}"]) from e
+        data = read_toml(path)
+    except TomlReadError as e:
+        if isinstance(e.cause, OSError):
+            raise ConfigError([f"cannot read {path}: {e.cause.strerror}"]) from e
+        raise ConfigError([f"{path} is not valid TOML: {e.cause}"]) from e
     return parse_config(data).check()

@@ -11,18 +11,12 @@ import grpc
 
 from bkv.v1 import node_pb2
 from frontend_chatd.routing import NodeInfo
+from vault_common.wire import NEVER_CONNECTED_PREFIX, NOT_APPLIED_KEY, RETRY_AFTER_MS_KEY, trailer
 
 log = logging.getLogger(__name__)
 
 OpenCall = Callable[[NodeInfo, node_pb2.OpenRequest, float], Awaitable[node_pb2.OpenReply]]
 MAX_DETAIL_CHARS = 200
-
-
-# A node's UNAVAILABLE that wrote nothing carries this trailer (vault_node/server.py); so does the
-# frontend's own UNAVAILABLE when no node it tried may have applied the request.
-NOT_APPLIED_KEY = "bkv-not-applied"
-NOT_APPLIED = ((NOT_APPLIED_KEY, "1"),)
-_NEVER_CONNECTED = "failed to connect to all addresses"
 
 
 class NoNodeAvailable(Exception):
@@ -64,19 +58,11 @@ class _Unreachable(Exception):
         self.maybe_applied = maybe_applied
 
 
-def _trailer(error: grpc.aio.AioRpcError, name: str) -> str | None:
-    """The first text value of the node's trailing-metadata key `name`; None if absent."""
-    for key, value in error.trailing_metadata() or ():
-        if key == name and isinstance(value, str):
-            return value
-    return None
-
-
 def _wrote_nothing(error: grpc.aio.AioRpcError) -> bool:
     """The node said it wrote nothing, or our channel never reached it."""
-    if (error.details() or "").startswith(_NEVER_CONNECTED):
+    if (error.details() or "").startswith(NEVER_CONNECTED_PREFIX):
         return True
-    return _trailer(error, NOT_APPLIED_KEY) == "1"
+    return trailer(error.trailing_metadata(), NOT_APPLIED_KEY) == "1"
 
 
 def classify(error: grpc.aio.AioRpcError) -> Exception:
@@ -90,7 +76,7 @@ def classify(error: grpc.aio.AioRpcError) -> Exception:
         # The node refused this frontend (mTLS set-up), not the client's session: a client
         # that logs in again would not help, so this is an outage from the client's view.
         return NoNodeAvailable("vault node refused this frontend")
-    retry_after = _trailer(error, "retry-after-ms")
+    retry_after = trailer(error.trailing_metadata(), RETRY_AFTER_MS_KEY)
     if retry_after is not None and not retry_after.isdigit():
         retry_after = None
     return NodeRejected(NodeStatus(code, _short(error.details()), retry_after))

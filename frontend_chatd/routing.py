@@ -22,6 +22,7 @@ from etcd_client import (
     WatchEvent,
     prefix_end,
 )
+from vault_common.channels import reconnect_backoff
 
 NODES_PREFIX = b"/bkv/v1/nodes/"
 NODES_END = prefix_end(NODES_PREFIX)
@@ -30,10 +31,7 @@ MAX_NODE_VALUE_BYTES = 4096
 log = logging.getLogger(__name__)
 
 # A node that comes back is dialled again within seconds, not after gRPC's 120 s max backoff.
-_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 3000),
-)
+_CHANNEL_OPTIONS = tuple(reconnect_backoff(initial_ms=200, max_ms=3000))
 
 
 @dataclass(frozen=True)

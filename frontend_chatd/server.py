@@ -22,10 +22,8 @@ from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from etcd_client import EtcdClient
 from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
 from frontend_chatd.config import FrontendConfig
-from frontend_chatd.decode_guard import RejectUndecodable
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
 from frontend_chatd.relay import (
-    NOT_APPLIED,
     NodeRejected,
     NodeTimedOut,
     NoNodeAvailable,
@@ -48,6 +46,8 @@ from frontend_chatd.sessions import (
     bearer_token,
     issuer_id,
 )
+from vault_common.decode_guard import RejectUndecodable
+from vault_common.wire import NOT_APPLIED, RETRY_AFTER_MS_KEY
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
 STOP_GRACE_S = 5.0
@@ -86,7 +86,7 @@ def to_status(error: BaseException) -> StatusReply:
         return StatusReply(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             str(error),
-            (("retry-after-ms", str(error.retry_after_ms)),),
+            ((RETRY_AFTER_MS_KEY, str(error.retry_after_ms)),),
         )
     if isinstance(error, RequestTooLarge):
         return StatusReply(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
@@ -99,7 +99,7 @@ def to_status(error: BaseException) -> StatusReply:
         return StatusReply(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, NodeRejected):
         trailing = (
-            (("retry-after-ms", error.status.retry_after_ms),)
+            ((RETRY_AFTER_MS_KEY, error.status.retry_after_ms),)
             if error.status.retry_after_ms
             else ()
         )

@@ -23,6 +23,8 @@ from hashlib import sha256
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from vault_common.wire import AUTHORIZATION_KEY
+
 Clock = Callable[[], float]  # seconds since the epoch
 Rng = Callable[[int], bytes]
 
@@ -262,7 +264,7 @@ def _unb64(text: str) -> bytes | None:
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
     """The token of an `authorization: Bearer <token>` header; Unauthenticated when absent."""
     for key, value in metadata or ():
-        if key.lower() == "authorization" and isinstance(value, str):
+        if key.lower() == AUTHORIZATION_KEY and isinstance(value, str):
             scheme, _, token = value.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()

@@ -1,7 +1,7 @@
 """The audit log: one JSON line per attempt-relevant event, flushed as it is written.
 
 Lines hold the time (unix seconds), the node, the hex record id, the event and the counters,
-never a secret. The chaos checker (`deploy.chaos.audit_format` documents the line) counts
+never a secret. The chaos checker (`vault_common.audit_line` defines the line) counts
 `evaluate` lines per record to prove the guess limit and orders them by `revision`, the etcd
 revision of the commit the event made; so each line is flushed before the caller goes on.
 
@@ -16,24 +16,13 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import Literal, Protocol, TextIO
+from typing import Protocol, TextIO
+
+from vault_common.audit_line import EventName, format_line
 
 AUDIT_TAIL_BYTES = 1 << 20
 
-AuditEvent = Literal[
-    "reserve",
-    "tampered",
-    "rollback",
-    "evaluate",
-    "lock",
-    "locked",
-    "success",
-    "bad_mac",
-    "stale_ticket",
-    "register",
-    "delete",
-    "not_registered",
-]
+AuditEvent = EventName  # the event names of an audit line (vault_common.audit_line)
 
 
 class AuditSink(Protocol):
@@ -76,25 +65,18 @@ class AuditLog:
         evaluation: int | None = None,
         read_revision: int | None = None,
     ) -> None:
-        entry: dict[str, object] = {
-            "ts": self._clock_ms() / 1000,
-            "node": self._node,
-            "record_id": record_id.hex(),
-            "event": event,
-        }
-        optional: dict[str, object | None] = {
-            "attempts": attempts,
-            "max_attempts": max_attempts,
-            # 0: no commit; negative: a commit whose revision the store did not learn.
-            "revision": revision if revision is not None and revision > 0 else None,
-            "generation": None if generation is None else generation.hex(),
-            "evaluation": evaluation,
-            # The mod_revision the commit compared against: a gap to the record's last audited
-            # commit shows a write whose answer was lost (committed after etcd timed out).
-            "read_revision": read_revision,
-        }
-        entry.update((k, v) for k, v in optional.items() if v is not None)
-        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        line = format_line(
+            ts_ms=self._clock_ms(),
+            node=self._node,
+            event=event,
+            record_id=record_id,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            revision=revision,
+            generation=generation,
+            evaluation=evaluation,
+            read_revision=read_revision,
+        )
         with self._lock:
             self._stream.write(line)
             self._stream.flush()

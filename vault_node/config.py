@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from vault_common.toml_config import TomlReadError, read_toml
 
 MAX_ATTEMPTS_LIMIT = 100
 """Highest `max_attempts` a node or a registration may ask for."""
@@ -250,10 +251,9 @@ class NodeConfig:
     def load(path: str | Path, *, check_files: bool = True) -> NodeConfig:
         """Read and validate a `node.toml`."""
         try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError([f"cannot read {path}: {e}"]) from e
+            data = read_toml(path)
+        except TomlReadError as e:
+            raise ConfigError([f"cannot read {path}: {e.cause}"]) from e
         config = NodeConfig.from_mapping(data)
         config.validate(check_files=check_files)
         return config

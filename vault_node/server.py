@@ -24,11 +24,12 @@ from grpc_health.v1._async import HealthServicer
 
 from bkv.v1 import node_pb2, node_pb2_grpc, witness_pb2_grpc
 from etcd_client import EtcdClientConfig, EtcdTls
+from vault_common.decode_guard import RejectUndecodable
+from vault_common.wire import NOT_APPLIED  # on an UNAVAILABLE that wrote nothing
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
 from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
-from vault_node.decode_guard import RejectUndecodable
 from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
 from vault_node.service import (
@@ -55,11 +56,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 HEALTH_POLL_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-# Trailing metadata on an UNAVAILABLE that wrote nothing (no attempt counted): the frontend passes
-# it on and the client may then retry even a guess-counting step (node.proto, frontend.proto).
-NOT_APPLIED = (("bkv-not-applied", "1"),)
 
 
 def trailers_for(exc: BaseException) -> tuple[tuple[str, str], ...]:

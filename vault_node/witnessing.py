@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import grpc
 
 from bkv.v1 import witness_pb2, witness_pb2_grpc
+from vault_common.channels import reconnect_backoff
 from vault_node.heads import ZERO_HASH, Head
 from vault_node.witness_core import (
     NONCE_LEN,
@@ -149,10 +150,7 @@ class PeerWitness:
         self._channel = grpc.aio.secure_channel(
             address,
             credentials,
-            options=(
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ),
+            options=reconnect_backoff(initial_ms=100, max_ms=1000),
         )
         self._stub = witness_pb2_grpc.WitnessStub(self._channel)
 

@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.chaos.audit_format import COMMITTING_EVENTS, DECIDED_EVENTS, AuditEvent, by_record
 from deploy.chaos.history import LOSE_QUORUM, ROLLBACK, Fault, HistoryOp
 from deploy.chaos.insider import AttackResult
+from vault_common.audit_line import COMMITTING_EVENTS, DECIDED_EVENTS, AuditEvent, by_record
 
 # Invariant 7: the statuses a malformed, oversized, replayed or expired message may get.
 ALLOWED_BAD_INPUT_CODES = frozenset(

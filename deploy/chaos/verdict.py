@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deploy.chaos import checker
-from deploy.chaos.audit_format import read_audits
 from deploy.chaos.checker import InvariantResult, Secrets
 from deploy.chaos.history import (
     AUDIT_GLOB,
@@ -38,6 +37,7 @@ from deploy.chaos.history import (
     read_run_info,
 )
 from deploy.chaos.insider import INSIDER_FILE, read_results
+from vault_common.audit_line import read_audits
 
 INVARIANTS = (
     "guess_limit",

@@ -1,4 +1,4 @@
-"""The vault node's audit lines are what the chaos checker reads (deploy.chaos.audit_format)."""
+"""The vault node's audit lines are what the chaos checker reads (vault_common.audit_line)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.chaos.audit_format import read_audit
 from deploy.chaos.history import RecordFormatError
+from vault_common.audit_line import read_audit
 from vault_node.audit import AuditLog, MemoryAudit
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.store import MemoryRecordStore

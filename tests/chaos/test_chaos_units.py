@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from client.errors import InvalidPassword, Locked, ProtocolError, Unavailable
-from deploy.chaos.audit_format import AuditEvent
 from deploy.chaos.checker import guess_limit
 from deploy.chaos.faults import FaultContext, SkipScenario, Timeline, run_timeline
 from deploy.chaos.history import Fault, HistoryOp, JsonlWriter, read_faults, read_history
@@ -22,6 +21,7 @@ from deploy.chaos.plot import per_second, plot_run
 from deploy.chaos.proxy import LinkFault, LinkProxy
 from deploy.chaos.recorder import Recorder, RunClock, classify
 from deploy.chaos.scenarios import SCENARIOS, parse_scenarios
+from vault_common.audit_line import AuditEvent
 
 pytestmark = pytest.mark.unit
 

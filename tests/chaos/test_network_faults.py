@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from deploy.chaos import netns
-from deploy.chaos.audit_format import read_audits
 from deploy.chaos.history import (
     FAULTS_FILE,
     HISTORY_FILE,
@@ -30,6 +29,7 @@ from deploy.chaos.run import ChaosConfig, RunResult, run_chaos
 from deploy.chaos.verdict import format_table
 from deploy.cluster import Cluster
 from deploy.topology import default_topology_path, load_topology
+from vault_common.audit_line import read_audits
 
 pytestmark = pytest.mark.chaos
 

@@ -18,8 +18,8 @@ from cluster_fixtures import own_cluster
 from client import VaultClient
 from client.config import load_config
 from deploy.chaos import insider
-from deploy.chaos.audit_format import AuditEvent, read_audits
 from deploy.cluster import Cluster
+from vault_common.audit_line import AuditEvent, read_audits
 
 pytestmark = pytest.mark.integration
 

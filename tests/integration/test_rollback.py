@@ -26,8 +26,8 @@ from client import VaultClient
 from client.config import load_config
 from client.errors import InvalidPassword
 from deploy.chaos import insider
-from deploy.chaos.audit_format import AuditEvent, read_audits
 from deploy.cluster import Cluster
+from vault_common.audit_line import AuditEvent, read_audits
 from vault_node.store import record_key
 
 pytestmark = pytest.mark.integration

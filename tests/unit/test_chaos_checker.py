@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from deploy.chaos import checker
-from deploy.chaos.audit_format import AuditEvent, order_events, read_audit, read_audits
 from deploy.chaos.checker import InvariantResult, Secrets
 from deploy.chaos.history import (
     Fault,
@@ -44,6 +43,7 @@ from deploy.chaos.verdict import (
     print_verdict,
     write_verdict,
 )
+from vault_common.audit_line import AuditEvent, order_events, read_audit, read_audits
 
 pytestmark = pytest.mark.unit
 

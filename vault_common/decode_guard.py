@@ -2,8 +2,7 @@
 
 Without it grpcio answers UNKNOWN and logs a traceback for an undecodable request, before any of
 our code runs (invariant 7: bad input gets a precise status, never a crash or a stack trace).
-The vault node has the same interceptor: the two processes share no code but vault_protocol (pure)
-and the generated messages, so each carries its own copy of these few lines.
+The frontend and the vault node both install it (one copy, here).
 """
 
 from __future__ import annotations

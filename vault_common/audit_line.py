@@ -1,7 +1,7 @@
-"""The vault nodes' audit lines (`<node>.audit.jsonl`), as the chaos checker reads them.
+"""The vault nodes' audit lines (`<node>.audit.jsonl`): the one format, its writer and reader.
 
-Each vault node appends one JSON object per event it handles (the node writes them itself; it
-does not import this module):
+Each vault node appends one JSON object per event it handles (`format_line`, used by
+`vault_node.audit.AuditLog`); the chaos checker reads them back (`read_audit`):
 
     {"ts": unix seconds, "node": str, "record_id": hex, "event": one of EVENTS,
      "attempts": int|null      attempts after the commit this event made (or saw),
@@ -27,12 +27,13 @@ torn last line (a node killed mid-write) is dropped; an unknown event or a bad v
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from deploy.chaos.history import (
+from vault_common.jsonl import (
     get_choice,
     get_float,
     get_opt_hex,
@@ -41,22 +42,21 @@ from deploy.chaos.history import (
     parse_jsonl,
 )
 
-EVENTS = frozenset(
-    {
-        "reserve",
-        "tampered",
-        "rollback",
-        "evaluate",
-        "lock",
-        "locked",
-        "success",
-        "bad_mac",
-        "stale_ticket",
-        "register",
-        "delete",
-        "not_registered",
-    }
-)
+EventName = Literal[
+    "reserve",
+    "tampered",
+    "rollback",
+    "evaluate",
+    "lock",
+    "locked",
+    "success",
+    "bad_mac",
+    "stale_ticket",
+    "register",
+    "delete",
+    "not_registered",
+]
+EVENTS: frozenset[str] = frozenset(get_args(EventName))
 # Events that commit a write to etcd, and so carry the revision of that commit.
 COMMITTING_EVENTS = frozenset({"evaluate", "lock", "success", "register", "delete", "reserve"})
 # Events whose commit was decided on the value etcd held at `read_revision`.
@@ -64,8 +64,49 @@ DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})
 STORE_EVENTS = frozenset({"rollback"})  # about the store, not one record: record_id is ""
 
 
+def format_line(
+    *,
+    ts_ms: int,
+    node: str,
+    event: EventName,
+    record_id: bytes,
+    attempts: int | None = None,
+    max_attempts: int | None = None,
+    revision: int | None = None,
+    generation: bytes | None = None,
+    evaluation: int | None = None,
+    read_revision: int | None = None,
+) -> str:
+    """One audit line (with its newline), as the node writes it: counters and ids, no secret.
+
+    >>> format_line(ts_ms=1500, node="n1", event="evaluate", record_id=b"\\x01", attempts=1)
+    '{"ts":1.5,"node":"n1","record_id":"01","event":"evaluate","attempts":1}\\n'
+    """
+    entry: dict[str, object] = {
+        "ts": ts_ms / 1000,
+        "node": node,
+        "record_id": record_id.hex(),
+        "event": event,
+    }
+    optional: dict[str, object | None] = {
+        "attempts": attempts,
+        "max_attempts": max_attempts,
+        # 0: no commit; negative: a commit whose revision the store did not learn.
+        "revision": revision if revision is not None and revision > 0 else None,
+        "generation": None if generation is None else generation.hex(),
+        "evaluation": evaluation,
+        # The mod_revision the commit compared against: a gap to the record's last audited
+        # commit shows a write whose answer was lost (committed after etcd timed out).
+        "read_revision": read_revision,
+    }
+    entry.update((k, v) for k, v in optional.items() if v is not None)
+    return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
 @dataclass(frozen=True)
 class AuditEvent:
+    """One audit line as read back (the reader's view; `format_line` is the writer's)."""
+
     ts: float
     node: str
     record_id: str

@@ -1,0 +1,37 @@
+"""Names on the wire that more than one part speaks: trailing-metadata keys and their reading.
+
+* `bkv-not-applied: 1` on an UNAVAILABLE: no vault node wrote anything for this call (the node
+  says so itself; the frontend passes it on, or says so when no node was reached). The client may
+  then retry even a step that counts a guess (node.proto, frontend.proto).
+* `retry-after-ms: <int>` on a RESOURCE_EXHAUSTED: throttled before relaying; try again after.
+* `authorization: Bearer <token>`: the account's session on every Relay.
+
+>>> trailer((("Retry-After-Ms", b"1500"),), RETRY_AFTER_MS_KEY)
+'1500'
+>>> trailer(NOT_APPLIED, NOT_APPLIED_KEY)
+'1'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+NOT_APPLIED_KEY = "bkv-not-applied"
+NOT_APPLIED = ((NOT_APPLIED_KEY, "1"),)
+RETRY_AFTER_MS_KEY = "retry-after-ms"
+AUTHORIZATION_KEY = "authorization"
+BEARER_PREFIX = "Bearer "
+# What gRPC's own channel says when a call found no connection at all: nothing was sent.
+NEVER_CONNECTED_PREFIX = "failed to connect to all addresses"
+
+
+def trailer(metadata: Iterable[tuple[str, Any]] | None, name: str) -> str | None:
+    """The first value of metadata key `name` (any case), as text; None if absent.
+
+    The value is untrusted: callers parse it strictly and treat a bad one as absent.
+    """
+    for key, value in metadata or ():
+        if key.lower() == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return None
