@@ -12,6 +12,7 @@ from client.backup_file import CorruptBackup, decrypt_backup, encrypt_backup
 from client.config import ClientConfig, load_config
 from client.errors import (
     BadInput,
+    ChallengeRefused,
     ConfigError,
     InvalidPassword,
     Locked,
@@ -33,6 +34,7 @@ __all__ = [
     "AsyncVaultClient",
     "BackupKey",
     "BadInput",
+    "ChallengeRefused",
     "ClientConfig",
     "ConfigError",
     "CorruptBackup",

@@ -30,6 +30,7 @@ from bkv.v1 import frontend_pb2
 from client.config import ClientConfig, ksf_named, load_fleet_key
 from client.errors import (
     BadInput,
+    ChallengeRefused,
     ProtocolError,
     Unauthenticated,
     Unavailable,
@@ -43,6 +44,7 @@ from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
 METHODS = ("GetChallenge", "Login", "Relay")
+LOGIN_PAIRS = 3  # GetChallenge + Login pairs per login (a spent challenge costs one)
 
 
 @dataclass(frozen=True)
@@ -215,15 +217,28 @@ class ClientCore:
     # -- the calls, as plans (no I/O: see the module docstring) -------------------------------
 
     def login_plan(self) -> CallPlan:
-        """GetChallenge -> sign -> Login; the session keeps the token."""
+        """GetChallenge -> sign -> Login; the session keeps the token.
+
+        A challenge is spent by its first login and accepted only by the frontend that issued
+        it: when Login's retry went to another frontend, or its first try got through but the
+        answer was lost, the refusal says so and the pair runs again with a fresh challenge."""
         account = self.account
-        challenge = yield from self.rpc_plan(
-            "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
-        )
-        reply = yield from self.rpc_plan(
-            "Login", login_request(account, challenge.challenge, self.config.enrollment_token)
-        )
-        self._session.store(reply)
+        for pair in range(LOGIN_PAIRS):
+            challenge = yield from self.rpc_plan(
+                "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
+            )
+            try:
+                reply = yield from self.rpc_plan(
+                    "Login",
+                    login_request(account, challenge.challenge, self.config.enrollment_token),
+                )
+            except ChallengeRefused:
+                if pair == LOGIN_PAIRS - 1:
+                    raise
+                continue
+            self._session.store(reply)
+            return
+        raise AssertionError("unreachable")
 
     def relay_plan(self, outbound: Outbound) -> CallPlan:
         """One flow step through a frontend -> the sealed answer (bytes)."""

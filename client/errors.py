@@ -23,6 +23,7 @@ import grpc
 
 from vault_common.wire import (
     NEVER_CONNECTED_PREFIX,
+    NEW_CHALLENGE_KEY,
     NOT_APPLIED_KEY,
     RETRY_AFTER_MS_KEY,
     trailer,
@@ -96,6 +97,12 @@ class Unauthenticated(VaultError):
     """
 
     code = "unauthenticated"
+
+
+class ChallengeRefused(Unauthenticated):
+    """Login refused because its challenge was spent already (a retried Login whose first try
+    got through) or came from another frontend. Nothing was granted: the client logs in again
+    at once with a fresh challenge (it does so itself before raising this)."""
 
 
 class RateLimited(VaultError):
@@ -196,6 +203,16 @@ def _not_applied(err: _StatusCarrier) -> bool:
     return trailer(metadata, NOT_APPLIED_KEY) == "1"
 
 
+def _new_challenge(err: _StatusCarrier) -> bool:
+    """The frontend's `bkv-new-challenge: 1` trailer on a refused Login. Trusting it only buys
+    one more login with a fresh challenge, which any caller could ask for anyway."""
+    try:
+        metadata = err.trailing_metadata()
+    except Exception:  # noqa: BLE001 - no metadata: a plain refusal
+        return False
+    return trailer(metadata, NEW_CHALLENGE_KEY) == "1"
+
+
 def _never_connected(err: _StatusCarrier) -> bool:
     """gRPC's own words for a call that found no connection to the frontend: nothing was sent.
 
@@ -230,6 +247,8 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
     suffix = f" ({where})" if where else ""
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     if code is grpc.StatusCode.UNAUTHENTICATED:
+        if _new_challenge(err):
+            return ChallengeRefused(f"the frontend refused a spent login challenge{suffix}")
         return Unauthenticated(f"the frontend refused the account session{suffix}")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         try:

@@ -47,7 +47,7 @@ from frontend_chatd.sessions import (
     issuer_id,
 )
 from vault_common.decode_guard import RejectUndecodable
-from vault_common.wire import NOT_APPLIED, RETRY_AFTER_MS_KEY
+from vault_common.wire import NEW_CHALLENGE, NOT_APPLIED, RETRY_AFTER_MS_KEY
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
 STOP_GRACE_S = 5.0
@@ -56,10 +56,6 @@ access_log = logging.getLogger("frontend_chatd.access")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-NEW_CHALLENGE_KEY = "bkv-new-challenge"
-NEW_CHALLENGE = ((NEW_CHALLENGE_KEY, "1"),)
 
 
 class RequestTooLarge(Exception):

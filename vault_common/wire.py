@@ -5,6 +5,9 @@
   then retry even a step that counts a guess (node.proto, frontend.proto).
 * `retry-after-ms: <int>` on a RESOURCE_EXHAUSTED: throttled before relaying; try again after.
 * `authorization: Bearer <token>`: the account's session on every Relay.
+* `bkv-new-challenge: 1` on an UNAUTHENTICATED Login: the challenge was already spent (or was
+  issued by another frontend); nothing was granted, and the client may log in again at once with
+  a fresh challenge from the frontend it calls.
 
 >>> trailer((("Retry-After-Ms", b"1500"),), RETRY_AFTER_MS_KEY)
 '1500'
@@ -21,6 +24,8 @@ NOT_APPLIED_KEY = "bkv-not-applied"
 NOT_APPLIED = ((NOT_APPLIED_KEY, "1"),)
 RETRY_AFTER_MS_KEY = "retry-after-ms"
 AUTHORIZATION_KEY = "authorization"
+NEW_CHALLENGE_KEY = "bkv-new-challenge"
+NEW_CHALLENGE = ((NEW_CHALLENGE_KEY, "1"),)
 BEARER_PREFIX = "Bearer "
 # What gRPC's own channel says when a call found no connection at all: nothing was sent.
 NEVER_CONNECTED_PREFIX = "failed to connect to all addresses"

@@ -19,6 +19,7 @@ from bkv.v1 import frontend_pb2
 from client import AsyncVaultClient, VaultClient
 from client.config import ClientConfig, load_config
 from client.errors import (
+    ChallengeRefused,
     ConfigError,
     InvalidPassword,
     ProtocolError,
@@ -49,6 +50,7 @@ class FakeFrontends:
         self.tokens: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
         self.next_token = 0
+        self.spent_logins = 0  # how many Logins to refuse as a spent challenge
         self.closed = False
 
     # Connector protocol
@@ -82,6 +84,9 @@ class FakeFrontends:
             raise FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, (("retry-after-ms", "500"),))
         if method == "GetChallenge":
             return frontend_pb2.ChallengeReply(challenge=b"c" * 32)
+        if method == "Login" and self.spent_logins > 0:
+            self.spent_logins -= 1
+            raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, (("bkv-new-challenge", "1"),))
         if method == "Login":
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -287,6 +292,23 @@ def test_unauthenticated_relay_logs_in_once_more(
         frontends.tokens.clear()  # every session expires on the frontend's side
         client.status()
         assert [m for _, m in frontends.calls].count("Login") == 2
+
+
+@pytest.mark.parametrize("refused", [1, 2, 3])
+def test_a_spent_login_challenge_logs_in_again_with_a_fresh_one(
+    config: ClientConfig, frontends: FakeFrontends, refused: int
+) -> None:
+    frontends.spent_logins = refused
+    with _client(config, frontends) as client:
+        if refused < 3:
+            client.create_account()
+            client.status()
+        else:  # every pair refused: the caller sees it, as a refused challenge
+            with pytest.raises(ChallengeRefused):
+                client.create_account()
+    methods = [m for _, m in frontends.calls]
+    pairs = min(refused + 1, 3)
+    assert methods.count("GetChallenge") == pairs and methods.count("Login") == pairs
 
 
 def test_a_mismatched_account_key_is_unauthenticated(
