@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NoReturn, Protocol
 
-from bkv.v1 import envelope_pb2, sealed_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import envelope_pb2
 from vault_node import transitions
 from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT

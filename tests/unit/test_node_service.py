@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bkv.v1 import envelope_pb2, sealed_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import envelope_pb2
 from vault_node import records
 from vault_node.audit import MemoryAudit
 from vault_node.heads import group_of, next_head, open_head
