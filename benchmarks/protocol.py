@@ -29,6 +29,7 @@ from bkv.v1 import envelope_pb2
 from deploy.bench import server_work
 from vault_protocol import backup_file, envelope, opaque, oprf, ristretto
 from vault_protocol.backup_key import BackupKey
+from vault_protocol.opaque import hazmat
 
 ACCOUNT = server_work.ACCOUNT
 CRED = ACCOUNT.encode()
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     expected_mac, fleet, ecdh = work.expected_client_mac, work.fleet, work.ecdh
     pk_r, env1, rk1 = fleet.public_key_bytes, work.envelope_start, work.response_key
     server_recovery = work.run
-    oprf_key = opaque.derive_oprf_key(keys.oprf_seed_hmac, CRED)
+    oprf_key = hazmat.derive_oprf_key(keys.oprf_seed_hmac, CRED)
     blinded = oprf.blind(b"pw", rng)[1]
     point = ristretto.base_mult(ristretto.random_scalar(rng))
     scalar = ristretto.random_scalar(rng)

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node.checkpoint import (
     CLUSTER_PIN_LABEL,
     CheckpointError,

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node.store_guard import GuardState, StoreGuard, StoreRolledBack
 
 log = logging.getLogger(__name__)

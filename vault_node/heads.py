@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from bkv.v1 import sealed_pb2, witness_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import witness_pb2
 from vault_node.key_meta import ABSENT, KeyMeta, StoredValue
 from vault_node.records import RECORD_KEY, Rng, TokenOps, open_sealed, seal_sealed
 from vault_protocol.errors import DecryptError

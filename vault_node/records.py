@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node.key_meta import KeyMeta, StoredValue
 from vault_protocol.errors import DecryptError
 

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NoReturn, Protocol
 
-from bkv.v1 import envelope_pb2, sealed_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import envelope_pb2
 from vault_node import transitions
 from vault_node.audit import AuditSink
 from vault_node.config import MAX_ATTEMPTS_LIMIT
@@ -41,7 +42,7 @@ from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
 from vault_node.transitions import Current, Kind, Step
 from vault_node.witnessing import CaptureResult, Witnessing
-from vault_protocol import opaque, ristretto
+from vault_protocol import opaque
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.envelope import FleetKey, open_request, seal_response
 from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput
@@ -567,7 +568,7 @@ class VaultService:
     async def _register_finish(
         self, msg: envelope_pb2.RegisterFinish, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
-        _check_registration_record(msg.registration_record)
+        registration_record = _parse_registration_record(msg.registration_record)
         if len(msg.wrapped_key) != WRAPPED_KEY_LEN:
             raise BadRequest(f"wrapped key must be {WRAPPED_KEY_LEN} bytes")
         if msg.max_attempts > MAX_ATTEMPTS_LIMIT:
@@ -591,7 +592,7 @@ class VaultService:
         max_attempts = msg.max_attempts or self._config.default_max_attempts
         new = sealed_pb2.Record(
             state=transitions.ACTIVE,
-            opaque_record=msg.registration_record,
+            opaque_record=registration_record.to_bytes(),
             wrapped_key=msg.wrapped_key,
             attempts=0,
             max_attempts=max_attempts,
@@ -629,7 +630,7 @@ class VaultService:
     async def _recover_start(
         self, msg: envelope_pb2.RecoverStart, account: bytes, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
-        _check_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
+        ke1 = _parse_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
         current = self._cached(record_id, _has_guesses) or await self._read(record_id)
         applied = await self._apply(record_id, transitions.count_guess, current)
         step, before = applied.step, applied.current
@@ -654,13 +655,13 @@ class VaultService:
             evaluation=counted.evaluations, read_revision=before.meta.mod_revision,
         )  # fmt: skip
         identifier = credential_identifier(account, counted.generation, counted.credential_scheme)
-        try:
-            ke2, state = opaque.server_login_start(
-                counted.opaque_record, identifier, msg.ke1, self._keys, self._opaque, self._rng
-            )
+        try:  # KE1 was parsed before the write: only the stored record can be malformed here
+            stored_record = opaque.parse_registration_record(counted.opaque_record)
         except InvalidInput as exc:
-            # KE1 was checked before the write: only the stored record can be malformed here.
             raise RecordCorrupt("stored record holds a malformed OPAQUE record") from exc
+        ke2, state = opaque.server_login_start(
+            stored_record, identifier, ke1, self._keys, self._opaque, self._rng
+        )
         committed = before.meta.after_write(applied.revision)
         ticket = sealed_pb2.Ticket(
             record_id=record_id,
@@ -806,23 +807,18 @@ def _account_bytes(account_id: str) -> bytes:
     return account
 
 
-def _check_registration_record(record: bytes) -> None:
-    if len(record) != opaque.RECORD_BYTES:
-        raise BadRequest(f"registration record must be {opaque.RECORD_BYTES} bytes")
-    try:
-        ristretto.decode_element(record[: opaque.NPK])
+def _parse_registration_record(record: bytes) -> opaque.RegistrationRecord:
+    try:  # exact length and a valid client public key, before the finish writes anything
+        return opaque.parse_registration_record(record)
     except InvalidInput as exc:
-        raise BadRequest("registration record holds an invalid client public key") from exc
+        raise BadRequest(f"malformed registration record: {exc}") from exc
 
 
-def _check_ke1(ke1: bytes) -> None:
-    if len(ke1) != opaque.KE1_BYTES:
-        raise BadRequest(f"KE1 must be {opaque.KE1_BYTES} bytes")
-    try:
-        ristretto.decode_element(ke1[: opaque.NOE])
-        ristretto.decode_element(ke1[opaque.NOE + opaque.NN :])
+def _parse_ke1(ke1: bytes) -> opaque.KE1:
+    try:  # exact length and valid group elements, before the guess is counted
+        return opaque.parse_ke1(ke1)
     except InvalidInput as exc:
-        raise BadRequest("KE1 holds an invalid group element") from exc
+        raise BadRequest(f"malformed KE1: {exc}") from exc
 
 
 def _locked() -> envelope_pb2.VaultResponse:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node.heads import Head
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.records import CREDENTIAL_ACCOUNT, CREDENTIAL_ACCOUNT_GENERATION

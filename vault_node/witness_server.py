@@ -24,7 +24,8 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from bkv.v1 import sealed_pb2, witness_pb2, witness_pb2_grpc
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import witness_pb2, witness_pb2_grpc
 from vault_node.checkpoint import DataObjects
 from vault_node.heads import HASH_LEN, RECENT
 from vault_node.witness_core import (

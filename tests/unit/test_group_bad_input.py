@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from vault_protocol import opaque, oprf, ristretto
 from vault_protocol.errors import AuthenticationError, InvalidInput
+from vault_protocol.opaque import hazmat
 
 pytestmark = pytest.mark.unit
 
@@ -234,9 +235,9 @@ def test_random_bytes_never_raise_anything_else(name: str, data: st.DataObject) 
 
 def test_fake_record_rejects_bad_parts() -> None:
     with pytest.raises(InvalidInput):
-        opaque.build_fake_record(IDENTITY, bytes(64))
+        hazmat.build_fake_record(IDENTITY, bytes(64))
     with pytest.raises(InvalidInput):
-        opaque.build_fake_record(GENERATOR, bytes(63))
+        hazmat.build_fake_record(GENERATOR, bytes(63))
 
 
 def test_server_keys_validate_every_problem() -> None:

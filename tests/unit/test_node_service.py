@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bkv.v1 import envelope_pb2, sealed_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import envelope_pb2
 from vault_node import records
 from vault_node.audit import MemoryAudit
 from vault_node.heads import group_of, next_head, open_head
@@ -36,6 +37,7 @@ from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wra
 from vault_protocol.envelope import FleetKey, open_response, seal_request
 from vault_protocol.errors import AuthenticationError, DecryptError
 from vault_protocol.ksf import IdentityKsf
+from vault_protocol.opaque import hazmat
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -537,9 +539,13 @@ def test_malformed_inputs_are_bad_requests_and_change_nothing() -> None:
         h = Harness()
         await h.register(b"pw")
         revision = h.store.revision
+        _, good_ke1 = opaque.login_start(b"pw", os.urandom)
         bad_requests = [
             envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=b"short")),
             envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=bytes(96))),
+            envelope_pb2.VaultRequest(  # a valid blinded element, the identity as key share
+                recover_start=envelope_pb2.RecoverStart(ke1=good_ke1[:64] + bytes(32))
+            ),
             envelope_pb2.VaultRequest(
                 register_start=envelope_pb2.RegisterStart(registration_request=bytes(32))
             ),
@@ -864,13 +870,13 @@ def _unmasks(password: bytes, ke2: bytes, registration_response: bytes, blind: b
     """True when the OPRF output of a registration response unmasks a login's KE2, i.e. when the
     registration evaluated the same OPRF key as the login (an offline password check)."""
     from vault_protocol import oprf
-    from vault_protocol.opaque import ENVELOPE_BYTES, NH, NN, NOE, NPK, _expand
+    from vault_protocol.opaque.hazmat import ENVELOPE_BYTES, NH, NN, NOE, NPK, hkdf_expand
 
     evaluated, server_public_key = registration_response[:NOE], registration_response[NOE:]
-    rwd = opaque.randomized_password(oprf.finalize(password, blind, evaluated), IdentityKsf())
-    masking_key = _expand(rwd, b"MaskingKey", NH)
+    rwd = hazmat.randomized_password(oprf.finalize(password, blind, evaluated), IdentityKsf())
+    masking_key = hkdf_expand(rwd, b"MaskingKey", NH)
     nonce, masked = ke2[NOE : NOE + NN], ke2[NOE + NN : NOE + NN + NPK + ENVELOPE_BYTES]
-    pad = _expand(masking_key, nonce + b"CredentialResponsePad", NPK + ENVELOPE_BYTES)
+    pad = hkdf_expand(masking_key, nonce + b"CredentialResponsePad", NPK + ENVELOPE_BYTES)
     return bytes(a ^ b for a, b in zip(pad, masked, strict=True))[:NPK] == server_public_key
 
 

@@ -14,6 +14,7 @@ import pytest
 from rfc_vectors import load_vectors
 
 from vault_protocol import opaque, oprf
+from vault_protocol.opaque import hazmat
 
 pytestmark = pytest.mark.unit
 
@@ -165,19 +166,19 @@ def test_both_sides_agree(vector_id: str) -> None:
 def test_intermediates_registration(vector_id: str) -> None:
     run = RUNS[vector_id]
     inputs, expected = run.inputs, run.intermediates
-    oprf_key = opaque.derive_oprf_key(run.keys.oprf_seed_hmac, inputs["credential_identifier"])
+    oprf_key = hazmat.derive_oprf_key(run.keys.oprf_seed_hmac, inputs["credential_identifier"])
     assert oprf_key.hex() == expected["oprf_key"].hex()
 
     evaluated = run.produced["registration_response"][:32]
     oprf_output = oprf.finalize(inputs["password"], inputs["blind_registration"], evaluated)
-    rwd = opaque.randomized_password(oprf_output, run.config.ksf)
+    rwd = hazmat.randomized_password(oprf_output, run.config.ksf)
     assert rwd.hex() == expected["randomized_password"].hex()
 
-    env_keys = opaque.derive_envelope_keys(rwd, inputs["envelope_nonce"])
+    env_keys = hazmat.derive_envelope_keys(rwd, inputs["envelope_nonce"])
     assert env_keys.masking_key.hex() == expected["masking_key"].hex()
     assert env_keys.auth_key.hex() == expected["auth_key"].hex()
 
-    stored = opaque.store(
+    stored = hazmat.store(
         rwd,
         inputs["server_public_key"],
         inputs["envelope_nonce"],
@@ -198,22 +199,22 @@ def test_intermediates_key_exchange(vector_id: str) -> None:
     server_nonce, server_keyshare = ke2[192:224], ke2[224:256]
 
     rwd = expected["randomized_password"]
-    creds = opaque.recover(
+    creds = hazmat.recover(
         rwd,
         inputs["server_public_key"],
         expected["envelope"],
         inputs.get("server_identity"),
         inputs.get("client_identity"),
     )
-    client_secret, _ = opaque.derive_dh_key_pair(inputs["client_keyshare_seed"])
-    ikm = opaque.client_ikm(
+    client_secret, _ = hazmat.derive_dh_key_pair(inputs["client_keyshare_seed"])
+    ikm = hazmat.client_ikm(
         client_secret, creds.client_private_key, server_keyshare, inputs["server_public_key"]
     )
-    server_secret, _ = opaque.derive_dh_key_pair(inputs["server_keyshare_seed"])
-    assert ikm == opaque.server_ikm(
+    server_secret, _ = hazmat.derive_dh_key_pair(inputs["server_keyshare_seed"])
+    assert ikm == hazmat.server_ikm(
         server_secret, inputs["server_private_key"], ke1[64:96], creds.client_public_key
     )
-    preamble = opaque.build_preamble(
+    preamble = hazmat.build_preamble(
         run.config.context,
         inputs.get("client_identity", creds.client_public_key),
         ke1,
@@ -222,7 +223,7 @@ def test_intermediates_key_exchange(vector_id: str) -> None:
         server_nonce,
         server_keyshare,
     )
-    keys = opaque.derive_keys(ikm, preamble)
+    keys = hazmat.derive_keys(ikm, preamble)
     assert keys.handshake_secret.hex() == expected["handshake_secret"].hex()
     assert keys.server_mac_key.hex() == expected["server_mac_key"].hex()
     assert keys.client_mac_key.hex() == expected["client_mac_key"].hex()
@@ -237,7 +238,7 @@ def test_fake_record_ke2(vector: dict[str, Any]) -> None:
         inputs["oprf_seed"], inputs["server_private_key"], inputs["server_public_key"]
     )
     # The fake client key pair in the vector is a real DH key pair (RFC 9807 section 10.9).
-    record = opaque.build_fake_record(inputs["client_public_key"], inputs["masking_key"])
+    record = hazmat.build_fake_record(inputs["client_public_key"], inputs["masking_key"])
     ke2, _ = opaque.server_login_start(
         record,
         inputs["credential_identifier"],

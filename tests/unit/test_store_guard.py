@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import (
     CHECKPOINT_LABEL,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node import transitions as t
 from vault_node.key_meta import KeyMeta
 from vault_node.transitions import Current, Kind

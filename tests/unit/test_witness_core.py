@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.v1 import sealed_pb2
+from bkv.store.v1 import sealed_pb2
 from vault_node import heads
 from vault_node.key_meta import KeyMeta, StoredValue
 from vault_node.records import RECORD_KEY, seal_sealed

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bkv.v1 import sealed_pb2, witness_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import witness_pb2
 from vault_node.heads import ZERO_HASH, Head
 from vault_node.key_meta import ABSENT
 from vault_node.soft_token import SoftToken
