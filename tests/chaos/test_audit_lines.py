@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bkv_chaos.history import RecordFormatError
 from deploy.chaos.audit_format import read_audit
-from deploy.chaos.history import RecordFormatError
 from vault_node.audit import AuditLog, MemoryAudit
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.store import MemoryRecordStore

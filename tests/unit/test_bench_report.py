@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bench import report
-from deploy.bench.ceilings import Ceiling, hsm_seconds_per_recovery
-from deploy.bench.histogram import Recorder
-from deploy.bench.plot import plot
+from bkv_bench import report
+from bkv_bench.ceilings import Ceiling, hsm_seconds_per_recovery
+from bkv_bench.histogram import Recorder
+from bkv_bench.plot import plot
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -77,7 +77,7 @@ def test_plot_writes_a_png_with_marks_and_gaps(tmp_path: Path) -> None:
 
 
 def test_hsm_estimate_counts_seven_calls() -> None:
-    from deploy.bench.ceilings import HSM_CALLS_PER_RECOVERY
+    from bkv_bench.ceilings import HSM_CALLS_PER_RECOVERY
 
     assert sum(HSM_CALLS_PER_RECOVERY.values()) == 7
     # 2 ECDH at 2.8 k/s dominate: a bit under a millisecond of token time per recovery.
@@ -85,7 +85,7 @@ def test_hsm_estimate_counts_seven_calls() -> None:
 
 
 def test_crypto_ceiling_runs_a_bounded_loop() -> None:
-    from deploy.bench.ceilings import crypto_ceiling
+    from bkv_bench.ceilings import crypto_ceiling
 
     c = crypto_ceiling(0.05)
     assert c.ops >= 1 and c.per_s > 0

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bench import shape_server
-from deploy.bench.ceilings import PathShape
+from bkv_bench import shape_server
+from bkv_bench.ceilings import PathShape
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -73,7 +73,7 @@ def test_bkv_bench_refuses_a_layout_it_cannot_copy_before_running(
     from collections.abc import Iterator
     from typing import Any
 
-    from deploy.bench import cli
+    from bkv_bench import cli
 
     @contextlib.contextmanager
     def no_cluster(_args: Any, _echo: Any) -> Iterator[tuple[Path, None]]:

@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from deploy.chaos import checker
-from deploy.chaos.audit_format import AuditEvent, order_events, read_audit, read_audits
-from deploy.chaos.checker import InvariantResult, Secrets
-from deploy.chaos.history import (
+from bkv_chaos import checker
+from bkv_chaos.checker import InvariantResult, Secrets
+from bkv_chaos.history import (
     Fault,
     HistoryOp,
     JsonlWriter,
@@ -33,8 +32,8 @@ from deploy.chaos.history import (
     read_run_info,
     write_run_info,
 )
-from deploy.chaos.insider import AttackResult
-from deploy.chaos.verdict import (
+from bkv_chaos.insider import AttackResult
+from bkv_chaos.verdict import (
     INVARIANTS,
     build_verdict,
     check_run,
@@ -44,6 +43,7 @@ from deploy.chaos.verdict import (
     print_verdict,
     write_verdict,
 )
+from deploy.chaos.audit_format import AuditEvent, order_events, read_audit, read_audits
 
 pytestmark = pytest.mark.unit
 
@@ -885,8 +885,8 @@ def test_data_loss_to_bad_input_only_inside_a_rollback_window() -> None:
 
 
 def test_tampered_is_a_definite_outcome_of_its_own() -> None:
+    from bkv_chaos.recorder import classify
     from client.errors import RecordTampered
-    from deploy.chaos.recorder import classify
 
     assert classify(RecordTampered()) == classify(RecordTampered())
     assert (classify(RecordTampered()).outcome, classify(RecordTampered()).definite) == (

@@ -7,14 +7,14 @@
   compares the key's mod_revision with the one the worker's previous commit returned, puts a
   record-sized value, and reads the key in its failure branch. That is one etcd round trip, as a
   node with its record cache makes per recovery step.
-* `grpc_ceiling`: unary calls through a no-op TLS service (`deploy.bench.noop_server`, its own
+* `grpc_ceiling`: unary calls through a no-op TLS service (`bkv_bench.noop_server`, its own
   process) with envelope-sized messages.
 * `crypto_ceiling`: the server-side cryptography of one recovery (two envelope opens, OPRF,
   3DH/KE2, ticket seal/open, KE3 check, key transport, two response seals) on one core with
-  software keys, as `benchmarks/protocol.py` measures it. A real node also makes 7 PKCS#11 calls
+  software keys, as `bkv_bench/protocol_cost.py` measures it. A real node also makes 7 PKCS#11 calls
   per recovery on its one token thread (`HSM_CALLS_PER_RECOVERY`).
 * `shape_ceiling`: recoveries through the cluster's path with its work taken out
-  (`deploy.bench.shape_server`): relays for frontends, stores for vault nodes, two relayed TLS
+  (`bkv_bench.shape_server`): relays for frontends, stores for vault nodes, two relayed TLS
   calls and two CAS per recovery on the cluster's etcd, and the CPU each role spends on them. It
   is what the plumbing alone allows on this machine, so the cluster's figure against it says how
   much is our own work, and its own figure against the etcd bound says how far any
@@ -44,10 +44,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from deploy.bench import server_work
-from deploy.bench.cpu import CpuMeter, CpuUsed, cpu_json
-from deploy.bench.noop_server import METHOD, bytes_call, bytes_channel
-from deploy.bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
+from bkv_bench import server_work
+from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_json
+from bkv_bench.noop_server import METHOD, bytes_call, bytes_channel
+from bkv_bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
 from etcd_client import Compare, EtcdClient, EtcdClientConfig, Get, Put, RangeResult, prefix_end
 
 BENCH_PREFIX = b"/bkv-bench/"
@@ -237,7 +237,7 @@ async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
     with tempfile.TemporaryDirectory(prefix="bkv-bench-tls-") as tmp:
         cert, key = self_signed(Path(tmp))
         proc = _spawn(
-            "deploy.bench.noop_server",
+            "bkv_bench.noop_server",
             ["--cert", str(cert), "--key", str(key), "--reply-bytes", str(REPLY_BYTES)],
             seconds + 60.0,
         )
@@ -292,7 +292,7 @@ class PathShape:
 async def shape_ceiling(
     etcd: EtcdClientConfig, concurrency: int, seconds: float, shape: PathShape
 ) -> Ceiling:
-    """Recoveries per second through the cluster's plumbing alone (`deploy.bench.shape_server`):
+    """Recoveries per second through the cluster's plumbing alone (`bkv_bench.shape_server`):
     relay processes (the frontends) and store processes (the vault nodes), two relayed TLS calls
     per recovery and one CAS per call on the cluster's etcd, no cryptography.
 
@@ -312,7 +312,7 @@ async def shape_ceiling(
             for _ in range(stores):
                 procs["store"].append(
                     _spawn(
-                        "deploy.bench.shape_server",
+                        "bkv_bench.shape_server",
                         ["store", *tls, *_etcd_args(etcd), "--prefix", prefix],
                         seconds + 60.0,
                     )
@@ -322,7 +322,7 @@ async def shape_ceiling(
             for _ in range(relays):
                 procs["relay"].append(
                     _spawn(
-                        "deploy.bench.shape_server",
+                        "bkv_bench.shape_server",
                         ["relay", *tls, "--stores", store_addresses],
                         seconds + 60.0,
                     )

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.bench.ceilings import CAS_PER_RECOVERY, ROUND_TRIPS_PER_RECOVERY, Ceiling
-from deploy.bench.histogram import OpSummary
+from bkv_bench.ceilings import CAS_PER_RECOVERY, ROUND_TRIPS_PER_RECOVERY, Ceiling
+from bkv_bench.histogram import OpSummary
 
 # The target: recoveries at 50% of the etcd bound (CAS ceiling / CAS_PER_RECOVERY).
 TARGET_FRACTION = 0.5

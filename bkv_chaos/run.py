@@ -9,7 +9,7 @@ Steps: proxies in front of every frontend (the load goes through them; `slow-lin
 bad); accounts created; the run's clock starts; workers, the prober and the fault timeline run;
 the load stops; every fault is healed (`start_all`, which also resumes stopped processes); one
 `final_recover` per account that must keep its key; then run.json, the audit tails, the etcd dump
-and the logs go to `deploy.chaos.verdict.check_run`, and the verdict and a plot are written
+and the logs go to `bkv_chaos.verdict.check_run`, and the verdict and a plot are written
 under `out_dir/<timestamp>/`. Temporary account keys live in a temp dir removed at the end.
 """
 
@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.config import load_config, load_fleet_key
-from deploy.chaos import collect, verdict
-from deploy.chaos.faults import FaultContext, Timeline, run_timeline
-from deploy.chaos.history import (
+from bkv_chaos import collect, verdict
+from bkv_chaos.faults import FaultContext, Timeline, run_timeline
+from bkv_chaos.history import (
     FAULTS_FILE,
     HISTORY_FILE,
     RUN_FILE,
@@ -37,7 +36,7 @@ from deploy.chaos.history import (
     RunInfo,
     write_run_info,
 )
-from deploy.chaos.load import (
+from bkv_chaos.load import (
     LoadConfig,
     LoadWorkers,
     client_factory,
@@ -46,12 +45,13 @@ from deploy.chaos.load import (
     make_cast,
     setup_cast,
 )
-from deploy.chaos.netns import NetnsLab
-from deploy.chaos.plot import plot_run
-from deploy.chaos.probes import Prober, ProbeTargets
-from deploy.chaos.proxy import LinkFault, LinkProxy
-from deploy.chaos.recorder import Recorder, RunClock
-from deploy.chaos.scenarios import parse_scenarios
+from bkv_chaos.netns import NetnsLab
+from bkv_chaos.plot import plot_run
+from bkv_chaos.probes import Prober, ProbeTargets
+from bkv_chaos.proxy import LinkFault, LinkProxy
+from bkv_chaos.recorder import Recorder, RunClock
+from bkv_chaos.scenarios import parse_scenarios
+from client.config import load_config, load_fleet_key
 from deploy.cluster import Cluster
 
 VERDICT_FILE = "verdict.json"
@@ -70,7 +70,7 @@ class ChaosConfig:
     out_dir: Path = Path("results")
     load: LoadConfig = field(default_factory=LoadConfig)
     probe_interval_s: float = 0.25
-    wire_probes: bool = True  # send non-protobuf request bytes too (see deploy.chaos.probes)
+    wire_probes: bool = True  # send non-protobuf request bytes too (see bkv_chaos.probes)
     grace_s: float = 0.5
     stop_timeout_s: float = 20.0
 

@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bkv_chaos.history import LOSE_QUORUM, ROLLBACK, Fault, HistoryOp
+from bkv_chaos.insider import AttackResult
 from deploy.chaos.audit_format import COMMITTING_EVENTS, DECIDED_EVENTS, AuditEvent, by_record
-from deploy.chaos.history import LOSE_QUORUM, ROLLBACK, Fault, HistoryOp
-from deploy.chaos.insider import AttackResult
 
 # Invariant 7: the statuses a malformed, oversized, replayed or expired message may get.
 ALLOWED_BAD_INPUT_CODES = frozenset(
@@ -145,7 +145,7 @@ def first_success_after(history: Iterable[HistoryOp], t: float) -> HistoryOp | N
 @dataclass(frozen=True)
 class RollbackWindow:
     """A store rolled back to a snapshot, later accepted by the operator: a `rollback` fault's
-    facts (deploy/chaos/scenarios.py `Rollback`), times in the history's clock.
+    facts (bkv_chaos/scenarios.py `Rollback`), times in the history's clock.
 
     snapshot_start: just before the snapshot was taken: a write that returned before it is in
         the snapshot, one that returned after it may not be.
@@ -668,7 +668,7 @@ def storage_replay(
     """No evaluation, lock or release was ever decided on a value an etcd insider wrote, and no
     recovery after an attacker's write returned the key (DESIGN invariant 8).
 
-    Each attack (`deploy.chaos.insider`) names the revisions of its writes; a node that decides
+    Each attack (`bkv_chaos.insider`) names the revisions of its writes; a node that decides
     on a value logs that value's mod_revision as `read_revision`, so a decided event on one of
     them is a guess storage granted. `unchecked` counts attacker writes no node ever looked at
     (the owner stopped calling before a node read them), which prove nothing either way.

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from deploy.chaos import checker
-from deploy.chaos.audit_format import read_audits
-from deploy.chaos.checker import InvariantResult, Secrets
-from deploy.chaos.history import (
+from bkv_chaos import checker
+from bkv_chaos.checker import InvariantResult, Secrets
+from bkv_chaos.history import (
     AUDIT_GLOB,
     FAULTS_FILE,
     HISTORY_FILE,
@@ -37,7 +36,8 @@ from deploy.chaos.history import (
     read_history,
     read_run_info,
 )
-from deploy.chaos.insider import INSIDER_FILE, read_results
+from bkv_chaos.insider import INSIDER_FILE, read_results
+from deploy.chaos.audit_format import read_audits
 
 INVARIANTS = (
     "guess_limit",

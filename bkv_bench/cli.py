@@ -10,7 +10,7 @@ Closed loop by default (`--concurrency` workers, each with one operation in flig
 with `--rate R` (operations start at fixed intervals; latency counts from the scheduled start).
 Writes OUT/<timestamp>/bench.json and bench.png and prints a table per operation. With
 `--ceilings`, the cluster's recovery rate is also given as a fraction of each ceiling measured in
-the same run, among them the same path with its work taken out (`deploy.bench.shape_server`).
+the same run, among them the same path with its work taken out (`bkv_bench.shape_server`).
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ from typing import Any, TextIO
 
 import uvloop
 
+from bkv_bench import ceilings as ceil
+from bkv_bench import report
+from bkv_bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
+from bkv_bench.cpu import CpuMeter, cpu_json, cpu_text
+from bkv_bench.histogram import Recorder
+from bkv_bench.loops import Budget, closed_loop, open_loop
+from bkv_bench.plot import plot
+from bkv_bench.topology import bench_topology
+from bkv_bench.workload import BenchSetupError, Workload, pool_sizes
 from client.config import load_config
 from client.errors import VaultError
-from deploy.bench import ceilings as ceil
-from deploy.bench import report
-from deploy.bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
-from deploy.bench.cpu import CpuMeter, cpu_json, cpu_text
-from deploy.bench.histogram import Recorder
-from deploy.bench.loops import Budget, closed_loop, open_loop
-from deploy.bench.plot import plot
-from deploy.bench.topology import bench_topology
-from deploy.bench.workload import BenchSetupError, Workload, pool_sizes
 from deploy.cluster import Cluster
 from deploy.errors import DeployError
 from deploy.topology import (

@@ -1,0 +1,1 @@
+"""bkv-chaos: fault injection under load, recorded histories and the offline invariant checker."""
