@@ -302,32 +302,13 @@ async def shape_ceiling(
     problems = shape.validate()
     if problems:
         raise ValueError("; ".join(problems))
-    relays, stores = shape.relays, shape.stores
     prefix = (BENCH_PREFIX + secrets.token_hex(4).encode() + b"/shape/").decode()
     procs: dict[str, list[subprocess.Popen[bytes]]] = {"store": [], "relay": []}
     with tempfile.TemporaryDirectory(prefix="bkv-bench-shape-") as tmp:
         cert, key = self_signed(Path(tmp))
         tls = ["--cert", str(cert), "--key", str(key)]
         try:
-            for _ in range(stores):
-                procs["store"].append(
-                    _spawn(
-                        "bkv_bench.shape_server",
-                        ["store", *tls, *_etcd_args(etcd), "--prefix", prefix],
-                        seconds + 60.0,
-                    )
-                )
-            store_ports = await _read_ports(procs["store"])
-            store_addresses = ",".join(f"127.0.0.1:{p}" for p in store_ports)
-            for _ in range(relays):
-                procs["relay"].append(
-                    _spawn(
-                        "bkv_bench.shape_server",
-                        ["relay", *tls, "--stores", store_addresses],
-                        seconds + 60.0,
-                    )
-                )
-            relay_ports = await _read_ports(procs["relay"])
+            relay_ports = await _start_shape(procs, shape, tls, etcd, prefix, seconds)
             ok, errors, elapsed, used = await _drive_shape(
                 cert.read_bytes(),
                 relay_ports,
@@ -352,14 +333,45 @@ async def shape_ceiling(
         concurrency,
         errors,
         {
-            "relays": relays,
-            "stores": stores,
+            "relays": shape.relays,
+            "stores": shape.stores,
             "calls_per_recovery": ROUND_TRIPS_PER_RECOVERY,
             "cas_per_recovery": CAS_PER_RECOVERY,
             "cpu": cpu_json(used, ops=ok, elapsed_s=elapsed),
             "what": "the recovery path's processes, calls and CAS writes, with no cryptography",
         },
     )
+
+
+async def _start_shape(
+    procs: dict[str, list[subprocess.Popen[bytes]]],
+    shape: PathShape,
+    tls: list[str],
+    etcd: EtcdClientConfig,
+    prefix: str,
+    seconds: float,
+) -> list[int]:
+    """Start the store processes, then the relays pointing at them (into `procs`, so that the
+    caller stops every one started); returns the relays' ports."""
+    for _ in range(shape.stores):
+        procs["store"].append(
+            _spawn(
+                "bkv_bench.shape_server",
+                ["store", *tls, *_etcd_args(etcd), "--prefix", prefix],
+                seconds + 60.0,
+            )
+        )
+    store_ports = await _read_ports(procs["store"])
+    store_addresses = ",".join(f"127.0.0.1:{p}" for p in store_ports)
+    for _ in range(shape.relays):
+        procs["relay"].append(
+            _spawn(
+                "bkv_bench.shape_server",
+                ["relay", *tls, "--stores", store_addresses],
+                seconds + 60.0,
+            )
+        )
+    return await _read_ports(procs["relay"])
 
 
 async def _read_ports(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:

@@ -1,5 +1,7 @@
 """bench.json and the text table: what was run, what was measured, and against which ceilings.
 
+The document itself is `bkv_bench.result.BenchResult`; this module builds, writes and prints it.
+
 Only counts, rates, latencies, error type names and settings go in: never a password, a key,
 an account key or a session token.
 """
@@ -7,139 +9,51 @@ an account key or a session token.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bkv_bench.ceilings import CAS_PER_RECOVERY, ROUND_TRIPS_PER_RECOVERY, Ceiling
+from bkv_bench.ceilings import Ceiling
+from bkv_bench.cpu import CpuUsed
 from bkv_bench.histogram import OpSummary
-
-# The issue's target: recoveries at 50% of the etcd bound (CAS ceiling / CAS_PER_RECOVERY).
-TARGET_FRACTION = 0.5
-
-
-def op_json(s: OpSummary) -> dict[str, Any]:
-    return {
-        "count": s.count,
-        "ok": s.ok,
-        "throughput_per_s": round(s.throughput_per_s, 3),
-        "latency_ms": s.latency_ms,
-        "errors": s.errors,
-    }
-
-
-def ceilings_json(ceilings: Sequence[Ceiling]) -> dict[str, Any]:
-    names = {
-        "etcd_cas": "etcd_cas_per_s",
-        "grpc_unary_tls": "grpc_calls_per_s",
-        "crypto_recovery": "crypto_recoveries_per_s",
-        "shape_recovery": "shape_recoveries_per_s",
-    }
-    out: dict[str, Any] = {names[c.name]: round(c.per_s, 1) for c in ceilings if c.name in names}
-    out["details"] = {
-        c.name: {
-            "ops": c.ops,
-            "seconds": round(c.seconds, 3),
-            "concurrency": c.concurrency,
-            "errors": c.errors,
-            **c.notes,
-        }
-        for c in ceilings
-    }
-    return out
-
-
-def versus_ceilings(recoveries_per_s: float, ceilings: Mapping[str, Any]) -> dict[str, Any]:
-    """The cluster's recovery rate as a fraction of what each ceiling allows for recoveries."""
-    out: dict[str, Any] = {"recoveries_per_s": round(recoveries_per_s, 3)}
-    cas = ceilings.get("etcd_cas_per_s")
-    if cas:
-        bound = cas / CAS_PER_RECOVERY
-        out["etcd"] = {
-            "recoveries_bound_per_s": round(bound, 1),
-            "fraction_of_bound": round(recoveries_per_s / bound, 4),
-            "target_fraction": TARGET_FRACTION,
-            "meets_target": recoveries_per_s >= TARGET_FRACTION * bound,
-        }
-    calls = ceilings.get("grpc_calls_per_s")
-    if calls:
-        bound = calls / ROUND_TRIPS_PER_RECOVERY
-        out["grpc"] = {
-            "recoveries_bound_per_s": round(bound, 1),
-            "fraction_of_bound": round(recoveries_per_s / bound, 4),
-        }
-    crypto = ceilings.get("crypto_recoveries_per_s")
-    if crypto:
-        out["crypto"] = {
-            "recoveries_bound_per_s_one_core": round(crypto, 1),
-            "fraction_of_bound": round(recoveries_per_s / crypto, 4),
-        }
-    shape = ceilings.get("shape_recoveries_per_s")
-    if shape:
-        out["shape"] = {
-            "recoveries_bound_per_s": round(shape, 1),
-            "fraction_of_bound": round(recoveries_per_s / shape, 4),
-        }
-        if cas:
-            # The best fraction of the etcd bound that the plumbing alone reaches: if it is below
-            # the target, no work done inside this process layout can meet the target here.
-            out["shape"]["shape_fraction_of_etcd_bound"] = round(
-                shape / (cas / CAS_PER_RECOVERY), 4
-            )
-    return out
-
-
-def machine() -> dict[str, Any]:
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_end": load,
-    }
+from bkv_bench.result import BenchResult, Machine, RunConfig, Setup
 
 
 def build(
     *,
-    config: Mapping[str, Any],
+    config: RunConfig,
     summaries: Sequence[OpSummary],
     combined: OpSummary,
     elapsed_s: float,
     series: Sequence[Mapping[str, Any]],
     substituted: Mapping[str, int],
-    setup: Mapping[str, Any],
+    setup: Setup,
     ceilings: Sequence[Ceiling],
     marks: Sequence[tuple[float, str]] = (),
     started_at: str = "",
-) -> dict[str, Any]:
-    """The whole bench.json document."""
-    report: dict[str, Any] = {
-        "started_at": started_at,
-        "config": dict(config),
-        "elapsed_s": round(elapsed_s, 3),
-        "total": op_json(combined),
-        "ops": {s.op: op_json(s) for s in summaries},
-        "substituted": dict(substituted),
-        "setup": dict(setup),
-        "series": list(series),
-        "marks": [{"t_s": t, "label": label} for t, label in marks],
-        "machine": machine(),
-    }
-    if ceilings:
-        report["ceilings"] = ceilings_json(ceilings)
-        recover = next((s for s in summaries if s.op == "recover"), None)
-        ok_rate = recover.ok / elapsed_s if recover and elapsed_s > 0 else 0.0
-        report["versus_ceilings"] = versus_ceilings(ok_rate, report["ceilings"])
-    return report
+    cpu: CpuUsed | None = None,
+) -> BenchResult:
+    """The whole run as one `BenchResult`, with this machine's facts taken now (at the end)."""
+    return BenchResult(
+        config=config,
+        elapsed_s=elapsed_s,
+        total=combined,
+        ops=tuple(summaries),
+        substituted=dict(substituted),
+        setup=setup,
+        series=tuple(series),
+        machine=Machine.here(),
+        marks=tuple(marks),
+        ceilings=tuple(ceilings),
+        cpu=cpu,
+        started_at=started_at,
+    )
 
 
-def write_json(path: Path, report: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+def write_json(path: Path, result: BenchResult) -> None:
+    path.write_text(
+        json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n", encoding="utf-8"
+    )
 
 
 def _ms(value: float | None) -> str:
@@ -184,10 +98,11 @@ def table(summaries: Sequence[OpSummary], combined: OpSummary) -> str:
     return "\n".join(lines)
 
 
-def ceilings_text(report: Mapping[str, Any]) -> str:
+def ceilings_text(result: BenchResult) -> str:
     """The ceilings and the cluster's recovery rate as a fraction of each."""
-    c = report.get("ceilings")
-    v = report.get("versus_ceilings")
+    doc = result.to_json()
+    c = doc.get("ceilings")
+    v = doc.get("versus_ceilings")
     if not c or not v:
         return ""
     lines = [

@@ -74,6 +74,7 @@ def test_bkv_bench_refuses_a_layout_it_cannot_copy_before_running(
     from typing import Any
 
     from bkv_bench import cli
+    from bkv_bench.result import ClusterFacts
 
     @contextlib.contextmanager
     def no_cluster(_args: Any, _echo: Any) -> Iterator[tuple[Path, None]]:
@@ -83,7 +84,7 @@ def test_bkv_bench_refuses_a_layout_it_cannot_copy_before_running(
         raise AssertionError("the bench ran")
 
     monkeypatch.setattr(cli, "cluster_for", no_cluster)
-    monkeypatch.setattr(cli, "cluster_facts", lambda _c: {"frontends": 2, "nodes": 65})
+    monkeypatch.setattr(cli, "cluster_facts", lambda _c: ClusterFacts(frontends=2, nodes=65))
     monkeypatch.setattr(cli, "run_bench", must_not_run)
     assert cli.main(["--config", "client.toml", "--ceilings", "--count", "1"]) == 2
     assert "stores must be 1..64, not 65" in capsys.readouterr().err
