@@ -389,6 +389,3 @@ class JsonlWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-HistoryWriter = JsonlWriter
