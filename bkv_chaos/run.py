@@ -52,6 +52,7 @@ from bkv_chaos.probes import Prober, ProbeTargets
 from bkv_chaos.proxy import LinkFault, LinkProxy
 from bkv_chaos.recorder import Recorder, RunClock
 from bkv_chaos.scenarios import parse_scenarios
+from bkv_chaos.verdict import Verdict
 from client.config import load_config, load_fleet_key
 from deploy.cluster import Cluster
 
@@ -104,7 +105,7 @@ class ChaosConfig:
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    verdict: dict[str, Any]
+    verdict: Verdict
     exit_code: int
     skipped: tuple[str, ...]
     problems: tuple[str, ...]  # process problems at the end (crashes, dead processes)
