@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bkv-chaos",
         description="Inject faults into a local Backup Key Vault cluster under load and check "
-        "the seven invariants from the recorded history.",
+        "the eight invariants from the recorded history.",
     )
     p.add_argument("--config", type=Path, help="client.toml of the cluster (from bkv-cluster up)")
     p.add_argument(
