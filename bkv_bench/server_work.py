@@ -1,6 +1,6 @@
 """The server side of one recovery, with software keys standing in for the token.
 
-One place for what both the protocol benchmark (`bkv_bench/protocol_cost.py`) and `bkv-bench
+One place for what both the protocol benchmark (`benchmarks/protocol.py`) and `bkv-bench
 --ceilings` time: two envelope opens (HPKE, P-256 ECDH), OPRF + KE2, a ticket seal and open, the
 KE3 check, the key transport and two response seals. The KSF is the client's, so it is absent.
 """
