@@ -11,7 +11,7 @@ node.toml, never something etcd decides. Each witness serves on a `witness_port`
 
 By default every process binds the cluster's loopback `host`. A data centre may instead have a
 host of its own with a command prefix that runs its processes inside a network namespace (e.g.
-`["ip", "netns", "exec", NS]`; see `deploy/chaos/netns.py`): such a host must be link-local
+`["ip", "netns", "exec", NS]`; see `bkv_chaos/netns.py`): such a host must be link-local
 (169.254.0.0/16), an address of a namespace the caller created, never a routed one.
 """
 

@@ -13,7 +13,7 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== doctests"
-.venv/bin/python -m pytest -q -p no:cacheprovider --doctest-modules vault_protocol vault_common client deploy/bench
+.venv/bin/python -m pytest -q -p no:cacheprovider --doctest-modules vault_protocol vault_common client bkv_bench
 echo "== pytest"
 # -p no:randomly is not used: tests must pass in any order; hypothesis is bounded by its profiles.
 set +e

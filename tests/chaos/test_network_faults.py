@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.chaos import netns
-from deploy.chaos.history import (
+from bkv_chaos import netns
+from bkv_chaos.history import (
     FAULTS_FILE,
     HISTORY_FILE,
     RUN_FILE,
@@ -23,10 +23,10 @@ from deploy.chaos.history import (
     read_history,
     read_run_info,
 )
-from deploy.chaos.load import LoadConfig
-from deploy.chaos.proxy import peer_proxy_cluster
-from deploy.chaos.run import ChaosConfig, RunResult, run_chaos
-from deploy.chaos.verdict import format_table
+from bkv_chaos.load import LoadConfig
+from bkv_chaos.proxy import peer_proxy_cluster
+from bkv_chaos.run import ChaosConfig, RunResult, run_chaos
+from bkv_chaos.verdict import format_table
 from deploy.cluster import Cluster
 from deploy.topology import default_topology_path, load_topology
 from vault_common.audit_line import read_audits

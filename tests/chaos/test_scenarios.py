@@ -17,13 +17,13 @@ import grpc
 import pytest
 from cluster_fixtures import own_cluster
 
-from deploy.chaos import netns
-from deploy.chaos.checker import ALLOWED_BAD_INPUT_CODES
-from deploy.chaos.history import FAULTS_FILE, HISTORY_FILE, RUN_FILE, read_faults, read_history
-from deploy.chaos.insider import INSIDER_FILE, read_results
-from deploy.chaos.load import LoadConfig
-from deploy.chaos.run import PLOT_FILE, VERDICT_FILE, ChaosConfig, run_chaos
-from deploy.chaos.verdict import format_table
+from bkv_chaos import netns
+from bkv_chaos.checker import ALLOWED_BAD_INPUT_CODES
+from bkv_chaos.history import FAULTS_FILE, HISTORY_FILE, RUN_FILE, read_faults, read_history
+from bkv_chaos.insider import INSIDER_FILE, read_results
+from bkv_chaos.load import LoadConfig
+from bkv_chaos.run import PLOT_FILE, VERDICT_FILE, ChaosConfig, run_chaos
+from bkv_chaos.verdict import format_table
 from deploy.cluster import Cluster
 
 pytestmark = pytest.mark.chaos
@@ -127,7 +127,7 @@ def test_rollback_past_every_mark_grants_no_guess_under_load(
 def test_cli_kill_frontend(healthy_cluster: Cluster, tmp_path: Path) -> None:
     """The command line end to end: exit status 0 and the results directory."""
     done = subprocess.run(
-        [sys.executable, "-m", "deploy.chaos.cli", "--config",
+        [sys.executable, "-m", "bkv_chaos.cli", "--config",
          str(healthy_cluster.client_config_path), "--scenario", "kill-frontend",
          "--duration", "10", "--seed", "5", "--out", str(tmp_path), "--workers", "3"],
         capture_output=True, text=True, timeout=200, check=False,
@@ -147,10 +147,10 @@ def test_partition_dc_skips_on_a_cluster_outside_namespaces(
     import random
     import threading
 
-    from deploy.chaos.faults import FaultContext, SkipScenario
-    from deploy.chaos.history import JsonlWriter
-    from deploy.chaos.recorder import Recorder, RunClock
-    from deploy.chaos.scenarios import PartitionDc
+    from bkv_chaos.faults import FaultContext, SkipScenario
+    from bkv_chaos.history import JsonlWriter
+    from bkv_chaos.recorder import Recorder, RunClock
+    from bkv_chaos.scenarios import PartitionDc
 
     with JsonlWriter(tmp_path / "h.jsonl") as writer:
         ctx = FaultContext(
@@ -168,10 +168,10 @@ def test_undecodable_requests_get_a_documented_status(
 ) -> None:
     import random
 
+    from bkv_chaos.history import JsonlWriter
+    from bkv_chaos.probes import NOT_PROTOBUF, Prober, ProbeTargets
+    from bkv_chaos.recorder import Recorder, RunClock
     from client.config import load_config, load_fleet_key
-    from deploy.chaos.history import JsonlWriter
-    from deploy.chaos.probes import NOT_PROTOBUF, Prober, ProbeTargets
-    from deploy.chaos.recorder import Recorder, RunClock
 
     state = healthy_cluster.state()
     pki = healthy_cluster.layout.pki

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deploy.bench import cli
+from bkv_bench import cli
 from deploy.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -32,7 +32,7 @@ def run(tmp_path: Path, cluster: Cluster, *extra: str) -> dict[str, Any]:
 
 def bench_keys_left(cluster: Cluster) -> list[bytes]:
     """Keys the ceilings wrote under /bkv-bench/ and did not delete (read with etcdctl as root)."""
-    from deploy.bench.ceilings import BENCH_PREFIX
+    from bkv_bench.ceilings import BENCH_PREFIX
 
     done = cluster.etcdctl("get", "--prefix", BENCH_PREFIX.decode(), "--keys-only")
     assert done.returncode == 0, done.stderr
@@ -90,9 +90,9 @@ def test_open_loop(tmp_path: Path, cluster: Cluster) -> None:
 
 @pytest.mark.timeout(240)
 def test_curves_on_the_cluster_and_one_node_count(tmp_path: Path, cluster: Cluster) -> None:
-    """`python -m deploy.bench.curves`: a two-point client sweep on the session cluster, the open
+    """`python -m bkv_bench.curves`: a two-point client sweep on the session cluster, the open
     loop at half its peak, and a one-node cluster started and stopped for the node sweep."""
-    from deploy.bench import curves
+    from bkv_bench import curves
 
     out = tmp_path / "curves"
     argv = ["--config", str(cluster.client_config_path), "--clients", "1,2", "--nodes", "1",
@@ -109,9 +109,9 @@ def test_curves_on_the_cluster_and_one_node_count(tmp_path: Path, cluster: Clust
 
 
 def test_pairs_on_the_cluster(tmp_path: Path, cluster: Cluster) -> None:
-    """`python -m deploy.bench.pairs`: one pair (the load generator on either loop) against the
+    """`python -m bkv_bench.pairs`: one pair (the load generator on either loop) against the
     session cluster; every run's bench.json is kept and the ratios are read from them."""
-    from deploy.bench import pairs
+    from bkv_bench import pairs
 
     out = tmp_path / "pairs"
     argv = ["--pairs", "1", "--a=--event-loop uvloop", "--b=--event-loop asyncio",

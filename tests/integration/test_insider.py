@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from cluster_fixtures import own_cluster
 
+from bkv_chaos import insider
 from client import VaultClient
 from client.config import load_config
-from deploy.chaos import insider
 from deploy.cluster import Cluster
 from vault_common.audit_line import AuditEvent, read_audits
 

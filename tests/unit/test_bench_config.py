@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from deploy.bench import cli
-from deploy.bench.config import BenchConfig, BenchConfigError, Mix
-from deploy.bench.topology import bench_topology
-from deploy.bench.workload import pool_sizes
+from bkv_bench import cli
+from bkv_bench.config import BenchConfig, BenchConfigError, Mix
+from bkv_bench.topology import bench_topology
+from bkv_bench.workload import pool_sizes
 from deploy.errors import TopologyError
 from deploy.topology import default_topology_path, load_topology
 

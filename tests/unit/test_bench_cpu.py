@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from deploy.bench.cpu import CpuMeter, CpuUsed, cpu_json, cpu_text, read_proc
+from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_json, cpu_text, read_proc
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 

@@ -1,4 +1,4 @@
-"""deploy.bench.curves without a cluster: config checks, the sweep's plan, files written."""
+"""bkv_bench.curves without a cluster: config checks, the sweep's plan, files written."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from deploy.bench import curves
-from deploy.bench.curves import CurvesConfig, CurvesError, open_loop_rate, parse_ints
+from bkv_bench import curves
+from bkv_bench.curves import CurvesConfig, CurvesError, open_loop_rate, parse_ints
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

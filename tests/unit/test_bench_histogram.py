@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploy.bench.histogram import Recorder
+from bkv_bench.histogram import Recorder
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from deploy.bench.loops import Budget, closed_loop, open_loop
+from bkv_bench.loops import Budget, closed_loop, open_loop
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

@@ -1,4 +1,4 @@
-"""deploy.bench.pairs without a cluster: run order, ratios, summary, files, argument checks."""
+"""bkv_bench.pairs without a cluster: run order, ratios, summary, files, argument checks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from deploy.bench import pairs
-from deploy.bench.pairs import order, pair_ratios, summary
+from bkv_bench import pairs
+from bkv_bench.pairs import order, pair_ratios, summary
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

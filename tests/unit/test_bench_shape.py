@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bench import shape_server
-from deploy.bench.ceilings import PathShape
+from bkv_bench import shape_server
+from bkv_bench.ceilings import PathShape
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -73,7 +73,8 @@ def test_bkv_bench_refuses_a_layout_it_cannot_copy_before_running(
     from collections.abc import Iterator
     from typing import Any
 
-    from deploy.bench import cli
+    from bkv_bench import cli
+    from bkv_bench.result import ClusterFacts
 
     @contextlib.contextmanager
     def no_cluster(_args: Any, _echo: Any) -> Iterator[tuple[Path, None]]:
@@ -83,7 +84,7 @@ def test_bkv_bench_refuses_a_layout_it_cannot_copy_before_running(
         raise AssertionError("the bench ran")
 
     monkeypatch.setattr(cli, "cluster_for", no_cluster)
-    monkeypatch.setattr(cli, "cluster_facts", lambda _c: {"frontends": 2, "nodes": 65})
+    monkeypatch.setattr(cli, "cluster_facts", lambda _c: ClusterFacts(frontends=2, nodes=65))
     monkeypatch.setattr(cli, "run_bench", must_not_run)
     assert cli.main(["--config", "client.toml", "--ceilings", "--count", "1"]) == 2
     assert "stores must be 1..64, not 65" in capsys.readouterr().err

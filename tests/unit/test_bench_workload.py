@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from bkv_bench.config import Mix
+from bkv_bench.histogram import Recorder
+from bkv_bench.workload import Workload
 from client.config import ClientConfig
 from client.errors import InvalidPassword, Locked, Unavailable
-from deploy.bench.config import Mix
-from deploy.bench.histogram import Recorder
-from deploy.bench.workload import Workload
 from vault_protocol.backup_key import BackupKey
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]

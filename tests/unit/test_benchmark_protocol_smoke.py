@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import protocol
+from bkv_bench import protocol_cost as protocol
 
 pytestmark = pytest.mark.unit
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from deploy.chaos import checker
-from deploy.chaos.checker import InvariantResult, Secrets
-from deploy.chaos.history import (
+from bkv_chaos import checker
+from bkv_chaos.checker import InvariantResult, Secrets
+from bkv_chaos.history import (
     Fault,
     HistoryOp,
     JsonlWriter,
@@ -32,8 +32,8 @@ from deploy.chaos.history import (
     read_run_info,
     write_run_info,
 )
-from deploy.chaos.insider import AttackResult
-from deploy.chaos.verdict import (
+from bkv_chaos.insider import AttackResult
+from bkv_chaos.verdict import (
     INVARIANTS,
     build_verdict,
     check_run,
@@ -134,40 +134,40 @@ def test_clean_run_passes_every_invariant() -> None:
     verdict = check_run(CLEAN_RUN, run_secrets(), [b"\x0a\x06record sealed"], [])
     assert exit_code(verdict) == 0, format_table(verdict)
     for name in INVARIANTS:
-        assert verdict["invariants"][name]["checked"] > 0, name
-        assert verdict["invariants"][name]["unchecked"] == 0, name
-    assert verdict["invariants"]["no_lost_registration"]["checked"] == 4
+        assert verdict.to_json()["invariants"][name]["checked"] > 0, name
+        assert verdict.to_json()["invariants"][name]["unchecked"] == 0, name
+    assert verdict.to_json()["invariants"]["no_lost_registration"]["checked"] == 4
 
 
 def test_clean_run_figures() -> None:
     verdict = check_run(CLEAN_RUN, run_secrets(), [], [])
-    assert verdict["operations"]["wrong_recover"] == {"invalid_password": 3}
-    assert verdict["operations"]["recover"]["unavailable"] == 1
-    quorum, kill = verdict["faults"]
+    assert verdict.to_json()["operations"]["wrong_recover"] == {"invalid_password": 3}
+    assert verdict.to_json()["operations"]["recover"]["unavailable"] == 1
+    quorum, kill = verdict.to_json()["faults"]
     assert (quorum["kind"], quorum["recovered_at"], quorum["time_to_recover_s"]) == (
         "lose-quorum",
         15.0,
         1.0,
     )
     assert kill["time_to_recover_s"] == pytest.approx(3.5)
-    assert verdict["time_to_recover_s"] == {"p50": 1.0, "p99": pytest.approx(3.5)}
+    assert verdict.to_json()["time_to_recover_s"] == {"p50": 1.0, "p99": pytest.approx(3.5)}
     # 19 operations invoked outside the quorum loss, one of them indefinite.
-    assert verdict["availability"] == pytest.approx(18 / 19)
+    assert verdict.to_json()["availability"] == pytest.approx(18 / 19)
 
 
 def test_verdict_has_exactly_the_documented_keys() -> None:
     verdict = check_run(CLEAN_RUN, run_secrets(), [], [])
-    assert set(verdict) == {
+    assert set(verdict.to_json()) == {
         "invariants",
         "operations",
         "faults",
         "time_to_recover_s",
         "availability",
     }
-    assert tuple(verdict["invariants"]) == INVARIANTS
-    for entry in verdict["invariants"].values():
+    assert tuple(verdict.to_json()["invariants"]) == INVARIANTS
+    for entry in verdict.to_json()["invariants"].values():
         assert set(entry) == {"checked", "unchecked", "violations", "details"}
-    assert set(verdict["faults"][0]) == {
+    assert set(verdict.to_json()["faults"][0]) == {
         "kind",
         "target",
         "start",
@@ -175,7 +175,7 @@ def test_verdict_has_exactly_the_documented_keys() -> None:
         "recovered_at",
         "time_to_recover_s",
     }
-    json.dumps(verdict, allow_nan=False)
+    json.dumps(verdict.to_json(), allow_nan=False)
 
 
 # -- 1. guess limit ----------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def test_evaluate_inside_a_quorum_loss_window(tmp_path: Path) -> None:
     run = copy_run(tmp_path)
     append(run / "dc-a-node-1.audit.jsonl", inside)
     verdict = check_run(run, run_secrets(), [], [])
-    assert verdict["invariants"]["fail_closed"]["violations"] == 1
+    assert verdict.to_json()["invariants"]["fail_closed"]["violations"] == 1
     assert exit_code(verdict) == 1
 
 
@@ -443,7 +443,7 @@ def test_secrets_in_logs_and_etcd_are_reported(tmp_path: Path) -> None:
         ("key #0 (base64) appears in etcd", "etcd value #2 at byte 2"),
     }
     assert result.checked == 4
-    verdict_text = json.dumps(build_verdict([result], [], []))
+    verdict_text = json.dumps(build_verdict([result], [], []).to_json())
     for secret in (PASSWORD, KEY.hex(), base64.b64encode(KEY).decode()):
         assert secret not in verdict_text
     assert PASSWORD not in repr(run_secrets())
@@ -534,7 +534,7 @@ def test_planted_line_fails_exactly_its_invariant(
     target = "history.jsonl" if isinstance(planted, HistoryOp) else "dc-b-node-1.audit.jsonl"
     append(run / target, planted)
     verdict = check_run(run, run_secrets(), [], [])
-    failing = {n for n, e in verdict["invariants"].items() if e["violations"]}
+    failing = {n for n, e in verdict.to_json()["invariants"].items() if e["violations"]}
     assert failing == {name}
     assert exit_code(verdict) == 1
     out = io.StringIO()
@@ -677,17 +677,20 @@ def test_faults_and_run_info_round_trip(tmp_path: Path) -> None:
 def test_exit_code_needs_every_invariant_and_no_violation() -> None:
     verdict = check_run(CLEAN_RUN, run_secrets(), [], [])
     assert exit_code(verdict) == 0
-    missing = {**verdict, "invariants": dict(list(verdict["invariants"].items())[:-1])}
+    missing = replace(verdict, invariants=verdict.invariants[:-1])
     assert exit_code(missing) == 1
-    failing = json.loads(json.dumps(verdict))
-    failing["invariants"]["isolation"]["violations"] = 1
+    violation = checker.Violation("planted", "here")
+    failing = replace(verdict, invariants=tuple(
+        replace(r, violations=(violation,)) if r.name == "isolation" else r
+        for r in verdict.invariants
+    ))  # fmt: skip
     assert exit_code(failing) == 1
 
 
 def test_verdict_file_round_trips(tmp_path: Path) -> None:
     verdict = check_run(CLEAN_RUN, run_secrets(), [], [])
     write_verdict(tmp_path / "verdict.json", verdict)
-    assert json.loads((tmp_path / "verdict.json").read_text()) == verdict
+    assert json.loads((tmp_path / "verdict.json").read_text()) == verdict.to_json()
 
 
 def test_percentile_nearest_rank() -> None:
@@ -885,8 +888,8 @@ def test_data_loss_to_bad_input_only_inside_a_rollback_window() -> None:
 
 
 def test_tampered_is_a_definite_outcome_of_its_own() -> None:
+    from bkv_chaos.recorder import classify
     from client.errors import RecordTampered
-    from deploy.chaos.recorder import classify
 
     assert classify(RecordTampered()) == classify(RecordTampered())
     assert (classify(RecordTampered()).outcome, classify(RecordTampered()).definite) == (
@@ -924,10 +927,10 @@ def test_a_rollback_run_is_judged_through_its_files(tmp_path: Path) -> None:
     append(run / "n1.audit.jsonl", *audit)
     verdict = check_run(run, run_secrets(), [], [])
     assert exit_code(verdict) == 0, format_table(verdict)
-    replay = verdict["invariants"]["storage_replay"]
+    replay = verdict.to_json()["invariants"]["storage_replay"]
     assert (replay["checked"], replay["violations"]) == (1, 0)
-    assert verdict["invariants"]["no_lost_registration"]["unchecked"] == 1
+    assert verdict.to_json()["invariants"]["no_lost_registration"]["unchecked"] == 1
     append(run / "n1.audit.jsonl", decided("evaluate", 105, 4, t=26))
     verdict = check_run(run, run_secrets(), [], [])
-    failing = {n for n, e in verdict["invariants"].items() if e["violations"]}
+    failing = {n for n, e in verdict.to_json()["invariants"].items() if e["violations"]}
     assert failing == {"storage_replay", "guess_limit"}, format_table(verdict)

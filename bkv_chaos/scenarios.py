@@ -33,10 +33,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.chaos import insider, netns
-from deploy.chaos.faults import FaultContext, Scenario, SkipScenario
-from deploy.chaos.history import LOSE_QUORUM, ROLLBACK, Fault
-from deploy.chaos.proxy import LinkFault
+from bkv_chaos import insider, netns
+from bkv_chaos.faults import FaultContext, Scenario, SkipScenario
+from bkv_chaos.history import LOSE_QUORUM, ROLLBACK, Fault
+from bkv_chaos.proxy import LinkFault
 
 REGISTER_WAIT_S = 5.0  # how long kill-during-register waits for a registration in flight
 
@@ -247,7 +247,7 @@ class PartitionDc:
 @dataclass
 class Insider:
     """An etcd admin attacks four accounts of its own (the load's invariants stay untouched):
-    `copy`, `recreate`, `put_back` and `history_write` (deploy/chaos/insider.py). Results go to
+    `copy`, `recreate`, `put_back` and `history_write` (bkv_chaos/insider.py). Results go to
     the run's insider.jsonl for the `storage_replay` invariant; the accounts' passwords and keys
     join the run's secrets, so the confidentiality check looks for them too."""
 
@@ -351,8 +351,8 @@ class Rollback:
 
 
 def make_password_for(ctx: FaultContext) -> str:
-    """A fresh password from the run's seeded generator (deploy.chaos.load.make_password)."""
-    from deploy.chaos.load import make_password
+    """A fresh password from the run's seeded generator (bkv_chaos.load.make_password)."""
+    from bkv_chaos.load import make_password
 
     return make_password(ctx.rng)
 

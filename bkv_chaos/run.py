@@ -9,7 +9,7 @@ Steps: proxies in front of every frontend (the load goes through them; `slow-lin
 bad); accounts created; the run's clock starts; workers, the prober and the fault timeline run;
 the load stops; every fault is healed (`start_all`, which also resumes stopped processes); one
 `final_recover` per account that must keep its key; then run.json, the audit tails, the etcd dump
-and the logs go to `deploy.chaos.verdict.check_run`, and the verdict and a plot are written
+and the logs go to `bkv_chaos.verdict.check_run`, and the verdict and a plot are written
 under `out_dir/<timestamp>/`. Temporary account keys live in a temp dir removed at the end.
 """
 
@@ -26,18 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.config import load_config, load_fleet_key
-from deploy.chaos import collect, verdict
-from deploy.chaos.faults import FaultContext, Timeline, run_timeline
-from deploy.chaos.history import (
+from bkv_chaos import collect, verdict
+from bkv_chaos.faults import FaultContext, Timeline, run_timeline
+from bkv_chaos.history import (
     FAULTS_FILE,
     HISTORY_FILE,
     RUN_FILE,
+    Fault,
     JsonlWriter,
     RunInfo,
     write_run_info,
 )
-from deploy.chaos.load import (
+from bkv_chaos.load import (
     LoadConfig,
     LoadWorkers,
     client_factory,
@@ -46,12 +46,14 @@ from deploy.chaos.load import (
     make_cast,
     setup_cast,
 )
-from deploy.chaos.netns import NetnsLab
-from deploy.chaos.plot import plot_run
-from deploy.chaos.probes import Prober, ProbeTargets
-from deploy.chaos.proxy import LinkFault, LinkProxy
-from deploy.chaos.recorder import Recorder, RunClock
-from deploy.chaos.scenarios import parse_scenarios
+from bkv_chaos.netns import NetnsLab
+from bkv_chaos.plot import plot_run
+from bkv_chaos.probes import Prober, ProbeTargets
+from bkv_chaos.proxy import LinkFault, LinkProxy
+from bkv_chaos.recorder import Recorder, RunClock
+from bkv_chaos.scenarios import parse_scenarios
+from bkv_chaos.verdict import Verdict
+from client.config import load_config, load_fleet_key
 from deploy.cluster import Cluster
 
 VERDICT_FILE = "verdict.json"
@@ -70,7 +72,7 @@ class ChaosConfig:
     out_dir: Path = Path("results")
     load: LoadConfig = field(default_factory=LoadConfig)
     probe_interval_s: float = 0.25
-    wire_probes: bool = True  # send non-protobuf request bytes too (see deploy.chaos.probes)
+    wire_probes: bool = True  # send non-protobuf request bytes too (see bkv_chaos.probes)
     grace_s: float = 0.5
     stop_timeout_s: float = 20.0
 
@@ -103,7 +105,7 @@ class ChaosConfig:
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    verdict: dict[str, Any]
+    verdict: Verdict
     exit_code: int
     skipped: tuple[str, ...]
     problems: tuple[str, ...]  # process problems at the end (crashes, dead processes)
@@ -150,105 +152,155 @@ def run_chaos(
     """Run `config`. `network`: the namespaces the cluster's DCs run in (for `partition-dc`);
     `peer_proxies`: proxies on etcd peer links (for `slow-link`); both owned by the caller."""
     config.validate()
-    rng = random.Random(config.seed)
-    cluster = Cluster(config.cluster_dir)
-    scenarios = parse_scenarios(config.scenarios)
-    timeline = Timeline(slot_s=config.duration_s / len(scenarios))
-    run_dir = new_run_dir(config.out_dir, config.seed)
-    echo(f"bkv-chaos: {config.scenarios} for {config.duration_s:.0f}s, seed {config.seed}")
-    echo(f"results: {run_dir}")
-    base = load_config(config.client_config)
-    proxies = [
-        LinkProxy((host, int(port)), rng=random.Random(rng.getrandbits(64)))
-        for host, port in (fe.rsplit(":", 1) for fe in base.frontends)
-    ]
-    keys = Path(tempfile.mkdtemp(prefix="bkv-chaos-keys-"))
-    stop = threading.Event()
-    writer = JsonlWriter(run_dir / HISTORY_FILE)
-    fault_writer = JsonlWriter(run_dir / FAULTS_FILE)
-    recorder: Recorder | None = None
-    cast = None
-    prober: Prober | None = None
+    run = _ChaosRun(config, echo, network, peer_proxies)
     try:
-        for proxy in proxies:
+        ctx, watch, offsets = run.start_load()
+        faults = run.inject_faults(ctx)
+        return run.judge(ctx, watch, offsets, faults)
+    finally:
+        run.close()
+
+
+class _ChaosRun:
+    """One run's moving parts, in the order `run_chaos` steps through them; `close()` releases
+    whatever was started, however far the run got."""
+
+    def __init__(
+        self,
+        config: ChaosConfig,
+        echo: Callable[[str], None],
+        network: NetnsLab | None,
+        peer_proxies: Sequence[LinkProxy],
+    ) -> None:
+        self.config, self.echo = config, echo
+        self.network, self.peer_proxies = network, peer_proxies
+        self.rng = random.Random(config.seed)
+        self.cluster = Cluster(config.cluster_dir)
+        self.scenarios = parse_scenarios(config.scenarios)
+        self.run_dir = new_run_dir(config.out_dir, config.seed)
+        echo(f"bkv-chaos: {config.scenarios} for {config.duration_s:.0f}s, seed {config.seed}")
+        echo(f"results: {self.run_dir}")
+        self.base = load_config(config.client_config)
+        self.proxies = [
+            LinkProxy((host, int(port)), rng=random.Random(self.rng.getrandbits(64)))
+            for host, port in (fe.rsplit(":", 1) for fe in self.base.frontends)
+        ]
+        self.keys = Path(tempfile.mkdtemp(prefix="bkv-chaos-keys-"))
+        self.stop = threading.Event()
+        self.writer = JsonlWriter(self.run_dir / HISTORY_FILE)
+        self.fault_writer = JsonlWriter(self.run_dir / FAULTS_FILE)
+        self.recorder = Recorder(self.writer, RunClock())
+        self.clock = RunClock()
+        self.cast: Any = None
+        self.prober: Prober | None = None
+        self.workers: LoadWorkers | None = None
+        self.probes: _ProbeThread | None = None
+
+    def start_load(self) -> tuple[FaultContext, collect.ProcessWatch, dict[str, int]]:
+        """Proxies, accounts and prober ready, every process healthy; then the clock starts and
+        the load with it. Returns the fault context, the process watch and the audit offsets."""
+        config, cluster, rng = self.config, self.cluster, self.rng
+        for proxy in self.proxies:
             proxy.start()
-        load_cfg = load_client_config(base, config.load, [p.address for p in proxies])
-        make_client = client_factory(load_cfg, keys, config.load)
+        load_cfg = load_client_config(self.base, config.load, [p.address for p in self.proxies])
+        make_client = client_factory(load_cfg, self.keys, config.load)
         cluster.start_all()  # every process up and healthy before the clock starts
-        recorder = Recorder(writer, RunClock())
         # Account ids must be new on every run (a cluster binds an id to its first key), so
         # the tag is not drawn from the seeded rng.
         tag = os.urandom(4).hex()
-        cast = make_cast(config.load, recorder, make_client, rng, tag)
-        setup_cast(cast, stop)
-        prober = _make_prober(cluster, base, recorder, rng, keys, tag, cast, config.wire_probes)
+        self.cast = make_cast(config.load, self.recorder, make_client, rng, tag)
+        setup_cast(self.cast, self.stop)
+        self.prober = _make_prober(
+            cluster, self.base, self.recorder, rng, self.keys, tag, self.cast, config.wire_probes
+        )
         offsets = collect.audit_offsets(cluster)
         watch = collect.ProcessWatch.take(cluster)
         # The history's zero: from here on every time is relative to it.
-        clock = RunClock()
-        recorder.clock = clock
-        workers = LoadWorkers(cast, config.load)
-        probes = _ProbeThread(prober, config.probe_interval_s)
-        workers.start()
-        probes.start()
+        self.clock = RunClock()
+        self.recorder.clock = self.clock
+        self.workers = LoadWorkers(self.cast, config.load)
+        self.probes = _ProbeThread(self.prober, config.probe_interval_s)
+        self.workers.start()
+        self.probes.start()
         ctx = FaultContext(
-            cluster=cluster, recorder=recorder, rng=rng, proxies=proxies, stop=stop, echo=echo,
+            cluster=cluster, recorder=self.recorder, rng=rng, proxies=self.proxies,
+            stop=self.stop, echo=self.echo,
             lease_ttl_s=float(cluster.topology.options.lease_ttl_s),
-            peer_proxies=peer_proxies, network=network, client_factory=make_client,
-            run_dir=run_dir,
+            peer_proxies=self.peer_proxies, network=self.network, client_factory=make_client,
+            run_dir=self.run_dir,
         )  # fmt: skip
+        return ctx, watch, offsets
+
+    def inject_faults(self, ctx: FaultContext) -> Sequence[Fault]:
+        """The fault timeline; then the load stops and every fault is healed."""
+        timeline = Timeline(slot_s=self.config.duration_s / len(self.scenarios))
         try:
-            faults = run_timeline(scenarios, timeline, ctx, fault_writer)
+            return run_timeline(self.scenarios, timeline, ctx, self.fault_writer)
         finally:
-            probes.stop(config.stop_timeout_s)
-            if not workers.stop(config.stop_timeout_s):
-                echo("WARNING: a load worker did not stop in time")
-            for proxy in (*proxies, *peer_proxies):
-                proxy.set_fault(LinkFault())
-            if network is not None:
-                for dc in sorted(network.partitioned):
-                    network.heal(dc)
-            cluster.start_all()
-        echo(f"[{clock.now():7.2f}s] load stopped; final recoveries")
-        final_recover(cast)
+            self._heal()
+
+    def _heal(self) -> None:
+        assert self.probes is not None and self.workers is not None
+        self.probes.stop(self.config.stop_timeout_s)
+        if not self.workers.stop(self.config.stop_timeout_s):
+            self.echo("WARNING: a load worker did not stop in time")
+        for proxy in (*self.proxies, *self.peer_proxies):
+            proxy.set_fault(LinkFault())
+        if self.network is not None:
+            for dc in sorted(self.network.partitioned):
+                self.network.heal(dc)
+        self.cluster.start_all()
+
+    def judge(
+        self,
+        ctx: FaultContext,
+        watch: collect.ProcessWatch,
+        offsets: dict[str, int],
+        faults: Sequence[Fault],
+    ) -> RunResult:
+        """Final recoveries, the run's files collected, the offline check, verdict and plot."""
+        cluster, run_dir = self.cluster, self.run_dir
+        self.echo(f"[{self.clock.now():7.2f}s] load stopped; final recoveries")
+        final_recover(self.cast)
         problems = watch.problems(cluster)
         for problem in problems:
-            echo(f"PROCESS PROBLEM: {problem}")
-        write_run_info(run_dir / RUN_FILE, RunInfo(clock.start_unix, not problems))
+            self.echo(f"PROCESS PROBLEM: {problem}")
+        write_run_info(run_dir / RUN_FILE, RunInfo(self.clock.start_unix, not problems))
         collect.copy_audit_tails(cluster, offsets, run_dir)
         etcd_values = collect.etcd_dump(cluster)
         if etcd_values is None:
-            echo("WARNING: no etcd member answered the dump: etcd values unchecked")
-        fault_writer.close()
-        writer.close()
+            self.echo("WARNING: no etcd member answered the dump: etcd values unchecked")
+        self.fault_writer.close()
+        self.writer.close()
         result = verdict.check_run(
-            run_dir, recorder.secrets(), etcd_values or [], collect.log_files(cluster),
-            grace_s=config.grace_s,
+            run_dir, self.recorder.secrets(), etcd_values or [], collect.log_files(cluster),
+            grace_s=self.config.grace_s,
         )  # fmt: skip
         verdict.write_verdict(run_dir / VERDICT_FILE, result)
-        plot_run(recorder.ops(), faults, run_dir / PLOT_FILE, f"bkv-chaos {config.scenarios}")
+        title = f"bkv-chaos {self.config.scenarios}"
+        plot_run(self.recorder.ops(), faults, run_dir / PLOT_FILE, title)
         verdict.print_verdict(result)
         if ctx.skipped:
-            echo("skipped: " + "; ".join(ctx.skipped))
-        if recorder.unexpected:
-            echo(
-                "unexpected exceptions in the load: " + ", ".join(sorted(set(recorder.unexpected)))
-            )
+            self.echo("skipped: " + "; ".join(ctx.skipped))
+        if self.recorder.unexpected:
+            unexpected = ", ".join(sorted(set(self.recorder.unexpected)))
+            self.echo("unexpected exceptions in the load: " + unexpected)
         return RunResult(
             run_dir, result, verdict.exit_code(result), tuple(ctx.skipped), tuple(problems)
         )
-    finally:
-        stop.set()
-        if prober is not None:
-            prober.close()
-        if cast is not None:
-            for actor in cast.all:
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.prober is not None:
+            self.prober.close()
+        if self.cast is not None:
+            for actor in self.cast.all:
                 actor.close()
-        for proxy in proxies:
+        for proxy in self.proxies:
             proxy.stop()
-        fault_writer.close()
-        writer.close()
-        shutil.rmtree(keys, ignore_errors=True)
+        self.fault_writer.close()
+        self.writer.close()
+        shutil.rmtree(self.keys, ignore_errors=True)
 
 
 def _make_prober(

@@ -13,7 +13,7 @@ its actors in turn until told to stop or out of operations; every operation is r
   through its own session, recorded as a call for that account by this actor. Through the
   client library one account cannot address another's record, so the strongest check from
   outside is that it gets `NotRegistered` while the other's record exists; a frontend that lies
-  about the account is probed at the gRPC level by `deploy.chaos.probes` (sealed for A, relayed
+  about the account is probed at the gRPC level by `bkv_chaos.probes` (sealed for A, relayed
   with B's session) — a lying frontend itself cannot be simulated from outside the cluster.
 """
 
@@ -27,12 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bkv_chaos.history import HistoryOp
+from bkv_chaos.recorder import Recorder
 from client.config import ClientConfig
 from client.errors import VaultError
 from client.retry import RetryPolicy
 from client.vault import VaultClient
-from deploy.chaos.history import HistoryOp
-from deploy.chaos.recorder import Recorder
 from vault_protocol.backup_key import BackupKey
 
 

@@ -50,7 +50,7 @@ def log_files(cluster: Cluster) -> list[Path]:
 def etcd_dump(cluster: Cluster) -> list[bytes] | None:
     """Every key and every value in etcd (keys and values as separate items), read with the
     admin identity, or None when etcd did not answer."""
-    from deploy.chaos.insider import EtcdAdmin, InsiderError
+    from bkv_chaos.insider import EtcdAdmin, InsiderError
 
     try:
         return EtcdAdmin(cluster).dump()

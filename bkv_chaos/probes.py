@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bkv.v1 import envelope_pb2, frontend_pb2, frontend_pb2_grpc, node_pb2
+from bkv_chaos.recorder import Outcome, Recorder
 from client.session import AccountKey, login_request
-from deploy.chaos.recorder import Outcome, Recorder
 from vault_protocol import opaque
 from vault_protocol.envelope import FleetKey, seal_request
 

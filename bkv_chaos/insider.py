@@ -209,10 +209,6 @@ def accept_store(cluster: Cluster, *, on_cleared: Callable[[], object] | None = 
     cluster.wait_healthy(nodes, timeout=NODE_START_TIMEOUT_S)
 
 
-# What test_insider.py and older callers named it: clearing the alarms is accepting the store.
-clear_alarms = accept_store
-
-
 @dataclass
 class AttackResult:
     """One attack on one record: what the attacker wrote, and what its owner got after it."""

@@ -7,14 +7,14 @@
   compares the key's mod_revision with the one the worker's previous commit returned, puts a
   record-sized value, and reads the key in its failure branch. That is one etcd round trip, as a
   node with its record cache makes per recovery step.
-* `grpc_ceiling`: unary calls through a no-op TLS service (`deploy.bench.noop_server`, its own
+* `grpc_ceiling`: unary calls through a no-op TLS service (`bkv_bench.noop_server`, its own
   process) with envelope-sized messages.
 * `crypto_ceiling`: the server-side cryptography of one recovery (two envelope opens, OPRF,
   3DH/KE2, ticket seal/open, KE3 check, key transport, two response seals) on one core with
-  software keys, as `benchmarks/protocol.py` measures it. A real node also makes 7 PKCS#11 calls
+  software keys, as `bkv_bench/protocol_cost.py` measures it. A real node also makes 7 PKCS#11 calls
   per recovery on its one token thread (`HSM_CALLS_PER_RECOVERY`).
 * `shape_ceiling`: recoveries through the cluster's path with its work taken out
-  (`deploy.bench.shape_server`): relays for frontends, stores for vault nodes, two relayed TLS
+  (`bkv_bench.shape_server`): relays for frontends, stores for vault nodes, two relayed TLS
   calls and two CAS per recovery on the cluster's etcd, and the CPU each role spends on them. It
   is what the plumbing alone allows on this machine, so the cluster's figure against it says how
   much is our own work, and its own figure against the etcd bound says how far any
@@ -44,10 +44,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from deploy.bench import server_work
-from deploy.bench.cpu import CpuMeter, CpuUsed, cpu_json
-from deploy.bench.noop_server import METHOD, bytes_call, bytes_channel
-from deploy.bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
+from bkv_bench import server_work
+from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_json
+from bkv_bench.noop_server import METHOD, bytes_call, bytes_channel
+from bkv_bench.shape_server import ACCOUNT_BYTES, RELAY_METHOD
 from etcd_client import Compare, EtcdClient, EtcdClientConfig, Get, Put, RangeResult, prefix_end
 
 BENCH_PREFIX = b"/bkv-bench/"
@@ -237,7 +237,7 @@ async def grpc_ceiling(concurrency: int, seconds: float) -> Ceiling:
     with tempfile.TemporaryDirectory(prefix="bkv-bench-tls-") as tmp:
         cert, key = self_signed(Path(tmp))
         proc = _spawn(
-            "deploy.bench.noop_server",
+            "bkv_bench.noop_server",
             ["--cert", str(cert), "--key", str(key), "--reply-bytes", str(REPLY_BYTES)],
             seconds + 60.0,
         )
@@ -292,7 +292,7 @@ class PathShape:
 async def shape_ceiling(
     etcd: EtcdClientConfig, concurrency: int, seconds: float, shape: PathShape
 ) -> Ceiling:
-    """Recoveries per second through the cluster's plumbing alone (`deploy.bench.shape_server`):
+    """Recoveries per second through the cluster's plumbing alone (`bkv_bench.shape_server`):
     relay processes (the frontends) and store processes (the vault nodes), two relayed TLS calls
     per recovery and one CAS per call on the cluster's etcd, no cryptography.
 
@@ -302,32 +302,13 @@ async def shape_ceiling(
     problems = shape.validate()
     if problems:
         raise ValueError("; ".join(problems))
-    relays, stores = shape.relays, shape.stores
     prefix = (BENCH_PREFIX + secrets.token_hex(4).encode() + b"/shape/").decode()
     procs: dict[str, list[subprocess.Popen[bytes]]] = {"store": [], "relay": []}
     with tempfile.TemporaryDirectory(prefix="bkv-bench-shape-") as tmp:
         cert, key = self_signed(Path(tmp))
         tls = ["--cert", str(cert), "--key", str(key)]
         try:
-            for _ in range(stores):
-                procs["store"].append(
-                    _spawn(
-                        "deploy.bench.shape_server",
-                        ["store", *tls, *_etcd_args(etcd), "--prefix", prefix],
-                        seconds + 60.0,
-                    )
-                )
-            store_ports = await _read_ports(procs["store"])
-            store_addresses = ",".join(f"127.0.0.1:{p}" for p in store_ports)
-            for _ in range(relays):
-                procs["relay"].append(
-                    _spawn(
-                        "deploy.bench.shape_server",
-                        ["relay", *tls, "--stores", store_addresses],
-                        seconds + 60.0,
-                    )
-                )
-            relay_ports = await _read_ports(procs["relay"])
+            relay_ports = await _start_shape(procs, shape, tls, etcd, prefix, seconds)
             ok, errors, elapsed, used = await _drive_shape(
                 cert.read_bytes(),
                 relay_ports,
@@ -352,14 +333,45 @@ async def shape_ceiling(
         concurrency,
         errors,
         {
-            "relays": relays,
-            "stores": stores,
+            "relays": shape.relays,
+            "stores": shape.stores,
             "calls_per_recovery": ROUND_TRIPS_PER_RECOVERY,
             "cas_per_recovery": CAS_PER_RECOVERY,
             "cpu": cpu_json(used, ops=ok, elapsed_s=elapsed),
             "what": "the recovery path's processes, calls and CAS writes, with no cryptography",
         },
     )
+
+
+async def _start_shape(
+    procs: dict[str, list[subprocess.Popen[bytes]]],
+    shape: PathShape,
+    tls: list[str],
+    etcd: EtcdClientConfig,
+    prefix: str,
+    seconds: float,
+) -> list[int]:
+    """Start the store processes, then the relays pointing at them (into `procs`, so that the
+    caller stops every one started); returns the relays' ports."""
+    for _ in range(shape.stores):
+        procs["store"].append(
+            _spawn(
+                "bkv_bench.shape_server",
+                ["store", *tls, *_etcd_args(etcd), "--prefix", prefix],
+                seconds + 60.0,
+            )
+        )
+    store_ports = await _read_ports(procs["store"])
+    store_addresses = ",".join(f"127.0.0.1:{p}" for p in store_ports)
+    for _ in range(shape.relays):
+        procs["relay"].append(
+            _spawn(
+                "bkv_bench.shape_server",
+                ["relay", *tls, "--stores", store_addresses],
+                seconds + 60.0,
+            )
+        )
+    return await _read_ports(procs["relay"])
 
 
 async def _read_ports(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:

@@ -1,6 +1,6 @@
 """Two bkv-bench configurations side by side, in alternating pairs: is B faster than A here?
 
-    python -m deploy.bench.pairs --pairs 5 --a="--etcd-gomaxprocs 0" --b="--etcd-gomaxprocs 1" \\
+    python -m bkv_bench.pairs --pairs 5 --a="--etcd-gomaxprocs 0" --b="--etcd-gomaxprocs 1" \\
         [--label-a NAME] [--label-b NAME] [--op recover] [--out results] \\
         -- --cluster-up --fsync --mix recover=100 --concurrency 16 --duration 15 --ksf fast
 
@@ -12,7 +12,7 @@ two figures taken at different times compare nothing. This tool runs A and B bac
 `--pairs` times, in the order A B, B A, A B, … (drift over the session then favours neither side),
 and reports each pair's ratio B/A: throughput, CPU per operation, p50 and p99. The summary gives
 the median ratio, its range, and in how many pairs B was better. Every run is one `bkv-bench` run
-(`deploy.bench.cli.main`) with the arguments after `--` plus A's or B's own, bounded by its own
+(`bkv_bench.cli.main`) with the arguments after `--` plus A's or B's own, bounded by its own
 duration or count; each run's bench.json and bench.png stay under `OUT/<timestamp>/runs/`.
 
 Writes `OUT/<timestamp>/pairs.json` and `pairs.png` (each pair's ratios) and prints a table. No
@@ -36,9 +36,9 @@ matplotlib.use("Agg")  # no display: files only
 
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
-from deploy.bench import cli
-from deploy.bench.config import BenchConfigError
-from deploy.bench.curves import BenchMain, CurvesError, Runner, point
+from bkv_bench import cli
+from bkv_bench.config import BenchConfigError
+from bkv_bench.curves import BenchMain, CurvesError, Runner, point
 
 MAX_PAIRS = 50
 # metric → True when a higher B/A ratio means B is better.
@@ -219,7 +219,7 @@ def plot_pairs(path: Path, result: Mapping[str, Any]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m deploy.bench.pairs",
+        prog="python -m bkv_bench.pairs",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -172,7 +172,7 @@ class Fault:
     `recovered_at` is the driver's own note of the first definite success after `end`; the
     checker recomputes it from the history and reports its own value. `facts` are numbers a
     fault kind records for the checker (times in the history's clock, revisions): see
-    `deploy.chaos.checker.RollbackWindow` for a `rollback`'s. Written only when not empty.
+    `bkv_chaos.checker.RollbackWindow` for a `rollback`'s. Written only when not empty.
     """
 
     kind: str
@@ -292,6 +292,3 @@ class JsonlWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-HistoryWriter = JsonlWriter

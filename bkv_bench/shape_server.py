@@ -1,8 +1,8 @@
 """The cluster's recovery path with the work taken out: what the plumbing alone costs.
 
-    python -m deploy.bench.shape_server store --cert C --key K --etcd host:port,... \
+    python -m bkv_bench.shape_server store --cert C --key K --etcd host:port,... \
         --etcd-ca CA --etcd-cert C --etcd-key K --prefix P
-    python -m deploy.bench.shape_server relay --cert C --key K --stores host:port,...
+    python -m bkv_bench.shape_server relay --cert C --key K --stores host:port,...
         [--reply-bytes 600] [--max-seconds 120] [--event-loop uvloop|asyncio]
 
 `bkv-bench --ceilings` starts as many `relay` processes as the cluster has frontends and as many
@@ -32,7 +32,7 @@ import grpc
 import grpc.aio
 import uvloop
 
-from deploy.bench.noop_server import bytes_call, bytes_channel, bytes_handler, serve_until_stopped
+from bkv_bench.noop_server import bytes_call, bytes_channel, bytes_handler, serve_until_stopped
 from deploy.topology import EVENT_LOOPS
 from etcd_client.types import Compare, Get, Put, RangeResult
 
@@ -40,7 +40,7 @@ SERVICE = "bkv.bench.v1.Shape"
 RELAY_METHOD = f"/{SERVICE}/Relay"
 STORE_METHOD = f"/{SERVICE}/Step"
 ACCOUNT_BYTES = 8
-VALUE_BYTES = 322  # a sealed record as a node writes it (as deploy.bench.ceilings.CAS_VALUE_BYTES)
+VALUE_BYTES = 322  # a sealed record as a node writes it (as bkv_bench.ceilings.CAS_VALUE_BYTES)
 
 
 def account_of(request: bytes) -> int:
@@ -145,7 +145,7 @@ async def serve_relay(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deploy.bench.shape_server")
+    p = argparse.ArgumentParser(prog="python -m bkv_bench.shape_server")
     p.add_argument("role", choices=("store", "relay"))
     p.add_argument("--cert", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)

@@ -33,8 +33,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.chaos.history import LOSE_QUORUM, ROLLBACK, Fault, HistoryOp
-from deploy.chaos.insider import AttackResult
+from bkv_chaos.history import LOSE_QUORUM, ROLLBACK, Fault, HistoryOp
+from bkv_chaos.insider import AttackResult
 from vault_common.audit_line import COMMITTING_EVENTS, DECIDED_EVENTS, AuditEvent, by_record
 
 # Invariant 7: the statuses a malformed, oversized, replayed or expired message may get.
@@ -145,7 +145,7 @@ def first_success_after(history: Iterable[HistoryOp], t: float) -> HistoryOp | N
 @dataclass(frozen=True)
 class RollbackWindow:
     """A store rolled back to a snapshot, later accepted by the operator: a `rollback` fault's
-    facts (deploy/chaos/scenarios.py `Rollback`), times in the history's clock.
+    facts (bkv_chaos/scenarios.py `Rollback`), times in the history's clock.
 
     snapshot_start: just before the snapshot was taken: a write that returned before it is in
         the snapshot, one that returned after it may not be.
@@ -232,86 +232,114 @@ def guess_limit(
     the store: the first evaluation after it counts from the record's counter in that store
     (its `attempts`), as the operator's decision gave back whatever the store had lost.
     """
-    checked = unchecked = 0
-    violations: list[Violation] = []
     cuts = _accept_cuts(rollbacks, start_unix)
+    windows: list[_GuessWindow] = []
     for record_id, events in by_record(audit).items():
-        count = 0
-        limit = default_max_attempts
-        last_attempts: int | None = None
-        cut = "start of the audit"
-        revisions: set[int] = set()
-        last_commit: int | None = None
+        window = _GuessWindow(record_id, default_max_attempts)
         next_cut = 0
-        rebase = False
         for event in events:
             while next_cut < len(cuts) and event.ts >= cuts[next_cut]:
-                # The operator accepted the store: its counters are the baseline from here.
-                cut = f"the operator's accept-store at ts={cuts[next_cut]:.3f}"
-                count, last_attempts, rebase = 0, None, True
+                window.accept_store(cuts[next_cut])
                 next_cut += 1
-            gap = (
-                event.read_revision is not None
-                and last_commit is not None
-                and event.read_revision > last_commit
+            window.step(event)
+        windows.append(window)
+    return InvariantResult(
+        "guess_limit",
+        sum(w.checked for w in windows),
+        tuple(v for w in windows for v in w.violations),
+        sum(w.unchecked for w in windows),
+    )
+
+
+@dataclass
+class _GuessWindow:
+    """One record's guesses since the last cut, as its audit events are replayed in order."""
+
+    record_id: str
+    limit: int | None
+    count: int = 0
+    last_attempts: int | None = None
+    cut: str = "start of the audit"
+    revisions: set[int] = field(default_factory=set)
+    last_commit: int | None = None
+    rebase: bool = False
+    checked: int = 0
+    unchecked: int = 0
+    violations: list[Violation] = field(default_factory=list)
+
+    def accept_store(self, at: float) -> None:
+        # The operator accepted the store: its counters are the baseline from here.
+        self.cut = f"the operator's accept-store at ts={at:.3f}"
+        self.count, self.last_attempts, self.rebase = 0, None, True
+
+    def step(self, event: AuditEvent) -> None:
+        gap = (
+            event.read_revision is not None
+            and self.last_commit is not None
+            and event.read_revision > self.last_commit
+        )
+        if event.revision is not None:
+            self.last_commit = max(self.last_commit or 0, event.revision)
+        if event.max_attempts is not None:
+            self.limit = event.max_attempts
+        if event.event in ("success", "register", "delete"):
+            # A success forgives only the guesses up to its ticket: evaluations after it
+            # stay counted (its `attempts`), and the new window starts from them.
+            carried = (event.attempts or 0) if event.event == "success" else 0
+            self.count = carried
+            self.last_attempts = None if event.event == "delete" else carried
+            self.cut = _show_event(event)
+            self.rebase = False
+        elif event.event == "evaluate":
+            self._evaluate(event, gap)
+
+    def _evaluate(self, event: AuditEvent, gap: bool) -> None:
+        self.count += 1
+        if self.rebase and event.attempts is not None:
+            self.count, self.rebase = event.attempts, False
+        if gap and event.attempts is not None:
+            # Unaudited commit(s) before this one: trust the record's counter from here.
+            self.count = event.attempts
+            self.last_attempts = None
+            self.cut = f"an unaudited commit before rev={event.revision}"
+            self.unchecked += 1
+        where = f"record {self.record_id}: {_show_event(event)}"
+        self._check_counted(event, where)
+        limit = self.limit
+        if limit is None:
+            self.unchecked += 1
+            return
+        self.checked += 1
+        if event.attempts is not None and event.attempts > limit:
+            self.violations.append(
+                Violation(f"evaluation with attempts {event.attempts} > max {limit}", where)
             )
-            if event.revision is not None:
-                last_commit = max(last_commit or 0, event.revision)
-            if event.max_attempts is not None:
-                limit = event.max_attempts
-            if event.event in ("success", "register", "delete"):
-                # A success forgives only the guesses up to its ticket: evaluations after it
-                # stay counted (its `attempts`), and the new window starts from them.
-                carried = (event.attempts or 0) if event.event == "success" else 0
-                count = carried
-                last_attempts = None if event.event == "delete" else carried
-                cut = _show_event(event)
-                rebase = False
-                continue
-            if event.event != "evaluate":
-                continue
-            count += 1
-            if rebase and event.attempts is not None:
-                count, rebase = event.attempts, False
-            if gap and event.attempts is not None:
-                # Unaudited commit(s) before this one: trust the record's counter from here.
-                count = event.attempts
-                last_attempts = None
-                cut = f"an unaudited commit before rev={event.revision}"
-                unchecked += 1
-            where = f"record {record_id}: {_show_event(event)}"
-            if event.revision is not None:
-                if event.revision in revisions:
-                    violations.append(
-                        Violation("two evaluations were committed as one attempt", where)
-                    )
-                revisions.add(event.revision)
-            if event.attempts is not None:
-                if last_attempts is not None and event.attempts <= last_attempts:
-                    violations.append(
-                        Violation(
-                            f"attempts did not grow ({last_attempts} then {event.attempts}):"
-                            " an evaluation was not counted",
-                            where,
-                        )
-                    )
-                last_attempts = event.attempts
-            if limit is None:
-                unchecked += 1
-                continue
-            checked += 1
-            if event.attempts is not None and event.attempts > limit:
-                violations.append(
-                    Violation(f"evaluation with attempts {event.attempts} > max {limit}", where)
+        if self.count == limit + 1:
+            self.violations.append(
+                Violation(
+                    f"more than {limit} evaluations between two successes",
+                    f"{where}; since {self.cut}",
                 )
-            if count == limit + 1:
-                violations.append(
+            )
+
+    def _check_counted(self, event: AuditEvent, where: str) -> None:
+        """One commit per evaluation, and a counter that grew with each."""
+        if event.revision is not None:
+            if event.revision in self.revisions:
+                self.violations.append(
+                    Violation("two evaluations were committed as one attempt", where)
+                )
+            self.revisions.add(event.revision)
+        if event.attempts is not None:
+            if self.last_attempts is not None and event.attempts <= self.last_attempts:
+                self.violations.append(
                     Violation(
-                        f"more than {limit} evaluations between two successes",
-                        f"{where}; since {cut}",
+                        f"attempts did not grow ({self.last_attempts} then {event.attempts}):"
+                        " an evaluation was not counted",
+                        where,
                     )
                 )
-    return InvariantResult("guess_limit", checked, tuple(violations), unchecked)
+            self.last_attempts = event.attempts
 
 
 # -- 2. permanent lockout ----------------------------------------------------------------------
@@ -341,7 +369,21 @@ def permanent_lockout(
     made on the lost branch (`RollbackWindow.survives`). A client-seen lock that may lie on the
     lost branch does not forbid a success after the accept: counted as unchecked.
     """
-    checked = unchecked = 0
+    checked, violations = _audit_lockouts(audit, rollbacks, start_unix)
+    client_checked, unchecked, client_violations = _client_lockouts(history, rollbacks)
+    return InvariantResult(
+        "permanent_lockout",
+        checked + client_checked,
+        (*violations, *client_violations),
+        unchecked,
+    )
+
+
+def _audit_lockouts(
+    audit: Sequence[AuditEvent], rollbacks: Sequence[RollbackWindow], start_unix: float
+) -> tuple[int, list[Violation]]:
+    """Records that were locked (checked), and every success the audit shows after a lock."""
+    checked = 0
     violations: list[Violation] = []
     ordered = sorted(rollbacks, key=lambda w: w.accepted)
     for record_id, events in by_record(audit).items():
@@ -370,7 +412,15 @@ def permanent_lockout(
                     )
                 )
         checked += seen_lock
+    return checked, violations
 
+
+def _client_lockouts(
+    history: Sequence[HistoryOp], rollbacks: Sequence[RollbackWindow]
+) -> tuple[int, int, list[Violation]]:
+    """(checked, unchecked, violations): recoveries clients saw succeed after a lock they saw."""
+    checked = unchecked = 0
+    violations: list[Violation] = []
     for ops in _per_account(history).values():
         locks = [op for op in ops if op.definite and op.outcome == "locked"]
         if not locks:
@@ -401,7 +451,7 @@ def permanent_lockout(
                     )
                 )
                 break
-    return InvariantResult("permanent_lockout", checked, tuple(violations), unchecked)
+    return checked, unchecked, violations
 
 
 # -- 3. no lost acknowledged registration ------------------------------------------------------
@@ -668,7 +718,7 @@ def storage_replay(
     """No evaluation, lock or release was ever decided on a value an etcd insider wrote, and no
     recovery after an attacker's write returned the key (DESIGN invariant 8).
 
-    Each attack (`deploy.chaos.insider`) names the revisions of its writes; a node that decides
+    Each attack (`bkv_chaos.insider`) names the revisions of its writes; a node that decides
     on a value logs that value's mod_revision as `read_revision`, so a decided event on one of
     them is a guess storage granted. `unchecked` counts attacker writes no node ever looked at
     (the owner stopped calling before a node read them), which prove nothing either way.

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from bkv_chaos.checker import Secrets
+from bkv_chaos.history import HistoryOp, JsonlWriter, key_fingerprint
 from client.errors import (
     InvalidPassword,
     Locked,
@@ -25,8 +27,6 @@ from client.errors import (
     Unavailable,
     VaultError,
 )
-from deploy.chaos.checker import Secrets
-from deploy.chaos.history import HistoryOp, JsonlWriter, key_fingerprint
 
 
 class RunClock:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from deploy.chaos.history import Fault, JsonlWriter
-from deploy.chaos.netns import NetnsLab
-from deploy.chaos.proxy import LinkProxy
-from deploy.chaos.recorder import Recorder
+from bkv_chaos.history import Fault, JsonlWriter
+from bkv_chaos.netns import NetnsLab
+from bkv_chaos.proxy import LinkProxy
+from bkv_chaos.recorder import Recorder
 from deploy.cluster import Cluster
 
 
@@ -35,7 +35,7 @@ class FaultContext:
     """What a scenario may act on. `wait(s)` sleeps unless the run is being stopped.
 
     proxies: the client links (one per frontend); peer_proxies: etcd peer links that run
-    through a proxy (see `deploy.chaos.proxy.peer_proxy_cluster`); network: the run's
+    through a proxy (see `bkv_chaos.proxy.peer_proxy_cluster`); network: the run's
     namespaces when the cluster's data centres run in them (`partition-dc`); client_factory
     and run_dir: for scenarios that act as users of their own (`insider`).
     """

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from deploy.chaos.netns import NetnsLab, choose_subnet
+from bkv_chaos.netns import NetnsLab, choose_subnet
 from deploy.topology import default_topology_path, load_topology
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.chaos.history import RecordFormatError
+from bkv_chaos.history import RecordFormatError
 from vault_common.audit_line import read_audit
 from vault_node.audit import AuditLog, MemoryAudit
 from vault_node.key_meta import ABSENT, KeyMeta

@@ -1,12 +1,12 @@
 """The performance curves of issue 6 in one command: throughput and latency against clients and
 against vault nodes, and the latency at a fraction of the peak in open loop.
 
-    python -m deploy.bench.curves --cluster-up [--fsync] [--clients 1,2,4,8,16,32,64]
+    python -m bkv_bench.curves --cluster-up [--fsync] [--clients 1,2,4,8,16,32,64]
         [--nodes 1,2,4,6] [--node-clients 8] (--seconds 10 | --count K)
         [--open-loop-fraction 0.5] [--ksf fast] [--node-ceilings 5] [--out results]
-    python -m deploy.bench.curves --config client.toml --nodes none --seconds 10
+    python -m bkv_bench.curves --config client.toml --nodes none --seconds 10
 
-Every point is one `bkv-bench` run (`deploy.bench.cli.main`, mix `recover=100`), each bounded by
+Every point is one `bkv-bench` run (`bkv_bench.cli.main`, mix `recover=100`), each bounded by
 its own duration or count; each run's bench.json and bench.png stay under
 `OUT/<timestamp>/runs/`. Steps:
 
@@ -41,7 +41,7 @@ matplotlib.use("Agg")  # no display: files only
 
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
-from deploy.bench import cli
+from bkv_bench import cli
 
 P99_TARGET_MS = 50.0
 MAX_CLIENTS = 1024
@@ -320,7 +320,7 @@ def plot_curves(path: Path, result: Mapping[str, Any]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m deploy.bench.curves",
+        prog="python -m bkv_bench.curves",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -395,7 +395,7 @@ def _with_cluster(
 ) -> dict[str, Any]:
     """The sweep on a cluster started here (bkv-bench's load-test limits), stopped and removed
     after: its directory holds tokens and keys, which must not stay in a results folder."""
-    from deploy.bench.topology import bench_topology
+    from bkv_bench.topology import bench_topology
     from deploy.cluster import Cluster
     from deploy.topology import default_topology_path, load_topology
 

@@ -10,7 +10,7 @@ Closed loop by default (`--concurrency` workers, each with one operation in flig
 with `--rate R` (operations start at fixed intervals; latency counts from the scheduled start).
 Writes OUT/<timestamp>/bench.json and bench.png and prints a table per operation. With
 `--ceilings`, the cluster's recovery rate is also given as a fraction of each ceiling measured in
-the same run, among them the same path with its work taken out (`deploy.bench.shape_server`).
+the same run, among them the same path with its work taken out (`bkv_bench.shape_server`).
 """
 
 from __future__ import annotations
@@ -23,24 +23,25 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import uvloop
 
+from bkv_bench import ceilings as ceil
+from bkv_bench import report
+from bkv_bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
+from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_text
+from bkv_bench.histogram import Recorder
+from bkv_bench.loops import Budget, closed_loop, open_loop
+from bkv_bench.plot import plot
+from bkv_bench.result import BenchResult, BenchRun, ClusterFacts, Pools, RunConfig, Setup
+from bkv_bench.topology import bench_topology
+from bkv_bench.workload import BenchSetupError, Workload, pool_sizes
 from client.config import load_config
 from client.errors import VaultError
-from deploy.bench import ceilings as ceil
-from deploy.bench import report
-from deploy.bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
-from deploy.bench.cpu import CpuMeter, cpu_json, cpu_text
-from deploy.bench.histogram import Recorder
-from deploy.bench.loops import Budget, closed_loop, open_loop
-from deploy.bench.plot import plot
-from deploy.bench.topology import bench_topology
-from deploy.bench.workload import BenchSetupError, Workload, pool_sizes
 from deploy.cluster import Cluster
 from deploy.errors import DeployError
 from deploy.topology import (
@@ -52,6 +53,8 @@ from deploy.topology import (
 from etcd_client import EtcdClientConfig, EtcdTls
 
 MAX_DURATION_OPS = 10_000_000
+
+Clock = Callable[[], float]
 
 
 def _mark(text: str) -> tuple[float, str]:
@@ -66,6 +69,24 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bkv-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _cluster_args(p)
+    _etcd_args(p)
+    _load_args(p)
+    _ceiling_args(p)
+    p.add_argument(
+        "--mark",
+        type=_mark,
+        action="append",
+        default=[],
+        help="SECONDS:LABEL, a fault to mark on the plot (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    return p
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    """Which cluster: a running one (--config) or one started for the run (--cluster-up)."""
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--config", type=Path, help="client.toml of a running cluster")
     target.add_argument(
@@ -90,6 +111,22 @@ def parser() -> argparse.ArgumentParser:
         help="etcd fsync for --cluster-up (default: the topology's, on)",
     )
     p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="uvloop",
+        help="asyncio loop of the load generator and, with --cluster-up, of the cluster's "
+        "nodes and frontends (default uvloop)",
+    )
+    p.add_argument(
+        "--etcd-gomaxprocs",
+        type=int,
+        help="with --cluster-up: GOMAXPROCS of each etcd member (0 = Go's default; default: the "
+        "topology's options.etcd_gomaxprocs)",
+    )
+
+
+def _etcd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--etcd",
         help="etcd endpoints host:port,... for --ceilings with --config, with --etcd-ca, "
         "--etcd-cert and --etcd-key (an identity allowed to write under /bkv-bench/); default: "
@@ -98,6 +135,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-ca", help="with --etcd: the CA of etcd's member certificates")
     p.add_argument("--etcd-cert", help="with --etcd: the etcd client certificate to dial with")
     p.add_argument("--etcd-key", help="with --etcd: its private key")
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    """The workload: mix, concurrency or rate, how long, how many accounts."""
     p.add_argument("--mix", default=DEFAULT_MIX, help=f"operation weights (default {DEFAULT_MIX})")
     p.add_argument("--concurrency", type=int, default=8)
     amount = p.add_mutually_exclusive_group(required=True)
@@ -118,6 +159,9 @@ def parser() -> argparse.ArgumentParser:
         default=1024,
         help="open loop: operations in flight before new ones are dropped",
     )
+
+
+def _ceiling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ceilings",
         action="store_true",
@@ -125,29 +169,6 @@ def parser() -> argparse.ArgumentParser:
         "recovery path without its work (needs the etcd endpoints)",
     )
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
-    p.add_argument(
-        "--mark",
-        type=_mark,
-        action="append",
-        default=[],
-        help="SECONDS:LABEL, a fault to mark on the plot (repeatable)",
-    )
-    p.add_argument(
-        "--event-loop",
-        choices=EVENT_LOOPS,
-        default="uvloop",
-        help="asyncio loop of the load generator and, with --cluster-up, of the cluster's "
-        "nodes and frontends (default uvloop)",
-    )
-    p.add_argument(
-        "--etcd-gomaxprocs",
-        type=int,
-        help="with --cluster-up: GOMAXPROCS of each etcd member (0 = Go's default; default: the "
-        "topology's options.etcd_gomaxprocs)",
-    )
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", type=Path, default=Path("results"))
-    return p
 
 
 def bench_config(args: argparse.Namespace) -> BenchConfig:
@@ -230,93 +251,120 @@ async def run_bench(
     echo: Any,
     cpu: CpuMeter | None = None,
     shape: ceil.PathShape | None = None,
-) -> dict[str, Any]:
-    """Setup, measured phase, ceilings, cleanup; returns the pieces of bench.json."""
+) -> BenchRun:
+    """Setup, measured phase, ceilings, cleanup."""
     client_config = load_config(client_toml)
-    rng = random.Random(config.seed)  # picks operations, not secrets
     clock = time.monotonic
     recorder = Recorder(start=clock())
     with tempfile.TemporaryDirectory(prefix="bkv-bench-keys-") as key_dir:
         workload = Workload(client_config, Path(key_dir), ksf=config.ksf, recorder=recorder)
         try:
-            setup_started = clock()
-            echo(f"setup: registering {config.accounts} accounts (not measured)")
-            await workload.setup(config.accounts, config.mix, config.concurrency)
-            setup = {
-                "accounts_registered": len(workload.accounts),
-                "failures": workload.setup_failures,
-                "seconds": round(clock() - setup_started, 3),
-            }
-            echo(f"setup: {len(workload.accounts)} accounts in {setup['seconds']} s; measuring")
-            recorder.start = start = clock()
-            if cpu is not None:
-                cpu.start()
-            if config.count:
-                budget = Budget(config.count, start + config.max_seconds)
-            else:
-                budget = Budget(
-                    MAX_DURATION_OPS, start + min(config.duration_s, config.max_seconds)
-                )
-            ticker = asyncio.create_task(Progress(recorder, progress).run()) if progress else None
-            try:
-                if config.mode == "open":
-                    await open_loop(
-                        config.rate,
-                        budget,
-                        lambda: config.mix.choose(rng),
-                        workload.execute,
-                        abandon=workload.abandon,
-                        max_inflight=max_inflight,
-                        clock=clock,
-                    )
-                else:
-                    await closed_loop(
-                        config.concurrency,
-                        budget,
-                        lambda: config.mix.choose(rng),
-                        workload.execute,
-                        abandon=workload.abandon,
-                        clock=clock,
-                    )
-            finally:
-                if ticker is not None:
-                    ticker.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await ticker
-                    progress.write("\n")  # type: ignore[union-attr]
-            elapsed = clock() - start
-            used = cpu.stop() if cpu is not None else None
+            setup = await _setup(workload, config, echo, clock)
+            elapsed, used = await _measured_phase(
+                workload, config, recorder, max_inflight, progress, cpu, clock
+            )
         finally:
             failed = await workload.cleanup()
             if failed:
                 echo(f"cleanup: {failed} bench accounts could not be deleted")
-    measured: list[ceil.Ceiling] = []
-    shape = shape or ceil.PathShape()
-    if config.ceilings:
-        echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
-        if etcd is not None:
-            measured.append(
-                await ceil.etcd_cas_ceiling(etcd, config.concurrency, config.ceiling_seconds)
+    measured = await _ceilings(config, etcd, shape or ceil.PathShape(), echo)
+    return BenchRun(
+        summaries=tuple(recorder.summary(op, elapsed) for op in recorder.ops()),
+        combined=recorder.combined(elapsed),
+        elapsed_s=elapsed,
+        series=tuple(recorder.series(elapsed)),
+        substituted=dict(recorder.substituted),
+        setup=setup,
+        ceilings=tuple(measured),
+        pools=Pools(*pool_sizes(config.accounts, config.mix)),
+        cpu=used,
+    )
+
+
+async def _setup(workload: Workload, config: BenchConfig, echo: Any, clock: Clock) -> Setup:
+    """Register the run's accounts (not measured)."""
+    setup_started = clock()
+    echo(f"setup: registering {config.accounts} accounts (not measured)")
+    await workload.setup(config.accounts, config.mix, config.concurrency)
+    setup = Setup(
+        accounts_registered=len(workload.accounts),
+        failures=workload.setup_failures,
+        seconds=round(clock() - setup_started, 3),
+    )
+    echo(f"setup: {len(workload.accounts)} accounts in {setup.seconds} s; measuring")
+    return setup
+
+
+async def _measured_phase(
+    workload: Workload,
+    config: BenchConfig,
+    recorder: Recorder,
+    max_inflight: int,
+    progress: TextIO | None,
+    cpu: CpuMeter | None,
+    clock: Clock,
+) -> tuple[float, CpuUsed | None]:
+    """The closed or open loop until the budget is spent: (elapsed seconds, CPU used)."""
+    rng = random.Random(config.seed)  # picks operations, not secrets
+    recorder.start = start = clock()
+    if cpu is not None:
+        cpu.start()
+    if config.count:
+        budget = Budget(config.count, start + config.max_seconds)
+    else:
+        budget = Budget(MAX_DURATION_OPS, start + min(config.duration_s, config.max_seconds))
+    ticker = asyncio.create_task(Progress(recorder, progress).run()) if progress else None
+    try:
+        if config.mode == "open":
+            await open_loop(
+                config.rate,
+                budget,
+                lambda: config.mix.choose(rng),
+                workload.execute,
+                abandon=workload.abandon,
+                max_inflight=max_inflight,
+                clock=clock,
             )
         else:
-            echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
-        measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
-        measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
-        if etcd is not None:
-            measured.append(
-                await ceil.shape_ceiling(etcd, config.concurrency, config.ceiling_seconds, shape)
+            await closed_loop(
+                config.concurrency,
+                budget,
+                lambda: config.mix.choose(rng),
+                workload.execute,
+                abandon=workload.abandon,
+                clock=clock,
             )
-    return {
-        "summaries": [recorder.summary(op, elapsed) for op in recorder.ops()],
-        "combined": recorder.combined(elapsed),
-        "elapsed_s": elapsed,
-        "series": recorder.series(elapsed),
-        "substituted": dict(recorder.substituted),
-        "setup": setup,
-        "ceilings": measured,
-        "pools": dict(zip(("main", "wrong"), pool_sizes(config.accounts, config.mix), strict=True)),
-        "cpu": used,
-    }
+    finally:
+        if ticker is not None and progress is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            progress.write("\n")
+    elapsed = clock() - start
+    return elapsed, (cpu.stop() if cpu is not None else None)
+
+
+async def _ceilings(
+    config: BenchConfig, etcd: EtcdClientConfig | None, shape: ceil.PathShape, echo: Any
+) -> list[ceil.Ceiling]:
+    """The machine's ceilings after the measured phase (none without --ceilings)."""
+    measured: list[ceil.Ceiling] = []
+    if not config.ceilings:
+        return measured
+    echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
+    if etcd is not None:
+        measured.append(
+            await ceil.etcd_cas_ceiling(etcd, config.concurrency, config.ceiling_seconds)
+        )
+    else:
+        echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
+    measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
+    measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
+    if etcd is not None:
+        measured.append(
+            await ceil.shape_ceiling(etcd, config.concurrency, config.ceiling_seconds, shape)
+        )
+    return measured
 
 
 def etcd_config(args: argparse.Namespace, cluster: Cluster | None) -> EtcdClientConfig | None:
@@ -339,28 +387,22 @@ def etcd_config(args: argparse.Namespace, cluster: Cluster | None) -> EtcdClient
     )
 
 
-def cluster_facts(cluster: Cluster | None) -> dict[str, Any]:
+def cluster_facts(cluster: Cluster | None) -> ClusterFacts:
     """fsync, node/frontend/etcd counts and limits of a cluster directory, if there is one."""
     if cluster is None or not cluster.exists():
-        return {
-            "fsync": None,
-            "nodes": None,
-            "frontends": None,
-            "etcd_members": None,
-            "cluster_event_loop": None,
-            "etcd_gomaxprocs": None,
-        }
+        return ClusterFacts()
     state = cluster.state()
     t = state.topology
-    return {
-        "fsync": state.fsync,
-        "nodes": len(t.nodes),
-        "frontends": len(t.frontends),
-        "etcd_members": len(t.etcd),
-        "frontend_peer_rate_per_s": t.limits.peer_rate_per_s,
-        "cluster_event_loop": t.options.event_loop,
-        "etcd_gomaxprocs": t.options.etcd_gomaxprocs,
-    }
+    return ClusterFacts(
+        fsync=state.fsync,
+        nodes=len(t.nodes),
+        frontends=len(t.frontends),
+        etcd_members=len(t.etcd),
+        frontend_peer_rate_per_s=t.limits.peer_rate_per_s,
+        cluster_event_loop=t.options.event_loop,
+        etcd_gomaxprocs=t.options.etcd_gomaxprocs,
+        known=True,
+    )
 
 
 def cluster_pids(cluster: Cluster | None) -> dict[str, list[int]]:
@@ -419,10 +461,6 @@ def cluster_for(args: argparse.Namespace, echo: Any) -> Iterator[tuple[Path, Clu
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-
-    def echo(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     try:
         config = bench_config(args)
         etcd_config(args, None)  # the --etcd flags, checked before anything starts
@@ -431,102 +469,122 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        with cluster_for(args, echo) as (client_toml, cluster):
-            facts = cluster_facts(cluster)
-            etcd = etcd_config(args, cluster)
-            progress = sys.stderr if sys.stderr.isatty() else None
-            pids = cluster_pids(cluster)
-            shape = ceil.PathShape(
-                relays=facts["frontends"] or ceil.PathShape.relays,
-                stores=facts["nodes"] or ceil.PathShape.stores,
-                etcd_pids=tuple(pids.get("etcd", ())),
-            )
-            problems = shape.validate() if config.ceilings else []
-            if problems:  # before the run, not after it: the ceilings come last
-                print(
-                    f"bkv-bench: --ceilings on this cluster: {'; '.join(problems)}", file=sys.stderr
-                )
-                return 2
-            run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
-            result = run(
-                run_bench(
-                    config,
-                    client_toml,
-                    etcd=etcd,
-                    max_inflight=args.max_inflight,
-                    progress=progress,
-                    echo=echo,
-                    cpu=CpuMeter(pids),
-                    shape=shape,
-                )
-            )
+        measured = _run_on_cluster(args, config)
     except (DeployError, VaultError, BenchSetupError, OSError) as err:
         print(f"bkv-bench: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    run_config = {
-        "mode": config.mode,
-        "mix": config.mix.text(),
-        "concurrency": config.concurrency,
-        "rate_per_s": config.rate or None,
-        "max_inflight": args.max_inflight if config.mode == "open" else None,
-        "count": config.count or None,
-        "duration_s": config.duration_s or None,
-        "accounts": config.accounts,
-        "pools": result["pools"],
-        "ksf": config.ksf,
-        "cluster": "cluster-up" if args.cluster_up else str(args.config),
-        **facts,
-        "frontend_limits_raised": bool(args.cluster_up and not args.keep_limits),
-        "ceiling_seconds": config.ceiling_seconds if config.ceilings else None,
-        "seed": config.seed,
-        "client": "client.AsyncVaultClient, one shared channel per frontend",
-        "event_loop": args.event_loop,
-    }
-    doc = report.build(
-        config=run_config,
-        summaries=result["summaries"],
-        combined=result["combined"],
-        elapsed_s=result["elapsed_s"],
-        series=result["series"],
-        substituted=result["substituted"],
-        setup=result["setup"],
-        ceilings=result["ceilings"],
+    if isinstance(measured, int):
+        return measured
+    run, facts = measured
+    result = report.build(
+        config=run_config(args, config, facts, run.pools),
+        summaries=run.summaries,
+        combined=run.combined,
+        elapsed_s=run.elapsed_s,
+        series=run.series,
+        substituted=run.substituted,
+        setup=run.setup,
+        ceilings=run.ceilings,
         marks=config.marks,
         started_at=started_at,
+        cpu=run.cpu,
     )
-    if result["cpu"] is not None:
-        doc["cpu"] = cpu_json(
-            result["cpu"], ops=result["combined"].count, elapsed_s=result["elapsed_s"]
+    write_and_print(args.out, result, config)
+    return 0
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run_on_cluster(
+    args: argparse.Namespace, config: BenchConfig
+) -> tuple[BenchRun, ClusterFacts] | int:
+    """The run against the given or started cluster; an exit code if --ceilings cannot run."""
+    with cluster_for(args, _echo) as (client_toml, cluster):
+        facts = cluster_facts(cluster)
+        pids = cluster_pids(cluster)
+        shape = ceil.PathShape(
+            relays=facts.frontends or ceil.PathShape.relays,
+            stores=facts.nodes or ceil.PathShape.stores,
+            etcd_pids=tuple(pids.get("etcd", ())),
         )
-    out = out_dir(args.out)
-    report.write_json(out / "bench.json", doc)
-    fsync = {True: "on", False: "off", None: "unknown"}[facts["fsync"]]
+        problems = shape.validate() if config.ceilings else []
+        if problems:  # before the run, not after it: the ceilings come last
+            print(f"bkv-bench: --ceilings on this cluster: {'; '.join(problems)}", file=sys.stderr)
+            return 2
+        loop_run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
+        run = loop_run(
+            run_bench(
+                config,
+                client_toml,
+                etcd=etcd_config(args, cluster),
+                max_inflight=args.max_inflight,
+                progress=sys.stderr if sys.stderr.isatty() else None,
+                echo=_echo,
+                cpu=CpuMeter(pids),
+                shape=shape,
+            )
+        )
+    return run, facts
+
+
+def run_config(
+    args: argparse.Namespace, config: BenchConfig, facts: ClusterFacts, pools: Pools
+) -> RunConfig:
+    """bench.json's `config`: the settings of the run and the facts of its cluster."""
+    return RunConfig(
+        mode=config.mode,
+        mix=config.mix.text(),
+        concurrency=config.concurrency,
+        rate_per_s=config.rate or None,
+        max_inflight=args.max_inflight if config.mode == "open" else None,
+        count=config.count or None,
+        duration_s=config.duration_s or None,
+        accounts=config.accounts,
+        pools=pools,
+        ksf=config.ksf,
+        cluster="cluster-up" if args.cluster_up else str(args.config),
+        facts=facts,
+        frontend_limits_raised=bool(args.cluster_up and not args.keep_limits),
+        ceiling_seconds=config.ceiling_seconds if config.ceilings else None,
+        seed=config.seed,
+        event_loop=args.event_loop,
+    )
+
+
+def write_and_print(base: Path, result: BenchResult, config: BenchConfig) -> None:
+    """bench.json and bench.png under a new OUT/<timestamp>/, and the tables on stdout."""
+    out = out_dir(base)
+    report.write_json(out / "bench.json", result)
+    facts = result.config.facts
+    fsync = {True: "on", False: "off", None: "unknown"}[facts.fsync]
     plot(
         out / "bench.png",
-        doc["series"],
+        list(result.series),
         marks=config.marks,
         title=f"bkv-bench {config.mode} loop, {config.mix.text()}, fsync {fsync}, "
-        f"{facts['nodes'] or '?'} nodes, ksf {config.ksf}",
+        f"{facts.nodes or '?'} nodes, ksf {config.ksf}",
     )
     print(
-        f"{config.mode} loop, fsync {fsync}, {facts['nodes'] or '?'} vault nodes, "
-        f"concurrency {config.concurrency}, ksf {config.ksf}, {result['elapsed_s']:.1f} s"
+        f"{config.mode} loop, fsync {fsync}, {facts.nodes or '?'} vault nodes, "
+        f"concurrency {config.concurrency}, ksf {config.ksf}, {result.elapsed_s:.1f} s"
     )
-    print(report.table(result["summaries"], result["combined"]))
-    if doc["substituted"]:
+    print(report.table(result.ops, result.total))
+    if result.substituted:
         print(
             "substituted (re-registrations): "
-            + ", ".join(f"{k} {v}" for k, v in doc["substituted"].items())
+            + ", ".join(f"{k} {v}" for k, v in result.substituted.items())
         )
+    doc = result.to_json()
     if "cpu" in doc:
         print(cpu_text(doc["cpu"]))
-    text = report.ceilings_text(doc)
+    text = report.ceilings_text(result)
     if text:
         print(text)
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
-    return 0
 
 
 if __name__ == "__main__":

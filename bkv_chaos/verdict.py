@@ -1,4 +1,4 @@
-"""A run's verdict: every invariant's result and the run's figures, as `verdict.json` and a table.
+"""A run's `Verdict`: every invariant's result and the run's figures, as `verdict.json` and a table.
 
     {"invariants": {<name>: {"checked": int, "unchecked": int, "violations": int,
                              "details": [{"explanation": str, "evidence": str}, ...]}, ...},
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from deploy.chaos import checker
-from deploy.chaos.checker import InvariantResult, Secrets
-from deploy.chaos.history import (
+from bkv_chaos import checker
+from bkv_chaos.checker import InvariantResult, Secrets
+from bkv_chaos.history import (
     AUDIT_GLOB,
     FAULTS_FILE,
     HISTORY_FILE,
@@ -36,7 +36,7 @@ from deploy.chaos.history import (
     read_history,
     read_run_info,
 )
-from deploy.chaos.insider import INSIDER_FILE, read_results
+from bkv_chaos.insider import INSIDER_FILE, read_results
 from vault_common.audit_line import read_audits
 
 INVARIANTS = (
@@ -114,55 +114,83 @@ def availability(history: Sequence[HistoryOp], faults: Sequence[Fault]) -> float
     return sum(op.definite for op in outside) / len(outside)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A run's verdict; `to_json()` is verdict.json (the keys in the module docstring)."""
+
+    invariants: tuple[InvariantResult, ...]
+    operations: Mapping[str, Mapping[str, int]]
+    faults: tuple[FaultReport, ...]
+    time_to_recover_p50_s: float | None
+    time_to_recover_p99_s: float | None
+    availability: float | None
+
+    @property
+    def passed(self) -> bool:
+        """Every invariant present and none violated."""
+        names = {r.name for r in self.invariants}
+        return all(name in names for name in INVARIANTS) and all(r.ok for r in self.invariants)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "invariants": {
+                r.name: {
+                    "checked": r.checked,
+                    "unchecked": r.unchecked,
+                    "violations": len(r.violations),
+                    "details": [
+                        {"explanation": v.explanation, "evidence": v.evidence} for v in r.violations
+                    ],
+                }
+                for r in self.invariants
+            },
+            "operations": {op: dict(outcomes) for op, outcomes in self.operations.items()},
+            "faults": [r.to_json() for r in self.faults],
+            "time_to_recover_s": {
+                "p50": self.time_to_recover_p50_s,
+                "p99": self.time_to_recover_p99_s,
+            },
+            "availability": self.availability,
+        }
+
+
 def build_verdict(
     results: Sequence[InvariantResult], history: Sequence[HistoryOp], faults: Sequence[Fault]
-) -> dict[str, Any]:
+) -> Verdict:
     reports = fault_reports(history, faults)
     ttrs = [r.time_to_recover_s for r in reports if r.time_to_recover_s is not None]
-    return {
-        "invariants": {
-            r.name: {
-                "checked": r.checked,
-                "unchecked": r.unchecked,
-                "violations": len(r.violations),
-                "details": [
-                    {"explanation": v.explanation, "evidence": v.evidence} for v in r.violations
-                ],
-            }
-            for r in results
-        },
-        "operations": operation_counts(history),
-        "faults": [r.to_json() for r in reports],
-        "time_to_recover_s": {"p50": percentile(ttrs, 50), "p99": percentile(ttrs, 99)},
-        "availability": availability(history, faults),
-    }
+    return Verdict(
+        invariants=tuple(results),
+        operations=operation_counts(history),
+        faults=reports,
+        time_to_recover_p50_s=percentile(ttrs, 50),
+        time_to_recover_p99_s=percentile(ttrs, 99),
+        availability=availability(history, faults),
+    )
 
 
-def exit_code(verdict: Mapping[str, Any]) -> int:
+def exit_code(verdict: Verdict) -> int:
     """0 only when every invariant is present and has no violation; 1 otherwise."""
-    invariants = verdict.get("invariants", {})
-    if any(name not in invariants for name in INVARIANTS):
-        return 1
-    return 0 if all(entry["violations"] == 0 for entry in invariants.values()) else 1
+    return 0 if verdict.passed else 1
 
 
-def format_table(verdict: Mapping[str, Any]) -> str:
+def format_table(verdict: Verdict) -> str:
     rows = [f"{'invariant':<22} {'checked':>8} {'unchecked':>9} {'violations':>10}  result"]
-    for name, entry in verdict["invariants"].items():
-        result = "PASS" if entry["violations"] == 0 else "FAIL"
+    for r in verdict.invariants:
+        result = "PASS" if r.ok else "FAIL"
         rows.append(
-            f"{name:<22} {entry['checked']:>8} {entry['unchecked']:>9}"
-            f" {entry['violations']:>10}  {result}"
+            f"{r.name:<22} {r.checked:>8} {r.unchecked:>9} {len(r.violations):>10}  {result}"
         )
-        rows.extend(f"    - {d['explanation']}: {d['evidence']}" for d in entry["details"][:5])
-        if len(entry["details"]) > 5:
-            rows.append(f"    ... and {len(entry['details']) - 5} more")
-    ttr = verdict["time_to_recover_s"]
-    avail = verdict["availability"]
-    total = sum(sum(outcomes.values()) for outcomes in verdict["operations"].values())
-    rows.append(f"operations: {total}, faults: {len(verdict['faults'])}")
-    rows.append(f"time to recover (s): p50 {_num(ttr['p50'])}, p99 {_num(ttr['p99'])}")
-    rows.append(f"availability (majority side): {_num(avail)}")
+        rows.extend(f"    - {v.explanation}: {v.evidence}" for v in r.violations[:5])
+        if len(r.violations) > 5:
+            rows.append(f"    ... and {len(r.violations) - 5} more")
+    total = sum(sum(outcomes.values()) for outcomes in verdict.operations.values())
+    rows.append(f"operations: {total}, faults: {len(verdict.faults)}")
+    rows.append(
+        f"time to recover (s): p50 {_num(verdict.time_to_recover_p50_s)}, "
+        f"p99 {_num(verdict.time_to_recover_p99_s)}"
+    )
+    rows.append(f"availability (majority side): {_num(verdict.availability)}")
     return "\n".join(rows)
 
 
@@ -170,12 +198,14 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def print_verdict(verdict: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
+def print_verdict(verdict: Verdict, out: TextIO = sys.stdout) -> None:
     print(format_table(verdict), file=out)
 
 
-def write_verdict(path: Path, verdict: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(verdict, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+def write_verdict(path: Path, verdict: Verdict) -> None:
+    path.write_text(
+        json.dumps(verdict.to_json(), indent=2, sort_keys=False) + "\n", encoding="utf-8"
+    )
 
 
 def check_run(
@@ -187,7 +217,7 @@ def check_run(
     grace_s: float = 0.5,
     indefinite_horizon_s: float = math.inf,
     default_max_attempts: int | None = None,
-) -> dict[str, Any]:
+) -> Verdict:
     """Read a run directory (history.jsonl, faults.jsonl, run.json, *.audit.jsonl) and judge it.
 
     `faults.jsonl` may be absent (no faults); the others must exist. Raises `RecordFormatError`

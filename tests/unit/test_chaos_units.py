@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
+from bkv_chaos.checker import guess_limit
+from bkv_chaos.faults import FaultContext, SkipScenario, Timeline, run_timeline
+from bkv_chaos.history import Fault, HistoryOp, JsonlWriter, read_faults, read_history
+from bkv_chaos.load import LoadConfig, make_password
+from bkv_chaos.plot import per_second, plot_run
+from bkv_chaos.proxy import LinkFault, LinkProxy
+from bkv_chaos.recorder import Recorder, RunClock, classify
+from bkv_chaos.scenarios import SCENARIOS, parse_scenarios
 from client.errors import InvalidPassword, Locked, ProtocolError, Unavailable
-from deploy.chaos.checker import guess_limit
-from deploy.chaos.faults import FaultContext, SkipScenario, Timeline, run_timeline
-from deploy.chaos.history import Fault, HistoryOp, JsonlWriter, read_faults, read_history
-from deploy.chaos.load import LoadConfig, make_password
-from deploy.chaos.plot import per_second, plot_run
-from deploy.chaos.proxy import LinkFault, LinkProxy
-from deploy.chaos.recorder import Recorder, RunClock, classify
-from deploy.chaos.scenarios import SCENARIOS, parse_scenarios
 from vault_common.audit_line import AuditEvent
 
 pytestmark = pytest.mark.unit
@@ -117,7 +117,7 @@ def test_peer_proxy_holds_its_port_before_the_clusters_ports_are_chosen(
     # Regression: the cluster's ports used to be chosen (bound, then released) before the proxy
     # bound port 0, and the OS once handed the proxy a vault node's port. Now, while the ports
     # are chosen, the proxy's port must already be taken, and the member's link goes through it.
-    from deploy.chaos import proxy as proxy_module
+    from bkv_chaos import proxy as proxy_module
     from deploy.cluster import free_ports
     from deploy.topology import default_topology_path, load_topology
 

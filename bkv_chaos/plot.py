@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.chaos.history import Fault, HistoryOp
+from bkv_chaos.history import Fault, HistoryOp
 
 
 def per_second(

@@ -1,6 +1,6 @@
 """A no-op unary gRPC service over TLS, the shape of the frontend's `Relay`: bytes in, bytes out.
 
-    python -m deploy.bench.noop_server --cert C --key K [--reply-bytes 600] [--max-seconds 120]
+    python -m bkv_bench.noop_server --cert C --key K [--reply-bytes 600] [--max-seconds 120]
         [--event-loop uvloop|asyncio]
 
 Binds 127.0.0.1 on a free port, prints `PORT <n>` on stdout once serving, and exits by itself
@@ -28,7 +28,7 @@ SERVICE = "bkv.bench.v1.Noop"
 METHOD = f"/{SERVICE}/Call"
 
 
-# The bench's own servers (this one, deploy.bench.shape_server) carry raw bytes: no messages to
+# The bench's own servers (this one, bkv_bench.shape_server) carry raw bytes: no messages to
 # parse, so that they cost what gRPC costs and nothing more.
 
 
@@ -101,7 +101,7 @@ async def serve_until_stopped(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.bench.noop_server")
+    parser = argparse.ArgumentParser(prog="python -m bkv_bench.noop_server")
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--reply-bytes", type=int, default=600)

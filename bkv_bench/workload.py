@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bkv_bench.config import Mix
+from bkv_bench.histogram import Recorder
 from client.aio import AioGrpcConnector, AsyncVaultClient
 from client.config import ClientConfig
 from client.errors import InvalidPassword, Locked, VaultError
-from deploy.bench.config import Mix
-from deploy.bench.histogram import Recorder
 from vault_protocol.backup_key import BackupKey
 
 RESET_AT_GUESSES_LEFT = 2  # re-register a wrong-pool account before it gets this close to locking

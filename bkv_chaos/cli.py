@@ -26,10 +26,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.chaos import netns
-from deploy.chaos.proxy import LinkProxy, peer_proxy_cluster
-from deploy.chaos.run import ChaosConfig, run_chaos
-from deploy.chaos.scenarios import SCENARIOS, parse_scenarios
+from bkv_chaos import netns
+from bkv_chaos.proxy import LinkProxy, peer_proxy_cluster
+from bkv_chaos.run import ChaosConfig, run_chaos
+from bkv_chaos.scenarios import SCENARIOS, parse_scenarios
 from deploy.cluster import Cluster
 from deploy.errors import DeployError
 from deploy.topology import default_topology_path, load_topology
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bkv-chaos",
         description="Inject faults into a local Backup Key Vault cluster under load and check "
-        "the seven invariants from the recorded history.",
+        "the eight invariants from the recorded history.",
     )
     p.add_argument("--config", type=Path, help="client.toml of the cluster (from bkv-cluster up)")
     p.add_argument(
@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="client threads (default 4)")
     p.add_argument(
         "--no-wire-probes", action="store_true",
-        help="leave out the request bytes that are not a protobuf (see deploy/chaos/probes.py)",
+        help="leave out the request bytes that are not a protobuf (see bkv_chaos/probes.py)",
     )  # fmt: skip
     return p
 
@@ -118,7 +118,7 @@ def temporary_cluster(scenarios: str = "", *, use_netns: bool = False) -> Iterat
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from deploy.chaos.load import LoadConfig
+    from bkv_chaos.load import LoadConfig
 
     load = LoadConfig(workers=args.workers)
     try:
@@ -146,7 +146,7 @@ def _run(
     load: object,
     temp: TempCluster | None,
 ) -> int:
-    from deploy.chaos.load import LoadConfig
+    from bkv_chaos.load import LoadConfig
 
     assert isinstance(load, LoadConfig)
     chaos = ChaosConfig(

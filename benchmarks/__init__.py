@@ -1,1 +1,0 @@
-"""Benchmarks: each writes JSON under results/; none is a timed test."""
