@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +92,36 @@ class InProcessNode:
 
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class InProcessVault:
+    """One real vault node called directly and synchronously, without gRPC: the node service on
+    a software token, a memory store and in-process witnesses. For client tests that fake the
+    frontends' transport (tests/unit/test_client_vault.py, test_client_cli.py) but not the
+    vault's logic. `handle` works from plain code and from inside a running event loop."""
+
+    def __init__(self, *, max_attempts: int = 10, record_groups: int = 16) -> None:
+        self.token = SoftToken(label="node-1")
+        self.store = MemoryRecordStore()
+        self.audit = MemoryAudit()
+        self.witnesses = LocalWitnesses(["w1", "w2", "w3"], record_groups)
+        self.service = VaultService(
+            token=self.token, store=self.store, keys=TokenServerKeys.derive(self.token),
+            config=ServiceConfig(node_name="node-1", default_max_attempts=max_attempts,
+                                 record_groups=record_groups),
+            clock_ms=_wall_clock_ms, rng=os.urandom, audit=self.audit, witnesses=self.witnesses,
+        )  # fmt: skip
+        self.fleet = FleetKey(self.token.kem_public_key())
+
+    def handle(self, account_id: str, envelope: bytes) -> bytes:
+        """The node's sealed answer; a `ServiceError` as the node raises it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.service.handle(account_id, envelope))
+        # Called from a coroutine (the asyncio client's fake transport): a loop of its own.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.service.handle(account_id, envelope)).result()
 
 
 class InProcessCluster:
