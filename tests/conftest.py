@@ -3,6 +3,7 @@
     def test_something(cluster: Cluster) -> None: ...            # session-wide cluster
     def test_chaos(healthy_cluster: Cluster) -> None: ...         # same, every process restarted
                                                                  # and healthy before the test
+    def test_flow(inproc_cluster: InProcessCluster) -> None: ...  # unit tier: one process
 
 Every tier (integration, fuzz, chaos) shares the one session cluster: the local-3dc topology, etcd
 without fsync, in a temp dir. It is only started when a test asks for it. It is stopped (`down`,
@@ -13,10 +14,12 @@ that kill processes need not restore them: `healthy_cluster` does that for the n
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cluster_fixtures import own_cluster
 from hypothesis import HealthCheck, settings
+from inproc_cluster import InProcessCluster
 
 from deploy.cluster import Cluster
 
@@ -47,3 +50,12 @@ def healthy_cluster(cluster: Cluster) -> Cluster:
     """The session cluster with every process running and healthy."""
     cluster.start_all()
     return cluster
+
+
+@pytest.fixture
+def inproc_cluster(tmp_path: Path) -> Iterator[InProcessCluster]:
+    """The unit tier's cluster (tests/inproc_cluster.py): the real node, frontend and client
+    code in this process on loopback gRPC with TLS, a software token and a memory store; no
+    child process, no etcd, no SoftHSM. What it omits is listed in its module docstring."""
+    with InProcessCluster(tmp_path / "inproc") as c:
+        yield c

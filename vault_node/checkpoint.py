@@ -20,12 +20,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
 from bkv.store.v1 import sealed_pb2
 from vault_node.store_guard import GuardState, StoreGuard, StoreRolledBack
+from vault_node.token_api import DataObjects as DataObjects  # re-exported (witness_server)
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,6 @@ MAX_CHECKPOINT_BYTES = 4096
 
 class CheckpointError(Exception):
     """The token's checkpoint objects are unreadable or contradictory."""
-
-
-class DataObjects(Protocol):
-    """The token's data objects by label (`vault_node.hsm.Token` implements it)."""
-
-    def read_data(self, label: str) -> list[bytes]:
-        """The values of every data object called `label` (any order)."""
-        ...
-
-    def replace_data(self, label: str, value: bytes) -> None:
-        """Store a new object `label` = `value`, then destroy the older ones of that label."""
-        ...
 
 
 def encode_cluster_id(cluster_id: int) -> bytes:

@@ -5,7 +5,7 @@ Two process-wide rules, both forced by python-pkcs11 on SoftHSM2 (see shared/PLA
 * **One thread.** python-pkcs11 calls `C_Initialize(NULL)`, which leaves SoftHSM without any
   locking; concurrent calls corrupted its heap. Every PKCS#11 call of this process therefore
   runs on one dedicated thread (`_PKCS11`, a single-worker executor shared by every `Token`);
-  sync methods submit to it and wait, the `a*` coroutines await it. A process whose event loop
+  each method submits to it and waits. A process whose event loop
   makes every token call itself (the vault node) may instead `adopt_calling_thread()` before
   its first call: calls then run inline on that one thread, without two thread switches each,
   and a call from any other thread raises instead of starting a second PKCS#11 thread.
@@ -14,11 +14,14 @@ Two process-wide rules, both forced by python-pkcs11 on SoftHSM2 (see shared/PLA
   one softhsm2.conf only; opening a token of another conf raises `HsmLibraryConflict`. Use one
   process per token directory (the key ceremony drives each token in its own subprocess).
   Load the library after any fork (never fork a process that has opened a `Token`).
+
+The labels, the errors, the input checks and the `NodeToken` interface live in
+`vault_node.token_api`, shared with the software token (`vault_node.soft_token`); they are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Callable
@@ -26,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar, cast
 
 import pkcs11
-from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import (
     AttributeSensitive,
@@ -39,6 +41,29 @@ from pkcs11.exceptions import (
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault_node.softhsm import SoftHsmError, TokenSpec, softhsm_env
+from vault_node.token_api import (
+    AES_LABELS,
+    DATA_LABELS,
+    ECDH_SECRET_LEN,
+    FLEET_LABELS,
+    GCM_TAG_LEN,
+    HMAC_SHA256_LABELS,
+    HMAC_SHA512_LABELS,
+    KEM_LABEL,
+    P256_POINT_LEN,
+    HsmDecryptError,
+    HsmError,
+    HsmInputError,
+    HsmKeyMissing,
+    HsmLibraryConflict,
+    HsmLoginError,
+    NodeToken,
+    check_data_label,
+    check_fleet_label,
+    check_gcm,
+    check_label,
+    validate_p256_point,
+)
 
 __all__ = [
     "AES_LABELS",
@@ -65,21 +90,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-KEM_LABEL: Final = "kem"
-AES_LABELS: Final = frozenset({"record", "ticket"})
-HMAC_SHA512_LABELS: Final = frozenset({"oprf_seed", "ake_seed"})
-# `witness` MACs the witnesses' answers (vault_node.witness_core): any token of the fleet can
-# make and check them, nobody without one (etcd, a frontend, the network) can forge one.
-HMAC_SHA256_LABELS: Final = frozenset({"id_mac", "witness"})
-FLEET_LABELS: Final = (KEM_LABEL, "record", "ticket", "oprf_seed", "ake_seed", "id_mac", "witness")
-# Data objects a node keeps in its own token (vault_node.checkpoint): never key material.
-DATA_LABELS: Final = frozenset({"store_checkpoint", "etcd_cluster", "witness_heads"})
 DATA_APPLICATION: Final = "bkv"
 P256_EC_PARAMS: Final = encode_named_curve_parameters("secp256r1")
-P256_POINT_LEN: Final = 65
-GCM_NONCE_LEN: Final = 12
-GCM_TAG_LEN: Final = 16
-ECDH_SECRET_LEN: Final = 32
 _ATTRIBUTE_NAMES: Final = (
     "SENSITIVE",
     "EXTRACTABLE",
@@ -89,34 +101,6 @@ _ATTRIBUTE_NAMES: Final = (
     "COPYABLE",
     "DERIVE",
 )
-
-
-class HsmError(Exception):
-    """The token failed or is unusable. Never holds a PIN or key bytes; not retryable as is."""
-
-
-class HsmLibraryConflict(HsmError):
-    """This process already loaded the PKCS#11 library with another SOFTHSM2_CONF."""
-
-
-class HsmLoginError(HsmError):
-    """The token was not found by label, or the PIN was refused."""
-
-
-class HsmKeyMissing(HsmError):
-    """The token holds no key with this label (or more than one): it is not provisioned."""
-
-    def __init__(self, label: str, detail: str = "no such key") -> None:
-        super().__init__(f"token key {label!r}: {detail}")
-        self.label = label
-
-
-class HsmInputError(HsmError, ValueError):
-    """The caller passed malformed input (bad point, nonce length, unknown label)."""
-
-
-class HsmDecryptError(HsmError):
-    """AES-GCM open failed: wrong key, nonce, AAD or a tampered ciphertext (one error for all)."""
 
 
 # --- the one PKCS#11 thread of this process -------------------------------------------------
@@ -165,15 +149,6 @@ def _run(fn: Callable[..., T], *args: Any) -> T:
     return _PKCS11.submit(fn, *args).result()
 
 
-async def _arun(fn: Callable[..., T], *args: Any) -> T:
-    """Await `fn(*args)` on the PKCS#11 thread without blocking the event loop (inline when the
-    loop's own thread was adopted)."""
-    if threading.current_thread() in _PKCS11_THREAD:
-        return fn(*args)
-    _not_adopted()
-    return await asyncio.get_running_loop().run_in_executor(_PKCS11, fn, *args)
-
-
 def _load_library(spec: TokenSpec) -> Any:
     """Load the PKCS#11 module for `spec`'s softhsm2.conf (PKCS#11 thread only)."""
     conf = spec.softhsm_conf.resolve()
@@ -196,17 +171,6 @@ def _load_library(spec: TokenSpec) -> Any:
 
 
 # --- encodings ---------------------------------------------------------------------------------
-
-
-def validate_p256_point(point: bytes) -> None:
-    """Raise `HsmInputError` unless `point` is an uncompressed P-256 point on the curve."""
-    if len(point) != P256_POINT_LEN or point[0] != 0x04:
-        raise HsmInputError("peer point must be a 65-byte uncompressed P-256 point")
-    try:
-        # Off-curve (invalid-curve attack) points must never reach the private key.
-        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    except ValueError:
-        raise HsmInputError("peer point is not on P-256") from None
 
 
 _DER_POINT_PREFIX: Final = bytes([0x04, P256_POINT_LEN])  # OCTET STRING, length 65
@@ -322,11 +286,6 @@ class Token:
         validate_p256_point(peer_point)
         return _run(self._ecdh, peer_point)
 
-    async def aecdh(self, peer_point: bytes) -> bytes:
-        """`ecdh` for asyncio callers."""
-        validate_p256_point(peer_point)
-        return await _arun(self._ecdh, peer_point)
-
     def _ecdh(self, peer_point: bytes) -> bytes:
         private = self._key(KEM_LABEL, ObjectClass.PRIVATE_KEY)
         try:
@@ -360,12 +319,6 @@ class Token:
             self._kem_public = _run(self._read_kem_public)
         return self._kem_public
 
-    async def akem_public_key(self) -> bytes:
-        """`kem_public_key` for asyncio callers."""
-        if self._kem_public is None:
-            self._kem_public = await _arun(self._read_kem_public)
-        return self._kem_public
-
     def _read_kem_public(self) -> bytes:
         public = self._key(KEM_LABEL, ObjectClass.PUBLIC_KEY)
         return decode_ec_point(bytes(public[Attribute.EC_POINT]))
@@ -374,23 +327,13 @@ class Token:
 
     def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """AES-256-GCM under fleet key `label` (record/ticket): ciphertext || 16-byte tag."""
-        _check_gcm(label, nonce)
+        check_gcm(label, nonce)
         return _run(self._seal, label, nonce, plaintext, aad)
-
-    async def aaes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """`aes_gcm_seal` for asyncio callers."""
-        _check_gcm(label, nonce)
-        return await _arun(self._seal, label, nonce, plaintext, aad)
 
     def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """Open `aes_gcm_seal`'s output; any failure raises `HsmDecryptError`."""
-        _check_gcm(label, nonce)
+        check_gcm(label, nonce)
         return _run(self._open, label, nonce, ciphertext, aad)
-
-    async def aaes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        """`aes_gcm_open` for asyncio callers."""
-        _check_gcm(label, nonce)
-        return await _arun(self._open, label, nonce, ciphertext, aad)
 
     def _seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         key = self._key(label, ObjectClass.SECRET_KEY)
@@ -423,23 +366,13 @@ class Token:
 
     def hmac_sha512(self, label: str, data: bytes) -> bytes:
         """HMAC-SHA512 under `oprf_seed` or `ake_seed` (64 bytes)."""
-        _check_label(label, HMAC_SHA512_LABELS, "HMAC-SHA512")
+        check_label(label, HMAC_SHA512_LABELS, "HMAC-SHA512")
         return _run(self._hmac, label, Mechanism.SHA512_HMAC, data)
-
-    async def ahmac_sha512(self, label: str, data: bytes) -> bytes:
-        """`hmac_sha512` for asyncio callers."""
-        _check_label(label, HMAC_SHA512_LABELS, "HMAC-SHA512")
-        return await _arun(self._hmac, label, Mechanism.SHA512_HMAC, data)
 
     def hmac_sha256(self, label: str, data: bytes) -> bytes:
         """HMAC-SHA256 under `id_mac` or `witness` (32 bytes)."""
-        _check_label(label, HMAC_SHA256_LABELS, "HMAC-SHA256")
+        check_label(label, HMAC_SHA256_LABELS, "HMAC-SHA256")
         return _run(self._hmac, label, Mechanism.SHA256_HMAC, data)
-
-    async def ahmac_sha256(self, label: str, data: bytes) -> bytes:
-        """`hmac_sha256` for asyncio callers."""
-        _check_label(label, HMAC_SHA256_LABELS, "HMAC-SHA256")
-        return await _arun(self._hmac, label, Mechanism.SHA256_HMAC, data)
 
     def _hmac(self, label: str, mechanism: Mechanism, data: bytes) -> bytes:
         key = self._key(label, ObjectClass.SECRET_KEY)
@@ -452,7 +385,7 @@ class Token:
 
     def read_data(self, label: str) -> list[bytes]:
         """The values of every data object called `label` in the token."""
-        _check_data_label(label)
+        check_data_label(label)
         return _run(self._read_data, label)
 
     def replace_data(self, label: str, value: bytes) -> None:
@@ -462,7 +395,7 @@ class Token:
         crash in between leaves both, and readers pick the newer by its content.
         Needs a read-write session (`Token.open(..., read_write=True)`).
         """
-        _check_data_label(label)
+        check_data_label(label)
         _run(self._replace_data, label, bytes(value))
 
     def _data_objects(self, label: str) -> list[Any]:
@@ -504,8 +437,7 @@ class Token:
     def key_attributes(self, label: str) -> dict[str, bool]:
         """SENSITIVE, EXTRACTABLE, NEVER_EXTRACTABLE, ALWAYS_SENSITIVE, MODIFIABLE, COPYABLE and
         DERIVE of fleet key `label` (those the token reports)."""
-        if label not in FLEET_LABELS:
-            raise HsmInputError(f"unknown fleet key label {label!r}")
+        check_fleet_label(label)
         return _run(self._attributes, label)
 
     def _attributes(self, label: str) -> dict[str, bool]:
@@ -560,18 +492,5 @@ def _gcm(nonce: bytes, aad: bytes) -> pkcs11.GCMParams:
     return pkcs11.GCMParams(nonce, aad if aad else None, GCM_TAG_LEN * 8)
 
 
-def _check_gcm(label: str, nonce: bytes) -> None:
-    _check_label(label, AES_LABELS, "AES-GCM")
-    if len(nonce) != GCM_NONCE_LEN:
-        raise HsmInputError(f"AES-GCM nonce must be {GCM_NONCE_LEN} bytes")
-
-
-def _check_data_label(label: str) -> None:
-    if label not in DATA_LABELS:
-        raise HsmInputError(f"{label!r} is not a data object of the node ({sorted(DATA_LABELS)})")
-
-
-def _check_label(label: str, allowed: frozenset[str], operation: str) -> None:
-    # Key separation: each fleet key serves exactly one purpose.
-    if label not in allowed:
-        raise HsmInputError(f"key {label!r} is not a {operation} key ({sorted(allowed)})")
+def _satisfies_node_token(token: Token) -> NodeToken:
+    return token  # mypy checks that the PKCS#11 token has every operation a node uses

@@ -1,8 +1,9 @@
 """Records at rest, login and registration tickets, sealed with AES-256-GCM under keys that never
 leave the token.
 
-`TokenOps` is the small slice of `vault_node.hsm.Token` that the request logic needs; tests pass a
-software fake. Every failure to open a record or a ticket is one `DecryptError` (no oracle).
+`TokenOps` (vault_node.token_api) is the slice of the token that the request logic needs; tests
+pass the software token. Every failure to open a record or a ticket is one `DecryptError` (no
+oracle).
 
 A record is bound to where and when it was written: its AAD holds the record id and the etcd
 metadata `(create_revision, version)` that the key has once the write storing it commits
@@ -16,12 +17,13 @@ RESERVED placeholder of register start, sealed for version 1 with create_revisio
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
 from bkv.store.v1 import sealed_pb2
 from vault_node.key_meta import KeyMeta, StoredValue
+from vault_node.token_api import TokenOps as TokenOps  # re-exported (heads, tests)
 from vault_protocol.errors import DecryptError
 
 NONCE_LEN = 12
@@ -52,30 +54,6 @@ def credential_identifier(account: bytes, generation: bytes, scheme: int) -> byt
     if scheme == CREDENTIAL_ACCOUNT_GENERATION:
         return len(account).to_bytes(2, "big") + account + generation
     raise ValueError(f"unknown credential scheme {scheme}")
-
-
-class TokenOps(Protocol):
-    """What the vault node needs from its PKCS#11 token (labels are the fleet key labels)."""
-
-    def ecdh(self, peer_point: bytes) -> bytes:
-        """ECDH with the `kem` private key: the 32-byte x-coordinate."""
-        ...
-
-    def kem_public_key(self) -> bytes:
-        """The fleet `kem` public key as a 65-byte uncompressed point."""
-        ...
-
-    def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """AES-256-GCM ciphertext || tag under the token key `label`."""
-        ...
-
-    def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        """Inverse of `aes_gcm_seal`; raises on any failure."""
-        ...
-
-    def hmac_sha512(self, label: str, data: bytes) -> bytes: ...
-
-    def hmac_sha256(self, label: str, data: bytes) -> bytes: ...
 
 
 def record_aad(record_id: bytes, create_revision: int, version: int) -> bytes:

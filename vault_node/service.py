@@ -1,8 +1,9 @@
 """The vault node's request logic: open the envelope, run the server side of OPAQUE, keep records.
 
-Pure over injected parts (no gRPC, no sockets): a `TokenOps` (the HSM), a `RecordStore` (etcd),
-a millisecond clock, randomness and an audit sink. `handle` returns the sealed response or raises
-one of the `ServiceError` subclasses, which `server.py` maps to a gRPC status in one place.
+Pure over injected parts (no gRPC, no sockets): a `token_api.TokenOps` (the HSM, or the software
+token), a `RecordStore` (etcd), a millisecond clock, randomness and an audit sink. `handle`
+returns the sealed response or raises one of the `ServiceError` subclasses, which `server.py`
+maps to a gRPC status in one place.
 Protocol outcomes (wrong password, locked, not registered) are not errors: they travel inside the
 sealed response, which the frontend cannot read.
 
@@ -29,7 +30,6 @@ from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.lru import Lru
 from vault_node.records import (
     CREDENTIAL_ACCOUNT_GENERATION,
-    TokenOps,
     credential_identifier,
     open_record,
     open_registration_ticket,
@@ -40,6 +40,7 @@ from vault_node.records import (
 )
 from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
+from vault_node.token_api import TokenOps
 from vault_node.transitions import Current, Kind, Step
 from vault_node.witnessing import CaptureResult, Witnessing
 from vault_protocol import opaque

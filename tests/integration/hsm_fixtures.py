@@ -231,12 +231,36 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
 
         need().run_in_session(create)
 
+    def import_aes(label: str, value: bytes) -> None:
+        def create(session: Any) -> None:
+            session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.AES,
+                    Attribute.VALUE: value,
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.ENCRYPT: True,
+                    Attribute.DECRYPT: True,
+                }
+            )
+
+        need().run_in_session(create)
+
     def async_burst(peer: bytes, data: bytes, count: int) -> dict[str, Any]:
         tok = need()
 
         async def burst() -> tuple[list[bytes], list[bytes]]:
-            ecdhs = [tok.aecdh(peer) for _ in range(count)]
-            macs = [tok.ahmac_sha512("oprf_seed", data) for _ in range(count)]
+            # asyncio callers on many threads at once (the loop's default executor): each call
+            # still runs on the one PKCS#11 thread.
+            loop = asyncio.get_running_loop()
+            ecdhs = [loop.run_in_executor(None, tok.ecdh, peer) for _ in range(count)]
+            macs = [
+                loop.run_in_executor(None, tok.hmac_sha512, "oprf_seed", data) for _ in range(count)
+            ]
             return list(await asyncio.gather(*ecdhs)), list(await asyncio.gather(*macs))
 
         ecdhs, macs = asyncio.run(burst())
@@ -270,6 +294,9 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
                 result = None
             elif op == "import_secret":
                 import_secret(**args)
+                result = None
+            elif op == "import_aes":
+                import_aes(**args)
                 result = None
             elif op == "async_burst":
                 result = async_burst(**args)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_protocol import FakeVault
+from inproc_cluster import InProcessVault
 from test_client_vault import FE, FakeFrontends
 
 from client import cli
@@ -34,7 +34,7 @@ class Run:
     """Runs cli.main with captured streams, fake getpass and a fake cluster."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.vault = FakeVault()
+        self.vault = InProcessVault()
         self.frontends = FakeFrontends(self.vault)
         (tmp_path / "fleet.pub").write_bytes(self.vault.fleet.to_pem())
         self.config_path = tmp_path / "client.toml"

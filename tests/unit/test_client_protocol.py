@@ -1,22 +1,20 @@
-"""client.protocol flows against an in-process fake vault (real vault_protocol, dict store)."""
+"""client.protocol flows against the real vault node code, in process (tests/inproc_cluster.py)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from inproc_cluster import InProcessCluster
 
 from bkv.v1 import envelope_pb2
 from client import protocol
 from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError, StaleRequest
 from client.protocol import FlowContext, Outbound, Status, Step
-from vault_protocol import backup_key, opaque
+from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey
-from vault_protocol.envelope import FleetKey, open_request, seal_response
-from vault_protocol.errors import AuthenticationError
+from vault_protocol.envelope import FleetKey
 from vault_protocol.ksf import Argon2idKsf, IdentityKsf
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -26,162 +24,39 @@ PASSWORD = "correct horse battery staple"
 
 
 @dataclass
-class _Record:
-    opaque_record: bytes
-    wrapped_key: bytes
-    max_attempts: int
-    salt: bytes = b""  # the registration's own OPRF-key salt, as the node's generation
-    ksf: bytes = b""  # serialized KsfParams, as the node keeps them
-    attempts: int = 0
-    locked: bool = False
+class Vault:
+    """The real vault: the in-process cluster's nodes (node service, software token, memory
+    store, witnesses), reached over gRPC as the frontend reaches them."""
 
-
-@dataclass
-class FakeVault:
-    """The vault node's side of the protocol flows, in memory, with software keys."""
-
-    default_max_attempts: int = 10
-    records: dict[str, _Record] = field(default_factory=dict)
-    tickets: dict[bytes, tuple[str, bytes, bytes]] = field(default_factory=dict)
-    registrations: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
-    evaluations: int = 0
+    cluster: InProcessCluster
     seen_steps: list[Step] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._kem = ec.generate_private_key(ec.SECP256R1())
-        point = self._kem.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        self.fleet = FleetKey(point)
-        self._keys = opaque.SoftwareServerKeys.generate(os.urandom)
-        self._config = opaque.OpaqueConfig(ksf=IdentityKsf())
+    @property
+    def fleet(self) -> FleetKey:
+        return FleetKey(self.cluster.fleet_token.kem_public_key())
 
-    def fleet_pem(self) -> bytes:
-        return self.fleet.to_pem()
+    def send_for(self, account_id: str) -> Callable[[Outbound], bytes]:
+        inner = self.cluster.node_sender(account_id)
 
-    def _ecdh(self, enc: bytes) -> bytes:
-        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), enc)
-        return self._kem.exchange(ec.ECDH(), peer)
-
-    def handle(self, account_id: str, envelope: bytes) -> bytes:
-        request = open_request(
-            envelope, account_id, self.fleet.fleet_id, self._ecdh, self.fleet.public_key_bytes
-        )
-        response = self._dispatch(account_id, request)
-        return seal_response(request.response_key, response, os.urandom)
-
-    def send_for(self, account_id: str):  # type: ignore[no-untyped-def]
         def send(outbound: Outbound) -> bytes:
             self.seen_steps.append(outbound.step)
-            return self.handle(account_id, outbound.envelope)
+            return inner(outbound)
 
         return send
 
-    def _dispatch(self, account: str, req: envelope_pb2.VaultRequest) -> envelope_pb2.VaultResponse:
-        R = envelope_pb2.VaultResponse
-        cid = account.encode()
-        op = req.WhichOneof("op")
-        rec = self.records.get(account)
-        if op == "register_start":
-            salt, ticket = os.urandom(16), os.urandom(16)
-            resp = opaque.server_registration_response(
-                req.register_start.registration_request, cid + salt, self._keys
-            )
-            self.registrations[ticket] = (account, salt)
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK,
-                register_start=envelope_pb2.RegisterStartReply(
-                    registration_response=resp, ticket=ticket
-                ),
-            )
-        if op == "register_finish":
-            f = req.register_finish
-            owner, salt = self.registrations.pop(f.ticket)  # single use, as the node's CAS
-            assert owner == account
-            self.records[account] = _Record(
-                f.registration_record,
-                f.wrapped_key,
-                f.max_attempts or self.default_max_attempts,
-                salt,
-                f.ksf.SerializeToString() if f.HasField("ksf") else b"",
-            )
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK, register_finish=envelope_pb2.RegisterFinishReply()
-            )
-        if op == "status":
-            if rec is None:
-                return R(outcome=envelope_pb2.OUTCOME_OK, status=envelope_pb2.StatusReply())
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK,
-                guesses_left=0 if rec.locked else rec.max_attempts - rec.attempts,
-                status=envelope_pb2.StatusReply(
-                    registered=True, locked=rec.locked, max_attempts=rec.max_attempts
-                ),
-            )
-        if op == "delete":
-            existed = self.records.pop(account, None) is not None
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=existed)
-            )
-        if rec is None:
-            return R(outcome=envelope_pb2.OUTCOME_NOT_REGISTERED)
-        if rec.locked:
-            return R(outcome=envelope_pb2.OUTCOME_LOCKED)
-        if op == "recover_start":
-            if rec.attempts >= rec.max_attempts:
-                rec.locked, rec.opaque_record, rec.wrapped_key = True, b"", b""
-                return R(outcome=envelope_pb2.OUTCOME_LOCKED)
-            rec.attempts += 1  # counted before the OPRF runs
-            self.evaluations += 1
-            ke2, state = opaque.server_login_start(
-                rec.opaque_record,
-                cid + rec.salt,
-                req.recover_start.ke1,
-                self._keys,
-                self._config,
-                os.urandom,
-            )
-            ticket = os.urandom(16)
-            self.tickets[ticket] = (account, state.expected_client_mac, state.session_key)
-            reply = envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket)
-            if rec.ksf:
-                reply.ksf.ParseFromString(rec.ksf)
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK,
-                guesses_left=rec.max_attempts - rec.attempts,
-                recover_start=reply,
-            )
-        if op == "recover_finish":
-            owner, mac, session_key = self.tickets.pop(req.recover_finish.ticket)
-            assert owner == account
-            try:
-                opaque.server_login_finish(mac, req.recover_finish.ke3)
-            except AuthenticationError:
-                return R(
-                    outcome=envelope_pb2.OUTCOME_INVALID_PASSWORD,
-                    guesses_left=rec.max_attempts - rec.attempts,
-                )
-            rec.attempts = 0
-            transported = backup_key.seal_transport(session_key, rec.wrapped_key, os.urandom)
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK,
-                recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
-            )
-        raise AssertionError(op)
-
 
 @pytest.fixture
-def vault() -> FakeVault:
-    return FakeVault()
+def vault(inproc_cluster: InProcessCluster) -> Vault:
+    return Vault(inproc_cluster)
 
 
-def _ctx(vault: FakeVault, account: str = ACCOUNT) -> FlowContext:
+def _ctx(vault: Vault, account: str = ACCOUNT) -> FlowContext:
     return FlowContext(
         fleet=vault.fleet, account_id=account, opaque=opaque.OpaqueConfig(ksf=IdentityKsf())
     )
 
 
-def test_register_then_recover_returns_the_same_key(vault: FakeVault) -> None:
+def test_register_then_recover_returns_the_same_key(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     key = protocol.run(protocol.register_flow(ctx, PASSWORD), send)
     assert isinstance(key, BackupKey)
@@ -194,14 +69,14 @@ def test_register_then_recover_returns_the_same_key(vault: FakeVault) -> None:
     ]
 
 
-def test_register_with_a_given_key_and_limit(vault: FakeVault) -> None:
+def test_register_with_a_given_key_and_limit(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     given = BackupKey(bytes(range(32)))
     assert protocol.run(protocol.register_flow(ctx, PASSWORD, given, max_attempts=3), send) == given
     assert protocol.run(protocol.status_flow(ctx), send) == Status(True, 3, False, 3)
 
 
-def test_wrong_password_raises_guesses_left_without_sending_ke3(vault: FakeVault) -> None:
+def test_wrong_password_raises_guesses_left_without_sending_ke3(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     protocol.run(protocol.register_flow(ctx, PASSWORD, max_attempts=5), send)
     vault.seen_steps.clear()
@@ -215,7 +90,7 @@ def test_wrong_password_raises_guesses_left_without_sending_ke3(vault: FakeVault
     assert protocol.run(protocol.status_flow(ctx), send).guesses_left == 5
 
 
-def test_locked_after_max_attempts_even_with_the_right_password(vault: FakeVault) -> None:
+def test_locked_after_max_attempts_even_with_the_right_password(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     protocol.run(protocol.register_flow(ctx, PASSWORD, max_attempts=2), send)
     for left in (1, 0):
@@ -229,14 +104,14 @@ def test_locked_after_max_attempts_even_with_the_right_password(vault: FakeVault
     assert protocol.run(protocol.status_flow(ctx), send) == Status(False, 0, True, 2)
 
 
-def test_not_registered(vault: FakeVault) -> None:
+def test_not_registered(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     with pytest.raises(NotRegistered):
         protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
     assert protocol.run(protocol.status_flow(ctx), send) == Status(False, 0, False, 0)
 
 
-def test_delete(vault: FakeVault) -> None:
+def test_delete(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     protocol.run(protocol.register_flow(ctx, PASSWORD), send)
     assert protocol.run(protocol.delete_flow(ctx), send) is True
@@ -245,13 +120,13 @@ def test_delete(vault: FakeVault) -> None:
         protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
 
 
-def test_accounts_are_separate(vault: FakeVault) -> None:
+def test_accounts_are_separate(vault: Vault) -> None:
     protocol.run(protocol.register_flow(_ctx(vault), PASSWORD), vault.send_for(ACCOUNT))
     with pytest.raises(NotRegistered):
         protocol.run(protocol.recover_flow(_ctx(vault, "bob"), PASSWORD), vault.send_for("bob"))
 
 
-def test_a_forged_or_garbled_answer_is_a_protocol_error(vault: FakeVault) -> None:
+def test_a_forged_or_garbled_answer_is_a_protocol_error(vault: Vault) -> None:
     ctx = _ctx(vault)
     with pytest.raises(ProtocolError):
         protocol.run(protocol.status_flow(ctx), lambda outbound: b"\x0a\x0c" + bytes(12))
@@ -260,19 +135,19 @@ def test_a_forged_or_garbled_answer_is_a_protocol_error(vault: FakeVault) -> Non
 
 
 def test_an_answer_of_the_wrong_kind_is_a_protocol_error(
-    vault: FakeVault, monkeypatch: pytest.MonkeyPatch
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def wrong_kind(account: str, req: envelope_pb2.VaultRequest) -> envelope_pb2.VaultResponse:
+    async def wrong_kind(*args: object) -> envelope_pb2.VaultResponse:
         return envelope_pb2.VaultResponse(
             outcome=envelope_pb2.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=True)
         )
 
-    monkeypatch.setattr(vault, "_dispatch", wrong_kind)
+    monkeypatch.setattr(vault.cluster.nodes[0].service, "_dispatch", wrong_kind)
     with pytest.raises(ProtocolError, match="wrong reply"):
         protocol.run(protocol.status_flow(_ctx(vault)), vault.send_for(ACCOUNT))
 
 
-def test_errors_from_send_propagate_unchanged(vault: FakeVault) -> None:
+def test_errors_from_send_propagate_unchanged(vault: Vault) -> None:
     class Boom(Exception):
         pass
 
@@ -283,7 +158,7 @@ def test_errors_from_send_propagate_unchanged(vault: FakeVault) -> None:
         protocol.run(protocol.register_flow(_ctx(vault), PASSWORD), send)
 
 
-def test_outbound_and_results_never_show_secrets(vault: FakeVault) -> None:
+def test_outbound_and_results_never_show_secrets(vault: Vault) -> None:
     ctx = _ctx(vault)
     flow = protocol.register_flow(ctx, PASSWORD)
     step = protocol.advance(flow)
@@ -293,7 +168,7 @@ def test_outbound_and_results_never_show_secrets(vault: FakeVault) -> None:
     flow.close()
 
 
-def test_max_attempts_out_of_range_is_refused(vault: FakeVault) -> None:
+def test_max_attempts_out_of_range_is_refused(vault: Vault) -> None:
     for bad in (0, protocol.MAX_ATTEMPTS_LIMIT + 1):
         with pytest.raises(ValueError):
             protocol.register_flow(_ctx(vault), PASSWORD, max_attempts=bad)
@@ -305,7 +180,7 @@ def test_the_clients_attempt_limit_is_the_vaults() -> None:
     assert protocol.MAX_ATTEMPTS_LIMIT == MAX_ATTEMPTS_LIMIT  # no value passes here, fails there
 
 
-def test_a_stale_register_finish_starts_the_registration_again_once(vault: FakeVault) -> None:
+def test_a_stale_register_finish_starts_the_registration_again_once(vault: Vault) -> None:
     ctx, inner = _ctx(vault), vault.send_for(ACCOUNT)
     stale_left = [1]
 
@@ -326,13 +201,13 @@ def test_a_stale_register_finish_starts_the_registration_again_once(vault: FakeV
     assert vault.seen_steps == [Step.REGISTER_START, Step.REGISTER_FINISH] * 2  # once, no more
 
 
-def test_password_is_nfc_normalised(vault: FakeVault) -> None:
+def test_password_is_nfc_normalised(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     key = protocol.run(protocol.register_flow(ctx, "caf\u00e9"), send)
     assert protocol.run(protocol.recover_flow(ctx, "cafe\u0301"), send) == key
 
 
-def test_real_argon2_fast_preset_round_trip(vault: FakeVault) -> None:
+def test_real_argon2_fast_preset_round_trip(vault: Vault) -> None:
     from client.config import ksf_named
 
     ctx = FlowContext(vault.fleet, ACCOUNT, opaque.OpaqueConfig(ksf=ksf_named("fast")))
@@ -341,7 +216,7 @@ def test_real_argon2_fast_preset_round_trip(vault: FakeVault) -> None:
     assert protocol.run(protocol.recover_flow(ctx, PASSWORD), send) == key
 
 
-def test_recovery_stretches_as_the_registration_did(vault: FakeVault) -> None:
+def test_recovery_stretches_as_the_registration_did(vault: Vault) -> None:
     """Registered with the "fast" KSF, recovered by a client configured with another one: the
     right password still works (it used to count as a wrong guess), a wrong one still fails."""
     fast = Argon2idKsf(time_cost=1, lanes=1, memory_kib=256)
@@ -358,8 +233,9 @@ def test_recovery_stretches_as_the_registration_did(vault: FakeVault) -> None:
     with pytest.raises(InvalidPassword):
         protocol.run(protocol.recover_flow(ctx(other), "wrong"), send)
     # Parameters beyond the bounds (a record must not exhaust the client) are refused.
-    vault.records[ACCOUNT].ksf = envelope_pb2.KsfParams(
+    too_costly = envelope_pb2.KsfParams(
         argon2id_time_cost=1, argon2id_lanes=1, argon2id_memory_kib=2**31
     ).SerializeToString()
+    vault.cluster.rewrite_record(ACCOUNT, lambda record: setattr(record, "ksf_params", too_costly))
     with pytest.raises(ProtocolError):
         protocol.run(protocol.recover_flow(ctx(other), PASSWORD), send)

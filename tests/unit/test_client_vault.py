@@ -12,8 +12,9 @@ from typing import Any
 
 import grpc
 import pytest
+from inproc_cluster import InProcessVault
 from test_client_errors import FakeRpcError
-from test_client_protocol import PASSWORD, FakeVault
+from test_client_protocol import PASSWORD
 
 from bkv.v1 import frontend_pb2
 from client import AsyncVaultClient, VaultClient
@@ -37,9 +38,9 @@ FE = ("127.0.0.1:40001", "127.0.0.1:40002")
 
 
 class FakeFrontends:
-    """Frontends in memory: TOFU account keys, session tokens, Relay into a FakeVault."""
+    """Frontends in memory: TOFU account keys, session tokens, Relay into an InProcessVault."""
 
-    def __init__(self, vault: FakeVault) -> None:
+    def __init__(self, vault: InProcessVault) -> None:
         self.vault = vault
         self.down: set[str] = set()  # no connection: ready() is False
         self.unavailable: dict[str, int] = {}  # address -> how many calls answer UNAVAILABLE
@@ -134,12 +135,12 @@ class AsyncFakeFrontends:
 
 
 @pytest.fixture
-def vault() -> FakeVault:
-    return FakeVault()
+def vault() -> InProcessVault:
+    return InProcessVault()
 
 
 @pytest.fixture
-def config(tmp_path: Path, vault: FakeVault) -> ClientConfig:
+def config(tmp_path: Path, vault: InProcessVault) -> ClientConfig:
     pub = tmp_path / "fleet.pub"
     pub.write_bytes(vault.fleet.to_pem())
     path = tmp_path / "client.toml"
@@ -152,7 +153,7 @@ def config(tmp_path: Path, vault: FakeVault) -> ClientConfig:
 
 
 @pytest.fixture
-def frontends(vault: FakeVault) -> FakeFrontends:
+def frontends(vault: InProcessVault) -> FakeFrontends:
     return FakeFrontends(vault)
 
 
@@ -489,7 +490,7 @@ class LossyFrontends(FakeFrontends):
     """Relays follow `script`: "lost" = relayed (the vault counts it), the answer lost;
     "unauth" = the session expired, refused before relaying. Then behaves normally."""
 
-    def __init__(self, vault: FakeVault) -> None:
+    def __init__(self, vault: InProcessVault) -> None:
         super().__init__(vault)
         self.script: list[str] = []
         self.reached = 0
@@ -507,7 +508,7 @@ class LossyFrontends(FakeFrontends):
 
 
 def test_a_fresh_login_gives_the_guess_step_no_new_retry(
-    config: ClientConfig, vault: FakeVault
+    config: ClientConfig, vault: InProcessVault
 ) -> None:
     """The re-review's sequence: counted and lost, session refused, re-login: the step had its one
     retry already, so one user attempt reaches the vault at most twice (sync and asyncio)."""

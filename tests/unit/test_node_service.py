@@ -54,9 +54,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-FakeToken = SoftToken  # the one software token (vault_node.soft_token)
-
-
 class SpyKeys:
     """ServerKeys that log every OPRF-key derivation (= every OPRF evaluation) into `log`."""
 
@@ -98,7 +95,7 @@ class Clock:
 
 class Harness:
     def __init__(self, store: Any = None, *, max_attempts: int = 10) -> None:
-        self.token = FakeToken()
+        self.token = SoftToken()
         self.store = store if store is not None else MemoryRecordStore()
         self.log: list[str] = []
         self.keys = SpyKeys(TokenServerKeys.derive(self.token), self.log)
@@ -820,7 +817,7 @@ def test_cache_sizes_are_validated() -> None:
 
 
 def test_records_and_tickets_fail_with_one_error() -> None:
-    token = FakeToken()
+    token = SoftToken()
     rid = os.urandom(32)
     at = KeyMeta(create_revision=7, mod_revision=9, version=3)
     blob = seal_record(token, rid, sealed_pb2.Record(attempts=3), at, os.urandom)
@@ -841,7 +838,7 @@ def test_records_and_tickets_fail_with_one_error() -> None:
 def test_a_sealed_record_opens_only_at_the_etcd_metadata_it_was_written_at() -> None:
     """A put-back raises the key's version, a delete-and-recreate changes its create_revision;
     the mod_revision alone may differ (etcd names it only once the write commits)."""
-    token = FakeToken()
+    token = SoftToken()
     rid = os.urandom(32)
     at = KeyMeta(create_revision=7, mod_revision=0, version=3)
     blob = seal_record(token, rid, sealed_pb2.Record(attempts=1), at, os.urandom)
