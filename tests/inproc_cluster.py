@@ -38,7 +38,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bkv.v1 import frontend_pb2_grpc, node_pb2, node_pb2_grpc, sealed_pb2
+from bkv.store.v1 import sealed_pb2
+from bkv.v1 import frontend_pb2_grpc, node_pb2, node_pb2_grpc
 from client.protocol import Outbound
 from deploy.pki import CertPaths, Issued, issue_client, issue_server, make_ca
 from frontend_chatd.accounts import Accounts, Enrollment
@@ -46,7 +47,7 @@ from frontend_chatd.ratelimit import TokenBucketLimiter
 from frontend_chatd.relay import Relay, stub_open_call
 from frontend_chatd.routing import NodeChannels, NodeInfo, NodeTable, load_channel_credentials
 from frontend_chatd.server import FrontendServicer
-from frontend_chatd.sessions import Challenges, SessionKeys, SessionTokens
+from frontend_chatd.sessions import Challenges, SessionKeys, SessionTokens, issuer_id
 from vault_node.audit import MemoryAudit
 from vault_node.heads import group_of, next_head, open_head
 from vault_node.records import open_record, seal_record
@@ -324,7 +325,10 @@ class InProcessCluster:
         tokens = SessionTokens(keys, 3600, time.time)
         servicer = FrontendServicer(
             accounts=Accounts(
-                Challenges(keys, time.time, os.urandom), tokens, MemoryKeyStore(), Enrollment(None)
+                Challenges(keys, time.time, os.urandom, issuer_id("inproc-frontend")),
+                tokens,
+                MemoryKeyStore(),
+                Enrollment(None),
             ),
             tokens=tokens,
             relay=Relay(table.plan, stub_open_call(channels.stub), 5.0),

@@ -16,8 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
+from inproc_cluster import InProcessVault
 from test_client_errors import FakeRpcError
-from test_client_protocol import PASSWORD, FakeVault
+from test_client_protocol import PASSWORD
 from test_client_vault import FE, AsyncFakeFrontends, FakeFrontends, Sleeps
 
 from client import AsyncVaultClient, VaultClient
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 class RecordingFrontends(FakeFrontends):
     """FakeFrontends that log probes, calls and their outcomes, and can script failures."""
 
-    def __init__(self, vault: FakeVault) -> None:
+    def __init__(self, vault: InProcessVault) -> None:
         super().__init__(vault)
         self.log: list[tuple[Any, ...]] = []
         self.script: list[str] = []  # per Relay: "lost" (counted, answer lost), "unauth", "ok"
@@ -124,8 +125,8 @@ SCENARIOS = [
 
 
 @pytest.fixture
-def config_for(tmp_path: Path) -> Callable[[FakeVault, str], ClientConfig]:
-    def make(vault: FakeVault, name: str) -> ClientConfig:
+def config_for(tmp_path: Path) -> Callable[[InProcessVault, str], ClientConfig]:
+    def make(vault: InProcessVault, name: str) -> ClientConfig:
         folder = tmp_path / name
         folder.mkdir()
         (folder / "fleet.pub").write_bytes(vault.fleet.to_pem())
@@ -216,11 +217,11 @@ def run_async(scenario: Scenario, config: ClientConfig, fe: RecordingFrontends) 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_both_clients_decide_alike(
-    scenario: Scenario, config_for: Callable[[FakeVault, str], ClientConfig]
+    scenario: Scenario, config_for: Callable[[InProcessVault, str], ClientConfig]
 ) -> None:
     records = []
     for name, runner in (("sync", run_sync), ("async", run_async)):
-        vault = FakeVault()
+        vault = InProcessVault()
         fe = RecordingFrontends(vault)
         scenario.arrange(fe)
         records.append(runner(scenario, config_for(vault, name), fe))
@@ -230,13 +231,13 @@ def test_both_clients_decide_alike(
 
 
 def test_the_scenarios_show_the_decisions(
-    config_for: Callable[[FakeVault, str], ClientConfig],
+    config_for: Callable[[InProcessVault, str], ClientConfig],
 ) -> None:
     """A few of the shared records spelled out, so that "alike" is not "alike and wrong"."""
     by_name = {s.name: s for s in SCENARIOS}
 
     def record(name: str) -> list[Any]:
-        vault = FakeVault()
+        vault = InProcessVault()
         fe = RecordingFrontends(vault)
         by_name[name].arrange(fe)
         return run_sync(by_name[name], config_for(vault, name.replace(" ", "-")), fe)
