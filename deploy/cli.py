@@ -1,7 +1,7 @@
 """`bkv-cluster`: run a local multi-data-centre Backup Key Vault cluster.
 
 bkv-cluster up [--topology FILE] [--dir DIR] [--no-fsync]
-bkv-cluster status | down            [--dir DIR]
+bkv-cluster status [--metrics] | down [--dir DIR]   (--metrics: every metrics endpoint too)
 bkv-cluster kill-dc NAME | start-dc NAME
 bkv-cluster kill NAME | start NAME | stop NAME | crash NAME
 bkv-cluster stop-process NAME | cont-process NAME
@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"topology TOML (default {default_topology_path()})")  # fmt: skip
     up.add_argument("--no-fsync", action="store_true",
                     help="run etcd with --unsafe-no-fsync (tests only)")  # fmt: skip
-    sub.add_parser("status", parents=[common], help="live status of every process")
+    status = sub.add_parser("status", parents=[common], help="live status of every process")
+    status.add_argument("--metrics", action="store_true",
+                        help="also list each node's and frontend's metrics endpoint")  # fmt: skip
     ctl = sub.add_parser(
         "etcdctl", parents=[common],
         help="run etcdctl against the cluster's etcd as root (TLS, client certificate)",
@@ -133,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     elif command == "status":
         statuses = cluster.status()
         print(status_table(statuses))
-        print(f"\n{metrics_table(statuses)}")
         print(f"\netcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
+        if args.metrics:
+            print(f"\n{metrics_table(statuses)}")
     elif command == "etcdctl":
         args_ = list(args.args)
         if args_[:1] == ["--"]:

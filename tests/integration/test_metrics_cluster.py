@@ -123,3 +123,24 @@ def test_scraped_counts_match_the_scenario_and_the_audit_lines(
         by_frontends = sum(delta(f, "bkv_frontend_relays_total", node=node) for f in frontends)
         assert by_frontends == delta(node, "bkv_node_requests_total"), node
     assert sum(delta(f, "bkv_frontend_rate_limited_total") for f in frontends) == 0
+
+
+@pytest.mark.timeout(60)
+def test_status_lists_and_prometheus_yml_scrapes_every_metrics_endpoint(
+    healthy_cluster: Cluster,
+) -> None:
+    import subprocess
+    import sys
+
+    addresses = healthy_cluster.metrics_addresses()
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "status", "--metrics", "--dir",
+         str(healthy_cluster.directory)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    scrape_config = healthy_cluster.layout.prometheus_config.read_text()
+    for name, address in addresses.items():
+        assert f"http://{address}/metrics" in done.stdout, name
+        assert f'"{address}"' in scrape_config and f'process: "{name}"' in scrape_config
+        assert scrape(address), name
