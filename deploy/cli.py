@@ -1,7 +1,7 @@
 """`bkv-cluster`: run a local multi-data-centre Backup Key Vault cluster.
 
 bkv-cluster up [--topology FILE] [--dir DIR] [--no-fsync]
-bkv-cluster status | down            [--dir DIR]
+bkv-cluster status [--metrics] | down [--dir DIR]   (--metrics: every metrics endpoint too)
 bkv-cluster kill-dc NAME | start-dc NAME
 bkv-cluster kill NAME | start NAME | stop NAME | crash NAME
 bkv-cluster stop-process NAME | cont-process NAME
@@ -41,6 +41,15 @@ def status_table(statuses: Sequence[ProcessStatus]) -> str:
     return _table(rows)
 
 
+def metrics_table(statuses: Sequence[ProcessStatus]) -> str:
+    """Where each vault node and frontend serves its Prometheus metrics (http://ADDR/metrics)."""
+    rows = [["PROCESS", "ROLE", "METRICS"]]
+    for s in sorted(statuses, key=lambda s: (s.dc, ROLE_ORDER.index(s.role), s.name)):
+        if s.role != "etcd":
+            rows.append([s.name, s.role, f"http://{s.metrics}/metrics" if s.metrics else "-"])
+    return _table(rows)
+
+
 def phases_table(report: UpReport) -> str:
     rows = [["PHASE", "SECONDS"]]
     rows += [[name, f"{seconds:.2f}"] for name, seconds in report.phases]
@@ -63,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"topology TOML (default {default_topology_path()})")  # fmt: skip
     up.add_argument("--no-fsync", action="store_true",
                     help="run etcd with --unsafe-no-fsync (tests only)")  # fmt: skip
-    sub.add_parser("status", parents=[common], help="live status of every process")
+    status = sub.add_parser("status", parents=[common], help="live status of every process")
+    status.add_argument("--metrics", action="store_true",
+                        help="also list each node's and frontend's metrics endpoint")  # fmt: skip
     ctl = sub.add_parser(
         "etcdctl", parents=[common],
         help="run etcdctl against the cluster's etcd as root (TLS, client certificate)",
@@ -114,13 +125,19 @@ def run(args: argparse.Namespace) -> int:
         topology = None if args.topology is None else load_topology(args.topology)
         report = cluster.up(topology, fsync=False if args.no_fsync else None)
         print(phases_table(report))
-        print(status_table(cluster.status()))
+        statuses = cluster.status()
+        print(status_table(statuses))
+        print(metrics_table(statuses))
         print(f"etcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
         print(f"client configuration: {cluster.client_config_path}")
+        print(f"prometheus scrape configuration: {cluster.layout.prometheus_config}")
         print(f"up in {time.monotonic() - started:.1f} s (fsync {'on' if report.fsync else 'off'})")
     elif command == "status":
-        print(status_table(cluster.status()))
+        statuses = cluster.status()
+        print(status_table(statuses))
         print(f"\netcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
+        if args.metrics:
+            print(f"\n{metrics_table(statuses)}")
     elif command == "etcdctl":
         args_ = list(args.args)
         if args_[:1] == ["--"]:

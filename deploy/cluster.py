@@ -28,7 +28,14 @@ from typing import Any
 
 from deploy import etcd, etcd_auth, etcd_maintain, processes
 from deploy.ceremony import create_node_token, load_fleet, run_fleet_ceremony
-from deploy.configs import Layout, client_toml, frontend_toml, node_toml
+from deploy.configs import (
+    Layout,
+    ScrapeTarget,
+    client_toml,
+    frontend_toml,
+    node_toml,
+    prometheus_yml,
+)
 from deploy.errors import (
     ClusterRunningError,
     ClusterStateError,
@@ -83,6 +90,7 @@ class ProcessStatus:
     healthy: bool
     leader: bool = False
     witness: str = ""  # host:port of its witness server (witness nodes only)
+    metrics: str = ""  # host:port of its Prometheus metrics endpoint (nodes and frontends)
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,14 @@ def free_ports(host: str, count: int, *, rng: random.Random | None = None) -> li
     finally:
         for s in socks:
             s.close()
+
+
+def _fixed_ports(topology: Topology) -> set[int]:
+    """Every port `topology` already names (0, "choose one", left out)."""
+    ports = [p for m in topology.etcd for p in (m.client_port, m.peer_port, m.advertise_peer_port)]
+    ports += [p for n in topology.nodes for p in (n.port, n.witness_port)]
+    ports += [f.port for f in topology.frontends]
+    return {p for p in ports if p}
 
 
 def _silent(_message: str) -> None:
@@ -304,12 +320,33 @@ class Cluster:
             pgid=proc.pgid if alive else None, pid=run.get("child_pid"),
             supervisor=str(run.get("state", "?")) if alive else "down",
             healthy=alive and checker(proc), leader=leader, witness=self._witness_of(proc),
+            metrics=self._metrics_of(proc),
         )  # fmt: skip
 
     @staticmethod
     def _witness_of(proc: ProcessState) -> str:
         port = proc.ports.get("witness", 0) if proc.role == "node" else 0
         return f"{proc.address.rsplit(':', 1)[0]}:{port}" if port else ""
+
+    @staticmethod
+    def _metrics_of(proc: ProcessState) -> str:
+        """host:port of its metrics endpoint, on the host it serves on ("" if it has none)."""
+        port = proc.ports.get("metrics", 0)
+        return f"{proc.address.rsplit(':', 1)[0]}:{port}" if port else ""
+
+    def metrics_addresses(self) -> dict[str, str]:
+        """Process name -> host:port of its Prometheus metrics (every node and frontend)."""
+        out = {p.name: self._metrics_of(p) for p in self.state().processes}
+        return {name: address for name, address in out.items() if address}
+
+    def _write_scrape_config(self, state: ClusterState) -> None:
+        """DIR/prometheus.yml: every process's metrics endpoint, for Prometheus to scrape."""
+        targets = [
+            ScrapeTarget(p.name, p.role, p.dc, self._metrics_of(p))
+            for p in state.processes
+            if p.role != "etcd" and self._metrics_of(p)
+        ]
+        self.layout.prometheus_config.write_text(prometheus_yml(state.topology.name, targets))
 
     def _run_state(self, name: str) -> dict[str, Any]:
         try:
@@ -360,6 +397,7 @@ class Cluster:
             )
         self._warn(state.fsync)
         self.echo(f"resuming the stopped cluster in {self.directory}")
+        self._write_scrape_config(state)
         # etcd keeps its users, roles and auth on its data: nothing to bootstrap again.
         phases = self._start_names(state, [p.name for p in state.processes])
         return UpReport(tuple(phases), resumed=True, fsync=state.fsync)
@@ -370,9 +408,17 @@ class Cluster:
         if fsync is not None:
             topology = replace(topology, options=replace(topology.options, etcd_fsync=fsync))
         topology.validate()
-        # Ports are picked free on the loopback host (a namespace's ports are all free).
+        # Ports are picked free on the loopback host (a namespace's ports are all free), all in
+        # one call so that none repeats: the topology's, then one metrics port per process,
+        # none of them a port the topology fixed already (free now, but not for long).
         host = topology.host
-        topology = topology.with_ports(lambda n: free_ports(host, n))
+        served = [n.name for n in topology.nodes] + [f.name for f in topology.frontends]
+        fixed = _fixed_ports(topology)
+        unassigned = topology.unassigned_ports()
+        pool = free_ports(host, unassigned + len(served) + len(fixed))
+        topology = topology.with_ports(lambda n: pool[:n])
+        spare = [p for p in pool[unassigned:] if p not in fixed]
+        metrics_ports = dict(zip(served, spare, strict=False))
         fsync_on = topology.options.etcd_fsync
         self._warn(fsync_on)
         phases: list[tuple[str, float]] = []
@@ -384,7 +430,7 @@ class Cluster:
             tokens = [
                 create_node_token(self.layout.hsm_dir(n.name), n.name) for n in topology.nodes
             ]
-        state = self._initial_state(topology)
+        state = self._initial_state(topology, metrics_ports)
         etcd_names = [p.name for p in state.processes if p.role == "etcd"]
         complete = False
         try:
@@ -400,12 +446,13 @@ class Cluster:
                     tokens, self.layout.fleet_dir, etcd_cluster_id=cluster_id
                 )
             with self._phase(phases, "configuration"):
-                self._write_configs(topology, tokens)
+                self._write_configs(topology, tokens, metrics_ports)
                 state = replace(
                     self.state(), fleet_id=fleet.fleet_id.hex(),
                     etcd_cluster_id=f"{cluster_id:x}",
                 )  # fmt: skip
                 write_state(self.layout.state_file, state)
+                self._write_scrape_config(state)
             complete = True
             others = [p.name for p in state.processes if p.role != "etcd"]
             phases += self._start_names(state, others)
@@ -450,9 +497,13 @@ class Cluster:
         phases.append((name, time.monotonic() - started))
         self.echo(f"  {name:<14} {phases[-1][1]:6.2f} s")
 
-    def _initial_state(self, topology: Topology) -> ClusterState:
+    def _initial_state(
+        self, topology: Topology, metrics_ports: dict[str, int] | None = None
+    ) -> ClusterState:
         """Every process of `topology`, none running yet, written to cluster.json (so that a
-        failed `up`, or another invocation, can stop the etcd members it starts first)."""
+        failed `up`, or another invocation, can stop the etcd members it starts first).
+        `metrics_ports`: each node's and frontend's metrics port (kept in its `ports`)."""
+        metrics_ports = metrics_ports or {}
         layout = self.layout
         for d in ("conf", "logs", "run", "etcd"):
             (layout.root / d).mkdir(exist_ok=True)
@@ -467,15 +518,20 @@ class Cluster:
             ports = {"grpc": node.port}
             if topology.is_witness(node.name):
                 ports["witness"] = node.witness_port
+            if node.name in metrics_ports:
+                ports["metrics"] = metrics_ports[node.name]
             procs.append(ProcessState(
                 node.name, "node", node.dc, f"{topology.host_of(node.dc)}:{node.port}",
                 ports, str(layout.log(node.name)),
                 command_prefix=topology.prefix_of(node.dc),
             ))  # fmt: skip
         for fe in topology.frontends:
+            fe_ports = {"grpc": fe.port}
+            if fe.name in metrics_ports:
+                fe_ports["metrics"] = metrics_ports[fe.name]
             procs.append(ProcessState(
                 fe.name, "frontend", fe.dc, f"{topology.host_of(fe.dc)}:{fe.port}",
-                {"grpc": fe.port}, str(layout.log(fe.name)),
+                fe_ports, str(layout.log(fe.name)),
                 command_prefix=topology.prefix_of(fe.dc),
             ))  # fmt: skip
         state = ClusterState(str(layout.root), topology, topology.options.etcd_fsync, "",
@@ -483,16 +539,20 @@ class Cluster:
         write_state(layout.state_file, state)
         return state
 
-    def _write_configs(self, topology: Topology, tokens: Sequence[Any]) -> None:
+    def _write_configs(
+        self, topology: Topology, tokens: Sequence[Any], metrics_ports: dict[str, int]
+    ) -> None:
         layout = self.layout
         eps = etcd.topology_endpoints(topology)
         for node, token in zip(topology.nodes, tokens, strict=True):
             layout.config(node.name).write_text(node_toml(
                 topology, node, layout, eps, token.token_label, token.softhsm_conf,
-                token.pin_file, token.module,
+                token.pin_file, token.module, metrics_ports.get(node.name, 0),
             ))  # fmt: skip
         for fe in topology.frontends:
-            layout.config(fe.name).write_text(frontend_toml(topology, fe, layout, eps))
+            layout.config(fe.name).write_text(
+                frontend_toml(topology, fe, layout, eps, metrics_ports.get(fe.name, 0))
+            )
 
     # ---- starting and stopping ---------------------------------------------------------------
 

@@ -75,6 +75,11 @@ class Layout:
     def client_config(self) -> Path:
         return self.root / "client.toml"
 
+    @property
+    def prometheus_config(self) -> Path:
+        """A Prometheus scrape configuration for every process's metrics (`bkv-cluster up`)."""
+        return self.root / "prometheus.yml"
+
     def hsm_dir(self, node: str) -> Path:
         return self.root / "hsm" / node
 
@@ -150,18 +155,22 @@ def witness_table(topology: Topology, node: VaultNode, layout: Layout) -> dict[s
 
 def node_toml(
     topology: Topology, node: VaultNode, layout: Layout, etcd_endpoints: Sequence[str],
-    token_label: str, softhsm_conf: Path, pin_file: Path, module: str,
+    token_label: str, softhsm_conf: Path, pin_file: Path, module: str, metrics_port: int = 0,
 ) -> str:  # fmt: skip
+    """`metrics_port` (0: none) is where the node serves its metrics, on its own host."""
     pki = layout.pki
     address = f"{topology.host_of(node.dc)}:{node.port}"
+    section: dict[str, Value] = {
+        "name": node.name, "dc": node.dc, "listen": address, "advertise": address,
+        "max_attempts": topology.options.max_attempts,
+        "ticket_ttl_s": topology.options.ticket_ttl_s,
+        "lease_ttl_s": topology.options.lease_ttl_s,
+        "audit_log": str(layout.audit_log(node.name)),
+    }  # fmt: skip
+    if metrics_port:
+        section["metrics_address"] = f"{topology.host_of(node.dc)}:{metrics_port}"
     return dumps({
-        "node": {
-            "name": node.name, "dc": node.dc, "listen": address, "advertise": address,
-            "max_attempts": topology.options.max_attempts,
-            "ticket_ttl_s": topology.options.ticket_ttl_s,
-            "lease_ttl_s": topology.options.lease_ttl_s,
-            "audit_log": str(layout.audit_log(node.name)),
-        },
+        "node": section,
         "etcd": etcd_table(pki, node_user(node.name), etcd_endpoints),
         "tls": {
             "ca": str(pki.cluster_ca.cert),
@@ -179,18 +188,23 @@ def node_toml(
 
 
 def frontend_toml(
-    topology: Topology, frontend: Frontend, layout: Layout, etcd_endpoints: Sequence[str]
-) -> str:
+    topology: Topology, frontend: Frontend, layout: Layout, etcd_endpoints: Sequence[str],
+    metrics_port: int = 0,
+) -> str:  # fmt: skip
+    """`metrics_port` (0: none) is where the frontend serves its metrics, on its own host."""
     pki = layout.pki
     limits = topology.limits
+    section: dict[str, Value] = {
+        "name": frontend.name, "dc": frontend.dc,
+        "listen": f"{topology.host_of(frontend.dc)}:{frontend.port}",
+        "session_secret_file": str(layout.session_secret),
+        "enrollment_secret_file": "",
+        "session_ttl_s": topology.options.session_ttl_s,
+    }  # fmt: skip
+    if metrics_port:
+        section["metrics_address"] = f"{topology.host_of(frontend.dc)}:{metrics_port}"
     return dumps({
-        "frontend": {
-            "name": frontend.name, "dc": frontend.dc,
-            "listen": f"{topology.host_of(frontend.dc)}:{frontend.port}",
-            "session_secret_file": str(layout.session_secret),
-            "enrollment_secret_file": "",
-            "session_ttl_s": topology.options.session_ttl_s,
-        },
+        "frontend": section,
         "limits": {
             "account_rate_per_s": float(limits.account_rate_per_s),
             "account_burst": limits.account_burst,
@@ -220,3 +234,44 @@ def client_toml(topology: Topology, layout: Layout, fleet_pub: Path, fleet_id: b
             "fleet_id": fleet_id.hex(),
         },
     })  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One process whose metrics Prometheus scrapes."""
+
+    name: str
+    role: str  # "node" or "frontend"
+    dc: str
+    address: str  # host:port of its metrics endpoint
+
+
+SCRAPE_INTERVAL_S = 5
+
+
+def prometheus_yml(cluster_name: str, targets: Sequence[ScrapeTarget]) -> str:
+    """A Prometheus scrape configuration: one job per role, each target labelled with its
+    process name (`process`, not `node`: the frontend's relay metrics have a `node` label of
+    their own), role and data centre. Strings are JSON, which YAML reads as they are."""
+    lines = [
+        "# Written by bkv-cluster up: every vault node's and frontend's metrics endpoint.",
+        "# prometheus --config.file=prometheus.yml; Grafana: deploy/grafana/bkv-dashboard.json",
+        "global:",
+        f"  scrape_interval: {SCRAPE_INTERVAL_S}s",
+        f"  external_labels: {{cluster: {json.dumps(cluster_name)}}}",
+        "scrape_configs:",
+    ]
+    for role in ("node", "frontend"):
+        chosen = [t for t in targets if t.role == role]
+        if not chosen:
+            continue
+        lines += [f"  - job_name: {json.dumps('bkv-' + role)}", "    static_configs:"]
+        for t in chosen:
+            labels = {"process": t.name, "role": t.role, "dc": t.dc}
+            lines += [
+                f"      - targets: [{json.dumps(t.address)}]",
+                "        labels: {"
+                + ", ".join(f"{k}: {json.dumps(v)}" for k, v in labels.items())
+                + "}",
+            ]
+    return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,6 +32,9 @@ class FrontendSection:
     session_secret_file: str  # 32+ random bytes shared by every frontend (challenges, sessions)
     enrollment_secret_file: str  # "" = open enrollment; else first logins need HMAC(account)
     session_ttl_s: int  # lifetime of a session token
+    # host:port of the Prometheus metrics endpoint (HTTP, /metrics); "" = none. An IP address
+    # that is not public (loopback on the local cluster); port 0 picks a free one (tests).
+    metrics_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class FrontendConfig:
         if not fe.dc:
             problems.append("frontend.dc must not be empty")
         problems += _check_hostport("frontend.listen", fe.listen, allow_zero_port=True)
+        problems += _check_metrics_address("frontend.metrics_address", fe.metrics_address)
         problems += _check_secret_file(
             "frontend.session_secret_file", fe.session_secret_file, MIN_SESSION_SECRET_BYTES
         )
@@ -160,6 +165,29 @@ def _check_hostport(label: str, value: str, *, allow_zero_port: bool) -> list[st
     return []
 
 
+def _check_metrics_address(label: str, value: str) -> list[str]:
+    """ "" (none) or IP:port, the IP neither a wildcard nor public.
+
+    Security: the metrics count outcomes (rate-limit refusals, relays per node) and are served
+    without TLS or authentication: for operators' scrapers only, never on every interface or a
+    routed public address (loopback on the local cluster; a private network across hosts).
+    """
+    if not value:
+        return []
+    problems = _check_hostport(label, value, allow_zero_port=True)
+    if problems:
+        return problems
+    host = value.rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [f"{label} must name an IP address, not {host!r}"]
+    if address.is_unspecified or address.is_global:
+        return [f"{label} {host!r} must be loopback or a private address, not a wildcard or a "
+                "public one (the metrics have no authentication)"]  # fmt: skip
+    return []
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "frontend": FrontendSection,
     "limits": LimitsSection,
@@ -168,6 +196,7 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 _OPTIONAL: dict[tuple[str, str], Any] = {
     ("frontend", "enrollment_secret_file"): "",
+    ("frontend", "metrics_address"): "",
     ("etcd", "server_name"): DEFAULT_SERVER_NAME,
 }
 _FLOAT_FIELDS = {"account_rate_per_s", "peer_rate_per_s", "node_deadline_s"}

@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from etcd_client import EtcdClient
 from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
 from frontend_chatd.config import FrontendConfig
+from frontend_chatd.metrics import FrontendMetrics
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
 from frontend_chatd.relay import (
     NodeRejected,
@@ -47,6 +49,7 @@ from frontend_chatd.sessions import (
     issuer_id,
 )
 from vault_common.decode_guard import RejectUndecodable
+from vault_common.metrics_http import MetricsServer
 from vault_common.wire import NEW_CHALLENGE, NOT_APPLIED, RETRY_AFTER_MS_KEY
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
@@ -138,7 +141,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
         peer_limiter: TokenBucketLimiter,
         max_request_bytes: int,
         log_tag_key: bytes,
+        metrics: FrontendMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or FrontendMetrics(process_collectors=False)
         self._log_tag_key = log_tag_key
         self._accounts = accounts
         self._tokens = tokens
@@ -150,6 +155,7 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
     async def _handle(self, method: str, context: Any, body: Callable[[_Call], Awaitable[T]]) -> T:
         call = _Call(method, _peer_host(context.peer() or "unknown"))
         failure: StatusReply | None = None
+        error: BaseException | None = None
         code = "OK"
         try:
             # Security: the per-peer bucket runs before any work (MAC checks, etcd reads).
@@ -159,12 +165,13 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
             code = "CANCELLED"
             raise
         except Exception as e:  # noqa: BLE001 - every error leaves through to_status()
-            failure = to_status(e)
+            failure, error = to_status(e), e
             code = failure.code.name
             if failure.code == grpc.StatusCode.INTERNAL:
                 # The type only: an exception's text could carry request bytes.
                 log.error("%s failed unexpectedly: %s", method, type(e).__name__)
         finally:
+            self._metrics.request(method, code, error, time.monotonic() - call.started)
             access_log.info(
                 "method=%s account=%s peer=%s status=%s latency_ms=%.1f",
                 method,
@@ -234,8 +241,11 @@ def _read(path: str) -> bytes:
 class FrontendServer:
     """Everything one frontend process runs; `start()`, then `stop()`."""
 
-    def __init__(self, config: FrontendConfig) -> None:
+    def __init__(self, config: FrontendConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
+        # A registry of this process's own (tests run several frontends in one process).
+        self.metrics = FrontendMetrics(registry)
+        self._metrics_server: MetricsServer | None = None
         fe, limits = config.frontend, config.limits
         keys = SessionKeys.derive(_read(fe.session_secret_file))
         enrollment = Enrollment(
@@ -263,7 +273,9 @@ class FrontendServer:
             ),
             tokens=tokens,
             relay=Relay(
-                self.table.plan, stub_open_call(self.channels.stub), limits.node_deadline_s
+                self.table.plan,
+                self.metrics.timed_open(stub_open_call(self.channels.stub)),
+                limits.node_deadline_s,
             ),
             account_limiter=TokenBucketLimiter(
                 "account", limits.account_rate_per_s, limits.account_burst, time.monotonic
@@ -273,11 +285,15 @@ class FrontendServer:
             ),
             max_request_bytes=limits.max_request_bytes,
             log_tag_key=keys.log_tag_key,
+            metrics=self.metrics,
         )
         self.server: Any = None
         self.port = 0
         self._watch_task: asyncio.Task[None] | None = None
         self._serving: bool | None = None
+        self.metrics.watch_state(
+            serving=lambda: bool(self._serving), nodes=lambda: len(self.table.nodes())
+        )
 
     def _nodes_changed(self) -> None:
         self.channels.retain([n.address for n in self.table.nodes()])
@@ -304,6 +320,9 @@ class FrontendServer:
 
     async def start(self) -> int:
         fe, limits, tls = self.config.frontend, self.config.limits, self.config.tls
+        if fe.metrics_address:
+            self._metrics_server = MetricsServer.start(fe.metrics_address, self.metrics.registry)
+            log.info("metrics on http://%s/metrics", fe.metrics_address)
         self.server = grpc.aio.server(
             interceptors=[RejectUndecodable()],
             options=[
@@ -337,6 +356,8 @@ class FrontendServer:
                 await self._watch_task
         await self.channels.close()
         await self.etcd.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
 
 
 async def serve(config: FrontendConfig) -> None:

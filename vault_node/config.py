@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class NodeSection:
     checkpoint_interval_ms: int = 1000
     # A lock or delete has etcd compacted up to its revision after this delay (coalescing).
     compact_delay_ms: int = 500
+    # host:port of the Prometheus metrics endpoint (HTTP, /metrics); "" = none. An IP address
+    # that is not public (loopback on the local cluster); port 0 picks a free one (tests).
+    metrics_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ class NodeConfig:
             out.append("node.checkpoint_interval_ms must be in 50..60000")
         if not 0 <= n.compact_delay_ms <= 60_000:
             out.append("node.compact_delay_ms must be in 0..60000")
+        out += metrics_address_problems("node.metrics_address", n.metrics_address)
         if not self.etcd.server_name or self.etcd.server_name.strip() != self.etcd.server_name:
             out.append("etcd.server_name must be a non-empty TLS name")
         if not self.etcd.endpoints:
@@ -325,3 +330,25 @@ def _is_host_port(value: str) -> bool:
     if not sep or not host or not port.isdigit():
         return False
     return 1 <= int(port) <= 65535
+
+
+def metrics_address_problems(label: str, value: str) -> list[str]:
+    """Problems of a metrics address: "" (none) or IP:port, the IP neither a wildcard nor public.
+
+    Security: the metrics count outcomes (wrong guesses, lockouts) and are served without TLS
+    or authentication: for operators' scrapers only, so never on every interface or a routed
+    public address (loopback on the local cluster; a private operator network across hosts).
+    """
+    if not value:
+        return []
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return [f"{label} must be host:port with a port in 0..65535 (got {value!r})"]
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return [f"{label} must name an IP address, not {host!r}"]
+    if address.is_unspecified or address.is_global:
+        return [f"{label} {host!r} must be loopback or a private address, not a wildcard or a "
+                "public one (the metrics have no authentication)"]  # fmt: skip
+    return []

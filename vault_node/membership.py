@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -82,6 +83,10 @@ class Membership:
         if not self._registered or self._last_ok is None:
             return False
         return self._now() - self._last_ok < self._ttl
+
+    def lease_age_s(self) -> float:
+        """Seconds since the last successful etcd round trip, NaN before the first (metrics)."""
+        return math.nan if self._last_ok is None else self._now() - self._last_ok
 
     def _report(self) -> None:
         state = self.serving()

@@ -21,10 +21,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client import CollectorRegistry
 
 from bkv.v1 import node_pb2, node_pb2_grpc, witness_pb2_grpc
 from etcd_client import EtcdClientConfig, EtcdTls
 from vault_common.decode_guard import RejectUndecodable
+from vault_common.metrics_http import MetricsServer
 from vault_common.wire import NOT_APPLIED  # on an UNAVAILABLE that wrote nothing
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
@@ -32,11 +34,14 @@ from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
 from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
+from vault_node.metrics import NodeMetrics
 from vault_node.service import (
     BadRequest,
     Precondition,
     RecordCorrupt,
+    RecordTampered,
     ServiceConfig,
+    StoreRefused,
     TokenServerKeys,
     Unavailable,
     VaultService,
@@ -84,6 +89,25 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+def outcome_for(exc: BaseException) -> str:
+    """The metrics' outcome label of an error `status_for` maps (vault_node.metrics.OUTCOMES)."""
+    if isinstance(exc, BadRequest):
+        return "invalid_argument"
+    if isinstance(exc, Precondition):
+        return "failed_precondition"
+    if isinstance(exc, WriteUnconfirmed):
+        return "write_unconfirmed"
+    if isinstance(exc, Unavailable):
+        return "unavailable"
+    if isinstance(exc, RecordTampered):
+        return "tampered"
+    if isinstance(exc, StoreRefused):
+        return "store_refused"
+    if isinstance(exc, RecordCorrupt):
+        return "data_loss"
+    return "internal"
+
+
 def _wall_clock_ms() -> int:
     # Wall clock, not monotonic: tickets are redeemed at any node of the fleet.
     return time.time_ns() // 1_000_000
@@ -92,15 +116,21 @@ def _wall_clock_ms() -> int:
 class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
     """`VaultNode.Open`: hands the envelope to the service; answers UNAVAILABLE until ready."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: NodeMetrics | None = None) -> None:
         self.service: VaultService | None = None
+        self.metrics = metrics or NodeMetrics(process_collectors=False)
 
     async def Open(self, request: Any, context: Any) -> Any:
+        meter = self.metrics.request()
         try:
             if self.service is None:
                 raise Unavailable("vault node is starting")
-            sealed = await self.service.handle(request.account_id, request.envelope)
+            sealed = await self.service.handle(request.account_id, request.envelope, meter)
+        except asyncio.CancelledError:
+            meter.done("cancelled")
+            raise
         except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
+            meter.done(outcome_for(exc))
             code, details = status_for(exc)
             trailers = trailers_for(exc)
             if trailers:
@@ -114,6 +144,7 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
                 # Our own messages (no secrets, no input bytes): the reason stays in this log.
                 log.info("Open -> %s: %s", code.name, exc)
             await context.abort(code, details)
+        meter.done()
         return node_pb2.OpenReply(sealed_response=sealed)
 
 
@@ -151,9 +182,12 @@ def witness_credentials(config: NodeConfig) -> grpc.ServerCredentials:
 class VaultNodeServer:
     """One vault node process: gRPC server, token, etcd store, membership, audit log."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self._servicer = VaultNodeServicer()
+        # A registry of this process's own (tests run several nodes in one process).
+        self.metrics = NodeMetrics(registry)
+        self._metrics_server: MetricsServer | None = None
+        self._servicer = VaultNodeServicer(self.metrics)
         self._health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._token: Any = None
@@ -184,6 +218,11 @@ class VaultNodeServer:
     async def start(self) -> None:
         """Bind (NOT_SERVING), open the token, connect etcd, register; SERVING when done."""
         await self._set_health(NOT_SERVING)
+        if self.config.node.metrics_address:
+            self._metrics_server = MetricsServer.start(
+                self.config.node.metrics_address, self.metrics.registry
+            )
+            log.info("metrics on http://%s/metrics", self.config.node.metrics_address)
         server = grpc.aio.server(
             interceptors=[RejectUndecodable()],
             options=[
@@ -207,7 +246,7 @@ class VaultNodeServer:
         from vault_node.hsm import adopt_calling_thread
 
         adopt_calling_thread()
-        token = self._open_token()
+        token = self.metrics.metered_token(self._open_token())
         self._token = token
         keys = TokenServerKeys.derive(token)
         log.info("token %s open, AKE key pair derived", self.config.hsm.token_label)
@@ -224,6 +263,7 @@ class VaultNodeServer:
                 call_timeout_s=min(2.0, node.lease_ttl_s / 3),
             ),
             guard,
+            observe=self.metrics.etcd_call,
         )
         member = MemberInfo(name=node.name, dc=node.dc, address=node.advertise)
         store = self._store
@@ -237,6 +277,10 @@ class VaultNodeServer:
             # read through the store guard: a rolled-back store latches the alarm first.
             confirm=lambda: store.probe(member.key),
         )
+        self.metrics.watch_state(
+            serving=self.serving, lease_age_s=self._membership.lease_age_s,
+            store_alarm=lambda: guard.alarm, alarmed_groups=guard.alarmed_group_count,
+        )  # fmt: skip
         self._checkpointer = Checkpointer(
             token,
             guard,
@@ -267,6 +311,7 @@ class VaultNodeServer:
             store_alarm=lambda: guard.alarm,
             witnesses=witnesses,
             group_alarms=guard,
+            metrics=self.metrics,
         )
         self._checkpointer.start()
         self._compactor.start()
@@ -439,4 +484,6 @@ class VaultNodeServer:
             token.close()  # on the loop's thread, the PKCS#11 thread (see `start`)
         if self._audit is not None:
             self._audit.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
         log.info("stopped")

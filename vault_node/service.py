@@ -28,6 +28,7 @@ from vault_node.config import MAX_ATTEMPTS_LIMIT
 from vault_node.heads import Head, group_of, next_head, open_head
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.lru import Lru
+from vault_node.metrics import NodeMetrics, RequestMeter
 from vault_node.records import (
     CREDENTIAL_ACCOUNT_GENERATION,
     credential_identifier,
@@ -208,15 +209,18 @@ class VaultService:
         store_alarm: Callable[[], str] = lambda: "",
         witnesses: Witnessing,
         group_alarms: GroupAlarms | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         config.validate()
+        self._metrics = metrics or NodeMetrics(process_collectors=False)
         self._token = token
         self._store = store
         self._keys = keys
         self._config = config
         self._clock_ms = clock_ms
         self._rng = rng
-        self._audit = audit
+        # Counted as written: the metrics' evaluations and lockouts are the audit log's.
+        self._audit = self._metrics.audited(audit)
         self._serving = serving
         self._store_alarm = store_alarm
         self._witnesses = witnesses
@@ -241,8 +245,11 @@ class VaultService:
     def fleet_id(self) -> bytes:
         return self._fleet.fleet_id
 
-    async def handle(self, account_id: str, envelope: bytes) -> bytes:
-        """Open `envelope` for `account_id`, run the operation, return the sealed response."""
+    async def handle(
+        self, account_id: str, envelope: bytes, meter: RequestMeter | None = None
+    ) -> bytes:
+        """Open `envelope` for `account_id`, run the operation, return the sealed response
+        (`meter`, if given, learns the operation and the protocol outcome)."""
         # First: a latched store alarm refuses with DATA_LOSS even while the node also fails
         # closed for etcd (after a restore both hold), so no frontend fails the account over.
         if self._store_alarm():
@@ -264,6 +271,8 @@ class VaultService:
             raise BadRequest("envelope could not be opened") from exc
         if len(request.response_key) != 32:
             raise BadRequest("envelope could not be opened")
+        if meter is not None:
+            meter.opened(request.WhichOneof("op"))
         record_id = self._record_id(account)
         if self._groups.group_alarmed(self._group(record_id)):
             raise StoreRefused("this record's group was rolled back; refused until cleared")
@@ -275,6 +284,8 @@ class VaultService:
         except StoreUnavailable as exc:
             # Writes turn their own failures into WriteUnconfirmed: this one came from a read.
             raise Unavailable("etcd is unavailable; nothing was written") from exc
+        if meter is not None:
+            meter.answered(request.WhichOneof("op"), response.outcome)
         return seal_response(request.response_key, response, self._rng)
 
     async def _dispatch(
@@ -410,7 +421,9 @@ class VaultService:
     ) -> Applied:
         """The one compare-and-swap loop: decide, commit, and on a conflict decide again; then
         have a majority of witnesses capture the new head before anything is answered on it."""
-        for _ in range(CAS_RETRIES):
+        for attempt in range(CAS_RETRIES):
+            if attempt:
+                self._metrics.cas_retry()
             if current.head is None:
                 self._tampered(record_id, current)  # the group's head itself is not ours
             step = decide(current)
@@ -427,7 +440,9 @@ class VaultService:
                 assert current.head is not None
                 await self._witness(record_id, current.head, new_head, step)
                 return Applied(step, current, revision)
+            self._metrics.cas_conflict()
             current = after  # read by the failed CAS itself
+        self._metrics.cas_gave_up()
         raise Unavailable("too much contention on this record; retry")
 
     async def _confirm(self, record_id: bytes) -> Current:

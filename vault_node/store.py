@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -210,8 +211,14 @@ class EtcdStore:
     older, revision), nor do membership puts (see `put_leased`).
     """
 
-    def __init__(self, config: EtcdClientConfig, guard: StoreGuard) -> None:
+    def __init__(
+        self,
+        config: EtcdClientConfig,
+        guard: StoreGuard,
+        observe: Callable[[str, float, bool], None] = lambda call, seconds, ok: None,
+    ) -> None:
         self._client = EtcdClient(config)
+        self._observe_call = observe  # (call name, seconds, succeeded): the node's metrics
         self._guard = guard
         self._timeout = config.call_timeout_s
 
@@ -222,15 +229,21 @@ class EtcdStore:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: str, fn: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        ok = False
         try:
-            return await fn()
+            result = await fn()
+            ok = True
+            return result
         except EtcdError as exc:
             # Permission denied, too: an etcd admin who takes our rights away denies service,
             # nothing more. The class of the error goes to the log, never a value.
             raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
         except (TimeoutError, ConnectionError) as exc:
             raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
+        finally:
+            self._observe_call(call, time.perf_counter() - started, ok)
 
     def _observe(self, header: Header, floor: int) -> None:
         self._guard.observe(header.cluster_id, header.revision, floor)
@@ -244,7 +257,7 @@ class EtcdStore:
         self._guard.check()
         floor = self._guard.floor()
         result = await self._call(
-            lambda: self._client.txn([], [Get(record_key(record_id)), Get(head_key(group))])
+            "read", lambda: self._client.txn([], [Get(record_key(record_id)), Get(head_key(group))])
         )
         self._observe(result.header, floor)
         return _snapshot(result.responses)
@@ -265,11 +278,12 @@ class EtcdStore:
         # One round trip either way: the failure branch reads both keys inside the
         # transaction, which etcd serialises like any write, so what it returns is current.
         result = await self._call(
+            "write",
             lambda: self._client.txn(
                 [_compare(key, expected), _compare(hkey, expected_head)],
                 [record_op, Put(hkey, head)],
                 [Get(key), Get(hkey)],
-            )
+            ),
         )
         self._observe(result.header, floor)
         if result.succeeded:
@@ -282,7 +296,8 @@ class EtcdStore:
         self._guard.check()
         floor = self._guard.floor()
         result = await self._call(
-            lambda: self._client.range(HEADS_PREFIX, range_end=prefix_end(HEADS_PREFIX))
+            "read_heads",
+            lambda: self._client.range(HEADS_PREFIX, range_end=prefix_end(HEADS_PREFIX)),
         )
         self._observe(result.header, floor)
         heads: list[tuple[int, StoredValue]] = []
@@ -295,40 +310,50 @@ class EtcdStore:
         return heads
 
     async def compact(self, revision: int) -> None:
+        started = time.perf_counter()
+        ok = False
         try:
             await self._client.compact(revision, physical=True)
+            ok = True
         except EtcdCompacted:
+            ok = True
             return  # someone (another node, etcd's own periodic compaction) went further
         except EtcdError as exc:
             raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
         except (TimeoutError, ConnectionError) as exc:
             raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
+        finally:
+            self._observe_call("compact", time.perf_counter() - started, ok)
 
     async def probe(self, key: str) -> None:
         """One linearizable read of `key` (the node's own membership key), for the guard."""
         self._guard.check()
         floor = self._guard.floor()
-        result = await self._call(lambda: self._client.range(key.encode("utf-8"), keys_only=True))
+        result = await self._call(
+            "probe", lambda: self._client.range(key.encode("utf-8"), keys_only=True)
+        )
         self._observe(result.header, floor)
 
     # -- leases --
 
     async def grant_lease(self, ttl_s: int) -> int:
-        lease = await self._call(lambda: self._client.lease_grant(ttl_s))
+        lease = await self._call("lease_grant", lambda: self._client.lease_grant(ttl_s))
         return lease.lease_id
 
     async def keep_alive(self, lease_id: int) -> int:
-        return await self._call(lambda: self._client.lease_keep_alive(lease_id))
+        return await self._call("lease_keep_alive", lambda: self._client.lease_keep_alive(lease_id))
 
     async def put_leased(self, key: str, value: bytes, lease_id: int) -> None:
         # Not checked by the guard: a node whose guard latched an alarm stays announced, so
         # that its accounts keep being routed to it and refused (service.StoreRefused).
-        await self._call(lambda: self._client.put(key.encode("utf-8"), value, lease=lease_id))
+        await self._call(
+            "put_leased", lambda: self._client.put(key.encode("utf-8"), value, lease=lease_id)
+        )
 
     async def revoke_lease(self, lease_id: int) -> None:
-        await self._call(lambda: self._client.lease_revoke(lease_id))
+        await self._call("lease_revoke", lambda: self._client.lease_revoke(lease_id))
 
     async def ping(self) -> None:
         """One linearizable round trip (for health checks in tests and tools): a read of the
         records prefix itself, a key no record has and the node may read."""
-        await self._call(lambda: self._client.range(RECORDS_PREFIX, keys_only=True))
+        await self._call("ping", lambda: self._client.range(RECORDS_PREFIX, keys_only=True))

@@ -84,6 +84,10 @@ class StoreGuard:
             self._accepted_at_ms,
         )
 
+    def alarmed_group_count(self) -> int:
+        """How many groups are alarmed (safe to call from the metrics thread: one len())."""
+        return len(self._groups)
+
     def group_alarmed(self, group: int) -> bool:
         return group in self._groups
 
