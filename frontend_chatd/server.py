@@ -29,6 +29,7 @@ from frontend_chatd.relay import (
     NodeRejected,
     NodeTimedOut,
     NoNodeAvailable,
+    OpenCall,
     Relay,
     stub_open_call,
 )
@@ -46,6 +47,7 @@ from frontend_chatd.sessions import (
     Unauthenticated,
     bearer_token,
 )
+from frontend_chatd.streams import StreamPool, pooled_open_call
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
 STOP_GRACE_S = 5.0
@@ -244,6 +246,7 @@ class FrontendServer:
         self.channels = NodeChannels(
             load_channel_credentials(tls.cluster_ca, tls.client_cert, tls.client_key)
         )
+        self.streams: StreamPool | None = None
         self.health = health.aio.HealthServicer()
         self.watcher = NodeWatcher(
             self.etcd, self.table, on_state=self._update_health, on_change=self._nodes_changed
@@ -255,7 +258,7 @@ class FrontendServer:
             ),
             tokens=tokens,
             relay=Relay(
-                self.table.plan, stub_open_call(self.channels.stub), limits.node_deadline_s
+                self.table.plan, self._open_call(limits.relay_streams), limits.node_deadline_s
             ),
             account_limiter=TokenBucketLimiter(
                 "account", limits.account_rate_per_s, limits.account_burst, time.monotonic
@@ -271,7 +274,16 @@ class FrontendServer:
         self._watch_task: asyncio.Task[None] | None = None
         self._serving: bool | None = None
 
+    def _open_call(self, streams: int) -> OpenCall:
+        """Open over a pool of `streams` long-lived streams per node; unary calls when 0."""
+        if streams == 0:
+            return stub_open_call(self.channels.stub)
+        self.streams = StreamPool(self.channels.stub, streams)
+        return pooled_open_call(self.streams)
+
     def _nodes_changed(self) -> None:
+        if self.streams is not None:
+            self.streams.retain({n.address for n in self.table.nodes()})
         self.channels.retain([n.address for n in self.table.nodes()])
         self._update_health(self.watcher.ready)
 
@@ -327,6 +339,8 @@ class FrontendServer:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        if self.streams is not None:
+            self.streams.close()
         await self.channels.close()
         await self.etcd.close()
 
