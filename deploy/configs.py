@@ -212,6 +212,7 @@ def frontend_toml(
             "peer_burst": limits.peer_burst,
             "max_request_bytes": limits.max_request_bytes,
             "node_deadline_s": float(limits.node_deadline_s),
+            "relay_streams": limits.relay_streams,
         },
         "etcd": etcd_table(pki, frontend_user(frontend.name), etcd_endpoints),
         "tls": {

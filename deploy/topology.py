@@ -144,9 +144,15 @@ class FrontendLimits:
     peer_burst: int = 400
     max_request_bytes: int = 65536
     node_deadline_s: float = 5.0
+    relay_streams: int = 16  # OpenStream streams per node; 0 = unary calls (frontend config)
 
     def problems(self) -> list[str]:
-        return [f"limits.{f.name} must be > 0" for f in fields(self) if getattr(self, f.name) <= 0]
+        out = [
+            f"limits.{f.name} must be > 0"
+            for f in fields(self)
+            if f.name != "relay_streams" and getattr(self, f.name) <= 0
+        ]
+        return out + (["limits.relay_streams must be >= 0"] if self.relay_streams < 0 else [])
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from vault_common.toml_config import TomlReadError, read_toml, unknown_keys
 
 MIN_SESSION_SECRET_BYTES = 32
 MIN_ENROLLMENT_SECRET_BYTES = 16
+MAX_RELAY_STREAMS = 256  # streams per node: each is an HTTP/2 stream held open on the node
 ETCD_CALL_TIMEOUT_S = 5.0  # deadline of one etcd call (account reads and binds, node listing)
 
 
@@ -45,6 +46,9 @@ class LimitsSection:
     peer_burst: int  # bucket size per client IP
     max_request_bytes: int  # largest request message accepted (gRPC receive limit)
     node_deadline_s: float  # deadline of one call to a vault node
+    # Long-lived OpenStream streams kept per node (frontend_chatd/streams.py); 0 = a unary Open
+    # per request, as before. Optional; more requests in flight to one node than this go unary.
+    relay_streams: int = 16
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class FrontendConfig:
             problems.append("limits.max_request_bytes must be between 1024 and 16777216")
         if not 0 < lim.node_deadline_s <= 120:
             problems.append("limits.node_deadline_s must be > 0 and <= 120")
+        if not 0 <= lim.relay_streams <= MAX_RELAY_STREAMS:
+            problems.append(f"limits.relay_streams must be between 0 and {MAX_RELAY_STREAMS}")
         etcd = self.etcd
         if not etcd.endpoints:
             problems.append("etcd.endpoints must list at least one host:port")
@@ -198,9 +204,12 @@ _OPTIONAL: dict[tuple[str, str], Any] = {
     ("frontend", "enrollment_secret_file"): "",
     ("frontend", "metrics_address"): "",
     ("etcd", "server_name"): DEFAULT_SERVER_NAME,
+    ("limits", "relay_streams"): 16,
 }
 _FLOAT_FIELDS = {"account_rate_per_s", "peer_rate_per_s", "node_deadline_s"}
-_INT_FIELDS = {"session_ttl_s", "account_burst", "peer_burst", "max_request_bytes"}
+_INT_FIELDS = {
+    "session_ttl_s", "account_burst", "peer_burst", "max_request_bytes", "relay_streams",
+}  # fmt: skip
 
 
 def parse_config(data: Mapping[str, Any]) -> FrontendConfig:

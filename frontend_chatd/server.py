@@ -29,6 +29,7 @@ from frontend_chatd.relay import (
     NodeRejected,
     NodeTimedOut,
     NoNodeAvailable,
+    OpenCall,
     Relay,
     stub_open_call,
 )
@@ -48,6 +49,7 @@ from frontend_chatd.sessions import (
     bearer_token,
     issuer_id,
 )
+from frontend_chatd.streams import StreamPool, pooled_open_call
 from vault_common.decode_guard import RejectUndecodable
 from vault_common.metrics_http import MetricsServer
 from vault_common.wire import NEW_CHALLENGE, NOT_APPLIED, RETRY_AFTER_MS_KEY
@@ -259,6 +261,7 @@ class FrontendServer:
         self.channels = NodeChannels(
             load_channel_credentials(tls.cluster_ca, tls.client_cert, tls.client_key)
         )
+        self.streams: StreamPool | None = None
         self.health = health.aio.HealthServicer()
         self.watcher = NodeWatcher(
             self.etcd, self.table, on_state=self._update_health, on_change=self._nodes_changed
@@ -274,7 +277,7 @@ class FrontendServer:
             tokens=tokens,
             relay=Relay(
                 self.table.plan,
-                self.metrics.timed_open(stub_open_call(self.channels.stub)),
+                self.metrics.timed_open(self._open_call(limits.relay_streams)),
                 limits.node_deadline_s,
             ),
             account_limiter=TokenBucketLimiter(
@@ -295,7 +298,16 @@ class FrontendServer:
             serving=lambda: bool(self._serving), nodes=lambda: len(self.table.nodes())
         )
 
+    def _open_call(self, streams: int) -> OpenCall:
+        """Open over a pool of `streams` long-lived streams per node; unary calls when 0."""
+        if streams == 0:
+            return stub_open_call(self.channels.stub)
+        self.streams = StreamPool(self.channels.stub, streams)
+        return pooled_open_call(self.streams)
+
     def _nodes_changed(self) -> None:
+        if self.streams is not None:
+            self.streams.retain({n.address for n in self.table.nodes()})
         self.channels.retain([n.address for n in self.table.nodes()])
         self._update_health(self.watcher.ready)
 
@@ -354,6 +366,8 @@ class FrontendServer:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        if self.streams is not None:
+            self.streams.close()
         await self.channels.close()
         await self.etcd.close()
         if self._metrics_server is not None:

@@ -14,11 +14,12 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import CollectorRegistry
@@ -34,7 +35,7 @@ from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
 from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
-from vault_node.metrics import NodeMetrics
+from vault_node.metrics import NodeMetrics, RequestMeter
 from vault_node.service import (
     BadRequest,
     Precondition,
@@ -108,44 +109,134 @@ def outcome_for(exc: BaseException) -> str:
     return "internal"
 
 
+OPEN_STREAM = f"/{SERVICE_NAME}/OpenStream"
+MALFORMED_FRAME = object()
+
+
+class LenientFrames(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """OpenStream's frames decoded leniently: an undecodable one becomes MALFORMED_FRAME, which
+    the servicer answers by closing the stream with INVALID_ARGUMENT (invariant 7: a precise
+    status, never grpcio's UNKNOWN and traceback). RejectUndecodable does this for unary calls."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or handler_call_details.method != OPEN_STREAM
+            or handler.stream_stream is None
+            or handler.request_deserializer is None
+        ):
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except (DecodeError, UnicodeDecodeError):
+                return MALFORMED_FRAME
+
+        return grpc.stream_stream_rpc_method_handler(
+            handler.stream_stream,
+            request_deserializer=lenient,
+            response_serializer=handler.response_serializer,
+        )
+
+
 def _wall_clock_ms() -> int:
     # Wall clock, not monotonic: tickets are redeemed at any node of the fleet.
     return time.time_ns() // 1_000_000
 
 
 class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
-    """`VaultNode.Open`: hands the envelope to the service; answers UNAVAILABLE until ready."""
+    """`VaultNode.Open` and `OpenStream`: hand each envelope to the service; UNAVAILABLE until
+    ready. Both run `_open` and map its errors with `_refusal`, so a frame on a stream is
+    answered exactly as the same request in a unary call (same checks, audit and statuses)."""
 
     def __init__(self, metrics: NodeMetrics | None = None) -> None:
         self.service: VaultService | None = None
         self.metrics = metrics or NodeMetrics(process_collectors=False)
 
+    async def _open(self, account_id: str, envelope: bytes, meter: RequestMeter) -> bytes:
+        if self.service is None:
+            raise Unavailable("vault node is starting")
+        return await self.service.handle(account_id, envelope, meter)
+
+    def _refusal(
+        self, exc: BaseException, method: str
+    ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+        """(code, details, trailers) for `exc`, logged once, without input bytes."""
+        code, details = status_for(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            # The type and the stack only: an unexpected message could quote input bytes.
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = " <- ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(frames))
+            log.error("unexpected %s in %s at %s", type(exc).__name__, method, where)
+        else:
+            # Our own messages (no secrets, no input bytes): the reason stays in this log.
+            log.info("%s -> %s: %s", method, code.name, exc)
+        return code, details, trailers_for(exc)
+
     async def Open(self, request: Any, context: Any) -> Any:
         meter = self.metrics.request()
         try:
-            if self.service is None:
-                raise Unavailable("vault node is starting")
-            sealed = await self.service.handle(request.account_id, request.envelope, meter)
+            sealed = await self._open(request.account_id, request.envelope, meter)
         except asyncio.CancelledError:
             meter.done("cancelled")
             raise
         except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
             meter.done(outcome_for(exc))
-            code, details = status_for(exc)
-            trailers = trailers_for(exc)
+            code, details, trailers = self._refusal(exc, "Open")
             if trailers:
                 context.set_trailing_metadata(trailers)
-            if code == grpc.StatusCode.INTERNAL:
-                # The type and the stack only: an unexpected message could quote input bytes.
-                frames = traceback.extract_tb(exc.__traceback__)
-                where = " <- ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(frames))
-                log.error("unexpected %s in Open at %s", type(exc).__name__, where)
-            else:
-                # Our own messages (no secrets, no input bytes): the reason stays in this log.
-                log.info("Open -> %s: %s", code.name, exc)
             await context.abort(code, details)
         meter.done()
         return node_pb2.OpenReply(sealed_response=sealed)
+
+    async def OpenStream(self, frames: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """One request at a time: read a frame, answer it, read the next (node.proto). The
+        stream's own status never carries "not applied" (it is not about one frame)."""
+        async for frame in frames:
+            if frame is MALFORMED_FRAME or frame.id == 0:
+                # Security: a frontend that sends what no frontend of ours sends is cut off;
+                # nothing of the frame is logged.
+                log.warning("OpenStream: a malformed frame, stream closed")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed frame")
+            yield await self._frame_reply(frame)
+
+    async def _frame_reply(self, frame: Any) -> Any:
+        """The reply frame to `frame`: what Open would answer, status and trailers included."""
+        # The frame's deadline, as a unary call's: past it the work is cancelled (the frontend
+        # has given up on the request and counts it as possibly applied).
+        scope = asyncio.timeout(frame.deadline_ms / 1000 if frame.deadline_ms else None)
+        meter = self.metrics.request()
+        try:
+            async with scope:
+                sealed = await self._open(frame.account_id, frame.envelope, meter)
+        except asyncio.CancelledError:
+            meter.done("cancelled")
+            raise
+        except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
+            trailers: tuple[tuple[str, str], ...]
+            if isinstance(exc, TimeoutError) and scope.expired():
+                meter.done("cancelled")
+                code, details, trailers = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ()
+                log.info("OpenStream -> DEADLINE_EXCEEDED: the frame's deadline passed")
+            else:
+                meter.done(outcome_for(exc))
+                code, details, trailers = self._refusal(exc, "OpenStream")
+        else:
+            meter.done()
+            return node_pb2.OpenFrameReply(id=frame.id, sealed_response=sealed)
+        keys: dict[str, str] = dict(trailers)
+        return node_pb2.OpenFrameReply(
+            id=frame.id,
+            code=code.value[0],
+            details=details,
+            not_applied=keys.get(NOT_APPLIED[0][0]) == "1",
+            retry_after_ms=keys.get("retry-after-ms", ""),
+        )
 
 
 def server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
@@ -224,7 +315,8 @@ class VaultNodeServer:
             )
             log.info("metrics on http://%s/metrics", self.config.node.metrics_address)
         server = grpc.aio.server(
-            interceptors=[RejectUndecodable()],
+            # Security: a frame is bounded by the same receive limit as a unary request.
+            interceptors=[RejectUndecodable(), LenientFrames()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),

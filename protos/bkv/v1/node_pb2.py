@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x62kv/v1/node.proto\x12\x06\x62kv.v1\"3\n\x0bOpenRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"$\n\tOpenReply\x12\x17\n\x0fsealed_response\x18\x01 \x01(\x0c\x32;\n\tVaultNode\x12.\n\x04Open\x12\x13.bkv.v1.OpenRequest\x1a\x11.bkv.v1.OpenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x62kv/v1/node.proto\x12\x06\x62kv.v1\"3\n\x0bOpenRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"$\n\tOpenReply\x12\x17\n\x0fsealed_response\x18\x01 \x01(\x0c\"R\n\tOpenFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\r\"\x81\x01\n\x0eOpenFrameReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x17\n\x0fsealed_response\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\t\x12\x13\n\x0bnot_applied\x18\x05 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\t2x\n\tVaultNode\x12.\n\x04Open\x12\x13.bkv.v1.OpenRequest\x1a\x11.bkv.v1.OpenReply\x12;\n\nOpenStream\x12\x11.bkv.v1.OpenFrame\x1a\x16.bkv.v1.OpenFrameReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENREQUEST']._serialized_end=80
   _globals['_OPENREPLY']._serialized_start=82
   _globals['_OPENREPLY']._serialized_end=118
-  _globals['_VAULTNODE']._serialized_start=120
-  _globals['_VAULTNODE']._serialized_end=179
+  _globals['_OPENFRAME']._serialized_start=120
+  _globals['_OPENFRAME']._serialized_end=202
+  _globals['_OPENFRAMEREPLY']._serialized_start=205
+  _globals['_OPENFRAMEREPLY']._serialized_end=334
+  _globals['_VAULTNODE']._serialized_start=336
+  _globals['_VAULTNODE']._serialized_end=456
 # @@protoc_insertion_point(module_scope)

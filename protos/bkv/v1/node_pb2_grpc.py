@@ -39,6 +39,11 @@ class VaultNodeStub:
                 request_serializer=bkv_dot_v1_dot_node__pb2.OpenRequest.SerializeToString,
                 response_deserializer=bkv_dot_v1_dot_node__pb2.OpenReply.FromString,
                 _registered_method=True)
+        self.OpenStream = channel.stream_stream(
+                '/bkv.v1.VaultNode/OpenStream',
+                request_serializer=bkv_dot_v1_dot_node__pb2.OpenFrame.SerializeToString,
+                response_deserializer=bkv_dot_v1_dot_node__pb2.OpenFrameReply.FromString,
+                _registered_method=True)
 
 
 class VaultNodeServicer:
@@ -53,6 +58,17 @@ class VaultNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenStream(self, request_iterator, context):
+        """The same handler as Open over a long-lived stream: each frame is answered exactly as Open
+        would answer it, the status in the reply frame (not_applied in place of the trailer). The
+        stream's own status never says "not applied": a frontend whose stream fails treats every
+        frame it had written as it treats a failed unary call. The node ends a stream that
+        misbehaves (an undecodable frame, an id of 0) with INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +76,11 @@ def add_VaultNodeServicer_to_server(servicer, server):
                     servicer.Open,
                     request_deserializer=bkv_dot_v1_dot_node__pb2.OpenRequest.FromString,
                     response_serializer=bkv_dot_v1_dot_node__pb2.OpenReply.SerializeToString,
+            ),
+            'OpenStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenStream,
+                    request_deserializer=bkv_dot_v1_dot_node__pb2.OpenFrame.FromString,
+                    response_serializer=bkv_dot_v1_dot_node__pb2.OpenFrameReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +110,33 @@ class VaultNode:
             '/bkv.v1.VaultNode/Open',
             bkv_dot_v1_dot_node__pb2.OpenRequest.SerializeToString,
             bkv_dot_v1_dot_node__pb2.OpenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bkv.v1.VaultNode/OpenStream',
+            bkv_dot_v1_dot_node__pb2.OpenFrame.SerializeToString,
+            bkv_dot_v1_dot_node__pb2.OpenFrameReply.FromString,
             options,
             channel_credentials,
             insecure,
