@@ -17,7 +17,7 @@ from bkv.v1 import node_pb2, node_pb2_grpc
 from frontend_chatd.relay import NodeTimedOut, NoNodeAvailable, Relay, classify
 from frontend_chatd.routing import NodeInfo
 from frontend_chatd.streams import StreamPool, reply_result
-from vault_node.decode_guard import RejectUndecodable
+from vault_common.decode_guard import RejectUndecodable
 from vault_node.server import LenientFrames, VaultNodeServicer
 from vault_node.service import BadRequest, Precondition, Unavailable, WriteUnconfirmed
 
@@ -40,7 +40,7 @@ class FakeService:
         self.cancelled = 0
         self.started = asyncio.Event()
 
-    async def handle(self, account_id: str, envelope: bytes) -> bytes:
+    async def handle(self, account_id: str, envelope: bytes, meter: object = None) -> bytes:
         self.calls.append((account_id, envelope))
         if envelope in REFUSALS:
             raise REFUSALS[envelope]
