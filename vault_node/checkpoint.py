@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -35,13 +33,6 @@ CHECKPOINT_LABEL = "store_checkpoint"
 CLUSTER_PIN_LABEL = "etcd_cluster"
 CLUSTER_ID_BYTES = 8
 MAX_CHECKPOINT_BYTES = 4096
-# A change of the high-water mark alone is checkpointed at most this often (a token data-object
-# rewrite costs a few ms of CPU, and under load the mark moves on every write). What it leaves
-# out: the revisions of at most this long. The ones that matter most, those of evaluations, are
-# in the audit log, flushed before each evaluation and read at start; the rest only raise the
-# mark further, and the witnessed log catches every restore past it anyway. Alarms, alarmed
-# groups, a pin and an operator's acceptance are saved at the next wake, as before.
-HIGH_WATER_SAVE_S = 5.0
 
 
 class CheckpointError(Exception):
@@ -127,8 +118,7 @@ class Checkpointer:
 
     Every `interval_s` (and at once after an alarm): one linearizable read through `probe`, so
     that a rollback is seen even when no request comes (before later writes could carry the
-    store past the mark again), then a checkpoint if the state changed since the last one (a
-    moved high-water mark alone: at most every HIGH_WATER_SAVE_S; `stop` always writes).
+    store past the mark again), then a checkpoint if the state changed since the last one.
     """
 
     def __init__(
@@ -139,11 +129,8 @@ class Checkpointer:
         *,
         interval_s: float,
         probe: Callable[[], Awaitable[None]],
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._token = token
-        self._clock = clock
-        self._saved_at = 0.0
         self._guard = guard
         self._sequence = sequence
         self._saved: GuardState | None = None  # the first save always writes
@@ -156,24 +143,14 @@ class Checkpointer:
         """Checkpoint as soon as possible (after an alarm)."""
         self._wake.set()
 
-    def save(self, *, force: bool = True) -> bool:
-        """Write a checkpoint if the guard changed since the last one; True when written.
-        Without `force`, a change of the high-water mark alone waits until HIGH_WATER_SAVE_S
-        passed since the last write."""
+    def save(self) -> bool:
+        """Write a checkpoint if the guard changed since the last one; True when written."""
         state = self._guard.state()
         if state == self._saved:
-            return False
-        if (
-            not force
-            and self._saved is not None
-            and replace(state, high_water=self._saved.high_water) == self._saved
-            and self._clock() - self._saved_at < HIGH_WATER_SAVE_S
-        ):
             return False
         write_state(self._token, state, self._sequence + 1)
         self._sequence += 1
         self._saved = state
-        self._saved_at = self._clock()
         return True
 
     async def run(self) -> None:
@@ -189,7 +166,7 @@ class Checkpointer:
                 except Exception as exc:  # noqa: BLE001 - etcd down: nothing to learn this time
                     log.debug("store probe failed: %s", type(exc).__name__)
             try:
-                self.save(force=False)
+                self.save()
             except Exception:
                 # The checkpoint is a second line (the audit log has the revisions too): log
                 # it loudly and try again next time rather than take the node down.

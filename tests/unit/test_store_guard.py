@@ -13,7 +13,6 @@ from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import (
     CHECKPOINT_LABEL,
     CLUSTER_PIN_LABEL,
-    HIGH_WATER_SAVE_S,
     Checkpointer,
     CheckpointError,
     encode_cluster_id,
@@ -170,27 +169,3 @@ def test_audit_lines_before_the_operators_acceptance_do_not_raise_the_mark(tmp_p
     assert high_water_from_audit(str(path)) == 900
     assert high_water_from_audit(str(path), since_ms=4_000) == 120
     assert high_water_from_audit(str(path), since_ms=6_000) == 0
-
-
-def test_a_moved_high_water_mark_alone_is_checkpointed_at_most_every_few_seconds() -> None:
-    token = SoftToken()
-    guard = StoreGuard(GuardState(cluster_id=CLUSTER))
-    now = [100.0]
-
-    async def probe() -> None:
-        return None
-
-    checkpointer = Checkpointer(token, guard, 0, interval_s=1, probe=probe, clock=lambda: now[0])
-    assert checkpointer.save(force=False)  # the first save always writes
-    guard.observe(CLUSTER, 50, guard.floor())
-    assert not checkpointer.save(force=False)  # the mark alone moved, just now
-    now[0] += HIGH_WATER_SAVE_S
-    assert checkpointer.save(force=False)
-    assert latest_checkpoint(token).high_water == 50
-    guard.observe(CLUSTER, 60, guard.floor())
-    assert guard.alarm_group(7)  # anything beyond the mark goes out at once
-    assert checkpointer.save(force=False)
-    assert latest_checkpoint(token).alarmed_groups == [7]
-    guard.observe(CLUSTER, 70, guard.floor())
-    assert checkpointer.save()  # stop's save: always
-    assert latest_checkpoint(token).high_water == 70
