@@ -239,13 +239,6 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
     async def Heads(self, request: Any, context: Any) -> Any:
         return await self.heads(request)
 
-    async def Captures(self, requests: Any, context: Any) -> Any:
-        """Many captures on one stream (a writer's long-lived one): each judged, journalled and
-        MAC'd exactly as a unary `Capture`, answered in order under the request's id."""
-        async for item in requests:
-            reply = await self.capture(item.capture)
-            yield witness_pb2.CaptureStreamReply(id=item.id, reply=reply)
-
     # -- catch-up and the background loop --
 
     async def catch_up(self, peers: RemoteWitnesses) -> bool:

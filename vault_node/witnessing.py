@@ -141,26 +141,11 @@ class CaptureEndpoint(Protocol):
 
 
 class PeerWitness:
-    """A peer witness over node-to-node mTLS (this node's node-client certificate).
-
-    Captures go over one long-lived `Captures` stream (about half the CPU per message of a
-    unary call, docs/performance.md's ninth session), each with an id and its own deadline. The
-    rule is the unary one, kept exactly: a capture not answered within CAPTURE_TIMEOUT_S, or on
-    a stream that broke, raises (TimeoutError, ConnectionError) and counts as no answer, so a
-    writer without a majority answers UNAVAILABLE and evaluates nothing; a broken stream is
-    reopened by the next capture. A witness without the stream (UNIMPLEMENTED: an older one)
-    gets unary calls from then on.
-    """
+    """A peer witness over node-to-node mTLS (this node's node-client certificate)."""
 
     def __init__(self, name: str, address: str, credentials: grpc.ChannelCredentials) -> None:
         self.name = name
         self.address = address
-        # The open Captures stream, if any, and the captures waiting for an answer on it.
-        self._stream: tuple[Any, dict[int, asyncio.Future[witness_pb2.CaptureReply]]] | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._next_id = 0
-        self._write_lock = asyncio.Lock()  # one write at a time on a stream
-        self.unary_only = False
         self._channel = grpc.aio.secure_channel(
             address,
             credentials,
@@ -172,89 +157,16 @@ class PeerWitness:
         self._stub = witness_pb2_grpc.WitnessStub(self._channel)
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
-        if self.unary_only:
-            reply: witness_pb2.CaptureReply = await self._stub.Capture(
-                request, timeout=CAPTURE_TIMEOUT_S
-            )
-            return reply
-        self._next_id += 1
-        ident = self._next_id
-        future: asyncio.Future[witness_pb2.CaptureReply] = (
-            asyncio.get_running_loop().create_future()
+        reply: witness_pb2.CaptureReply = await self._stub.Capture(
+            request, timeout=CAPTURE_TIMEOUT_S
         )
-        call, waiting = None, None
-        try:
-            async with asyncio.timeout(CAPTURE_TIMEOUT_S):
-                async with self._write_lock:
-                    call, waiting = self._open()
-                    waiting[ident] = future
-                    await call.write(witness_pb2.CaptureStreamRequest(id=ident, capture=request))
-                return await future
-        except TimeoutError:
-            # No answer in time: the stream may be stuck (a peer that stopped reading), so the
-            # next capture opens a new one rather than queue behind this.
-            self._reset(call)
-            raise
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-            self._reset(call)
-            raise ConnectionError(f"witness stream: {type(exc).__name__}") from None
-        finally:
-            if waiting is not None:
-                waiting.pop(ident, None)
-
-    def _open(self) -> tuple[Any, dict[int, asyncio.Future[witness_pb2.CaptureReply]]]:
-        if self._stream is None:
-            call = self._stub.Captures()
-            waiting: dict[int, asyncio.Future[witness_pb2.CaptureReply]] = {}
-            self._stream = (call, waiting)
-            self._reader = asyncio.get_running_loop().create_task(
-                self._read(call, waiting), name=f"witness-stream-{self.name}"
-            )
-        return self._stream
-
-    async def _read(
-        self, call: Any, waiting: dict[int, asyncio.Future[witness_pb2.CaptureReply]]
-    ) -> None:
-        """Hand each answer to the capture waiting for its id; at the stream's end, fail every
-        capture still waiting on it (no answer: the writer's majority rule decides)."""
-        try:
-            async for item in call:
-                future = waiting.get(item.id)
-                if future is not None and not future.done():
-                    future.set_result(item.reply)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self.unary_only = True
-                log.info("witness %s has no capture stream: unary calls", self.name)
-            else:
-                log.debug("witness %s stream ended: %s", self.name, exc.code().name)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            if self._stream is not None and self._stream[0] is call:
-                self._stream = None
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(ConnectionError("witness stream ended"))
-
-    def _reset(self, call: Any) -> None:
-        """Drop `call` (the next capture opens a new stream); its reader fails its waiters."""
-        if call is not None and self._stream is not None and self._stream[0] is call:
-            self._stream = None
-        if call is not None:
-            call.cancel()
+        return reply
 
     async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply:
         reply: witness_pb2.HeadsReply = await self._stub.Heads(request, timeout=CAPTURE_TIMEOUT_S)
         return reply
 
     async def close(self) -> None:
-        if self._stream is not None:
-            self._reset(self._stream[0])
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
         await self._channel.close()
 
 

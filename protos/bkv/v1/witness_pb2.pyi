@@ -73,19 +73,3 @@ class HeadsReply(_message.Message):
     mac: bytes
     ready: bool
     def __init__(self, witness: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., mac: _Optional[bytes] = ..., ready: _Optional[bool] = ...) -> None: ...
-
-class CaptureStreamRequest(_message.Message):
-    __slots__ = ("id", "capture")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    CAPTURE_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    capture: CaptureRequest
-    def __init__(self, id: _Optional[int] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ...) -> None: ...
-
-class CaptureStreamReply(_message.Message):
-    __slots__ = ("id", "reply")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    REPLY_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    reply: CaptureReply
-    def __init__(self, id: _Optional[int] = ..., reply: _Optional[_Union[CaptureReply, _Mapping]] = ...) -> None: ...
