@@ -98,7 +98,9 @@ class WitnessSection:
     client_key: str = ""  # its private key
     client_ca: str = ""  # a witness accepts only client certificates of this CA
     journal: str = ""  # absolute path: heads this witness captured, appended before answering
-    checkpoint_interval_ms: int = 1000  # how often the witness's heads go to its token
+    # The longest the witness's token checkpoint trails its journal (witness_server.py says
+    # what that window means); it also goes after CHECKPOINT_CAPTURES new heads.
+    checkpoint_interval_ms: int = 5000
 
     def peer_map(self) -> dict[str, str]:
         """Witness name -> host:port (malformed entries are left out; `problems` names them)."""

@@ -6,7 +6,9 @@ restart twice over: each head it captures is appended to its journal file and fl
 answer leaves (as the audit log is before an evaluation), and the latest heads are checkpointed
 as a data object in its token. After a start it answers nothing but NOT_READY until it has
 caught up from a majority of the witnesses (itself included): per group the latest head any of
-them holds. The latest head every write was answered on is held by a majority, and any two
+them holds. The checkpoint trails the journal by at most `checkpoint_interval_ms` or
+`CHECKPOINT_CAPTURES` heads (what that window means: beside the constant). The latest head
+every write was answered on is held by a majority, and any two
 majorities share a witness, so that one brings it back. The documented limit: a majority of
 witnesses that lost both their journal and their checkpoint at once.
 """
@@ -43,6 +45,16 @@ log = logging.getLogger(__name__)
 HEADS_LABEL = "witness_heads"
 CATCH_UP_RETRY_S = 0.5
 JOURNAL_COMPACT_BYTES = 4 << 20
+# A token checkpoint goes out every `checkpoint_interval_ms` (5 s by default) or after this many
+# newly captured heads, whichever comes first, and at a clean stop. It is the second copy: the
+# journal, flushed before every answer, is the first. What the bound opens: a witness restarted
+# with its journal deleted but its token intact starts from heads at most that old, then catches
+# up from a majority before it answers anything, so with the other witnesses intact it loses
+# nothing. Only when a majority of witnesses lose their journals at once does the fleet forget the
+# heads of that last window; a store restored to a snapshot taken inside it then looks new (its
+# heads extend the checkpointed chains), so at most the guesses of that window come back; older
+# snapshots are refused as rollbacks as before (docs/architecture.md, the restart limits).
+CHECKPOINT_CAPTURES = 2048
 
 
 def read_journal(path: Path) -> list[Ref]:
@@ -117,6 +129,8 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         self._peers: RemoteWitnesses | None = None
         self._behind_task: asyncio.Task[bool] | None = None
         self._behind_after = 0.0
+        self._unsaved = 0  # heads journalled since the last token checkpoint
+        self._due = asyncio.Event()  # set once `_unsaved` reaches CHECKPOINT_CAPTURES
 
     def _mac(self, data: bytes) -> bytes:
         return bytes(self._token.hmac_sha256("witness", data))
@@ -133,6 +147,9 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
                 json.dumps({"g": ref.group, "v": ref.version, "h": ref.hash.hex()}) + "\n"
             )
         self._journal.flush()
+        self._unsaved += len(refs)
+        if self._unsaved >= CHECKPOINT_CAPTURES:
+            self._due.set()
 
     def _compact_journal(self) -> None:
         tmp = self._journal_path.with_name(self._journal_path.name + ".tmp")
@@ -164,6 +181,8 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         )
         self._token.replace_data(HEADS_LABEL, message.SerializeToString())
         self._saved = table
+        self._unsaved = 0
+        self._due.clear()
         if self._journal_path.stat().st_size > JOURNAL_COMPACT_BYTES:
             self._journal.close()
             self._compact_journal()
@@ -303,7 +322,8 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
 
     async def _checkpoint_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), self._interval)
             try:
                 self.checkpoint()
             except Exception:

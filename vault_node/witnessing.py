@@ -217,7 +217,11 @@ class RemoteWitnesses:
         return bool(len(reply.mac) == len(expected) and _equal(reply.mac, expected))
 
     async def _ask(
-        self, endpoint: CaptureEndpoint, request: witness_pb2.CaptureRequest, head: Ref
+        self,
+        endpoint: CaptureEndpoint,
+        request: witness_pb2.CaptureRequest,
+        head: Ref,
+        round_: _Round | None = None,
     ) -> tuple[Verdict, Ref] | None:
         judge = getattr(endpoint, "judge", None) if endpoint.name == self._local else None
         if judge is not None:
@@ -228,6 +232,24 @@ class RemoteWitnesses:
             reply = await endpoint.capture(request)
         except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
             log.debug("witness %s did not answer: %s", endpoint.name, type(exc).__name__)
+            return None
+        if round_ is not None and round_.settled:
+            # The round was already decided (a majority captured, or a verified rollback) and
+            # its result returned: nothing reads this answer any more, so it can neither grant
+            # nor deny anything. A claimed CAPTURED only says the witness is up to date: its MAC
+            # is not worth a token operation. Any other verdict is evidence someone may act on
+            # (an operator reading the log), so it is verified first, exactly as in time: a
+            # forged answer can neither raise an alarm nor, being ignored, hide one.
+            if reply.verdict == Verdict.CAPTURED:
+                return None
+            if not self._verify(endpoint, request.nonce, head, reply):
+                log.error("witness %s answered late with a bad MAC: ignored", endpoint.name)
+                return None
+            if reply.verdict == Verdict.ROLLBACK:
+                log.error(
+                    "witness %s answered ROLLBACK after the capture was decided: group %d "
+                    "holds version %d", endpoint.name, head.group, reply.held.version,
+                )  # fmt: skip
             return None
         if not self._verify(endpoint, request.nonce, head, reply):
             log.error("witness %s answered with a bad MAC: ignored", endpoint.name)
@@ -280,10 +302,12 @@ class RemoteWitnesses:
         need = majority(self._witnesses)
         deadline = self._clock() + CAPTURE_TIMEOUT_S
         for attempt in range(CAPTURE_RETRIES):
+            round_ = _Round()
             results = await _first_enough(
-                [(e, self._ask(e, request, new)) for e in pending],
+                [(e, self._ask(e, request, new, round_)) for e in pending],
                 lambda got: _enough(got, answers, need, self._witnesses),
             )
+            round_.settled = True  # answers still in flight are read by nobody from now on
             for endpoint, answer in results.items():
                 if answer is not None:
                     answers[endpoint.name] = answer
@@ -331,6 +355,16 @@ class RemoteWitnesses:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+
+class _Round:
+    """One round of asks of a capture: `settled` once its outcome was taken (late answers
+    arrive after it and only their non-CAPTURED verdicts are verified, for the log)."""
+
+    __slots__ = ("settled",)
+
+    def __init__(self) -> None:
+        self.settled = False
 
 
 def _equal(a: bytes, b: bytes) -> bool:

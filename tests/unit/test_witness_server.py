@@ -258,3 +258,86 @@ def test_a_witness_reset_by_the_operator_adopts_the_stores_heads(fleet: Fleet) -
     assert restarted.state.latest(3).version == 39 and restarted.state.latest(5) == store[1]
     heads, _, adopt = read_checkpoint(fleet.tokens["w1"])
     assert not adopt and Ref(5, 2, h(2)) in heads
+
+
+class _Slow:
+    """A witness endpoint whose answers wait for `release` (a peer far away), or a forged one."""
+
+    def __init__(self, inner: WitnessServer, forge: int = 0) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.forge = forge
+        self.release = asyncio.Event()
+        self.answered = asyncio.Event()
+
+    async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
+        await self.release.wait()
+        reply = await self.inner.capture(request)
+        if self.forge:
+            reply.verdict = self.forge  # the MAC no longer covers what the answer says
+        self.answered.set()
+        return reply
+
+    async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply:
+        return await self.inner.heads(request)
+
+
+def _counting_client(fleet: Fleet, slow: _Slow) -> tuple[RemoteWitnesses, list[bytes]]:
+    macs: list[bytes] = []
+
+    def mac(data: bytes) -> bytes:
+        macs.append(data)
+        return fleet.token.hmac_sha256("witness", data)
+
+    endpoints = [fleet.servers["w1"], fleet.servers["w2"], slow]
+    return RemoteWitnesses(endpoints, len(NAMES), mac, os.urandom), macs
+
+
+def test_an_answer_after_the_majority_is_checked_only_when_it_is_not_captured(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def go() -> None:
+        slow = _Slow(fleet.servers["w3"])
+        client, macs = _counting_client(fleet, slow)
+        assert (await client.capture(head(0), head(1))).captured
+        assert len(macs) == 2  # w1 and w2 made the majority
+        slow.release.set()
+        await slow.answered.wait()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(macs) == 2  # w3's late CAPTURED: nobody reads it, no token operation
+        assert fleet.servers["w3"].state.latest(3).version == 1  # w3 did capture it
+
+        # A late non-CAPTURED answer is verified before it is logged as evidence: a forged
+        # ROLLBACK (its MAC covers CAPTURED) raises nothing.
+        forged = _Slow(fleet.servers["w3"], forge=int(Verdict.ROLLBACK))
+        client, macs = _counting_client(fleet, forged)
+        assert (await client.capture(head(1), head(2))).captured
+        forged.release.set()
+        await forged.answered.wait()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(macs) == 3
+        assert "late with a bad MAC" in caplog.text and "after the capture was decided" not in (
+            caplog.text
+        )
+
+    asyncio.run(go())
+
+
+def test_a_checkpoint_is_due_after_enough_captures(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vault_node.witness_server as witness_server
+
+    monkeypatch.setattr(witness_server, "CHECKPOINT_CAPTURES", 3)
+    client = fleet.client()
+    w1 = fleet.servers["w1"]
+    for v in (1, 2):
+        assert capture(client, v)
+    assert not w1._due.is_set()
+    assert capture(client, 3)
+    assert w1._due.is_set()  # the checkpoint loop wakes before its interval
+    assert w1.checkpoint() and not w1._due.is_set()
+    heads, _, _ = read_checkpoint(fleet.tokens["w1"])
+    assert [r.version for r in heads] == [3]
