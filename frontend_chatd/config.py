@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from etcd_client.config import DEFAULT_SERVER_NAME, EtcdClientConfig, EtcdTls, endpoint_problems
+from vault_common.metrics_http import metrics_address_problems
 from vault_common.toml_config import TomlReadError, read_toml, unknown_keys
 
 MIN_SESSION_SECRET_BYTES = 32
@@ -97,7 +97,7 @@ class FrontendConfig:
         if not fe.dc:
             problems.append("frontend.dc must not be empty")
         problems += _check_hostport("frontend.listen", fe.listen, allow_zero_port=True)
-        problems += _check_metrics_address("frontend.metrics_address", fe.metrics_address)
+        problems += metrics_address_problems("frontend.metrics_address", fe.metrics_address)
         problems += _check_secret_file(
             "frontend.session_secret_file", fe.session_secret_file, MIN_SESSION_SECRET_BYTES
         )
@@ -168,29 +168,6 @@ def _check_hostport(label: str, value: str, *, allow_zero_port: bool) -> list[st
     low = 0 if allow_zero_port else 1
     if not low <= int(port) <= 65535:
         return [f"{label} has an invalid port {port!r}"]
-    return []
-
-
-def _check_metrics_address(label: str, value: str) -> list[str]:
-    """ "" (none) or IP:port, the IP neither a wildcard nor public.
-
-    Security: the metrics count outcomes (rate-limit refusals, relays per node) and are served
-    without TLS or authentication: for operators' scrapers only, never on every interface or a
-    routed public address (loopback on the local cluster; a private network across hosts).
-    """
-    if not value:
-        return []
-    problems = _check_hostport(label, value, allow_zero_port=True)
-    if problems:
-        return problems
-    host = value.rpartition(":")[0].strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return [f"{label} must name an IP address, not {host!r}"]
-    if address.is_unspecified or address.is_global:
-        return [f"{label} {host!r} must be loopback or a private address, not a wildcard or a "
-                "public one (the metrics have no authentication)"]  # fmt: skip
     return []
 
 

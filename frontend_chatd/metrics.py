@@ -23,16 +23,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    GCCollector,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
 )
 
 from bkv.v1 import node_pb2
 from frontend_chatd.ratelimit import RateLimited
 from frontend_chatd.relay import OpenCall
 from frontend_chatd.routing import NodeInfo
+from vault_common.metrics_http import process_registry
 
 RPCS = ("GetChallenge", "Login", "Relay")
 # The gRPC status the frontend answered, lower case, and "rate_limited" for its own refusals
@@ -63,13 +61,8 @@ class FrontendMetrics:
     def __init__(
         self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True
     ) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = process_registry(registry, process_collectors=process_collectors)
         r = self.registry
-        if process_collectors:
-            # CPU seconds, resident memory, open fds (from /proc), Python version, GC counts.
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
         self.requests = Counter(
             "bkv_frontend_requests", "Frontend RPCs by RPC and outcome", ("rpc", "outcome"),
             registry=r,

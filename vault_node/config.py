@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vault_common.metrics_http import metrics_address_problems
 from vault_common.toml_config import TomlReadError, read_toml
 
 MAX_ATTEMPTS_LIMIT = 100
@@ -332,25 +332,3 @@ def _is_host_port(value: str) -> bool:
     if not sep or not host or not port.isdigit():
         return False
     return 1 <= int(port) <= 65535
-
-
-def metrics_address_problems(label: str, value: str) -> list[str]:
-    """Problems of a metrics address: "" (none) or IP:port, the IP neither a wildcard nor public.
-
-    Security: the metrics count outcomes (wrong guesses, lockouts) and are served without TLS
-    or authentication: for operators' scrapers only, so never on every interface or a routed
-    public address (loopback on the local cluster; a private operator network across hosts).
-    """
-    if not value:
-        return []
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        return [f"{label} must be host:port with a port in 0..65535 (got {value!r})"]
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return [f"{label} must name an IP address, not {host!r}"]
-    if address.is_unspecified or address.is_global:
-        return [f"{label} {host!r} must be loopback or a private address, not a wildcard or a "
-                "public one (the metrics have no authentication)"]  # fmt: skip
-    return []

@@ -8,7 +8,7 @@ Security: no label or value is derived from a client: labels come only from fixe
 operation inside the envelope, the outcome, the etcd call, the token operation and fleet key
 label, the audit event), never an account id, record id, password, key or token. Counts by
 outcome are still aggregate facts about users (how many guesses failed): the metrics address is
-for operators only, on loopback in the local cluster (`config.metrics_address_problems`).
+for operators only, on loopback in the local cluster (`vault_common.metrics_http`).
 
 Evaluations and lockouts are counted by `AuditedSink`, inside the call that writes (and
 flushes) the audit line, so that the metrics and the audit log cannot disagree.
@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    GCCollector,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
 )
 
 from bkv.v1 import envelope_pb2
+from vault_common.audit_line import EventName
+from vault_common.metrics_http import process_registry
 from vault_node.audit import AuditEvent, AuditSink
 
 # The operations a sealed request can carry (envelope.proto's `op` oneof), and "unknown" for
@@ -70,20 +69,7 @@ _PROTOCOL_OUTCOMES = {
     envelope_pb2.OUTCOME_LOCKED: "locked",
     envelope_pb2.OUTCOME_NOT_REGISTERED: "not_registered",
 }
-AUDIT_EVENTS: tuple[AuditEvent, ...] = (
-    "reserve",
-    "tampered",
-    "rollback",
-    "evaluate",
-    "lock",
-    "locked",
-    "success",
-    "bad_mac",
-    "stale_ticket",
-    "register",
-    "delete",
-    "not_registered",
-)
+AUDIT_EVENTS: tuple[AuditEvent, ...] = get_args(EventName)  # the audit line's own list
 ETCD_CALLS = (
     "read",
     "write",
@@ -140,13 +126,8 @@ class NodeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *,
                  process_collectors: bool = True) -> None:  # fmt: skip
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = process_registry(registry, process_collectors=process_collectors)
         r = self.registry
-        if process_collectors:
-            # CPU seconds, resident memory, open fds (from /proc), Python version, GC counts.
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
         self.op_names = frozenset(OPS)
         self.requests = Counter(
             "bkv_node_requests", "VaultNode.Open requests by operation and outcome",

@@ -21,13 +21,11 @@ from test_node_service import ACCOUNT, LOCKED, OK, Harness
 from bkv.v1 import envelope_pb2, node_pb2
 from deploy.configs import ScrapeTarget, prometheus_yml
 from frontend_chatd import metrics as fe_metrics
-from frontend_chatd.config import _check_metrics_address
 from frontend_chatd.metrics import FrontendMetrics
 from frontend_chatd.ratelimit import RateLimited
 from frontend_chatd.routing import NodeInfo
-from vault_common.metrics_http import MetricsServer
+from vault_common.metrics_http import MetricsServer, metrics_address_problems
 from vault_node import metrics as node_metrics
-from vault_node.config import metrics_address_problems
 from vault_node.metrics import NodeMetrics
 from vault_node.server import VaultNodeServicer
 from vault_protocol import opaque
@@ -286,7 +284,7 @@ def test_the_http_endpoint_serves_the_registry() -> None:
 )
 def test_metrics_address_must_be_a_non_public_ip_and_port(address: str, ok: bool) -> None:
     assert (metrics_address_problems("node.metrics_address", address) == []) is ok
-    assert (_check_metrics_address("frontend.metrics_address", address) == []) is ok
+    assert (metrics_address_problems("frontend.metrics_address", address) == []) is ok
 
 
 def test_scrape_configuration_lists_every_target_with_its_labels() -> None:
