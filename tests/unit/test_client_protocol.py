@@ -15,7 +15,8 @@ from client.errors import InvalidPassword, Locked, NotRegistered, ProtocolError,
 from client.protocol import FlowContext, Outbound, Status, Step
 from vault_protocol import backup_key, opaque
 from vault_protocol.backup_key import BackupKey
-from vault_protocol.envelope import FleetKey, open_request, seal_response
+from vault_protocol.continuation import StepKeys, open_continued, parse_continued
+from vault_protocol.envelope import FleetKey, is_continued, open_request, seal_response
 from vault_protocol.errors import AuthenticationError
 from vault_protocol.ksf import Argon2idKsf, IdentityKsf
 
@@ -37,15 +38,28 @@ class _Record:
 
 
 @dataclass
+class _Ticket:
+    """What the fake keeps for a ticket it issued (the node seals this into the ticket)."""
+
+    account: str
+    op: str  # the second step it admits
+    keys: StepKeys
+    data: tuple[bytes, ...] = ()
+    closed: int = 0  # a void recovery ticket: the outcome step 1 gave
+
+
+@dataclass
 class FakeVault:
-    """The vault node's side of the protocol flows, in memory, with software keys."""
+    """The vault node's side of the protocol flows (protocol 3: two steps, the second continued
+    under step 1's keys), in memory, with software keys."""
 
     default_max_attempts: int = 10
+    max_attempts_cap: int = 100
     records: dict[str, _Record] = field(default_factory=dict)
-    tickets: dict[bytes, tuple[str, bytes, bytes]] = field(default_factory=dict)
-    registrations: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
+    tickets: dict[bytes, _Ticket] = field(default_factory=dict)
     evaluations: int = 0
     seen_steps: list[Step] = field(default_factory=list)
+    dummy_finishes: int = 0
 
     def __post_init__(self) -> None:
         self._kem = ec.generate_private_key(ec.SECP256R1())
@@ -64,11 +78,20 @@ class FakeVault:
         return self._kem.exchange(ec.ECDH(), peer)
 
     def handle(self, account_id: str, envelope: bytes) -> bytes:
+        if is_continued(envelope):
+            sealed = parse_continued(envelope, self.fleet.fleet_id)
+            ticket = self.tickets[sealed.ticket]
+            assert ticket.account == account_id
+            request = open_continued(sealed, account_id, self.fleet.fleet_id, ticket.keys.request2)
+            assert request.WhichOneof("op") == ticket.op
+            response = self._second(account_id, request, ticket, sealed.ticket)
+            return seal_response(ticket.keys.answer2, response, os.urandom)
         request = open_request(
             envelope, account_id, self.fleet.fleet_id, self._ecdh, self.fleet.public_key_bytes
         )
-        response = self._dispatch(account_id, request)
-        return seal_response(request.response_key, response, os.urandom)
+        keys = StepKeys.derive(request.response_key)
+        response = self._dispatch(account_id, request, keys)
+        return seal_response(keys.answer1, response, os.urandom)
 
     def send_for(self, account_id: str):  # type: ignore[no-untyped-def]
         def send(outbound: Outbound) -> bytes:
@@ -77,32 +100,89 @@ class FakeVault:
 
         return send
 
-    def _dispatch(self, account: str, req: envelope_pb2.VaultRequest) -> envelope_pb2.VaultResponse:
+    def _issue(self, response: envelope_pb2.VaultResponse, ticket: _Ticket) -> None:
+        blob = os.urandom(32)
+        self.tickets[blob] = ticket
+        response.ticket = blob
+
+    def _dispatch(
+        self, account: str, req: envelope_pb2.VaultRequest, keys: StepKeys
+    ) -> envelope_pb2.VaultResponse:
+        """Step 1."""
         R = envelope_pb2.VaultResponse
         cid = account.encode()
         op = req.WhichOneof("op")
         rec = self.records.get(account)
         if op == "register_start":
-            salt, ticket = os.urandom(16), os.urandom(16)
+            salt = os.urandom(16)
             resp = opaque.server_registration_response(
                 req.register_start.registration_request, cid + salt, self._keys
             )
-            self.registrations[ticket] = (account, salt)
-            return R(
+            out = R(
                 outcome=envelope_pb2.OUTCOME_OK,
-                register_start=envelope_pb2.RegisterStartReply(
-                    registration_response=resp, ticket=ticket
-                ),
+                register_start=envelope_pb2.RegisterStartReply(registration_response=resp),
             )
+            self._issue(out, _Ticket(account, "register_finish", keys, (salt,)))
+            return out
+        if op == "begin":
+            second = "status" if req.begin.op == envelope_pb2.Begin.Op.OP_STATUS else "delete"
+            out = R(outcome=envelope_pb2.OUTCOME_OK, begin=envelope_pb2.BeginReply())
+            self._issue(out, _Ticket(account, second, keys))
+            return out
+        assert op == "recover_start", op
+        out = R(recover_start=envelope_pb2.RecoverStartReply())
+        if rec is None:
+            out.outcome = envelope_pb2.OUTCOME_NOT_REGISTERED
+        elif rec.locked:
+            out.outcome = envelope_pb2.OUTCOME_LOCKED
+        elif rec.attempts >= rec.max_attempts:
+            rec.locked, rec.opaque_record, rec.wrapped_key = True, b"", b""
+            out.outcome = envelope_pb2.OUTCOME_LOCKED
+        if out.outcome:
+            self._issue(out, _Ticket(account, "recover_finish", keys, closed=out.outcome))
+            return out
+        assert rec is not None
+        rec.attempts += 1  # counted before the OPRF runs
+        self.evaluations += 1
+        ke2, state = opaque.server_login_start(
+            rec.opaque_record,
+            cid + rec.salt,
+            req.recover_start.ke1,
+            self._keys,
+            self._config,
+            os.urandom,
+        )
+        out.outcome = envelope_pb2.OUTCOME_OK
+        out.guesses_left = rec.max_attempts - rec.attempts
+        out.recover_start.ke2 = ke2
+        if rec.ksf:
+            out.recover_start.ksf.ParseFromString(rec.ksf)
+        self._issue(
+            out,
+            _Ticket(
+                account, "recover_finish", keys, (state.expected_client_mac, state.session_key)
+            ),
+        )
+        return out
+
+    def _second(
+        self, account: str, req: envelope_pb2.VaultRequest, ticket: _Ticket, blob: bytes
+    ) -> envelope_pb2.VaultResponse:
+        R = envelope_pb2.VaultResponse
+        op = req.WhichOneof("op")
+        rec = self.records.get(account)
         if op == "register_finish":
             f = req.register_finish
-            owner, salt = self.registrations.pop(f.ticket)  # single use, as the node's CAS
-            assert owner == account
+            del self.tickets[blob]  # single use, as the node's CAS
+            if f.max_attempts > self.max_attempts_cap:
+                return R(
+                    outcome=envelope_pb2.OUTCOME_REFUSED, max_attempts_cap=self.max_attempts_cap
+                )
             self.records[account] = _Record(
                 f.registration_record,
                 f.wrapped_key,
                 f.max_attempts or self.default_max_attempts,
-                salt,
+                ticket.data[0],
                 f.ksf.SerializeToString() if f.HasField("ksf") else b"",
             )
             return R(
@@ -123,51 +203,28 @@ class FakeVault:
             return R(
                 outcome=envelope_pb2.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=existed)
             )
-        if rec is None:
-            return R(outcome=envelope_pb2.OUTCOME_NOT_REGISTERED)
-        if rec.locked:
-            return R(outcome=envelope_pb2.OUTCOME_LOCKED)
-        if op == "recover_start":
-            if rec.attempts >= rec.max_attempts:
-                rec.locked, rec.opaque_record, rec.wrapped_key = True, b"", b""
-                return R(outcome=envelope_pb2.OUTCOME_LOCKED)
-            rec.attempts += 1  # counted before the OPRF runs
-            self.evaluations += 1
-            ke2, state = opaque.server_login_start(
-                rec.opaque_record,
-                cid + rec.salt,
-                req.recover_start.ke1,
-                self._keys,
-                self._config,
-                os.urandom,
-            )
-            ticket = os.urandom(16)
-            self.tickets[ticket] = (account, state.expected_client_mac, state.session_key)
-            reply = envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket)
-            if rec.ksf:
-                reply.ksf.ParseFromString(rec.ksf)
+        assert op == "recover_finish", op
+        del self.tickets[blob]
+        assert len(req.recover_finish.ke3) == opaque.KE3_BYTES
+        if ticket.closed:
+            self.dummy_finishes += 1
+            return R(outcome=ticket.closed)  # type: ignore[arg-type]
+        assert rec is not None
+        mac, session_key = ticket.data
+        try:
+            opaque.server_login_finish(mac, req.recover_finish.ke3)
+        except AuthenticationError:
+            self.dummy_finishes += 1
             return R(
-                outcome=envelope_pb2.OUTCOME_OK,
+                outcome=envelope_pb2.OUTCOME_INVALID_PASSWORD,
                 guesses_left=rec.max_attempts - rec.attempts,
-                recover_start=reply,
             )
-        if op == "recover_finish":
-            owner, mac, session_key = self.tickets.pop(req.recover_finish.ticket)
-            assert owner == account
-            try:
-                opaque.server_login_finish(mac, req.recover_finish.ke3)
-            except AuthenticationError:
-                return R(
-                    outcome=envelope_pb2.OUTCOME_INVALID_PASSWORD,
-                    guesses_left=rec.max_attempts - rec.attempts,
-                )
-            rec.attempts = 0
-            transported = backup_key.seal_transport(session_key, rec.wrapped_key, os.urandom)
-            return R(
-                outcome=envelope_pb2.OUTCOME_OK,
-                recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
-            )
-        raise AssertionError(op)
+        rec.attempts = 0
+        transported = backup_key.seal_transport(session_key, rec.wrapped_key, os.urandom)
+        return R(
+            outcome=envelope_pb2.OUTCOME_OK,
+            recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),
+        )
 
 
 @pytest.fixture
@@ -201,14 +258,17 @@ def test_register_with_a_given_key_and_limit(vault: FakeVault) -> None:
     assert protocol.run(protocol.status_flow(ctx), send) == Status(True, 3, False, 3)
 
 
-def test_wrong_password_raises_guesses_left_without_sending_ke3(vault: FakeVault) -> None:
+def test_wrong_password_raises_guesses_left_after_a_dummy_finish(vault: FakeVault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     protocol.run(protocol.register_flow(ctx, PASSWORD, max_attempts=5), send)
     vault.seen_steps.clear()
     with pytest.raises(InvalidPassword) as info:
         protocol.run(protocol.recover_flow(ctx, "hunter2-guess"), send)
     assert info.value.guesses_left == 4
-    assert vault.seen_steps == [Step.RECOVER_START]  # no KE3
+    # Protocol 3: a finish all the same (random KE3-sized bytes), so a wrong password shows the
+    # frontend the pattern of a right one; the vault redeems nothing.
+    assert vault.seen_steps == [Step.RECOVER_START, Step.RECOVER_FINISH]
+    assert vault.dummy_finishes == 1
     assert PASSWORD not in str(info.value) and "hunter2" not in str(info.value)
     # A right password afterwards resets the counter.
     protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
@@ -262,12 +322,12 @@ def test_a_forged_or_garbled_answer_is_a_protocol_error(vault: FakeVault) -> Non
 def test_an_answer_of_the_wrong_kind_is_a_protocol_error(
     vault: FakeVault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def wrong_kind(account: str, req: envelope_pb2.VaultRequest) -> envelope_pb2.VaultResponse:
+    def wrong_kind(*args: object) -> envelope_pb2.VaultResponse:
         return envelope_pb2.VaultResponse(
             outcome=envelope_pb2.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=True)
         )
 
-    monkeypatch.setattr(vault, "_dispatch", wrong_kind)
+    monkeypatch.setattr(vault, "_second", wrong_kind)
     with pytest.raises(ProtocolError, match="wrong reply"):
         protocol.run(protocol.status_flow(_ctx(vault)), vault.send_for(ACCOUNT))
 
@@ -363,3 +423,100 @@ def test_recovery_stretches_as_the_registration_did(vault: FakeVault) -> None:
     ).SerializeToString()
     with pytest.raises(ProtocolError):
         protocol.run(protocol.recover_flow(ctx(other), PASSWORD), send)
+
+
+def test_closed_recoveries_still_send_a_dummy_finish(vault: FakeVault) -> None:
+    ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
+    with pytest.raises(NotRegistered):
+        protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
+    protocol.run(protocol.register_flow(ctx, PASSWORD, max_attempts=1), send)
+    with pytest.raises(InvalidPassword):
+        protocol.run(protocol.recover_flow(ctx, "nope"), send)
+    with pytest.raises(Locked):
+        protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
+    recoveries = [s for s in vault.seen_steps if s in (Step.RECOVER_START, Step.RECOVER_FINISH)]
+    assert recoveries == [Step.RECOVER_START, Step.RECOVER_FINISH] * 3
+    assert vault.dummy_finishes == 3
+
+
+def test_a_failed_dummy_finish_does_not_hide_the_outcome(vault: FakeVault) -> None:
+    from client.errors import Unavailable
+
+    ctx, inner = _ctx(vault), vault.send_for(ACCOUNT)
+
+    def send(outbound: Outbound) -> bytes:
+        if outbound.step is Step.RECOVER_FINISH:
+            raise Unavailable("lost")
+        return inner(outbound)
+
+    with pytest.raises(NotRegistered):
+        protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
+
+
+def test_every_flow_is_two_envelopes_of_one_size_per_step(vault: FakeVault) -> None:
+    ctx, inner = _ctx(vault), vault.send_for(ACCOUNT)
+    sizes: dict[int, set[int]] = {0: set(), 1: set()}
+    answers: dict[int, set[int]] = {0: set(), 1: set()}
+    count = [0]
+
+    def send(outbound: Outbound) -> bytes:
+        answer = inner(outbound)
+        sizes[count[0] % 2].add(len(outbound.envelope))
+        answers[count[0] % 2].add(len(answer))
+        count[0] += 1
+        return answer
+
+    def quietly(flow: protocol.Flow[object]) -> None:
+        try:
+            protocol.run(flow, send)
+        except (InvalidPassword, Locked, NotRegistered):
+            pass
+
+    quietly(protocol.recover_flow(ctx, PASSWORD))  # not registered
+    quietly(protocol.register_flow(ctx, PASSWORD, max_attempts=1))
+    quietly(protocol.recover_flow(ctx, PASSWORD))  # right
+    quietly(protocol.recover_flow(ctx, "wrong"))  # wrong
+    quietly(protocol.recover_flow(ctx, PASSWORD))  # locked
+    quietly(protocol.status_flow(ctx))
+    quietly(protocol.delete_flow(ctx))
+    assert count[0] == 14
+    assert all(len(s) == 1 for s in sizes.values()), sizes
+    assert answers[0] and answers[1]
+
+
+def test_a_registration_above_the_vaults_cap_is_bad_input(vault: FakeVault) -> None:
+    from client.errors import BadInput
+
+    vault.max_attempts_cap = 20
+    with pytest.raises(BadInput, match="at most 20"):
+        protocol.run(
+            protocol.register_flow(_ctx(vault), PASSWORD, max_attempts=21),
+            vault.send_for(ACCOUNT),
+        )
+    assert ACCOUNT not in vault.records
+
+
+def test_a_version_refusal_names_both_versions() -> None:
+    import grpc
+
+    from client.errors import error_from_status
+
+    class Refusal:
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.INVALID_ARGUMENT
+
+        def trailing_metadata(self) -> tuple[()]:
+            return ()
+
+        def details(self) -> str:
+            return (
+                "unsupported protocol version: this vault speaks protocol 4; envelope is "
+                "version 3 - upgrade the client <script>"
+            )
+
+    error = error_from_status(Refusal())
+    assert isinstance(error, ProtocolError)
+    assert (
+        str(error)
+        == "this vault speaks protocol 4; this client sent version 3 - upgrade the client"
+    )
