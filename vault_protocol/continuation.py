@@ -31,9 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from bkv.v1 import envelope_pb2
 from vault_protocol.envelope import (
@@ -88,7 +86,8 @@ class StepKeys:
         prk = hmac.new(_EXTRACT_SALT, response_key, hashlib.sha256).digest()
 
         def expand(label: bytes) -> bytes:
-            return HKDFExpand(hashes.SHA256(), RESPONSE_KEY_LEN, label).derive(prk)
+            # RFC 5869 HKDF-Expand for one hash length: T(1) = HMAC(PRK, info || 0x01).
+            return hmac.new(prk, label + b"\x01", hashlib.sha256).digest()
 
         return cls(expand(_ANSWER1_LABEL), expand(_REQUEST2_LABEL), expand(_ANSWER2_LABEL))
 

@@ -144,3 +144,18 @@ def test_kinds_are_told_apart() -> None:
         response_key=os.urandom(32), begin=envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS)
     )
     assert not envelope.is_continued(envelope.seal_request(fleet_key, ACCOUNT, request))
+
+
+def test_step_keys_are_rfc_5869_hkdf() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = os.urandom(32)
+    keys = c.StepKeys.derive(key)
+    for label, derived in (
+        (b"bkv-v3 step-1 answer", keys.answer1),
+        (b"bkv-v3 step-2 request", keys.request2),
+        (b"bkv-v3 step-2 answer", keys.answer2),
+    ):
+        hkdf = HKDF(hashes.SHA256(), 32, salt=b"bkv-v3 step keys", info=label)
+        assert hkdf.derive(key) == derived
