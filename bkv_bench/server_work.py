@@ -1,8 +1,9 @@
 """The server side of one recovery, with software keys standing in for the token.
 
 One place for what both the protocol benchmark (`benchmarks/protocol.py`) and `bkv-bench
---ceilings` time: two envelope opens (HPKE, P-256 ECDH), OPRF + KE2, a ticket seal and open, the
-KE3 check, the key transport and two response seals. The KSF is the client's, so it is absent.
+--ceilings` time (protocol 3): one HPKE envelope open (P-256 ECDH) and the step keys, OPRF + KE2,
+a ticket seal and open, the continued step 2 opened in software, the KE3 check, the key
+transport and two response seals. The KSF is the client's, so it is absent.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bkv.v1 import envelope_pb2
-from vault_protocol import envelope, opaque
+from vault_protocol import continuation, envelope, opaque
 from vault_protocol.backup_key import seal_transport
 
 ACCOUNT = "bench-account"
-TICKET_AAD = b"bkv-v1 ticket"
+TICKET_AAD = b"bkv-v3 ticket"
+TICKET_PADDED = 384  # vault_node.tickets.PADDED_LEN
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def prepare(rng: Callable[[int], bytes]) -> ServerRecovery:
     ke2_0, server_state = opaque.server_login_start(record, cred, ke1, keys, config, rng)
     ke3 = opaque.login_finish(st, ke2_0, config)[0]
     expected_mac = server_state.expected_client_mac
-    rk1, rk2, wrapped = rng(32), rng(32), rng(60)
+    rk1, wrapped = rng(32), rng(60)
     env1 = envelope.seal_request(
         fleet,
         ACCOUNT,
@@ -72,36 +74,41 @@ def prepare(rng: Callable[[int], bytes]) -> ServerRecovery:
             response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
         ),
     )
+    step_keys = continuation.StepKeys.derive(rk1)
     ticket_nonce = rng(12)
-    ticket_ct = ticket_key.encrypt(ticket_nonce, rng(200), TICKET_AAD)
-    env2 = envelope.seal_request(
-        fleet,
+    ticket_ct = ticket_key.encrypt(ticket_nonce, rng(TICKET_PADDED), TICKET_AAD)
+    env2 = continuation.seal_continued(
+        fleet.fleet_id,
         ACCOUNT,
-        envelope_pb2.VaultRequest(
-            response_key=rk2, recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket_ct)
-        ),
+        ticket_ct,
+        step_keys.request2,
+        envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3)),
+        rng,
     )
 
     def one_recovery() -> None:
         req1 = envelope.open_request(env1, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
+        step = continuation.StepKeys.derive(req1.response_key)
         ke2, state = opaque.server_login_start(
             record, cred, req1.recover_start.ke1, keys, config, rng
         )
-        ticket_key.encrypt(rng(12), state.expected_client_mac + state.session_key, TICKET_AAD)
+        ticket_key.encrypt(rng(12), rng(TICKET_PADDED), TICKET_AAD)
         envelope.seal_response(
-            rk1,
+            step.answer1,
             envelope_pb2.VaultResponse(
                 outcome=envelope_pb2.OUTCOME_OK,
-                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2, ticket=ticket_ct),
+                recover_start=envelope_pb2.RecoverStartReply(ke2=ke2),
+                ticket=ticket_ct,
             ),
             rng,
         )
-        req2 = envelope.open_request(env2, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
-        ticket_key.decrypt(ticket_nonce, req2.recover_finish.ticket, TICKET_AAD)
-        opaque.server_login_finish(expected_mac, ke3)
+        sealed2 = continuation.parse_continued(env2, fleet.fleet_id)
+        ticket_key.decrypt(ticket_nonce, sealed2.ticket, TICKET_AAD)  # the token's one AES-GCM
+        req2 = continuation.open_continued(sealed2, ACCOUNT, fleet.fleet_id, step.request2)
+        opaque.server_login_finish(expected_mac, req2.recover_finish.ke3)
         transported = seal_transport(state.session_key, wrapped, rng)
         envelope.seal_response(
-            rk2,
+            step.answer2,
             envelope_pb2.VaultResponse(
                 outcome=envelope_pb2.OUTCOME_OK,
                 recover_finish=envelope_pb2.RecoverFinishReply(transported_key=transported),

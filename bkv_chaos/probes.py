@@ -33,6 +33,7 @@ from bkv.v1 import envelope_pb2, frontend_pb2, frontend_pb2_grpc, node_pb2
 from bkv_chaos.recorder import Outcome, Recorder
 from client.session import AccountKey, login_request
 from vault_protocol import opaque
+from vault_protocol.continuation import seal_continued
 from vault_protocol.envelope import FleetKey, seal_request
 
 CALL_TIMEOUT_S = 3.0
@@ -263,7 +264,9 @@ class Prober:
         return seal_request(fleet or self._fleet, self.account, request)
 
     def _sealed_status(self, fleet: FleetKey | None = None) -> bytes:
-        return self._sealed(envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest()), fleet)
+        # Protocol 3: a status question's first step is a Begin (the operation inside).
+        begin = envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS)
+        return self._sealed(envelope_pb2.VaultRequest(begin=begin), fleet)
 
     def _sealed_bad_ke1(self) -> bytes:
         # Checked before any read or write: a malformed KE1 must not cost a guess.
@@ -274,7 +277,15 @@ class Prober:
         bad = envelope_pb2.RegisterFinish(
             registration_record=bytes(opaque.RECORD_BYTES), wrapped_key=bytes(60)
         )
-        return self._sealed(envelope_pb2.VaultRequest(register_finish=bad))
+        # A second step travels continued, under a ticket: this one no node issued.
+        return seal_continued(
+            self._fleet.fleet_id,
+            self.account,
+            self._bytes(418),
+            self._bytes(32),
+            envelope_pb2.VaultRequest(register_finish=bad),
+            self._bytes,
+        )
 
     @staticmethod
     def _other_fleet() -> FleetKey:

@@ -16,6 +16,7 @@ token or a server's free-text details that could echo request bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -228,6 +229,32 @@ def _never_connected(err: _StatusCarrier) -> bool:
     return isinstance(text, str) and text.startswith(NEVER_CONNECTED_PREFIX)
 
 
+# The vault node's INVALID_ARGUMENT for an envelope of another protocol version
+# (vault_protocol.envelope.UnsupportedVersion). Only the two numbers are taken from it.
+_VERSION_DETAILS = re.compile(
+    r"unsupported protocol version: this vault speaks protocol (\d{1,5}); "
+    r"envelope is version (\d{1,10})"
+)
+
+
+def _version_mismatch(err: _StatusCarrier) -> VaultError | None:
+    """A ProtocolError naming both versions, or None. The message is composed here from two
+    parsed integers: no free text of the server's reaches the caller."""
+    details = getattr(err, "details", None)
+    try:
+        text = details() if callable(details) else ""
+    except Exception:  # noqa: BLE001 - no details: not a version refusal
+        return None
+    match = _VERSION_DETAILS.match(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    vault, ours = int(match.group(1)), int(match.group(2))
+    advice = "upgrade the client" if ours < vault else "the vault is older than this client"
+    return ProtocolError(
+        f"this vault speaks protocol {vault}; this client sent version {ours} - {advice}"
+    )
+
+
 def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
     """Map a failed gRPC call to a client error: the library's only gRPC status → error mapping.
 
@@ -267,6 +294,10 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
             code is grpc.StatusCode.UNAVAILABLE and (_never_connected(err) or _not_applied(err))
         )
         return Unavailable(f"vault unavailable: {name}{suffix}", sent=sent)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        mismatch = _version_mismatch(err)
+        if mismatch is not None:
+            return mismatch
     return ProtocolError(f"the vault rejected the request: {name}{suffix}")
 
 

@@ -14,6 +14,13 @@ about gRPC, sessions or retries (those belong to `client.vault` / `client.aio` /
 
 Security: the password, the export key, the session key and K stay inside these generator frames;
 `Outbound` shows only the step and the size of the envelope.
+
+Protocol 3: every flow is exactly two envelopes of the same sizes, whatever the operation and
+whatever the outcome, so the frontend learns neither. Step 1 is HPKE to the fleet key; step 2 is
+continued under a key derived from step 1's response key (vault_protocol.continuation) and
+carries step 1's ticket. After a wrong password, or a closed step 1 (locked, not registered),
+the recovery still sends a finish: a dummy one (random KE3-sized bytes) that the vault counts as
+no redemption; the flow then raises what step 1 told it.
 """
 
 from __future__ import annotations
@@ -28,21 +35,26 @@ from typing import Generic, TypeVar
 
 from bkv.v1 import envelope_pb2
 from client.errors import (
+    BadInput,
     InvalidPassword,
     Locked,
     NotRegistered,
     ProtocolError,
     StaleRequest,
+    VaultError,
     error_from_outcome,
 )
 from vault_protocol import backup_key, ksf, opaque
 from vault_protocol import errors as vp_errors
 from vault_protocol.backup_key import BackupKey
+from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import FleetKey, open_response, seal_request
 
 T = TypeVar("T")
 RESPONSE_KEY_BYTES = 32
-MAX_ATTEMPTS_LIMIT = 100  # the vault's own limit (vault_node.config; a unit test keeps them equal)
+# A sanity bound only: each vault has its operator's own cap (node.max_attempts_cap, at most this)
+# and refuses a registration above it (BadInput). vault_node.config keeps the same number.
+MAX_ATTEMPTS_LIMIT = 100
 
 
 class Step(enum.Enum):
@@ -52,6 +64,7 @@ class Step(enum.Enum):
     REGISTER_FINISH = "register_finish"
     RECOVER_START = "recover_start"
     RECOVER_FINISH = "recover_finish"
+    BEGIN = "begin"  # step 1 of a delete or a status question (the operation is inside)
     DELETE = "delete"
     STATUS = "status"
 
@@ -63,7 +76,7 @@ class Step(enum.Enum):
     @property
     def finishes(self) -> bool:
         """True for the second step of a flow: it waits out RateLimited (see client.retry)."""
-        return self in (Step.RECOVER_FINISH, Step.REGISTER_FINISH)
+        return self in (Step.RECOVER_FINISH, Step.REGISTER_FINISH, Step.DELETE, Step.STATUS)
 
     @property
     def runs_ksf_next(self) -> bool:
@@ -122,24 +135,75 @@ def encode_password(password: str | bytes) -> bytes:
     return unicodedata.normalize("NFC", password).encode("utf-8")
 
 
-def _exchange(
-    ctx: FlowContext, step: Step, request: envelope_pb2.VaultRequest, reply: str
-) -> Generator[Outbound, bytes, envelope_pb2.VaultResponse]:
-    """Seal `request`, yield it, open the answer, map its outcome, check the reply kind."""
-    response_key = ctx.rng(RESPONSE_KEY_BYTES)
-    request.response_key = response_key
-    sealed = yield Outbound(step, seal_request(ctx.fleet, ctx.account_id, request))
+@dataclass(frozen=True)
+class _Continuation:
+    """What step 1 leaves for step 2: the ticket and the step-2 keys (never shown)."""
+
+    ticket: bytes = field(repr=False)
+    keys: StepKeys = field(repr=False)
+
+
+def _open(key: bytes, sealed: bytes) -> envelope_pb2.VaultResponse:
     try:
-        response = open_response(response_key, sealed)
+        return open_response(key, sealed)
     except vp_errors.ProtocolError:
         # Security: one error for every cause; the frontend could have forged or cut it.
         raise ProtocolError("the vault's answer failed to open") from None
+
+
+def _checked(
+    response: envelope_pb2.VaultResponse, step: Step, reply: str
+) -> envelope_pb2.VaultResponse:
+    """Map the answer's outcome to an error, or check it carries the expected reply."""
+    if response.outcome == envelope_pb2.OUTCOME_REFUSED:
+        cap = int(response.max_attempts_cap)
+        raise BadInput(f"the vault allows at most {cap} guesses (max_attempts); nothing stored")
     error = error_from_outcome(response.outcome, response.guesses_left)
     if error is not None:
         raise error
     if response.WhichOneof("reply") != reply:
         raise ProtocolError(f"the vault answered {step.value} with the wrong reply")
     return response
+
+
+def _first(
+    ctx: FlowContext, step: Step, request: envelope_pb2.VaultRequest
+) -> Generator[Outbound, bytes, tuple[envelope_pb2.VaultResponse, _Continuation]]:
+    """Seal step 1 (HPKE), yield it, open the answer; its outcome is the caller's to check."""
+    response_key = ctx.rng(RESPONSE_KEY_BYTES)
+    request.response_key = response_key
+    keys = StepKeys.derive(response_key)
+    sealed = yield Outbound(step, seal_request(ctx.fleet, ctx.account_id, request))
+    response = _open(keys.answer1, sealed)
+    if not response.ticket:
+        # Every step-1 answer carries one, whatever its outcome (protocol 3).
+        raise ProtocolError(f"the vault's {step.value} answer carries no ticket")
+    return response, _Continuation(bytes(response.ticket), keys)
+
+
+def _second(
+    ctx: FlowContext, step: Step, cont: _Continuation, request: envelope_pb2.VaultRequest
+) -> Generator[Outbound, bytes, envelope_pb2.VaultResponse]:
+    """Seal step 2 under the continuation key with step 1's ticket, yield it, open the answer."""
+    envelope = seal_continued(
+        ctx.fleet.fleet_id, ctx.account_id, cont.ticket, cont.keys.request2, request, ctx.rng
+    )
+    sealed = yield Outbound(step, envelope)
+    return _open(cont.keys.answer2, sealed)
+
+
+def _dummy_finish(ctx: FlowContext, cont: _Continuation) -> Generator[Outbound, bytes, None]:
+    """The finish a recovery sends when it has nothing to redeem: random KE3-sized bytes, which
+    the vault cannot tell from a wrong password's MAC (and counts as no redemption). Its answer
+    and its errors change nothing: the outcome is already known from step 1."""
+    request = envelope_pb2.VaultRequest(
+        recover_finish=envelope_pb2.RecoverFinish(ke3=ctx.rng(opaque.KE3_BYTES))
+    )
+    try:
+        yield from _second(ctx, Step.RECOVER_FINISH, cont, request)
+    except (VaultError, vp_errors.ProtocolError):
+        # Only for the frontend's view of the pattern; a failure here hides no answer.
+        pass
 
 
 def _guarded(flow: Flow[T]) -> Flow[T]:
@@ -175,9 +239,8 @@ def _register(
         start = envelope_pb2.VaultRequest(
             register_start=envelope_pb2.RegisterStart(registration_request=request)
         )
-        reply = yield from _exchange(ctx, Step.REGISTER_START, start, "register_start")
-        if not reply.register_start.ticket:
-            raise ProtocolError("the vault's registration answer carries no ticket")
+        answer, cont = yield from _first(ctx, Step.REGISTER_START, start)
+        reply = _checked(answer, Step.REGISTER_START, "register_start")
         record, export_key = opaque.registration_finish(
             state, reply.register_start.registration_response, ctx.opaque, ctx.rng
         )
@@ -188,12 +251,12 @@ def _register(
                 registration_record=record,
                 wrapped_key=wrapped,
                 max_attempts=max_attempts,
-                ticket=reply.register_start.ticket,
                 ksf=params,
             )
         )
         try:
-            yield from _exchange(ctx, Step.REGISTER_FINISH, finish, "register_finish")
+            second = yield from _second(ctx, Step.REGISTER_FINISH, cont, finish)
+            _checked(second, Step.REGISTER_FINISH, "register_finish")
         except StaleRequest:
             # The record changed between the two steps (e.g. a recovery ran): the vault wrote
             # nothing. One fresh registration; it counts no guess.
@@ -215,7 +278,13 @@ def recover_flow(ctx: FlowContext, password: str | bytes) -> Flow[BackupKey]:
 def _recover(ctx: FlowContext, password: bytes) -> Flow[BackupKey]:
     state, ke1 = opaque.login_start(password, ctx.rng)
     start = envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=ke1))
-    first = yield from _exchange(ctx, Step.RECOVER_START, start, "recover_start")
+    answer, cont = yield from _first(ctx, Step.RECOVER_START, start)
+    try:
+        first = _checked(answer, Step.RECOVER_START, "recover_start")
+    except (Locked, NotRegistered):
+        # Closed: the void ticket still takes a finish, so the frontend sees the same pattern.
+        yield from _dummy_finish(ctx, cont)
+        raise
     guesses_left = int(first.guesses_left)
     config = ctx.opaque
     if first.recover_start.HasField("ksf"):
@@ -225,12 +294,13 @@ def _recover(ctx: FlowContext, password: bytes) -> Flow[BackupKey]:
     try:
         ke3, session_key, export_key = opaque.login_finish(state, first.recover_start.ke2, config)
     except vp_errors.AuthenticationError:
-        # The vault counted this guess before answering KE2; KE3 would tell it nothing new.
+        # The vault counted this guess before answering KE2. A dummy finish all the same: a
+        # wrong password must look like a right one to the frontend (two steps, same sizes).
+        yield from _dummy_finish(ctx, cont)
         raise InvalidPassword(guesses_left) from None
-    finish = envelope_pb2.VaultRequest(
-        recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=first.recover_start.ticket)
-    )
-    second = yield from _exchange(ctx, Step.RECOVER_FINISH, finish, "recover_finish")
+    finish = envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3))
+    answer2 = yield from _second(ctx, Step.RECOVER_FINISH, cont, finish)
+    second = _checked(answer2, Step.RECOVER_FINISH, "recover_finish")
     try:
         wrapped = backup_key.open_transport(session_key, second.recover_finish.transported_key)
         return backup_key.unwrap_key(wrapped, export_key, ctx.account_id)
@@ -243,10 +313,30 @@ def delete_flow(ctx: FlowContext) -> Flow[bool]:
     return _guarded(_delete(ctx))
 
 
+def _begun(
+    ctx: FlowContext, op: envelope_pb2.Begin.Op.ValueType
+) -> Generator[Outbound, bytes, _Continuation]:
+    """Step 1 of a delete or a status question: the operation stays inside the envelope."""
+    begin = envelope_pb2.VaultRequest(begin=envelope_pb2.Begin(op=op))
+    answer, cont = yield from _first(ctx, Step.BEGIN, begin)
+    _checked(answer, Step.BEGIN, "begin")
+    return cont
+
+
 def _delete(ctx: FlowContext) -> Flow[bool]:
-    request = envelope_pb2.VaultRequest(delete=envelope_pb2.DeleteRequest())
-    reply = yield from _exchange(ctx, Step.DELETE, request, "delete")
-    return bool(reply.delete.existed)
+    for attempt in range(2):
+        cont = yield from _begun(ctx, envelope_pb2.Begin.Op.OP_DELETE)
+        request = envelope_pb2.VaultRequest(delete=envelope_pb2.DeleteRequest())
+        try:
+            answer = yield from _second(ctx, Step.DELETE, cont, request)
+        except StaleRequest:
+            # The account's registration changed between the two steps (the ticket binds the
+            # one the delete began on): nothing was erased. Once more, on the record as it is.
+            if attempt:
+                raise
+            continue
+        return bool(_checked(answer, Step.DELETE, "delete").delete.existed)
+    raise AssertionError("unreachable")
 
 
 def status_flow(ctx: FlowContext) -> Flow[Status]:
@@ -255,9 +345,11 @@ def status_flow(ctx: FlowContext) -> Flow[Status]:
 
 
 def _status(ctx: FlowContext) -> Flow[Status]:
+    cont = yield from _begun(ctx, envelope_pb2.Begin.Op.OP_STATUS)
     request = envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest())
     try:
-        reply = yield from _exchange(ctx, Step.STATUS, request, "status")
+        answer = yield from _second(ctx, Step.STATUS, cont, request)
+        reply = _checked(answer, Step.STATUS, "status")
     except (NotRegistered, Locked) as err:
         # A status question is answered, not refused, whatever the account's state.
         locked = err.code == "locked"

@@ -14,7 +14,9 @@ Each vault node appends one JSON object per event it handles (`format_line`, use
                                 commit the audit lacks (a write whose answer etcd lost)
 
 Events: `evaluate` (attempts+1 committed, then the OPRF evaluated), `lock` (tombstone
-committed), `locked` (answered LOCKED, no write), `success` (attempts reset committed), `bad_mac`,
+committed), `locked` (answered LOCKED, no write), `success` (attempts reset committed), `bad_mac`
+(protocol 3: a wrong finish, the record written back unchanged and committed, so it carries the
+revision and read_revision of that commit; no revision when the record was locked meanwhile),
 `stale_ticket`, `not_registered` (no write), `register`, `delete` and `reserve` (register start
 made the absent key, committed), `tampered` (a stored value that does not open at its etcd
 metadata, refused: no write, no evaluation; `read_revision` is the refused value's
@@ -58,7 +60,9 @@ EventName = Literal[
 ]
 EVENTS: frozenset[str] = frozenset(get_args(EventName))
 # Events that commit a write to etcd, and so carry the revision of that commit.
-COMMITTING_EVENTS = frozenset({"evaluate", "lock", "success", "register", "delete", "reserve"})
+COMMITTING_EVENTS = frozenset(
+    {"evaluate", "lock", "success", "bad_mac", "register", "delete", "reserve"}
+)
 # Events whose commit was decided on the value etcd held at `read_revision`.
 DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})
 STORE_EVENTS = frozenset({"rollback"})  # about the store, not one record: record_id is ""

@@ -10,7 +10,8 @@ from vault_common.metrics_http import metrics_address_problems
 from vault_common.toml_config import TomlReadError, read_toml
 
 MAX_ATTEMPTS_LIMIT = 100
-"""Highest `max_attempts` a node or a registration may ask for."""
+"""Highest `max_attempts_cap` an operator may configure (the client keeps it as a sanity bound)."""
+DEFAULT_MAX_ATTEMPTS_CAP = 20
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,10 @@ class NodeSection:
     listen: str  # host:port the gRPC server binds
     advertise: str  # host:port frontends dial; written to the membership key
     max_attempts: int = 10  # default guess limit when a registration asks for 0
+    # The most guesses a registration may ask for: one asking for more is refused (sealed
+    # OUTCOME_REFUSED, nothing stored), not clamped, so no client believes it got more than it
+    # has. In 1..100, and at least `max_attempts`.
+    max_attempts_cap: int = DEFAULT_MAX_ATTEMPTS_CAP
     ticket_ttl_s: int = 120  # lifetime of a login ticket between the two recovery steps
     lease_ttl_s: int = 4  # membership lease TTL; also the fail-closed horizon
     audit_log: str = ""  # absolute path of the JSON-lines audit log
@@ -167,8 +172,10 @@ class NodeConfig:
         for name in ("listen", "advertise"):
             if not _is_host_port(getattr(n, name)):
                 out.append(f"node.{name} must be host:port with a port in 1..65535")
-        if not 1 <= n.max_attempts <= MAX_ATTEMPTS_LIMIT:
-            out.append(f"node.max_attempts must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        if not 1 <= n.max_attempts_cap <= MAX_ATTEMPTS_LIMIT:
+            out.append(f"node.max_attempts_cap must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        if not 1 <= n.max_attempts <= n.max_attempts_cap:
+            out.append("node.max_attempts must be in 1..node.max_attempts_cap")
         if not 1 <= n.ticket_ttl_s <= 3600:
             out.append("node.ticket_ttl_s must be in 1..3600")
         if not 2 <= n.lease_ttl_s <= 600:

@@ -42,6 +42,7 @@ OPS = (
     "register_finish",
     "recover_start",
     "recover_finish",
+    "begin",
     "delete",
     "status",
     "unknown",
@@ -53,6 +54,7 @@ OUTCOMES = (
     "invalid_password",
     "locked",
     "not_registered",
+    "refused",
     "invalid_argument",
     "failed_precondition",
     "unavailable",
@@ -68,6 +70,7 @@ _PROTOCOL_OUTCOMES = {
     envelope_pb2.OUTCOME_INVALID_PASSWORD: "invalid_password",
     envelope_pb2.OUTCOME_LOCKED: "locked",
     envelope_pb2.OUTCOME_NOT_REGISTERED: "not_registered",
+    envelope_pb2.OUTCOME_REFUSED: "refused",  # a registration above the node's max_attempts cap
 }
 AUDIT_EVENTS: tuple[AuditEvent, ...] = get_args(EventName)  # the audit line's own list
 ETCD_CALLS = (

@@ -45,6 +45,7 @@ from vault_node.service import (
     StoreRefused,
     TokenServerKeys,
     Unavailable,
+    UnsupportedProtocol,
     VaultService,
     WriteUnconfirmed,
 )
@@ -78,6 +79,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     reason ("registration ticket expired", "malformed KE1") would tell it which step an
     envelope carried; the node's own log keeps the reason.
     """
+    if isinstance(exc, UnsupportedProtocol):
+        # Names both versions (the frontend reads the version in the clear anyway), so that
+        # the client can tell its user to upgrade (client.errors.error_from_status).
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, "the vault node refused the request"
     if isinstance(exc, Precondition):
@@ -389,6 +394,7 @@ class VaultNodeServer:
             config=ServiceConfig(
                 node_name=node.name,
                 default_max_attempts=node.max_attempts,
+                max_attempts_cap=node.max_attempts_cap,
                 ticket_ttl_ms=node.ticket_ttl_s * 1000,
                 record_groups=self.config.witness.groups,
             ),

@@ -16,15 +16,15 @@ decide again from what the failed write read. Nothing is evaluated unless its gu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import envelope_pb2
-from vault_node import transitions
+from vault_node import tickets, transitions
 from vault_node.audit import AuditSink
-from vault_node.config import MAX_ATTEMPTS_LIMIT
+from vault_node.config import DEFAULT_MAX_ATTEMPTS_CAP, MAX_ATTEMPTS_LIMIT
 from vault_node.heads import Head, group_of, next_head, open_head
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.lru import Lru
@@ -33,11 +33,7 @@ from vault_node.records import (
     CREDENTIAL_ACCOUNT_GENERATION,
     credential_identifier,
     open_record,
-    open_registration_ticket,
-    open_ticket,
     seal_record,
-    seal_registration_ticket,
-    seal_ticket,
 )
 from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
@@ -46,7 +42,16 @@ from vault_node.transitions import Current, Kind, Step
 from vault_node.witnessing import CaptureResult, Witnessing
 from vault_protocol import opaque
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
-from vault_protocol.envelope import FleetKey, open_request, seal_response
+from vault_protocol.continuation import StepKeys, open_continued, parse_continued
+from vault_protocol.envelope import (
+    MAX_ENVELOPE_BYTES,
+    FleetKey,
+    UnsupportedVersion,
+    check_header,
+    is_continued,
+    open_request,
+    seal_response,
+)
 from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput
 from vault_protocol.ksf import from_params as ksf_from_params
 
@@ -56,6 +61,19 @@ Outcome = envelope_pb2.Outcome
 Rng = Callable[[int], bytes]
 
 GENERATION_LEN = 16
+TicketOp = sealed_pb2.Ticket.Op
+# The second step each ticket's operation takes (anything else is refused, nothing applied).
+_TICKET_OPS = {
+    "register_finish": TicketOp.OP_REGISTER,
+    "recover_finish": TicketOp.OP_RECOVER,
+    "status": TicketOp.OP_STATUS,
+    "delete": TicketOp.OP_DELETE,
+}
+_BEGIN_OPS = {
+    envelope_pb2.Begin.Op.OP_STATUS: TicketOp.OP_STATUS,
+    envelope_pb2.Begin.Op.OP_DELETE: TicketOp.OP_DELETE,
+}
+_CLOSED = frozenset({envelope_pb2.OUTCOME_LOCKED, envelope_pb2.OUTCOME_NOT_REGISTERED})
 MAX_ACCOUNT_ID_BYTES = 256
 CAS_RETRIES = 16
 MAX_CLOCK_SKEW_MS = 5_000  # between the node that issues a ticket and the one that redeems it
@@ -69,6 +87,11 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     """Malformed or unopenable input (INVALID_ARGUMENT). Nothing was changed."""
+
+
+class UnsupportedProtocol(BadRequest):
+    """An envelope of another protocol version (INVALID_ARGUMENT, nothing changed). Its message
+    names both versions; it is safe to pass on: the version travels in the clear anyway."""
 
 
 class Precondition(ServiceError):
@@ -112,6 +135,7 @@ class RecordTampered(RecordCorrupt):
 class ServiceConfig:
     node_name: str
     default_max_attempts: int = 10
+    max_attempts_cap: int = DEFAULT_MAX_ATTEMPTS_CAP  # a registration asking more: REFUSED
     ticket_ttl_ms: int = 120_000
     opaque_context: bytes = opaque.DEFAULT_CONTEXT
     id_cache_size: int = ID_CACHE_SIZE  # accounts whose record id is kept (0: none)
@@ -126,8 +150,10 @@ class ServiceConfig:
             problems.append("cache sizes must be >= 0")
         if not self.node_name:
             problems.append("node_name must be non-empty")
-        if not 1 <= self.default_max_attempts <= MAX_ATTEMPTS_LIMIT:
-            problems.append(f"default_max_attempts must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        if not 1 <= self.max_attempts_cap <= MAX_ATTEMPTS_LIMIT:
+            problems.append(f"max_attempts_cap must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        if not 1 <= self.default_max_attempts <= self.max_attempts_cap:
+            problems.append("default_max_attempts must be in 1..max_attempts_cap")
         if self.ticket_ttl_ms <= 0:
             problems.append("ticket_ttl_ms must be positive")
         if problems:
@@ -249,7 +275,12 @@ class VaultService:
         self, account_id: str, envelope: bytes, meter: RequestMeter | None = None
     ) -> bytes:
         """Open `envelope` for `account_id`, run the operation, return the sealed response
-        (`meter`, if given, learns the operation and the protocol outcome)."""
+        (`meter`, if given, learns the operation and the protocol outcome).
+
+        Protocol 3: a step 1 (`SealedEnvelope`, one HPKE open with the token's ECDH) or a
+        step 2 (`ContinuedEnvelope`: its ticket opened in the token, its request in software
+        with the key the ticket holds).
+        """
         # First: a latched store alarm refuses with DATA_LOSS even while the node also fails
         # closed for etcd (after a restore both hold), so no frontend fails the account over.
         if self._store_alarm():
@@ -259,6 +290,18 @@ class VaultService:
             raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
         account = _account_bytes(account_id)
         try:
+            # Size first: nothing larger than any legitimate envelope is parsed.
+            if not isinstance(envelope, bytes) or len(envelope) > MAX_ENVELOPE_BYTES:
+                raise InvalidInput("envelope too large")
+            check_header(envelope)  # the version before anything else, refused by name
+            continued = is_continued(envelope)
+        except UnsupportedVersion as exc:
+            raise UnsupportedProtocol(str(exc)) from exc
+        except InvalidInput as exc:
+            raise BadRequest("envelope could not be opened") from exc
+        if continued:
+            return await self._handle_continued(account_id, account, envelope, meter)
+        try:
             request = open_request(
                 envelope,
                 account_id,
@@ -266,45 +309,117 @@ class VaultService:
                 self._token.ecdh,
                 self._fleet.public_key_bytes,
             )
+            keys = StepKeys.derive(request.response_key)
         except (InvalidInput, DecryptError) as exc:
             # One answer for every cause: the frontend learns nothing about why it failed.
             raise BadRequest("envelope could not be opened") from exc
-        if len(request.response_key) != 32:
-            raise BadRequest("envelope could not be opened")
+        op = request.WhichOneof("op")
         if meter is not None:
-            meter.opened(request.WhichOneof("op"))
+            meter.opened(op)
+        record_id = self._checked_record_id(account)
+        response = await self._guarded(self._first_step(request, keys, account, record_id))
+        if meter is not None:
+            meter.answered(op, response.outcome)
+        return seal_response(keys.answer1, response, self._rng)
+
+    async def _handle_continued(
+        self, account_id: str, account: bytes, envelope: bytes, meter: RequestMeter | None
+    ) -> bytes:
+        """Step 2: the ticket (token AES-GCM), then its checks, then the request (software)."""
+        try:
+            sealed = parse_continued(envelope, self._fleet.fleet_id)
+        except InvalidInput as exc:
+            raise BadRequest("envelope could not be opened") from exc
+        try:
+            ticket = tickets.open_(self._token, sealed.ticket)
+        except DecryptError as exc:
+            raise BadRequest("ticket could not be opened") from exc
         record_id = self._record_id(account)
+        # A ticket is bound to the record it was issued for: another account's is refused.
+        if ticket.record_id != record_id:
+            raise BadRequest("ticket does not belong to this account")
+        try:
+            # The AAD binds the account and this very ticket: a frontend that swapped either
+            # gets a failed open, and nothing is applied.
+            request = open_continued(sealed, account_id, self._fleet.fleet_id, ticket.request_key)
+        except (InvalidInput, DecryptError) as exc:
+            raise BadRequest("envelope could not be opened") from exc
+        op = request.WhichOneof("op")
+        if meter is not None:
+            meter.opened(op)
+        if _TICKET_OPS.get(op or "") != ticket.op:
+            raise BadRequest("the request is not the second step of its ticket's operation")
+        if len(ticket.answer_key) != 32:
+            raise BadRequest("ticket could not be opened")
+        self._check_group(record_id)
+        response = await self._guarded(self._second_step(request, ticket, record_id))
+        if meter is not None:
+            meter.answered(op, response.outcome)
+        return seal_response(ticket.answer_key, response, self._rng)
+
+    def _checked_record_id(self, account: bytes) -> bytes:
+        record_id = self._record_id(account)
+        self._check_group(record_id)
+        return record_id
+
+    def _check_group(self, record_id: bytes) -> None:
         if self._groups.group_alarmed(self._group(record_id)):
             raise StoreRefused("this record's group was rolled back; refused until cleared")
+
+    async def _guarded(
+        self, work: Coroutine[Any, Any, envelope_pb2.VaultResponse]
+    ) -> envelope_pb2.VaultResponse:
         try:
-            response = await self._dispatch(request, account, record_id)
+            return await work
         except StoreRolledBack as exc:
             # The guard latched an alarm: this node serves nothing more (see StoreRefused).
             raise StoreRefused("the store was rolled back; this node refuses to serve") from exc
         except StoreUnavailable as exc:
             # Writes turn their own failures into WriteUnconfirmed: this one came from a read.
             raise Unavailable("etcd is unavailable; nothing was written") from exc
-        if meter is not None:
-            meter.answered(request.WhichOneof("op"), response.outcome)
-        return seal_response(request.response_key, response, self._rng)
 
-    async def _dispatch(
-        self, request: envelope_pb2.VaultRequest, account: bytes, record_id: bytes
+    async def _first_step(
+        self,
+        request: envelope_pb2.VaultRequest,
+        keys: StepKeys,
+        account: bytes,
+        record_id: bytes,
     ) -> envelope_pb2.VaultResponse:
         op = request.WhichOneof("op")
         if op == "register_start":
-            return await self._register_start(request.register_start, account, record_id)
-        if op == "register_finish":
-            return await self._register_finish(request.register_finish, record_id)
+            return await self._register_start(request.register_start, keys, account, record_id)
         if op == "recover_start":
-            return await self._recover_start(request.recover_start, account, record_id)
+            return await self._recover_start(request.recover_start, keys, account, record_id)
+        if op == "begin":
+            return await self._begin(request.begin, keys, record_id)
+        raise BadRequest("request carries no first step")
+
+    async def _second_step(
+        self, request: envelope_pb2.VaultRequest, ticket: sealed_pb2.Ticket, record_id: bytes
+    ) -> envelope_pb2.VaultResponse:
+        op = request.WhichOneof("op")
+        if op == "register_finish":
+            return await self._register_finish(request.register_finish, ticket, record_id)
         if op == "recover_finish":
-            return await self._recover_finish(request.recover_finish, record_id)
+            return await self._recover_finish(request.recover_finish, ticket, record_id)
+        self._check_expiry(ticket.expires_at_ms, "ticket", strict=False)
         if op == "delete":
-            return await self._delete(record_id)
+            return await self._delete(record_id, ticket)
         if op == "status":
             return await self._status(record_id)
-        raise BadRequest("request carries no operation")
+        raise BadRequest("request carries no second step")
+
+    def _ticket(self, op: int, keys: StepKeys, record_id: bytes, **fields: Any) -> bytes:
+        """The sealed ticket of a step-1 answer: the step-2 keys, the record, an expiry."""
+        ticket = sealed_pb2.Ticket(
+            op=op,
+            record_id=record_id,
+            request_key=keys.request2,
+            answer_key=keys.answer2,
+            expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
+            **fields,
+        )
+        return tickets.seal(self._token, ticket, self._rng)
 
     # -- records --
 
@@ -485,8 +600,11 @@ class VaultService:
         """A majority of witnesses must capture `head` before a guess is evaluated, a lock or a
         delete is confirmed, or a registration acknowledged. The finish (RELEASE) is captured
         lazily: it only forgives guesses, so losing it to a rollback costs its user, never
-        gains an attacker, and the next write of the group extends it."""
-        result = await self._witnesses.capture(base, head, lazy=step.kind is Kind.RELEASE)
+        gains an attacker, and the next write of the group extends it. So is a wrong finish's
+        unchanged rewrite, so that the two finishes take the same path."""
+        # A rewrite (a wrong finish) is captured as lazily as a release: it changes nothing.
+        lazy = step.kind in (Kind.RELEASE, Kind.REWRITE)
+        result = await self._witnesses.capture(base, head, lazy=lazy)
         if result.rollback:
             self._rollback(record_id, base, result)
         if not result.captured:
@@ -543,7 +661,7 @@ class VaultService:
     # -- register --
 
     async def _register_start(
-        self, msg: envelope_pb2.RegisterStart, account: bytes, record_id: bytes
+        self, msg: envelope_pb2.RegisterStart, keys: StepKeys, account: bytes, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
         # Security: the new registration's generation salts its OPRF key (credential scheme 1),
         # so this uncounted evaluation never touches the key of the account's live record.
@@ -565,7 +683,7 @@ class VaultService:
             meta = applied.current.meta.after_write(applied.revision)
         else:
             meta = applied.current.meta
-        ticket = sealed_pb2.RegistrationTicket(
+        registration = sealed_pb2.RegistrationTicket(
             record_id=record_id,
             generation=generation,
             base_revision=meta.mod_revision,
@@ -575,14 +693,12 @@ class VaultService:
         )
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
-            register_start=envelope_pb2.RegisterStartReply(
-                registration_response=reply,
-                ticket=seal_registration_ticket(self._token, ticket, self._rng),
-            ),
+            register_start=envelope_pb2.RegisterStartReply(registration_response=reply),
+            ticket=self._ticket(TicketOp.OP_REGISTER, keys, record_id, registration=registration),
         )
 
     async def _register_finish(
-        self, msg: envelope_pb2.RegisterFinish, record_id: bytes
+        self, msg: envelope_pb2.RegisterFinish, outer: sealed_pb2.Ticket, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
         registration_record = _parse_registration_record(msg.registration_record)
         if len(msg.wrapped_key) != WRAPPED_KEY_LEN:
@@ -594,17 +710,25 @@ class VaultService:
                 ksf_from_params(msg.ksf)
             except InvalidInput as exc:
                 raise BadRequest("KSF parameters out of range") from exc
-        try:
-            ticket = open_registration_ticket(self._token, msg.ticket)
-        except DecryptError as exc:
-            raise BadRequest("registration ticket could not be opened") from exc
+        ticket = outer.registration
         if (
-            ticket.record_id != record_id
+            not outer.HasField("registration")
+            or ticket.record_id != record_id
             or len(ticket.generation) != GENERATION_LEN
             or ticket.base_version <= 0
         ):
             raise BadRequest("registration ticket does not belong to this account")
         self._check_expiry(ticket.expires_at_ms, "registration ticket", strict=True)
+        cap = self._config.max_attempts_cap
+        if msg.max_attempts > cap:
+            # Refused, not clamped (nothing stored): a client that asked for more guesses must
+            # not believe it has them. Sealed, so the frontend cannot tell it from a success.
+            log.info("registration refused: max_attempts %d above cap %d", msg.max_attempts, cap)
+            return envelope_pb2.VaultResponse(
+                outcome=Outcome.OUTCOME_REFUSED,
+                max_attempts_cap=cap,
+                register_finish=envelope_pb2.RegisterFinishReply(),
+            )
         max_attempts = msg.max_attempts or self._config.default_max_attempts
         new = sealed_pb2.Record(
             state=transitions.ACTIVE,
@@ -643,15 +767,27 @@ class VaultService:
 
     # -- recover --
 
+    def _void(
+        self, keys: StepKeys, record_id: bytes, response: envelope_pb2.VaultResponse
+    ) -> envelope_pb2.VaultResponse:
+        """A closed step-1 answer (LOCKED, NOT_REGISTERED) with a void ticket: the client still
+        sends its (dummy) finish, so the frontend sees a recovery's two steps whatever the
+        outcome; that finish redeems nothing and gets the same outcome again."""
+        response.recover_start.SetInParent()
+        response.ticket = self._ticket(
+            TicketOp.OP_RECOVER, keys, record_id, void=True, closed_outcome=response.outcome
+        )
+        return response
+
     async def _recover_start(
-        self, msg: envelope_pb2.RecoverStart, account: bytes, record_id: bytes
+        self, msg: envelope_pb2.RecoverStart, keys: StepKeys, account: bytes, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
         ke1 = _parse_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
         current = self._cached(record_id, _has_guesses) or await self._read(record_id)
         applied = await self._apply(record_id, transitions.count_guess, current)
         step, before = applied.step, applied.current
         if step.kind in (Kind.NOT_REGISTERED, Kind.LOCKED):
-            return self._closed_answer(record_id, applied)
+            return self._void(keys, record_id, self._closed_answer(record_id, applied))
         record = before.record
         assert record is not None and step.write is not None
         if step.kind is Kind.LOCK:
@@ -661,7 +797,7 @@ class VaultService:
                 evaluation=record.evaluations, read_revision=before.meta.mod_revision,
             )  # fmt: skip
             self._on_erased(applied.revision)
-            return _locked()
+            return self._void(keys, record_id, _locked())
         counted = step.write
         # Written (and flushed) after the commit and before the OPRF: the checker's count, and
         # the revision a restarted node takes its high-water mark from.
@@ -679,38 +815,39 @@ class VaultService:
             stored_record, identifier, ke1, self._keys, self._opaque, self._rng
         )
         committed = before.meta.after_write(applied.revision)
-        ticket = sealed_pb2.Ticket(
-            record_id=record_id,
+        ticket = self._ticket(
+            TicketOp.OP_RECOVER, keys, record_id,
             generation=counted.generation,
             evaluation=counted.evaluations,
             expected_client_mac=state.expected_client_mac,
             session_key=state.session_key,
-            expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
             create_revision=committed.create_revision,
             version=committed.version,
-        )
-        reply = envelope_pb2.RecoverStartReply(
-            ke2=ke2, ticket=seal_ticket(self._token, ticket, self._rng)
-        )
+        )  # fmt: skip
+        reply = envelope_pb2.RecoverStartReply(ke2=ke2)
         if counted.ksf_params:
             reply.ksf.ParseFromString(counted.ksf_params)  # as registered: see KsfParams
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
             guesses_left=counted.max_attempts - counted.attempts,
             recover_start=reply,
+            ticket=ticket,
         )
 
     async def _recover_finish(
-        self, msg: envelope_pb2.RecoverFinish, record_id: bytes
+        self, msg: envelope_pb2.RecoverFinish, ticket: sealed_pb2.Ticket, record_id: bytes
     ) -> envelope_pb2.VaultResponse:
-        try:
-            ticket = open_ticket(self._token, msg.ticket)
-        except DecryptError as exc:
-            raise BadRequest("ticket could not be opened") from exc
-        # A ticket is bound to the record it was issued for: another account's is refused.
-        if ticket.record_id != record_id:
-            raise BadRequest("ticket does not belong to this account")
         self._check_expiry(ticket.expires_at_ms, "ticket", strict=False)
+        if len(msg.ke3) != opaque.KE3_BYTES:
+            raise BadRequest("malformed KE3")
+        if ticket.void:
+            # The client's dummy finish after a closed step 1: nothing to redeem; the same
+            # outcome again (no storage work: see docs/architecture.md on timing).
+            if ticket.closed_outcome not in _CLOSED:
+                raise BadRequest("ticket could not be opened")
+            return envelope_pb2.VaultResponse(
+                outcome=ticket.closed_outcome, recover_finish=envelope_pb2.RecoverFinishReply()
+            )
         try:
             opaque.server_login_finish(ticket.expected_client_mac, msg.ke3)
             good_mac = True
@@ -718,11 +855,12 @@ class VaultService:
             good_mac = False
         except InvalidInput as exc:
             raise BadRequest("malformed KE3") from exc
-        if not good_mac:
-            return await self._bad_mac(record_id, ticket)
+        # The right and the wrong finish read (or take from the cache) alike and commit once.
         current = self._cached(
             record_id, lambda c: transitions.redeemable(c, ticket)
         ) or await self._read(record_id)
+        if not good_mac:
+            return await self._bad_mac(record_id, ticket, current)
         applied = await self._apply(record_id, lambda c: transitions.redeem(c, ticket), current)
         step, before = applied.step, applied.current
         if step.kind in (Kind.NOT_REGISTERED, Kind.LOCKED):
@@ -750,31 +888,63 @@ class VaultService:
         )
 
     async def _bad_mac(
-        self, record_id: bytes, ticket: sealed_pb2.Ticket
+        self, record_id: bytes, ticket: sealed_pb2.Ticket, current: Current
     ) -> envelope_pb2.VaultResponse:
-        """A wrong client MAC: the guess was counted at step 1; nothing more is written."""
-        current = await self._read(record_id)
-        if current.tampered:
-            self._tampered(record_id, current)
-        record = current.record
-        if record is None or record.state == transitions.RESERVED:
-            return envelope_pb2.VaultResponse(outcome=Outcome.OUTCOME_NOT_REGISTERED)
+        """A wrong client MAC (a wrong password's dummy finish): the guess was counted at step
+        1 and nothing is forgiven, but the record is written back unchanged through the same
+        compare-and-swap and head as a right finish (`transitions.rewrite`), so both do the
+        same storage work."""
+        applied = await self._apply(record_id, transitions.rewrite, current)
+        record = applied.current.record
+        if applied.step.kind is Kind.NOT_REGISTERED or record is None:
+            return envelope_pb2.VaultResponse(
+                outcome=Outcome.OUTCOME_NOT_REGISTERED,
+                recover_finish=envelope_pb2.RecoverFinishReply(),
+            )
         self._audit.write(
             "bad_mac", record_id, record.attempts, record.max_attempts,
-            generation=record.generation, evaluation=ticket.evaluation,
+            revision=applied.revision, generation=record.generation,
+            evaluation=ticket.evaluation,
+            read_revision=applied.current.meta.mod_revision if applied.revision else None,
         )  # fmt: skip
-        if record.state == transitions.LOCKED:
+        if applied.step.kind is Kind.LOCKED:
             return _locked()
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_INVALID_PASSWORD,
             guesses_left=transitions.guesses_left(record),
+            recover_finish=envelope_pb2.RecoverFinishReply(),
         )
 
     # -- delete, status --
 
-    async def _delete(self, record_id: bytes) -> envelope_pb2.VaultResponse:
+    async def _begin(
+        self, msg: envelope_pb2.Begin, keys: StepKeys, record_id: bytes
+    ) -> envelope_pb2.VaultResponse:
+        """Step 1 of a status question or a delete: one read, and a ticket bound to the key as
+        it is (for a delete: `transitions.as_begun`). Nothing is written or answered yet."""
+        op = _BEGIN_OPS.get(msg.op)
+        if op is None:
+            raise BadRequest("begin names no operation")
+        # A tampered value is not refused here: a delete must still be able to erase it.
+        create_revision, generation = transitions.as_begun(await self._read(record_id))
+        ticket = self._ticket(
+            op, keys, record_id, create_revision=create_revision, generation=generation
+        )
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK, begin=envelope_pb2.BeginReply(), ticket=ticket
+        )
+
+    async def _delete(
+        self, record_id: bytes, ticket: sealed_pb2.Ticket
+    ) -> envelope_pb2.VaultResponse:
         # A tampered value is erased all the same: deleting needs no record to open.
-        applied = await self._apply(record_id, transitions.delete, await self._read(record_id))
+        applied = await self._apply(
+            record_id,
+            lambda c: transitions.delete_begun(c, ticket.create_revision, ticket.generation),
+            await self._read(record_id),
+        )
+        if applied.step.kind is Kind.STALE:
+            raise Precondition("the record changed since the delete began; start again")
         if applied.revision:
             self._audit.write(
                 "delete", record_id, revision=applied.revision,

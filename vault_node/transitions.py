@@ -61,6 +61,7 @@ class Kind(enum.Enum):
     EVALUATE = "evaluate"  # write: attempts + 1 committed, then the OPRF may run
     LOCK = "lock"  # write: the last guess was spent before, now erased for good
     RELEASE = "release"  # write: a good client MAC forgave this ticket's guesses
+    REWRITE = "rewrite"  # write: a bad client MAC rewrote the record unchanged (same work)
     REGISTERED = "registered"  # write (or a retry of this very registration: no write)
     RESERVED = "reserved"  # register start: the absent key reserved (write), or already there
     DELETED = "deleted"  # erase the key (or nothing to erase)
@@ -172,6 +173,42 @@ def redeem(current: Current, ticket: sealed_pb2.Ticket) -> Step:
     redeemed.attempts = min(record.attempts, record.evaluations - ticket.evaluation)
     redeemed.last_redeemed = ticket.evaluation
     return Step(Kind.RELEASE, write=redeemed)
+
+
+def rewrite(current: Current) -> Step:
+    """Recovery step 2 after a bad client MAC (a wrong password's dummy finish): write the
+    record back unchanged, freshly sealed for the key's next version.
+
+    Security: the guess was counted at step 1 and nothing is forgiven; the write is there so
+    that a wrong finish does the storage work of a right one (one compare-and-swap, one head),
+    and neither etcd nor anyone timing the node tells them apart by it. Juicebox writes the user
+    record "so that there's a write either way" for the same reason.
+    """
+    refusal = _refusal(current)
+    if refusal is not None:
+        return refusal
+    record = current.record
+    assert record is not None
+    return Step(Kind.REWRITE, write=_copy(record))
+
+
+def as_begun(current: Current) -> tuple[int, bytes]:
+    """What a delete's first step binds its ticket to: the key's create_revision (0: absent)
+    and the registration's generation (empty: none that opened)."""
+    record = current.record
+    return current.meta.create_revision, record.generation if record is not None else b""
+
+
+def delete_begun(current: Current, create_revision: int, generation: bytes) -> Step:
+    """Delete step 2: erase the key as `delete`, but only if it is still the key and the
+    registration the delete began on (`as_begun`); otherwise STALE, nothing erased.
+
+    Security: a relayed delete cannot be replayed onto a later registration of the account
+    (a new registration has a new generation, a key made again a new create_revision).
+    """
+    if as_begun(current) != (create_revision, generation):
+        return Step(Kind.STALE)
+    return delete(current)
 
 
 def is_this_registration(current: Current, new: sealed_pb2.Record) -> bool:

@@ -2,9 +2,14 @@
 
 Client side: `seal_request` (HPKE to the pinned fleet key with cryptography's `hpke.Suite`, the
 only HPKE sender used in production) and `open_response`. Node side: `open_request` (our RFC 9180
-receiver, the DH running in the token) and `seal_response` (AES-256-GCM under the request's
-fresh `response_key`). Plaintexts are padded to fixed buckets so that the frontend cannot tell
-operations apart by size.
+receiver, the DH running in the token) and `seal_response` (AES-256-GCM under an answer key).
+Plaintexts are padded to fixed buckets so that the frontend cannot tell operations apart by size.
+
+Protocol 3: this is step 1 of every operation; step 2 is a `ContinuedEnvelope` under a key
+derived from step 1's `response_key` (vault_protocol.continuation). Answers are sealed under
+the step's answer key (`StepKeys`), never under the raw response key. A node reads every
+envelope's version first (`check_header`) and refuses another version by name
+(`UnsupportedVersion`).
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ __all__ = [
     "RESPONSE_KEY_LEN",
     "RESPONSE_MIN_BUCKET",
     "FleetKey",
+    "UnsupportedVersion",
+    "check_header",
     "envelope_info",
+    "is_continued",
     "open_request",
     "open_response",
     "pad",
+    "parse_message",
     "seal_request",
     "seal_response",
     "unpad",
@@ -44,11 +53,13 @@ __all__ = [
 
 # 2: registration tickets and per-registration OPRF keys (2026-11-23). A node of version 1
 # refuses these envelopes instead of storing a registration it would never recover.
-PROTOCOL_VERSION = 2
-PROTOCOL_LABEL = b"bkv-v1"
+# 3: two envelopes per operation whatever its outcome, step 2 continued under a key of step 1
+# (vault_protocol.continuation), tickets of one size. Versions 1 and 2 are refused by name.
+PROTOCOL_VERSION = 3
+PROTOCOL_LABEL = b"bkv-v1"  # the label stays; the version beside it is bound too
 FLEET_ID_LEN = 16
 RESPONSE_KEY_LEN = 32
-RESPONSE_AAD = b"bkv-v1 response"
+RESPONSE_AAD = b"bkv-v3 response"
 RESPONSE_NONCE_LEN = 12
 MAX_ENVELOPE_BYTES = 32 * 1024
 BUCKETS = (512, 1024, 2048, 4096, 16384)
@@ -60,6 +71,37 @@ _GCM_TAG = 16
 _SUITE = Suite(KEM.P256, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 
 Ecdh = hpke.Ecdh
+
+
+class UnsupportedVersion(InvalidInput):
+    """An envelope of another protocol version: refused before anything else, nothing applied.
+
+    Its message says which versions meet (no secret: the version travels in the clear).
+    """
+
+    def __init__(self, got: int) -> None:
+        self.got = got
+        advice = "upgrade the client" if got < PROTOCOL_VERSION else "this vault is older"
+        super().__init__(
+            f"unsupported protocol version: this vault speaks protocol {PROTOCOL_VERSION}; "
+            f"envelope is version {got} - {advice}"
+        )
+
+
+def check_header(envelope: bytes) -> None:
+    """Read the version (field 1 of every envelope kind, of every version) first and refuse
+    any other with `UnsupportedVersion`; `InvalidInput` when the bytes are no protobuf."""
+    header = parse_message(envelope_pb2.EnvelopeHeader, envelope, "envelope")
+    if header.version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(header.version)
+
+
+def is_continued(envelope: bytes) -> bool:
+    """Whether `envelope` (size-checked by the caller) is a step-2 `ContinuedEnvelope` rather
+    than a step-1 `SealedEnvelope`: only the latter carries an HPKE `enc`. Each kind's own
+    parser then refuses any field of the other (canonical encoding)."""
+    sealed = parse_message(envelope_pb2.SealedEnvelope, envelope, "envelope")
+    return not sealed.enc
 
 
 class FleetKey:
@@ -172,11 +214,18 @@ def _check_response_key(response_key: bytes) -> None:
         raise InvalidInput(f"response key must be {RESPONSE_KEY_LEN} bytes")
 
 
+_STEP1_OPS = frozenset({"register_start", "recover_start", "begin"})
+
+
 def _check_request(request: envelope_pb2.VaultRequest) -> None:
     if len(request.response_key) != RESPONSE_KEY_LEN:
         raise InvalidInput(f"request response_key must be {RESPONSE_KEY_LEN} bytes")
-    if request.WhichOneof("op") is None:
+    op = request.WhichOneof("op")
+    if op is None:
         raise InvalidInput("request carries no operation")
+    if op not in _STEP1_OPS:
+        # A second step travels only continued, under its ticket (vault_protocol.continuation).
+        raise InvalidInput("a sealed envelope carries a first step only")
 
 
 # --- client ---------------------------------------------------------------------------------
@@ -185,8 +234,8 @@ def _check_request(request: envelope_pb2.VaultRequest) -> None:
 def seal_request(fleet: FleetKey, account_id: str, request: envelope_pb2.VaultRequest) -> bytes:
     """Pad and HPKE-seal `request` to the fleet; returns a serialized `SealedEnvelope`.
 
-    `request.response_key` must hold a fresh 32-byte key (the node answers under it) and exactly
-    one operation must be set; `InvalidInput` otherwise.
+    `request.response_key` must hold a fresh 32-byte key (both steps' keys are derived from it,
+    `StepKeys`) and exactly one first-step operation must be set; `InvalidInput` otherwise.
     """
     _check_request(request)
     plaintext = pad(request.SerializeToString(deterministic=True))
@@ -202,21 +251,21 @@ def seal_request(fleet: FleetKey, account_id: str, request: envelope_pb2.VaultRe
 
 
 def open_response(response_key: bytes, sealed_response: bytes) -> envelope_pb2.VaultResponse:
-    """Open the node's answer to a request sealed with `response_key`.
+    """Open the node's answer sealed under `response_key` (a step's answer key, `StepKeys`).
 
     `InvalidInput` for malformed or oversized bytes, `DecryptError` if it fails to authenticate.
     """
     _check_response_key(response_key)
     if len(sealed_response) > MAX_ENVELOPE_BYTES:
         raise InvalidInput("sealed response too large")
-    sealed = _parse(envelope_pb2.SealedResponse, sealed_response, "sealed response")
+    sealed = parse_message(envelope_pb2.SealedResponse, sealed_response, "sealed response")
     if len(sealed.nonce) != RESPONSE_NONCE_LEN:
         raise InvalidInput("sealed response nonce must be 12 bytes")
     try:
         padded = AESGCM(response_key).decrypt(sealed.nonce, sealed.ciphertext, RESPONSE_AAD)
     except InvalidTag:
         raise DecryptError("response failed to open") from None
-    return _parse(envelope_pb2.VaultResponse, unpad(padded), "vault response")
+    return parse_message(envelope_pb2.VaultResponse, unpad(padded), "vault response")
 
 
 # --- vault node -----------------------------------------------------------------------------
@@ -228,21 +277,20 @@ def open_request(
     """Open a client's `SealedEnvelope` addressed to `account_id` on this fleet.
 
     `ecdh` is DH with the fleet's `kem` private key (the token's ECDH1_DERIVE), `pk_r` the
-    fleet's 65-byte public point. `InvalidInput`: oversized or malformed bytes, wrong version,
-    wrong fleet, bad `enc`, a bad plaintext; `DecryptError`: HPKE failed to open (e.g. the
-    frontend swapped the account id).
+    fleet's 65-byte public point. `UnsupportedVersion`: another protocol version; `InvalidInput`:
+    oversized or malformed bytes, wrong fleet, bad `enc`, a bad plaintext or a second step;
+    `DecryptError`: HPKE failed to open (e.g. the frontend swapped the account id).
     """
     # Size first: nothing larger than any legitimate envelope is parsed or reaches the token.
     if not isinstance(envelope, bytes) or len(envelope) > MAX_ENVELOPE_BYTES:
         raise InvalidInput(f"envelope must be bytes of at most {MAX_ENVELOPE_BYTES}")
-    sealed = _parse(envelope_pb2.SealedEnvelope, envelope, "envelope")
+    check_header(envelope)
+    sealed = parse_message(envelope_pb2.SealedEnvelope, envelope, "envelope")
     # One encoding per envelope (no unknown or repeated fields): relayed bytes cannot be altered
     # and still pass.
     sealed.DiscardUnknownFields()
     if sealed.SerializeToString(deterministic=True) != envelope:
         raise InvalidInput("envelope is not canonically encoded")
-    if sealed.version != PROTOCOL_VERSION:
-        raise InvalidInput("unsupported envelope version")
     if sealed.fleet_id != fleet_id:
         raise InvalidInput("envelope is addressed to another fleet")
     # Only bucket-sized ciphertexts can be genuine: reject the rest before spending a token ECDH.
@@ -250,7 +298,7 @@ def open_request(
         raise InvalidInput("envelope ciphertext has an invalid size")
     info = envelope_info(fleet_id, account_id)
     padded = hpke.open_base(sealed.enc, sealed.ciphertext, info, b"", ecdh, pk_r)
-    request = _parse(envelope_pb2.VaultRequest, unpad(padded), "vault request")
+    request = parse_message(envelope_pb2.VaultRequest, unpad(padded), "vault request")
     _check_request(request)
     return request
 
@@ -258,19 +306,22 @@ def open_request(
 def seal_response(
     response_key: bytes, response: envelope_pb2.VaultResponse, rng: Callable[[int], bytes]
 ) -> bytes:
-    """Pad and seal `response` under the request's `response_key`; serialized `SealedResponse`."""
+    """Pad and seal `response` under an answer key; serialized `SealedResponse`.
+
+    Every answer is padded to at least `RESPONSE_MIN_BUCKET`: one size for every step and
+    every outcome."""
     _check_response_key(response_key)
     nonce = rng(RESPONSE_NONCE_LEN)
     if len(nonce) != RESPONSE_NONCE_LEN:
         raise ProtocolError("rng returned the wrong number of bytes")
-    # A fresh random nonce per response; each response key is used for one request anyway.
+    # A fresh random nonce per response: a step-2 answer key may answer a replay or a retry.
     padded = pad(response.SerializeToString(deterministic=True), RESPONSE_MIN_BUCKET)
     ciphertext = AESGCM(response_key).encrypt(nonce, padded, RESPONSE_AAD)
     sealed = envelope_pb2.SealedResponse(nonce=nonce, ciphertext=ciphertext)
     return bytes(sealed.SerializeToString(deterministic=True))
 
 
-def _parse(message_type: Any, data: bytes, what: str) -> Any:
+def parse_message(message_type: Any, data: bytes, what: str) -> Any:
     """Parse `data` as `message_type`; protobuf decode errors become `InvalidInput`."""
     message = message_type()
     try:

@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 
 from bkv.v1 import envelope_pb2
 from vault_protocol import opaque
+from vault_protocol.continuation import seal_continued
 from vault_protocol.envelope import BUCKETS, PROTOCOL_VERSION, FleetKey, pad, seal_request, unpad
 from vault_protocol.errors import ProtocolError
 
 Draw = Callable[..., object]
 ONLY_INVALID = frozenset({INVALID_ARGUMENT})
+STATUS_BEGIN = envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS)
 OK_OR_INVALID = frozenset({OK, INVALID_ARGUMENT})
 SAFE_OPS = frozenset({"status", "register_start", "recover_finish"})
 ACCOUNT_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-"
@@ -52,7 +54,8 @@ def _base_request(
     kind: str, rnd: random.Random
 ) -> tuple[envelope_pb2.VaultRequest, frozenset[grpc.StatusCode]]:
     if kind == "status":
-        return envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest()), frozenset({OK})
+        # Protocol 3: a status question's first step (answered with a ticket, nothing written).
+        return envelope_pb2.VaultRequest(begin=STATUS_BEGIN), frozenset({OK})
     if kind == "register_start":
         # Stateless on the node: a registration request is answered, never stored.
         _, request = opaque.registration_start(rnd.randbytes(16), os.urandom)
@@ -62,13 +65,9 @@ def _base_request(
             ),
             frozenset({OK}),
         )
-    # A ticket nobody sealed: never opens, so nothing is redeemed.
+    # A step 2 under a ticket nobody sealed (see _genuine): never opens, nothing is redeemed.
     return (
-        envelope_pb2.VaultRequest(
-            recover_finish=envelope_pb2.RecoverFinish(
-                ke3=rnd.randbytes(64), ticket=rnd.randbytes(rnd.randrange(0, 200))
-            )
-        ),
+        envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=rnd.randbytes(64))),
         ONLY_INVALID,
     )
 
@@ -81,6 +80,12 @@ def _genuine(
 ) -> tuple[bytes, bytes, frozenset[grpc.StatusCode]]:
     request, expect = _base_request(kind, rnd)
     response_key = os.urandom(32)
+    if kind == "recover_finish":
+        ticket = rnd.randbytes(rnd.randrange(1, 420))
+        sealed = seal_continued(
+            fleet.fleet_id, account_id, ticket, response_key, request, os.urandom
+        )
+        return sealed, response_key, expect
     request.response_key = response_key
     return seal_request(fleet, account_id, request), response_key, expect
 
@@ -243,14 +248,10 @@ def _inner_request(
     if shape == "finish-random":
         request = envelope_pb2.VaultRequest(
             response_key=key,
-            recover_finish=envelope_pb2.RecoverFinish(
-                ke3=draw(st.binary(max_size=80)), ticket=draw(st.binary(max_size=200))
-            ),
+            recover_finish=envelope_pb2.RecoverFinish(ke3=draw(st.binary(max_size=80))),
         )
         return shape, pad(request.SerializeToString()), None, ONLY_INVALID
-    status = envelope_pb2.VaultRequest(
-        response_key=key, status=envelope_pb2.StatusRequest()
-    ).SerializeToString()
+    status = envelope_pb2.VaultRequest(response_key=key, begin=STATUS_BEGIN).SerializeToString()
     if shape == "dirty-padding":
         padded = bytearray(pad(status))
         padded[draw(st.integers(4 + len(status), len(padded) - 1))] ^= draw(st.integers(1, 255))

@@ -29,6 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bkv.v1 import envelope_pb2, node_pb2
+from vault_protocol.continuation import StepKeys
 from vault_protocol.envelope import open_response
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
@@ -62,7 +63,9 @@ def check_ok(tally: Tally, case: Case, answer: Answer) -> None:
     if answer.code != OK or case.response_key is None:
         return
     try:
-        response = open_response(case.response_key, sealed_response(answer, node_level=True))
+        response = open_response(
+            StepKeys.derive(case.response_key).answer1, sealed_response(answer, node_level=True)
+        )
     except Exception as err:  # noqa: BLE001 - reported as a violation with its type
         tally.violation(f"{case.label}: OK answer did not open: {type(err).__name__}")
         return

@@ -12,6 +12,7 @@ Everything here talks to the real processes as an attacker would: bytes in, a gR
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ from client.session import AccountKey, login_request
 from client.vault import VaultClient
 from deploy.cluster import Cluster
 from vault_protocol.backup_key import BackupKey
+from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import (
     PROTOCOL_VERSION,
     FleetKey,
@@ -215,23 +217,57 @@ def sealed_response(answer: Answer, node_level: bool = False) -> bytes:
 
 @dataclass(frozen=True)
 class Sealed:
-    """A sealed request and the response key its answer opens with."""
+    """A sealed request and the key its answer opens with (protocol 3: step 1's answer key, or
+    step 2's). A step 1's answer registers its ticket's keys for the step 2 that follows."""
 
     envelope: bytes
     response_key: bytes
+    keys: StepKeys | None = None
 
     def open(self, sealed: bytes) -> envelope_pb2.VaultResponse:
-        return open_response(self.response_key, sealed)
+        response = open_response(self.response_key, sealed)
+        if self.keys is not None and response.ticket:
+            _STEP_KEYS[bytes(response.ticket)] = self.keys
+        return response
 
 
-def seal(fleet: FleetKey, account_id: str, request: envelope_pb2.VaultRequest) -> Sealed:
-    """A genuine envelope (`vault_protocol.envelope.seal_request`) with a fresh response key."""
+@dataclass(frozen=True)
+class Continued:
+    """A second step: its request and the ticket of the step 1 it continues."""
+
+    request: envelope_pb2.VaultRequest
+    ticket: bytes
+
+
+# The step keys of every step 1 answered here, by its ticket (what a client keeps between steps).
+_STEP_KEYS: dict[bytes, StepKeys] = {}
+
+
+def seal(
+    fleet: FleetKey, account_id: str, request: envelope_pb2.VaultRequest | Continued
+) -> Sealed:
+    """A genuine envelope: a step 1 (`seal_request`, a fresh response key), or a step 2
+    (`seal_continued` under the keys of its ticket's step 1; an unknown ticket gets keys of
+    no step 1, an empty one is sent empty as a frontend could)."""
+    if isinstance(request, Continued):
+        keys = _STEP_KEYS.get(request.ticket) or StepKeys.derive(secrets.token_bytes(32))
+        ticket = request.ticket or b"\x00"
+        blob = seal_continued(
+            fleet.fleet_id, account_id, ticket, keys.request2, request.request, os.urandom
+        )
+        if not request.ticket:
+            envelope = envelope_pb2.ContinuedEnvelope.FromString(blob)
+            envelope.ticket = b""
+            blob = bytes(envelope.SerializeToString(deterministic=True))
+        return Sealed(blob, keys.answer2)
     request.response_key = secrets.token_bytes(32)
-    return Sealed(seal_request(fleet, account_id, request), bytes(request.response_key))
+    keys = StepKeys.derive(bytes(request.response_key))
+    return Sealed(seal_request(fleet, account_id, request), keys.answer1, keys)
 
 
 def status_request() -> envelope_pb2.VaultRequest:
-    return envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest())
+    """A status question's first step (protocol 3: its second is `StatusRequest` continued)."""
+    return envelope_pb2.VaultRequest(begin=envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS))
 
 
 def seal_plaintext(

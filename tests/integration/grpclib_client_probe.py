@@ -96,20 +96,32 @@ async def probe(args: dict[str, Any]) -> dict[str, Any]:
         )
 
         # A genuine sealed status request (vault_protocol imports no grpcio either).
+        # Protocol 3: a Begin, then the status question continued under step 1's keys.
+        from vault_protocol.continuation import StepKeys, seal_continued
         from vault_protocol.envelope import FleetKey, open_response, seal_request
 
         with open(args["fleet_public_key"], "rb") as f:
             fleet = FleetKey.from_pem(f.read())
         response_key = os.urandom(32)
+        keys = StepKeys.derive(response_key)
         request = envelope_pb2.VaultRequest(
-            response_key=response_key, status=envelope_pb2.StatusRequest()
+            response_key=response_key,
+            begin=envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS),
         )
         reply = await stub.Relay(
             frontend_pb2.RelayRequest(envelope=seal_request(fleet, account, request)),
             metadata=auth,
             timeout=10,
         )
-        response = open_response(response_key, reply.sealed_response)
+        begun = open_response(keys.answer1, reply.sealed_response)
+        status = envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest())
+        second = seal_continued(
+            fleet.fleet_id, account, begun.ticket, keys.request2, status, os.urandom
+        )
+        reply = await stub.Relay(
+            frontend_pb2.RelayRequest(envelope=second), metadata=auth, timeout=10
+        )
+        response = open_response(keys.answer2, reply.sealed_response)
         out["status_outcome"] = envelope_pb2.Outcome.Name(response.outcome)
         out["registered"] = response.status.registered
     finally:

@@ -22,6 +22,7 @@ from bad_input_wire import (
     RESOURCE_EXHAUSTED,
     UNAUTHENTICATED,
     Account,
+    Continued,
     Watch,
     Wire,
     assert_account_intact,
@@ -77,7 +78,7 @@ def recover_start_request(
 
 
 def relay_ok(
-    wire: Wire, account: Account, request: envelope_pb2.VaultRequest
+    wire: Wire, account: Account, request: envelope_pb2.VaultRequest | Continued
 ) -> envelope_pb2.VaultResponse:
     sealed = seal(wire.fleet, account.id, request)
     answer = relay(wire.frontend(0), account.token, sealed.envelope)
@@ -85,9 +86,10 @@ def relay_ok(
     return sealed.open(sealed_response(answer))
 
 
-def finish_request(ke3: bytes, ticket: bytes) -> envelope_pb2.VaultRequest:
-    return envelope_pb2.VaultRequest(
-        recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket)
+def finish_request(ke3: bytes, ticket: bytes) -> Continued:
+    """A recovery's step 2 (protocol 3: continued under the keys of the step 1 of `ticket`)."""
+    return Continued(
+        envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3)), ticket
     )
 
 
@@ -224,13 +226,13 @@ def test_ticket_replayed_after_a_successful_finish(
     first = relay_ok(wire, account, request)
     assert first.outcome == Outcome.OUTCOME_OK and first.guesses_left == MAX_ATTEMPTS - 1
     ke3, session_key, export_key = opaque.login_finish(state, first.recover_start.ke2, OPAQUE)
-    done = relay_ok(wire, account, finish_request(ke3, first.recover_start.ticket))
+    done = relay_ok(wire, account, finish_request(ke3, first.ticket))
     assert done.outcome == Outcome.OUTCOME_OK
     wrapped = open_transport(session_key, done.recover_finish.transported_key)
     assert unwrap_key(wrapped, export_key, account.id) == account.backup_key
 
     # The same KE3 and ticket again, freshly sealed, on the other frontend (another node).
-    replay = seal(wire.fleet, account.id, finish_request(ke3, first.recover_start.ticket))
+    replay = seal(wire.fleet, account.id, finish_request(ke3, first.ticket))
     answer = relay(wire.frontend(1), account.token, replay.envelope)
     assert answer.code == FAILED_PRECONDITION, answer
     assert guesses_left(account) == MAX_ATTEMPTS
@@ -243,7 +245,7 @@ def test_tampered_ke3_is_a_wrong_password_and_changes_nothing(
 ) -> None:
     state, request = recover_start_request(account.password)
     first = relay_ok(wire, account, request)
-    ticket = first.recover_start.ticket
+    ticket = first.ticket
     assert first.guesses_left == MAX_ATTEMPTS - 1  # the first step counted its guess
     ke3, session_key, _ = opaque.login_finish(state, first.recover_start.ke2, OPAQUE)
     tampered = bytes([ke3[0] ^ 0x01]) + ke3[1:]
@@ -275,7 +277,7 @@ def test_forged_ticket_is_invalid_argument(wire: Wire, watch: Watch, account: Ac
     state, request = recover_start_request(account.password)
     first = relay_ok(wire, account, request)
     ke3, _, _ = opaque.login_finish(state, first.recover_start.ke2, OPAQUE)
-    ticket = bytearray(first.recover_start.ticket)
+    ticket = bytearray(first.ticket)
     ticket[-1] ^= 0x80
     for forged in (bytes(ticket), b"", os.urandom(len(ticket))):
         sealed = seal(wire.fleet, account.id, finish_request(ke3, forged))
@@ -283,7 +285,7 @@ def test_forged_ticket_is_invalid_argument(wire: Wire, watch: Watch, account: Ac
         assert answer.code == INVALID_ARGUMENT, answer
     assert guesses_left(account) == MAX_ATTEMPTS - 1
     # Leave the account as it was: redeem the genuine ticket.
-    assert relay_ok(wire, account, finish_request(ke3, first.recover_start.ticket)).outcome == (
+    assert relay_ok(wire, account, finish_request(ke3, first.ticket)).outcome == (
         Outcome.OUTCOME_OK
     )
     watch.assert_unharmed()
@@ -314,5 +316,25 @@ def test_envelope_over_the_node_limit_is_invalid_argument(
 
 def test_status_envelope_still_works(wire: Wire, account: Account) -> None:
     """The control: the same plumbing with a genuine envelope gets a sealed OK."""
-    reply = relay_ok(wire, account, status_request())
+    begun = relay_ok(wire, account, status_request())
+    assert begun.outcome == Outcome.OUTCOME_OK and begun.ticket
+    status = envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest())
+    reply = relay_ok(wire, account, Continued(status, begun.ticket))
     assert reply.outcome == Outcome.OUTCOME_OK and reply.status.registered
+
+
+def test_a_version_2_envelope_is_refused_by_name(
+    wire: Wire, watch: Watch, account: Account
+) -> None:
+    """An envelope of protocol 2 (a client not upgraded): INVALID_ARGUMENT naming both versions,
+    which the client library turns into an "upgrade the client" error; nothing applied."""
+    _, request = recover_start_request(account.password)
+    request.response_key = os.urandom(32)
+    envelope = seal_plaintext(wire.fleet, account.id, pad(request.SerializeToString()), version=2)
+    answer = relay(wire.frontend(0), account.token, envelope)
+    assert answer.code == INVALID_ARGUMENT, answer
+    assert "this vault speaks protocol 3; envelope is version 2 - upgrade the client" in str(
+        answer.details
+    ), answer
+    watch.assert_unharmed()
+    assert_account_intact(account)

@@ -27,6 +27,7 @@ from deploy.cluster import Cluster
 from deploy.configs import Layout
 from deploy.demo import run_scenario
 from vault_protocol import envelope, opaque
+from vault_protocol.continuation import StepKeys
 from vault_protocol.errors import AuthenticationError
 
 pytestmark = pytest.mark.integration
@@ -135,7 +136,9 @@ def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) 
         stub = stubs[(i // 2) % len(stubs)][0]
         barrier.wait(timeout=60)
         reply = stub.Open(node_pb2.OpenRequest(account_id=account, envelope=sealed), timeout=30)
-        answer = envelope.open_response(response_key, reply.sealed_response)
+        answer = envelope.open_response(
+            StepKeys.derive(response_key).answer1, reply.sealed_response
+        )
         if answer.outcome == envelope_pb2.OUTCOME_LOCKED:
             return "locked"
         assert answer.outcome == envelope_pb2.OUTCOME_OK

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,6 +31,7 @@ from deploy.cluster import free_ports
 from deploy.etcd_auth import node_grants, node_user
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
+from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import FleetKey, open_response, seal_request
 from vault_protocol.errors import AuthenticationError
 from vault_protocol.ksf import IdentityKsf
@@ -154,6 +155,7 @@ class NodeUnderTest:
     fleet: FleetKey
     stderr_path: Path
     audit_path: Path
+    step_keys: dict[bytes, StepKeys] = field(default_factory=dict)  # by each step 1's ticket
 
     def channel(self, client: Issued | None = None) -> grpc.Channel:
         client = client or self.frontend
@@ -175,15 +177,28 @@ class NodeUnderTest:
             return int(reply.status)
 
     def open(
-        self, request: envelope_pb2.VaultRequest, account: str = ACCOUNT
+        self, request: envelope_pb2.VaultRequest, account: str = ACCOUNT, ticket: bytes = b""
     ) -> envelope_pb2.VaultResponse:
-        request.response_key = os.urandom(32)
-        envelope = seal_request(self.fleet, account, request)
+        """A step 1, or (with `ticket`) the step 2 continued under that step 1's keys."""
+        if ticket:
+            keys = self.step_keys[ticket]
+            envelope = seal_continued(
+                self.fleet.fleet_id, account, ticket, keys.request2, request, os.urandom
+            )
+            answer_key = keys.answer2
+        else:
+            request.response_key = os.urandom(32)
+            keys = StepKeys.derive(request.response_key)
+            envelope = seal_request(self.fleet, account, request)
+            answer_key = keys.answer1
         with self.channel() as ch:
             reply = node_pb2_grpc.VaultNodeStub(ch).Open(
                 node_pb2.OpenRequest(account_id=account, envelope=envelope), timeout=10
             )
-        return open_response(request.response_key, reply.sealed_response)
+        response = open_response(answer_key, reply.sealed_response)
+        if response.ticket:
+            self.step_keys[bytes(response.ticket)] = keys
+        return response
 
 
 @pytest.fixture
@@ -306,9 +321,9 @@ def register(node: NodeUnderTest, password: bytes) -> BackupKey:
             register_finish=envelope_pb2.RegisterFinish(
                 registration_record=record,
                 wrapped_key=wrap_key(key, export_key, ACCOUNT, os.urandom),
-                ticket=r1.register_start.ticket,
             )
-        )
+        ),
+        ticket=r1.ticket,
     )
     assert r2.outcome == envelope_pb2.OUTCOME_OK
     return key
@@ -320,9 +335,8 @@ def recover(node: NodeUnderTest, password: bytes) -> BackupKey:
     assert r1.outcome == envelope_pb2.OUTCOME_OK
     ke3, session_key, export_key = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
     r2 = node.open(
-        envelope_pb2.VaultRequest(
-            recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=r1.recover_start.ticket)
-        )
+        envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3)),
+        ticket=r1.ticket,
     )
     assert r2.outcome == envelope_pb2.OUTCOME_OK
     wrapped = open_transport(session_key, r2.recover_finish.transported_key)
@@ -358,7 +372,8 @@ def test_bad_input_gets_precise_status(node: NodeUnderTest) -> None:
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         # The frontend swaps the account: the HPKE open fails.
         request = envelope_pb2.VaultRequest(
-            response_key=os.urandom(32), status=envelope_pb2.StatusRequest()
+            response_key=os.urandom(32),
+            begin=envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS),
         )
         envelope = seal_request(node.fleet, ACCOUNT, request)
         with pytest.raises(grpc.RpcError) as info:

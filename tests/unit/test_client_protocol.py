@@ -31,6 +31,10 @@ class Vault:
     cluster: InProcessCluster
     seen_steps: list[Step] = field(default_factory=list)
 
+    def events(self, name: str) -> int:
+        """How many audit lines of event `name` the nodes wrote."""
+        return sum(1 for entry in self.cluster.audit_entries() if str(entry[0]) == name)
+
     @property
     def fleet(self) -> FleetKey:
         return FleetKey(self.cluster.fleet_token.kem_public_key())
@@ -76,14 +80,17 @@ def test_register_with_a_given_key_and_limit(vault: Vault) -> None:
     assert protocol.run(protocol.status_flow(ctx), send) == Status(True, 3, False, 3)
 
 
-def test_wrong_password_raises_guesses_left_without_sending_ke3(vault: Vault) -> None:
+def test_wrong_password_raises_guesses_left_after_a_dummy_finish(vault: Vault) -> None:
     ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
     protocol.run(protocol.register_flow(ctx, PASSWORD, max_attempts=5), send)
     vault.seen_steps.clear()
     with pytest.raises(InvalidPassword) as info:
         protocol.run(protocol.recover_flow(ctx, "hunter2-guess"), send)
     assert info.value.guesses_left == 4
-    assert vault.seen_steps == [Step.RECOVER_START]  # no KE3
+    # Protocol 3: a finish all the same (random KE3-sized bytes), so a wrong password shows the
+    # frontend the pattern of a right one; the vault redeems nothing.
+    assert vault.seen_steps == [Step.RECOVER_START, Step.RECOVER_FINISH]
+    assert vault.events("bad_mac") == 1 and vault.events("success") == 0
     assert PASSWORD not in str(info.value) and "hunter2" not in str(info.value)
     # A right password afterwards resets the counter.
     protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
@@ -142,7 +149,7 @@ def test_an_answer_of_the_wrong_kind_is_a_protocol_error(
             outcome=envelope_pb2.OUTCOME_OK, delete=envelope_pb2.DeleteReply(existed=True)
         )
 
-    monkeypatch.setattr(vault.cluster.nodes[0].service, "_dispatch", wrong_kind)
+    monkeypatch.setattr(vault.cluster.nodes[0].service, "_second_step", wrong_kind)
     with pytest.raises(ProtocolError, match="wrong reply"):
         protocol.run(protocol.status_flow(_ctx(vault)), vault.send_for(ACCOUNT))
 
@@ -239,3 +246,105 @@ def test_recovery_stretches_as_the_registration_did(vault: Vault) -> None:
     vault.cluster.rewrite_record(ACCOUNT, lambda record: setattr(record, "ksf_params", too_costly))
     with pytest.raises(ProtocolError):
         protocol.run(protocol.recover_flow(ctx(other), PASSWORD), send)
+
+
+def test_closed_recoveries_still_send_a_dummy_finish(vault: Vault) -> None:
+    ctx, send = _ctx(vault), vault.send_for(ACCOUNT)
+    with pytest.raises(NotRegistered):
+        protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
+    protocol.run(protocol.register_flow(ctx, PASSWORD, max_attempts=1), send)
+    with pytest.raises(InvalidPassword):
+        protocol.run(protocol.recover_flow(ctx, "nope"), send)
+    with pytest.raises(Locked):
+        protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
+    recoveries = [s for s in vault.seen_steps if s in (Step.RECOVER_START, Step.RECOVER_FINISH)]
+    assert recoveries == [Step.RECOVER_START, Step.RECOVER_FINISH] * 3
+    # One guess evaluated (the wrong one); the dummy finishes redeemed nothing.
+    assert vault.cluster.evaluations() == 1
+    assert vault.events("success") == 0 and vault.events("bad_mac") == 1
+
+
+def test_a_failed_dummy_finish_does_not_hide_the_outcome(vault: Vault) -> None:
+    from client.errors import Unavailable
+
+    ctx, inner = _ctx(vault), vault.send_for(ACCOUNT)
+
+    def send(outbound: Outbound) -> bytes:
+        if outbound.step is Step.RECOVER_FINISH:
+            raise Unavailable("lost")
+        return inner(outbound)
+
+    with pytest.raises(NotRegistered):
+        protocol.run(protocol.recover_flow(ctx, PASSWORD), send)
+
+
+def test_every_flow_is_two_envelopes_of_one_size_per_step(vault: Vault) -> None:
+    ctx, inner = _ctx(vault), vault.send_for(ACCOUNT)
+    sizes: dict[int, set[int]] = {0: set(), 1: set()}
+    answers: dict[int, set[int]] = {0: set(), 1: set()}
+    count = [0]
+
+    def send(outbound: Outbound) -> bytes:
+        answer = inner(outbound)
+        sizes[count[0] % 2].add(len(outbound.envelope))
+        answers[count[0] % 2].add(len(answer))
+        count[0] += 1
+        return answer
+
+    def quietly(flow: protocol.Flow[object]) -> None:
+        try:
+            protocol.run(flow, send)
+        except (InvalidPassword, Locked, NotRegistered):
+            pass
+
+    quietly(protocol.recover_flow(ctx, PASSWORD))  # not registered
+    quietly(protocol.register_flow(ctx, PASSWORD, max_attempts=1))
+    quietly(protocol.recover_flow(ctx, PASSWORD))  # right
+    quietly(protocol.recover_flow(ctx, "wrong"))  # wrong
+    quietly(protocol.recover_flow(ctx, PASSWORD))  # locked
+    quietly(protocol.status_flow(ctx))
+    quietly(protocol.delete_flow(ctx))
+    assert count[0] == 14
+    assert all(len(s) == 1 for s in sizes.values()), sizes
+    assert answers[0] and answers[1]
+
+
+def test_a_registration_above_the_vaults_cap_is_bad_input(vault: Vault) -> None:
+    from client.errors import BadInput
+
+    cap = vault.cluster.nodes[0].service._config.max_attempts_cap
+    with pytest.raises(BadInput, match=f"at most {cap}"):
+        protocol.run(
+            protocol.register_flow(_ctx(vault), PASSWORD, max_attempts=cap + 1),
+            vault.send_for(ACCOUNT),
+        )
+    # Nothing stored.
+    assert (
+        protocol.run(protocol.status_flow(_ctx(vault)), vault.send_for(ACCOUNT)).registered is False
+    )
+
+
+def test_a_version_refusal_names_both_versions() -> None:
+    import grpc
+
+    from client.errors import error_from_status
+
+    class Refusal:
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.INVALID_ARGUMENT
+
+        def trailing_metadata(self) -> tuple[()]:
+            return ()
+
+        def details(self) -> str:
+            return (
+                "unsupported protocol version: this vault speaks protocol 4; envelope is "
+                "version 3 - upgrade the client <script>"
+            )
+
+    error = error_from_status(Refusal())
+    assert isinstance(error, ProtocolError)
+    assert (
+        str(error)
+        == "this vault speaks protocol 4; this client sent version 3 - upgrade the client"
+    )

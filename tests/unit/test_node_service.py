@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
 
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import envelope_pb2
-from vault_node import records
+from vault_node import records, tickets
 from vault_node.audit import MemoryAudit
 from vault_node.heads import group_of, next_head, open_head
 from vault_node.key_meta import KeyMeta, StoredValue
 from vault_node.records import open_record, seal_record
-from vault_node.server import NOT_APPLIED, trailers_for
+from vault_node.server import NOT_APPLIED, status_for, trailers_for
 from vault_node.service import (
     BadRequest,
     Precondition,
@@ -25,6 +26,7 @@ from vault_node.service import (
     StoreRefused,
     TokenServerKeys,
     Unavailable,
+    UnsupportedProtocol,
     VaultService,
     WriteUnconfirmed,
 )
@@ -34,6 +36,7 @@ from vault_node.witness_core import Ref
 from vault_node.witnessing import LocalWitnesses
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
+from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import FleetKey, open_response, seal_request
 from vault_protocol.errors import AuthenticationError, DecryptError
 from vault_protocol.ksf import IdentityKsf
@@ -93,6 +96,31 @@ class Clock:
         return self.now
 
 
+STEP1_OPS = frozenset({"register_start", "recover_start", "begin"})
+BEGIN_FOR = {"status": envelope_pb2.Begin.Op.OP_STATUS, "delete": envelope_pb2.Begin.Op.OP_DELETE}
+
+
+@dataclass
+class Step2:
+    """A second step as a client would send it: its request, the ticket of its step 1 and the
+    step keys (a test may swap the ticket: the keys stay the client's)."""
+
+    request: envelope_pb2.VaultRequest
+    ticket: bytes
+    keys: StepKeys
+
+    def seal(self, fleet: FleetKey, account: str) -> bytes:
+        ticket = self.ticket or b"\x00"  # an empty one only as a frontend could send it
+        sealed = seal_continued(
+            fleet.fleet_id, account, ticket, self.keys.request2, self.request, os.urandom
+        )
+        if self.ticket:
+            return sealed
+        envelope = envelope_pb2.ContinuedEnvelope.FromString(sealed)
+        envelope.ticket = b""
+        return bytes(envelope.SerializeToString(deterministic=True))
+
+
 class Harness:
     def __init__(self, store: Any = None, *, max_attempts: int = 10) -> None:
         self.token = SoftToken()
@@ -109,6 +137,7 @@ class Harness:
         self.witnesses = LocalWitnesses(["w1", "w2", "w3"], self.service_config.record_groups)
         self.service = self.node()
         self.fleet = FleetKey(self.token.kem_public_key())
+        self.step_keys: dict[bytes, StepKeys] = {}  # by the ticket each step 1 answered
 
     def node(self, **overrides: Any) -> VaultService:
         """Another vault node of the same fleet, on the same store and witnesses (caches of its
@@ -151,18 +180,55 @@ class Harness:
     def evaluations(self) -> int:
         return self.log.count("oprf")
 
-    async def call(
+    async def first(
         self, request: envelope_pb2.VaultRequest, account: str = ACCOUNT, as_account: str = ""
     ) -> envelope_pb2.VaultResponse:
+        """Step 1 (HPKE); its answer's ticket and keys are kept for the step 2 that follows."""
         request.response_key = os.urandom(32)
+        keys = StepKeys.derive(request.response_key)
         sealed = seal_request(self.fleet, account, request)
-        reply = await self.service.handle(as_account or account, sealed)
-        return open_response(request.response_key, reply)
+        reply = open_response(
+            keys.answer1, await self.service.handle(as_account or account, sealed)
+        )
+        assert reply.ticket, "every step-1 answer carries a ticket"
+        self.step_keys[bytes(reply.ticket)] = keys
+        return reply
+
+    def step2(self, request: envelope_pb2.VaultRequest, ticket: bytes) -> Step2:
+        """`request` continued under `ticket` (an unknown ticket: keys of no step 1)."""
+        keys = self.step_keys.get(ticket) or StepKeys.derive(os.urandom(32))
+        return Step2(request, ticket, keys)
+
+    async def second(
+        self, step: Step2, account: str = ACCOUNT, as_account: str = ""
+    ) -> envelope_pb2.VaultResponse:
+        reply = await self.service.handle(as_account or account, step.seal(self.fleet, account))
+        return open_response(step.keys.answer2, reply)
+
+    async def call(
+        self,
+        request: envelope_pb2.VaultRequest | Step2,
+        account: str = ACCOUNT,
+        as_account: str = "",
+    ) -> envelope_pb2.VaultResponse:
+        """One step as a client sends it. A status or a delete as a request alone runs its
+        Begin first; another second step without a ticket goes out with a forged one."""
+        if isinstance(request, Step2):
+            return await self.second(request, account, as_account)
+        op = request.WhichOneof("op") or ""
+        if op in STEP1_OPS:
+            return await self.first(request, account, as_account)
+        if op in BEGIN_FOR:
+            begin = envelope_pb2.VaultRequest(begin=envelope_pb2.Begin(op=BEGIN_FOR[op]))
+            ticket = (await self.first(begin, account, as_account)).ticket
+        else:
+            ticket = os.urandom(418)
+        return await self.second(self.step2(request, ticket), account, as_account)
 
     async def prepare_registration(
         self, password: bytes, account: str = ACCOUNT, max_attempts: int = 0
-    ) -> tuple[BackupKey, envelope_pb2.VaultRequest]:
-        """Register start done; returns the key and the finish request, not yet sent."""
+    ) -> tuple[BackupKey, Step2]:
+        """Register start done; returns the key and the finish step, not yet sent."""
         state, req = opaque.registration_start(password, os.urandom)
         r1 = await self.call(
             envelope_pb2.VaultRequest(
@@ -170,7 +236,7 @@ class Harness:
             ),
             account,
         )
-        assert r1.outcome == OK and r1.register_start.ticket
+        assert r1.outcome == OK and r1.ticket
         record, export_key = opaque.registration_finish(
             state, r1.register_start.registration_response, OPAQUE_CONFIG, os.urandom
         )
@@ -181,10 +247,9 @@ class Harness:
                 registration_record=record,
                 wrapped_key=wrapped,
                 max_attempts=max_attempts,
-                ticket=r1.register_start.ticket,
             )
         )
-        return key, finish
+        return key, self.step2(finish, r1.ticket)
 
     async def register(
         self, password: bytes, account: str = ACCOUNT, max_attempts: int = 0
@@ -198,11 +263,10 @@ class Harness:
         """Register, and return the key with the sealed finish envelope as relayed (the bytes a
         frontend could keep to replay) and its response key."""
         key, finish = await self.prepare_registration(password)
-        finish.response_key = os.urandom(32)
-        sealed = seal_request(self.fleet, ACCOUNT, finish)
-        answer = open_response(finish.response_key, await self.service.handle(ACCOUNT, sealed))
+        sealed = finish.seal(self.fleet, ACCOUNT)
+        answer = open_response(finish.keys.answer2, await self.service.handle(ACCOUNT, sealed))
         assert answer.outcome == OK
-        return key, sealed, finish.response_key
+        return key, sealed, finish.keys.answer2
 
     async def start(
         self, password: bytes, account: str = ACCOUNT
@@ -216,12 +280,8 @@ class Harness:
     async def finish(
         self, ke3: bytes, ticket: bytes, account: str = ACCOUNT
     ) -> envelope_pb2.VaultResponse:
-        return await self.call(
-            envelope_pb2.VaultRequest(
-                recover_finish=envelope_pb2.RecoverFinish(ke3=ke3, ticket=ticket)
-            ),
-            account,
-        )
+        request = envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3))
+        return await self.call(self.step2(request, ticket), account)
 
     async def recover(self, password: bytes, account: str = ACCOUNT) -> BackupKey:
         state, r1 = await self.start(password, account)
@@ -229,16 +289,19 @@ class Harness:
         ke3, session_key, export_key = opaque.login_finish(
             state, r1.recover_start.ke2, OPAQUE_CONFIG
         )
-        r2 = await self.finish(ke3, r1.recover_start.ticket, account)
+        r2 = await self.finish(ke3, r1.ticket, account)
         assert r2.outcome == OK
         wrapped = open_transport(session_key, r2.recover_finish.transported_key)
         return unwrap_key(wrapped, export_key, account)
 
     async def wrong_guess(self, account: str = ACCOUNT) -> envelope_pb2.VaultResponse:
+        """A wrong password as the client sends it: step 1, then its dummy finish."""
         state, r1 = await self.start(b"wrong password", account)
         if r1.outcome == OK:
             with pytest.raises(AuthenticationError):
                 opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        r2 = await self.finish(os.urandom(opaque.KE3_BYTES), r1.ticket, account)
+        assert r2.outcome == (INVALID_PASSWORD if r1.outcome == OK else r1.outcome)
         return r1
 
     async def status(self, account: str = ACCOUNT) -> envelope_pb2.VaultResponse:
@@ -296,16 +359,29 @@ def test_wrong_password_decrements_guesses_left() -> None:
     run(go())
 
 
-def test_bad_client_mac_answers_invalid_password_without_a_write() -> None:
+def test_bad_client_mac_answers_invalid_password_and_rewrites_the_record_unchanged() -> None:
+    """Protocol 3: a wrong finish (a wrong password's dummy) does a right one's storage work,
+    one compare-and-swap of the record written back unchanged; it forgives nothing."""
+
     async def go() -> None:
         h = Harness(max_attempts=5)
         await h.register(b"pw")
         _, r1 = await h.start(b"pw")
+        before = h.record()
         revision = h.store.revision
-        r2 = await h.finish(bytes(64), r1.recover_start.ticket)
+        r2 = await h.finish(bytes(64), r1.ticket)
         assert r2.outcome == INVALID_PASSWORD and r2.guesses_left == 4
-        assert h.store.revision == revision
+        assert h.store.revision == revision + 1  # one commit, as a right finish makes
+        after = h.record()
+        assert after.version == before.version + 1
+        after.version = before.version
+        assert after == before  # nothing else changed: the guess stays counted
         assert "bad_mac" in h.audit.events()
+        index = h.audit.events().index("bad_mac")
+        assert h.audit.entries[index][2] == 1  # attempts: still counted
+        assert h.audit.details[index]["revision"] == revision + 1
+        # The ticket is still good for the right KE3 afterwards (nothing redeemed).
+        assert (await h.recover(b"pw")) is not None
 
     run(go())
 
@@ -315,10 +391,40 @@ def test_max_attempts_from_registration_and_bounds() -> None:
         h = Harness()
         await h.register(b"pw", max_attempts=3)
         assert h.record().max_attempts == 3
-        await h.register(b"pw", max_attempts=100)
-        assert h.record().max_attempts == 100
+        await h.register(b"pw", max_attempts=20)  # the default cap
+        assert h.record().max_attempts == 20
         with pytest.raises(BadRequest):
             await h.register(b"pw", max_attempts=101)
+        wide = Harness()
+        wide.service = wide.node(
+            config=ServiceConfig(node_name="n1", max_attempts_cap=100, ticket_ttl_ms=60_000)
+        )
+        await wide.register(b"pw", max_attempts=100)
+        assert wide.record().max_attempts == 100
+
+    run(go())
+
+
+def test_a_registration_above_the_operator_cap_is_refused_and_stores_nothing() -> None:
+    async def go() -> None:
+        h = Harness()
+        h.service = h.node(
+            config=ServiceConfig(node_name="n1", max_attempts_cap=12, ticket_ttl_ms=60_000)
+        )
+        await h.register(b"old")
+        revision, before = h.store.revision, h.record()
+        _, finish = await h.prepare_registration(b"new", max_attempts=13)
+        answer = await h.call(finish)
+        assert answer.outcome == envelope_pb2.OUTCOME_REFUSED and answer.max_attempts_cap == 12
+        # Register start's read found the key (no reservation); the finish wrote nothing.
+        assert h.store.revision == revision and h.record() == before
+        await h.register(b"new", max_attempts=12)
+        assert h.record().max_attempts == 12
+
+    with pytest.raises(ValueError, match="max_attempts_cap"):
+        ServiceConfig(node_name="n", max_attempts_cap=101).validate()
+    with pytest.raises(ValueError, match="default_max_attempts"):
+        ServiceConfig(node_name="n", default_max_attempts=30, max_attempts_cap=20).validate()
 
     run(go())
 
@@ -334,7 +440,7 @@ def test_reregistration_replaces_the_record_and_voids_old_tickets() -> None:
         # registered again (the second register start found the key and wrote nothing).
         assert h.record().version == 4
         with pytest.raises(Precondition):
-            await h.finish(ke3, r1.recover_start.ticket)
+            await h.finish(ke3, r1.ticket)
         assert (await h.recover(b"new")).display() == new_key.display()
 
     run(go())
@@ -349,7 +455,8 @@ def test_attempt_is_committed_and_audited_before_the_oprf_evaluation() -> None:
         await h.register(b"pw")
         h.log.clear()
         await h.wrong_guess()
-        assert h.log == ["evaluate", "oprf"]
+        # Step 1 commits and audits before the OPRF; the dummy finish then rewrites (bad_mac).
+        assert h.log == ["evaluate", "oprf", "bad_mac"]
 
     run(go())
 
@@ -421,7 +528,7 @@ def test_ticket_issued_before_the_lock_cannot_release_the_key() -> None:
         ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
         await h.wrong_guess()
         assert (await h.wrong_guess()).outcome == LOCKED
-        r2 = await h.finish(ke3, r1.recover_start.ticket)
+        r2 = await h.finish(ke3, r1.ticket)
         assert r2.outcome == LOCKED and not r2.HasField("recover_finish")
 
     run(go())
@@ -458,7 +565,7 @@ def test_expired_ticket_is_a_failed_precondition() -> None:
         ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
         h.clock.now += 60_000
         with pytest.raises(Precondition):
-            await h.finish(ke3, r1.recover_start.ticket)
+            await h.finish(ke3, r1.ticket)
         assert h.record().attempts == 1
 
     run(go())
@@ -470,9 +577,9 @@ def test_replayed_ticket_is_a_failed_precondition() -> None:
         await h.register(b"pw")
         state, r1 = await h.start(b"pw")
         ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
-        assert (await h.finish(ke3, r1.recover_start.ticket)).outcome == OK
+        assert (await h.finish(ke3, r1.ticket)).outcome == OK
         with pytest.raises(Precondition):
-            await h.finish(ke3, r1.recover_start.ticket)
+            await h.finish(ke3, r1.ticket)
         assert "stale_ticket" in h.audit.events()
 
     run(go())
@@ -486,9 +593,9 @@ def test_older_ticket_after_a_newer_one_was_redeemed_is_stale() -> None:
         s2, b = await h.start(b"pw")
         ke3_a, _, _ = opaque.login_finish(s1, a.recover_start.ke2, OPAQUE_CONFIG)
         ke3_b, _, _ = opaque.login_finish(s2, b.recover_start.ke2, OPAQUE_CONFIG)
-        assert (await h.finish(ke3_b, b.recover_start.ticket)).outcome == OK
+        assert (await h.finish(ke3_b, b.ticket)).outcome == OK
         with pytest.raises(Precondition):
-            await h.finish(ke3_a, a.recover_start.ticket)
+            await h.finish(ke3_a, a.ticket)
 
     run(go())
 
@@ -501,14 +608,14 @@ def test_ticket_of_another_account_or_garbage_is_a_bad_request() -> None:
         state, r1 = await h.start(b"pw")
         ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
         with pytest.raises(BadRequest):
-            await h.finish(ke3, r1.recover_start.ticket, account="bob")
+            await h.finish(ke3, r1.ticket, account="bob")
         with pytest.raises(BadRequest):
             await h.finish(ke3, b"\x00" * 80)
         other = Harness()  # another fleet's ticket key
         await other.register(b"pw")
         _, r_other = await other.start(b"pw")
         with pytest.raises(BadRequest):
-            await h.finish(ke3, r_other.recover_start.ticket)
+            await h.finish(ke3, r_other.ticket)
         assert h.record("bob").attempts == 0
 
     run(go())
@@ -585,16 +692,13 @@ def test_bad_wrapped_key_length_is_a_bad_request() -> None:
         # Register start reserved the key (a secret-free placeholder); the finish writes nothing.
         assert h.record().state == sealed_pb2.RECORD_STATE_RESERVED
         revision = h.store.revision
-        with pytest.raises(BadRequest):
-            await h.call(
-                envelope_pb2.VaultRequest(
-                    register_finish=envelope_pb2.RegisterFinish(
-                        registration_record=record,
-                        wrapped_key=bytes(59),
-                        ticket=r1.register_start.ticket,
-                    )
-                )
+        finish = envelope_pb2.VaultRequest(
+            register_finish=envelope_pb2.RegisterFinish(
+                registration_record=record, wrapped_key=bytes(59)
             )
+        )
+        with pytest.raises(BadRequest):
+            await h.call(h.step2(finish, r1.ticket))
         assert h.store.revision == revision
         assert h.record().state == sealed_pb2.RECORD_STATE_RESERVED
 
@@ -798,10 +902,10 @@ def test_a_stale_cache_never_redeems_a_used_ticket_or_answers_for_a_deleted_reco
         ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
         node_a, node_b = h.service, h.node()
         h.service = node_b
-        assert (await h.finish(ke3, r1.recover_start.ticket)).outcome == OK
+        assert (await h.finish(ke3, r1.ticket)).outcome == OK
         h.service = node_a  # its cache still holds the record from before the redemption
         with pytest.raises(Precondition):
-            await h.finish(ke3, r1.recover_start.ticket)
+            await h.finish(ke3, r1.ticket)
         h.service = node_b
         assert (await h.delete()).delete.existed
         h.service = node_a
@@ -965,16 +1069,33 @@ def test_registration_tickets_are_checked() -> None:
     async def go() -> None:
         h = Harness()
         _, finish = await h.prepare_registration(b"pw")
-        good = finish.register_finish.ticket
+        good = finish.ticket
         _, bob_finish = await h.prepare_registration(b"pw", account="bob")
-        _, r = await h.start(b"pw")  # NOT_REGISTERED: no login ticket; seal one directly
-        login_ticket = records.seal_ticket(h.token, sealed_pb2.Ticket(), os.urandom)
-        bob_ticket = bob_finish.register_finish.ticket
-        for bad in (b"", os.urandom(80), login_ticket, bob_ticket):
-            finish.register_finish.ticket = bad
+        _, r = await h.start(b"pw")  # NOT_REGISTERED: a void login ticket
+        # A protocol-3 login ticket of this very account, with the finish's own keys: the
+        # wrong operation for a register finish.
+        login_ticket = tickets.seal(
+            h.token,
+            sealed_pb2.Ticket(
+                op=sealed_pb2.Ticket.Op.OP_RECOVER,
+                record_id=h.record_id(),
+                request_key=finish.keys.request2,
+                answer_key=finish.keys.answer2,
+                expires_at_ms=h.clock.now + 60_000,
+            ),
+            os.urandom,
+        )
+        # Protocol-2 tickets (other AADs) never open.
+        v2_login = records.seal_ticket(h.token, sealed_pb2.Ticket(), os.urandom)
+        v2_registration = records.seal_registration_ticket(
+            h.token, sealed_pb2.RegistrationTicket(record_id=h.record_id()), os.urandom
+        )
+        bob_ticket = bob_finish.ticket
+        for bad in (b"", os.urandom(80), login_ticket, v2_login, v2_registration, bob_ticket):
+            finish.ticket = bad
             with pytest.raises(BadRequest):
                 await h.call(finish)
-        finish.register_finish.ticket = good
+        finish.ticket = good
         h.clock.now += 60_000  # the ticket's TTL
         with pytest.raises(Precondition, match="expired"):
             await h.call(finish)
@@ -1052,7 +1173,7 @@ def test_tickets_from_a_clock_far_ahead() -> None:
         with pytest.raises(Precondition, match="clock skew"):
             await h.call(finish)
         ke3, _, _ = opaque.login_finish(state, r.recover_start.ke2, OPAQUE_CONFIG)
-        assert (await h.finish(ke3, r.recover_start.ticket)).outcome == OK
+        assert (await h.finish(ke3, r.ticket)).outcome == OK
 
     run(go())
 
@@ -1071,7 +1192,7 @@ def test_a_late_redeemed_ticket_forgives_only_the_guesses_before_it() -> None:
         for _ in range(9):
             await h.wrong_guess()
         assert h.record().attempts == 10
-        late = await h.finish(ke3, r.recover_start.ticket)
+        late = await h.finish(ke3, r.ticket)
         assert late.outcome == OK and late.guesses_left == 1
         wrapped = open_transport(session_key, late.recover_finish.transported_key)
         assert unwrap_key(wrapped, export_key, ACCOUNT) == key  # the user still gets K
@@ -1090,12 +1211,12 @@ def test_the_registration_ksf_is_kept_and_given_back_bounded() -> None:
         params = envelope_pb2.KsfParams(
             argon2id_time_cost=3, argon2id_lanes=4, argon2id_memory_kib=65536
         )
-        finish.register_finish.ksf.CopyFrom(params)
+        finish.request.register_finish.ksf.CopyFrom(params)
         assert (await h.call(finish)).outcome == OK
         _, r = await h.start(b"pw")
         assert r.recover_start.ksf == params
         _, finish = await h.prepare_registration(b"pw")
-        finish.register_finish.ksf.CopyFrom(
+        finish.request.register_finish.ksf.CopyFrom(
             envelope_pb2.KsfParams(
                 argon2id_time_cost=1, argon2id_lanes=1, argon2id_memory_kib=2**30
             )
@@ -1242,7 +1363,7 @@ def test_a_login_ticket_does_not_apply_to_a_recreated_key() -> None:
         await h.write_as_node(rid, record)  # the very record again, on a new incarnation
         h.service = h.node()
         with pytest.raises(Precondition):
-            await h.finish(ke3, r1.recover_start.ticket)
+            await h.finish(ke3, r1.ticket)
 
     run(go())
 
@@ -1380,7 +1501,8 @@ def test_heads_left_unwitnessed_by_several_nodes_are_bridged() -> None:
         h.service = h.node()
         assert (await h.wrong_guess()).guesses_left == 6
         versions = {state.latest(h.group()).version for state in h.witnesses.states.values()}
-        assert versions == {6}  # reserve, register, three unwitnessed, this one
+        # reserve, register, three unwitnessed, this one, and its dummy finish's rewrite
+        assert versions == {7}
 
     run(go())
 
@@ -1417,3 +1539,193 @@ def test_a_head_put_back_from_earlier_is_refused() -> None:
         assert h.evaluations() == 0
 
     run(go())
+
+
+# -- protocol 3: continued second steps, one pattern whatever the outcome -----------------------
+
+
+def test_a_replayed_second_step_is_refused_with_nothing_applied() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        await h.wrong_guess()
+        state, r1 = await h.start(b"pw")
+        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, OPAQUE_CONFIG)
+        finish = h.step2(
+            envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3)),
+            r1.ticket,
+        )
+        relayed = finish.seal(h.fleet, ACCOUNT)  # the bytes a frontend could keep
+        assert (
+            open_response(finish.keys.answer2, await h.service.handle(ACCOUNT, relayed)).outcome
+            == OK
+        )
+        revision, record = h.store.revision, h.record()
+        await h.wrong_guess()  # a guess counted after the redemption
+        revision, record = h.store.revision, h.record()
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, relayed)
+        assert h.store.revision == revision and h.record() == record and record.attempts == 1
+
+    run(go())
+
+
+def test_a_swapped_ticket_or_account_fails_to_open_and_applies_nothing() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        await h.register(b"pw", account="bob")
+        state, mine = await h.start(b"pw")
+        _, other = await h.start(b"pw")  # another recovery of the same account
+        _, bobs = await h.start(b"pw", account="bob")
+        ke3, _, _ = opaque.login_finish(state, mine.recover_start.ke2, OPAQUE_CONFIG)
+        request = envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(ke3=ke3))
+        good = h.step2(request, mine.ticket)
+        revision = h.store.revision
+        for swapped in (other.ticket, bobs.ticket):
+            with pytest.raises(BadRequest):  # sealed under my keys, relayed with another ticket
+                await h.service.handle(
+                    ACCOUNT, Step2(request, swapped, good.keys).seal(h.fleet, ACCOUNT)
+                )
+        with pytest.raises(BadRequest):  # relayed for another account
+            await h.service.handle("bob", good.seal(h.fleet, ACCOUNT))
+        with pytest.raises(BadRequest):  # the ticket's keys, but sealed for bob's name
+            await h.service.handle(ACCOUNT, good.seal(h.fleet, "bob"))
+        assert h.store.revision == revision
+        assert (await h.call(good)).outcome == OK  # the genuine one still works
+
+    run(go())
+
+
+def test_a_version_2_envelope_is_refused_by_name_with_nothing_applied() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"pw")
+        _, ke1 = opaque.login_start(b"pw", os.urandom)
+        request = envelope_pb2.VaultRequest(
+            response_key=os.urandom(32), recover_start=envelope_pb2.RecoverStart(ke1=ke1)
+        )
+        v2 = envelope_pb2.SealedEnvelope.FromString(seal_request(h.fleet, ACCOUNT, request))
+        v2.version = 2
+        revision = h.store.revision
+        with pytest.raises(UnsupportedProtocol) as caught:
+            await h.service.handle(ACCOUNT, v2.SerializeToString(deterministic=True))
+        assert "this vault speaks protocol 3; envelope is version 2 - upgrade the client" in str(
+            caught.value
+        )
+        code, details = status_for(caught.value)
+        assert code.name == "INVALID_ARGUMENT" and "envelope is version 2" in details
+        assert h.store.revision == revision and "evaluate" not in h.audit.events()
+
+    run(go())
+
+
+def test_closed_step_ones_carry_a_void_ticket_and_the_dummy_finish_answers_the_same() -> None:
+    async def go() -> None:
+        h = Harness(max_attempts=1)
+        _, unregistered = await h.start(b"pw", account="nobody")
+        assert unregistered.outcome == NOT_REGISTERED and unregistered.ticket
+        await h.register(b"pw")
+        await h.wrong_guess()
+        _, locked = await h.start(b"pw")  # out of guesses: locks now
+        assert locked.outcome == LOCKED and locked.ticket
+        revision, evaluations = h.store.revision, h.evaluations()
+        for account, first in (("nobody", unregistered), (ACCOUNT, locked)):
+            answer = await h.finish(os.urandom(opaque.KE3_BYTES), first.ticket, account)
+            assert answer.outcome == first.outcome
+        assert h.store.revision == revision and h.evaluations() == evaluations
+
+    run(go())
+
+
+def test_status_and_delete_take_two_steps_and_a_delete_is_bound_to_its_registration() -> None:
+    async def go() -> None:
+        h = Harness()
+        await h.register(b"old")
+        begin = envelope_pb2.VaultRequest(
+            begin=envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_DELETE)
+        )
+        r1 = await h.call(begin)
+        assert r1.outcome == OK and r1.WhichOneof("reply") == "begin" and r1.ticket
+        delete = h.step2(envelope_pb2.VaultRequest(delete=envelope_pb2.DeleteRequest()), r1.ticket)
+        relayed = delete.seal(h.fleet, ACCOUNT)
+        # A status step 2 under a delete's ticket is refused (the ticket names its operation).
+        with pytest.raises(BadRequest):
+            await h.call(
+                h.step2(envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest()), r1.ticket)
+            )
+        new_key = await h.register(b"new")  # a new registration between the two steps
+        revision = h.store.revision
+        with pytest.raises(Precondition):
+            await h.service.handle(ACCOUNT, relayed)
+        assert h.store.revision == revision and await h.recover(b"new") == new_key
+        assert (await h.delete()).delete.existed  # begun on the registration as it is
+        revision = h.store.revision
+        await h.register(b"again")
+        with pytest.raises(Precondition):  # the old delete replayed onto the next registration
+            await h.service.handle(ACCOUNT, relayed)
+        assert (await h.status()).status.registered
+
+    run(go())
+
+
+def test_the_node_answers_one_pattern_whatever_the_operation_and_outcome() -> None:
+    """At the node's boundary (what a frontend relays): every step 1, every step 2 and every
+    answer of a kind has one size, for register, right, wrong, locked and unregistered
+    recoveries, status and delete."""
+
+    async def go() -> None:
+        h = Harness(max_attempts=1)
+        sizes: dict[str, set[int]] = {
+            "step1": set(),
+            "answer1": set(),
+            "step2": set(),
+            "answer2": set(),
+        }
+        inner = h.service.handle
+
+        async def recording(account: str, envelope: bytes) -> bytes:
+            step = (
+                "step2" if envelope_pb2.SealedEnvelope.FromString(envelope).enc == b"" else "step1"
+            )
+            answer = await inner(account, envelope)
+            sizes[step].add(len(envelope))
+            sizes["answer" + step[-1]].add(len(answer))
+            return answer
+
+        h.service.handle = recording  # type: ignore[method-assign]
+        await h.register(b"pw")
+        await h.recover(b"pw")
+        await h.wrong_guess()  # the last guess
+        await h.wrong_guess()  # locked at step 1
+        await h.wrong_guess(account="nobody")
+        await h.status()
+        await h.delete()
+        assert all(len(s) == 1 for s in sizes.values()), sizes
+
+    run(go())
+
+
+def test_tickets_have_one_size_and_protocol_2_tickets_never_open() -> None:
+    token = SoftToken()
+    small = tickets.seal(token, sealed_pb2.Ticket(op=sealed_pb2.Ticket.Op.OP_STATUS), os.urandom)
+    big = tickets.seal(
+        token,
+        sealed_pb2.Ticket(
+            op=sealed_pb2.Ticket.Op.OP_RECOVER, record_id=os.urandom(32),
+            generation=os.urandom(16), evaluation=2**63, expected_client_mac=os.urandom(64),
+            session_key=os.urandom(64), expires_at_ms=2**62, create_revision=2**62,
+            version=2**62, request_key=os.urandom(32), answer_key=os.urandom(32),
+        ),
+        os.urandom,
+    )  # fmt: skip
+    assert len(small) == len(big)
+    assert tickets.open_(token, big).evaluation == 2**63
+    for bad in (
+        records.seal_ticket(token, sealed_pb2.Ticket(evaluation=1), os.urandom),
+        records.seal_registration_ticket(token, sealed_pb2.RegistrationTicket(), os.urandom),
+        big[:-1],
+        b"",
+    ):
+        with pytest.raises(DecryptError):
+            tickets.open_(token, bad)

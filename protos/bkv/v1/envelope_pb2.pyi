@@ -13,11 +13,19 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_INVALID_PASSWORD: _ClassVar[Outcome]
     OUTCOME_LOCKED: _ClassVar[Outcome]
     OUTCOME_NOT_REGISTERED: _ClassVar[Outcome]
+    OUTCOME_REFUSED: _ClassVar[Outcome]
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_OK: Outcome
 OUTCOME_INVALID_PASSWORD: Outcome
 OUTCOME_LOCKED: Outcome
 OUTCOME_NOT_REGISTERED: Outcome
+OUTCOME_REFUSED: Outcome
+
+class EnvelopeHeader(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class SealedEnvelope(_message.Message):
     __slots__ = ("version", "fleet_id", "enc", "ciphertext")
@@ -30,6 +38,20 @@ class SealedEnvelope(_message.Message):
     enc: bytes
     ciphertext: bytes
     def __init__(self, version: _Optional[int] = ..., fleet_id: _Optional[bytes] = ..., enc: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class ContinuedEnvelope(_message.Message):
+    __slots__ = ("version", "fleet_id", "ticket", "nonce", "ciphertext")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FLEET_ID_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    fleet_id: bytes
+    ticket: bytes
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, version: _Optional[int] = ..., fleet_id: _Optional[bytes] = ..., ticket: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class SealedResponse(_message.Message):
     __slots__ = ("nonce", "ciphertext")
@@ -46,18 +68,16 @@ class RegisterStart(_message.Message):
     def __init__(self, registration_request: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFinish(_message.Message):
-    __slots__ = ("registration_record", "wrapped_key", "max_attempts", "ticket", "ksf")
+    __slots__ = ("registration_record", "wrapped_key", "max_attempts", "ksf")
     REGISTRATION_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
-    TICKET_FIELD_NUMBER: _ClassVar[int]
     KSF_FIELD_NUMBER: _ClassVar[int]
     registration_record: bytes
     wrapped_key: bytes
     max_attempts: int
-    ticket: bytes
     ksf: KsfParams
-    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ..., ticket: _Optional[bytes] = ..., ksf: _Optional[_Union[KsfParams, _Mapping]] = ...) -> None: ...
+    def __init__(self, registration_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., max_attempts: _Optional[int] = ..., ksf: _Optional[_Union[KsfParams, _Mapping]] = ...) -> None: ...
 
 class KsfParams(_message.Message):
     __slots__ = ("argon2id_time_cost", "argon2id_lanes", "argon2id_memory_kib")
@@ -76,12 +96,24 @@ class RecoverStart(_message.Message):
     def __init__(self, ke1: _Optional[bytes] = ...) -> None: ...
 
 class RecoverFinish(_message.Message):
-    __slots__ = ("ke3", "ticket")
+    __slots__ = ("ke3",)
     KE3_FIELD_NUMBER: _ClassVar[int]
-    TICKET_FIELD_NUMBER: _ClassVar[int]
     ke3: bytes
-    ticket: bytes
-    def __init__(self, ke3: _Optional[bytes] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, ke3: _Optional[bytes] = ...) -> None: ...
+
+class Begin(_message.Message):
+    __slots__ = ("op",)
+    class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OP_UNSPECIFIED: _ClassVar[Begin.Op]
+        OP_STATUS: _ClassVar[Begin.Op]
+        OP_DELETE: _ClassVar[Begin.Op]
+    OP_UNSPECIFIED: Begin.Op
+    OP_STATUS: Begin.Op
+    OP_DELETE: Begin.Op
+    OP_FIELD_NUMBER: _ClassVar[int]
+    op: Begin.Op
+    def __init__(self, op: _Optional[_Union[Begin.Op, str]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ()
@@ -92,7 +124,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VaultRequest(_message.Message):
-    __slots__ = ("response_key", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status")
+    __slots__ = ("response_key", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status", "begin")
     RESPONSE_KEY_FIELD_NUMBER: _ClassVar[int]
     REGISTER_START_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FINISH_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +132,7 @@ class VaultRequest(_message.Message):
     RECOVER_FINISH_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
     response_key: bytes
     register_start: RegisterStart
     register_finish: RegisterFinish
@@ -107,29 +140,30 @@ class VaultRequest(_message.Message):
     recover_finish: RecoverFinish
     delete: DeleteRequest
     status: StatusRequest
-    def __init__(self, response_key: _Optional[bytes] = ..., register_start: _Optional[_Union[RegisterStart, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinish, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStart, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinish, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ...) -> None: ...
+    begin: Begin
+    def __init__(self, response_key: _Optional[bytes] = ..., register_start: _Optional[_Union[RegisterStart, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinish, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStart, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinish, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ...) -> None: ...
 
 class RegisterStartReply(_message.Message):
-    __slots__ = ("registration_response", "ticket")
+    __slots__ = ("registration_response",)
     REGISTRATION_RESPONSE_FIELD_NUMBER: _ClassVar[int]
-    TICKET_FIELD_NUMBER: _ClassVar[int]
     registration_response: bytes
-    ticket: bytes
-    def __init__(self, registration_response: _Optional[bytes] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, registration_response: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFinishReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RecoverStartReply(_message.Message):
-    __slots__ = ("ke2", "ticket", "ksf")
+    __slots__ = ("ke2", "ksf")
     KE2_FIELD_NUMBER: _ClassVar[int]
-    TICKET_FIELD_NUMBER: _ClassVar[int]
     KSF_FIELD_NUMBER: _ClassVar[int]
     ke2: bytes
-    ticket: bytes
     ksf: KsfParams
-    def __init__(self, ke2: _Optional[bytes] = ..., ticket: _Optional[bytes] = ..., ksf: _Optional[_Union[KsfParams, _Mapping]] = ...) -> None: ...
+    def __init__(self, ke2: _Optional[bytes] = ..., ksf: _Optional[_Union[KsfParams, _Mapping]] = ...) -> None: ...
+
+class BeginReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class RecoverFinishReply(_message.Message):
     __slots__ = ("transported_key",)
@@ -154,7 +188,7 @@ class StatusReply(_message.Message):
     def __init__(self, registered: _Optional[bool] = ..., locked: _Optional[bool] = ..., max_attempts: _Optional[int] = ...) -> None: ...
 
 class VaultResponse(_message.Message):
-    __slots__ = ("outcome", "guesses_left", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status")
+    __slots__ = ("outcome", "guesses_left", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status", "begin", "ticket", "max_attempts_cap")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     GUESSES_LEFT_FIELD_NUMBER: _ClassVar[int]
     REGISTER_START_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +197,9 @@ class VaultResponse(_message.Message):
     RECOVER_FINISH_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_CAP_FIELD_NUMBER: _ClassVar[int]
     outcome: Outcome
     guesses_left: int
     register_start: RegisterStartReply
@@ -171,4 +208,7 @@ class VaultResponse(_message.Message):
     recover_finish: RecoverFinishReply
     delete: DeleteReply
     status: StatusReply
-    def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., guesses_left: _Optional[int] = ..., register_start: _Optional[_Union[RegisterStartReply, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinishReply, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStartReply, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinishReply, _Mapping]] = ..., delete: _Optional[_Union[DeleteReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ...) -> None: ...
+    begin: BeginReply
+    ticket: bytes
+    max_attempts_cap: int
+    def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., guesses_left: _Optional[int] = ..., register_start: _Optional[_Union[RegisterStartReply, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinishReply, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStartReply, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinishReply, _Mapping]] = ..., delete: _Optional[_Union[DeleteReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., begin: _Optional[_Union[BeginReply, _Mapping]] = ..., ticket: _Optional[bytes] = ..., max_attempts_cap: _Optional[int] = ...) -> None: ...

@@ -71,7 +71,19 @@ class RegistrationTicket(_message.Message):
     def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., base_create_revision: _Optional[int] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Ticket(_message.Message):
-    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version")
+    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version", "op", "request_key", "answer_key", "registration", "void", "closed_outcome")
+    class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OP_UNSPECIFIED: _ClassVar[Ticket.Op]
+        OP_REGISTER: _ClassVar[Ticket.Op]
+        OP_RECOVER: _ClassVar[Ticket.Op]
+        OP_STATUS: _ClassVar[Ticket.Op]
+        OP_DELETE: _ClassVar[Ticket.Op]
+    OP_UNSPECIFIED: Ticket.Op
+    OP_REGISTER: Ticket.Op
+    OP_RECOVER: Ticket.Op
+    OP_STATUS: Ticket.Op
+    OP_DELETE: Ticket.Op
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +92,12 @@ class Ticket(_message.Message):
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_KEY_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_FIELD_NUMBER: _ClassVar[int]
+    VOID_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     record_id: bytes
     generation: bytes
     evaluation: int
@@ -88,7 +106,13 @@ class Ticket(_message.Message):
     expires_at_ms: int
     create_revision: int
     version: int
-    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    op: Ticket.Op
+    request_key: bytes
+    answer_key: bytes
+    registration: RegistrationTicket
+    void: bool
+    closed_outcome: int
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ..., op: _Optional[_Union[Ticket.Op, str]] = ..., request_key: _Optional[bytes] = ..., answer_key: _Optional[bytes] = ..., registration: _Optional[_Union[RegistrationTicket, _Mapping]] = ..., void: _Optional[bool] = ..., closed_outcome: _Optional[int] = ...) -> None: ...
 
 class StoreCheckpoint(_message.Message):
     __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision", "alarmed_groups", "accepted_at_ms")
