@@ -251,7 +251,11 @@ def test_a_bumped_restore_with_every_node_running_gains_no_guess(
     show("bumped restore, nodes running", seen)
     assert seen.restored.passes_marks and not seen.store_alarms
     assert seen.evaluations == 0 and seen.regained == 0
-    assert set(seen.outcomes) == {"tampered"} and not seen.key_returned
+    # Every attempt is refused as tampered; one may instead meet a node that fails closed for a
+    # moment after the restore (UNAVAILABLE, seen once in CI on a loaded machine): denial of
+    # service, never a guess (DESIGN invariant 8), and the evaluations above stay 0.
+    assert "tampered" in seen.outcomes and set(seen.outcomes) <= {"tampered", "unavailable"}
+    assert not seen.key_returned
     assert seen.rollbacks
 
 
