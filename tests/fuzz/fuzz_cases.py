@@ -153,6 +153,8 @@ def envelope_case(draw: st.DrawFn, fleet: FleetKey, account_id: str) -> Case:
     if recipe == "mutated":
         how, out = draw(mutate(base))
         return Case(f"mutated/{kind}/{how}", out, _changed(out, base, expect), response_key)
+    if recipe == "fields" and kind == "recover_finish":
+        return _continued_fields_case(draw, rnd, base, expect, response_key)
     if recipe == "fields":
         return _fields_case(draw, rnd, base, kind, expect, response_key)
     if recipe == "wrong-info":
@@ -209,6 +211,39 @@ def _fields_case(
     if draw(st.booleans()):
         envelope += b"\x2a\x03abc"  # unknown field 5: not canonical
     return Case(f"fields/{kind}", envelope, _changed(envelope, base, expect), response_key)
+
+
+def _continued_fields_case(
+    draw: st.DrawFn,
+    rnd: random.Random,
+    base: bytes,
+    expect: frozenset[grpc.StatusCode],
+    response_key: bytes,
+) -> Case:
+    """A step-2 `ContinuedEnvelope` rebuilt with some fields replaced: version, fleet id, an
+    HPKE enc it must not carry, ticket, nonce, ciphertext."""
+    valid = envelope_pb2.ContinuedEnvelope.FromString(base)
+    ticket, nonce, ct = bytes(valid.ticket), bytes(valid.nonce), bytes(valid.ciphertext)
+    version = draw(st.one_of(st.just(PROTOCOL_VERSION), st.integers(0, 2**32 - 1)))
+    fleet_id = draw(st.one_of(st.just(bytes(valid.fleet_id)), st.binary(max_size=40)))
+    ticket = draw(
+        st.sampled_from([ticket, b"", ticket[:-1], ticket + b"\x00", rnd.randbytes(len(ticket))])
+    )
+    nonce = draw(st.sampled_from([nonce, b"", nonce[:11], nonce + b"\x00", bytes(12)]))
+    sizes = [0, 1, 16, len(ct) - 1, len(ct) + 1, *(b + 16 for b in BUCKETS), 32 * 1024]
+    ct = draw(
+        st.one_of(
+            st.just(ct),
+            st.sampled_from(sizes).map(rnd.randbytes),
+            st.integers(1, len(ct) - 1).map(lambda cut: ct[:cut]),
+        )
+    )
+    envelope = envelope_pb2.ContinuedEnvelope(
+        version=version, fleet_id=fleet_id, ticket=ticket, nonce=nonce, ciphertext=ct
+    ).SerializeToString(deterministic=True)
+    if draw(st.booleans()):
+        envelope += b"\x1a\x41" + b"\x04" + rnd.randbytes(64)  # field 3 (a step-1 enc)
+    return Case("fields/recover_finish", envelope, _changed(envelope, base, expect), response_key)
 
 
 @st.composite
