@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from deploy.errors import TopologyError
 from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
+from vault_common.event_loop import EVENT_LOOPS
 from vault_common.toml_config import TomlReadError, read_toml
 from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
 
@@ -38,7 +39,6 @@ _COMPACTION_MODES = ("revision", "periodic")
 # A Go duration as etcd's periodic retention takes it ("5m", "1h30m", "90s"; a whole number is
 # hours: etcd tries an integer first, then time.ParseDuration, which wants a unit).
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:h|m|s|ms|us|ns))+$|^\d+$")
-EVENT_LOOPS = ("uvloop", "asyncio")
 ETCD_GOMAXPROCS_MAX = 1024
 
 T = TypeVar("T")
@@ -640,9 +640,7 @@ def load_topology(path: Path) -> Topology:
     try:
         data = read_toml(path)
     except TomlReadError as exc:
-        if isinstance(exc.cause, OSError):
-            raise TopologyError([f"{path}: cannot read: {exc.cause.strerror}"]) from exc
-        raise TopologyError([f"{path}: not valid TOML: {exc.cause}"]) from exc
+        raise TopologyError([exc.problem()]) from exc
     return parse_topology(data)
 
 
