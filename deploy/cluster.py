@@ -245,15 +245,7 @@ class Cluster:
         ETCDCTL_* setting of the caller's. `capture` False leaves stdout/stderr to the caller's
         terminal (`bkv-cluster etcdctl`). Never raises for etcdctl's own exit status."""
         argv = self.etcdctl_argv(*args, user=user, identity=identity, members=members)
-        try:
-            return subprocess.run(
-                argv, capture_output=capture, text=True, timeout=timeout, check=False,
-                env=etcd.etcdctl_env(),
-            )  # fmt: skip
-        except FileNotFoundError as exc:
-            raise ClusterStateError(
-                "etcdctl not found (Debian: apt-get install etcd-client)"
-            ) from exc
+        return etcd.run_etcdctl(argv, capture=capture, timeout=timeout)
 
     def maintain(self, *, defrag: bool) -> etcd_maintain.MaintainReport:
         """Compact etcd to its current revision and, with `defrag`, defragment each member in
@@ -514,26 +506,23 @@ class Cluster:
                 {"client": m.client_port, "peer": m.peer_port}, str(layout.etcd_log(m.name)),
                 command_prefix=topology.prefix_of(m.dc),
             ))  # fmt: skip
+
+        def served(role: Role, name: str, dc: str, ports: dict[str, int]) -> ProcessState:
+            """A node or frontend: its gRPC port is its address, its metrics port kept."""
+            if name in metrics_ports:
+                ports["metrics"] = metrics_ports[name]
+            return ProcessState(
+                name, role, dc, f"{topology.host_of(dc)}:{ports['grpc']}", ports,
+                str(layout.log(name)), command_prefix=topology.prefix_of(dc),
+            )  # fmt: skip
+
         for node in topology.nodes:
             ports = {"grpc": node.port}
             if topology.is_witness(node.name):
                 ports["witness"] = node.witness_port
-            if node.name in metrics_ports:
-                ports["metrics"] = metrics_ports[node.name]
-            procs.append(ProcessState(
-                node.name, "node", node.dc, f"{topology.host_of(node.dc)}:{node.port}",
-                ports, str(layout.log(node.name)),
-                command_prefix=topology.prefix_of(node.dc),
-            ))  # fmt: skip
+            procs.append(served("node", node.name, node.dc, ports))
         for fe in topology.frontends:
-            fe_ports = {"grpc": fe.port}
-            if fe.name in metrics_ports:
-                fe_ports["metrics"] = metrics_ports[fe.name]
-            procs.append(ProcessState(
-                fe.name, "frontend", fe.dc, f"{topology.host_of(fe.dc)}:{fe.port}",
-                fe_ports, str(layout.log(fe.name)),
-                command_prefix=topology.prefix_of(fe.dc),
-            ))  # fmt: skip
+            procs.append(served("frontend", fe.name, fe.dc, {"grpc": fe.port}))
         state = ClusterState(str(layout.root), topology, topology.options.etcd_fsync, "",
                              tuple(procs))  # fmt: skip
         write_state(layout.state_file, state)

@@ -19,12 +19,14 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.errors import EtcdctlMissing
 from deploy.etcd_auth import ROOT_USER as ROOT_USER  # the admin: operators, the launcher
 from deploy.pki import ETCD_TLS_NAME, Pki
 from deploy.topology import EtcdMember, Options, Topology
@@ -325,3 +327,18 @@ def etcdctl_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in source.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
     return env
+
+
+def run_etcdctl(
+    argv: Sequence[str], *, capture: bool = True, timeout: float | None
+) -> subprocess.CompletedProcess[str]:
+    """Run an `etcdctl_argv` command line with `etcdctl_env()`. Never raises for etcdctl's own
+    exit status (the caller reads it); EtcdctlMissing when etcdctl is not installed,
+    subprocess.TimeoutExpired after `timeout` seconds."""
+    try:
+        return subprocess.run(
+            argv, capture_output=capture, text=True, timeout=timeout, check=False,
+            env=etcdctl_env(),
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise EtcdctlMissing("etcdctl not found (Debian: apt-get install etcd-client)") from exc
