@@ -94,7 +94,6 @@ def etcd_argv(
 
     own = host_of(member)
     initial = ",".join(f"{m.name}={advertised_peer_url(host_of(m), m)}" for m in members)
-    server, peer = pki.etcd_member(member.name), pki.etcd_peer(member.name)
     argv = [
         etcd_binary,
         "--name", member.name,
@@ -106,6 +105,21 @@ def etcd_argv(
         "--initial-cluster", initial,
         "--initial-cluster-state", "new",
         "--initial-cluster-token", "bkv-" + "-".join(m.name for m in members),
+        *_tls_flags(member, pki),
+        *_raft_and_history_flags(options),
+        "--logger", "zap",
+        "--log-outputs", str(log_file),
+    ]  # fmt: skip
+    if not fsync:
+        # Accepted by etcd 3.4 although missing from --help (PLATFORM.md). Tests only.
+        argv.append("--unsafe-no-fsync")
+    return argv
+
+
+def _tls_flags(member: EtcdMember, pki: Pki) -> list[str]:
+    """A member's TLS: clients and peers each need a certificate of their own CA."""
+    server, peer = pki.etcd_member(member.name), pki.etcd_peer(member.name)
+    return [
         # Clients: TLS only, and only with a client certificate of the etcd CA, whose CN is
         # the etcd user once auth is on. No one without such a certificate gets a handshake.
         "--cert-file", str(server.cert),
@@ -122,6 +136,12 @@ def etcd_argv(
         # seconds in the log), and were it accepted, it would relay every caller's request
         # under the member's CN instead of the caller's. Off: clients use gRPC.
         "--enable-grpc-gateway=false",
+    ]  # fmt: skip
+
+
+def _raft_and_history_flags(options: Options) -> list[str]:
+    """Elections (timing, pre-vote) and how long etcd keeps its history."""
+    return [
         "--heartbeat-interval", str(options.etcd_heartbeat_ms),
         "--election-timeout", str(options.etcd_election_ms),
         # A member that rejoins (start-dc, a healed partition) must not depose a working
@@ -132,13 +152,7 @@ def etcd_argv(
         # "periodic" by default, since an idle cluster in revision mode keeps history for ever.
         "--auto-compaction-mode", options.etcd_compaction_mode,
         "--auto-compaction-retention", options.etcd_compaction_retention,
-        "--logger", "zap",
-        "--log-outputs", str(log_file),
     ]  # fmt: skip
-    if not fsync:
-        # Accepted by etcd 3.4 although missing from --help (PLATFORM.md). Tests only.
-        argv.append("--unsafe-no-fsync")
-    return argv
 
 
 # ---- identities and probes ---------------------------------------------------------------------
