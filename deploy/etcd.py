@@ -55,11 +55,6 @@ def topology_endpoints(topology: Topology) -> list[str]:
     return [f"{topology.host_of(m.dc)}:{m.client_port}" for m in topology.etcd]
 
 
-def topology_client_urls(topology: Topology) -> list[str]:
-    """Every member's `https://host:port` client URL, each on its data centre's host."""
-    return [client_url(topology.host_of(m.dc), m) for m in topology.etcd]
-
-
 def member_hosts(topology: Topology) -> dict[str, str]:
     """Member name -> the host it binds and advertises (its data centre's)."""
     return {m.name: topology.host_of(m.dc) for m in topology.etcd}

@@ -397,19 +397,6 @@ class Topology:
         for f in self.frontends:
             yield f"frontend {f.name}.port", f.port
 
-    def process_names(self) -> list[str]:
-        return [name for _, name, _ in self._named()]
-
-    def role_of(self, name: str) -> Role | None:
-        for role, names in (
-            ("etcd", [m.name for m in self.etcd]),
-            ("node", [n.name for n in self.nodes]),
-            ("frontend", [f.name for f in self.frontends]),
-        ):
-            if name in names:
-                return role  # type: ignore[return-value]
-        return None
-
     def unassigned_ports(self) -> int:
         return sum(1 for _, port in self._ports() if port == 0)
 
