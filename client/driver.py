@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+from client.protocol import Done, Flow, advance
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -24,49 +26,34 @@ E = TypeVar("E")
 Plan = Generator[E, Any, T]
 
 
-class _Outcome:
-    """What became of one effect: its result, or the exception it raised."""
-
-    __slots__ = ("error", "result")
-
-    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
-        self.result = result
-        self.error = error
-
-
-def _resume(plan: Plan[E, T], outcome: _Outcome | None) -> tuple[bool, Any]:
-    """Hand `outcome` to the plan (None: start it) -> (True, next effect) or (False, its value)."""
-    try:
-        if outcome is None:
-            return True, next(plan)
-        if outcome.error is not None:
-            return True, plan.throw(outcome.error)
-        return True, plan.send(outcome.result)
-    except StopIteration as stop:
-        return False, stop.value
+def _advance(plan: Plan[E, T], result: Any = None, error: Exception | None = None) -> Any:
+    """`client.protocol.advance` for any plan: the next effect, or `Done(value)` at its end."""
+    return advance(cast("Flow[T]", plan), result, error)
 
 
 def drive(plan: Plan[E, T], perform: Callable[[E], Any]) -> T:
     """Run `plan` to its end, carrying out each effect with `perform` (blocking)."""
     with contextlib.closing(plan):
-        running, value = _resume(plan, None)
-        while running:
+        step = _advance(plan)
+        while not isinstance(step, Done):
             try:
-                outcome = _Outcome(perform(value))
+                result = perform(step)
             except Exception as err:  # noqa: BLE001 - thrown into the plan, which decides
-                outcome = _Outcome(error=err)
-            running, value = _resume(plan, outcome)
-        return value  # type: ignore[no-any-return]
+                step = _advance(plan, error=err)
+            else:
+                step = _advance(plan, result)
+        return step.value  # type: ignore[no-any-return]
 
 
 async def adrive(plan: Plan[E, T], perform: Callable[[E], Awaitable[Any]]) -> T:
     """Run `plan` to its end, awaiting each effect with `perform` (asyncio)."""
     with contextlib.closing(plan):
-        running, value = _resume(plan, None)
-        while running:
+        step = _advance(plan)
+        while not isinstance(step, Done):
             try:
-                outcome = _Outcome(await perform(value))
+                result = await perform(step)
             except Exception as err:  # noqa: BLE001 - thrown into the plan, which decides
-                outcome = _Outcome(error=err)
-            running, value = _resume(plan, outcome)
-        return value  # type: ignore[no-any-return]
+                step = _advance(plan, error=err)
+            else:
+                step = _advance(plan, result)
+        return step.value  # type: ignore[no-any-return]
