@@ -10,6 +10,7 @@ frontend's client certificate, and `python -m frontend_chatd --config frontend.t
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import shutil
@@ -31,11 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from etcd_fixtures import SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from throwaway_pki import Issued, issue, make_ca
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc, node_pb2, node_pb2_grpc
 from deploy.cluster import free_ports
 from deploy.etcd_auth import frontend_grants
+from deploy.pki import CertPaths, Issued, issue_client, issue_server, make_ca
 from etcd_client import EtcdClient
 from frontend_chatd.accounts import LOGIN_CONTEXT
 from frontend_chatd.sessions import SessionKeys, SessionTokens
@@ -66,6 +67,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "con
 
 
 # --- certificates --------------------------------------------------------------------------
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write(issued: Issued, directory: Path, name: str) -> tuple[Path, Path]:
+    """`name`.pem and `name`.key (0600) in `directory`: (certificate path, key path)."""
+    paths = CertPaths(directory / f"{name}.pem", directory / f"{name}.key")
+    issued.write(paths)
+    return paths.cert, paths.key
 
 
 # --- etcd ----------------------------------------------------------------------------------
@@ -173,9 +185,7 @@ class Stack:
 
     def add_node(self, name: str, dc: str) -> FakeNode:
         node = FakeNode(name, dc, free_port())
-        cert, key = issue(self.cluster_ca, name, server=True, client=True).write(
-            self.directory, name
-        )
+        cert, key = _write(issue_server(self.cluster_ca, name, now=_now()), self.directory, name)
         node.start(cert, key, self.directory / "frontend-ca.pem")
         self.nodes.append(node)
         self.register(node)
@@ -200,10 +210,9 @@ class Stack:
         d = self.directory
         secret = d / "session.key"
         secret.write_bytes(self.session_secret)
-        fe_cert, fe_key = issue(self.cluster_ca, "fe-1", server=True, client=True).write(d, "fe-1")
-        client_cert, client_key = issue(
-            self.frontend_ca, "fe-1-client", server=True, client=True
-        ).write(d, "fe-1-client")
+        fe_cert, fe_key = _write(issue_server(self.cluster_ca, "fe-1", now=_now()), d, "fe-1")
+        client = issue_client(self.frontend_ca, "fe-1-client", now=_now())
+        client_cert, client_key = _write(client, d, "fe-1-client")
         etcd_tls = self.etcd.tls_for(ETCD_USER)
         values = {
             "account_rate_per_s": 20.0,
@@ -306,7 +315,7 @@ def pki_dir() -> Iterator[Path]:
 
 def make_stack(directory: Path, **limits: float) -> Stack:
     directory.mkdir(parents=True, exist_ok=True)
-    cluster_ca, frontend_ca = make_ca("cluster-ca"), make_ca("frontend-ca")
+    cluster_ca, frontend_ca = make_ca("cluster-ca", now=_now()), make_ca("frontend-ca", now=_now())
     (directory / "cluster-ca.pem").write_bytes(cluster_ca.cert_pem)
     (directory / "frontend-ca.pem").write_bytes(frontend_ca.cert_pem)
     etcd = start_etcd()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import signal
@@ -19,11 +20,11 @@ from etcd_fixtures import ROOT, SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hsm_fixtures import provision_tokens
 from test_node_store import wait_until
-from throwaway_pki import Issued, issue, make_ca
 
 from bkv.v1 import envelope_pb2, node_pb2, node_pb2_grpc
 from deploy.cluster import free_ports
 from deploy.etcd_auth import node_grants, node_user
+from deploy.pki import Issued, issue_client, issue_server, make_ca
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
 from vault_protocol.continuation import StepKeys, seal_continued
@@ -113,10 +114,13 @@ def node() -> Iterator[NodeUnderTest]:
         specs, fleet_public = provision_tokens(root / "hsm", ["node-1"])
         spec = specs[0]
         etcd.start()
-        cluster_ca, frontend_ca, other_ca = make_ca("cluster"), make_ca("frontend"), make_ca("x")
-        server = issue(cluster_ca, "node-1", server=True)
-        frontend = issue(frontend_ca, "fe-1", server=False)
-        rogue = issue(other_ca, "fe-1", server=False)  # same name, wrong CA
+        now = datetime.datetime.now(datetime.UTC)
+        cluster_ca, frontend_ca, other_ca = (
+            make_ca(name, now=now) for name in ("cluster", "frontend", "x")
+        )
+        server = issue_server(cluster_ca, "node-1", now=now)
+        frontend = issue_client(frontend_ca, "fe-1", now=now)
+        rogue = issue_client(other_ca, "fe-1", now=now)  # same name, wrong CA
         pki = root / "pki"
         pki.mkdir()
         (pki / "cluster-ca.pem").write_bytes(cluster_ca.cert_pem)
@@ -124,8 +128,8 @@ def node() -> Iterator[NodeUnderTest]:
         (pki / "node-1.pem").write_bytes(server.cert_pem)
         (pki / "node-1.key").write_bytes(server.key_pem)
         os.chmod(pki / "node-1.key", 0o600)
-        node_client_ca = make_ca("node-client")
-        node_client = issue(node_client_ca, "node-1", server=False)
+        node_client_ca = make_ca("node-client", now=now)
+        node_client = issue_client(node_client_ca, "node-1", now=now)
         (pki / "node-client-ca.pem").write_bytes(node_client_ca.cert_pem)
         (pki / "node-1-node-client.pem").write_bytes(node_client.cert_pem)
         (pki / "node-1-node-client.key").write_bytes(node_client.key_pem)
