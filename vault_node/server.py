@@ -97,23 +97,22 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+# The metrics' outcome label of each error `status_for` maps, the first that matches (a
+# subclass before its base); anything else is "internal".
+_ERROR_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (BadRequest, "invalid_argument"),
+    (Precondition, "failed_precondition"),
+    (WriteUnconfirmed, "write_unconfirmed"),
+    (Unavailable, "unavailable"),
+    (RecordTampered, "tampered"),
+    (StoreRefused, "store_refused"),
+    (RecordCorrupt, "data_loss"),
+)
+
+
 def outcome_for(exc: BaseException) -> str:
     """The metrics' outcome label of an error `status_for` maps (vault_node.metrics.OUTCOMES)."""
-    if isinstance(exc, BadRequest):
-        return "invalid_argument"
-    if isinstance(exc, Precondition):
-        return "failed_precondition"
-    if isinstance(exc, WriteUnconfirmed):
-        return "write_unconfirmed"
-    if isinstance(exc, Unavailable):
-        return "unavailable"
-    if isinstance(exc, RecordTampered):
-        return "tampered"
-    if isinstance(exc, StoreRefused):
-        return "store_refused"
-    if isinstance(exc, RecordCorrupt):
-        return "data_loss"
-    return "internal"
+    return next((label for kind, label in _ERROR_OUTCOMES if isinstance(exc, kind)), "internal")
 
 
 # What a request is refused with: gRPC status code, details and trailing metadata.
