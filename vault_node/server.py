@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import CollectorRegistry
@@ -27,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from bkv.v1 import node_pb2, node_pb2_grpc, witness_pb2_grpc
 from etcd_client import EtcdClientConfig, EtcdTls
 from vault_common.channels import mtls_channel_credentials
-from vault_common.decode_guard import RejectUndecodable
+from vault_common.decode_guard import MALFORMED, RejectUndecodable, lenient
 from vault_common.metrics_http import MetricsServer
 from vault_common.tasks import cancel_and_wait
 from vault_common.wire import NOT_APPLIED  # on an UNAVAILABLE that wrote nothing
@@ -119,7 +118,7 @@ def outcome_for(exc: BaseException) -> str:
 Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
 
 OPEN_STREAM = f"/{SERVICE_NAME}/OpenStream"
-MALFORMED_FRAME = object()
+MALFORMED_FRAME = MALFORMED  # an OpenStream frame that does not decode
 
 
 class LenientFrames(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -138,17 +137,9 @@ class LenientFrames(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             or handler.request_deserializer is None
         ):
             return handler
-        parse = handler.request_deserializer
-
-        def lenient(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except (DecodeError, UnicodeDecodeError):
-                return MALFORMED_FRAME
-
         return grpc.stream_stream_rpc_method_handler(
             handler.stream_stream,
-            request_deserializer=lenient,
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
