@@ -459,7 +459,7 @@ def crypto_ceiling(seconds: float, clock: Any = time.perf_counter) -> Ceiling:
         1,
         0,
         {
-            "keys": "software (cryptography + libsodium), one core",
+            "keys": "the software token (vault_node.soft_token), one core",
             "hsm_calls_per_recovery": dict(HSM_CALLS_PER_RECOVERY),
             "hsm_ms_per_recovery_estimate": round(hsm_s * 1000, 3),
             "hsm_recoveries_per_s_per_node_estimate": round(1 / hsm_s, 1),

@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import uvloop
-
 from bkv_bench import ceilings as ceil
 from bkv_bench import report
 from bkv_bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
@@ -46,11 +44,12 @@ from deploy.cluster import Cluster
 from deploy.errors import DeployError
 from deploy.topology import (
     ETCD_GOMAXPROCS_MAX,
-    EVENT_LOOPS,
     default_topology_path,
     load_topology,
 )
 from etcd_client import EtcdClientConfig, EtcdTls
+from vault_common.event_loop import add_event_loop_option, run_on
+from vault_common.tasks import cancel_and_wait
 
 MAX_DURATION_OPS = 10_000_000
 
@@ -110,11 +109,9 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="etcd fsync for --cluster-up (default: the topology's, on)",
     )
-    p.add_argument(
-        "--event-loop",
-        choices=EVENT_LOOPS,
-        default="uvloop",
-        help="asyncio loop of the load generator and, with --cluster-up, of the cluster's "
+    add_event_loop_option(
+        p,
+        "asyncio loop of the load generator and, with --cluster-up, of the cluster's "
         "nodes and frontends (default uvloop)",
     )
     p.add_argument(
@@ -336,9 +333,7 @@ async def _measured_phase(
             )
     finally:
         if ticker is not None and progress is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
             progress.write("\n")
     elapsed = clock() - start
     return elapsed, (cpu.stop() if cpu is not None else None)
@@ -515,8 +510,8 @@ def _run_on_cluster(
         if problems:  # before the run, not after it: the ceilings come last
             print(f"bkv-bench: --ceilings on this cluster: {'; '.join(problems)}", file=sys.stderr)
             return 2
-        loop_run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
-        run = loop_run(
+        run = run_on(
+            args.event_loop,
             run_bench(
                 config,
                 client_toml,
@@ -526,7 +521,7 @@ def _run_on_cluster(
                 echo=_echo,
                 cpu=CpuMeter(pids),
                 shape=shape,
-            )
+            ),
         )
     return run, facts
 

@@ -14,8 +14,10 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from bkv.v1 import envelope_pb2
+from client import protocol
 from vault_node.audit import MemoryAudit
 from vault_node.metrics import NodeMetrics
 from vault_node.service import ServiceConfig, TokenServerKeys, VaultService
@@ -23,10 +25,10 @@ from vault_node.soft_token import SoftToken
 from vault_node.store import MemoryRecordStore
 from vault_node.witnessing import LocalWitnesses
 from vault_protocol import opaque
-from vault_protocol.backup_key import BackupKey, wrap_key
-from vault_protocol.envelope import FleetKey, open_response, seal_request
+from vault_protocol.envelope import FleetKey
 from vault_protocol.ksf import IdentityKsf
 
+T = TypeVar("T")
 N = 200_000
 RECOVERIES = 200
 CONFIG = opaque.OpaqueConfig(context=opaque.DEFAULT_CONTEXT, ksf=IdentityKsf())
@@ -58,11 +60,13 @@ def hook_costs() -> dict[str, float]:
 
 
 class Node:
+    """The real node service (software token, in-memory store, local witnesses) and a client
+    running the real protocol flows (`client.protocol`) against it, without gRPC."""
+
     def __init__(self) -> None:
         self.metrics = NodeMetrics(process_collectors=False)
         token = SoftToken()
         config = ServiceConfig(node_name="bench", ticket_ttl_ms=60_000)
-        self.fleet = FleetKey(token.kem_public_key())
         metered = self.metrics.metered_token(token)
         self.service = VaultService(
             token=metered, store=MemoryRecordStore(), keys=TokenServerKeys.derive(metered),
@@ -70,40 +74,33 @@ class Node:
             audit=MemoryAudit(), witnesses=LocalWitnesses(["w1", "w2", "w3"], 256),
             metrics=self.metrics,
         )  # fmt: skip
+        self.context = protocol.FlowContext(
+            fleet=FleetKey(token.kem_public_key()), account_id="bench", opaque=CONFIG
+        )
+        self.service_cpu_s = 0.0  # CPU seconds spent in the node's handler (client excluded)
 
-    async def call(self, request: envelope_pb2.VaultRequest) -> envelope_pb2.VaultResponse:
-        request.response_key = os.urandom(32)
+    async def _relay(self, outbound: protocol.Outbound) -> bytes:
         meter = self.metrics.request()
-        sealed = await self.service.handle("bench", seal_request(self.fleet, "bench", request),
-                                           meter)  # fmt: skip
+        started = time.process_time()
+        sealed = await self.service.handle("bench", outbound.envelope, meter)
+        self.service_cpu_s += time.process_time() - started
         meter.done()
-        return open_response(request.response_key, sealed)
+        return sealed
+
+    async def _run(self, flow: protocol.Flow[T]) -> T:
+        step = protocol.advance(flow)
+        while not isinstance(step, protocol.Done):
+            step = protocol.advance(flow, await self._relay(step))
+        return step.value
 
     async def register(self) -> None:
-        state, req = opaque.registration_start(b"pw", os.urandom)
-        r1 = await self.call(envelope_pb2.VaultRequest(
-            register_start=envelope_pb2.RegisterStart(registration_request=req)))  # fmt: skip
-        record, export_key = opaque.registration_finish(
-            state, r1.register_start.registration_response, CONFIG, os.urandom
-        )
-        wrapped = wrap_key(BackupKey.generate(os.urandom), export_key, "bench", os.urandom)
-        await self.call(envelope_pb2.VaultRequest(register_finish=envelope_pb2.RegisterFinish(
-            registration_record=record, wrapped_key=wrapped, ticket=r1.register_start.ticket,
-        )))  # fmt: skip
+        await self._run(protocol.register_flow(self.context, b"pw"))
 
     async def recover(self) -> float:
-        """One recovery; the CPU seconds the two node calls took (client work excluded)."""
-        state, ke1 = opaque.login_start(b"pw", os.urandom)
-        request = envelope_pb2.VaultRequest(recover_start=envelope_pb2.RecoverStart(ke1=ke1))
-        started = time.process_time()
-        r1 = await self.call(request)
-        spent = time.process_time() - started
-        ke3, _, _ = opaque.login_finish(state, r1.recover_start.ke2, CONFIG)
-        finish = envelope_pb2.VaultRequest(recover_finish=envelope_pb2.RecoverFinish(
-            ke3=ke3, ticket=r1.recover_start.ticket))  # fmt: skip
-        started = time.process_time()
-        await self.call(finish)
-        return spent + time.process_time() - started
+        """One recovery; the CPU seconds the node's calls took (client work excluded)."""
+        before = self.service_cpu_s
+        await self._run(protocol.recover_flow(self.context, b"pw"))
+        return self.service_cpu_s - before
 
 
 def hooks_per_recovery(node: Node, before: dict[str, float]) -> dict[str, float]:

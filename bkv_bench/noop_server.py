@@ -20,9 +20,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import uvloop
 
-from deploy.topology import EVENT_LOOPS
+from vault_common.event_loop import add_event_loop_option, run_on
 
 SERVICE = "bkv.bench.v1.Noop"
 METHOD = f"/{SERVICE}/Call"
@@ -106,10 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--reply-bytes", type=int, default=600)
     parser.add_argument("--max-seconds", type=float, default=120.0)
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop")
+    add_event_loop_option(parser)
     args = parser.parse_args(argv)
-    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
-    run(serve(args.cert.read_bytes(), args.key.read_bytes(), args.reply_bytes, args.max_seconds))
+    run_on(
+        args.event_loop,
+        serve(args.cert.read_bytes(), args.key.read_bytes(), args.reply_bytes, args.max_seconds),
+    )
     return 0
 
 

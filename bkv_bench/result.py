@@ -198,6 +198,14 @@ def _fraction(recoveries_per_s: float, bound: float) -> float:
     return round(recoveries_per_s / bound, 4)
 
 
+def _versus(recoveries_per_s: float, bound: float) -> dict[str, Any]:
+    """A bound on recoveries per second, and the fraction of it the cluster reached."""
+    return {
+        "recoveries_bound_per_s": round(bound, 1),
+        "fraction_of_bound": _fraction(recoveries_per_s, bound),
+    }
+
+
 def versus_ceilings(recoveries_per_s: float, ceilings: Mapping[str, Any]) -> dict[str, Any]:
     """The cluster's recovery rate as a fraction of what each ceiling allows for recoveries."""
     out: dict[str, Any] = {"recoveries_per_s": round(recoveries_per_s, 3)}
@@ -205,18 +213,13 @@ def versus_ceilings(recoveries_per_s: float, ceilings: Mapping[str, Any]) -> dic
     if cas:
         bound = cas / CAS_PER_RECOVERY
         out["etcd"] = {
-            "recoveries_bound_per_s": round(bound, 1),
-            "fraction_of_bound": _fraction(recoveries_per_s, bound),
+            **_versus(recoveries_per_s, bound),
             "target_fraction": TARGET_FRACTION,
             "meets_target": recoveries_per_s >= TARGET_FRACTION * bound,
         }
     calls = ceilings.get("grpc_calls_per_s")
     if calls:
-        bound = calls / ROUND_TRIPS_PER_RECOVERY
-        out["grpc"] = {
-            "recoveries_bound_per_s": round(bound, 1),
-            "fraction_of_bound": _fraction(recoveries_per_s, bound),
-        }
+        out["grpc"] = _versus(recoveries_per_s, calls / ROUND_TRIPS_PER_RECOVERY)
     crypto = ceilings.get("crypto_recoveries_per_s")
     if crypto:
         out["crypto"] = {
@@ -225,10 +228,7 @@ def versus_ceilings(recoveries_per_s: float, ceilings: Mapping[str, Any]) -> dic
         }
     shape = ceilings.get("shape_recoveries_per_s")
     if shape:
-        out["shape"] = {
-            "recoveries_bound_per_s": round(shape, 1),
-            "fraction_of_bound": _fraction(recoveries_per_s, shape),
-        }
+        out["shape"] = _versus(recoveries_per_s, shape)
         if cas:
             # The best fraction of the etcd bound that the plumbing alone reaches: if it is below
             # the target, no work done inside this process layout can meet the target here.

@@ -21,7 +21,6 @@ prints `PORT <n>` once serving and stops when its stdin closes or after `--max-s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -30,11 +29,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import uvloop
 
 from bkv_bench.noop_server import bytes_call, bytes_channel, bytes_handler, serve_until_stopped
-from deploy.topology import EVENT_LOOPS
 from etcd_client.types import Compare, Get, Put, RangeResult
+from vault_common.event_loop import add_event_loop_option, run_on
 
 SERVICE = "bkv.bench.v1.Shape"
 RELAY_METHOD = f"/{SERVICE}/Relay"
@@ -158,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stores", help="relay: the stores' addresses host:port,...")
     p.add_argument("--reply-bytes", type=int, default=600)
     p.add_argument("--max-seconds", type=float, default=120.0)
-    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop")
+    add_event_loop_option(p)
     return p
 
 
@@ -177,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--reply-bytes must be 0..1048576 and --max-seconds positive")
     args.cert_bytes, args.key_bytes = args.cert.read_bytes(), args.key.read_bytes()
     serve = serve_store if args.role == "store" else serve_relay
-    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
-    run(serve(args))
+    run_on(args.event_loop, serve(args))
     return 0
 
 

@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
-from types import TracebackType
 
 from deploy.cluster import Cluster
 from deploy.topology import DcNetwork, Topology
@@ -253,12 +252,7 @@ class NetnsLab:
     def __enter__(self) -> NetnsLab:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

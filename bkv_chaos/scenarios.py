@@ -70,6 +70,19 @@ def _hold(
     return faults
 
 
+def _past_lease(ctx: FaultContext, hold_s: float) -> float:
+    """A hold past the lease TTL, so that the fault outlives the nodes' membership keys."""
+    return max(hold_s, ctx.lease_ttl_s + 2.0)
+
+
+def _kill_process(ctx: FaultContext, kind: str, process: str, hold_s: float) -> list[Fault]:
+    """SIGKILL `process` (an etcd member, node or frontend), hold, start it again."""
+    return _hold(
+        ctx, kind, process, lambda: ctx.cluster.kill(process), lambda: ctx.cluster.start(process),
+        hold_s,
+    )  # fmt: skip
+
+
 def _processes(ctx: FaultContext, role: str) -> list[str]:
     return [p.name for p in ctx.cluster.state().processes if p.role == role]
 
@@ -98,14 +111,7 @@ class KillEtcdLeader:
         leader = ctx.cluster.etcd_leader()
         if leader is None:
             raise SkipScenario("no etcd leader found (is etcd healthy?)")
-        return _hold(
-            ctx,
-            self.name,
-            leader,
-            lambda: ctx.cluster.kill(leader),
-            lambda: ctx.cluster.start(leader),
-            hold_s,
-        )
+        return _kill_process(ctx, self.name, leader, hold_s)
 
 
 @dataclass
@@ -114,14 +120,11 @@ class PauseNode:
 
     def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
         node = ctx.rng.choice(_processes(ctx, "node"))
-        faults: list[Fault] = []
-        try:
-            ctx.cluster.stop_process(node)
-            with _window(ctx, self.name, node, faults):
-                # Past the lease TTL: its membership key expires while it is frozen.
-                ctx.wait(max(hold_s, ctx.lease_ttl_s + 2.0))
-        finally:
-            ctx.cluster.cont_process(node)
+        faults = _hold(
+            ctx, self.name, node,
+            lambda: ctx.cluster.stop_process(node), lambda: ctx.cluster.cont_process(node),
+            _past_lease(ctx, hold_s),  # its membership key expires while it is frozen
+        )  # fmt: skip
         ctx.cluster.wait_healthy([node])
         return faults
 
@@ -153,14 +156,7 @@ class KillFrontend:
 
     def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
         frontend = ctx.rng.choice(_processes(ctx, "frontend"))
-        return _hold(
-            ctx,
-            self.name,
-            frontend,
-            lambda: ctx.cluster.kill(frontend),
-            lambda: ctx.cluster.start(frontend),
-            hold_s,
-        )
+        return _kill_process(ctx, self.name, frontend, hold_s)
 
 
 @dataclass
@@ -176,14 +172,7 @@ class KillDuringRegister:
         in_flight = ctx.wait_until(lambda: ctx.recorder.in_flight("register") > 0, REGISTER_WAIT_S)
         if not in_flight:
             ctx.echo(f"  no registration in flight within {REGISTER_WAIT_S}s: killing anyway")
-        return _hold(
-            ctx,
-            self.name,
-            node,
-            lambda: ctx.cluster.kill(node),
-            lambda: ctx.cluster.start(node),
-            hold_s,
-        )
+        return _kill_process(ctx, self.name, node, hold_s)
 
 
 @dataclass
@@ -233,15 +222,11 @@ class PartitionDc:
         fronted = {f.dc for f in topology.frontends}
         with_frontend = [dc for dc in topology.datacenters if dc in fronted]
         dc = ctx.rng.choice(with_frontend or list(topology.datacenters))
-        faults: list[Fault] = []
-        try:
-            ctx.network.partition(dc)
-            with _window(ctx, self.name, dc, faults):
-                # Past the lease TTL: the majority drops the minority's nodes from routing.
-                ctx.wait(max(hold_s, ctx.lease_ttl_s + 2.0))
-        finally:
-            ctx.network.heal(dc)
-        return faults
+        network = ctx.network
+        return _hold(
+            ctx, self.name, dc, lambda: network.partition(dc), lambda: network.heal(dc),
+            _past_lease(ctx, hold_s),  # the majority drops the minority's nodes from routing
+        )  # fmt: skip
 
 
 @dataclass

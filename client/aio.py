@@ -15,68 +15,38 @@ same that `client.VaultClient` runs: this class only awaits their effects.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-import time
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from client import protocol
-from client.backup_file import Progress, decrypt_backup, encrypt_backup
+from client.backup_file import PathArg, Progress, decrypt_backup, encrypt_backup
 from client.channels import AioGrpcConnector, AsyncConnector
-from client.config import ClientConfig, default_config_path, load_config
+from client.config import ClientConfig
 from client.core import Call, ClientCore, Effect, NeedSession, Probe
 from client.driver import adrive
 from client.protocol import Done, Outbound, Status
-from client.retry import Pause, RetryPolicy
-from client.session import wall_clock_ms
+from client.retry import Pause
 from vault_protocol.backup_key import BackupKey
-from vault_protocol.ksf import Ksf
 
 __all__ = ["AioGrpcConnector", "AsyncConnector", "AsyncVaultClient"]
 
 T = TypeVar("T")
 
 
-class AsyncVaultClient(ClientCore):
+class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[None]]]):
     """Asyncio client of the Backup Key Vault; arguments as `client.VaultClient`."""
 
-    def __init__(
-        self,
-        config: ClientConfig,
-        *,
-        account_id: str | None = None,
-        key_dir: str | os.PathLike[str] | None = None,
-        ksf: Ksf | str | None = None,
-        retry: RetryPolicy | None = None,
-        rng: Callable[[int], bytes] = os.urandom,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        uniform: Callable[[], float] = random.random,
-        clock_ms: Callable[[], int] = wall_clock_ms,
-        connector: AsyncConnector | None = None,
-    ) -> None:
-        super().__init__(
-            config,
-            account_id=account_id,
-            key_dir=key_dir,
-            ksf=ksf,
-            retry=retry,
-            rng=rng,
-            clock=clock,
-            uniform=uniform,
-            clock_ms=clock_ms,
-        )
-        self._sleep = sleep
-        self._connector = connector or AioGrpcConnector(config)
-        self._login_lock = asyncio.Lock()
+    @functools.cached_property
+    def _login_lock(self) -> asyncio.Lock:
+        """Concurrent calls that need a session share one login (made on first use)."""
+        return asyncio.Lock()
 
-    @classmethod
-    def from_config(
-        cls, path: str | os.PathLike[str] | None = None, **kwargs: Any
-    ) -> AsyncVaultClient:
-        """Build from client.toml (`path`, else `$BKV_CONFIG`, else `./client.toml`)."""
-        return cls(load_config(path if path is not None else default_config_path()), **kwargs)
+    def _new_connector(self, config: ClientConfig) -> AsyncConnector:
+        return AioGrpcConnector(config)
+
+    def _default_sleep(self) -> Callable[[float], Awaitable[None]]:
+        return asyncio.sleep
 
     async def __aenter__(self) -> AsyncVaultClient:
         return self
@@ -126,11 +96,7 @@ class AsyncVaultClient(ClientCore):
         return await self._run(protocol.status_flow(self._context()))
 
     async def encrypt_backup(
-        self,
-        src: str | os.PathLike[str],
-        dst: str | os.PathLike[str],
-        key: BackupKey,
-        progress: Progress | None = None,
+        self, src: PathArg, dst: PathArg, key: BackupKey, progress: Progress | None = None
     ) -> int:
         """`client.vault.encrypt_backup` in a worker thread."""
         return await asyncio.to_thread(
@@ -138,11 +104,7 @@ class AsyncVaultClient(ClientCore):
         )
 
     async def decrypt_backup(
-        self,
-        src: str | os.PathLike[str],
-        dst: str | os.PathLike[str],
-        key: BackupKey,
-        progress: Progress | None = None,
+        self, src: PathArg, dst: PathArg, key: BackupKey, progress: Progress | None = None
     ) -> int:
         """`client.vault.decrypt_backup` in a worker thread."""
         return await asyncio.to_thread(lambda: decrypt_backup(src, dst, key, progress=progress))

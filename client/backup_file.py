@@ -18,9 +18,10 @@ from vault_protocol import backup_file
 from vault_protocol import errors as vp_errors
 from vault_protocol.backup_key import BackupKey
 
-__all__ = ["CorruptBackup", "Progress", "decrypt_backup", "encrypt_backup"]
+__all__ = ["CorruptBackup", "PathArg", "Progress", "decrypt_backup", "encrypt_backup"]
 
 Progress = Callable[[int], None]
+PathArg = str | os.PathLike[str]
 _CORRUPT = "the backup file is corrupt, truncated or the key is wrong"
 
 
@@ -32,7 +33,7 @@ class CorruptBackup(BadInput):
 
 
 @contextlib.contextmanager
-def _atomic_output(dst: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def _atomic_output(dst: PathArg) -> Iterator[BinaryIO]:
     """A temp file beside `dst`, renamed onto it only when the block succeeds; removed otherwise."""
     target = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
@@ -48,16 +49,28 @@ def _atomic_output(dst: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
-def _open_source(src: str | os.PathLike[str]) -> BinaryIO:
+def _open_source(src: PathArg) -> BinaryIO:
     try:
         return open(src, "rb")  # closed by the caller's `with`
     except OSError as err:
         raise BadInput(f"cannot read {src}: {err.strerror}") from None
 
 
+def _file_to_file(
+    src: PathArg, dst: PathArg, transform: Callable[[BinaryIO, BinaryIO], int]
+) -> int:
+    """`transform(src, dst)` on open files, `dst` written atomically; file errors as BadInput."""
+    with _open_source(src) as fin:
+        try:
+            with _atomic_output(dst) as fout:
+                return transform(fin, fout)
+        except OSError as err:
+            raise BadInput(f"cannot write {dst}: {err.strerror}") from None
+
+
 def encrypt_backup(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
+    src: PathArg,
+    dst: PathArg,
     key: BackupKey,
     *,
     progress: Progress | None = None,
@@ -67,31 +80,26 @@ def encrypt_backup(
 
     `dst` appears only complete (written beside it, then renamed).
     """
-    with _open_source(src) as fin:
-        try:
-            with _atomic_output(dst) as fout:
-                return backup_file.encrypt_stream(fin, fout, key, rng, progress=progress)
-        except OSError as err:
-            raise BadInput(f"cannot write {dst}: {err.strerror}") from None
+    return _file_to_file(
+        src,
+        dst,
+        lambda fin, fout: backup_file.encrypt_stream(fin, fout, key, rng, progress=progress),
+    )
 
 
 def decrypt_backup(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    key: BackupKey,
-    *,
-    progress: Progress | None = None,
+    src: PathArg, dst: PathArg, key: BackupKey, *, progress: Progress | None = None
 ) -> int:
     """Decrypt backup file `src` into `dst` in constant memory; returns the plaintext size.
 
     Raises CorruptBackup for any failure to decrypt (one error whatever the cause: no oracle);
     `dst` is then left untouched.
     """
-    with _open_source(src) as fin:
+
+    def decrypt(fin: BinaryIO, fout: BinaryIO) -> int:
         try:
-            with _atomic_output(dst) as fout:
-                return backup_file.decrypt_stream(fin, fout, key, progress=progress)
+            return backup_file.decrypt_stream(fin, fout, key, progress=progress)
         except vp_errors.ProtocolError:
             raise CorruptBackup(_CORRUPT) from None
-        except OSError as err:
-            raise BadInput(f"cannot write {dst}: {err.strerror}") from None
+
+    return _file_to_file(src, dst, decrypt)

@@ -18,16 +18,17 @@ their decisions are the same by construction.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
 from bkv.v1 import frontend_pb2
-from client.config import ClientConfig, ksf_named, load_fleet_key
+from client.config import ClientConfig, default_config_path, ksf_named, load_config, load_fleet_key
 from client.errors import (
     BadInput,
     ChallengeRefused,
@@ -134,21 +135,38 @@ def resolve_ksf(config: ClientConfig, ksf: Ksf | str | None) -> Ksf:
     return ksf
 
 
-class ClientCore:
-    """Configuration, account and session of one client (not thread-safe)."""
+ConnectorT = TypeVar("ConnectorT")  # client.channels' blocking or awaiting connector
+SleepT = TypeVar("SleepT")  # time.sleep or asyncio.sleep
+
+
+class ClientCore(Generic[ConnectorT, SleepT]):
+    """Configuration, account and session of one client (not thread-safe); the two clients add
+    only how they call: their connector and sleep (`_new_connector`, `_default_sleep`).
+
+    Arguments (the same for `VaultClient` and `AsyncVaultClient`):
+    config: the validated client.toml contents.
+    account_id: the account to act as (needed by everything but the backup file functions).
+    key_dir: where `<account>.account.key` lives (default: the config file's folder).
+    ksf: the client KSF; None = the config's preset ("default": Argon2id t=3 p=4 64 MiB). A
+        cheaper one (e.g. `"fast"` or `Argon2idKsf(time_cost=1, ...)`) only for load tests.
+    retry: the retry policy (default: `RetryPolicy()` with the config's overall deadline).
+    rng, clock, sleep, uniform, clock_ms, connector: injected for tests.
+    """
 
     def __init__(
         self,
         config: ClientConfig,
         *,
-        account_id: str | None,
-        key_dir: str | os.PathLike[str] | None,
-        ksf: Ksf | str | None,
-        retry: RetryPolicy | None,
-        rng: Callable[[int], bytes],
+        account_id: str | None = None,
+        key_dir: str | os.PathLike[str] | None = None,
+        ksf: Ksf | str | None = None,
+        retry: RetryPolicy | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.monotonic,
-        uniform: Callable[[], float],
+        sleep: SleepT | None = None,
+        uniform: Callable[[], float] = random.random,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        connector: ConnectorT | None = None,
     ) -> None:
         self.config = config.validate()
         self.account_id = account_id
@@ -159,6 +177,8 @@ class ClientCore:
         self._rng = rng
         self._clock = clock
         self._uniform = uniform
+        self._sleep: SleepT = sleep if sleep is not None else self._default_sleep()
+        self._connector: ConnectorT = connector or self._new_connector(config)
         self._session = Session(clock_ms=clock_ms)
         # Start at a random frontend so that many clients spread over all of them.
         count = len(config.frontends)
@@ -168,6 +188,19 @@ class ClientCore:
         self._account: AccountKey | None = None
         self._fleet: Any = None
         self._closed = False
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Self:
+        """Build from client.toml (`path`, else `$BKV_CONFIG`, else `./client.toml`)."""
+        return cls(load_config(path if path is not None else default_config_path()), **kwargs)
+
+    def _new_connector(self, config: ClientConfig) -> ConnectorT:
+        """The connector used when none is injected (one channel per frontend)."""
+        raise NotImplementedError
+
+    def _default_sleep(self) -> SleepT:
+        """The pause used when none is injected."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return (

@@ -14,8 +14,11 @@ loops only carry effects out, so the blocking and the awaiting client cannot dri
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+from client.protocol import Done, Flow, advance
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -23,35 +26,34 @@ E = TypeVar("E")
 Plan = Generator[E, Any, T]
 
 
+def _advance(plan: Plan[E, T], result: Any = None, error: Exception | None = None) -> Any:
+    """`client.protocol.advance` for any plan: the next effect, or `Done(value)` at its end."""
+    return advance(cast("Flow[T]", plan), result, error)
+
+
 def drive(plan: Plan[E, T], perform: Callable[[E], Any]) -> T:
     """Run `plan` to its end, carrying out each effect with `perform` (blocking)."""
-    try:
-        effect = next(plan)
-        while True:
+    with contextlib.closing(plan):
+        step = _advance(plan)
+        while not isinstance(step, Done):
             try:
-                result = perform(effect)
+                result = perform(step)
             except Exception as err:  # noqa: BLE001 - thrown into the plan, which decides
-                effect = plan.throw(err)
+                step = _advance(plan, error=err)
             else:
-                effect = plan.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    finally:
-        plan.close()
+                step = _advance(plan, result)
+        return step.value  # type: ignore[no-any-return]
 
 
 async def adrive(plan: Plan[E, T], perform: Callable[[E], Awaitable[Any]]) -> T:
     """Run `plan` to its end, awaiting each effect with `perform` (asyncio)."""
-    try:
-        effect = next(plan)
-        while True:
+    with contextlib.closing(plan):
+        step = _advance(plan)
+        while not isinstance(step, Done):
             try:
-                result = await perform(effect)
+                result = await perform(step)
             except Exception as err:  # noqa: BLE001 - thrown into the plan, which decides
-                effect = plan.throw(err)
+                step = _advance(plan, error=err)
             else:
-                effect = plan.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    finally:
-        plan.close()
+                step = _advance(plan, result)
+        return step.value  # type: ignore[no-any-return]

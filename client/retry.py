@@ -33,13 +33,10 @@ Policy, written down as STYLE.md asks:
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from client.driver import adrive, drive
 from client.errors import ConfigError, RateLimited, Unavailable
 
 T = TypeVar("T")
@@ -167,13 +164,6 @@ class Pause:
     seconds: float
 
 
-@dataclass(frozen=True)
-class _Try:
-    """Effect of `call_with_retry`'s plan: run the caller's attempt with `remaining` seconds."""
-
-    remaining: float
-
-
 def retrying(
     attempt: Callable[[float], Generator[Any, Any, T]], state: RetryState
 ) -> Generator[Any, Any, T]:
@@ -188,45 +178,3 @@ def retrying(
             if delay is None:
                 raise
         yield Pause(delay)
-
-
-def _single(remaining: float) -> Generator[_Try, Any, Any]:
-    return (yield _Try(remaining))
-
-
-def call_with_retry(
-    attempt: Callable[[float], T],
-    state: RetryState,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run `attempt(time_left_s)`, retrying as `state` decides and the module says (blocking).
-
-    `state`: one step's budget, shared by every call for that step (e.g. before and after a
-    fresh login), so that re-logging in never grants a guess-counting step another retry.
-    """
-
-    def perform(effect: Any) -> Any:
-        if isinstance(effect, Pause):
-            return sleep(effect.seconds)
-        return attempt(effect.remaining)
-
-    result: T = drive(retrying(_single, state), perform)
-    return result
-
-
-async def acall_with_retry(
-    attempt: Callable[[float], Awaitable[T]],
-    state: RetryState,
-    *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> T:
-    """The awaiting twin of `call_with_retry`: the same plan, the same `RetryState` decisions."""
-
-    async def perform(effect: Any) -> Any:
-        if isinstance(effect, Pause):
-            return await sleep(effect.seconds)
-        return await attempt(effect.remaining)
-
-    result: T = await adrive(retrying(_single, state), perform)
-    return result

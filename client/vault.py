@@ -20,23 +20,25 @@ Not thread-safe: use one client per thread (or `AsyncVaultClient` in asyncio cod
 
 from __future__ import annotations
 
-import os
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from client import protocol
-from client.backup_file import CorruptBackup, Progress, decrypt_backup, encrypt_backup
+from client.backup_file import (
+    CorruptBackup,
+    PathArg,
+    Progress,
+    decrypt_backup,
+    encrypt_backup,
+)
 from client.channels import Connector, GrpcConnector
-from client.config import ClientConfig, default_config_path, load_config
+from client.config import ClientConfig, default_config_path
 from client.core import Call, ClientCore, Effect, NeedSession, Probe
 from client.driver import drive
 from client.protocol import Outbound, Status
-from client.retry import Pause, RetryPolicy
-from client.session import wall_clock_ms
+from client.retry import Pause
 from vault_protocol.backup_key import BackupKey
-from vault_protocol.ksf import Ksf
 
 __all__ = [
     "Connector",
@@ -51,53 +53,19 @@ __all__ = [
 T = TypeVar("T")
 
 
-class VaultClient(ClientCore):
+class VaultClient(ClientCore[Connector, Callable[[float], None]]):
     """Synchronous client of the Backup Key Vault (see the module docstring for an example).
 
-    config: the validated client.toml contents.
-    account_id: the account to act as (needed by everything but the backup file functions).
-    key_dir: where `<account>.account.key` lives (default: the config file's folder).
-    ksf: the client KSF; None = the config's preset ("default": Argon2id t=3 p=4 64 MiB). A
-        cheaper one (e.g. `"fast"` or `Argon2idKsf(time_cost=1, ...)`) only for load tests.
-    retry: the retry policy (default: `RetryPolicy()` with the config's overall deadline).
-    rng, clock, sleep, uniform, clock_ms, connector: injected for tests.
+    Arguments: `client.core.ClientCore` (config, account_id, key_dir, ksf, retry; rng, clock,
+    sleep, uniform, clock_ms, connector injected for tests). Build from a file with
+    `VaultClient.from_config(path, account_id=...)`.
     """
 
-    def __init__(
-        self,
-        config: ClientConfig,
-        *,
-        account_id: str | None = None,
-        key_dir: str | os.PathLike[str] | None = None,
-        ksf: Ksf | str | None = None,
-        retry: RetryPolicy | None = None,
-        rng: Callable[[int], bytes] = os.urandom,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        uniform: Callable[[], float] = random.random,
-        clock_ms: Callable[[], int] = wall_clock_ms,
-        connector: Connector | None = None,
-    ) -> None:
-        super().__init__(
-            config,
-            account_id=account_id,
-            key_dir=key_dir,
-            ksf=ksf,
-            retry=retry,
-            rng=rng,
-            clock=clock,
-            uniform=uniform,
-            clock_ms=clock_ms,
-        )
-        self._sleep = sleep
-        self._connector = connector or GrpcConnector(config)
+    def _new_connector(self, config: ClientConfig) -> Connector:
+        return GrpcConnector(config)
 
-    # -- construction ---------------------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> VaultClient:
-        """Build from client.toml (`path`, else `$BKV_CONFIG`, else `./client.toml`)."""
-        return cls(load_config(path if path is not None else default_config_path()), **kwargs)
+    def _default_sleep(self) -> Callable[[float], None]:
+        return time.sleep
 
     def __enter__(self) -> VaultClient:
         return self
@@ -157,21 +125,13 @@ class VaultClient(ClientCore):
         return self._run(protocol.status_flow(self._context()))
 
     def encrypt_backup(
-        self,
-        src: str | os.PathLike[str],
-        dst: str | os.PathLike[str],
-        key: BackupKey,
-        progress: Progress | None = None,
+        self, src: PathArg, dst: PathArg, key: BackupKey, progress: Progress | None = None
     ) -> int:
         """`client.vault.encrypt_backup` (no network)."""
         return encrypt_backup(src, dst, key, progress=progress, rng=self._rng)
 
     def decrypt_backup(
-        self,
-        src: str | os.PathLike[str],
-        dst: str | os.PathLike[str],
-        key: BackupKey,
-        progress: Progress | None = None,
+        self, src: PathArg, dst: PathArg, key: BackupKey, progress: Progress | None = None
     ) -> int:
         """`client.vault.decrypt_backup` (no network)."""
         return decrypt_backup(src, dst, key, progress=progress)

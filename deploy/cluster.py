@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import etcd, etcd_auth, etcd_maintain, processes
-from deploy.ceremony import create_node_token, load_fleet, run_fleet_ceremony
+from deploy.ceremony import Fleet, create_node_token, load_fleet, run_fleet_ceremony
 from deploy.configs import (
     Layout,
     ScrapeTarget,
@@ -54,6 +54,7 @@ from deploy.state import (
     write_state,
 )
 from deploy.topology import Role, Topology, default_topology_path, load_topology
+from vault_node.softhsm import TokenSpec
 
 ROLE_ORDER: tuple[Role, ...] = ("etcd", "node", "frontend")
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -148,6 +149,20 @@ def free_ports(host: str, count: int, *, rng: random.Random | None = None) -> li
     finally:
         for s in socks:
             s.close()
+
+
+def _assign_ports(topology: Topology) -> tuple[Topology, dict[str, int]]:
+    """`topology` with every unassigned port chosen, and a metrics port per node and frontend.
+
+    Ports are picked free on the loopback host (a namespace's ports are all free), all in one
+    call so that none repeats: the topology's, then one metrics port per process, none of them
+    a port the topology fixed already (free now, but not for long)."""
+    served = [n.name for n in topology.nodes] + [f.name for f in topology.frontends]
+    fixed = _fixed_ports(topology)
+    unassigned = topology.unassigned_ports()
+    pool = free_ports(topology.host, unassigned + len(served) + len(fixed))
+    spare = [p for p in pool[unassigned:] if p not in fixed]
+    return topology.with_ports(lambda n: pool[:n]), dict(zip(served, spare, strict=False))
 
 
 def _fixed_ports(topology: Topology) -> set[int]:
@@ -245,15 +260,7 @@ class Cluster:
         ETCDCTL_* setting of the caller's. `capture` False leaves stdout/stderr to the caller's
         terminal (`bkv-cluster etcdctl`). Never raises for etcdctl's own exit status."""
         argv = self.etcdctl_argv(*args, user=user, identity=identity, members=members)
-        try:
-            return subprocess.run(
-                argv, capture_output=capture, text=True, timeout=timeout, check=False,
-                env=etcd.etcdctl_env(),
-            )  # fmt: skip
-        except FileNotFoundError as exc:
-            raise ClusterStateError(
-                "etcdctl not found (Debian: apt-get install etcd-client)"
-            ) from exc
+        return etcd.run_etcdctl(argv, capture=capture, timeout=timeout)
 
     def maintain(self, *, defrag: bool) -> etcd_maintain.MaintainReport:
         """Compact etcd to its current revision and, with `defrag`, defragment each member in
@@ -408,17 +415,7 @@ class Cluster:
         if fsync is not None:
             topology = replace(topology, options=replace(topology.options, etcd_fsync=fsync))
         topology.validate()
-        # Ports are picked free on the loopback host (a namespace's ports are all free), all in
-        # one call so that none repeats: the topology's, then one metrics port per process,
-        # none of them a port the topology fixed already (free now, but not for long).
-        host = topology.host
-        served = [n.name for n in topology.nodes] + [f.name for f in topology.frontends]
-        fixed = _fixed_ports(topology)
-        unassigned = topology.unassigned_ports()
-        pool = free_ports(host, unassigned + len(served) + len(fixed))
-        topology = topology.with_ports(lambda n: pool[:n])
-        spare = [p for p in pool[unassigned:] if p not in fixed]
-        metrics_ports = dict(zip(served, spare, strict=False))
+        topology, metrics_ports = _assign_ports(topology)
         fsync_on = topology.options.etcd_fsync
         self._warn(fsync_on)
         phases: list[tuple[str, float]] = []
@@ -431,28 +428,9 @@ class Cluster:
                 create_node_token(self.layout.hsm_dir(n.name), n.name) for n in topology.nodes
             ]
         state = self._initial_state(topology, metrics_ports)
-        etcd_names = [p.name for p in state.processes if p.role == "etcd"]
         complete = False
         try:
-            phases += self._start_names(state, etcd_names)
-            with self._phase(phases, "etcd auth"):
-                # Before any vault node or frontend runs: they only ever see etcd locked down.
-                cluster_id = etcd_auth.bootstrap(
-                    etcd.topology_endpoints(topology), self.etcd_identity(),
-                    etcd_auth.cluster_auth_plan(topology),
-                )  # fmt: skip
-            with self._phase(phases, "key ceremony"):
-                fleet = run_fleet_ceremony(
-                    tokens, self.layout.fleet_dir, etcd_cluster_id=cluster_id
-                )
-            with self._phase(phases, "configuration"):
-                self._write_configs(topology, tokens, metrics_ports)
-                state = replace(
-                    self.state(), fleet_id=fleet.fleet_id.hex(),
-                    etcd_cluster_id=f"{cluster_id:x}",
-                )  # fmt: skip
-                write_state(self.layout.state_file, state)
-                self._write_scrape_config(state)
+            state, fleet = self._configure(state, tokens, metrics_ports, phases)
             complete = True
             others = [p.name for p in state.processes if p.role != "etcd"]
             phases += self._start_names(state, others)
@@ -468,6 +446,34 @@ class Cluster:
             client_toml(topology, self.layout, fleet.public_key_file, fleet.fleet_id)
         )
         return UpReport(tuple(phases), resumed=False, fsync=fsync_on)
+
+    def _configure(
+        self,
+        state: ClusterState,
+        tokens: list[TokenSpec],
+        metrics_ports: dict[str, int],
+        phases: list[tuple[str, float]],
+    ) -> tuple[ClusterState, Fleet]:
+        """etcd, its auth, the key ceremony and the configuration files: from then on the
+        cluster is resumable (its state names the fleet)."""
+        topology = state.topology
+        phases += self._start_names(state, [p.name for p in state.processes if p.role == "etcd"])
+        with self._phase(phases, "etcd auth"):
+            # Before any vault node or frontend runs: they only ever see etcd locked down.
+            cluster_id = etcd_auth.bootstrap(
+                etcd.topology_endpoints(topology), self.etcd_identity(),
+                etcd_auth.cluster_auth_plan(topology),
+            )  # fmt: skip
+        with self._phase(phases, "key ceremony"):
+            fleet = run_fleet_ceremony(tokens, self.layout.fleet_dir, etcd_cluster_id=cluster_id)
+        with self._phase(phases, "configuration"):
+            self._write_configs(topology, tokens, metrics_ports)
+            state = replace(
+                self.state(), fleet_id=fleet.fleet_id.hex(), etcd_cluster_id=f"{cluster_id:x}"
+            )
+            write_state(self.layout.state_file, state)
+            self._write_scrape_config(state)
+        return state, fleet
 
     def _create_pki(self, topology: Topology) -> None:
         create_pki(
@@ -514,26 +520,23 @@ class Cluster:
                 {"client": m.client_port, "peer": m.peer_port}, str(layout.etcd_log(m.name)),
                 command_prefix=topology.prefix_of(m.dc),
             ))  # fmt: skip
+
+        def served(role: Role, name: str, dc: str, ports: dict[str, int]) -> ProcessState:
+            """A node or frontend: its gRPC port is its address, its metrics port kept."""
+            if name in metrics_ports:
+                ports["metrics"] = metrics_ports[name]
+            return ProcessState(
+                name, role, dc, f"{topology.host_of(dc)}:{ports['grpc']}", ports,
+                str(layout.log(name)), command_prefix=topology.prefix_of(dc),
+            )  # fmt: skip
+
         for node in topology.nodes:
             ports = {"grpc": node.port}
             if topology.is_witness(node.name):
                 ports["witness"] = node.witness_port
-            if node.name in metrics_ports:
-                ports["metrics"] = metrics_ports[node.name]
-            procs.append(ProcessState(
-                node.name, "node", node.dc, f"{topology.host_of(node.dc)}:{node.port}",
-                ports, str(layout.log(node.name)),
-                command_prefix=topology.prefix_of(node.dc),
-            ))  # fmt: skip
+            procs.append(served("node", node.name, node.dc, ports))
         for fe in topology.frontends:
-            fe_ports = {"grpc": fe.port}
-            if fe.name in metrics_ports:
-                fe_ports["metrics"] = metrics_ports[fe.name]
-            procs.append(ProcessState(
-                fe.name, "frontend", fe.dc, f"{topology.host_of(fe.dc)}:{fe.port}",
-                fe_ports, str(layout.log(fe.name)),
-                command_prefix=topology.prefix_of(fe.dc),
-            ))  # fmt: skip
+            procs.append(served("frontend", fe.name, fe.dc, {"grpc": fe.port}))
         state = ClusterState(str(layout.root), topology, topology.options.etcd_fsync, "",
                              tuple(procs))  # fmt: skip
         write_state(layout.state_file, state)

@@ -21,6 +21,10 @@ class ClusterStateError(DeployError):
     """The cluster directory is missing, holds no cluster, or is in the wrong state."""
 
 
+class EtcdctlMissing(DeployError):
+    """The system `etcdctl` is not installed."""
+
+
 class ClusterRunningError(ClusterStateError):
     """`up` was asked for a directory whose cluster still has live processes."""
 

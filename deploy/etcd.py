@@ -19,12 +19,14 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.errors import EtcdctlMissing
 from deploy.etcd_auth import ROOT_USER as ROOT_USER  # the admin: operators, the launcher
 from deploy.pki import ETCD_TLS_NAME, Pki
 from deploy.topology import EtcdMember, Options, Topology
@@ -51,11 +53,6 @@ def endpoints(host: str, members: Sequence[EtcdMember]) -> list[str]:
 def topology_endpoints(topology: Topology) -> list[str]:
     """Every member's `host:port` client endpoint, each on its data centre's host."""
     return [f"{topology.host_of(m.dc)}:{m.client_port}" for m in topology.etcd]
-
-
-def topology_client_urls(topology: Topology) -> list[str]:
-    """Every member's `https://host:port` client URL, each on its data centre's host."""
-    return [client_url(topology.host_of(m.dc), m) for m in topology.etcd]
 
 
 def member_hosts(topology: Topology) -> dict[str, str]:
@@ -92,7 +89,6 @@ def etcd_argv(
 
     own = host_of(member)
     initial = ",".join(f"{m.name}={advertised_peer_url(host_of(m), m)}" for m in members)
-    server, peer = pki.etcd_member(member.name), pki.etcd_peer(member.name)
     argv = [
         etcd_binary,
         "--name", member.name,
@@ -104,6 +100,21 @@ def etcd_argv(
         "--initial-cluster", initial,
         "--initial-cluster-state", "new",
         "--initial-cluster-token", "bkv-" + "-".join(m.name for m in members),
+        *_tls_flags(member, pki),
+        *_raft_and_history_flags(options),
+        "--logger", "zap",
+        "--log-outputs", str(log_file),
+    ]  # fmt: skip
+    if not fsync:
+        # Accepted by etcd 3.4 although missing from --help (PLATFORM.md). Tests only.
+        argv.append("--unsafe-no-fsync")
+    return argv
+
+
+def _tls_flags(member: EtcdMember, pki: Pki) -> list[str]:
+    """A member's TLS: clients and peers each need a certificate of their own CA."""
+    server, peer = pki.etcd_member(member.name), pki.etcd_peer(member.name)
+    return [
         # Clients: TLS only, and only with a client certificate of the etcd CA, whose CN is
         # the etcd user once auth is on. No one without such a certificate gets a handshake.
         "--cert-file", str(server.cert),
@@ -120,6 +131,12 @@ def etcd_argv(
         # seconds in the log), and were it accepted, it would relay every caller's request
         # under the member's CN instead of the caller's. Off: clients use gRPC.
         "--enable-grpc-gateway=false",
+    ]  # fmt: skip
+
+
+def _raft_and_history_flags(options: Options) -> list[str]:
+    """Elections (timing, pre-vote) and how long etcd keeps its history."""
+    return [
         "--heartbeat-interval", str(options.etcd_heartbeat_ms),
         "--election-timeout", str(options.etcd_election_ms),
         # A member that rejoins (start-dc, a healed partition) must not depose a working
@@ -130,13 +147,7 @@ def etcd_argv(
         # "periodic" by default, since an idle cluster in revision mode keeps history for ever.
         "--auto-compaction-mode", options.etcd_compaction_mode,
         "--auto-compaction-retention", options.etcd_compaction_retention,
-        "--logger", "zap",
-        "--log-outputs", str(log_file),
     ]  # fmt: skip
-    if not fsync:
-        # Accepted by etcd 3.4 although missing from --help (PLATFORM.md). Tests only.
-        argv.append("--unsafe-no-fsync")
-    return argv
 
 
 # ---- identities and probes ---------------------------------------------------------------------
@@ -325,3 +336,18 @@ def etcdctl_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in source.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
     return env
+
+
+def run_etcdctl(
+    argv: Sequence[str], *, capture: bool = True, timeout: float | None
+) -> subprocess.CompletedProcess[str]:
+    """Run an `etcdctl_argv` command line with `etcdctl_env()`. Never raises for etcdctl's own
+    exit status (the caller reads it); EtcdctlMissing when etcdctl is not installed,
+    subprocess.TimeoutExpired after `timeout` seconds."""
+    try:
+        return subprocess.run(
+            argv, capture_output=capture, text=True, timeout=timeout, check=False,
+            env=etcdctl_env(),
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise EtcdctlMissing("etcdctl not found (Debian: apt-get install etcd-client)") from exc

@@ -123,16 +123,8 @@ def etcdctl_runner(identity: etcd.EtcdIdentity, *, timeout_s: float = 180.0) -> 
     """An `Etcdctl` that runs the system etcdctl as `identity`."""
 
     def run(args: Sequence[str], urls: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        argv = etcd.etcdctl_argv(urls, identity, args)
         try:
-            return subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout_s, check=False,
-                env=etcd.etcdctl_env(),
-            )  # fmt: skip
-        except FileNotFoundError as exc:
-            raise MaintenanceError(
-                "etcdctl not found (Debian: apt-get install etcd-client)"
-            ) from exc
+            return etcd.run_etcdctl(etcd.etcdctl_argv(urls, identity, args), timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
             raise MaintenanceError(f"etcdctl {' '.join(args)} timed out") from exc
 

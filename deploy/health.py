@@ -8,13 +8,11 @@
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy import etcd
 from deploy.pki import Pki
 
 TLS_NAME = "localhost"  # every server certificate carries this SAN
@@ -53,8 +51,3 @@ def grpc_serving(address: str, tls: TlsFiles, timeout: float = 1.0) -> bool:
         except grpc.RpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def etcd_healthy(client_url: str, tls: ssl.SSLContext, timeout: float = 0.5) -> bool:
-    """`tls`: `deploy.etcd.probe_context` (etcd CA, name `bkv-etcd`, a client certificate)."""
-    return etcd.is_healthy(client_url, tls, timeout)

@@ -119,16 +119,21 @@ class Issued:
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
 
-    def write(self, paths: CertPaths) -> None:
-        paths.cert.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        write_private(
-            paths.key,
-            self.key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
+
+    def write(self, paths: CertPaths) -> None:
+        paths.cert.write_bytes(self.cert_pem)
+        write_private(paths.key, self.key_pem)
 
 
 def write_private(path: Path, data: bytes) -> None:

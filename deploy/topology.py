@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from deploy.errors import TopologyError
 from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
+from vault_common.event_loop import EVENT_LOOPS
 from vault_common.toml_config import TomlReadError, read_toml
 from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
 
@@ -38,7 +39,6 @@ _COMPACTION_MODES = ("revision", "periodic")
 # A Go duration as etcd's periodic retention takes it ("5m", "1h30m", "90s"; a whole number is
 # hours: etcd tries an integer first, then time.ParseDuration, which wants a unit).
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:h|m|s|ms|us|ns))+$|^\d+$")
-EVENT_LOOPS = ("uvloop", "asyncio")
 ETCD_GOMAXPROCS_MAX = 1024
 
 T = TypeVar("T")
@@ -256,6 +256,14 @@ class Topology:
 
     def problems(self) -> list[str]:
         """Every problem of this topology (empty when valid)."""
+        out = self._cluster_problems() + self._process_problems() + self._port_problems()
+        out += user_name_problems(self)
+        out += self._witness_problems()
+        out += _certificate_clashes(self)
+        return out + self._network_problems() + self.options.problems() + self.limits.problems()
+
+    def _cluster_problems(self) -> list[str]:
+        """The cluster's name and host, its data centres, and a process of every role."""
         out: list[str] = []
         if not _NAME_RE.match(self.name):
             out.append(f"cluster.name {self.name!r} must match {_NAME_RE.pattern}")
@@ -279,6 +287,11 @@ class Topology:
             out.append("at least one vault node is required")
         if not self.frontends:
             out.append("at least one frontend is required")
+        return out
+
+    def _process_problems(self) -> list[str]:
+        """Process names (valid, unique), their data centres, one etcd member per centre."""
+        out: list[str] = []
         names: set[str] = set()
         for role, name, dc in self._named():
             if not _NAME_RE.match(name):
@@ -286,7 +299,7 @@ class Topology:
             if name in names:
                 out.append(f"process name {name!r} is used twice")
             names.add(name)
-            if dc not in seen_dc:
+            if dc not in self.datacenters:
                 out.append(f"{role} {name!r} is in unknown datacenter {dc!r}")
         members_per_dc: dict[str, int] = {}
         for member in self.etcd:
@@ -296,6 +309,11 @@ class Topology:
             for dc, n in members_per_dc.items()
             if n > 1
         ]
+        return out
+
+    def _port_problems(self) -> list[str]:
+        """Port numbers (valid, none used twice) and the peer proxy's loopback-only ports."""
+        out: list[str] = []
         ports: dict[int, str] = {}
         advertised = [
             (f"etcd {m.name}.advertise_peer_port", m.advertise_peer_port)
@@ -314,10 +332,7 @@ class Topology:
             for m in self.etcd
             if m.advertise_peer_port and not _is_loopback(self.host_of(m.dc))
         ]
-        out += user_name_problems(self)
-        out += self._witness_problems()
-        out += _certificate_clashes(self)
-        return out + self._network_problems() + self.options.problems() + self.limits.problems()
+        return out
 
     def _witness_problems(self) -> list[str]:
         out: list[str] = []
@@ -381,19 +396,6 @@ class Topology:
                 yield f"node {n.name}.witness_port", n.witness_port
         for f in self.frontends:
             yield f"frontend {f.name}.port", f.port
-
-    def process_names(self) -> list[str]:
-        return [name for _, name, _ in self._named()]
-
-    def role_of(self, name: str) -> Role | None:
-        for role, names in (
-            ("etcd", [m.name for m in self.etcd]),
-            ("node", [n.name for n in self.nodes]),
-            ("frontend", [f.name for f in self.frontends]),
-        ):
-            if name in names:
-                return role  # type: ignore[return-value]
-        return None
 
     def unassigned_ports(self) -> int:
         return sum(1 for _, port in self._ports() if port == 0)
@@ -558,6 +560,68 @@ class _Reader:
         return cls(**values)
 
 
+@dataclass
+class _Parsed:
+    """What the [[datacenter]] and [[frontend]] tables declare, in file order."""
+
+    datacenters: list[str] = field(default_factory=list)
+    etcd: list[EtcdMember] = field(default_factory=list)
+    nodes: list[VaultNode] = field(default_factory=list)
+    networks: list[DcNetwork] = field(default_factory=list)
+    frontends: list[Frontend] = field(default_factory=list)
+
+
+def _parse_datacenter(r: _Reader, dc_data: Mapping[str, Any], where: str, out: _Parsed) -> None:
+    """One [[datacenter]] table: its name, host, etcd member and vault nodes."""
+    r.unknown(dc_data, {"name", "host", "command_prefix", "etcd", "nodes"}, where)
+    dc = r.required(dc_data, "name", where)
+    out.datacenters.append(dc)
+    if "host" in dc_data or "command_prefix" in dc_data:
+        out.networks.append(
+            DcNetwork(
+                dc=dc,
+                host=r.value(dc_data, "host", str, "127.0.0.1", where),
+                command_prefix=r.strings(dc_data, "command_prefix", where),
+            )
+        )
+    if "etcd" in dc_data:
+        e = r.table(dc_data, "etcd", where)
+        ewhere = where + "etcd."
+        r.unknown(e, {"name", "client_port", "peer_port", "advertise_peer_port"}, ewhere)
+        out.etcd.append(
+            EtcdMember(
+                name=r.value(e, "name", str, f"etcd-{dc}", ewhere),
+                dc=dc,
+                client_port=r.value(e, "client_port", int, 0, ewhere),
+                peer_port=r.value(e, "peer_port", int, 0, ewhere),
+                advertise_peer_port=r.value(e, "advertise_peer_port", int, 0, ewhere),
+            )
+        )
+    for j, n in enumerate(r.tables(dc_data, "nodes", where)):
+        nwhere = f"{where}nodes[{j}]."
+        r.unknown(n, {"name", "port", "witness_port"}, nwhere)
+        out.nodes.append(
+            VaultNode(
+                name=r.required(n, "name", nwhere),
+                dc=dc,
+                port=r.value(n, "port", int, 0, nwhere),
+                witness_port=r.value(n, "witness_port", int, 0, nwhere),
+            )
+        )
+
+
+def _parse_frontend(r: _Reader, f: Mapping[str, Any], where: str, out: _Parsed) -> None:
+    """One [[frontend]] table."""
+    r.unknown(f, {"name", "dc", "port"}, where)
+    out.frontends.append(
+        Frontend(
+            name=r.required(f, "name", where),
+            dc=r.required(f, "dc", where),
+            port=r.value(f, "port", int, 0, where),
+        )
+    )
+
+
 def parse_topology(data: Mapping[str, Any]) -> Topology:
     """Build and validate a topology from parsed TOML; raise one `TopologyError` for all."""
     r = _Reader()
@@ -566,68 +630,21 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
     r.unknown(cluster, {"name", "host"}, "cluster.")
     options = r.dataclass(r.table(data, "options", ""), Options, "options.")
     limits = r.dataclass(r.table(data, "limits", ""), FrontendLimits, "limits.")
-    dcs: list[str] = []
-    etcd: list[EtcdMember] = []
-    nodes: list[VaultNode] = []
-    networks: list[DcNetwork] = []
+    parsed = _Parsed()
     for i, dc_data in enumerate(r.tables(data, "datacenter", "")):
-        where = f"datacenter[{i}]."
-        r.unknown(dc_data, {"name", "host", "command_prefix", "etcd", "nodes"}, where)
-        dc = r.required(dc_data, "name", where)
-        dcs.append(dc)
-        if "host" in dc_data or "command_prefix" in dc_data:
-            networks.append(
-                DcNetwork(
-                    dc=dc,
-                    host=r.value(dc_data, "host", str, "127.0.0.1", where),
-                    command_prefix=r.strings(dc_data, "command_prefix", where),
-                )
-            )
-        if "etcd" in dc_data:
-            e = r.table(dc_data, "etcd", where)
-            ewhere = where + "etcd."
-            r.unknown(e, {"name", "client_port", "peer_port", "advertise_peer_port"}, ewhere)
-            etcd.append(
-                EtcdMember(
-                    name=r.value(e, "name", str, f"etcd-{dc}", ewhere),
-                    dc=dc,
-                    client_port=r.value(e, "client_port", int, 0, ewhere),
-                    peer_port=r.value(e, "peer_port", int, 0, ewhere),
-                    advertise_peer_port=r.value(e, "advertise_peer_port", int, 0, ewhere),
-                )
-            )
-        for j, n in enumerate(r.tables(dc_data, "nodes", where)):
-            nwhere = f"{where}nodes[{j}]."
-            r.unknown(n, {"name", "port", "witness_port"}, nwhere)
-            nodes.append(
-                VaultNode(
-                    name=r.required(n, "name", nwhere),
-                    dc=dc,
-                    port=r.value(n, "port", int, 0, nwhere),
-                    witness_port=r.value(n, "witness_port", int, 0, nwhere),
-                )
-            )
-    frontends: list[Frontend] = []
+        _parse_datacenter(r, dc_data, f"datacenter[{i}].", parsed)
     for i, f in enumerate(r.tables(data, "frontend", "")):
-        where = f"frontend[{i}]."
-        r.unknown(f, {"name", "dc", "port"}, where)
-        frontends.append(
-            Frontend(
-                name=r.required(f, "name", where),
-                dc=r.required(f, "dc", where),
-                port=r.value(f, "port", int, 0, where),
-            )
-        )
+        _parse_frontend(r, f, f"frontend[{i}].", parsed)
     topology = Topology(
         name=r.value(cluster, "name", str, "local", "cluster."),
         host=r.value(cluster, "host", str, "127.0.0.1", "cluster."),
-        datacenters=tuple(dcs),
-        etcd=tuple(etcd),
-        nodes=tuple(nodes),
-        frontends=tuple(frontends),
+        datacenters=tuple(parsed.datacenters),
+        etcd=tuple(parsed.etcd),
+        nodes=tuple(parsed.nodes),
+        frontends=tuple(parsed.frontends),
         options=options,
         limits=limits,
-        networks=tuple(networks),
+        networks=tuple(parsed.networks),
     )
     problems = r.problems + topology.problems()
     if problems:
@@ -640,9 +657,7 @@ def load_topology(path: Path) -> Topology:
     try:
         data = read_toml(path)
     except TomlReadError as exc:
-        if isinstance(exc.cause, OSError):
-            raise TopologyError([f"{path}: cannot read: {exc.cause.strerror}"]) from exc
-        raise TopologyError([f"{path}: not valid TOML: {exc.cause}"]) from exc
+        raise TopologyError([exc.problem()]) from exc
     return parse_topology(data)
 
 

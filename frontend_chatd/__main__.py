@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
-import uvloop
-
 from frontend_chatd.config import ConfigError, load_config
 from frontend_chatd.server import serve
+from vault_common.event_loop import add_event_loop_option, run_on
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frontend_chatd", description=__doc__)
     parser.add_argument("--config", required=True, help="path to frontend.toml")
-    parser.add_argument(
-        "--event-loop",
-        choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="asyncio loop implementation (default uvloop: less CPU per gRPC call)",
-    )
+    add_event_loop_option(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     args = parser.parse_args(argv)
     try:
@@ -34,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format=f"%(asctime)s {config.frontend.name} %(levelname)s %(name)s: %(message)s",
     )
-    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
-    run(serve(config))
+    run_on(args.event_loop, serve(config))
     return 0
 
 

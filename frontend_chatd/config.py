@@ -244,7 +244,5 @@ def load_config(path: str | Path) -> FrontendConfig:
     try:
         data = read_toml(path)
     except TomlReadError as e:
-        if isinstance(e.cause, OSError):
-            raise ConfigError([f"cannot read {path}: {e.cause.strerror}"]) from e
-        raise ConfigError([f"{path} is not valid TOML: {e.cause}"]) from e
+        raise ConfigError([e.problem()]) from e
     return parse_config(data).check()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,7 +29,7 @@ from bkv.v1 import node_pb2
 from frontend_chatd.ratelimit import RateLimited
 from frontend_chatd.relay import OpenCall
 from frontend_chatd.routing import NodeInfo
-from vault_common.metrics_http import process_registry
+from vault_common.metrics_http import Children, process_registry
 
 RPCS = ("GetChallenge", "Login", "Relay")
 # The gRPC status the frontend answered, lower case, and "rate_limited" for its own refusals
@@ -90,17 +89,20 @@ class FrontendMetrics:
         self.nodes = Gauge(
             "bkv_frontend_nodes", "vault nodes the frontend knows from etcd", registry=r
         )
-        self._children: dict[tuple[object, ...], Any] = {}
+        # Each child resolved once, on first use.
+        self._requests = Children(self.requests)
+        self._request_seconds = Children(self.request_seconds)
+        self._rate_limited = Children(self.rate_limited)
+        self._relays = Children(self.relays)
+        self._relay_seconds = Children(self.relay_seconds)
         self._outcomes = frozenset(OUTCOMES)
         self._rpcs = frozenset(RPCS)
         self._node_names: set[str] = set()
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _outcome(self, code: str) -> str:
+        """The outcome label of gRPC status `code`: its name in lower case, from `OUTCOMES`."""
+        outcome = code.lower()
+        return outcome if outcome in self._outcomes else "internal"
 
     def request(self, rpc: str, code: str, error: BaseException | None, seconds: float) -> None:
         """One RPC answered with gRPC status `code` (its name: "OK", "UNAVAILABLE", ...)."""
@@ -108,13 +110,11 @@ class FrontendMetrics:
         if isinstance(error, RateLimited):
             outcome = "rate_limited"
             scope = error.scope if error.scope in SCOPES else "other"
-            self._child(self.rate_limited, scope).inc()
+            self._rate_limited.get((scope,)).inc()
         else:
-            outcome = code.lower()
-            if outcome not in self._outcomes:
-                outcome = "internal"
-        self._child(self.requests, rpc, outcome).inc()
-        self._child(self.request_seconds, rpc).observe(seconds)
+            outcome = self._outcome(code)
+        self._requests.get((rpc, outcome)).inc()
+        self._request_seconds.get((rpc,)).observe(seconds)
 
     def relayed(self, node: str, code: str, seconds: float) -> None:
         """One call to vault node `node` that ended with gRPC status `code` after `seconds`."""
@@ -123,11 +123,8 @@ class FrontendMetrics:
                 node = "other"
             else:
                 self._node_names.add(node)
-        outcome = code.lower()
-        if outcome not in self._outcomes:
-            outcome = "internal"
-        self._child(self.relays, node, outcome).inc()
-        self._child(self.relay_seconds, node).observe(seconds)
+        self._relays.get((node, self._outcome(code))).inc()
+        self._relay_seconds.get((node,)).observe(seconds)
 
     def timed_open(self, open_call: OpenCall) -> OpenCall:
         """`open_call` with each call to a node timed and counted by node and outcome."""

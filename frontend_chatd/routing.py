@@ -236,19 +236,6 @@ class NodeWatcher:
         self._on_change()
 
 
-def load_channel_credentials(ca_file: str, cert_file: str, key_file: str) -> Any:
-    """mTLS credentials: present the frontend client certificate, trust only the cluster CA."""
-    with open(ca_file, "rb") as f:
-        ca = f.read()
-    with open(cert_file, "rb") as f:
-        cert = f.read()
-    with open(key_file, "rb") as f:
-        key = f.read()
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert
-    )
-
-
 class NodeChannels:
     """One reused grpc.aio secure channel per node address."""
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,7 +35,6 @@ from frontend_chatd.routing import (
     NodeChannels,
     NodeTable,
     NodeWatcher,
-    load_channel_credentials,
 )
 from frontend_chatd.sessions import (
     Challenges,
@@ -50,8 +47,11 @@ from frontend_chatd.sessions import (
     issuer_id,
 )
 from frontend_chatd.streams import StreamPool, pooled_open_call
+from vault_common.channels import mtls_channel_credentials
 from vault_common.decode_guard import RejectUndecodable
+from vault_common.event_loop import stop_on_signals
 from vault_common.metrics_http import MetricsServer
+from vault_common.tasks import cancel_and_wait
 from vault_common.wire import NEW_CHALLENGE, NOT_APPLIED, RETRY_AFTER_MS_KEY
 
 SERVICE_NAME = frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name
@@ -259,7 +259,7 @@ class FrontendServer:
         self.table = NodeTable(fe.dc)
         tls = config.tls
         self.channels = NodeChannels(
-            load_channel_credentials(tls.cluster_ca, tls.client_cert, tls.client_key)
+            mtls_channel_credentials(tls.cluster_ca, tls.client_cert, tls.client_key)
         )
         self.streams: StreamPool | None = None
         self.health = health.aio.HealthServicer()
@@ -362,10 +362,7 @@ class FrontendServer:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace_s)
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        await cancel_and_wait(self._watch_task)
         if self.streams is not None:
             self.streams.close()
         await self.channels.close()
@@ -377,10 +374,7 @@ class FrontendServer:
 async def serve(config: FrontendConfig) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     server = FrontendServer(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await server.start()
     try:
         await stop.wait()

@@ -45,9 +45,10 @@ from deploy.pki import CertPaths, Issued, issue_client, issue_server, make_ca
 from frontend_chatd.accounts import Accounts, Enrollment
 from frontend_chatd.ratelimit import TokenBucketLimiter
 from frontend_chatd.relay import Relay, stub_open_call
-from frontend_chatd.routing import NodeChannels, NodeInfo, NodeTable, load_channel_credentials
+from frontend_chatd.routing import NodeChannels, NodeInfo, NodeTable
 from frontend_chatd.server import FrontendServicer
 from frontend_chatd.sessions import Challenges, SessionKeys, SessionTokens, issuer_id
+from vault_common.channels import mtls_channel_credentials
 from vault_node.audit import MemoryAudit
 from vault_node.heads import group_of, next_head, open_head
 from vault_node.records import open_record, seal_record
@@ -311,7 +312,7 @@ class InProcessCluster:
             table.put(f"/bkv/v1/nodes/{name}".encode(), json.dumps(
                 {"name": name, "dc": dc, "address": node.address}).encode())  # fmt: skip
         self._channels = NodeChannels(
-            load_channel_credentials(
+            mtls_channel_credentials(
                 str(pki["cluster-ca"].cert), str(pki["fe-1-client"].cert),
                 str(pki["fe-1-client"].key),
             )

@@ -1,7 +1,7 @@
 """The vault nodes' audit lines (`<node>.audit.jsonl`): the one format, its writer and reader.
 
-Each vault node appends one JSON object per event it handles (`format_line`, used by
-`vault_node.audit.AuditLog`); the chaos checker reads them back (`read_audit`):
+Each vault node appends one JSON object per event it handles (`AuditEntry` and `format_line`,
+used by `vault_node.audit.AuditLog`); the chaos checker reads them back (`read_audit`):
 
     {"ts": unix seconds, "node": str, "record_id": hex, "event": one of EVENTS,
      "attempts": int|null      attempts after the commit this event made (or saw),
@@ -68,43 +68,47 @@ DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})
 STORE_EVENTS = frozenset({"rollback"})  # about the store, not one record: record_id is ""
 
 
-def format_line(
-    *,
-    ts_ms: int,
-    node: str,
-    event: EventName,
-    record_id: bytes,
-    attempts: int | None = None,
-    max_attempts: int | None = None,
-    revision: int | None = None,
-    generation: bytes | None = None,
-    evaluation: int | None = None,
-    read_revision: int | None = None,
-) -> str:
-    """One audit line (with its newline), as the node writes it: counters and ids, no secret.
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event as the node writes it (the writer's view, ids as bytes): counters and ids, no
+    secret. `format_line` makes its line; `AuditEvent` is the same line read back."""
 
-    >>> format_line(ts_ms=1500, node="n1", event="evaluate", record_id=b"\\x01", attempts=1)
+    event: EventName
+    record_id: bytes
+    attempts: int | None = None
+    max_attempts: int | None = None
+    revision: int | None = None
+    generation: bytes | None = None
+    evaluation: int | None = None
+    read_revision: int | None = None
+
+
+def format_line(entry: AuditEntry, *, ts_ms: int, node: str) -> str:
+    """One audit line (with its newline), as the node writes it.
+
+    >>> format_line(AuditEntry("evaluate", b"\\x01", attempts=1), ts_ms=1500, node="n1")
     '{"ts":1.5,"node":"n1","record_id":"01","event":"evaluate","attempts":1}\\n'
     """
-    entry: dict[str, object] = {
+    line: dict[str, object] = {
         "ts": ts_ms / 1000,
         "node": node,
-        "record_id": record_id.hex(),
-        "event": event,
+        "record_id": entry.record_id.hex(),
+        "event": entry.event,
     }
+    revision = entry.revision
     optional: dict[str, object | None] = {
-        "attempts": attempts,
-        "max_attempts": max_attempts,
+        "attempts": entry.attempts,
+        "max_attempts": entry.max_attempts,
         # 0: no commit; negative: a commit whose revision the store did not learn.
         "revision": revision if revision is not None and revision > 0 else None,
-        "generation": None if generation is None else generation.hex(),
-        "evaluation": evaluation,
+        "generation": None if entry.generation is None else entry.generation.hex(),
+        "evaluation": entry.evaluation,
         # The mod_revision the commit compared against: a gap to the record's last audited
         # commit shows a write whose answer was lost (committed after etcd timed out).
-        "read_revision": read_revision,
+        "read_revision": entry.read_revision,
     }
-    entry.update((k, v) for k, v in optional.items() if v is not None)
-    return json.dumps(entry, separators=(",", ":")) + "\n"
+    line.update((k, v) for k, v in optional.items() if v is not None)
+    return json.dumps(line, separators=(",", ":")) + "\n"
 
 
 @dataclass(frozen=True)

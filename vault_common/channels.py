@@ -1,4 +1,5 @@
-"""gRPC channel options more than one part sets: reconnect backoff, and etcd's channel options.
+"""gRPC channel set-up more than one part shares: mTLS credentials read from files, reconnect
+backoff, and etcd's channel options.
 
 >>> dict(reconnect_backoff(initial_ms=100, max_ms=1000))["grpc.max_reconnect_backoff_ms"]
 1000
@@ -9,6 +10,8 @@
 from __future__ import annotations
 
 from typing import Any
+
+import grpc
 
 # etcd's --max-request-bytes is 1.5 MiB by default; a range over many records answers more.
 ETCD_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
@@ -43,3 +46,17 @@ def etcd_channel_options(
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", max_receive_bytes),
     ]
+
+
+def mtls_channel_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials:
+    """Channel credentials from PEM files: trust only the CA in `ca`, present the client
+    certificate `cert` with its private key `key` (frontend to node, node to witness)."""
+    with open(ca, "rb") as f:
+        root = f.read()
+    with open(cert, "rb") as f:
+        chain = f.read()
+    with open(key, "rb") as f:
+        private = f.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=private, certificate_chain=chain
+    )

@@ -13,7 +13,20 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-_MALFORMED = object()
+MALFORMED = object()  # what `lenient` hands the handler for bytes that do not decode
+
+
+def lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`parse` that returns MALFORMED for bytes that are not a valid message (bad protobuf or
+    bad UTF-8 in a string field) instead of raising into grpcio, which would answer UNKNOWN."""
+
+    def parse_or_malformed(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, UnicodeDecodeError):
+            return MALFORMED
+
+    return parse_or_malformed
 
 
 class RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -27,17 +40,10 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
-        parse = handler.request_deserializer
         inner = handler.unary_unary
 
-        def lenient(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except (DecodeError, UnicodeDecodeError):
-                return _MALFORMED
-
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if request is _MALFORMED:
+            if request is MALFORMED:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
                 )
@@ -45,6 +51,6 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=lenient,
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -56,6 +56,23 @@ def process_registry(
     return r
 
 
+class Children:
+    """The children of one labelled metric by label values, each made on first use (a series
+    appears when it first counts): a hook then costs a dict read, not a label lookup."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def get(self, labels: tuple[str, ...]) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
+
+
 class MetricsServer:
     """`registry` at http://ADDRESS/metrics (port 0: any free port), served by prometheus_client's
     WSGI server on a daemon thread of its own; `port` is the bound port."""

@@ -34,6 +34,13 @@ class TomlReadError(Exception):
         """The file was read but is not valid TOML (or not UTF-8)."""
         return not isinstance(self.cause, OSError)
 
+    def problem(self) -> str:
+        """One line for a config's list of problems: why the file could not be read, or where
+        it is not valid TOML (tomllib's position, never a quote of the file)."""
+        if isinstance(self.cause, OSError):
+            return f"{self.path}: cannot read: {self.cause.strerror}"
+        return f"{self.path}: not valid TOML: {self.cause}"
+
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The tables of the TOML file at `path`; TomlReadError when it cannot be had."""

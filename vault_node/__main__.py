@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
-import uvloop
-
+from vault_common.event_loop import add_event_loop_option, run_on, stop_on_signals
 from vault_node.config import ConfigError, NodeConfig
 from vault_node.server import VaultNodeServer
 
@@ -18,10 +15,7 @@ log = logging.getLogger("vault_node")
 
 async def _run(config: NodeConfig) -> int:
     server = VaultNodeServer(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     try:
         await server.start()
     except Exception as exc:  # noqa: BLE001 (startup failure: say what, exit non-zero)
@@ -37,12 +31,7 @@ async def _run(config: NodeConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vault_node", description=__doc__)
     parser.add_argument("--config", required=True, help="path of node.toml")
-    parser.add_argument(
-        "--event-loop",
-        choices=("uvloop", "asyncio"),
-        default="uvloop",
-        help="asyncio loop implementation (default uvloop: less CPU per gRPC call)",
-    )
+    add_event_loop_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
@@ -54,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    run = uvloop.run if args.event_loop == "uvloop" else asyncio.run
-    return run(_run(config))
+    return run_on(args.event_loop, _run(config))
 
 
 if __name__ == "__main__":

@@ -15,43 +15,20 @@ from __future__ import annotations
 import json
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from typing import TextIO
 
-from vault_common.audit_line import EventName, format_line
+from vault_common.audit_line import AuditEntry, EventName, format_line
 
 AUDIT_TAIL_BYTES = 1 << 20
 
 AuditEvent = EventName  # the event names of an audit line (vault_common.audit_line)
 
 
-class AuditSink(Protocol):
-    def write(
-        self,
-        event: AuditEvent,
-        record_id: bytes,
-        attempts: int | None = None,
-        max_attempts: int | None = None,
-        *,
-        revision: int | None = None,
-        generation: bytes | None = None,
-        evaluation: int | None = None,
-        read_revision: int | None = None,
-    ) -> None: ...
-
-
-class AuditLog:
-    """JSON-lines audit log on a text stream (the node opens its `audit_log` file for append)."""
-
-    def __init__(self, stream: TextIO, node: str, clock_ms: Callable[[], int]) -> None:
-        self._stream = stream
-        self._node = node
-        self._clock_ms = clock_ms
-        self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, path: str, node: str, clock_ms: Callable[[], int]) -> AuditLog:
-        return cls(open(path, "a", encoding="utf-8", buffering=1), node, clock_ms)
+class AuditSink(ABC):
+    """Where the service's audit events go. `write` is the one call the service makes; each
+    sink only says what it does with the entry (`record`)."""
 
     def write(
         self,
@@ -65,18 +42,33 @@ class AuditLog:
         evaluation: int | None = None,
         read_revision: int | None = None,
     ) -> None:
-        line = format_line(
-            ts_ms=self._clock_ms(),
-            node=self._node,
-            event=event,
-            record_id=record_id,
-            attempts=attempts,
-            max_attempts=max_attempts,
-            revision=revision,
-            generation=generation,
-            evaluation=evaluation,
-            read_revision=read_revision,
-        )
+        self.record(
+            AuditEntry(
+                event, record_id, attempts, max_attempts, revision, generation, evaluation,
+                read_revision,
+            )
+        )  # fmt: skip
+
+    @abstractmethod
+    def record(self, entry: AuditEntry) -> None:
+        """Keep `entry` (for the log: written and flushed before this returns)."""
+
+
+class AuditLog(AuditSink):
+    """JSON-lines audit log on a text stream (the node opens its `audit_log` file for append)."""
+
+    def __init__(self, stream: TextIO, node: str, clock_ms: Callable[[], int]) -> None:
+        self._stream = stream
+        self._node = node
+        self._clock_ms = clock_ms
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str, node: str, clock_ms: Callable[[], int]) -> AuditLog:
+        return cls(open(path, "a", encoding="utf-8", buffering=1), node, clock_ms)
+
+    def record(self, entry: AuditEntry) -> None:
+        line = format_line(entry, ts_ms=self._clock_ms(), node=self._node)
         with self._lock:
             self._stream.write(line)
             self._stream.flush()
@@ -119,34 +111,32 @@ def high_water_from_audit(
     return best
 
 
-class MemoryAudit:
+class MemoryAudit(AuditSink):
     """Collects audit entries in a list (unit tests)."""
 
     def __init__(self) -> None:
-        self.entries: list[tuple[str, bytes, int | None, int | None]] = []
-        self.details: list[dict[str, int | bytes | None]] = []
+        self.lines: list[AuditEntry] = []
 
-    def write(
-        self,
-        event: AuditEvent,
-        record_id: bytes,
-        attempts: int | None = None,
-        max_attempts: int | None = None,
-        *,
-        revision: int | None = None,
-        generation: bytes | None = None,
-        evaluation: int | None = None,
-        read_revision: int | None = None,
-    ) -> None:
-        self.entries.append((event, record_id, attempts, max_attempts))
-        self.details.append(
+    def record(self, entry: AuditEntry) -> None:
+        self.lines.append(entry)
+
+    @property
+    def entries(self) -> list[tuple[str, bytes, int | None, int | None]]:
+        """(event, record id, attempts, max attempts) of every entry."""
+        return [(e.event, e.record_id, e.attempts, e.max_attempts) for e in self.lines]
+
+    @property
+    def details(self) -> list[dict[str, int | bytes | None]]:
+        """The commit details of every entry (revision, generation, evaluation, read_revision)."""
+        return [
             {
-                "revision": revision,
-                "generation": generation,
-                "evaluation": evaluation,
-                "read_revision": read_revision,
+                "revision": e.revision,
+                "generation": e.generation,
+                "evaluation": e.evaluation,
+                "read_revision": e.read_revision,
             }
-        )
+            for e in self.lines
+        ]
 
     def events(self) -> list[str]:
-        return [e[0] for e in self.entries]
+        return [e.event for e in self.lines]

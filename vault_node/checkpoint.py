@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from google.protobuf.message import DecodeError
 
 from bkv.store.v1 import sealed_pb2
+from vault_common.tasks import cancel_and_wait
 from vault_node.store_guard import GuardState, StoreGuard, StoreRolledBack
 from vault_node.token_api import DataObjects as DataObjects  # re-exported (witness_server)
 
@@ -164,9 +165,6 @@ class Checkpointer:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="checkpoint")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.save()

@@ -16,9 +16,10 @@ key metadata but its own (vault_node.records), so writing it back gains nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from vault_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,5 @@ class Compactor:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="compactor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

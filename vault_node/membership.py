@@ -21,6 +21,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from vault_common.tasks import cancel_and_wait
 from vault_node.store import NODES_PREFIX, LeaseStore, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
 
@@ -168,10 +169,7 @@ class Membership:
     async def stop(self) -> None:
         """Stop the loop and revoke the lease (best effort), which removes the key at once."""
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._registered = False
         self._report()
         if self._lease is not None:

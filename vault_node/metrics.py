@@ -31,8 +31,8 @@ from prometheus_client import (
 )
 
 from bkv.v1 import envelope_pb2
-from vault_common.audit_line import EventName
-from vault_common.metrics_http import process_registry
+from vault_common.audit_line import AuditEntry, EventName
+from vault_common.metrics_http import Children, process_registry
 from vault_node.audit import AuditEvent, AuditSink
 
 # The operations a sealed request can carry (envelope.proto's `op` oneof), and "unknown" for
@@ -201,12 +201,12 @@ class NodeMetrics:
         )  # fmt: skip
         # Each child resolved once, on first use (a series appears when it first counts):
         # a hook then costs a dict read and the child's locked add.
-        self._requests = _Children(self.requests)
-        self._request_seconds = _Children(self.request_seconds)
-        self._audit = _Children(self.audit_events)
-        self._etcd = _Children(self.etcd_seconds)
-        self._etcd_errors = _Children(self.etcd_errors)
-        self._token = _Children(self.token_seconds)
+        self._requests = Children(self.requests)
+        self._request_seconds = Children(self.request_seconds)
+        self._audit = Children(self.audit_events)
+        self._etcd = Children(self.etcd_seconds)
+        self._etcd_errors = Children(self.etcd_errors)
+        self._token = Children(self.token_seconds)
         self._audit_events = frozenset(AUDIT_EVENTS)
         self._etcd_calls = frozenset(ETCD_CALLS)
         self._token_ops = frozenset(TOKEN_OPS)
@@ -286,23 +286,7 @@ class NodeMetrics:
         self.group_alarms.set_function(lambda: float(alarmed_groups()))
 
 
-class _Children:
-    """The children of one labelled metric by label values, each made on first use."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def get(self, labels: tuple[str, ...]) -> Any:
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._metric.labels(*labels)
-        return child
-
-
-class AuditedSink:
+class AuditedSink(AuditSink):
     """An `AuditSink` that counts each line after the wrapped sink wrote it: the one place
     evaluations, lockouts and rollback alarms are counted, so they agree with the audit log."""
 
@@ -310,23 +294,9 @@ class AuditedSink:
         self._sink = sink
         self._metrics = metrics
 
-    def write(
-        self,
-        event: AuditEvent,
-        record_id: bytes,
-        attempts: int | None = None,
-        max_attempts: int | None = None,
-        *,
-        revision: int | None = None,
-        generation: bytes | None = None,
-        evaluation: int | None = None,
-        read_revision: int | None = None,
-    ) -> None:
-        self._sink.write(
-            event, record_id, attempts, max_attempts, revision=revision,
-            generation=generation, evaluation=evaluation, read_revision=read_revision,
-        )  # fmt: skip
-        self._metrics.audit_written(event)
+    def record(self, entry: AuditEntry) -> None:
+        self._sink.record(entry)
+        self._metrics.audit_written(entry.event)
 
 
 class MeteredToken:
@@ -341,47 +311,31 @@ class MeteredToken:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._token, name)
 
-    def _timed(self, op: str, key: str, started: float) -> None:
-        self._metrics.token_op(op, key, time.perf_counter() - started)
+    def _timed(self, op: str, key: str, call: Callable[..., Any], *args: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            return bytes(call(*args))
+        finally:
+            self._metrics.token_op(op, key, time.perf_counter() - started)
 
     def ecdh(self, peer_point: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return bytes(self._token.ecdh(peer_point))
-        finally:
-            self._timed("ecdh", "kem", started)
+        return self._timed("ecdh", "kem", self._token.ecdh, peer_point)
 
     def kem_public_key(self) -> bytes:
-        started = time.perf_counter()
-        try:
-            return bytes(self._token.kem_public_key())
-        finally:
-            self._timed("kem_public_key", "kem", started)
+        return self._timed("kem_public_key", "kem", self._token.kem_public_key)
 
     def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return bytes(self._token.aes_gcm_seal(label, nonce, plaintext, aad))
-        finally:
-            self._timed("aes_gcm_seal", label, started)
+        return self._timed(
+            "aes_gcm_seal", label, self._token.aes_gcm_seal, label, nonce, plaintext, aad
+        )
 
     def aes_gcm_open(self, label: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return bytes(self._token.aes_gcm_open(label, nonce, ciphertext, aad))
-        finally:
-            self._timed("aes_gcm_open", label, started)
+        return self._timed(
+            "aes_gcm_open", label, self._token.aes_gcm_open, label, nonce, ciphertext, aad
+        )
 
     def hmac_sha512(self, label: str, data: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return bytes(self._token.hmac_sha512(label, data))
-        finally:
-            self._timed("hmac_sha512", label, started)
+        return self._timed("hmac_sha512", label, self._token.hmac_sha512, label, data)
 
     def hmac_sha256(self, label: str, data: bytes) -> bytes:
-        started = time.perf_counter()
-        try:
-            return bytes(self._token.hmac_sha256(label, data))
-        finally:
-            self._timed("hmac_sha256", label, started)
+        return self._timed("hmac_sha256", label, self._token.hmac_sha256, label, data)

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import CollectorRegistry
 
 from bkv.v1 import node_pb2, node_pb2_grpc, witness_pb2_grpc
 from etcd_client import EtcdClientConfig, EtcdTls
-from vault_common.decode_guard import RejectUndecodable
+from vault_common.channels import mtls_channel_credentials
+from vault_common.decode_guard import MALFORMED, RejectUndecodable, lenient
 from vault_common.metrics_http import MetricsServer
+from vault_common.tasks import cancel_and_wait
 from vault_common.wire import NOT_APPLIED  # on an UNAVAILABLE that wrote nothing
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
@@ -53,7 +54,7 @@ from vault_node.store import EtcdStore
 from vault_node.store_guard import StoreGuard
 from vault_node.witness_core import Ref
 from vault_node.witness_server import WitnessServer
-from vault_node.witnessing import CaptureEndpoint, PeerWitness, RemoteWitnesses, channel_credentials
+from vault_node.witnessing import CaptureEndpoint, PeerWitness, RemoteWitnesses
 from vault_protocol.errors import DecryptError
 
 log = logging.getLogger(__name__)
@@ -95,27 +96,29 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+# The metrics' outcome label of each error `status_for` maps, the first that matches (a
+# subclass before its base); anything else is "internal".
+_ERROR_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (BadRequest, "invalid_argument"),
+    (Precondition, "failed_precondition"),
+    (WriteUnconfirmed, "write_unconfirmed"),
+    (Unavailable, "unavailable"),
+    (RecordTampered, "tampered"),
+    (StoreRefused, "store_refused"),
+    (RecordCorrupt, "data_loss"),
+)
+
+
 def outcome_for(exc: BaseException) -> str:
     """The metrics' outcome label of an error `status_for` maps (vault_node.metrics.OUTCOMES)."""
-    if isinstance(exc, BadRequest):
-        return "invalid_argument"
-    if isinstance(exc, Precondition):
-        return "failed_precondition"
-    if isinstance(exc, WriteUnconfirmed):
-        return "write_unconfirmed"
-    if isinstance(exc, Unavailable):
-        return "unavailable"
-    if isinstance(exc, RecordTampered):
-        return "tampered"
-    if isinstance(exc, StoreRefused):
-        return "store_refused"
-    if isinstance(exc, RecordCorrupt):
-        return "data_loss"
-    return "internal"
+    return next((label for kind, label in _ERROR_OUTCOMES if isinstance(exc, kind)), "internal")
 
+
+# What a request is refused with: gRPC status code, details and trailing metadata.
+Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
 
 OPEN_STREAM = f"/{SERVICE_NAME}/OpenStream"
-MALFORMED_FRAME = object()
+MALFORMED_FRAME = MALFORMED  # an OpenStream frame that does not decode
 
 
 class LenientFrames(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -134,17 +137,9 @@ class LenientFrames(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             or handler.request_deserializer is None
         ):
             return handler
-        parse = handler.request_deserializer
-
-        def lenient(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except (DecodeError, UnicodeDecodeError):
-                return MALFORMED_FRAME
-
         return grpc.stream_stream_rpc_method_handler(
             handler.stream_stream,
-            request_deserializer=lenient,
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -156,7 +151,7 @@ def _wall_clock_ms() -> int:
 
 class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
     """`VaultNode.Open` and `OpenStream`: hand each envelope to the service; UNAVAILABLE until
-    ready. Both run `_open` and map its errors with `_refusal`, so a frame on a stream is
+    ready. Both run `_answer` (`_open`, errors mapped by `_refusal`), so a frame on a stream is
     answered exactly as the same request in a unary call (same checks, audit and statuses)."""
 
     def __init__(self, metrics: NodeMetrics | None = None) -> None:
@@ -168,9 +163,33 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
             raise Unavailable("vault node is starting")
         return await self.service.handle(account_id, envelope, meter)
 
-    def _refusal(
-        self, exc: BaseException, method: str
-    ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    async def _answer(
+        self, account_id: str, envelope: bytes, method: str, deadline_s: float | None = None
+    ) -> bytes | Refusal:
+        """The sealed response to one request, or the refusal to answer instead, metered.
+
+        `deadline_s`: a frame's own deadline (a unary call has gRPC's): past it the work is
+        cancelled (the frontend has given up on the request and counts it as possibly applied).
+        """
+        scope = asyncio.timeout(deadline_s)
+        meter = self.metrics.request()
+        try:
+            async with scope:
+                sealed = await self._open(account_id, envelope, meter)
+        except asyncio.CancelledError:
+            meter.done("cancelled")
+            raise
+        except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
+            if isinstance(exc, TimeoutError) and scope.expired():
+                meter.done("cancelled")
+                log.info("%s -> DEADLINE_EXCEEDED: the frame's deadline passed", method)
+                return grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ()
+            meter.done(outcome_for(exc))
+            return self._refusal(exc, method)
+        meter.done()
+        return sealed
+
+    def _refusal(self, exc: BaseException, method: str) -> Refusal:
         """(code, details, trailers) for `exc`, logged once, without input bytes."""
         code, details = status_for(exc)
         if code == grpc.StatusCode.INTERNAL:
@@ -184,20 +203,13 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
         return code, details, trailers_for(exc)
 
     async def Open(self, request: Any, context: Any) -> Any:
-        meter = self.metrics.request()
-        try:
-            sealed = await self._open(request.account_id, request.envelope, meter)
-        except asyncio.CancelledError:
-            meter.done("cancelled")
-            raise
-        except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
-            meter.done(outcome_for(exc))
-            code, details, trailers = self._refusal(exc, "Open")
-            if trailers:
-                context.set_trailing_metadata(trailers)
-            await context.abort(code, details)
-        meter.done()
-        return node_pb2.OpenReply(sealed_response=sealed)
+        answer = await self._answer(request.account_id, request.envelope, "Open")
+        if isinstance(answer, bytes):
+            return node_pb2.OpenReply(sealed_response=answer)
+        code, details, trailers = answer
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        await context.abort(code, details)
 
     async def OpenStream(self, frames: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """One request at a time: read a frame, answer it, read the next (node.proto). The
@@ -212,28 +224,11 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
 
     async def _frame_reply(self, frame: Any) -> Any:
         """The reply frame to `frame`: what Open would answer, status and trailers included."""
-        # The frame's deadline, as a unary call's: past it the work is cancelled (the frontend
-        # has given up on the request and counts it as possibly applied).
-        scope = asyncio.timeout(frame.deadline_ms / 1000 if frame.deadline_ms else None)
-        meter = self.metrics.request()
-        try:
-            async with scope:
-                sealed = await self._open(frame.account_id, frame.envelope, meter)
-        except asyncio.CancelledError:
-            meter.done("cancelled")
-            raise
-        except Exception as exc:  # noqa: BLE001 (mapped to a status right here, once)
-            trailers: tuple[tuple[str, str], ...]
-            if isinstance(exc, TimeoutError) and scope.expired():
-                meter.done("cancelled")
-                code, details, trailers = grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ()
-                log.info("OpenStream -> DEADLINE_EXCEEDED: the frame's deadline passed")
-            else:
-                meter.done(outcome_for(exc))
-                code, details, trailers = self._refusal(exc, "OpenStream")
-        else:
-            meter.done()
-            return node_pb2.OpenFrameReply(id=frame.id, sealed_response=sealed)
+        deadline_s = frame.deadline_ms / 1000 if frame.deadline_ms else None
+        answer = await self._answer(frame.account_id, frame.envelope, "OpenStream", deadline_s)
+        if isinstance(answer, bytes):
+            return node_pb2.OpenFrameReply(id=frame.id, sealed_response=answer)
+        code, details, trailers = answer
         keys: dict[str, str] = dict(trailers)
         return node_pb2.OpenFrameReply(
             id=frame.id,
@@ -244,7 +239,9 @@ class VaultNodeServicer(node_pb2_grpc.VaultNodeServicer):  # type: ignore[misc]
         )
 
 
-def server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
+def _mtls_credentials(config: NodeConfig, client_ca: str) -> grpc.ServerCredentials:
+    """The node's server certificate (with its CA appended when missing); callers must present a
+    client certificate of `client_ca`."""
     tls = config.tls
     cert = Path(tls.cert).read_bytes()
     if tls.ca:
@@ -253,25 +250,30 @@ def server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
             cert = cert.rstrip(b"\n") + b"\n" + ca
     return grpc.ssl_server_credentials(
         [(Path(tls.key).read_bytes(), cert)],
-        root_certificates=Path(tls.client_ca).read_bytes(),
-        # Security: only callers with a certificate from the frontend CA get a connection.
+        root_certificates=Path(client_ca).read_bytes(),
         require_client_auth=True,
     )
+
+
+def server_credentials(config: NodeConfig) -> grpc.ServerCredentials:
+    # Security: only callers with a certificate from the frontend CA get a connection.
+    return _mtls_credentials(config, config.tls.client_ca)
 
 
 def witness_credentials(config: NodeConfig) -> grpc.ServerCredentials:
     """The witness port: the node's server certificate; callers need a node client certificate
     (Security: a frontend's certificate, of another CA, gets no connection)."""
-    tls, w = config.tls, config.witness
-    cert = Path(tls.cert).read_bytes()
-    if tls.ca:
-        ca = Path(tls.ca).read_bytes()
-        if ca.strip() not in cert:
-            cert = cert.rstrip(b"\n") + b"\n" + ca
-    return grpc.ssl_server_credentials(
-        [(Path(tls.key).read_bytes(), cert)],
-        root_certificates=Path(w.client_ca).read_bytes(),
-        require_client_auth=True,
+    return _mtls_credentials(config, config.witness.client_ca)
+
+
+def _grpc_server(*interceptors: Any) -> grpc.aio.Server:
+    """A gRPC server with the node's receive limit (no port reuse: a taken port is an error)."""
+    return grpc.aio.server(
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
     )
 
 
@@ -319,14 +321,8 @@ class VaultNodeServer:
                 self.config.node.metrics_address, self.metrics.registry
             )
             log.info("metrics on http://%s/metrics", self.config.node.metrics_address)
-        server = grpc.aio.server(
-            # Security: a frame is bounded by the same receive limit as a unary request.
-            interceptors=[RejectUndecodable(), LenientFrames()],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        # Security: a frame is bounded by the same receive limit as a unary request.
+        server = _grpc_server(RejectUndecodable(), LenientFrames())
         node_pb2_grpc.add_VaultNodeServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.port = server.add_secure_port(self.config.node.listen, server_credentials(self.config))
@@ -427,13 +423,7 @@ class VaultNodeServer:
                 own, w.groups, len(peers), token, Path(w.journal),
                 checkpoint_interval_s=w.checkpoint_interval_ms / 1000,
             )  # fmt: skip
-            server = grpc.aio.server(
-                interceptors=[RejectUndecodable()],
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.so_reuseport", 0),
-                ],
-            )
+            server = _grpc_server(RejectUndecodable())
             witness_pb2_grpc.add_WitnessServicer_to_server(self._witness, server)
             port = server.add_secure_port(w.listen, witness_credentials(self.config))
             if port == 0:
@@ -441,7 +431,7 @@ class VaultNodeServer:
             await server.start()
             self._witness_server = server
             log.info("witness %s listening on %s (node client CA only)", own, w.listen)
-        credentials = channel_credentials(w.ca, w.client_cert, w.client_key)
+        credentials = mtls_channel_credentials(w.ca, w.client_cert, w.client_key)
         endpoints: list[CaptureEndpoint] = [
             self._witness
             if name == own and self._witness is not None
@@ -550,10 +540,7 @@ class VaultNodeServer:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Graceful stop: NOT_SERVING, revoke the lease, drain calls, close etcd and the token."""
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        await cancel_and_wait(self._health_task)
         await self._health.enter_graceful_shutdown()
         if self._witness_server is not None:
             await self._witness_server.stop(grace_s)

@@ -170,11 +170,3 @@ def create_token(directory: Path, label: str, *, module: str = DEFAULT_MODULE) -
         reason = detail[-1] if detail else f"exit status {result.returncode}"
         raise SoftHsmError(f"softhsm2-util failed to init token {label!r}: {reason}")
     return spec
-
-
-def remove_token_dir(directory: Path) -> None:
-    """Delete a token directory made by `create_token` (its keys go with it)."""
-    directory = directory.resolve()
-    if not (directory / CONF_NAME).exists():
-        raise SoftHsmError(f"{directory} is not a SoftHSM token directory")
-    shutil.rmtree(directory)

@@ -45,6 +45,16 @@ class Snapshot:
 WriteResult = tuple[int, Snapshot | None]
 
 
+class _Answer(Protocol):
+    """An etcd answer that carries a response header (ranges and transactions)."""
+
+    @property
+    def header(self) -> Header: ...
+
+
+R = TypeVar("R", bound=_Answer)
+
+
 class StoreUnavailable(Exception):
     """etcd is unreachable, has no quorum or refused us; a write in flight may have applied."""
 
@@ -115,19 +125,21 @@ class MemoryRecordStore:
         entry = table.get(key)
         return ABSENT if entry is None else entry.meta
 
+    def _put(self, table: dict[Any, StoredValue], key: Any, value: bytes) -> StoredValue:
+        """Put `value` at the current revision (the caller has counted the revision)."""
+        stored = StoredValue(value, self._meta(table, key).after_write(self.revision))
+        table[key] = stored
+        return stored
+
     def put_back(self, record_id: bytes, value: bytes) -> StoredValue:
         """An unconditional put of a record, as `etcdctl put` makes it."""
         self.revision += 1
-        stored = StoredValue(value, self._meta(self.data, record_id).after_write(self.revision))
-        self.data[record_id] = stored
-        return stored
+        return self._put(self.data, record_id, value)
 
     def put_head_back(self, group: int, value: bytes) -> StoredValue:
         """An unconditional put of a group's head."""
         self.revision += 1
-        stored = StoredValue(value, self._meta(self.heads, group).after_write(self.revision))
-        self.heads[group] = stored
-        return stored
+        return self._put(self.heads, group, value)
 
     def remove(self, record_id: bytes) -> None:
         """An unconditional delete, as `etcdctl del` makes it."""
@@ -168,10 +180,8 @@ class MemoryRecordStore:
         if value is None:
             self.data.pop(record_id, None)
         else:
-            meta = self._meta(self.data, record_id).after_write(self.revision)
-            self.data[record_id] = StoredValue(value, meta)
-        head_meta = self._meta(self.heads, group).after_write(self.revision)
-        self.heads[group] = StoredValue(head, head_meta)
+            self._put(self.data, record_id, value)
+        self._put(self.heads, group, head)
         return self.revision, None
 
     async def compact(self, revision: int) -> None:
@@ -236,17 +246,21 @@ class EtcdStore:
             result = await fn()
             ok = True
             return result
-        except EtcdError as exc:
+        except (EtcdError, TimeoutError, ConnectionError) as exc:
             # Permission denied, too: an etcd admin who takes our rights away denies service,
             # nothing more. The class of the error goes to the log, never a value.
-            raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
-        except (TimeoutError, ConnectionError) as exc:
             raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
         finally:
             self._observe_call(call, time.perf_counter() - started, ok)
 
-    def _observe(self, header: Header, floor: int) -> None:
-        self._guard.observe(header.cluster_id, header.revision, floor)
+    async def _guarded(self, call: str, fn: Callable[[], Awaitable[R]]) -> R:
+        """`_call` for an answer etcd serves linearizably: refused while the guard is alarmed,
+        and its header handed to the guard with the high-water mark from before it was sent."""
+        self._guard.check()
+        floor = self._guard.floor()
+        result = await self._call(call, fn)
+        self._guard.observe(result.header.cluster_id, result.header.revision, floor)
+        return result
 
     # -- records --
 
@@ -254,12 +268,9 @@ class EtcdStore:
         # Linearizable (not serializable): a partitioned member can never hand us an old
         # attempt counter, and the answer's revision is one the guard may compare. A
         # transaction with no compare: both keys at one revision, one round trip.
-        self._guard.check()
-        floor = self._guard.floor()
-        result = await self._call(
+        result = await self._guarded(
             "read", lambda: self._client.txn([], [Get(record_key(record_id)), Get(head_key(group))])
         )
-        self._observe(result.header, floor)
         return _snapshot(result.responses)
 
     async def write(
@@ -273,11 +284,9 @@ class EtcdStore:
     ) -> WriteResult:
         key, hkey = record_key(record_id), head_key(group)
         record_op: Put | Delete = Delete(key) if value is None else Put(key, value)
-        self._guard.check()
-        floor = self._guard.floor()
         # One round trip either way: the failure branch reads both keys inside the
         # transaction, which etcd serialises like any write, so what it returns is current.
-        result = await self._call(
+        result = await self._guarded(
             "write",
             lambda: self._client.txn(
                 [_compare(key, expected), _compare(hkey, expected_head)],
@@ -285,7 +294,6 @@ class EtcdStore:
                 [Get(key), Get(hkey)],
             ),
         )
-        self._observe(result.header, floor)
         if result.succeeded:
             return result.header.revision, None
         return 0, _snapshot(result.responses)
@@ -293,13 +301,10 @@ class EtcdStore:
     async def read_heads(self) -> list[tuple[int, StoredValue]]:
         """Every group head in etcd (a linearizable range over the heads prefix), by group:
         what a witness an operator reset adopts (witness_server)."""
-        self._guard.check()
-        floor = self._guard.floor()
-        result = await self._call(
+        result = await self._guarded(
             "read_heads",
             lambda: self._client.range(HEADS_PREFIX, range_end=prefix_end(HEADS_PREFIX)),
         )
-        self._observe(result.header, floor)
         heads: list[tuple[int, StoredValue]] = []
         for kv in result.kvs:
             try:
@@ -310,29 +315,19 @@ class EtcdStore:
         return heads
 
     async def compact(self, revision: int) -> None:
-        started = time.perf_counter()
-        ok = False
-        try:
-            await self._client.compact(revision, physical=True)
-            ok = True
-        except EtcdCompacted:
-            ok = True
-            return  # someone (another node, etcd's own periodic compaction) went further
-        except EtcdError as exc:
-            raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
-        except (TimeoutError, ConnectionError) as exc:
-            raise StoreUnavailable(f"etcd: {type(exc).__name__}") from exc
-        finally:
-            self._observe_call("compact", time.perf_counter() - started, ok)
+        async def compact_once() -> None:
+            try:
+                await self._client.compact(revision, physical=True)
+            except EtcdCompacted:
+                pass  # someone (another node, etcd's own periodic compaction) went further
+
+        await self._call("compact", compact_once)
 
     async def probe(self, key: str) -> None:
         """One linearizable read of `key` (the node's own membership key), for the guard."""
-        self._guard.check()
-        floor = self._guard.floor()
-        result = await self._call(
+        await self._guarded(
             "probe", lambda: self._client.range(key.encode("utf-8"), keys_only=True)
         )
-        self._observe(result.header, floor)
 
     # -- leases --
 

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import witness_pb2, witness_pb2_grpc
+from vault_common.tasks import cancel_and_wait
 from vault_node.checkpoint import DataObjects
 from vault_node.heads import HASH_LEN, RECENT
 from vault_node.witness_core import (
@@ -338,9 +339,7 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         if self._behind_task is not None:
             self._tasks.append(self._behind_task)
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         try:
             self.checkpoint()

@@ -168,18 +168,6 @@ class PeerWitness:
         await self._channel.close()
 
 
-def channel_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials:
-    with open(ca, "rb") as f:
-        root = f.read()
-    with open(cert, "rb") as f:
-        chain = f.read()
-    with open(key, "rb") as f:
-        private = f.read()
-    return grpc.ssl_channel_credentials(
-        root_certificates=root, private_key=private, certificate_chain=chain
-    )
-
-
 class RemoteWitnesses:
     """The fleet's witnesses: every configured one (this node's own among them, in-process,
     when it is one), answers MAC-verified with the token's `witness` key."""

@@ -21,10 +21,8 @@ from bad_input_wire import Account, Wire, register_account
 
 @pytest.fixture(scope="module")
 def wire(cluster: Cluster) -> Iterator[Wire]:
-    cluster.start_all()  # an earlier test (or a failed chaos test) may have left a process down
-    w = Wire(cluster)
-    yield w
-    w.close()
+    with Wire.started(cluster) as w:
+        yield w
 
 
 @pytest.fixture

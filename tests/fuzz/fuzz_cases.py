@@ -197,20 +197,27 @@ def _fields_case(
             ]
         )
     )
-    sizes = [0, 1, 16, len(ct) - 1, len(ct) + 1, *(b + 16 for b in BUCKETS), 32 * 1024]
-    ct = draw(
-        st.one_of(
-            st.just(ct),
-            st.sampled_from(sizes).map(rnd.randbytes),
-            st.integers(1, len(ct) - 1).map(lambda cut: ct[:cut]),
-        )
-    )
+    ct = _draw_ciphertext(draw, rnd, ct)
     envelope = envelope_pb2.SealedEnvelope(
         version=version, fleet_id=fleet_id, enc=enc, ciphertext=ct
     ).SerializeToString(deterministic=True)
     if draw(st.booleans()):
         envelope += b"\x2a\x03abc"  # unknown field 5: not canonical
     return Case(f"fields/{kind}", envelope, _changed(envelope, base, expect), response_key)
+
+
+def _draw_ciphertext(draw: st.DrawFn, rnd: random.Random, ct: bytes) -> bytes:
+    """`ct` as it is, random bytes of a telling size (a bucket's, one off, empty, 32 KiB), or
+    truncated."""
+    sizes = [0, 1, 16, len(ct) - 1, len(ct) + 1, *(b + 16 for b in BUCKETS), 32 * 1024]
+    drawn: bytes = draw(
+        st.one_of(
+            st.just(ct),
+            st.sampled_from(sizes).map(rnd.randbytes),
+            st.integers(1, len(ct) - 1).map(lambda cut: ct[:cut]),
+        )
+    )
+    return drawn
 
 
 def _continued_fields_case(
@@ -230,14 +237,7 @@ def _continued_fields_case(
         st.sampled_from([ticket, b"", ticket[:-1], ticket + b"\x00", rnd.randbytes(len(ticket))])
     )
     nonce = draw(st.sampled_from([nonce, b"", nonce[:11], nonce + b"\x00", bytes(12)]))
-    sizes = [0, 1, 16, len(ct) - 1, len(ct) + 1, *(b + 16 for b in BUCKETS), 32 * 1024]
-    ct = draw(
-        st.one_of(
-            st.just(ct),
-            st.sampled_from(sizes).map(rnd.randbytes),
-            st.integers(1, len(ct) - 1).map(lambda cut: ct[:cut]),
-        )
-    )
+    ct = _draw_ciphertext(draw, rnd, ct)
     envelope = envelope_pb2.ContinuedEnvelope(
         version=version, fleet_id=fleet_id, ticket=ticket, nonce=nonce, ciphertext=ct
     ).SerializeToString(deterministic=True)

@@ -7,8 +7,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
-from bad_input_wire import RESOURCE_EXHAUSTED, Answer
+from bad_input_wire import OK, RESOURCE_EXHAUSTED, Answer, sealed_response
+from fuzz_cases import Case
 from hypothesis import HealthCheck, settings
+
+from bkv.v1 import envelope_pb2
+from vault_protocol.continuation import StepKeys
+from vault_protocol.envelope import open_response
 
 CI = bool(os.environ.get("CI"))
 
@@ -73,3 +78,19 @@ class Tally:
             f"{self.sent} answers {dict(self.codes)}; recipes {dict(self.labels)}; "
             f"{self.violation_count} violations:\n  " + "\n  ".join(self.violations)
         )
+
+
+def check_sealed_ok(tally: Tally, case: Case, answer: Answer, *, node_level: bool = False) -> None:
+    """An OK answer (a Relay's, or with `node_level` a node's Open) must carry a genuine sealed
+    answer under the request's response key."""
+    if answer.code != OK or case.response_key is None:
+        return
+    try:
+        response = open_response(
+            StepKeys.derive(case.response_key).answer1, sealed_response(answer, node_level)
+        )
+    except Exception as err:  # noqa: BLE001 - reported as a violation with its type
+        tally.violation(f"{case.label}: OK answer did not open: {type(err).__name__}")
+        return
+    if response.outcome != envelope_pb2.Outcome.OUTCOME_OK:
+        tally.violation(f"{case.label}: sealed outcome {response.outcome}")

@@ -18,7 +18,6 @@ from bad_input_wire import (
     RESOURCE_EXHAUSTED,
     UNAUTHENTICATED,
     Account,
-    Answer,
     Pacer,
     Watch,
     Wire,
@@ -30,18 +29,15 @@ from bad_input_wire import (
     login_with,
     relay,
     seal,
-    sealed_response,
     status_request,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fuzz_cases import ACCOUNT_ALPHABET, Case, envelope_case, mutate
-from fuzz_tally import Tally, fuzz_settings
+from fuzz_tally import Tally, check_sealed_ok, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.v1 import envelope_pb2, frontend_pb2
-from vault_protocol.continuation import StepKeys
-from vault_protocol.envelope import open_response
+from bkv.v1 import frontend_pb2
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
 
@@ -52,21 +48,6 @@ LOGIN_RATE_PER_S = 150.0
 MIN_REACHED = 0.9  # of the cases sent, at least this share must get past the rate limiter
 FRONTEND_ACCOUNT_ID = re.compile(r"[A-Za-z0-9._@+-]{1,128}")  # docs: what GetChallenge accepts
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)
-
-
-def check_sealed_ok(tally: Tally, case: Case, answer: Answer) -> None:
-    """An OK relay must carry a genuine sealed answer under the request's response key."""
-    if answer.code != OK or case.response_key is None:
-        return
-    try:
-        response = open_response(
-            StepKeys.derive(case.response_key).answer1, sealed_response(answer)
-        )
-    except Exception as err:  # noqa: BLE001 - reported as a violation with its type
-        tally.violation(f"{case.label}: OK answer did not open: {type(err).__name__}")
-        return
-    if response.outcome != envelope_pb2.Outcome.OUTCOME_OK:
-        tally.violation(f"{case.label}: sealed outcome {response.outcome}")
 
 
 def test_relay_envelopes(wire: Wire, account: Account) -> None:

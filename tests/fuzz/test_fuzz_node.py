@@ -15,22 +15,18 @@ from bad_input_wire import (
     OK,
     OPEN_METHOD,
     Account,
-    Answer,
     Watch,
     Wire,
     assert_account_intact,
     call_raw,
     open_on_node,
-    sealed_response,
 )
 from fuzz_cases import Case, envelope_case, mutate
-from fuzz_tally import Tally, fuzz_settings
+from fuzz_tally import Tally, check_sealed_ok, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bkv.v1 import envelope_pb2, node_pb2
-from vault_protocol.continuation import StepKeys
-from vault_protocol.envelope import open_response
+from bkv.v1 import node_pb2
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(120)]
 
@@ -59,20 +55,6 @@ def open_case(draw: st.DrawFn, wire: Wire, account: Account) -> tuple[str, str, 
     return target, sealed_for, case, node
 
 
-def check_ok(tally: Tally, case: Case, answer: Answer) -> None:
-    if answer.code != OK or case.response_key is None:
-        return
-    try:
-        response = open_response(
-            StepKeys.derive(case.response_key).answer1, sealed_response(answer, node_level=True)
-        )
-    except Exception as err:  # noqa: BLE001 - reported as a violation with its type
-        tally.violation(f"{case.label}: OK answer did not open: {type(err).__name__}")
-        return
-    if response.outcome != envelope_pb2.Outcome.OUTCOME_OK:
-        tally.violation(f"{case.label}: sealed outcome {response.outcome}")
-
-
 def test_open_envelopes_over_mtls(wire: Wire, account: Account) -> None:
     watch = Watch(wire)
     tally = Tally()
@@ -90,7 +72,7 @@ def test_open_envelopes_over_mtls(wire: Wire, account: Account) -> None:
             allowed = frozenset({INVALID_ARGUMENT})
         answer = open_on_node(wire.node(node), target, case.envelope)
         tally.record(case.label, answer, allowed, f"account={target[:30]!r} node={node}")
-        check_ok(tally, case, answer)
+        check_sealed_ok(tally, case, answer, node_level=True)
 
     run()
     watch.assert_unharmed()

@@ -12,12 +12,13 @@ Everything here talks to the real processes as an attacker would: bytes in, a gR
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -161,6 +162,18 @@ class Wire:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, cluster: Cluster) -> Iterator[Wire]:
+        """A wire to `cluster` with every process running (an earlier test, or a failed chaos
+        test, may have left one down), closed afterwards: the module fixtures' `wire`."""
+        cluster.start_all()
+        wire = cls(cluster)
+        try:
+            yield wire
+        finally:
+            wire.close()
 
 
 # -- frontend calls ------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _spec_json(spec: TokenSpec) -> dict[str, str]:
+def spec_json(spec: TokenSpec) -> dict[str, str]:
     return {
         "module": spec.module,
         "softhsm_conf": str(spec.softhsm_conf),
@@ -93,7 +93,7 @@ class TokenProbe:
             text=True,
         )
         try:
-            self.call("open", spec=_spec_json(spec), read_write=read_write)
+            self.call("open", spec=spec_json(spec), read_write=read_write)
         except BaseException:
             self.close()
             raise
@@ -183,6 +183,18 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
 
         return need().run_in_session(read)
 
+    def kept_secret(label: str, value: bytes) -> dict[Any, Any]:
+        """The template of an imported key the token keeps: stored, private, sensitive and
+        never extractable."""
+        return {
+            Attribute.VALUE: value,
+            Attribute.LABEL: label,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+        }
+
     def import_ec_private(label: str, value: bytes, public_point: bytes) -> None:
         def create(session: Any) -> None:
             session.create_object(
@@ -190,12 +202,7 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
                     Attribute.CLASS: ObjectClass.PRIVATE_KEY,
                     Attribute.KEY_TYPE: KeyType.EC,
                     Attribute.EC_PARAMS: P256_EC_PARAMS,
-                    Attribute.VALUE: value,
-                    Attribute.LABEL: label,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
+                    **kept_secret(label, value),
                     Attribute.DERIVE: True,
                 }
             )
@@ -212,43 +219,26 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
 
         need().run_in_session(create)
 
-    def import_secret(label: str, value: bytes) -> None:
+    def import_secret_key(label: str, value: bytes, key_type: Any, *uses: Any) -> None:
+        """A sensitive, non-extractable secret key `value` allowed only `uses`."""
+
         def create(session: Any) -> None:
             session.create_object(
                 {
                     Attribute.CLASS: ObjectClass.SECRET_KEY,
-                    Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-                    Attribute.VALUE: value,
-                    Attribute.LABEL: label,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.SIGN: True,
-                    Attribute.VERIFY: True,
+                    Attribute.KEY_TYPE: key_type,
+                    **kept_secret(label, value),
+                    **dict.fromkeys(uses, True),
                 }
             )
 
         need().run_in_session(create)
+
+    def import_secret(label: str, value: bytes) -> None:
+        import_secret_key(label, value, KeyType.GENERIC_SECRET, Attribute.SIGN, Attribute.VERIFY)
 
     def import_aes(label: str, value: bytes) -> None:
-        def create(session: Any) -> None:
-            session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.SECRET_KEY,
-                    Attribute.KEY_TYPE: KeyType.AES,
-                    Attribute.VALUE: value,
-                    Attribute.LABEL: label,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.ENCRYPT: True,
-                    Attribute.DECRYPT: True,
-                }
-            )
-
-        need().run_in_session(create)
+        import_secret_key(label, value, KeyType.AES, Attribute.ENCRYPT, Attribute.DECRYPT)
 
     def async_burst(peer: bytes, data: bytes, count: int) -> dict[str, Any]:
         tok = need()

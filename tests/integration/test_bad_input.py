@@ -54,10 +54,8 @@ Outcome = envelope_pb2.Outcome
 
 @pytest.fixture(scope="module")
 def wire(cluster: Cluster) -> Iterator[Wire]:
-    cluster.start_all()  # an earlier test (or a failed chaos test) may have left a process down
-    w = Wire(cluster)
-    yield w
-    w.close()
+    with Wire.started(cluster) as w:
+        yield w
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -28,11 +27,8 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from etcd_fixtures import SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -40,6 +36,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc, node_pb2, node_pb2_grpc
 from deploy.cluster import free_ports
 from deploy.etcd_auth import frontend_grants
+from deploy.pki import CertPaths, Issued, issue_client, issue_server, make_ca
 from etcd_client import EtcdClient
 from frontend_chatd.accounts import LOGIN_CONTEXT
 from frontend_chatd.sessions import SessionKeys, SessionTokens
@@ -72,79 +69,15 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "con
 # --- certificates --------------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
-@dataclass
-class CA:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def make(cls, cn: str) -> CA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(_name(cn))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
-
-    def issue(self, cn: str, directory: Path) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName(cn),
-                        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        cert_path, key_path = directory / f"{cn}.pem", directory / f"{cn}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return cert_path, key_path
-
-    def write(self, path: Path) -> Path:
-        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        return path
+def _write(issued: Issued, directory: Path, name: str) -> tuple[Path, Path]:
+    """`name`.pem and `name`.key (0600) in `directory`: (certificate path, key path)."""
+    paths = CertPaths(directory / f"{name}.pem", directory / f"{name}.key")
+    issued.write(paths)
+    return paths.cert, paths.key
 
 
 # --- etcd ----------------------------------------------------------------------------------
@@ -227,8 +160,8 @@ class FakeNode:
 class Stack:
     directory: Path
     etcd: SecureEtcd
-    cluster_ca: CA
-    frontend_ca: CA
+    cluster_ca: Issued
+    frontend_ca: Issued
     session_secret: bytes
     frontend: subprocess.Popen[bytes] | None = None
     frontend_port: int = 0
@@ -252,7 +185,7 @@ class Stack:
 
     def add_node(self, name: str, dc: str) -> FakeNode:
         node = FakeNode(name, dc, free_port())
-        cert, key = self.cluster_ca.issue(name, self.directory)
+        cert, key = _write(issue_server(self.cluster_ca, name, now=_now()), self.directory, name)
         node.start(cert, key, self.directory / "frontend-ca.pem")
         self.nodes.append(node)
         self.register(node)
@@ -277,8 +210,9 @@ class Stack:
         d = self.directory
         secret = d / "session.key"
         secret.write_bytes(self.session_secret)
-        fe_cert, fe_key = self.cluster_ca.issue("fe-1", d)
-        client_cert, client_key = self.frontend_ca.issue("fe-1-client", d)
+        fe_cert, fe_key = _write(issue_server(self.cluster_ca, "fe-1", now=_now()), d, "fe-1")
+        client = issue_client(self.frontend_ca, "fe-1-client", now=_now())
+        client_cert, client_key = _write(client, d, "fe-1-client")
         etcd_tls = self.etcd.tls_for(ETCD_USER)
         values = {
             "account_rate_per_s": 20.0,
@@ -381,9 +315,9 @@ def pki_dir() -> Iterator[Path]:
 
 def make_stack(directory: Path, **limits: float) -> Stack:
     directory.mkdir(parents=True, exist_ok=True)
-    cluster_ca, frontend_ca = CA.make("cluster-ca"), CA.make("frontend-ca")
-    cluster_ca.write(directory / "cluster-ca.pem")
-    frontend_ca.write(directory / "frontend-ca.pem")
+    cluster_ca, frontend_ca = make_ca("cluster-ca", now=_now()), make_ca("frontend-ca", now=_now())
+    (directory / "cluster-ca.pem").write_bytes(cluster_ca.cert_pem)
+    (directory / "frontend-ca.pem").write_bytes(frontend_ca.cert_pem)
     etcd = start_etcd()
     stack = Stack(directory, etcd, cluster_ca, frontend_ca, os.urandom(32))
     try:

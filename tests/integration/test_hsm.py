@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-from hsm_fixtures import ProbeError, TokenProbe, provision_tokens
+from hsm_fixtures import ProbeError, TokenProbe, provision_tokens, spec_json
 
 from vault_node.ceremony import FleetPublic
 from vault_node.hsm import FLEET_LABELS
@@ -209,7 +209,7 @@ def test_an_adopted_thread_is_the_only_pkcs11_thread(
 ) -> None:
     specs, _ = provisioned
     done = subprocess.run(
-        [sys.executable, "-c", _ADOPT_SCRIPT, json.dumps(_spec_dict(specs[0]))],
+        [sys.executable, "-c", _ADOPT_SCRIPT, json.dumps(spec_json(specs[0]))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -319,17 +319,8 @@ def test_one_process_one_softhsm_conf(probes: list[TokenProbe], provisioned: Any
     specs, _ = provisioned
     other = specs[1]
     with pytest.raises(ProbeError) as raised:
-        probes[0].call("open_other", spec=_spec_dict(other))
+        probes[0].call("open_other", spec=spec_json(other))
     assert raised.value.kind == "HsmLibraryConflict"
-
-
-def _spec_dict(spec: TokenSpec) -> dict[str, str]:
-    return {
-        "module": spec.module,
-        "softhsm_conf": str(spec.softhsm_conf),
-        "token_label": spec.token_label,
-        "pin_file": str(spec.pin_file),
-    }
 
 
 # --- unprovisioned tokens, specs, logins ----------------------------------------------------

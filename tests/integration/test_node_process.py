@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import shutil
 import signal
@@ -17,10 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from etcd_fixtures import ROOT, SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hsm_fixtures import provision_tokens
@@ -29,6 +24,7 @@ from test_node_store import wait_until
 from bkv.v1 import envelope_pb2, node_pb2, node_pb2_grpc
 from deploy.cluster import free_ports
 from deploy.etcd_auth import node_grants, node_user
+from deploy.pki import Issued, issue_client, issue_server, make_ca
 from vault_protocol import opaque
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
 from vault_protocol.continuation import StepKeys, seal_continued
@@ -44,100 +40,6 @@ PASSWORD = b"correct horse battery staple"
 OPAQUE_CONFIG = opaque.OpaqueConfig(context=b"BKV-v1", ksf=IdentityKsf())
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-# -- a throwaway PKI ----------------------------------------------------------------------------
-
-
-CA_KEY_USAGE = {
-    "digital_signature": True,
-    "content_commitment": False,
-    "key_encipherment": False,
-    "data_encipherment": False,
-    "key_agreement": False,
-    "key_cert_sign": True,
-    "crl_sign": True,
-    "encipher_only": False,
-    "decipher_only": False,
-}
-
-
-@dataclass
-class Issued:
-    key_pem: bytes
-    cert_pem: bytes
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def make_ca(name: str) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(**CA_KEY_USAGE),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    return Issued(_pem_key(key), cert.public_bytes(serialization.Encoding.PEM), key, cert)
-
-
-def issue(ca: Issued, name: str, *, server: bool) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
-                if server
-                else [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName(name),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(ca.key, hashes.SHA256())
-    return Issued(_pem_key(key), cert.public_bytes(serialization.Encoding.PEM), key, cert)
 
 
 # -- the node under test ------------------------------------------------------------------------
@@ -212,10 +114,13 @@ def node() -> Iterator[NodeUnderTest]:
         specs, fleet_public = provision_tokens(root / "hsm", ["node-1"])
         spec = specs[0]
         etcd.start()
-        cluster_ca, frontend_ca, other_ca = make_ca("cluster"), make_ca("frontend"), make_ca("x")
-        server = issue(cluster_ca, "node-1", server=True)
-        frontend = issue(frontend_ca, "fe-1", server=False)
-        rogue = issue(other_ca, "fe-1", server=False)  # same name, wrong CA
+        now = datetime.datetime.now(datetime.UTC)
+        cluster_ca, frontend_ca, other_ca = (
+            make_ca(name, now=now) for name in ("cluster", "frontend", "x")
+        )
+        server = issue_server(cluster_ca, "node-1", now=now)
+        frontend = issue_client(frontend_ca, "fe-1", now=now)
+        rogue = issue_client(other_ca, "fe-1", now=now)  # same name, wrong CA
         pki = root / "pki"
         pki.mkdir()
         (pki / "cluster-ca.pem").write_bytes(cluster_ca.cert_pem)
@@ -223,8 +128,8 @@ def node() -> Iterator[NodeUnderTest]:
         (pki / "node-1.pem").write_bytes(server.cert_pem)
         (pki / "node-1.key").write_bytes(server.key_pem)
         os.chmod(pki / "node-1.key", 0o600)
-        node_client_ca = make_ca("node-client")
-        node_client = issue(node_client_ca, "node-1", server=False)
+        node_client_ca = make_ca("node-client", now=now)
+        node_client = issue_client(node_client_ca, "node-1", now=now)
         (pki / "node-client-ca.pem").write_bytes(node_client_ca.cert_pem)
         (pki / "node-1-node-client.pem").write_bytes(node_client.cert_pem)
         (pki / "node-1-node-client.key").write_bytes(node_client.key_pem)

@@ -178,15 +178,20 @@ def show(label: str, seen: Seen) -> None:
 # -- the tools, at the etcd level ----------------------------------------------------------------
 
 
+def _snapshot_holding(admin: insider.EtcdAdmin, key: bytes, tmp_path: Path, member: str) -> Path:
+    """`key` put as b"in the snapshot", then a snapshot of `member` saved: its file."""
+    admin.put(key, b"in the snapshot")
+    snapshot = tmp_path / "s.db"
+    admin.snapshot_save(snapshot, member)
+    return snapshot
+
+
 @pytest.mark.timeout(300)
 def test_a_bumped_restore_passes_every_revision_and_keeps_identity_and_values(
     store: Cluster, tmp_path: Path
 ) -> None:
-    admin = insider.EtcdAdmin(store)
-    key = b"/bkv/insider-test/value"
-    admin.put(key, b"in the snapshot")
-    snapshot = tmp_path / "s.db"
-    admin.snapshot_save(snapshot, store.topology.etcd[1].name)
+    admin, key = insider.EtcdAdmin(store), b"/bkv/insider-test/value"
+    snapshot = _snapshot_holding(admin, key, tmp_path, store.topology.etcd[1].name)
     saved = admin.get(key)
     assert saved is not None
     for i in range(30):
@@ -210,11 +215,8 @@ def test_a_bumped_restore_passes_every_revision_and_keeps_identity_and_values(
 def test_a_forked_member_serves_another_history_under_the_same_cluster_id(
     store: Cluster, tmp_path: Path
 ) -> None:
-    admin = insider.EtcdAdmin(store)
-    key = b"/bkv/insider-test/fork"
-    admin.put(key, b"in the snapshot")
-    snapshot = tmp_path / "s.db"
-    admin.snapshot_save(snapshot, store.topology.etcd[0].name)
+    admin, key = insider.EtcdAdmin(store), b"/bkv/insider-test/fork"
+    snapshot = _snapshot_holding(admin, key, tmp_path, store.topology.etcd[0].name)
     admin.put(key, b"after the snapshot")
     cluster_id = insider.cluster_status(store).cluster_id
     member, node = store.topology.etcd[0].name, insider.node_names(store)[0]

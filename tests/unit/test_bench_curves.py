@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_fakes import FailingBench, FakeBench, recover_op
 
 from bkv_bench import curves
 from bkv_bench.curves import CurvesConfig, CurvesError, open_loop_rate, parse_ints
@@ -40,36 +40,20 @@ def test_open_loop_rate_is_a_fraction_of_the_peak_and_never_zero() -> None:
     assert open_loop_rate(0.4, 0.5) == 1.0
 
 
-class FakeBench:
+class CurvesBench(FakeBench):
     """Writes a bench.json whose throughput depends on the arguments; records every call."""
 
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv: Sequence[str]) -> int:
-        args = list(argv)
-        self.calls.append(args)
+    def document(self, args: list[str]) -> dict[str, Any]:
         concurrency = int(args[args.index("--concurrency") + 1]) if "--concurrency" in args else 8
         nodes = int(args[args.index("--nodes") + 1]) if "--nodes" in args else 6
         rate = float(args[args.index("--rate") + 1]) if "--rate" in args else 0.0
         throughput = rate or min(10.0 * concurrency, 80.0) + nodes
         p99 = 30.0 if rate else 20.0 * concurrency
         doc: dict[str, Any] = {
-            "ops": {
-                "recover": {
-                    "count": 10,
-                    "ok": 10,
-                    "errors": {},
-                    "throughput_per_s": throughput,
-                    "latency_ms": {
-                        "p50": p99 / 2,
-                        "p90": p99 * 0.8,
-                        "p99": p99,
-                        "p999": p99 + 1,
-                        "max": p99 + 2,
-                    },
-                }
-            },
+            "ops": recover_op(
+                throughput,
+                {"p50": p99 / 2, "p90": p99 * 0.8, "p99": p99, "p999": p99 + 1, "max": p99 + 2},
+            ),
             "config": {"fsync": True, "nodes": nodes},
         }
         if concurrency > 1:  # a run that saw the cluster's processes reports CPU per operation
@@ -83,14 +67,11 @@ class FakeBench:
                     "shape_fraction_of_etcd_bound": shape / 500,
                 },
             }
-        out = Path(args[args.index("--out") + 1]) / "20261123T000000Z"
-        out.mkdir(parents=True)
-        (out / "bench.json").write_text(json.dumps(doc))
-        return 0
+        return doc
 
 
 def test_sweep_runs_every_point_then_the_open_loop_at_half_the_peak(tmp_path: Path) -> None:
-    bench = FakeBench()
+    bench = CurvesBench()
     code = curves.main(
         ["--config", "client.toml", "--clients", "1,4,16", "--nodes", "1,2",
          "--count", "10", "--out", str(tmp_path)],
@@ -115,23 +96,18 @@ def test_sweep_runs_every_point_then_the_open_loop_at_half_the_peak(tmp_path: Pa
 
 
 def test_a_failed_run_stops_the_sweep_with_exit_code_1(tmp_path: Path) -> None:
-    calls: list[Sequence[str]] = []
-
-    def failing(argv: Sequence[str]) -> int:
-        calls.append(argv)
-        return 1
-
+    failing = FailingBench()
     code = curves.main(
         ["--config", "c.toml", "--clients", "1,2", "--nodes", "none", "--count", "5",
          "--out", str(tmp_path)],
         bench_main=failing,
     )  # fmt: skip
-    assert code == 1 and len(calls) == 1
+    assert code == 1 and len(failing.calls) == 1
     assert not list(tmp_path.glob("*/curves.json"))
 
 
 def test_bad_arguments_exit_2_before_any_run(tmp_path: Path) -> None:
-    bench = FakeBench()
+    bench = CurvesBench()
     code = curves.main(
         ["--config", "c.toml", "--clients", "0", "--out", str(tmp_path)], bench_main=bench
     )
@@ -139,7 +115,7 @@ def test_bad_arguments_exit_2_before_any_run(tmp_path: Path) -> None:
 
 
 def test_node_sweep_with_ceilings_reports_the_no_work_path_per_node_count(tmp_path: Path) -> None:
-    bench = FakeBench()
+    bench = CurvesBench()
     code = curves.main(
         ["--config", "c.toml", "--clients", "2", "--nodes", "1,6", "--count", "10",
          "--node-ceilings", "2", "--out", str(tmp_path)],
@@ -159,7 +135,7 @@ def test_node_sweep_with_ceilings_reports_the_no_work_path_per_node_count(tmp_pa
 
 
 def test_node_ceiling_seconds_are_bounded(tmp_path: Path) -> None:
-    bench = FakeBench()
+    bench = CurvesBench()
     code = curves.main(
         ["--config", "c.toml", "--node-ceilings", "0", "--count", "5", "--out", str(tmp_path)],
         bench_main=bench,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_fakes import FailingBench, FakeBench, recover_op
 
 from bkv_bench import pairs
 from bkv_bench.pairs import order, pair_ratios, summary
@@ -17,38 +17,26 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 COMMON = ["--", "--config", "client.toml", "--count", "10", "--mix", "recover=100"]
 
 
-class FakeBench:
+class PairsBench(FakeBench):
     """Writes a bench.json per run: side B (`--event-loop asyncio`) is slower by `slowdown`,
     and every run is slower than the one before by `drift` (a machine that slows down)."""
 
     def __init__(self, slowdown: float = 1.25, drift: float = 1.0) -> None:
-        self.calls: list[list[str]] = []
+        super().__init__()
         self.slowdown = slowdown
         self.drift = drift
 
-    def __call__(self, argv: Sequence[str]) -> int:
-        args = list(argv)
-        self.calls.append(args)
+    def document(self, args: list[str]) -> dict[str, Any]:
         factor = self.drift ** (len(self.calls) - 1)
         if "asyncio" in args:
             factor *= self.slowdown
         p99 = 40.0 * factor
-        doc: dict[str, Any] = {
-            "ops": {
-                "recover": {
-                    "count": 10,
-                    "ok": 10,
-                    "errors": {},
-                    "throughput_per_s": 100.0 / factor,
-                    "latency_ms": {"p50": p99 / 2, "p90": p99, "p99": p99, "p999": p99, "max": p99},
-                }
-            },
+        return {
+            "ops": recover_op(
+                100.0 / factor, {"p50": p99 / 2, "p90": p99, "p99": p99, "p999": p99, "max": p99}
+            ),
             "cpu": {"ms_per_op": {"total": 10.0 * factor}},
         }
-        out = Path(args[args.index("--out") + 1]) / "20261123T000000Z"
-        out.mkdir(parents=True)
-        (out / "bench.json").write_text(json.dumps(doc))
-        return 0
 
 
 def test_sides_alternate_which_runs_first() -> None:
@@ -72,7 +60,7 @@ def test_ratios_and_summary_say_when_b_is_better() -> None:
 def test_pairs_report_the_ratio_despite_a_drifting_machine(tmp_path: Path) -> None:
     # Every run 5% slower than the last: A-then-B and B-then-A pairs err in opposite
     # directions, so the median ratio stays near the true 1.25 slowdown of B.
-    bench = FakeBench(slowdown=1.25, drift=1.05)
+    bench = PairsBench(slowdown=1.25, drift=1.05)
     code = pairs.main(
         ["--pairs", "4", "--a=--event-loop uvloop", "--b=--event-loop asyncio",
          "--label-a", "uvloop", "--label-b", "asyncio", "--out", str(tmp_path), *COMMON],
@@ -112,21 +100,16 @@ def test_pairs_report_the_ratio_despite_a_drifting_machine(tmp_path: Path) -> No
 def test_bad_arguments_exit_2_before_any_run(
     tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = FakeBench()
+    bench = PairsBench()
     assert pairs.main([*argv, "--out", str(tmp_path), *COMMON], bench_main=bench) == 2
     assert message in capsys.readouterr().err
     assert bench.calls == [] and not list(tmp_path.iterdir())
 
 
 def test_a_failed_run_stops_with_exit_code_1(tmp_path: Path) -> None:
-    calls: list[Sequence[str]] = []
-
-    def failing(argv: Sequence[str]) -> int:
-        calls.append(argv)
-        return 1
-
+    failing = FailingBench()
     code = pairs.main(
         ["--a=--seed 1", "--b=--seed 2", "--out", str(tmp_path), *COMMON], bench_main=failing
     )
-    assert code == 1 and len(calls) == 1
+    assert code == 1 and len(failing.calls) == 1
     assert not list(tmp_path.glob("*/pairs.json"))

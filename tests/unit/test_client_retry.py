@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
 
 import pytest
 
+from client.driver import adrive, drive
 from client.errors import ConfigError, InvalidPassword, ProtocolError, RateLimited, Unavailable
-from client.retry import RetryPolicy, RetryState, acall_with_retry, call_with_retry
+from client.retry import Pause, RetryPolicy, RetryState, retrying
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
+
+T = TypeVar("T")
+
+
+def _single(remaining: float) -> Generator[float, Any, Any]:
+    """A one-effect attempt plan: the effect is the time left; its result, the attempt's."""
+    return (yield remaining)
+
+
+def call_with_retry(
+    attempt: Callable[[float], T], state: RetryState, *, sleep: Callable[[float], None]
+) -> T:
+    """`retrying` run blocking: each try is `attempt(time_left_s)`, each Pause a `sleep`."""
+
+    def perform(effect: Any) -> Any:
+        return sleep(effect.seconds) if isinstance(effect, Pause) else attempt(effect)
+
+    result: T = drive(retrying(_single, state), perform)
+    return result
+
+
+async def acall_with_retry(
+    attempt: Callable[[float], Awaitable[T]],
+    state: RetryState,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+) -> T:
+    """`retrying` run awaiting: the same plan, the same `RetryState` decisions."""
+
+    async def perform(effect: Any) -> Any:
+        return await (sleep(effect.seconds) if isinstance(effect, Pause) else attempt(effect))
+
+    result: T = await adrive(retrying(_single, state), perform)
+    return result
 
 
 class FakeTime:

@@ -100,7 +100,8 @@ def test_no_fsync_only_when_asked(tmp_path: Path) -> None:
 
 def test_client_urls_are_https_on_each_members_host() -> None:
     t = _topology()
-    assert etcd.topology_client_urls(t) == [f"https://127.0.0.1:{m.client_port}" for m in t.etcd]
+    urls = [etcd.client_url(t.host_of(m.dc), m) for m in t.etcd]  # Cluster.etcd_client_urls
+    assert urls == [f"https://127.0.0.1:{m.client_port}" for m in t.etcd]
     assert etcd.topology_endpoints(t) == [f"127.0.0.1:{m.client_port}" for m in t.etcd]
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from inproc_cluster import MemoryKeyStore
 
 from frontend_chatd.accounts import (
     LOGIN_CONTEXT,
@@ -285,17 +286,6 @@ def test_enrollment_token_checks() -> None:
 # --- login with a fake key store -----------------------------------------------------------
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.keys: dict[str, bytes] = {}
-
-    async def get(self, account_id: str) -> bytes | None:
-        return self.keys.get(account_id)
-
-    async def bind(self, account_id: str, public_key: bytes) -> bytes:
-        return self.keys.setdefault(account_id, public_key)
-
-
 def _raw(key: Ed25519PrivateKey) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
@@ -304,9 +294,9 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
 
 def make_accounts(
     clock: FakeClock, enrollment_secret: bytes | None = None
-) -> tuple[Accounts, FakeStore]:
+) -> tuple[Accounts, MemoryKeyStore]:
     keys = SessionKeys.derive(SECRET)
-    store = FakeStore()
+    store = MemoryKeyStore()
     accounts = Accounts(
         Challenges(keys, clock, counter_rng(), ISSUER),  # type: ignore[arg-type]
         SessionTokens(keys, 3600, clock),

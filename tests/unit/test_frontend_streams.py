@@ -58,6 +58,22 @@ def add_servicer(server: Any, servicer: Any) -> None:
     node_pb2_grpc.add_VaultNodeServicer_to_server(servicer, server)
 
 
+def open_stream_only(handler: Callable[..., AsyncIterator[Any]]) -> Callable[[Any, Any], None]:
+    """A node (for `node`) whose VaultNode serves only OpenStream, with `handler`."""
+
+    def add(server: Any, servicer: Any) -> None:
+        method = grpc.stream_stream_rpc_method_handler(
+            handler,
+            request_deserializer=node_pb2.OpenFrame.FromString,
+            response_serializer=node_pb2.OpenFrameReply.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("bkv.v1.VaultNode", {"OpenStream": method}),)
+        )
+
+    return add
+
+
 @asynccontextmanager
 async def node(
     add: Callable[[Any, Any], None] = add_servicer,
@@ -278,18 +294,8 @@ def test_a_reply_for_an_unknown_id_is_ignored_and_logged_without_its_bytes(
             yield node_pb2.OpenFrameReply(id=frame.id + 1000, sealed_response=b"SECRET-OTHER")
             yield node_pb2.OpenFrameReply(id=frame.id, sealed_response=b"mine")
 
-    def add_confused(server: Any, servicer: Any) -> None:
-        handler = grpc.stream_stream_rpc_method_handler(
-            confused,
-            request_deserializer=node_pb2.OpenFrame.FromString,
-            response_serializer=node_pb2.OpenFrameReply.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("bkv.v1.VaultNode", {"OpenStream": handler}),)
-        )
-
     async def body(channels: Channels) -> None:
-        async with node(add_confused) as (info, _, _):
+        async with node(open_stream_only(confused)) as (info, _, _):
             pool = StreamPool(channels.stub, 2)
             with caplog.at_level(logging.WARNING, logger="frontend_chatd.streams"):
                 reply = await pool.call(info, request(b"SECRET-ENVELOPE"), 2.0)
@@ -370,18 +376,8 @@ def test_a_streams_own_not_applied_trailer_is_not_taken_for_its_frame() -> None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "stream ends")
         yield node_pb2.OpenFrameReply()  # pragma: no cover (never reached)
 
-    def add_ending(server: Any, servicer: Any) -> None:
-        handler = grpc.stream_stream_rpc_method_handler(
-            ends,
-            request_deserializer=node_pb2.OpenFrame.FromString,
-            response_serializer=node_pb2.OpenFrameReply.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("bkv.v1.VaultNode", {"OpenStream": handler}),)
-        )
-
     async def body(channels: Channels) -> Any:
-        async with node(add_ending) as (info, _, _):
+        async with node(open_stream_only(ends)) as (info, _, _):
             pool = StreamPool(channels.stub, 2)
             other = NodeInfo("n2", "dc-b", "127.0.0.1:1")
             relay = Relay(lambda _a: [info, other], pool.call, 2.0)

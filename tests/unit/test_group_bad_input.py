@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import pytest
+from det_rng import det_rng
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,17 +20,7 @@ GENERATOR = ristretto.base_mult((1).to_bytes(32, "little"))
 P = 2**255 - 19
 
 
-def _det_rng(seed: bytes) -> Callable[[int], bytes]:
-    counter = [0]
-
-    def rng(n: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(seed + counter[0].to_bytes(4, "big")).digest(n)
-
-    return rng
-
-
-RNG = _det_rng(b"bad-input")
+RNG = det_rng(b"bad-input")
 CONFIG = opaque.OpaqueConfig(b"test", opaque.IdentityKsf())
 KEYS = opaque.SoftwareServerKeys.generate(RNG)
 CRED_ID = b"alice"

@@ -12,6 +12,7 @@ import pytest
 
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import envelope_pb2
+from vault_common.audit_line import AuditEntry
 from vault_node import records, tickets
 from vault_node.audit import MemoryAudit
 from vault_node.heads import group_of, next_head, open_head
@@ -76,16 +77,9 @@ class OrderedAudit(MemoryAudit):
         super().__init__()
         self.log = log
 
-    def write(
-        self,
-        event: Any,
-        record_id: bytes,
-        attempts: int | None = None,
-        max_attempts: int | None = None,
-        **details: Any,
-    ) -> None:
-        self.log.append(event)
-        super().write(event, record_id, attempts, max_attempts, **details)
+    def record(self, entry: AuditEntry) -> None:
+        self.log.append(entry.event)
+        super().record(entry)
 
 
 class Clock:

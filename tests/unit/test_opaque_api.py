@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ast
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from det_rng import det_rng
 
 from vault_protocol import opaque
 from vault_protocol.errors import InvalidInput
@@ -95,30 +95,20 @@ def test_the_safe_surface_holds_no_rfc_internals() -> None:
 # -- typed messages ------------------------------------------------------------------------------
 
 
-def _det_rng(seed: bytes) -> Callable[[int], bytes]:
-    counter = [0]
-
-    def rng(n: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(seed + counter[0].to_bytes(4, "big")).digest(n)
-
-    return rng
-
-
 IDENTITY = bytes(32)  # the identity element: never a valid key share or public key
-KEYS = opaque.SoftwareServerKeys.generate(_det_rng(b"keys"))
+KEYS = opaque.SoftwareServerKeys.generate(det_rng(b"keys"))
 CONFIG = opaque.OpaqueConfig(b"test", opaque.IdentityKsf())
 
 
 def _record() -> bytes:
-    rng = _det_rng(b"record")
+    rng = det_rng(b"record")
     state, request = opaque.registration_start(b"pw", rng)
     response = opaque.server_registration_response(request, b"alice", KEYS)
     return opaque.registration_finish(state, response, CONFIG, rng)[0]
 
 
 RECORD = _record()
-_, KE1 = opaque.login_start(b"pw", _det_rng(b"ke1"))
+_, KE1 = opaque.login_start(b"pw", det_rng(b"ke1"))
 
 
 def test_ke1_parses_into_its_fields_and_back() -> None:
@@ -148,7 +138,7 @@ def test_a_bad_ke1_is_invalid_input(bad: bytes) -> None:
     with pytest.raises(InvalidInput):
         opaque.parse_ke1(bad)
     with pytest.raises(InvalidInput):
-        opaque.server_login_start(RECORD, b"alice", bad, KEYS, CONFIG, _det_rng(b"x"))
+        opaque.server_login_start(RECORD, b"alice", bad, KEYS, CONFIG, det_rng(b"x"))
 
 
 def test_a_ke1_cannot_be_built_invalid() -> None:
@@ -164,7 +154,7 @@ def test_a_record_parses_into_its_fields_and_back() -> None:
     assert parsed.masking_key == RECORD[32:96] and parsed.envelope == RECORD[96:]
     assert parsed.to_bytes() == RECORD and len(RECORD) == opaque.RECORD_BYTES
     assert "masking" not in repr(parsed) and RECORD.hex() not in repr(parsed)
-    fake = opaque.fake_record(_det_rng(b"fake"))
+    fake = opaque.fake_record(det_rng(b"fake"))
     assert opaque.parse_registration_record(fake).envelope == bytes(96)
 
 
@@ -177,18 +167,18 @@ def test_a_bad_record_is_invalid_input(bad: bytes) -> None:
     with pytest.raises(InvalidInput):
         opaque.parse_registration_record(bad)
     with pytest.raises(InvalidInput):
-        opaque.server_login_start(bad, b"alice", KE1, KEYS, CONFIG, _det_rng(b"x"))
+        opaque.server_login_start(bad, b"alice", KE1, KEYS, CONFIG, det_rng(b"x"))
 
 
 def test_server_login_start_takes_parsed_or_wire_messages_alike() -> None:
-    from_bytes = opaque.server_login_start(RECORD, b"alice", KE1, KEYS, CONFIG, _det_rng(b"s"))
+    from_bytes = opaque.server_login_start(RECORD, b"alice", KE1, KEYS, CONFIG, det_rng(b"s"))
     from_parsed = opaque.server_login_start(
         opaque.parse_registration_record(RECORD),
         b"alice",
         opaque.parse_ke1(KE1),
         KEYS,
         CONFIG,
-        _det_rng(b"s"),
+        det_rng(b"s"),
     )
     assert from_bytes[0] == from_parsed[0]
     assert from_bytes[1].session_key == from_parsed[1].session_key

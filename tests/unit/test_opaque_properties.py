@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
+from det_rng import det_rng
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,17 +25,6 @@ TINY_ARGON = opaque.OpaqueConfig(
 passwords = st.binary(min_size=0, max_size=64)
 seeds = st.binary(min_size=16, max_size=16)
 identifiers = st.binary(min_size=1, max_size=32)
-
-
-def det_rng(seed: bytes) -> Callable[[int], bytes]:
-    """A deterministic rng (SHAKE-256 over a counter) so hypothesis can replay failures."""
-    counter = [0]
-
-    def rng(n: int) -> bytes:
-        counter[0] += 1
-        return hashlib.shake_256(seed + counter[0].to_bytes(4, "big")).digest(n)
-
-    return rng
 
 
 KEYS = opaque.SoftwareServerKeys.generate(det_rng(b"server keys"))
