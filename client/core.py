@@ -39,7 +39,14 @@ from client.errors import (
 )
 from client.protocol import FlowContext, Outbound, Step
 from client.retry import Pause, RetryPolicy, RetryState, retrying
-from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
+from client.session import (
+    AUTH_CLOCK,
+    AccountKey,
+    Session,
+    login_request,
+    new_account_id,
+    wall_clock_ms,
+)
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
@@ -149,6 +156,7 @@ class ClientCore:
         clock: Callable[[], float] = time.monotonic,
         uniform: Callable[[], float],
         clock_ms: Callable[[], int] = wall_clock_ms,
+        auth_clock: Callable[[int], int] = AUTH_CLOCK.next,
     ) -> None:
         self.config = config.validate()
         self.account_id = account_id
@@ -160,6 +168,7 @@ class ClientCore:
         self._clock = clock
         self._uniform = uniform
         self._session = Session(clock_ms=clock_ms)
+        self._auth_clock = auth_clock  # ts_ms of signed requests (one per process by default)
         # Start at a random frontend so that many clients spread over all of them.
         count = len(config.frontends)
         self._failover = Failover(
@@ -200,6 +209,7 @@ class ClientCore:
             self._retry,
             counts_guess=step is not None and step.counts_guess,
             finishes=step is not None and step.finishes,
+            resignable=step is not None and step.signed,
             clock=self._clock,
             uniform=self._uniform,
         )
@@ -210,8 +220,10 @@ class ClientCore:
         return FlowContext(
             fleet=self._fleet,
             account_id=self.account.account_id,
+            signer=self.account.signer,
             opaque=OpaqueConfig(ksf=self._ksf),
             rng=self._rng,
+            auth_clock=self._auth_clock,
         )
 
     # -- the calls, as plans (no I/O: see the module docstring) -------------------------------
@@ -242,8 +254,15 @@ class ClientCore:
 
     def relay_plan(self, outbound: Outbound) -> CallPlan:
         """One flow step through a frontend -> the sealed answer (bytes)."""
-        request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
         state = self._step_retry(outbound.step)  # shared across the re-login below
+
+        def request() -> frontend_pb2.RelayRequest:
+            # Every retry of a first step is signed afresh (client.retry), past the vault's
+            # last accepted timestamp after a stale refusal.
+            if outbound.resign is None or not state.tries:
+                return frontend_pb2.RelayRequest(envelope=outbound.envelope)
+            return frontend_pb2.RelayRequest(envelope=outbound.resign(state.resign_floor_ms or 0))
+
         for auth_try in range(2):
             if self._session.token() is None:
                 yield NeedSession()
@@ -264,7 +283,7 @@ class ClientCore:
         self, method: str, request: Any, *, metadata: Any = None, state: RetryState | None = None
     ) -> CallPlan:
         """One call with its retries: under `state` (a flow step's budget), or a fresh budget
-        for a call that counts no guess."""
+        for a call that counts no guess. `request` may be a callable making it for each try."""
         if self._closed:
             raise ProtocolError("the client is closed")
         if method not in METHODS:
@@ -272,7 +291,9 @@ class ClientCore:
         try:
             return (
                 yield from retrying(
-                    lambda remaining: self._attempt_plan(method, request, metadata, remaining),
+                    lambda remaining: self._attempt_plan(
+                        method, request() if callable(request) else request, metadata, remaining
+                    ),
                     state or self._step_retry(),
                 )
             )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bkv.v1 import frontend_pb2
 from client.errors import BadInput
 from vault_common.wire import AUTHORIZATION_KEY, BEARER_PREFIX
+from vault_protocol.account_auth import AccountSigner
 
 LOGIN_CONTEXT = b"bkv-v1 login"
+CHANGE_KEY_CONTEXT = b"bkv-v1 change key"
 KEY_SUFFIX = ".account.key"
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 REFRESH_MARGIN_MS = 30_000  # refresh a token this long before it expires
@@ -84,6 +87,17 @@ class AccountKey:
         """Ed25519 signature over `b"bkv-v1 login" || challenge`."""
         # Security: the fixed prefix keeps this signature from being valid for any other use.
         return self._private.sign(LOGIN_CONTEXT + challenge)
+
+    def sign_key_change(self, challenge: bytes, new_public_key: bytes) -> bytes:
+        """Ed25519 signature over `b"bkv-v1 change key" || challenge || new public key` (both
+        the bound and the new key sign it: `frontend.proto` ChangeKey)."""
+        return self._private.sign(CHANGE_KEY_CONTEXT + challenge + new_public_key)
+
+    @property
+    def signer(self) -> AccountSigner:
+        """What signs every step-1 request to the vault (vault_protocol.account_auth); its
+        transcript has a label of its own, so no signature serves both there and at login."""
+        return AccountSigner(self.public_key, self._private.sign)
 
     @classmethod
     def create(
@@ -153,6 +167,32 @@ def login_request(
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch (the frontend's `expires_at_ms` unit)."""
     return time.time_ns() // 1_000_000
+
+
+class AuthClock:
+    """The `ts_ms` of signed requests: the wall clock, but strictly increasing in this process
+    (`max(now, last + 1)`), and past a floor the vault named (a refused stale request).
+
+    The vault refuses a signed request whose ts_ms is not above the last one that wrote the
+    record (a replay), so two requests of one process must never share a ts_ms.
+
+    >>> clock = AuthClock(lambda: 1_000)
+    >>> [clock.next(), clock.next(), clock.next(floor_ms=5_000), clock.next()]
+    [1000, 1001, 5001, 5002]
+    """
+
+    def __init__(self, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+        self._clock_ms = clock_ms
+        self._last = 0
+        self._lock = threading.Lock()  # the blocking client may run on several threads
+
+    def next(self, floor_ms: int = 0) -> int:
+        with self._lock:
+            self._last = max(self._clock_ms(), self._last + 1, floor_ms + 1)
+            return self._last
+
+
+AUTH_CLOCK = AuthClock()  # one per process: every client of this process signs past the others
 
 
 @dataclass(repr=False)

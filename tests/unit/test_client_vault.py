@@ -30,6 +30,8 @@ from client.errors import (
 )
 from client.retry import RetryPolicy
 from client.session import AccountKey, Session
+from vault_node.server import status_for, trailers_for
+from vault_node.service import ServiceError
 from vault_protocol.ksf import IdentityKsf
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -106,7 +108,11 @@ class FakeFrontends:
             account = self.tokens.get(header.removeprefix("Bearer "))
             if account is None:
                 raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED)
-            sealed = self.vault.handle(account, request.envelope)
+            try:
+                sealed = self.vault.handle(account, request.envelope)
+            except ServiceError as exc:  # passed on as a frontend passes a node's status on
+                code, details = status_for(exc)
+                raise FakeRpcError(code, trailers_for(exc), details) from None
             return frontend_pb2.RelayReply(sealed_response=sealed)
         raise AssertionError(method)
 

@@ -15,6 +15,8 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 META = KeyMeta(create_revision=10, mod_revision=20, version=3)
 GEN = b"g" * 16
+KEY = b"A" * 32  # the account key the records below are bound to
+SIGNER = t.Signer(KEY, ts_ms=1_000, now_ms=1_000)
 
 
 def active(attempts: int = 0, max_attempts: int = 10, evaluations: int = 0) -> sealed_pb2.Record:
@@ -27,25 +29,26 @@ def active(attempts: int = 0, max_attempts: int = 10, evaluations: int = 0) -> s
         generation=GEN,
         evaluations=evaluations,
         credential_scheme=1,
+        account_key=KEY,
     )
 
 
 def ticket(evaluation: int, meta: KeyMeta = META) -> sealed_pb2.Ticket:
     return sealed_pb2.Ticket(
         generation=GEN, evaluation=evaluation, create_revision=meta.create_revision,
-        version=meta.version,
+        version=meta.version, signer_key=KEY,
     )  # fmt: skip
 
 
 def test_a_guess_is_counted_in_the_write_that_precedes_the_evaluation() -> None:
-    step = t.count_guess(Current(META, active(attempts=2, evaluations=5)))
+    step = t.count_guess(Current(META, active(attempts=2, evaluations=5)), SIGNER)
     assert step.kind is Kind.EVALUATE and step.write is not None and not step.erase
     assert (step.write.attempts, step.write.evaluations) == (3, 6)
     assert step.write.opaque_record and step.write.wrapped_key
 
 
 def test_the_last_guess_spent_means_lock_and_erase() -> None:
-    step = t.count_guess(Current(META, active(attempts=10, evaluations=10)))
+    step = t.count_guess(Current(META, active(attempts=10, evaluations=10)), SIGNER)
     assert step.kind is Kind.LOCK and step.write is not None
     assert step.write.state == t.LOCKED
     assert not step.write.opaque_record and not step.write.wrapped_key
@@ -67,7 +70,7 @@ def test_the_last_guess_spent_means_lock_and_erase() -> None:
     ],
 )
 def test_nothing_is_written_or_evaluated_for_a_closed_key(current: Current, kind: Kind) -> None:
-    for step in (t.count_guess(current), t.redeem(current, ticket(1))):
+    for step in (t.count_guess(current, SIGNER), t.redeem(current, ticket(1))):
         assert step.kind is kind and not step.writes
 
 
@@ -157,8 +160,8 @@ def test_no_sequence_of_guesses_evaluates_more_than_the_limit(
     record = active(min(attempts, max_attempts), max_attempts, evaluations)
     current = Current(META, record)
     evaluated = 0
-    for _ in range(50):
-        step = t.count_guess(current)
+    for n in range(50):
+        step = t.count_guess(current, t.Signer(KEY, ts_ms=n + 1))
         if not step.writes:
             break
         assert step.write is not None
