@@ -27,8 +27,10 @@ from typing import Any
 import grpc
 
 from bkv.v1 import frontend_pb2
+from client import protocol
 from client.config import ClientConfig, ksf_named, load_fleet_key
 from client.errors import (
+    AccountKeyRefused,
     BadInput,
     ChallengeRefused,
     ProtocolError,
@@ -43,14 +45,16 @@ from client.session import (
     AUTH_CLOCK,
     AccountKey,
     Session,
+    change_key_request,
     login_request,
     new_account_id,
     wall_clock_ms,
 )
+from vault_protocol.backup_key import BackupKey
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
-METHODS = ("GetChallenge", "Login", "Relay")
+METHODS = ("GetChallenge", "Login", "ChangeKey", "Relay")
 LOGIN_PAIRS = 3  # GetChallenge + Login pairs per login (a spent challenge costs one)
 
 
@@ -81,6 +85,25 @@ class NeedSession:
 
 Effect = Probe | Call | Pause | NeedSession
 CallPlan = Generator[Effect, Any, Any]
+
+
+@dataclass(frozen=True)
+class RunFlow:
+    """Job of a script (an operation of several flows): run this `client.protocol` flow
+    through the relay -> its result (or its error, thrown back into the script)."""
+
+    flow: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Job of a script: carry out this call plan (a login, a key change) -> its result."""
+
+    plan: Any = field(repr=False)
+
+
+Job = RunFlow | RunPlan
+Script = Generator[Job, Any, Any]
 
 
 class Failover:
@@ -214,13 +237,14 @@ class ClientCore:
             uniform=self._uniform,
         )
 
-    def _context(self) -> FlowContext:
+    def _context(self, signing: AccountKey | None = None) -> FlowContext:
+        """The flows' context, signed by the account's key (or `signing`: a key change's)."""
         if self._fleet is None:
             self._fleet = load_fleet_key(self.config)
         return FlowContext(
             fleet=self._fleet,
             account_id=self.account.account_id,
-            signer=self.account.signer,
+            signer=(signing or self.account).signer,
             opaque=OpaqueConfig(ksf=self._ksf),
             rng=self._rng,
             auth_clock=self._auth_clock,
@@ -251,6 +275,56 @@ class ClientCore:
             self._session.store(reply)
             return
         raise AssertionError("unreachable")
+
+    def change_key_plan(self, new: AccountKey) -> CallPlan:
+        """GetChallenge -> both keys sign -> ChangeKey: the frontend's binding moves to `new`,
+        and the session is the new key's (a spent challenge: a fresh pair, as `login_plan`)."""
+        account = self.account
+        for pair in range(LOGIN_PAIRS):
+            challenge = yield from self.rpc_plan(
+                "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
+            )
+            try:
+                reply = yield from self.rpc_plan(
+                    "ChangeKey", change_key_request(account, new, challenge.challenge)
+                )
+            except ChallengeRefused:
+                if pair == LOGIN_PAIRS - 1:
+                    raise
+                continue
+            self._session.store(reply)
+            return
+        raise AssertionError("unreachable")
+
+    def key_change_script(self, password: str | bytes, key: BackupKey | None) -> Script:
+        """Key change, the user still holding the account key (issue 17): a new key, bound in
+        the vault by a re-registration the old key signs (same K and password: recovered first
+        unless given) and at the frontend by `ChangeKey` (both keys sign); then the new key file
+        replaces the old one.
+
+        Resumable: the new key waits in `<account>.account.key.new` until both sides bind it;
+        a run that finds the vault already bound to it goes on with the frontend."""
+        new = AccountKey.pending(self.key_dir, self.account.account_id)
+        try:
+            status = yield RunFlow(protocol.status_flow(self._context()))
+        except AccountKeyRefused:
+            # An earlier run got past the vault step: the record is bound to the new key now
+            # (otherwise this refuses too, and the record belongs to another key altogether).
+            yield RunFlow(protocol.status_flow(self._context(new)))
+        else:
+            if status.locked:
+                raise BadInput("the vault record is locked: register again before changing keys")
+            if status.registered:
+                ctx = self._context()
+                if key is None:
+                    key = yield RunFlow(protocol.recover_flow(ctx, password))
+                yield RunFlow(
+                    protocol.register_flow(
+                        ctx, password, key, status.max_attempts or None, new.public_key
+                    )
+                )
+        yield RunPlan(self.change_key_plan(new))
+        self._account = new.adopt(self.key_dir)
 
     def relay_plan(self, outbound: Outbound) -> CallPlan:
         """One flow step through a frontend -> the sealed answer (bytes)."""

@@ -38,6 +38,7 @@ from vault_protocol.account_auth import AccountSigner
 LOGIN_CONTEXT = b"bkv-v1 login"
 CHANGE_KEY_CONTEXT = b"bkv-v1 change key"
 KEY_SUFFIX = ".account.key"
+PENDING_SUFFIX = ".new"  # the key a key change moves to, until both sides bind it
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 REFRESH_MARGIN_MS = 30_000  # refresh a token this long before it expires
 
@@ -108,7 +109,30 @@ class AccountKey:
         private_key: Ed25519PrivateKey | None = None,
     ) -> AccountKey:
         """Make a new key in `<key_dir>/<account_id>.account.key`, mode 0600; never overwrites."""
-        path = key_file_path(key_dir, account_id)
+        return cls._create_at(key_file_path(key_dir, account_id), account_id, private_key)
+
+    @classmethod
+    def pending(cls, key_dir: str | os.PathLike[str], account_id: str) -> AccountKey:
+        """The key a key change moves to, `<account>.account.key.new` (0600): made by the
+        first try, loaded again by a resumed one, so that an interrupted change finishes
+        with the key the vault may already have bound."""
+        path = pending_key_file_path(key_dir, account_id)
+        if path.exists():
+            return cls._load_at(path, account_id)
+        return cls._create_at(path, account_id, None)
+
+    def adopt(self, key_dir: str | os.PathLike[str]) -> AccountKey:
+        """This pending key becomes the account's key file (an atomic rename over the old
+        one, whose private key is then gone)."""
+        target = key_file_path(key_dir, self.account_id)
+        os.replace(self.path, target)
+        return AccountKey(self.account_id, self._private, target)
+
+    @classmethod
+    def _create_at(
+        cls, path: Path, account_id: str, private_key: Ed25519PrivateKey | None
+    ) -> AccountKey:
+        key_dir = path.parent
         key = private_key or Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -131,7 +155,10 @@ class AccountKey:
     @classmethod
     def load(cls, key_dir: str | os.PathLike[str], account_id: str) -> AccountKey:
         """Load the account's key; BadInput when missing, unreadable or readable by others."""
-        path = key_file_path(key_dir, account_id)
+        return cls._load_at(key_file_path(key_dir, account_id), account_id)
+
+    @classmethod
+    def _load_at(cls, path: Path, account_id: str) -> AccountKey:
         try:
             mode = os.stat(path).st_mode
             data = path.read_bytes()
@@ -149,6 +176,26 @@ class AccountKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise BadInput(f"{path} is not an Ed25519 account key")
         return cls(account_id, key, path)
+
+
+def pending_key_file_path(key_dir: str | os.PathLike[str], account_id: str) -> Path:
+    """Where a key change keeps the new key until it is bound: `<key file>.new`."""
+    path = key_file_path(key_dir, account_id)
+    return path.with_name(path.name + PENDING_SUFFIX)
+
+
+def change_key_request(
+    account: AccountKey, new: AccountKey, challenge: bytes
+) -> frontend_pb2.ChangeKeyRequest:
+    """The `ChangeKey` message moving `account`'s frontend binding to `new` (both sign)."""
+    return frontend_pb2.ChangeKeyRequest(
+        account_id=account.account_id,
+        public_key=account.public_key,
+        new_public_key=new.public_key,
+        challenge=challenge,
+        signature=account.sign_key_change(challenge, new.public_key),
+        new_signature=new.sign_key_change(challenge, new.public_key),
+    )
 
 
 def login_request(

@@ -1,4 +1,9 @@
-"""Accounts: challenge/login with an Ed25519 key bound to the account in etcd on first login."""
+"""Accounts: challenge/login with an Ed25519 key bound to the account in etcd on first login,
+and the key change that moves the binding when the bound key consents (issue 17).
+
+The binding is also the operator's lever after a key loss: `bkv-cluster rebind-account` (etcd
+root) rebinds the login key; the vault then still requires its own delayed rebind
+(docs/architecture.md, "Account keys")."""
 
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from frontend_chatd.sessions import (
 )
 
 LOGIN_CONTEXT = b"bkv-v1 login"
+CHANGE_KEY_CONTEXT = b"bkv-v1 change key"
 ACCOUNTS_PREFIX = "/bkv/v1/accounts/"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -49,6 +55,9 @@ class KeyStore(Protocol):
 
     async def bind(self, account_id: str, public_key: bytes) -> bytes:
         """Bind `public_key` unless a key is already bound; return the key bound afterwards."""
+
+    async def replace(self, account_id: str, old: bytes, new: bytes) -> bytes | None:
+        """Bind `new` if `old` is bound now; return the key bound afterwards (None: none)."""
 
 
 class EtcdKeyStore:
@@ -84,6 +93,23 @@ class EtcdKeyStore:
         if not isinstance(ranges, RangeResult) or not ranges.kvs:
             # deleted between compare and read: treat as not bound, caller retries
             raise AccountStoreUnavailable("account key changed concurrently, retry")
+        return ranges.kvs[0].value
+
+    async def replace(self, account_id: str, old: bytes, new: bytes) -> bytes | None:
+        key = self.key_for(account_id)
+        try:
+            # Security: compare-and-swap on the value, so the binding moves only from the key
+            # whose consent was checked, never from one bound meanwhile.
+            result = await self._client.txn(
+                [Compare.value_is(key, old)], [Put(key, new)], [Get(key)]
+            )
+        except EtcdError as e:
+            raise _unavailable(e) from e
+        if result.succeeded:
+            return new
+        ranges = result.responses[0] if result.responses else None
+        if not isinstance(ranges, RangeResult) or not ranges.kvs:
+            return None
         return ranges.kvs[0].value
 
 
@@ -181,3 +207,53 @@ class Accounts:
             raise Unauthenticated("this account is bound to another key")
         token, session = self._tokens.mint(account_id)
         return LoginResult(token, session, enrolled)
+
+    async def change_key(
+        self,
+        account_id: str,
+        public_key: bytes,
+        new_public_key: bytes,
+        challenge: bytes,
+        signature: bytes,
+        new_signature: bytes,
+    ) -> LoginResult:
+        """Move the account's binding from `public_key` to `new_public_key`: both keys sign
+        `CHANGE_KEY_CONTEXT || challenge || new_public_key`; a session for the new key.
+
+        Security: the bound key's signature is its consent (a frontend binding never moves
+        without it, but by the operator after a key loss), the new key's proves it is held.
+        Already bound to the new key (a retry whose answer was lost): the new key's signature
+        suffices. The vault checks its own binding (the record's account key) besides.
+        """
+        check_account_id(account_id)
+        for key in (public_key, new_public_key):
+            if len(key) != PUBLIC_KEY_BYTES:
+                raise InvalidArgument("public keys must be raw 32-byte Ed25519 keys")
+        bound = await self._store.get(account_id)
+        # No await from the challenge's check to its spending (as in `login`).
+        self._challenges.verify(account_id, challenge)
+        message = CHANGE_KEY_CONTEXT + challenge + new_public_key
+        _verify(new_public_key, new_signature, message)
+        if bound is not None and hmac.compare_digest(bound, new_public_key):
+            self._challenges.spend(challenge)
+        else:
+            _verify(public_key, signature, message)
+            if bound is None or not hmac.compare_digest(bound, public_key):
+                raise Unauthenticated("this account is bound to another key")
+            # Spent once both signatures checked (nobody can burn another's challenge).
+            self._challenges.spend(challenge)
+            bound = await self._store.replace(account_id, public_key, new_public_key)
+            if bound is None or not hmac.compare_digest(bound, new_public_key):
+                raise Unauthenticated("this account is bound to another key")
+            log.info("account key changed (signed by the bound key)")
+        token, session = self._tokens.mint(account_id)
+        return LoginResult(token, session, enrolled=False)
+
+
+def _verify(public_key: bytes, signature: bytes, message: bytes) -> None:
+    if len(signature) != SIGNATURE_BYTES:
+        raise Unauthenticated("bad key change signature")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise Unauthenticated("bad key change signature") from None

@@ -99,11 +99,13 @@ def to_status(error: BaseException) -> StatusReply:
     if isinstance(error, NoNodeAvailable | NodeTimedOut):
         return StatusReply(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, NodeRejected):
-        trailing = (
+        trailing: tuple[tuple[str, str], ...] = (
             ((RETRY_AFTER_MS_KEY, error.status.retry_after_ms),)
             if error.status.retry_after_ms
             else ()
         )
+        if error.status.not_applied:
+            trailing += NOT_APPLIED
         return StatusReply(error.status.code, error.status.details, trailing)
     return StatusReply(grpc.StatusCode.INTERNAL, "internal error")
 
@@ -216,6 +218,25 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
             )
 
         return await self._handle("Login", context, body)
+
+    async def ChangeKey(
+        self, request: frontend_pb2.ChangeKeyRequest, context: Any
+    ) -> frontend_pb2.LoginReply:
+        async def body(call: _Call) -> frontend_pb2.LoginReply:
+            call.account = request.account_id
+            result = await self._accounts.change_key(
+                request.account_id,
+                bytes(request.public_key),
+                bytes(request.new_public_key),
+                bytes(request.challenge),
+                bytes(request.signature),
+                bytes(request.new_signature),
+            )
+            return frontend_pb2.LoginReply(
+                session_token=result.token, expires_at_ms=result.session.expires_at_ms
+            )
+
+        return await self._handle("ChangeKey", context, body)
 
     async def Relay(
         self, request: frontend_pb2.RelayRequest, context: Any

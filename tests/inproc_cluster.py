@@ -78,6 +78,12 @@ class MemoryKeyStore:
         # Put-if-absent, as EtcdKeyStore's transaction: the first login's key stays bound.
         return self.keys.setdefault(account_id, public_key)
 
+    async def replace(self, account_id: str, old: bytes, new: bytes) -> bytes | None:
+        # Compare-and-swap on the value, as EtcdKeyStore's transaction.
+        if self.keys.get(account_id) == old:
+            self.keys[account_id] = new
+        return self.keys.get(account_id)
+
 
 @dataclass
 class InProcessNode:
