@@ -395,6 +395,12 @@ def _status_result(s: Status) -> Result:
             f"\nrebind pending to key {s.rebind_key.hex()}, matures {when}; the current key "
             "cancels it by signing any request (`bkv status`)"
         )
+    if s.rebind_cancelled_key:
+        result["rebind_cancelled_key"] = s.rebind_cancelled_key.hex()
+        text += (
+            f"\na rebind to key {s.rebind_cancelled_key.hex()} was pending: this request, "
+            "signed by your key, cancelled it"
+        )
     result["_text"] = text
     return result
 

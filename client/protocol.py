@@ -123,6 +123,8 @@ class Status:
         public key `rebind_key`) asked to replace this account's; from `rebind_matures_at_ms`
         (ms since the epoch, the vault's clock) it may sign like the bound key, unless the
         bound key signs any request first, which cancels it.
+    rebind_cancelled_key: a rebind to this key was pending, and this very request (signed by
+        the bound key) cancelled it: someone asked to take the account over.
     """
 
     registered: bool
@@ -132,6 +134,7 @@ class Status:
     rebind_pending: bool = False
     rebind_matures_at_ms: int = 0
     rebind_key: bytes = b""
+    rebind_cancelled_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -419,6 +422,7 @@ def _status(
         rebind_pending=bool(s.rebind_pending),
         rebind_matures_at_ms=int(s.rebind_matures_at_ms),
         rebind_key=bytes(s.rebind_key),
+        rebind_cancelled_key=bytes(s.rebind_cancelled_key),
     )
 
 

@@ -141,10 +141,12 @@ class InProcessCluster:
         nodes: Sequence[tuple[str, str]] = NODES,
         max_attempts: int = 10,
         record_groups: int = 16,
+        rebind_delay_ms: int = 7 * 86_400_000,
     ) -> None:
         self._directory = directory
         self._node_specs = tuple(nodes)
         self._max_attempts = max_attempts
+        self._rebind_delay_ms = rebind_delay_ms
         self._record_groups = record_groups
         self.store = MemoryRecordStore()
         self.witnesses = LocalWitnesses([name for name, _ in nodes], record_groups)
@@ -297,7 +299,8 @@ class InProcessCluster:
             service = VaultService(
                 token=token, store=self.store, keys=TokenServerKeys.derive(token),
                 config=ServiceConfig(node_name=name, default_max_attempts=self._max_attempts,
-                                     record_groups=self._record_groups),
+                                     record_groups=self._record_groups,
+                                     rebind_delay_ms=self._rebind_delay_ms),
                 clock_ms=_wall_clock_ms, rng=os.urandom, audit=audit, witnesses=self.witnesses,
             )  # fmt: skip
             servicer = VaultNodeServicer()

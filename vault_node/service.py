@@ -23,7 +23,7 @@ from typing import Any, NoReturn, Protocol
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import envelope_pb2
 from vault_node import tickets, transitions
-from vault_node.audit import AuditEvent, AuditSink
+from vault_node.audit import AuditSink
 from vault_node.config import DEFAULT_MAX_ATTEMPTS_CAP, MAX_ATTEMPTS_LIMIT
 from vault_node.heads import Head, group_of, next_head, open_head
 from vault_node.key_meta import ABSENT, KeyMeta
@@ -424,24 +424,33 @@ class VaultService:
         if applied.step.kind is Kind.AUTH_STALE:
             self._auth_refused(record_id, "stale", applied.current)
 
-    async def _admitted(self, record_id: bytes, signer: Signer, current: Current) -> Current:
+    async def _admitted(
+        self, record_id: bytes, signer: Signer, current: Current
+    ) -> tuple[Current, bytes]:
         """A step 1 other than a recover start: refused unless the signer may act on the key;
         when the bound key signs while a rebind is pending, that rebind is cancelled first (a
-        write, audited `rebind_cancel`). Returns the key as it is then."""
+        write, audited `rebind_cancel`). Returns the key as it is then, and the pending key it
+        cancelled (empty: none)."""
         if not transitions.cancels(current, signer):
             # No write to make: decided on this (linearizable) read; the operation's own
             # transition checks the signer again on every compare-and-swap.
             self._check_admitted(record_id, Applied(transitions.admit(current, signer), current, 0))
-            return current
+            return current, b""
         applied = await self._apply(record_id, lambda c: transitions.admit(c, signer), current)
         self._check_admitted(record_id, applied)
+        return await self._cancelled(record_id, applied)
+
+    async def _cancelled(self, record_id: bytes, applied: Applied) -> tuple[Current, bytes]:
+        """After a write that cancelled a pending rebind (or found nothing to cancel any more):
+        audited; the key as it is now, and the pending key cancelled."""
         if not applied.revision:
-            return applied.current
+            return applied.current, b""
+        record = applied.current.record
         self._audit.write(
             "rebind_cancel", record_id, revision=applied.revision,
             read_revision=applied.current.meta.mod_revision,
         )  # fmt: skip
-        return await self._read(record_id)
+        return await self._read(record_id), bytes(record.pending_key) if record else b""
 
     def _checked_record_id(self, account: bytes) -> bytes:
         record_id = self._record_id(account)
@@ -497,7 +506,7 @@ class VaultService:
         if op == "delete":
             return await self._delete(record_id, ticket)
         if op == "status":
-            return await self._status(record_id)
+            return await self._status(record_id, bytes(ticket.rebind_cancelled_key))
         raise BadRequest("request carries no second step")
 
     def _ticket(self, op: int, keys: StepKeys, record_id: bytes, **fields: Any) -> bytes:
@@ -762,6 +771,9 @@ class VaultService:
         new_key = bytes(msg.new_account_key)
         if new_key and len(new_key) != account_auth.PUBLIC_KEY_LEN:
             raise BadRequest("new_account_key must be a raw 32-byte Ed25519 key")
+        # The signer first: a key the record is not bound to gets no evaluation at all.
+        # A read, never the cache: the ticket's base must be the key as etcd holds it now.
+        current, _ = await self._admitted(record_id, signer, await self._read(record_id))
         # Security: the new registration's generation salts its OPRF key (credential scheme 1),
         # so this uncounted evaluation never touches the key of the account's live record.
         generation = self._rng(GENERATION_LEN)
@@ -775,8 +787,7 @@ class VaultService:
         # Security: the finish may replace only the key as it is now, named by a real write: an
         # absent key is reserved first (a secret-free placeholder, witnessed like any write),
         # because a ticket bound to "absent" would match the key again after a delete.
-        # A read, never the cache: the ticket's base must be the key as etcd holds it now.
-        current = await self._admitted(record_id, signer, await self._read(record_id))
+        # The signer is checked again on every compare-and-swap (`transitions.reserve`).
         applied = await self._apply(record_id, lambda c: transitions.reserve(c, signer), current)
         self._check_admitted(record_id, applied)
         if applied.revision:
@@ -906,7 +917,7 @@ class VaultService:
         ) or await self._read(record_id)
         if current.record is not None and current.record.state == transitions.LOCKED:
             # Nothing to count on a locked record, but the bound key still cancels a rebind.
-            current = await self._admitted(record_id, signer, current)
+            current, _ = await self._admitted(record_id, signer, current)
         # Security: decided (signer and replay checks included) again on every CAS retry, and
         # nothing is evaluated unless the guess it counts committed.
         applied = await self._apply(record_id, count, current)
@@ -1056,43 +1067,43 @@ class VaultService:
             raise BadRequest("begin names no operation")
         current = await self._read(record_id)
         if msg.op == envelope_pb2.Begin.Op.OP_REBIND:
-            current = await self._rebind(record_id, signer, current)
+            current, cancelled = await self._rebind(record_id, signer, current)
         else:
-            current = await self._admitted(record_id, signer, current)
+            current, cancelled = await self._admitted(record_id, signer, current)
         # A tampered value is not refused here: a delete must still be able to erase it.
         create_revision, generation = transitions.as_begun(current)
         ticket = self._ticket(
-            op, keys, record_id, create_revision=create_revision, generation=generation
-        )
+            op, keys, record_id, create_revision=create_revision, generation=generation,
+            rebind_cancelled_key=cancelled,
+        )  # fmt: skip
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK, begin=envelope_pb2.BeginReply(), ticket=ticket
         )
 
-    async def _rebind(self, record_id: bytes, signer: Signer, current: Current) -> Current:
+    async def _rebind(
+        self, record_id: bytes, signer: Signer, current: Current
+    ) -> tuple[Current, bytes]:
         """Key loss (Begin OP_REBIND): the signer's key becomes the record's pending rebind
-        (`transitions.request_rebind`), audited `rebind`; no guess is counted."""
+        (`transitions.request_rebind`), audited `rebind`; no guess is counted. (The bound key
+        asking cancels a pending one instead, as any request it signs.)"""
         applied = await self._apply(
             record_id, lambda c: transitions.request_rebind(c, signer), current
         )
         self._check_admitted(record_id, applied)
         if applied.step.kind is Kind.TAMPERED:
             self._tampered(record_id, applied.current)
-        if not applied.revision:
-            return applied.current
-        event: AuditEvent = (
-            "rebind" if applied.step.kind is Kind.REBIND_STARTED else "rebind_cancel"
-        )
+        if applied.step.kind is not Kind.REBIND_STARTED:
+            return await self._cancelled(record_id, applied)
         self._audit.write(
-            event, record_id, revision=applied.revision,
+            "rebind", record_id, revision=applied.revision,
             read_revision=applied.current.meta.mod_revision,
         )  # fmt: skip
-        if event == "rebind":
-            log.warning(
-                "record %s: a rebind to another account key was requested; it matures in %d s "
-                "unless the bound key signs a request first",
-                record_id.hex(), self._config.rebind_delay_ms // 1000,
-            )  # fmt: skip
-        return await self._read(record_id)
+        log.warning(
+            "record %s: a rebind to another account key was requested; it matures in %d s "
+            "unless the bound key signs a request first",
+            record_id.hex(), self._config.rebind_delay_ms // 1000,
+        )  # fmt: skip
+        return await self._read(record_id), b""
 
     async def _delete(
         self, record_id: bytes, ticket: sealed_pb2.Ticket
@@ -1116,7 +1127,7 @@ class VaultService:
             delete=envelope_pb2.DeleteReply(existed=applied.step.existed),
         )
 
-    async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
+    async def _status(self, record_id: bytes, cancelled: bytes) -> envelope_pb2.VaultResponse:
         current = await self._read(record_id)
         if current.tampered:
             self._tampered(record_id, current)
@@ -1129,6 +1140,7 @@ class VaultService:
             registered=True,
             locked=record.state == transitions.LOCKED,
             max_attempts=record.max_attempts,
+            rebind_cancelled_key=cancelled,
         )
         if record.pending_key:
             reply.rebind_pending = True

@@ -194,20 +194,22 @@ class DeleteReply(_message.Message):
     def __init__(self, existed: _Optional[bool] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("registered", "locked", "max_attempts", "rebind_pending", "rebind_matures_at_ms", "rebind_key")
+    __slots__ = ("registered", "locked", "max_attempts", "rebind_pending", "rebind_matures_at_ms", "rebind_key", "rebind_cancelled_key")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     REBIND_PENDING_FIELD_NUMBER: _ClassVar[int]
     REBIND_MATURES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     REBIND_KEY_FIELD_NUMBER: _ClassVar[int]
+    REBIND_CANCELLED_KEY_FIELD_NUMBER: _ClassVar[int]
     registered: bool
     locked: bool
     max_attempts: int
     rebind_pending: bool
     rebind_matures_at_ms: int
     rebind_key: bytes
-    def __init__(self, registered: _Optional[bool] = ..., locked: _Optional[bool] = ..., max_attempts: _Optional[int] = ..., rebind_pending: _Optional[bool] = ..., rebind_matures_at_ms: _Optional[int] = ..., rebind_key: _Optional[bytes] = ...) -> None: ...
+    rebind_cancelled_key: bytes
+    def __init__(self, registered: _Optional[bool] = ..., locked: _Optional[bool] = ..., max_attempts: _Optional[int] = ..., rebind_pending: _Optional[bool] = ..., rebind_matures_at_ms: _Optional[int] = ..., rebind_key: _Optional[bytes] = ..., rebind_cancelled_key: _Optional[bytes] = ...) -> None: ...
 
 class VaultResponse(_message.Message):
     __slots__ = ("outcome", "guesses_left", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status", "begin", "ticket", "max_attempts_cap")

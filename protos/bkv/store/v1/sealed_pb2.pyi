@@ -83,7 +83,7 @@ class RegistrationTicket(_message.Message):
     def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., base_create_revision: _Optional[int] = ..., base_version: _Optional[int] = ..., account_key: _Optional[bytes] = ..., auth_ms: _Optional[int] = ...) -> None: ...
 
 class Ticket(_message.Message):
-    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version", "op", "request_key", "answer_key", "registration", "void", "closed_outcome", "signer_key")
+    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version", "op", "request_key", "answer_key", "registration", "void", "closed_outcome", "signer_key", "rebind_cancelled_key")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[Ticket.Op]
@@ -111,6 +111,7 @@ class Ticket(_message.Message):
     VOID_FIELD_NUMBER: _ClassVar[int]
     CLOSED_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     SIGNER_KEY_FIELD_NUMBER: _ClassVar[int]
+    REBIND_CANCELLED_KEY_FIELD_NUMBER: _ClassVar[int]
     record_id: bytes
     generation: bytes
     evaluation: int
@@ -126,7 +127,8 @@ class Ticket(_message.Message):
     void: bool
     closed_outcome: int
     signer_key: bytes
-    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ..., op: _Optional[_Union[Ticket.Op, str]] = ..., request_key: _Optional[bytes] = ..., answer_key: _Optional[bytes] = ..., registration: _Optional[_Union[RegistrationTicket, _Mapping]] = ..., void: _Optional[bool] = ..., closed_outcome: _Optional[int] = ..., signer_key: _Optional[bytes] = ...) -> None: ...
+    rebind_cancelled_key: bytes
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ..., op: _Optional[_Union[Ticket.Op, str]] = ..., request_key: _Optional[bytes] = ..., answer_key: _Optional[bytes] = ..., registration: _Optional[_Union[RegistrationTicket, _Mapping]] = ..., void: _Optional[bool] = ..., closed_outcome: _Optional[int] = ..., signer_key: _Optional[bytes] = ..., rebind_cancelled_key: _Optional[bytes] = ...) -> None: ...
 
 class StoreCheckpoint(_message.Message):
     __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision", "alarmed_groups", "accepted_at_ms")
