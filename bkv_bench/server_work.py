@@ -1,9 +1,10 @@
 """The server side of one recovery, with software keys standing in for the token.
 
 One place for what both the protocol benchmark (`benchmarks/protocol.py`) and `bkv-bench
---ceilings` time (protocol 3): one HPKE envelope open (P-256 ECDH) and the step keys, OPRF + KE2,
-a ticket seal and open, the continued step 2 opened in software, the KE3 check, the key
-transport and two response seals. The KSF is the client's, so it is absent.
+--ceilings` time (protocol 3): one HPKE envelope open (P-256 ECDH) and the step keys, the
+account key's Ed25519 signature on step 1, OPRF + KE2, a ticket seal and open, the continued
+step 2 opened in software, the KE3 check, the key transport and two response seals. The KSF is
+the client's, so it is absent.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bkv.v1 import envelope_pb2
-from vault_protocol import continuation, envelope, opaque
+from vault_protocol import account_auth, continuation, envelope, opaque
 from vault_protocol.backup_key import seal_transport
 
 ACCOUNT = "bench-account"
@@ -67,13 +69,12 @@ def prepare(rng: Callable[[int], bytes]) -> ServerRecovery:
     ke3 = opaque.login_finish(st, ke2_0, config)[0]
     expected_mac = server_state.expected_client_mac
     rk1, wrapped = rng(32), rng(60)
-    env1 = envelope.seal_request(
-        fleet,
-        ACCOUNT,
-        envelope_pb2.VaultRequest(
-            response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
-        ),
+    start = envelope_pb2.VaultRequest(
+        response_key=rk1, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
     )
+    signer = account_auth.AccountSigner.from_private_key(Ed25519PrivateKey.generate())
+    account_auth.sign_request(start, fleet.fleet_id, ACCOUNT, signer, 1)
+    env1 = envelope.seal_request(fleet, ACCOUNT, start)
     step_keys = continuation.StepKeys.derive(rk1)
     ticket_nonce = rng(12)
     ticket_ct = ticket_key.encrypt(ticket_nonce, rng(TICKET_PADDED), TICKET_AAD)
@@ -88,6 +89,7 @@ def prepare(rng: Callable[[int], bytes]) -> ServerRecovery:
 
     def one_recovery() -> None:
         req1 = envelope.open_request(env1, ACCOUNT, fleet.fleet_id, ecdh, pk_r)
+        account_auth.verify_request(req1, fleet.fleet_id, ACCOUNT)
         step = continuation.StepKeys.derive(req1.response_key)
         ke2, state = opaque.server_login_start(
             record, cred, req1.recover_start.ke1, keys, config, rng

@@ -34,11 +34,14 @@ from frontend_chatd.sessions import (
     Unauthenticated,
     check_account_id,
 )
+from vault_common.account_binding import (
+    PUBLIC_KEY_BYTES,
+    binding_key,
+    decode_binding,
+)
 
 LOGIN_CONTEXT = b"bkv-v1 login"
 CHANGE_KEY_CONTEXT = b"bkv-v1 change key"
-ACCOUNTS_PREFIX = "/bkv/v1/accounts/"
-PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_ENROLLMENT_TOKEN_CHARS = 128
 
@@ -50,14 +53,16 @@ class AccountStoreUnavailable(Exception):
 
 
 class KeyStore(Protocol):
+    """The account bindings (vault_common.account_binding): values are one key, or two."""
+
     async def get(self, account_id: str) -> bytes | None:
-        """The public key bound to the account, or None."""
+        """The binding stored for the account, or None."""
 
     async def bind(self, account_id: str, public_key: bytes) -> bytes:
-        """Bind `public_key` unless a key is already bound; return the key bound afterwards."""
+        """Bind `public_key` unless a binding exists; return the binding stored afterwards."""
 
     async def replace(self, account_id: str, old: bytes, new: bytes) -> bytes | None:
-        """Bind `new` if `old` is bound now; return the key bound afterwards (None: none)."""
+        """Store `new` if the binding is `old` now; return the binding afterwards (None: none)."""
 
 
 class EtcdKeyStore:
@@ -68,7 +73,7 @@ class EtcdKeyStore:
 
     @staticmethod
     def key_for(account_id: str) -> bytes:
-        return (ACCOUNTS_PREFIX + check_account_id(account_id)).encode()
+        return binding_key(check_account_id(account_id))
 
     async def get(self, account_id: str) -> bytes | None:
         try:
@@ -203,7 +208,7 @@ class Accounts:
             self._enrollment.check(account_id, enrollment_token)
             bound = await self._store.bind(account_id, public_key)
             enrolled = hmac.compare_digest(bound, public_key)
-        if not hmac.compare_digest(bound, public_key):
+        if not _holds(bound, public_key):
             raise Unauthenticated("this account is bound to another key")
         token, session = self._tokens.mint(account_id)
         return LoginResult(token, session, enrolled)
@@ -238,16 +243,28 @@ class Accounts:
             self._challenges.spend(challenge)
         else:
             _verify(public_key, signature, message)
-            if bound is None or not hmac.compare_digest(bound, public_key):
+            keys = decode_binding(bound or b"")
+            # Only the bound key, never a key an operator added after a key loss: that one
+            # must not lock the old device out of the vault while its rebind waits there.
+            if not keys or not hmac.compare_digest(keys[0], public_key):
                 raise Unauthenticated("this account is bound to another key")
             # Spent once both signatures checked (nobody can burn another's challenge).
             self._challenges.spend(challenge)
-            bound = await self._store.replace(account_id, public_key, new_public_key)
+            assert bound is not None
+            bound = await self._store.replace(account_id, bound, new_public_key)
             if bound is None or not hmac.compare_digest(bound, new_public_key):
                 raise Unauthenticated("this account is bound to another key")
             log.info("account key changed (signed by the bound key)")
         token, session = self._tokens.mint(account_id)
         return LoginResult(token, session, enrolled=False)
+
+
+def _holds(binding: bytes, public_key: bytes) -> bool:
+    """`public_key` is one of the binding's keys (constant time per key)."""
+    found = False
+    for key in decode_binding(binding):
+        found |= hmac.compare_digest(key, public_key)
+    return found
 
 
 def _verify(public_key: bytes, signature: bytes, message: bytes) -> None:

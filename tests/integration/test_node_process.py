@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from account_keys import signed
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -189,6 +190,7 @@ class NodeUnderTest:
         else:
             request.response_key = os.urandom(32)
             keys = StepKeys.derive(request.response_key)
+            signed(request, self.fleet.fleet_id, account)
             envelope = seal_request(self.fleet, account, request)
             answer_key = keys.answer1
         with self.channel() as ch:
