@@ -153,6 +153,7 @@ class InProcessCluster:
         self.fleet_token = SoftToken(label="fleet")
         self.nodes: list[InProcessNode] = []
         self.frontends: list[str] = []
+        self.account_keys = MemoryKeyStore()  # the frontend's account bindings
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -336,7 +337,7 @@ class InProcessCluster:
             accounts=Accounts(
                 Challenges(keys, time.time, os.urandom, issuer_id("inproc-frontend")),
                 tokens,
-                MemoryKeyStore(),
+                self.account_keys,
                 Enrollment(None),
             ),
             tokens=tokens,
