@@ -40,6 +40,7 @@ from client.config import load_config
 from client.errors import AccountKeyRefused, Unauthenticated
 from client.session import AUTH_CLOCK, AccountKey
 from client.vault import GrpcConnector
+from deploy import cli as deploy_cli
 from deploy.cluster import Cluster
 from vault_common.wire import NOT_APPLIED_KEY, parse_account_refusal
 from vault_protocol import opaque
@@ -306,10 +307,12 @@ def test_key_loss_rebind_waits_the_delay_and_the_old_key_can_cancel(
     with pytest.raises(AccountKeyRefused):
         lost.client.status()  # the lost key is the one refused now
     assert lost.events(cluster, "rebind") == 2 and lost.events(cluster, "rebind_cancel") == 1
-    # The operator drops the lost key at the frontends once the vault has bound the new one.
-    assert cluster.rebind_account(lost.id, device.account.public_key, replace=True).after == (
-        device.account.public_key,
-    )
+    # The operator drops the lost key at the frontends once the vault has bound the new one
+    # (the command line this time).
+    argv = ["rebind-account", "--dir", str(cluster.directory), "--replace", lost.id,
+            device.account.public_key.hex()]  # fmt: skip
+    assert deploy_cli.main(argv) == 0
+    login(wire.frontend(0), device.account)
     with pytest.raises(AssertionError):
         login(wire.frontend(0), lost.key)
 
