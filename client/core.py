@@ -253,41 +253,32 @@ class ClientCore:
     # -- the calls, as plans (no I/O: see the module docstring) -------------------------------
 
     def login_plan(self) -> CallPlan:
-        """GetChallenge -> sign -> Login; the session keeps the token.
-
-        A challenge is spent by its first login and accepted only by the frontend that issued
-        it: when Login's retry went to another frontend, or its first try got through but the
-        answer was lost, the refusal says so and the pair runs again with a fresh challenge."""
-        account = self.account
-        for pair in range(LOGIN_PAIRS):
-            challenge = yield from self.rpc_plan(
-                "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
-            )
-            try:
-                reply = yield from self.rpc_plan(
-                    "Login",
-                    login_request(account, challenge.challenge, self.config.enrollment_token),
-                )
-            except ChallengeRefused:
-                if pair == LOGIN_PAIRS - 1:
-                    raise
-                continue
-            self._session.store(reply)
-            return
-        raise AssertionError("unreachable")
+        """GetChallenge -> sign -> Login; the session keeps the token."""
+        account, token = self.account, self.config.enrollment_token
+        yield from self._challenged_plan(
+            "Login", lambda challenge: login_request(account, challenge, token)
+        )
 
     def change_key_plan(self, new: AccountKey) -> CallPlan:
         """GetChallenge -> both keys sign -> ChangeKey: the frontend's binding moves to `new`,
-        and the session is the new key's (a spent challenge: a fresh pair, as `login_plan`)."""
+        and the session is the new key's."""
         account = self.account
+        yield from self._challenged_plan(
+            "ChangeKey", lambda challenge: change_key_request(account, new, challenge)
+        )
+
+    def _challenged_plan(self, method: str, signed: Callable[[bytes], Any]) -> CallPlan:
+        """GetChallenge, then `method` with the request `signed(challenge)` makes; the session
+        keeps the token it answers with.
+
+        A challenge is spent by its first use and accepted only by the frontend that issued
+        it: when the call's retry went to another frontend, or its first try got through but
+        the answer was lost, the refusal says so and the pair runs again with a fresh one."""
+        request = frontend_pb2.ChallengeRequest(account_id=self.account.account_id)
         for pair in range(LOGIN_PAIRS):
-            challenge = yield from self.rpc_plan(
-                "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
-            )
+            challenge = yield from self.rpc_plan("GetChallenge", request)
             try:
-                reply = yield from self.rpc_plan(
-                    "ChangeKey", change_key_request(account, new, challenge.challenge)
-                )
+                reply = yield from self.rpc_plan(method, signed(challenge.challenge))
             except ChallengeRefused:
                 if pair == LOGIN_PAIRS - 1:
                     raise

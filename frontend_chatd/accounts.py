@@ -84,34 +84,28 @@ class EtcdKeyStore:
 
     async def bind(self, account_id: str, public_key: bytes) -> bytes:
         key = self.key_for(account_id)
-        try:
-            # Security: put-if-absent (create_revision == 0), so two racing first logins with
-            # different keys cannot both win; the loser sees the winner's key.
-            result = await self._client.txn(
-                [Compare.create_is(key, 0)], [Put(key, public_key)], [Get(key)]
-            )
-        except EtcdError as e:
-            raise _unavailable(e) from e
-        if result.succeeded:
-            return public_key
-        ranges = result.responses[0] if result.responses else None
-        if not isinstance(ranges, RangeResult) or not ranges.kvs:
+        # Security: put-if-absent (create_revision == 0), so two racing first logins with
+        # different keys cannot both win; the loser sees the winner's key.
+        bound = await self._swap(key, Compare.create_is(key, 0), public_key)
+        if bound is None:
             # deleted between compare and read: treat as not bound, caller retries
             raise AccountStoreUnavailable("account key changed concurrently, retry")
-        return ranges.kvs[0].value
+        return bound
 
     async def replace(self, account_id: str, old: bytes, new: bytes) -> bytes | None:
         key = self.key_for(account_id)
+        # Security: compare-and-swap on the value, so the binding moves only from the key
+        # whose consent was checked, never from one bound meanwhile.
+        return await self._swap(key, Compare.value_is(key, old), new)
+
+    async def _swap(self, key: bytes, compare: Compare, value: bytes) -> bytes | None:
+        """Put `value` if `compare` holds; the value stored afterwards (None: the key is gone)."""
         try:
-            # Security: compare-and-swap on the value, so the binding moves only from the key
-            # whose consent was checked, never from one bound meanwhile.
-            result = await self._client.txn(
-                [Compare.value_is(key, old)], [Put(key, new)], [Get(key)]
-            )
+            result = await self._client.txn([compare], [Put(key, value)], [Get(key)])
         except EtcdError as e:
             raise _unavailable(e) from e
         if result.succeeded:
-            return new
+            return value
         ranges = result.responses[0] if result.responses else None
         if not isinstance(ranges, RangeResult) or not ranges.kvs:
             return None

@@ -17,12 +17,13 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 import grpc
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
@@ -165,6 +166,15 @@ class Wire:
 
 
 # -- frontend calls ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wire(cluster: Cluster) -> Iterator[Wire]:
+    """The fixture every user of this module takes (integration and fuzz conftests)."""
+    cluster.start_all()  # an earlier test (or a failed chaos test) may have left a process down
+    w = Wire(cluster)
+    yield w
+    w.close()
 
 
 def get_challenge(channel: grpc.Channel, account_id: str) -> Answer:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,14 +51,6 @@ from vault_protocol.envelope import open_response, seal_request
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PASSWORD = "the owner's passphrase"
-
-
-@pytest.fixture(scope="module")
-def wire(cluster: Cluster) -> Iterator[Wire]:
-    cluster.start_all()
-    w = Wire(cluster)
-    yield w
-    w.close()
 
 
 def audit_files(cluster: Cluster) -> dict[str, list[dict[str, Any]]]:

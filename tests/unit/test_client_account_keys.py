@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from client.errors import AccountKeyRefused, StaleSignature, Unauthenticated, er
 from client.protocol import Outbound, Step
 from client.session import AccountKey
 from vault_common.account_binding import decode_binding, encode_binding
+from vault_protocol.backup_key import BackupKey
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -29,6 +31,15 @@ def client(cluster: InProcessCluster, key_dir: Path, account: str) -> VaultClien
     return VaultClient(
         load_config(cluster.client_config_path), account_id=account, key_dir=key_dir, ksf="fast"
     )
+
+
+def registered(
+    cluster: InProcessCluster, key_dir: Path, account: str, **kw: Any
+) -> tuple[VaultClient, BackupKey]:
+    """A client of a new account (its key made, logged in) and the key it registered."""
+    vault = client(cluster, key_dir, account)
+    vault.create_account()
+    return vault, vault.register(PASSWORD, **kw)
 
 
 def node_send(cluster: InProcessCluster, account: str) -> Callable[[Outbound], bytes]:
@@ -52,9 +63,8 @@ def events(cluster: InProcessCluster, name: str) -> int:
 def test_every_first_step_is_signed_and_a_stale_one_is_signed_again_past_the_floor(
     inproc_cluster: InProcessCluster, tmp_path: Path
 ) -> None:
-    with client(inproc_cluster, tmp_path, "alice") as alice:
-        alice.create_account()
-        key = alice.register(PASSWORD)
+    alice, key = registered(inproc_cluster, tmp_path, "alice")
+    with alice:
         # Another device of the account signed a little ahead of this one's clock.
         ahead = time.time_ns() // 1_000_000 + 5_000
         inproc_cluster.rewrite_record("alice", lambda r: setattr(r, "last_auth_ms", ahead))
@@ -66,9 +76,8 @@ def test_every_first_step_is_signed_and_a_stale_one_is_signed_again_past_the_flo
 def test_a_second_stale_refusal_goes_back_to_the_caller(
     inproc_cluster: InProcessCluster, tmp_path: Path
 ) -> None:
-    with client(inproc_cluster, tmp_path, "bob") as bob:
-        bob.create_account()
-        bob.register(PASSWORD)
+    bob, _ = registered(inproc_cluster, tmp_path, "bob")
+    with bob:
         stuck = [time.time_ns() // 1_000_000 + 60_000]
 
         def replaying_clock(floor_ms: int) -> int:
@@ -86,9 +95,8 @@ def test_a_second_stale_refusal_goes_back_to_the_caller(
 def test_a_key_change_binds_the_new_key_in_the_vault_and_the_frontend(
     inproc_cluster: InProcessCluster, tmp_path: Path
 ) -> None:
-    with client(inproc_cluster, tmp_path, "carol") as carol:
-        carol.create_account()
-        key = carol.register(PASSWORD, max_attempts=7)
+    carol, key = registered(inproc_cluster, tmp_path, "carol", max_attempts=7)
+    with carol:
         old = carol.account
         carol.change_account_key(PASSWORD)
         new = carol.account
@@ -104,9 +112,8 @@ def test_a_key_change_binds_the_new_key_in_the_vault_and_the_frontend(
 def test_an_interrupted_key_change_finishes_with_the_key_the_vault_bound(
     inproc_cluster: InProcessCluster, tmp_path: Path
 ) -> None:
-    with client(inproc_cluster, tmp_path, "dave") as dave:
-        dave.create_account()
-        key = dave.register(PASSWORD)
+    dave, key = registered(inproc_cluster, tmp_path, "dave")
+    with dave:
         pending = AccountKey.pending(tmp_path, "dave")
         # A first run got as far as the vault's re-registration, then stopped.
         dave._run(
@@ -145,9 +152,8 @@ def test_key_loss_rebind_through_the_library(tmp_path: Path) -> None:
 def test_a_record_from_before_account_keys_binds_its_first_recovery(
     inproc_cluster: InProcessCluster, tmp_path: Path
 ) -> None:
-    with client(inproc_cluster, tmp_path, "frank") as frank:
-        frank.create_account()
-        key = frank.register(PASSWORD)
+    frank, key = registered(inproc_cluster, tmp_path, "frank")
+    with frank:
         inproc_cluster.rewrite_record("frank", lambda r: r.ClearField("account_key"))
         other = AccountKey.create(tmp_path / "other", "frank")
         ctx = flows.FlowContext(
