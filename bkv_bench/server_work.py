@@ -39,6 +39,7 @@ class ServerRecovery:
     ke3: bytes
     expected_client_mac: bytes
     envelope_start: bytes  # sealed RecoverStart
+    start_request: envelope_pb2.VaultRequest  # its plaintext, signed by the account key
     response_key: bytes  # of envelope_start
     run: Callable[[], None]  # the server side of one whole recovery
 
@@ -128,6 +129,7 @@ def prepare(rng: Callable[[int], bytes]) -> ServerRecovery:
         ke3=ke3,
         expected_client_mac=expected_mac,
         envelope_start=env1,
+        start_request=start,
         response_key=rk1,
         run=one_recovery,
     )
