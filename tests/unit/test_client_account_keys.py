@@ -4,6 +4,7 @@ after a stale refusal, changes keys (resumably), and goes through a key loss's r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import grpc
 import pytest
 from inproc_cluster import InProcessCluster
 
-from client import VaultClient
+from client import AsyncVaultClient, VaultClient
 from client import protocol as flows
 from client.config import load_config
 from client.errors import AccountKeyRefused, StaleSignature, Unauthenticated, error_from_status
@@ -169,3 +170,23 @@ def test_a_record_from_before_account_keys_binds_its_first_recovery(
 def test_first_steps_carry_a_resigner_and_second_steps_none() -> None:
     assert [s for s in Step if s.signed] == [Step.REGISTER_START, Step.RECOVER_START, Step.BEGIN]
     assert Outbound(Step.STATUS, b"x").resign is None
+
+
+def test_the_awaiting_client_changes_keys_and_requests_a_rebind_alike(
+    inproc_cluster: InProcessCluster, tmp_path: Path
+) -> None:
+    config = load_config(inproc_cluster.client_config_path)
+
+    async def go() -> None:
+        async with AsyncVaultClient(config, account_id="gina", key_dir=tmp_path, ksf="fast") as c:
+            await c.create_account()
+            key = await c.register(PASSWORD)
+            old = c.account.public_key
+            await c.change_account_key(PASSWORD)
+            assert c.account.public_key != old
+            assert inproc_cluster.account_keys.keys["gina"] == c.account.public_key
+            assert await c.recover(PASSWORD) == key
+            # The bound key asking for a rebind is no rebind: nothing pending.
+            assert not (await c.request_rebind()).rebind_pending
+
+    asyncio.run(go())
