@@ -1089,9 +1089,7 @@ class VaultService:
         applied = await self._apply(
             record_id, lambda c: transitions.request_rebind(c, signer), current
         )
-        self._check_admitted(record_id, applied)
-        if applied.step.kind is Kind.TAMPERED:
-            self._tampered(record_id, applied.current)
+        self._check_admitted(record_id, applied)  # (a tampered value: refused by `_apply`)
         if applied.step.kind is not Kind.REBIND_STARTED:
             return await self._cancelled(record_id, applied)
         self._audit.write(

@@ -273,7 +273,9 @@ def count_guess(current: Current, signer: Signer) -> Step:
 def _signer_still_admitted(record: sealed_pb2.Record, signer_key: bytes) -> bool:
     """The key that signed a recover start may still redeem it: the bound key, the pending one
     (cancelled meanwhile by the bound key: no longer), or any key of an unbound record."""
-    return not record.account_key or signer_key in (record.account_key, record.pending_key)
+    if not record.account_key:
+        return True
+    return bool(signer_key) and signer_key in (record.account_key, record.pending_key)
 
 
 def redeemable(current: Current, ticket: sealed_pb2.Ticket) -> bool:
