@@ -28,7 +28,7 @@ from typing import Any
 
 from bkv.v1 import envelope_pb2
 from bkv_bench import server_work
-from vault_protocol import backup_file, envelope, opaque, oprf, ristretto
+from vault_protocol import account_auth, backup_file, envelope, opaque, oprf, ristretto
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.opaque import hazmat
 
@@ -113,6 +113,11 @@ def measure_all(work: server_work.ServerRecovery, secs: float) -> list[Measured]
             ),
         ),
         ("response_seal", lambda: envelope.seal_response(work.response_key, ok, rng)),
+        # Issue 17: the node checks the account key's signature on every step 1.
+        (
+            "account_signature_verify",
+            lambda: account_auth.verify_request(work.start_request, fleet.fleet_id, ACCOUNT),
+        ),
         ("server_recovery_total", work.run),
     ]
     return [measure(name, fn, secs) for name, fn in steps]

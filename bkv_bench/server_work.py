@@ -5,7 +5,8 @@ One place for what both the protocol benchmark (`bkv_bench/protocol_cost.py`) an
 OPRF + KE2 (the OPRF seed's HMAC in the token), a ticket seal and open (the token's `ticket` key),
 the continued step 2 opened in software, the KE3 check, the key transport and two response
 seals. The token is `vault_node.soft_token.SoftToken` with the keys of `vault_node.service`
-(`TokenServerKeys`), so the work is the node's own, without its store and witnesses. The KSF is
+(`TokenServerKeys`), so the work is the node's own, without its store and witnesses, plus the
+account key's Ed25519 signature on step 1 checked as the node checks it. The KSF is
 the client's, so it is absent.
 """
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bkv.v1 import envelope_pb2
 from vault_node.service import TokenServerKeys
 from vault_node.soft_token import SoftToken
-from vault_protocol import continuation, envelope, opaque
+from vault_protocol import account_auth, continuation, envelope, opaque
 from vault_protocol.backup_key import seal_transport
 
 ACCOUNT = "bench-account"
@@ -39,6 +42,7 @@ class ServerRecovery:
     ke3: bytes
     expected_client_mac: bytes
     envelope_start: bytes  # sealed RecoverStart
+    start_request: envelope_pb2.VaultRequest  # its plaintext, signed by the account key
     response_key: bytes  # of envelope_start
     run: Callable[[], None]  # the server side of one whole recovery
 
@@ -56,6 +60,7 @@ class _Login:
     ke3: bytes
     expected_client_mac: bytes
     envelope_start: bytes
+    start_request: envelope_pb2.VaultRequest
     response_key: bytes
     ticket_nonce: bytes
     ticket: bytes
@@ -87,6 +92,8 @@ def _login(server: _Server, rng: Rng) -> _Login:
     start = envelope_pb2.VaultRequest(
         response_key=response_key, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
     )
+    signer = account_auth.AccountSigner.from_private_key(Ed25519PrivateKey.generate())
+    account_auth.sign_request(start, fleet.fleet_id, ACCOUNT, signer, 1)
     ticket_nonce = rng(12)
     ticket = token.aes_gcm_seal("ticket", ticket_nonce, rng(TICKET_PADDED), TICKET_AAD)
     finish = continuation.seal_continued(
@@ -95,7 +102,8 @@ def _login(server: _Server, rng: Rng) -> _Login:
     )  # fmt: skip
     return _Login(
         record, ke1, ke3, server_state.expected_client_mac,
-        envelope.seal_request(fleet, ACCOUNT, start), response_key, ticket_nonce, ticket, finish,
+        envelope.seal_request(fleet, ACCOUNT, start), start, response_key, ticket_nonce, ticket,
+        finish,
     )  # fmt: skip
 
 
@@ -108,6 +116,7 @@ def _recovery(server: _Server, login: _Login, rng: Rng) -> Callable[[], None]:
         req1 = envelope.open_request(
             login.envelope_start, ACCOUNT, fleet.fleet_id, token.ecdh, pk_r
         )
+        account_auth.verify_request(req1, fleet.fleet_id, ACCOUNT)
         step = continuation.StepKeys.derive(req1.response_key)
         ke2, state = opaque.server_login_start(
             login.record, cred, req1.recover_start.ke1, keys, config, rng
@@ -161,6 +170,7 @@ def prepare(rng: Rng) -> ServerRecovery:
         ke3=login.ke3,
         expected_client_mac=login.expected_client_mac,
         envelope_start=login.envelope_start,
+        start_request=login.start_request,
         response_key=login.response_key,
         run=_recovery(server, login, rng),
     )

@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bkv.v1 import envelope_pb2, frontend_pb2, frontend_pb2_grpc, node_pb2
 from bkv_chaos.recorder import Outcome, Recorder
-from client.session import AccountKey, login_request
+from client.session import AUTH_CLOCK, AccountKey, login_request
 from vault_protocol import opaque
+from vault_protocol.account_auth import sign_request
 from vault_protocol.continuation import seal_continued
 from vault_protocol.envelope import FleetKey, seal_request
 
@@ -185,6 +186,8 @@ class Prober:
             request = envelope_pb2.VaultRequest(
                 response_key=self._bytes(32), recover_start=envelope_pb2.RecoverStart(ke1=ke1)
             )
+            sign_request(request, self._fleet.fleet_id, victim, self._account.signer,
+                         AUTH_CLOCK.next())  # fmt: skip
             code = self._relay(seal_request(self._fleet, victim, request))
             r.status_code, r.outcome = code.name, swap_outcome(code)
 
@@ -260,8 +263,12 @@ class Prober:
         return self._rng.randbytes(n)
 
     def _sealed(self, request: envelope_pb2.VaultRequest, fleet: FleetKey | None = None) -> bytes:
+        # Signed by the probe account's key as the client would (a node that refused the
+        # signature would never reach the check each probe is there for).
         request.response_key = self._bytes(32)
-        return seal_request(fleet or self._fleet, self.account, request)
+        fleet = fleet or self._fleet
+        sign_request(request, fleet.fleet_id, self.account, self._account.signer, AUTH_CLOCK.next())
+        return seal_request(fleet, self.account, request)
 
     def _sealed_status(self, fleet: FleetKey | None = None) -> bytes:
         # Protocol 3: a status question's first step is a Begin (the operation inside).

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from bkv_chaos.checker import Secrets
 from bkv_chaos.history import HistoryOp, JsonlWriter, key_fingerprint
 from client.errors import (
+    AccountKeyRefused,
+    ClockAhead,
     InvalidPassword,
     Locked,
     NotRegistered,
     RateLimited,
     RecordTampered,
+    StaleSignature,
     Unauthenticated,
     Unavailable,
     VaultError,
@@ -68,7 +71,9 @@ def classify(err: BaseException | None) -> Outcome:
         return Outcome("locked", True, 0)
     if isinstance(err, NotRegistered):
         return Outcome("not_registered", True)
-    if isinstance(err, Unauthenticated):
+    if isinstance(err, Unauthenticated | AccountKeyRefused | StaleSignature | ClockAhead):
+        # The frontend refused the session, or the vault the request's account signature
+        # (issue 17): definite, nothing applied.
         return Outcome("unauthenticated", True)
     if isinstance(err, RateLimited):
         return Outcome("rate_limited", True)

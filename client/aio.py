@@ -23,7 +23,7 @@ from client import protocol
 from client.backup_file import PathArg, Progress, decrypt_backup, encrypt_backup
 from client.channels import AioGrpcConnector, AsyncConnector
 from client.config import ClientConfig
-from client.core import Call, ClientCore, Effect, NeedSession, Probe
+from client.core import Call, ClientCore, Effect, Job, NeedSession, Probe, RunFlow
 from client.driver import adrive
 from client.protocol import Done, Outbound, Status
 from client.retry import Pause
@@ -95,6 +95,14 @@ class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[No
         """As `VaultClient.status`."""
         return await self._run(protocol.status_flow(self._context()))
 
+    async def change_account_key(self, password: str | bytes, key: BackupKey | None = None) -> None:
+        """As `VaultClient.change_account_key`."""
+        await adrive(self.key_change_script(password, key), self._job)
+
+    async def request_rebind(self) -> Status:
+        """As `VaultClient.request_rebind`."""
+        return await self._run(protocol.rebind_flow(self._context()))
+
     async def encrypt_backup(
         self, src: PathArg, dst: PathArg, key: BackupKey, progress: Progress | None = None
     ) -> int:
@@ -127,6 +135,12 @@ class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[No
             else:
                 step = protocol.advance(flow, answer)
         return step.value
+
+    async def _job(self, job: Job) -> Any:
+        """Carry out one job of a script of `client.core` (a flow, or a call plan)."""
+        if isinstance(job, RunFlow):
+            return await self._run(job.flow)
+        return await adrive(job.plan, self._perform)
 
     async def _relay(self, outbound: Outbound) -> bytes:
         answer: bytes = await adrive(self.relay_plan(outbound), self._perform)

@@ -2,7 +2,9 @@
 
 ```
 bkv [--config FILE] [--account ID] [--key-dir DIR] [--json] COMMAND
-  account create | account show
+  account create [--no-login] | account show
+  account change-key [--password-stdin] [--key-file F|-]
+  account rebind-request
   register [--password-stdin] [--key-file F|-] [--max-attempts N]
   recover  [--password-stdin]
   status | delete
@@ -23,9 +25,12 @@ account key file lives beside the config unless `--key-dir`. Hidden: `--ksf fast
 `$BKV_KSF=fast`) uses a much weaker Argon2id (t=1, p=1, 256 KiB) — load tests only.
 
 Exit codes: 0 success; 2 usage or bad input; 3 wrong password; 4 locked; 5 not registered;
-6 unavailable or rate limited; 7 authentication failed; 1 anything else.
+6 unavailable or rate limited; 7 authentication failed (the frontend's session, or the vault
+record bound to another account key, or this device's clock too far ahead); 8 tampered;
+1 anything else.
 `--json` prints one JSON object on stdout: `ok`, `error` (invalid_password, locked,
-not_registered, unavailable, rate_limited, unauthenticated, protocol, bad_input),
+not_registered, unavailable, rate_limited, unauthenticated, account_key, clock,
+stale_signature, tampered, protocol, bad_input),
 `guesses_left` where known, `key` where a key is returned, `message` on errors.
 
 >>> exit_code_for(InvalidPassword(2))
@@ -44,6 +49,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,18 +58,21 @@ from typing import Any, TextIO
 from client.backup_file import decrypt_backup, encrypt_backup
 from client.config import KSF_NAMES, default_config_path, load_config
 from client.errors import (
+    AccountKeyRefused,
     BadInput,
+    ClockAhead,
     InvalidPassword,
     Locked,
     NotRegistered,
     ProtocolError,
     RateLimited,
     RecordTampered,
+    StaleSignature,
     Unauthenticated,
     Unavailable,
     VaultError,
 )
-from client.protocol import MAX_ATTEMPTS_LIMIT
+from client.protocol import MAX_ATTEMPTS_LIMIT, Status
 from client.session import AccountKey
 from client.vault import VaultClient
 from vault_protocol.backup_key import BackupKey
@@ -86,6 +95,9 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (RateLimited, EXIT_UNAVAILABLE, "rate_limited"),
     (Unavailable, EXIT_UNAVAILABLE, "unavailable"),
     (Unauthenticated, EXIT_UNAUTHENTICATED, "unauthenticated"),
+    (AccountKeyRefused, EXIT_UNAUTHENTICATED, "account_key"),
+    (ClockAhead, EXIT_UNAUTHENTICATED, "clock"),
+    (StaleSignature, EXIT_UNAVAILABLE, "stale_signature"),
     (RecordTampered, EXIT_TAMPERED, "tampered"),
     (BadInput, EXIT_BAD_INPUT, "bad_input"),  # includes ConfigError's code too
     (KeyFormatError, EXIT_BAD_INPUT, "bad_input"),
@@ -165,8 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     account = sub.add_parser("account", help="create or show the account key")
     account_sub = account.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    account_sub.add_parser("create", help="make a new account key (0600 file) and log in")
+    create = account_sub.add_parser("create", help="make a new account key (0600 file), log in")
+    create.add_argument(
+        "--no-login",
+        action="store_true",
+        help="only make the key (a new device of an account whose key was lost: show it to "
+        "the operator, then `account rebind-request`)",
+    )
     account_sub.add_parser("show", help="print the account id, public key and key file")
+    change = account_sub.add_parser(
+        "change-key", help="replace the account key by a new one (you still hold the old one)"
+    )
+    change.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    change.add_argument(
+        "--key-file", metavar="FILE", help="the escrowed key, - for stdin (default: recover it)"
+    )
+    account_sub.add_parser(
+        "rebind-request",
+        help="key lost: ask the vault to bind this key after the operator's delay",
+    )
 
     reg = sub.add_parser("register", help="escrow a key behind a password")
     reg.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -345,12 +376,58 @@ def _key_result(key: BackupKey) -> Result:
     return {"key": bytes(key).hex(), "_text": key.display()}
 
 
+def _status_result(s: Status) -> Result:
+    text = (
+        f"registered: {'yes' if s.registered else 'no'}, guesses left: {s.guesses_left}, "
+        f"locked: {'yes' if s.locked else 'no'}"
+    )
+    result: Result = {
+        "registered": s.registered,
+        "guesses_left": s.guesses_left,
+        "locked": s.locked,
+        "max_attempts": s.max_attempts,
+        "rebind_pending": s.rebind_pending,
+    }
+    if s.rebind_pending:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.rebind_matures_at_ms / 1000))
+        result.update(rebind_key=s.rebind_key.hex(), rebind_matures_at_ms=s.rebind_matures_at_ms)
+        text += (
+            f"\nrebind pending to key {s.rebind_key.hex()}, matures {when}; the current key "
+            "cancels it by signing any request (`bkv status`)"
+        )
+    if s.rebind_cancelled_key:
+        result["rebind_cancelled_key"] = s.rebind_cancelled_key.hex()
+        text += (
+            f"\na rebind to key {s.rebind_cancelled_key.hex()} was pending: this request, "
+            "signed by your key, cancelled it"
+        )
+    result["_text"] = text
+    return result
+
+
 def cmd_account(args: argparse.Namespace, io: Io) -> Result:
     if args.action == "create":
         with make_client(args) as client:
-            created = client.create_account(account_id(args))
+            created = client.create_account(account_id(args), login=not args.no_login)
             path = str(client.account.path)
-        return {"account": created, "key_file": path, "_text": f"account {created} ({path})"}
+            public = client.account.public_key.hex()
+        return {
+            "account": created,
+            "key_file": path,
+            "public_key": public,
+            "_text": f"account {created} ({path})\npublic key {public}",
+        }
+    if args.action == "change-key":
+        given = _key_from_option(args, io)
+        with make_client(args) as client:
+            client.account  # noqa: B018 - fail on a missing account before asking for a password
+            password = _read_password(args, io, confirm=False)
+            client.change_account_key(password, given)
+            public = client.account.public_key.hex()
+        return {"public_key": public, "_text": f"account key changed; public key {public}"}
+    if args.action == "rebind-request":
+        with make_client(args) as client:
+            return _status_result(client.request_rebind())
     acct = account_id(args)
     if not acct:
         raise BadInput("no account: pass --account or set $BKV_ACCOUNT")
@@ -389,18 +466,7 @@ def cmd_recover(args: argparse.Namespace, io: Io) -> Result:
 
 def cmd_status(args: argparse.Namespace, io: Io) -> Result:
     with make_client(args) as client:
-        s = client.status()
-    text = (
-        f"registered: {'yes' if s.registered else 'no'}, guesses left: {s.guesses_left}, "
-        f"locked: {'yes' if s.locked else 'no'}"
-    )
-    return {
-        "registered": s.registered,
-        "guesses_left": s.guesses_left,
-        "locked": s.locked,
-        "max_attempts": s.max_attempts,
-        "_text": text,
-    }
+        return _status_result(client.status())
 
 
 def cmd_delete(args: argparse.Namespace, io: Io) -> Result:

@@ -28,8 +28,10 @@ from typing import Any, Generic, Self, TypeVar
 import grpc
 
 from bkv.v1 import frontend_pb2
+from client import protocol
 from client.config import ClientConfig, default_config_path, ksf_named, load_config, load_fleet_key
 from client.errors import (
+    AccountKeyRefused,
     BadInput,
     ChallengeRefused,
     ProtocolError,
@@ -40,11 +42,20 @@ from client.errors import (
 )
 from client.protocol import FlowContext, Outbound, Step
 from client.retry import Pause, RetryPolicy, RetryState, retrying
-from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
+from client.session import (
+    AUTH_CLOCK,
+    AccountKey,
+    Session,
+    change_key_request,
+    login_request,
+    new_account_id,
+    wall_clock_ms,
+)
+from vault_protocol.backup_key import BackupKey
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
-METHODS = ("GetChallenge", "Login", "Relay")
+METHODS = ("GetChallenge", "Login", "ChangeKey", "Relay")
 LOGIN_PAIRS = 3  # GetChallenge + Login pairs per login (a spent challenge costs one)
 
 
@@ -75,6 +86,25 @@ class NeedSession:
 
 Effect = Probe | Call | Pause | NeedSession
 CallPlan = Generator[Effect, Any, Any]
+
+
+@dataclass(frozen=True)
+class RunFlow:
+    """Job of a script (an operation of several flows): run this `client.protocol` flow
+    through the relay -> its result (or its error, thrown back into the script)."""
+
+    flow: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Job of a script: carry out this call plan (a login, a key change) -> its result."""
+
+    plan: Any = field(repr=False)
+
+
+Job = RunFlow | RunPlan
+Script = Generator[Job, Any, Any]
 
 
 class Failover:
@@ -167,6 +197,7 @@ class ClientCore(Generic[ConnectorT, SleepT]):
         uniform: Callable[[], float] = random.random,
         clock_ms: Callable[[], int] = wall_clock_ms,
         connector: ConnectorT | None = None,
+        auth_clock: Callable[[int], int] = AUTH_CLOCK.next,
     ) -> None:
         self.config = config.validate()
         self.account_id = account_id
@@ -180,6 +211,7 @@ class ClientCore(Generic[ConnectorT, SleepT]):
         self._sleep: SleepT = sleep if sleep is not None else self._default_sleep()
         self._connector: ConnectorT = connector or self._new_connector(config)
         self._session = Session(clock_ms=clock_ms)
+        self._auth_clock = auth_clock  # ts_ms of signed requests (one per process by default)
         # Start at a random frontend so that many clients spread over all of them.
         count = len(config.frontends)
         self._failover = Failover(
@@ -233,38 +265,53 @@ class ClientCore(Generic[ConnectorT, SleepT]):
             self._retry,
             counts_guess=step is not None and step.counts_guess,
             finishes=step is not None and step.finishes,
+            resignable=step is not None and step.signed,
             clock=self._clock,
             uniform=self._uniform,
         )
 
-    def _context(self) -> FlowContext:
+    def _context(self, signing: AccountKey | None = None) -> FlowContext:
+        """The flows' context, signed by the account's key (or `signing`: a key change's)."""
         if self._fleet is None:
             self._fleet = load_fleet_key(self.config)
         return FlowContext(
             fleet=self._fleet,
             account_id=self.account.account_id,
+            signer=(signing or self.account).signer,
             opaque=OpaqueConfig(ksf=self._ksf),
             rng=self._rng,
+            auth_clock=self._auth_clock,
         )
 
     # -- the calls, as plans (no I/O: see the module docstring) -------------------------------
 
     def login_plan(self) -> CallPlan:
-        """GetChallenge -> sign -> Login; the session keeps the token.
+        """GetChallenge -> sign -> Login; the session keeps the token."""
+        account, token = self.account, self.config.enrollment_token
+        yield from self._challenged_plan(
+            "Login", lambda challenge: login_request(account, challenge, token)
+        )
 
-        A challenge is spent by its first login and accepted only by the frontend that issued
-        it: when Login's retry went to another frontend, or its first try got through but the
-        answer was lost, the refusal says so and the pair runs again with a fresh challenge."""
+    def change_key_plan(self, new: AccountKey) -> CallPlan:
+        """GetChallenge -> both keys sign -> ChangeKey: the frontend's binding moves to `new`,
+        and the session is the new key's."""
         account = self.account
+        yield from self._challenged_plan(
+            "ChangeKey", lambda challenge: change_key_request(account, new, challenge)
+        )
+
+    def _challenged_plan(self, method: str, signed: Callable[[bytes], Any]) -> CallPlan:
+        """GetChallenge, then `method` with the request `signed(challenge)` makes; the session
+        keeps the token it answers with.
+
+        A challenge is spent by its first use and accepted only by the frontend that issued
+        it: when the call's retry went to another frontend, or its first try got through but
+        the answer was lost, the refusal says so and the pair runs again with a fresh one."""
+        request = frontend_pb2.ChallengeRequest(account_id=self.account.account_id)
         for pair in range(LOGIN_PAIRS):
-            challenge = yield from self.rpc_plan(
-                "GetChallenge", frontend_pb2.ChallengeRequest(account_id=account.account_id)
-            )
+            challenge = yield from self.rpc_plan("GetChallenge", request)
             try:
-                reply = yield from self.rpc_plan(
-                    "Login",
-                    login_request(account, challenge.challenge, self.config.enrollment_token),
-                )
+                reply = yield from self.rpc_plan(method, signed(challenge.challenge))
             except ChallengeRefused:
                 if pair == LOGIN_PAIRS - 1:
                     raise
@@ -273,10 +320,47 @@ class ClientCore(Generic[ConnectorT, SleepT]):
             return
         raise AssertionError("unreachable")
 
+    def key_change_script(self, password: str | bytes, key: BackupKey | None) -> Script:
+        """Key change, the user still holding the account key (issue 17): a new key, bound in
+        the vault by a re-registration the old key signs (same K and password: recovered first
+        unless given) and at the frontend by `ChangeKey` (both keys sign); then the new key file
+        replaces the old one.
+
+        Resumable: the new key waits in `<account>.account.key.new` until both sides bind it;
+        a run that finds the vault already bound to it goes on with the frontend."""
+        new = AccountKey.pending(self.key_dir, self.account.account_id)
+        try:
+            status = yield RunFlow(protocol.status_flow(self._context()))
+        except AccountKeyRefused:
+            # An earlier run got past the vault step: the record is bound to the new key now
+            # (otherwise this refuses too, and the record belongs to another key altogether).
+            yield RunFlow(protocol.status_flow(self._context(new)))
+        else:
+            if status.locked:
+                raise BadInput("the vault record is locked: register again before changing keys")
+            if status.registered:
+                ctx = self._context()
+                if key is None:
+                    key = yield RunFlow(protocol.recover_flow(ctx, password))
+                yield RunFlow(
+                    protocol.register_flow(
+                        ctx, password, key, status.max_attempts or None, new.public_key
+                    )
+                )
+        yield RunPlan(self.change_key_plan(new))
+        self._account = new.adopt(self.key_dir)
+
     def relay_plan(self, outbound: Outbound) -> CallPlan:
         """One flow step through a frontend -> the sealed answer (bytes)."""
-        request = frontend_pb2.RelayRequest(envelope=outbound.envelope)
         state = self._step_retry(outbound.step)  # shared across the re-login below
+
+        def request() -> frontend_pb2.RelayRequest:
+            # Every retry of a first step is signed afresh (client.retry), past the vault's
+            # last accepted timestamp after a stale refusal.
+            if outbound.resign is None or not state.tries:
+                return frontend_pb2.RelayRequest(envelope=outbound.envelope)
+            return frontend_pb2.RelayRequest(envelope=outbound.resign(state.resign_floor_ms or 0))
+
         for auth_try in range(2):
             if self._session.token() is None:
                 yield NeedSession()
@@ -297,7 +381,7 @@ class ClientCore(Generic[ConnectorT, SleepT]):
         self, method: str, request: Any, *, metadata: Any = None, state: RetryState | None = None
     ) -> CallPlan:
         """One call with its retries: under `state` (a flow step's budget), or a fresh budget
-        for a call that counts no guess."""
+        for a call that counts no guess. `request` may be a callable making it for each try."""
         if self._closed:
             raise ProtocolError("the client is closed")
         if method not in METHODS:
@@ -305,7 +389,9 @@ class ClientCore(Generic[ConnectorT, SleepT]):
         try:
             return (
                 yield from retrying(
-                    lambda remaining: self._attempt_plan(method, request, metadata, remaining),
+                    lambda remaining: self._attempt_plan(
+                        method, request() if callable(request) else request, metadata, remaining
+                    ),
                     state or self._step_retry(),
                 )
             )

@@ -27,6 +27,7 @@ from vault_common.wire import (
     NEW_CHALLENGE_KEY,
     NOT_APPLIED_KEY,
     RETRY_AFTER_MS_KEY,
+    parse_account_refusal,
     trailer,
 )
 
@@ -98,6 +99,54 @@ class Unauthenticated(VaultError):
     """
 
     code = "unauthenticated"
+
+
+class AccountKeyRefused(VaultError):
+    """The vault record is bound to another account key than the one this client signs with
+    (the vault checked the signature itself; nothing was changed and no guess was counted).
+
+    Retry: never; a retry cannot help. The record was registered from another device or key
+    (or this account's key changed there): use that key, or, if it is lost for good, ask the
+    operator to rebind the account and run `bkv account rebind-request` (client/README.md).
+    """
+
+    code = "account_key"
+
+    def __init__(
+        self, message: str = "the vault record is bound to another account key; a retry cannot help"
+    ) -> None:
+        super().__init__(message)
+
+
+class StaleSignature(VaultError):
+    """The vault refused a signed first step whose timestamp is not after the last one it
+    accepted for the account (`floor_ms`): a replay, or this device's clock is behind another's.
+    Nothing was applied.
+
+    Retry: safe; the library already signed it once more past `floor_ms` by itself.
+    """
+
+    retry_safe = True
+    code = "stale_signature"
+
+    def __init__(self, floor_ms: int, message: str = "") -> None:
+        super().__init__(message or "the vault refused an out-of-date signed request")
+        self.floor_ms = floor_ms
+
+
+class ClockAhead(VaultError):
+    """The vault refused a signed request whose timestamp is too far ahead of its clock (more
+    than its `account_auth_max_future_s`, 10 minutes by default). Nothing was applied.
+
+    Retry: only once this device's clock is right.
+    """
+
+    code = "clock"
+
+    def __init__(
+        self, message: str = "this device's clock is too far ahead of the vault's; fix it"
+    ) -> None:
+        super().__init__(message)
 
 
 class ChallengeRefused(Unauthenticated):
@@ -255,6 +304,27 @@ def _version_mismatch(err: _StatusCarrier) -> VaultError | None:
     )
 
 
+def _account_refusal(err: _StatusCarrier) -> VaultError | None:
+    """A vault node's refusal of the account signature (vault_common.wire), or None. Only the
+    reason and one integer are read from the untrusted details; the messages are ours."""
+    details = getattr(err, "details", None)
+    try:
+        text = details() if callable(details) else ""
+    except Exception:  # noqa: BLE001 - no details: not an account refusal
+        return None
+    parsed = parse_account_refusal(text) if isinstance(text, str) else None
+    if parsed is None:
+        return None
+    reason, floor_ms = parsed
+    if reason == "key":
+        return AccountKeyRefused()
+    if reason == "stale":
+        return StaleSignature(floor_ms)
+    if reason == "clock":
+        return ClockAhead()
+    return ProtocolError("the vault refused the request's account signature (invalid)")
+
+
 def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
     """Map a failed gRPC call to a client error: the library's only gRPC status → error mapping.
 
@@ -274,6 +344,9 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
     suffix = f" ({where})" if where else ""
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     if code is grpc.StatusCode.UNAUTHENTICATED:
+        refusal = _account_refusal(err)
+        if refusal is not None:
+            return refusal
         if _new_challenge(err):
             return ChallengeRefused(f"the frontend refused a spent login challenge{suffix}")
         return Unauthenticated(f"the frontend refused the account session{suffix}")

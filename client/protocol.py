@@ -44,8 +44,10 @@ from client.errors import (
     VaultError,
     error_from_outcome,
 )
+from client.session import AUTH_CLOCK
 from vault_protocol import backup_key, ksf, opaque
 from vault_protocol import errors as vp_errors
+from vault_protocol.account_auth import PUBLIC_KEY_LEN, AccountSigner, sign_request
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import FleetKey, open_response, seal_request
@@ -79,6 +81,12 @@ class Step(enum.Enum):
         return self in (Step.RECOVER_FINISH, Step.REGISTER_FINISH, Step.DELETE, Step.STATUS)
 
     @property
+    def signed(self) -> bool:
+        """True for a first step: signed by the account key, and sealed afresh (a new ts_ms and
+        signature) when the vault refused it as stale (see client.retry)."""
+        return self in (Step.REGISTER_START, Step.RECOVER_START, Step.BEGIN)
+
+    @property
     def runs_ksf_next(self) -> bool:
         """True when the flow runs the KSF on this step's answer (keep that off an event loop)."""
         return self in (Step.RECOVER_START, Step.REGISTER_START)
@@ -86,10 +94,15 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class Outbound:
-    """An envelope a flow wants relayed to the vault."""
+    """An envelope a flow wants relayed to the vault.
+
+    `resign(floor_ms)`, on a first step: the same request signed again with a fresh ts_ms past
+    `floor_ms` and sealed again (same response key, so the flow's step keys stay valid); None on
+    a second step, which carries no signature."""
 
     step: Step
     envelope: bytes = field(repr=False)
+    resign: Callable[[int], bytes] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Outbound(step={self.step.value}, {len(self.envelope)} bytes)"
@@ -106,22 +119,36 @@ class Status:
     guesses_left: wrong passwords left before the key is erased (0 when locked or unregistered).
     locked: the key was erased after too many wrong passwords.
     max_attempts: the record's guess limit (0 when unknown).
+    rebind_pending, rebind_key, rebind_matures_at_ms (key loss): another account key (raw
+        public key `rebind_key`) asked to replace this account's; from `rebind_matures_at_ms`
+        (ms since the epoch, the vault's clock) it may sign like the bound key, unless the
+        bound key signs any request first, which cancels it.
+    rebind_cancelled_key: a rebind to this key was pending, and this very request (signed by
+        the bound key) cancelled it: someone asked to take the account over.
     """
 
     registered: bool
     guesses_left: int
     locked: bool
     max_attempts: int = 0
+    rebind_pending: bool = False
+    rebind_matures_at_ms: int = 0
+    rebind_key: bytes = b""
+    rebind_cancelled_key: bytes = b""
 
 
 @dataclass(frozen=True)
 class FlowContext:
-    """What every flow needs: the pinned fleet key, the account, OPAQUE settings, randomness."""
+    """What every flow needs: the pinned fleet key, the account and the signer of its account
+    key, OPAQUE settings, randomness, and the clock of signed requests (`AuthClock.next`:
+    strictly increasing, past a floor)."""
 
     fleet: FleetKey
     account_id: str
+    signer: AccountSigner
     opaque: opaque.OpaqueConfig = field(default_factory=opaque.OpaqueConfig)
     rng: Callable[[int], bytes] = os.urandom
+    auth_clock: Callable[[int], int] = AUTH_CLOCK.next
 
 
 def encode_password(password: str | bytes) -> bytes:
@@ -169,11 +196,20 @@ def _checked(
 def _first(
     ctx: FlowContext, step: Step, request: envelope_pb2.VaultRequest
 ) -> Generator[Outbound, bytes, tuple[envelope_pb2.VaultResponse, _Continuation]]:
-    """Seal step 1 (HPKE), yield it, open the answer; its outcome is the caller's to check."""
+    """Sign step 1 with the account key, seal it (HPKE), yield it, open the answer; its outcome
+    is the caller's to check."""
     response_key = ctx.rng(RESPONSE_KEY_BYTES)
     request.response_key = response_key
     keys = StepKeys.derive(response_key)
-    sealed = yield Outbound(step, seal_request(ctx.fleet, ctx.account_id, request))
+
+    def signed(floor_ms: int = 0) -> bytes:
+        # The signature covers the whole request, its response key included: step 2, sealed
+        # under keys derived from it, needs none of its own.
+        ts_ms = ctx.auth_clock(floor_ms)
+        sign_request(request, ctx.fleet.fleet_id, ctx.account_id, ctx.signer, ts_ms)
+        return seal_request(ctx.fleet, ctx.account_id, request)
+
+    sealed = yield Outbound(step, signed(), resign=signed)
     response = _open(keys.answer1, sealed)
     if not response.ticket:
         # Every step-1 answer carries one, whatever its outcome (protocol 3).
@@ -219,25 +255,38 @@ def register_flow(
     password: str | bytes,
     key: BackupKey | None = None,
     max_attempts: int | None = None,
+    new_account_key: bytes = b"",
 ) -> Flow[BackupKey]:
     """Escrow `key` (a fresh one when None) behind `password`; returns the key.
 
     `max_attempts`: wrong guesses allowed before the key is erased (None: the vault's default).
+    `new_account_key` (key change): the raw Ed25519 public key the new registration binds,
+    signed for by `ctx.signer` (the key bound now); empty: the signer's own key.
     """
     if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
         raise ValueError(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
-    return _guarded(_register(ctx, encode_password(password), key, max_attempts or 0))
+    if new_account_key and len(new_account_key) != PUBLIC_KEY_LEN:
+        raise ValueError(f"new_account_key must be a raw {PUBLIC_KEY_LEN}-byte Ed25519 key")
+    return _guarded(
+        _register(ctx, encode_password(password), key, max_attempts or 0, new_account_key)
+    )
 
 
 def _register(
-    ctx: FlowContext, password: bytes, key: BackupKey | None, max_attempts: int
+    ctx: FlowContext,
+    password: bytes,
+    key: BackupKey | None,
+    max_attempts: int,
+    new_account_key: bytes,
 ) -> Flow[BackupKey]:
     k = key if key is not None else BackupKey.generate(ctx.rng)
     params = ksf.to_params(ctx.opaque.ksf)  # stored with the record: later clients stretch alike
     for attempt in range(2):
         state, request = opaque.registration_start(password, ctx.rng)
         start = envelope_pb2.VaultRequest(
-            register_start=envelope_pb2.RegisterStart(registration_request=request)
+            register_start=envelope_pb2.RegisterStart(
+                registration_request=request, new_account_key=new_account_key
+            )
         )
         answer, cont = yield from _first(ctx, Step.REGISTER_START, start)
         reply = _checked(answer, Step.REGISTER_START, "register_start")
@@ -344,8 +393,17 @@ def status_flow(ctx: FlowContext) -> Flow[Status]:
     return _guarded(_status(ctx))
 
 
-def _status(ctx: FlowContext) -> Flow[Status]:
-    cont = yield from _begun(ctx, envelope_pb2.Begin.Op.OP_STATUS)
+def rebind_flow(ctx: FlowContext) -> Flow[Status]:
+    """Key loss: ask the vault to let `ctx.signer`'s key replace the account's bound key after
+    the operator's delay (no guess is counted). Returns the status, which shows the pending
+    rebind and when it matures; asking again keeps the first request's date."""
+    return _guarded(_status(ctx, envelope_pb2.Begin.Op.OP_REBIND))
+
+
+def _status(
+    ctx: FlowContext, begin: envelope_pb2.Begin.Op.ValueType = envelope_pb2.Begin.Op.OP_STATUS
+) -> Flow[Status]:
+    cont = yield from _begun(ctx, begin)
     request = envelope_pb2.VaultRequest(status=envelope_pb2.StatusRequest())
     try:
         answer = yield from _second(ctx, Step.STATUS, cont, request)
@@ -361,6 +419,10 @@ def _status(ctx: FlowContext) -> Flow[Status]:
         guesses_left=0 if locked or not s.registered else int(reply.guesses_left),
         locked=locked,
         max_attempts=int(s.max_attempts),
+        rebind_pending=bool(s.rebind_pending),
+        rebind_matures_at_ms=int(s.rebind_matures_at_ms),
+        rebind_key=bytes(s.rebind_key),
+        rebind_cancelled_key=bytes(s.rebind_cancelled_key),
     )
 
 

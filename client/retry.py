@@ -20,6 +20,13 @@ Policy, written down as STYLE.md asks:
   or the answer carried `bkv-not-applied: 1` (no vault node wrote anything: the node it reached
   was not serving, or none could be reached). Such tries are bounded by `max_attempts` and the
   deadline like any other.
+* Every retry of a first step is signed afresh (`Outbound.resign`, a new `ts_ms`): the vault
+  refuses a signed request it has seen, so a copy of one it applied would only come back as a
+  replay. A first step the vault refused as `StaleSignature` (its timestamp not after the last
+  one the vault accepted for the account: nothing was applied, the refusal carries
+  `bkv-not-applied: 1`) is signed past the vault's timestamp (`RetryState.resign_floor_ms`)
+  and sent **once** more, at once. A second stale refusal goes back to the caller: another
+  device or process keeps signing ahead, or someone keeps replaying.
 * Every other step is tried up to `max_attempts` times in all.
 * Between tries: exponential backoff with full jitter, `delay = u * min(max_delay_s,
   base_delay_s * multiplier**n)` with `u` from an injected uniform `rng` in [0, 1), and never past
@@ -37,7 +44,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from client.errors import ConfigError, RateLimited, Unavailable
+from client.errors import ConfigError, RateLimited, StaleSignature, Unavailable
 
 T = TypeVar("T")
 
@@ -113,25 +120,41 @@ class RetryState:
         clock: Clock,
         uniform: Uniform,
         finishes: bool = False,
+        resignable: bool = False,
     ):
         self._policy = policy
         self._counts_guess = counts_guess
         self._finishes = finishes
+        self._resignable = resignable
+        # Set once a stale signature was refused: every later try is signed afresh past it.
+        self.resign_floor_ms: int | None = None
         self._clock = clock
         self._uniform = uniform
         self._deadline = clock() + policy.overall_deadline_s
         self._tries = 0
         self._sent_tries = 0
 
+    @property
+    def tries(self) -> int:
+        """Failed tries so far (0 before the first one failed)."""
+        return self._tries
+
     def remaining(self) -> float:
         """Seconds left before the overall deadline (never negative)."""
         return max(0.0, self._deadline - self._clock())
 
-    def after_failure(self, err: Unavailable | RateLimited) -> float | None:
+    def after_failure(self, err: Unavailable | RateLimited | StaleSignature) -> float | None:
         """Record a failed try; return the delay before the next one, or None to give up."""
         self._tries += 1
         if isinstance(err, RateLimited):
             return self._after_rate_limit(err)
+        if isinstance(err, StaleSignature):
+            # Not applied (the vault checked the signature before anything else): one fresh
+            # signature past the vault's floor, at once; never a second.
+            if not self._resignable or self.resign_floor_ms is not None:
+                return None
+            self.resign_floor_ms = err.floor_ms
+            return 0.0
         if err.sent:
             self._sent_tries += 1
         if self._tries >= self._policy.max_attempts:
@@ -168,12 +191,12 @@ def retrying(
     attempt: Callable[[float], Generator[Any, Any, T]], state: RetryState
 ) -> Generator[Any, Any, T]:
     """The one retry loop, as a plan: run the plan `attempt(time_left_s)`, and after each
-    `Unavailable` / `RateLimited` either yield `Pause(delay)` and try again or re-raise, as
-    `state` decides. Every other error goes straight through."""
+    `Unavailable` / `RateLimited` / `StaleSignature` either yield `Pause(delay)` and try again
+    or re-raise, as `state` decides. Every other error goes straight through."""
     while True:
         try:
             return (yield from attempt(state.remaining()))
-        except (Unavailable, RateLimited) as err:
+        except (Unavailable, RateLimited, StaleSignature) as err:
             delay = state.after_failure(err)
             if delay is None:
                 raise

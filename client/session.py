@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,9 +33,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bkv.v1 import frontend_pb2
 from client.errors import BadInput
 from vault_common.wire import AUTHORIZATION_KEY, BEARER_PREFIX
+from vault_protocol.account_auth import AccountSigner
 
 LOGIN_CONTEXT = b"bkv-v1 login"
+CHANGE_KEY_CONTEXT = b"bkv-v1 change key"
 KEY_SUFFIX = ".account.key"
+PENDING_SUFFIX = ".new"  # the key a key change moves to, until both sides bind it
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 REFRESH_MARGIN_MS = 30_000  # refresh a token this long before it expires
 
@@ -85,6 +89,17 @@ class AccountKey:
         # Security: the fixed prefix keeps this signature from being valid for any other use.
         return self._private.sign(LOGIN_CONTEXT + challenge)
 
+    def sign_key_change(self, challenge: bytes, new_public_key: bytes) -> bytes:
+        """Ed25519 signature over `b"bkv-v1 change key" || challenge || new public key` (both
+        the bound and the new key sign it: `frontend.proto` ChangeKey)."""
+        return self._private.sign(CHANGE_KEY_CONTEXT + challenge + new_public_key)
+
+    @property
+    def signer(self) -> AccountSigner:
+        """What signs every step-1 request to the vault (vault_protocol.account_auth); its
+        transcript has a label of its own, so no signature serves both there and at login."""
+        return AccountSigner(self.public_key, self._private.sign)
+
     @classmethod
     def create(
         cls,
@@ -94,7 +109,30 @@ class AccountKey:
         private_key: Ed25519PrivateKey | None = None,
     ) -> AccountKey:
         """Make a new key in `<key_dir>/<account_id>.account.key`, mode 0600; never overwrites."""
-        path = key_file_path(key_dir, account_id)
+        return cls._create_at(key_file_path(key_dir, account_id), account_id, private_key)
+
+    @classmethod
+    def pending(cls, key_dir: str | os.PathLike[str], account_id: str) -> AccountKey:
+        """The key a key change moves to, `<account>.account.key.new` (0600): made by the
+        first try, loaded again by a resumed one, so that an interrupted change finishes
+        with the key the vault may already have bound."""
+        path = pending_key_file_path(key_dir, account_id)
+        if path.exists():
+            return cls._load_at(path, account_id)
+        return cls._create_at(path, account_id, None)
+
+    def adopt(self, key_dir: str | os.PathLike[str]) -> AccountKey:
+        """This pending key becomes the account's key file (an atomic rename over the old
+        one, whose private key is then gone)."""
+        target = key_file_path(key_dir, self.account_id)
+        os.replace(self.path, target)
+        return AccountKey(self.account_id, self._private, target)
+
+    @classmethod
+    def _create_at(
+        cls, path: Path, account_id: str, private_key: Ed25519PrivateKey | None
+    ) -> AccountKey:
+        key_dir = path.parent
         key = private_key or Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -117,7 +155,10 @@ class AccountKey:
     @classmethod
     def load(cls, key_dir: str | os.PathLike[str], account_id: str) -> AccountKey:
         """Load the account's key; BadInput when missing, unreadable or readable by others."""
-        path = key_file_path(key_dir, account_id)
+        return cls._load_at(key_file_path(key_dir, account_id), account_id)
+
+    @classmethod
+    def _load_at(cls, path: Path, account_id: str) -> AccountKey:
         try:
             mode = os.stat(path).st_mode
             data = path.read_bytes()
@@ -137,6 +178,26 @@ class AccountKey:
         return cls(account_id, key, path)
 
 
+def pending_key_file_path(key_dir: str | os.PathLike[str], account_id: str) -> Path:
+    """Where a key change keeps the new key until it is bound: `<key file>.new`."""
+    path = key_file_path(key_dir, account_id)
+    return path.with_name(path.name + PENDING_SUFFIX)
+
+
+def change_key_request(
+    account: AccountKey, new: AccountKey, challenge: bytes
+) -> frontend_pb2.ChangeKeyRequest:
+    """The `ChangeKey` message moving `account`'s frontend binding to `new` (both sign)."""
+    return frontend_pb2.ChangeKeyRequest(
+        account_id=account.account_id,
+        public_key=account.public_key,
+        new_public_key=new.public_key,
+        challenge=challenge,
+        signature=account.sign_key_change(challenge, new.public_key),
+        new_signature=new.sign_key_change(challenge, new.public_key),
+    )
+
+
 def login_request(
     account: AccountKey, challenge: bytes, enrollment_token: str = ""
 ) -> frontend_pb2.LoginRequest:
@@ -153,6 +214,32 @@ def login_request(
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch (the frontend's `expires_at_ms` unit)."""
     return time.time_ns() // 1_000_000
+
+
+class AuthClock:
+    """The `ts_ms` of signed requests: the wall clock, but strictly increasing in this process
+    (`max(now, last + 1)`), and past a floor the vault named (a refused stale request).
+
+    The vault refuses a signed request whose ts_ms is not above the last one that wrote the
+    record (a replay), so two requests of one process must never share a ts_ms.
+
+    >>> clock = AuthClock(lambda: 1_000)
+    >>> [clock.next(), clock.next(), clock.next(floor_ms=5_000), clock.next()]
+    [1000, 1001, 5001, 5002]
+    """
+
+    def __init__(self, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+        self._clock_ms = clock_ms
+        self._last = 0
+        self._lock = threading.Lock()  # the blocking client may run on several threads
+
+    def next(self, floor_ms: int = 0) -> int:
+        with self._lock:
+            self._last = max(self._clock_ms(), self._last + 1, floor_ms + 1)
+            return self._last
+
+
+AUTH_CLOCK = AuthClock()  # one per process: every client of this process signs past the others
 
 
 @dataclass(repr=False)

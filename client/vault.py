@@ -34,7 +34,7 @@ from client.backup_file import (
 )
 from client.channels import Connector, GrpcConnector
 from client.config import ClientConfig, default_config_path
-from client.core import Call, ClientCore, Effect, NeedSession, Probe
+from client.core import Call, ClientCore, Effect, Job, NeedSession, Probe, RunFlow
 from client.driver import drive
 from client.protocol import Outbound, Status
 from client.retry import Pause
@@ -121,8 +121,21 @@ class VaultClient(ClientCore[Connector, Callable[[float], None]]):
         return self._run(protocol.delete_flow(self._context()))
 
     def status(self) -> Status:
-        """Registered?, guesses left, locked?"""
+        """Registered?, guesses left, locked? (and a pending rebind, see `request_rebind`)"""
         return self._run(protocol.status_flow(self._context()))
+
+    def change_account_key(self, password: str | bytes, key: BackupKey | None = None) -> None:
+        """Replace the account key by a new one, while you still hold the old key: the vault
+        record is registered again under the new key (signed by the old one; K and the password
+        stay, K recovered first unless given, which counts as a recovery) and the frontend's
+        binding follows. Safe to run again after an interruption (`client.core`)."""
+        drive(self.key_change_script(password, key), self._job)
+
+    def request_rebind(self) -> Status:
+        """Key loss (the old key is gone): ask the vault to bind this client's key once the
+        operator's delay has passed (the operator rebinds the frontend's login first: see
+        client/README.md). Counts no guess; returns the status showing when it matures."""
+        return self._run(protocol.rebind_flow(self._context()))
 
     def encrypt_backup(
         self, src: PathArg, dst: PathArg, key: BackupKey, progress: Progress | None = None
@@ -140,6 +153,12 @@ class VaultClient(ClientCore[Connector, Callable[[float], None]]):
 
     def _run(self, flow: protocol.Flow[T]) -> T:
         return protocol.run(flow, self._relay)
+
+    def _job(self, job: Job) -> Any:
+        """Carry out one job of a script of `client.core` (a flow, or a call plan)."""
+        if isinstance(job, RunFlow):
+            return self._run(job.flow)
+        return drive(job.plan, self._perform)
 
     def _relay(self, outbound: Outbound) -> bytes:
         answer: bytes = drive(self.relay_plan(outbound), self._perform)

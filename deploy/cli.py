@@ -7,6 +7,7 @@ bkv-cluster kill NAME | start NAME | stop NAME | crash NAME
 bkv-cluster stop-process NAME | cont-process NAME
 bkv-cluster etcdctl [--dir DIR] [--member NAME]... -- ARGS...   (as etcd's root, over TLS)
 bkv-cluster maintain [--dir DIR] [--defrag]   (compact etcd now; defragment member by member)
+bkv-cluster rebind-account [--dir DIR] [--replace] ACCOUNT PUBLIC_KEY_HEX   (key loss, etcd root)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy import etcd_maintain
+from deploy import account_rebind, etcd_maintain
 from deploy.cluster import ROLE_ORDER, Cluster, ProcessStatus, UpReport
 from deploy.errors import DeployError
 from deploy.topology import default_topology_path, load_topology
@@ -99,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="defragment every member, one at a time, after compacting",
     )
+    rebind = sub.add_parser(
+        "rebind-account", parents=[common],
+        help="key loss: let a new account key log in at the frontends (as etcd root)",
+        description="Adds PUBLIC_KEY (64 hex digits, from `bkv account show` on the user's new "
+        "device) to ACCOUNT's frontend binding, beside the bound key, so that both may log in; "
+        "the vault binds the new key only after the user's `bkv account rebind-request` has "
+        "waited node.account_rebind_delay_s without the old key signing (deploy/README.md).",
+    )  # fmt: skip
+    rebind.add_argument("account")
+    rebind.add_argument("public_key", help="the new key, 64 hex digits")
+    rebind.add_argument(
+        "--replace", action="store_true",
+        help="bind the new key alone (once the vault's rebind has matured and bound it)",
+    )  # fmt: skip
     sub.add_parser("down", parents=[common], help="stop every process (data is kept)")
     for name, what in (
         ("kill-dc", "SIGKILL every process of a data centre"),
@@ -147,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
     elif command == "maintain":
         maintained = cluster.maintain(defrag=args.defrag)
         print("\n".join(etcd_maintain.report_lines(maintained)))
+    elif command == "rebind-account":
+        key = account_rebind.parse_public_key(args.public_key)
+        print(
+            account_rebind.report(cluster.rebind_account(args.account, key, replace=args.replace))
+        )
     elif command == "down":
         cluster.down()
         print(f"stopped every process of {cluster.directory}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from deploy import etcd, etcd_auth, etcd_maintain, processes
+from deploy import account_rebind, etcd, etcd_auth, etcd_maintain, processes
 from deploy.ceremony import Fleet, create_node_token, load_fleet, run_fleet_ceremony
 from deploy.configs import (
     Layout,
@@ -261,6 +261,15 @@ class Cluster:
         terminal (`bkv-cluster etcdctl`). Never raises for etcdctl's own exit status."""
         argv = self.etcdctl_argv(*args, user=user, identity=identity, members=members)
         return etcd.run_etcdctl(argv, capture=capture, timeout=timeout)
+
+    def rebind_account(
+        self, account_id: str, public_key: bytes, *, replace: bool = False
+    ) -> account_rebind.Rebound:
+        """Key loss, the operator's half (deploy/account_rebind.py): let `public_key` log in
+        as `account_id` at the frontends, as etcd's root."""
+        return account_rebind.rebind_account(
+            self.etcd_endpoints(), self.etcd_identity(), account_id, public_key, replace=replace
+        )
 
     def maintain(self, *, defrag: bool) -> etcd_maintain.MaintainReport:
         """Compact etcd to its current revision and, with `defrag`, defragment each member in

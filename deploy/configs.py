@@ -165,6 +165,7 @@ def node_toml(
         "max_attempts": topology.options.max_attempts,
         "ticket_ttl_s": topology.options.ticket_ttl_s,
         "lease_ttl_s": topology.options.lease_ttl_s,
+        "account_rebind_delay_s": topology.options.account_rebind_delay_s,
         "audit_log": str(layout.audit_log(node.name)),
     }  # fmt: skip
     if metrics_port:

@@ -74,6 +74,9 @@ class Options:
         centre that has vault nodes. A data centre without vault nodes has no witness.
     record_groups: how many groups the records fall into (one witnessed head each), written to
         every node.toml: 1..65536, the same on every node.
+    account_rebind_delay_s: key loss: how long a rebind to a new account key waits in the vault
+        before the new key may sign (node.account_rebind_delay_s): 0..365 days, 7 days by
+        default; the test cluster uses seconds.
     """
 
     etcd_fsync: bool = True
@@ -91,6 +94,7 @@ class Options:
     etcd_gomaxprocs: int = 0
     witnesses_per_dc: int = 1
     record_groups: int = 256
+    account_rebind_delay_s: int = 7 * 86_400
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -131,6 +135,8 @@ class Options:
             out.append("options.witnesses_per_dc must be >= 1")
         if not 1 <= self.record_groups <= MAX_RECORD_GROUPS:
             out.append(f"options.record_groups must be between 1 and {MAX_RECORD_GROUPS}")
+        if not 0 <= self.account_rebind_delay_s <= 365 * 86_400:
+            out.append("options.account_rebind_delay_s must be between 0 and 31536000")
         return out
 
 

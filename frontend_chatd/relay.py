@@ -11,7 +11,13 @@ import grpc
 
 from bkv.v1 import node_pb2
 from frontend_chatd.routing import NodeInfo
-from vault_common.wire import NEVER_CONNECTED_PREFIX, NOT_APPLIED_KEY, RETRY_AFTER_MS_KEY, trailer
+from vault_common.wire import (
+    NEVER_CONNECTED_PREFIX,
+    NOT_APPLIED_KEY,
+    RETRY_AFTER_MS_KEY,
+    parse_account_refusal,
+    trailer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ class NodeStatus:
     code: grpc.StatusCode
     details: str
     retry_after_ms: str | None = None
+    not_applied: bool = False  # the node said it wrote nothing (passed on as its trailer)
 
 
 class NodeRejected(Exception):
@@ -72,6 +79,10 @@ def classify(error: grpc.aio.AioRpcError) -> Exception:
         return _Unreachable(_short(error.details()), maybe_applied=not _wrote_nothing(error))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NodeTimedOut("vault node did not answer in time; the request may have been applied")
+    if code == grpc.StatusCode.UNAUTHENTICATED and parse_account_refusal(error.details() or ""):
+        # The node checked the request's account signature and refused it (nothing applied):
+        # the client's answer, passed on as it is; another node would answer the same.
+        return NodeRejected(NodeStatus(code, _short(error.details()), not_applied=True))
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         # The node refused this frontend (mTLS set-up), not the client's session: a client
         # that logs in again would not help, so this is an outage from the client's view.

@@ -19,7 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from bkv.v1 import frontend_pb2, frontend_pb2_grpc
 from etcd_client import EtcdClient
-from frontend_chatd.accounts import Accounts, AccountStoreUnavailable, Enrollment, EtcdKeyStore
+from frontend_chatd.accounts import (
+    Accounts,
+    AccountStoreUnavailable,
+    Enrollment,
+    EtcdKeyStore,
+    LoginResult,
+)
 from frontend_chatd.config import FrontendConfig
 from frontend_chatd.metrics import FrontendMetrics
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
@@ -99,11 +105,13 @@ def to_status(error: BaseException) -> StatusReply:
     if isinstance(error, NoNodeAvailable | NodeTimedOut):
         return StatusReply(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, NodeRejected):
-        trailing = (
+        trailing: tuple[tuple[str, str], ...] = (
             ((RETRY_AFTER_MS_KEY, error.status.retry_after_ms),)
             if error.status.retry_after_ms
             else ()
         )
+        if error.status.not_applied:
+            trailing += NOT_APPLIED
         return StatusReply(error.status.code, error.status.details, trailing)
     return StatusReply(grpc.StatusCode.INTERNAL, "internal error")
 
@@ -211,11 +219,22 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
                 bytes(request.signature),
                 request.enrollment_token,
             )
-            return frontend_pb2.LoginReply(
-                session_token=result.token, expires_at_ms=result.session.expires_at_ms
-            )
+            return _session_reply(result)
 
         return await self._handle("Login", context, body)
+
+    async def ChangeKey(
+        self, request: frontend_pb2.ChangeKeyRequest, context: Any
+    ) -> frontend_pb2.LoginReply:
+        async def body(call: _Call) -> frontend_pb2.LoginReply:
+            call.account = request.account_id
+            result = await self._accounts.change_key(
+                request.account_id, bytes(request.public_key), bytes(request.new_public_key),
+                bytes(request.challenge), bytes(request.signature), bytes(request.new_signature),
+            )  # fmt: skip
+            return _session_reply(result)
+
+        return await self._handle("ChangeKey", context, body)
 
     async def Relay(
         self, request: frontend_pb2.RelayRequest, context: Any
@@ -233,6 +252,12 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
             return frontend_pb2.RelayReply(sealed_response=sealed)
 
         return await self._handle("Relay", context, body)
+
+
+def _session_reply(result: LoginResult) -> frontend_pb2.LoginReply:
+    return frontend_pb2.LoginReply(
+        session_token=result.token, expires_at_ms=result.session.expires_at_ms
+    )
 
 
 def _read(path: str) -> bytes:

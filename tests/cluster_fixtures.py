@@ -20,22 +20,30 @@ from pathlib import Path
 from deploy.cluster import Cluster
 from deploy.topology import default_topology_path, load_topology
 
+# The test clusters' key-loss rebind delay (node.account_rebind_delay_s): seconds, not days.
+TEST_REBIND_DELAY_S = 3
+
 
 @contextmanager
 def own_cluster(prefix: str, *, one_node_per_dc: bool = False) -> Iterator[Cluster]:
-    """The default local topology up with fsync off; `one_node_per_dc`: only each data centre's
-    `-1` node (the witnesses), for tests that stop and restore the whole store."""
+    """The default local topology up with fsync off (and a rebind delay of seconds);
+    `one_node_per_dc`: only each data centre's `-1` node (the witnesses), for tests that stop
+    and restore the whole store."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     c = Cluster(root / "cluster")
     try:
+        topology = load_topology(default_topology_path())
+        topology = dataclasses.replace(
+            topology,
+            options=dataclasses.replace(
+                topology.options, account_rebind_delay_s=TEST_REBIND_DELAY_S
+            ),
+        )
         if one_node_per_dc:
-            topology = load_topology(default_topology_path())
             topology = dataclasses.replace(
                 topology, nodes=tuple(n for n in topology.nodes if n.name.endswith("-1"))
             )
-            c.up(topology, fsync=False)
-        else:
-            c.up(fsync=False)
+        c.up(topology, fsync=False)
         yield c
     finally:
         try:

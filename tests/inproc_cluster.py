@@ -79,6 +79,12 @@ class MemoryKeyStore:
         # Put-if-absent, as EtcdKeyStore's transaction: the first login's key stays bound.
         return self.keys.setdefault(account_id, public_key)
 
+    async def replace(self, account_id: str, old: bytes, new: bytes) -> bytes | None:
+        # Compare-and-swap on the value, as EtcdKeyStore's transaction.
+        if self.keys.get(account_id) == old:
+            self.keys[account_id] = new
+        return self.keys.get(account_id)
+
 
 @dataclass
 class InProcessNode:
@@ -136,16 +142,19 @@ class InProcessCluster:
         nodes: Sequence[tuple[str, str]] = NODES,
         max_attempts: int = 10,
         record_groups: int = 16,
+        rebind_delay_ms: int = 7 * 86_400_000,
     ) -> None:
         self._directory = directory
         self._node_specs = tuple(nodes)
         self._max_attempts = max_attempts
+        self._rebind_delay_ms = rebind_delay_ms
         self._record_groups = record_groups
         self.store = MemoryRecordStore()
         self.witnesses = LocalWitnesses([name for name, _ in nodes], record_groups)
         self.fleet_token = SoftToken(label="fleet")
         self.nodes: list[InProcessNode] = []
         self.frontends: list[str] = []
+        self.account_keys = MemoryKeyStore()  # the frontend's account bindings
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -292,7 +301,8 @@ class InProcessCluster:
             service = VaultService(
                 token=token, store=self.store, keys=TokenServerKeys.derive(token),
                 config=ServiceConfig(node_name=name, default_max_attempts=self._max_attempts,
-                                     record_groups=self._record_groups),
+                                     record_groups=self._record_groups,
+                                     rebind_delay_ms=self._rebind_delay_ms),
                 clock_ms=_wall_clock_ms, rng=os.urandom, audit=audit, witnesses=self.witnesses,
             )  # fmt: skip
             servicer = VaultNodeServicer()
@@ -328,7 +338,7 @@ class InProcessCluster:
             accounts=Accounts(
                 Challenges(keys, time.time, os.urandom, issuer_id("inproc-frontend")),
                 tokens,
-                MemoryKeyStore(),
+                self.account_keys,
                 Enrollment(None),
             ),
             tokens=tokens,

@@ -21,7 +21,11 @@ revision and read_revision of that commit; no revision when the record was locke
 made the absent key, committed), `tampered` (a stored value that does not open at its etcd
 metadata, refused: no write, no evaluation; `read_revision` is the refused value's
 mod_revision), `rollback` (the node's store guard saw etcd behind what it had seen, or another
-cluster: the node stops serving; a store event with an empty `record_id`).
+cluster: the node stops serving; a store event with an empty `record_id`), `auth_refused` (a
+step 1 whose account signature does not admit it: missing or invalid, another key than the
+record's, a replayed or too-future ts_ms; no write, no evaluation), `rebind` (key loss: a pending
+rebind key committed, no guess) and `rebind_cancel` (the bound key signed: the pending rebind
+erased, committed).
 
 The reader is tolerant: the optional fields may be missing, unknown fields are ignored, and a
 torn last line (a node killed mid-write) is dropped; an unknown event or a bad value is an error.
@@ -57,11 +61,24 @@ EventName = Literal[
     "register",
     "delete",
     "not_registered",
+    "auth_refused",
+    "rebind",
+    "rebind_cancel",
 ]
 EVENTS: frozenset[str] = frozenset(get_args(EventName))
 # Events that commit a write to etcd, and so carry the revision of that commit.
 COMMITTING_EVENTS = frozenset(
-    {"evaluate", "lock", "success", "bad_mac", "register", "delete", "reserve"}
+    {
+        "evaluate",
+        "lock",
+        "success",
+        "bad_mac",
+        "register",
+        "delete",
+        "reserve",
+        "rebind",
+        "rebind_cancel",
+    }
 )
 # Events whose commit was decided on the value etcd held at `read_revision`.
 DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})

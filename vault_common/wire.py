@@ -8,6 +8,10 @@
 * `bkv-new-challenge: 1` on an UNAUTHENTICATED Login: the challenge was already spent (or was
   issued by another frontend); nothing was granted, and the client may log in again at once with
   a fresh challenge from the frontend it calls.
+* A vault node's UNAUTHENTICATED (issue 17: the request's account signature does not admit it;
+  nothing applied, with `bkv-not-applied: 1`) carries details of one fixed form per reason,
+  `account_refusal_details`; the frontend passes it on (it tells the node's from its own
+  refusals by the prefix) and the client reads it back with `parse_account_refusal`.
 
 >>> trailer((("Retry-After-Ms", b"1500"),), RETRY_AFTER_MS_KEY)
 '1500'
@@ -17,6 +21,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,3 +45,42 @@ def trailer(metadata: Iterable[tuple[str, Any]] | None, name: str) -> str | None
         if key.lower() == name:
             return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     return None
+
+
+ACCOUNT_REFUSAL_PREFIX = "account signature refused: "
+_ACCOUNT_REFUSALS = {
+    "key": "the vault record is bound to another account key",
+    "stale": "stale timestamp, last accepted ts_ms={floor}",
+    "clock": "timestamp too far ahead of the vault's clock",
+    "signature": "missing or invalid",
+}
+_STALE = re.compile(r"stale timestamp, last accepted ts_ms=(\d{1,19})")
+
+
+def account_refusal_details(reason: str, floor_ms: int = 0) -> str:
+    """The details of a node's UNAUTHENTICATED for `reason` ("key", "stale", "clock" or
+    "signature"); a stale one names the record's last accepted ts_ms, so that the client can
+    sign again past it (the frontend relayed that request: it learns nothing new but the
+    client's clock).
+
+    >>> account_refusal_details("stale", 42)
+    'account signature refused: stale timestamp, last accepted ts_ms=42'
+    >>> parse_account_refusal(account_refusal_details("stale", 42))
+    ('stale', 42)
+    >>> parse_account_refusal("account signature refused: anything else") is None
+    True
+    """
+    return ACCOUNT_REFUSAL_PREFIX + _ACCOUNT_REFUSALS[reason].format(floor=int(floor_ms))
+
+
+def parse_account_refusal(details: str) -> tuple[str, int] | None:
+    """(reason, floor_ms) of `account_refusal_details` text, or None for any other text (the
+    text is untrusted: only these fixed forms and one integer are read from it)."""
+    if not isinstance(details, str) or not details.startswith(ACCOUNT_REFUSAL_PREFIX):
+        return None
+    rest = details[len(ACCOUNT_REFUSAL_PREFIX) :]
+    for reason, text in _ACCOUNT_REFUSALS.items():
+        if reason != "stale" and rest == text:
+            return reason, 0
+    match = _STALE.fullmatch(rest)
+    return ("stale", int(match.group(1))) if match else None

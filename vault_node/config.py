@@ -46,6 +46,11 @@ class NodeSection:
     # host:port of the Prometheus metrics endpoint (HTTP, /metrics); "" = none. An IP address
     # that is not public (loopback on the local cluster); port 0 picks a free one (tests).
     metrics_address: str = ""
+    # Key loss (issue 17): a rebind to another account key (Begin OP_REBIND) matures after this
+    # many seconds; until then any request signed by the bound key cancels it. 0..365 days.
+    account_rebind_delay_s: int = 7 * 86_400
+    # A signed request whose ts_ms is this far ahead of the node's clock is refused. 1..86400.
+    account_auth_max_future_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,10 @@ class NodeConfig:
             out.append("node.checkpoint_interval_ms must be in 50..60000")
         if not 0 <= n.compact_delay_ms <= 60_000:
             out.append("node.compact_delay_ms must be in 0..60000")
+        if not 0 <= n.account_rebind_delay_s <= 365 * 86_400:
+            out.append("node.account_rebind_delay_s must be in 0..31536000 (365 days)")
+        if not 1 <= n.account_auth_max_future_s <= 86_400:
+            out.append("node.account_auth_max_future_s must be in 1..86400")
         out += metrics_address_problems("node.metrics_address", n.metrics_address)
         if not self.etcd.server_name or self.etcd.server_name.strip() != self.etcd.server_name:
             out.append("etcd.server_name must be a non-empty TLS name")

@@ -55,6 +55,8 @@ OUTCOMES = (
     "locked",
     "not_registered",
     "refused",
+    "auth_refused",  # the account signature does not admit the request (issue 17)
+    "auth_stale",  # a replayed (or clock-behind) signed request
     "invalid_argument",
     "failed_precondition",
     "unavailable",

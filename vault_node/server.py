@@ -29,7 +29,7 @@ from vault_common.channels import mtls_channel_credentials
 from vault_common.decode_guard import MALFORMED, RejectUndecodable, lenient
 from vault_common.metrics_http import MetricsServer
 from vault_common.tasks import cancel_and_wait
-from vault_common.wire import NOT_APPLIED  # on an UNAVAILABLE that wrote nothing
+from vault_common.wire import NOT_APPLIED, account_refusal_details
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
 from vault_node.compactor import Compactor
@@ -38,6 +38,7 @@ from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
 from vault_node.metrics import NodeMetrics, RequestMeter
 from vault_node.service import (
+    AccountRefused,
     BadRequest,
     Precondition,
     RecordCorrupt,
@@ -67,8 +68,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def trailers_for(exc: BaseException) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata that goes with `status_for(exc)`."""
+    """Trailing metadata that goes with `status_for(exc)`: `bkv-not-applied: 1` on an
+    UNAVAILABLE that wrote nothing, and on an account refusal (nothing written either)."""
     if isinstance(exc, Unavailable) and not isinstance(exc, WriteUnconfirmed):
+        return NOT_APPLIED
+    if isinstance(exc, AccountRefused):
         return NOT_APPLIED
     return ()
 
@@ -84,6 +88,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         # Names both versions (the frontend reads the version in the clear anyway), so that
         # the client can tell its user to upgrade (client.errors.error_from_status).
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, AccountRefused):
+        # One fixed text per reason (and the record's last accepted ts_ms when stale): the
+        # client tells its user what to do; the frontend learns that a signature was refused.
+        return grpc.StatusCode.UNAUTHENTICATED, account_refusal_details(exc.reason, exc.floor_ms)
     if isinstance(exc, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, "the vault node refused the request"
     if isinstance(exc, Precondition):
@@ -111,6 +119,8 @@ _ERROR_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
 
 def outcome_for(exc: BaseException) -> str:
     """The metrics' outcome label of an error `status_for` maps (vault_node.metrics.OUTCOMES)."""
+    if isinstance(exc, AccountRefused):
+        return "auth_stale" if exc.reason == "stale" else "auth_refused"
     return next((label for kind, label in _ERROR_OUTCOMES if isinstance(exc, kind)), "internal")
 
 
@@ -391,6 +401,8 @@ class VaultNodeServer:
                 node_name=node.name,
                 default_max_attempts=node.max_attempts,
                 max_attempts_cap=node.max_attempts_cap,
+                rebind_delay_ms=node.account_rebind_delay_s * 1000,
+                auth_max_future_ms=node.account_auth_max_future_s * 1000,
                 ticket_ttl_ms=node.ticket_ttl_s * 1000,
                 record_groups=self.config.witness.groups,
             ),

@@ -38,9 +38,9 @@ from vault_node.records import (
 from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
 from vault_node.token_api import TokenOps
-from vault_node.transitions import Current, Kind, Step
+from vault_node.transitions import Current, Kind, Signer, Step
 from vault_node.witnessing import CaptureResult, Witnessing
-from vault_protocol import opaque
+from vault_protocol import account_auth, opaque
 from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.continuation import StepKeys, open_continued, parse_continued
 from vault_protocol.envelope import (
@@ -52,7 +52,7 @@ from vault_protocol.envelope import (
     open_request,
     seal_response,
 )
-from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput
+from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput, SignatureError
 from vault_protocol.ksf import from_params as ksf_from_params
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ _TICKET_OPS = {
 _BEGIN_OPS = {
     envelope_pb2.Begin.Op.OP_STATUS: TicketOp.OP_STATUS,
     envelope_pb2.Begin.Op.OP_DELETE: TicketOp.OP_DELETE,
+    envelope_pb2.Begin.Op.OP_REBIND: TicketOp.OP_STATUS,  # step 2 shows the pending rebind
 }
 _CLOSED = frozenset({envelope_pb2.OUTCOME_LOCKED, envelope_pb2.OUTCOME_NOT_REGISTERED})
 MAX_ACCOUNT_ID_BYTES = 256
@@ -105,6 +106,25 @@ class Unavailable(ServiceError):
     Raised as such only when this request wrote nothing (no attempt was counted), so the
     caller may retry it freely; a write whose outcome is unknown is `WriteUnconfirmed`.
     """
+
+
+class AccountRefused(ServiceError):
+    """The request's account signature does not admit it (UNAUTHENTICATED, issue 17): nothing
+    was written and nothing evaluated; audited `auth_refused`.
+
+    `reason`: "key" (the record is bound to another account key: a retry cannot help),
+    "stale" (its ts_ms is not after the last signed request that wrote the record, `floor_ms`:
+    a replay, or a client whose clock is behind; a fresh signature past it may pass),
+    "clock" (ts_ms too far ahead of this node's clock), "signature" (missing or invalid).
+    """
+
+    REASONS = ("key", "stale", "clock", "signature")
+
+    def __init__(self, reason: str, floor_ms: int = 0) -> None:
+        assert reason in self.REASONS
+        super().__init__(f"account signature refused ({reason})")
+        self.reason = reason
+        self.floor_ms = floor_ms
 
 
 class WriteUnconfirmed(Unavailable):
@@ -141,9 +161,19 @@ class ServiceConfig:
     id_cache_size: int = ID_CACHE_SIZE  # accounts whose record id is kept (0: none)
     record_cache_size: int = RECORD_CACHE_SIZE  # records kept for optimistic CAS (0: none)
     record_groups: int = 256  # groups of records, one witnessed head each (same on every node)
+    # Key loss: how long a pending rebind waits before its key may sign like the bound one.
+    rebind_delay_ms: int = 7 * 86_400_000
+    # A signed request whose ts_ms is further ahead of this node's clock is refused (so that a
+    # signature made under a wrong clock cannot push last_auth_ms, and lock its owner out, far
+    # into the future).
+    auth_max_future_ms: int = 600_000
 
     def validate(self) -> None:
         problems = []
+        if self.rebind_delay_ms < 0:
+            problems.append("rebind_delay_ms must be >= 0")
+        if self.auth_max_future_ms <= 0:
+            problems.append("auth_max_future_ms must be positive")
         if not 1 <= self.record_groups <= 65_536:
             problems.append("record_groups must be in 1..65536")
         if self.id_cache_size < 0 or self.record_cache_size < 0:
@@ -317,7 +347,8 @@ class VaultService:
         if meter is not None:
             meter.opened(op)
         record_id = self._checked_record_id(account)
-        response = await self._guarded(self._first_step(request, keys, account, record_id))
+        signer = self._signer(request, account_id, record_id)
+        response = await self._guarded(self._first_step(request, keys, account, record_id, signer))
         if meter is not None:
             meter.answered(op, response.outcome)
         return seal_response(keys.answer1, response, self._rng)
@@ -357,6 +388,70 @@ class VaultService:
             meter.answered(op, response.outcome)
         return seal_response(ticket.answer_key, response, self._rng)
 
+    def _signer(
+        self, request: envelope_pb2.VaultRequest, account_id: str, record_id: bytes
+    ) -> Signer:
+        """Who signed this step 1 (vault_protocol.account_auth), checked before anything is
+        read, written or evaluated; `AccountRefused` otherwise. Step 2 carries no signature:
+        it opens only under keys derived from this step's response key, which the signature
+        covers and only the signer knew."""
+        try:
+            proof = account_auth.verify_request(request, self._fleet.fleet_id, account_id)
+        except SignatureError:
+            self._auth_refused(record_id, "signature")
+        now = self._clock_ms()
+        if proof.ts_ms > now + self._config.auth_max_future_ms:
+            # Security: a ts_ms far ahead, once stored, would refuse its owner's later requests.
+            self._auth_refused(record_id, "clock")
+        return Signer(proof.public_key, proof.ts_ms, now, self._config.rebind_delay_ms)
+
+    def _auth_refused(
+        self, record_id: bytes, reason: str, current: Current | None = None
+    ) -> NoReturn:
+        """Refuse a step 1 its signature does not admit: audited, nothing written."""
+        record = current.record if current is not None else None
+        self._audit.write(
+            "auth_refused", record_id,
+            read_revision=current.meta.mod_revision if current is not None else None,
+        )  # fmt: skip
+        floor = int(record.last_auth_ms) if record is not None and reason == "stale" else 0
+        raise AccountRefused(reason, floor_ms=floor)
+
+    def _check_admitted(self, record_id: bytes, applied: Applied) -> None:
+        """Raise `AccountRefused` when `applied` decided the signer may not act (no write)."""
+        if applied.step.kind is Kind.AUTH_REFUSED:
+            self._auth_refused(record_id, "key", applied.current)
+        if applied.step.kind is Kind.AUTH_STALE:
+            self._auth_refused(record_id, "stale", applied.current)
+
+    async def _admitted(
+        self, record_id: bytes, signer: Signer, current: Current
+    ) -> tuple[Current, bytes]:
+        """A step 1 other than a recover start: refused unless the signer may act on the key;
+        when the bound key signs while a rebind is pending, that rebind is cancelled first (a
+        write, audited `rebind_cancel`). Returns the key as it is then, and the pending key it
+        cancelled (empty: none)."""
+        if not transitions.cancels(current, signer):
+            # No write to make: decided on this (linearizable) read; the operation's own
+            # transition checks the signer again on every compare-and-swap.
+            self._check_admitted(record_id, Applied(transitions.admit(current, signer), current, 0))
+            return current, b""
+        applied = await self._apply(record_id, lambda c: transitions.admit(c, signer), current)
+        self._check_admitted(record_id, applied)
+        return await self._cancelled(record_id, applied)
+
+    async def _cancelled(self, record_id: bytes, applied: Applied) -> tuple[Current, bytes]:
+        """After a write that cancelled a pending rebind (or found nothing to cancel any more):
+        audited; the key as it is now, and the pending key cancelled."""
+        if not applied.revision:
+            return applied.current, b""
+        record = applied.current.record
+        self._audit.write(
+            "rebind_cancel", record_id, revision=applied.revision,
+            read_revision=applied.current.meta.mod_revision,
+        )  # fmt: skip
+        return await self._read(record_id), bytes(record.pending_key) if record else b""
+
     def _checked_record_id(self, account: bytes) -> bytes:
         record_id = self._record_id(account)
         self._check_group(record_id)
@@ -384,14 +479,19 @@ class VaultService:
         keys: StepKeys,
         account: bytes,
         record_id: bytes,
+        signer: Signer,
     ) -> envelope_pb2.VaultResponse:
         op = request.WhichOneof("op")
         if op == "register_start":
-            return await self._register_start(request.register_start, keys, account, record_id)
+            return await self._register_start(
+                request.register_start, keys, account, record_id, signer
+            )
         if op == "recover_start":
-            return await self._recover_start(request.recover_start, keys, account, record_id)
+            return await self._recover_start(
+                request.recover_start, keys, account, record_id, signer
+            )
         if op == "begin":
-            return await self._begin(request.begin, keys, record_id)
+            return await self._begin(request.begin, keys, record_id, signer)
         raise BadRequest("request carries no first step")
 
     async def _second_step(
@@ -406,7 +506,7 @@ class VaultService:
         if op == "delete":
             return await self._delete(record_id, ticket)
         if op == "status":
-            return await self._status(record_id)
+            return await self._status(record_id, bytes(ticket.rebind_cancelled_key))
         raise BadRequest("request carries no second step")
 
     def _ticket(self, op: int, keys: StepKeys, record_id: bytes, **fields: Any) -> bytes:
@@ -661,8 +761,19 @@ class VaultService:
     # -- register --
 
     async def _register_start(
-        self, msg: envelope_pb2.RegisterStart, keys: StepKeys, account: bytes, record_id: bytes
+        self,
+        msg: envelope_pb2.RegisterStart,
+        keys: StepKeys,
+        account: bytes,
+        record_id: bytes,
+        signer: Signer,
     ) -> envelope_pb2.VaultResponse:
+        new_key = bytes(msg.new_account_key)
+        if new_key and len(new_key) != account_auth.PUBLIC_KEY_LEN:
+            raise BadRequest("new_account_key must be a raw 32-byte Ed25519 key")
+        # The signer first: a key the record is not bound to gets no evaluation at all.
+        # A read, never the cache: the ticket's base must be the key as etcd holds it now.
+        current, _ = await self._admitted(record_id, signer, await self._read(record_id))
         # Security: the new registration's generation salts its OPRF key (credential scheme 1),
         # so this uncounted evaluation never touches the key of the account's live record.
         generation = self._rng(GENERATION_LEN)
@@ -676,8 +787,9 @@ class VaultService:
         # Security: the finish may replace only the key as it is now, named by a real write: an
         # absent key is reserved first (a secret-free placeholder, witnessed like any write),
         # because a ticket bound to "absent" would match the key again after a delete.
-        # A read, never the cache: the ticket's base must be the key as etcd holds it now.
-        applied = await self._apply(record_id, transitions.reserve, await self._read(record_id))
+        # The signer is checked again on every compare-and-swap (`transitions.reserve`).
+        applied = await self._apply(record_id, lambda c: transitions.reserve(c, signer), current)
+        self._check_admitted(record_id, applied)
         if applied.revision:
             self._audit.write("reserve", record_id, revision=applied.revision)
             meta = applied.current.meta.after_write(applied.revision)
@@ -690,6 +802,9 @@ class VaultService:
             base_create_revision=meta.create_revision,
             base_version=meta.version,
             expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
+            # The key the finish binds: the signer's, or the new one it names (key change).
+            account_key=new_key or signer.key,
+            auth_ms=signer.ts_ms,
         )
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK,
@@ -716,6 +831,7 @@ class VaultService:
             or ticket.record_id != record_id
             or len(ticket.generation) != GENERATION_LEN
             or ticket.base_version <= 0
+            or len(ticket.account_key) != account_auth.PUBLIC_KEY_LEN
         ):
             raise BadRequest("registration ticket does not belong to this account")
         self._check_expiry(ticket.expires_at_ms, "registration ticket", strict=True)
@@ -741,6 +857,9 @@ class VaultService:
             last_redeemed=0,
             credential_scheme=CREDENTIAL_ACCOUNT_GENERATION,
             ksf_params=msg.ksf.SerializeToString() if msg.HasField("ksf") else b"",
+            # Bound to what the signed start proved (issue 17); checked again at every start.
+            account_key=ticket.account_key,
+            last_auth_ms=ticket.auth_ms,
         )
         # From the cache when it holds the key at the ticket's base: the CAS compares it.
         current = self._cached(
@@ -780,11 +899,29 @@ class VaultService:
         return response
 
     async def _recover_start(
-        self, msg: envelope_pb2.RecoverStart, keys: StepKeys, account: bytes, record_id: bytes
+        self,
+        msg: envelope_pb2.RecoverStart,
+        keys: StepKeys,
+        account: bytes,
+        record_id: bytes,
+        signer: Signer,
     ) -> envelope_pb2.VaultResponse:
         ke1 = _parse_ke1(msg.ke1)  # before any write: malformed input must not cost a guess
-        current = self._cached(record_id, _has_guesses) or await self._read(record_id)
-        applied = await self._apply(record_id, transitions.count_guess, current)
+
+        def count(current: Current) -> Step:
+            return transitions.count_guess(current, signer)
+
+        # From the cache only to count on it (the CAS compares it): a refusal takes a read.
+        current = self._cached(
+            record_id, lambda c: count(c).kind is Kind.EVALUATE
+        ) or await self._read(record_id)
+        if current.record is not None and current.record.state == transitions.LOCKED:
+            # Nothing to count on a locked record, but the bound key still cancels a rebind.
+            current, _ = await self._admitted(record_id, signer, current)
+        # Security: decided (signer and replay checks included) again on every CAS retry, and
+        # nothing is evaluated unless the guess it counts committed.
+        applied = await self._apply(record_id, count, current)
+        self._check_admitted(record_id, applied)
         step, before = applied.step, applied.current
         if step.kind in (Kind.NOT_REGISTERED, Kind.LOCKED):
             return self._void(keys, record_id, self._closed_answer(record_id, applied))
@@ -823,6 +960,7 @@ class VaultService:
             session_key=state.session_key,
             create_revision=committed.create_revision,
             version=committed.version,
+            signer_key=signer.key,
         )  # fmt: skip
         reply = envelope_pb2.RecoverStartReply(ke2=ke2)
         if counted.ksf_params:
@@ -918,21 +1056,52 @@ class VaultService:
     # -- delete, status --
 
     async def _begin(
-        self, msg: envelope_pb2.Begin, keys: StepKeys, record_id: bytes
+        self, msg: envelope_pb2.Begin, keys: StepKeys, record_id: bytes, signer: Signer
     ) -> envelope_pb2.VaultResponse:
-        """Step 1 of a status question or a delete: one read, and a ticket bound to the key as
-        it is (for a delete: `transitions.as_begun`). Nothing is written or answered yet."""
+        """Step 1 of a status question, a delete or a rebind request: one read (the signer
+        checked against the record), and a ticket bound to the key as it is (for a delete:
+        `transitions.as_begun`). Nothing else is written (but a rebind's pending key, or the
+        cancellation of one) or answered yet."""
         op = _BEGIN_OPS.get(msg.op)
         if op is None:
             raise BadRequest("begin names no operation")
+        current = await self._read(record_id)
+        if msg.op == envelope_pb2.Begin.Op.OP_REBIND:
+            current, cancelled = await self._rebind(record_id, signer, current)
+        else:
+            current, cancelled = await self._admitted(record_id, signer, current)
         # A tampered value is not refused here: a delete must still be able to erase it.
-        create_revision, generation = transitions.as_begun(await self._read(record_id))
+        create_revision, generation = transitions.as_begun(current)
         ticket = self._ticket(
-            op, keys, record_id, create_revision=create_revision, generation=generation
-        )
+            op, keys, record_id, create_revision=create_revision, generation=generation,
+            rebind_cancelled_key=cancelled,
+        )  # fmt: skip
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK, begin=envelope_pb2.BeginReply(), ticket=ticket
         )
+
+    async def _rebind(
+        self, record_id: bytes, signer: Signer, current: Current
+    ) -> tuple[Current, bytes]:
+        """Key loss (Begin OP_REBIND): the signer's key becomes the record's pending rebind
+        (`transitions.request_rebind`), audited `rebind`; no guess is counted. (The bound key
+        asking cancels a pending one instead, as any request it signs.)"""
+        applied = await self._apply(
+            record_id, lambda c: transitions.request_rebind(c, signer), current
+        )
+        self._check_admitted(record_id, applied)  # (a tampered value: refused by `_apply`)
+        if applied.step.kind is not Kind.REBIND_STARTED:
+            return await self._cancelled(record_id, applied)
+        self._audit.write(
+            "rebind", record_id, revision=applied.revision,
+            read_revision=applied.current.meta.mod_revision,
+        )  # fmt: skip
+        log.warning(
+            "record %s: a rebind to another account key was requested; it matures in %d s "
+            "unless the bound key signs a request first",
+            record_id.hex(), self._config.rebind_delay_ms // 1000,
+        )  # fmt: skip
+        return await self._read(record_id), b""
 
     async def _delete(
         self, record_id: bytes, ticket: sealed_pb2.Ticket
@@ -956,7 +1125,7 @@ class VaultService:
             delete=envelope_pb2.DeleteReply(existed=applied.step.existed),
         )
 
-    async def _status(self, record_id: bytes) -> envelope_pb2.VaultResponse:
+    async def _status(self, record_id: bytes, cancelled: bytes) -> envelope_pb2.VaultResponse:
         current = await self._read(record_id)
         if current.tampered:
             self._tampered(record_id, current)
@@ -965,25 +1134,19 @@ class VaultService:
             return envelope_pb2.VaultResponse(
                 outcome=Outcome.OUTCOME_OK, status=envelope_pb2.StatusReply(registered=False)
             )
-        return envelope_pb2.VaultResponse(
-            outcome=Outcome.OUTCOME_OK,
-            guesses_left=transitions.guesses_left(record),
-            status=envelope_pb2.StatusReply(
-                registered=True,
-                locked=record.state == transitions.LOCKED,
-                max_attempts=record.max_attempts,
-            ),
+        reply = envelope_pb2.StatusReply(
+            registered=True,
+            locked=record.state == transitions.LOCKED,
+            max_attempts=record.max_attempts,
+            rebind_cancelled_key=cancelled,
         )
-
-
-def _has_guesses(current: Current) -> bool:
-    """A cached state a guess may be counted on without a read: active with guesses left."""
-    record = current.record
-    return (
-        record is not None
-        and record.state == transitions.ACTIVE
-        and record.attempts < record.max_attempts
-    )
+        if record.pending_key:
+            reply.rebind_pending = True
+            reply.rebind_key = record.pending_key
+            reply.rebind_matures_at_ms = record.pending_since_ms + self._config.rebind_delay_ms
+        return envelope_pb2.VaultResponse(
+            outcome=Outcome.OUTCOME_OK, guesses_left=transitions.guesses_left(record), status=reply
+        )
 
 
 def _account_bytes(account_id: str) -> bytes:

@@ -10,6 +10,13 @@ token or a store (tests/unit/test_transitions.py).
 States of a key: absent; RESERVED (made by register start, no secret); ACTIVE; LOCKED (secrets
 erased for good); or tampered (a value that does not open at the metadata etcd returns it with:
 storage wrote it, not a vault node).
+
+Who may act on a key (issue 17): every step 1 is signed by an account key (`Signer`, verified
+by the service). An ACTIVE or LOCKED record is bound to one key (`account_key`): only that key,
+or a pending rebind's key once its delay has passed (`matured`), may count a guess, begin a
+status or a delete, or re-register (`authorize`). A key holding no bound key -- absent,
+RESERVED, tampered, or a record written before account keys -- is trust on first use: the
+registration (or, for an old record, the first successful recovery) binds its signer.
 """
 
 from __future__ import annotations
@@ -51,9 +58,26 @@ class Current:
 NOTHING = Current(ABSENT)
 
 
+@dataclass(frozen=True)
+class Signer:
+    """Who signed a step 1 (its verified account key and its `ts_ms`), with the node's clock and
+    the operator's rebind delay, so that the transitions stay pure."""
+
+    key: bytes
+    ts_ms: int
+    now_ms: int = 0
+    rebind_delay_ms: int = 0
+
+
 class Kind(enum.Enum):
     """What a step answers (and, with a write, what its commit means)."""
 
+    AUTH_REFUSED = "auth_refused"  # signed by a key the record is not bound to: no write
+    AUTH_STALE = "auth_stale"  # its ts_ms is not after the record's last_auth_ms: no write
+    ADMITTED = "admitted"  # the signer may act on the key; nothing to write for it
+    REBIND_STARTED = "rebind_started"  # write: the signer's key is now the pending rebind
+    REBIND_PENDING = "rebind_pending"  # the signer's key was already pending: no write
+    REBIND_CANCELLED = "rebind_cancelled"  # write: the bound key signed; the pending one is gone
     NOT_REGISTERED = "not_registered"  # absent or RESERVED: no write
     LOCKED = "locked"  # already locked: no write
     TAMPERED = "tampered"  # the stored value did not open: no write, nothing evaluated
@@ -105,7 +129,8 @@ def _copy(record: sealed_pb2.Record) -> sealed_pb2.Record:
 
 
 def tombstone(record: sealed_pb2.Record) -> sealed_pb2.Record:
-    """The record with its secrets erased for good (LOCKED): counters and generation only."""
+    """The record with its secrets erased for good (LOCKED): counters, generation and the
+    account binding only (a frontend cannot re-register someone else's locked account)."""
     return sealed_pb2.Record(
         state=LOCKED,
         attempts=record.attempts,
@@ -114,27 +139,143 @@ def tombstone(record: sealed_pb2.Record) -> sealed_pb2.Record:
         evaluations=record.evaluations,
         last_redeemed=record.last_redeemed,
         credential_scheme=record.credential_scheme,
+        account_key=record.account_key,
+        last_auth_ms=record.last_auth_ms,
+        pending_key=record.pending_key,
+        pending_since_ms=record.pending_since_ms,
     )
 
 
-def count_guess(current: Current) -> Step:
+def _bound(current: Current) -> sealed_pb2.Record | None:
+    """The record if it is bound to an account key (ACTIVE or LOCKED with `account_key`)."""
+    record = current.record
+    if current.tampered or record is None or record.state not in (ACTIVE, LOCKED):
+        return None
+    return record if record.account_key else None
+
+
+def matured(record: sealed_pb2.Record, signer: Signer) -> bool:
+    """`signer` holds the record's pending rebind key and the operator's delay has passed."""
+    return bool(
+        record.pending_key
+        and record.pending_key == signer.key
+        and signer.now_ms >= record.pending_since_ms + signer.rebind_delay_ms
+    )
+
+
+def authorize(current: Current, signer: Signer) -> Step | None:
+    """AUTH_REFUSED when `current` is bound to another key than the signer's (and the signer's
+    is not a matured pending rebind); None when the signer may act.
+
+    Security: this is the vault's own check of the account; the frontend's word for it is not
+    enough (issue 17). A key bound to no account key is trust on first use (module docstring).
+    """
+    record = _bound(current)
+    if record is None or record.account_key == signer.key or matured(record, signer):
+        return None
+    return Step(Kind.AUTH_REFUSED)
+
+
+def fresh(current: Current, signer: Signer) -> bool:
+    """The signed request is newer than the last one that wrote this record for a guess or a
+    rebind. Security: a frontend that relays a user's genuine signed recover start again (to
+    burn guesses) is refused; each signed request counts at most once."""
+    record = current.record
+    return record is None or signer.ts_ms > record.last_auth_ms
+
+
+def cancels(current: Current, signer: Signer) -> bool:
+    """The bound key signed while a rebind is pending: that rebind is cancelled."""
+    record = _bound(current)
+    return bool(record is not None and record.pending_key and record.account_key == signer.key)
+
+
+def _cancelled(record: sealed_pb2.Record) -> sealed_pb2.Record:
+    out = _copy(record)
+    out.ClearField("pending_key")
+    out.ClearField("pending_since_ms")
+    return out
+
+
+def admit(current: Current, signer: Signer) -> Step:
+    """Any step 1 other than a recover start, before its own work: AUTH_REFUSED, or the bound
+    key's request cancelling a pending rebind (a write; AUTH_STALE if the request is a replay),
+    or ADMITTED (nothing to write)."""
+    denied = authorize(current, signer)
+    if denied is not None:
+        return denied
+    if not cancels(current, signer):
+        return Step(Kind.ADMITTED)
+    if not fresh(current, signer):
+        return Step(Kind.AUTH_STALE)
+    record = current.record
+    assert record is not None
+    cancelled = _cancelled(record)
+    cancelled.last_auth_ms = signer.ts_ms
+    return Step(Kind.REBIND_CANCELLED, write=cancelled)
+
+
+def request_rebind(current: Current, signer: Signer) -> Step:
+    """Key loss (Begin OP_REBIND): make the signer's key the record's pending rebind, from now.
+
+    No guess is counted. Only a bound record needs one (elsewhere the signer is trusted on
+    first use: ADMITTED); the bound key asking is a cancellation (`admit`). Security: the
+    pending key may sign like the bound one only after the operator's delay, and any request
+    the bound key signs meanwhile cancels it, so its owner has the whole delay to notice (status
+    shows it) and object; guesses stay capped whoever signs them.
+    """
+    record = _bound(current)
+    if current.tampered:
+        return Step(Kind.TAMPERED)
+    if record is None or record.account_key == signer.key:
+        return admit(current, signer)
+    if record.pending_key == signer.key:
+        return Step(Kind.REBIND_PENDING)  # the delay runs from the first request, not the last
+    if not fresh(current, signer):
+        return Step(Kind.AUTH_STALE)
+    pending = _copy(record)
+    pending.pending_key = signer.key
+    pending.pending_since_ms = signer.now_ms
+    pending.last_auth_ms = signer.ts_ms
+    return Step(Kind.REBIND_STARTED, write=pending)
+
+
+def count_guess(current: Current, signer: Signer) -> Step:
     """Recovery step 1: commit one more attempt before the OPRF runs, or lock.
 
     Security: the guess is counted in the write, and the OPRF may run only once that write has
     committed; a crash or a lost answer after it costs the user a guess, never an attacker a
-    free one. A record out of guesses is erased for good instead (permanent lockout).
+    free one. A record out of guesses is erased for good instead (permanent lockout). Only the
+    record's own account key (`authorize`) may spend its guesses, each signed request once
+    (`fresh`: the write stores its ts_ms).
     """
+    denied = authorize(current, signer)
+    if denied is not None:
+        return denied
     refusal = _refusal(current)
     if refusal is not None:
         return refusal
     record = current.record
     assert record is not None
+    if not fresh(current, signer):
+        return Step(Kind.AUTH_STALE)
     if record.attempts >= record.max_attempts:
-        return Step(Kind.LOCK, write=tombstone(record))
-    counted = _copy(record)
+        locked = tombstone(_cancelled(record) if cancels(current, signer) else record)
+        locked.last_auth_ms = signer.ts_ms
+        return Step(Kind.LOCK, write=locked)
+    counted = _cancelled(record) if cancels(current, signer) else _copy(record)
     counted.attempts = record.attempts + 1
     counted.evaluations = record.evaluations + 1
+    counted.last_auth_ms = signer.ts_ms
     return Step(Kind.EVALUATE, write=counted)
+
+
+def _signer_still_admitted(record: sealed_pb2.Record, signer_key: bytes) -> bool:
+    """The key that signed a recover start may still redeem it: the bound key, the pending one
+    (cancelled meanwhile by the bound key: no longer), or any key of an unbound record."""
+    if not record.account_key:
+        return True
+    return bool(signer_key) and signer_key in (record.account_key, record.pending_key)
 
 
 def redeemable(current: Current, ticket: sealed_pb2.Ticket) -> bool:
@@ -143,6 +284,7 @@ def redeemable(current: Current, ticket: sealed_pb2.Ticket) -> bool:
     Single use: a ticket of an older registration, or one already redeemed (or older than one
     redeemed), cannot release the key again. Bound to its key: the same create_revision (not a
     recreated key) at the version its guess committed or later (not a value from before it).
+    And to its signer: a pending rebind the bound key cancelled since redeems nothing.
     """
     record = current.record
     return bool(
@@ -153,6 +295,7 @@ def redeemable(current: Current, ticket: sealed_pb2.Ticket) -> bool:
         and record.last_redeemed < ticket.evaluation <= record.evaluations
         and current.meta.create_revision == ticket.create_revision
         and current.meta.version >= ticket.version
+        and _signer_still_admitted(record, ticket.signer_key)
     )
 
 
@@ -160,7 +303,9 @@ def redeem(current: Current, ticket: sealed_pb2.Ticket) -> Step:
     """Recovery step 2 after a good client MAC: forgive the guesses up to this ticket's.
 
     Security: only the guesses up to this ticket's evaluation are forgiven; wrong ones evaluated
-    after it (while its finish was held back, say) stay counted.
+    after it (while its finish was held back, say) stay counted. The first successful recovery
+    signed by a matured pending key binds it (key loss), and one of a record written before
+    account keys binds its signer.
     """
     refusal = _refusal(current)
     if refusal is not None:
@@ -172,6 +317,10 @@ def redeem(current: Current, ticket: sealed_pb2.Ticket) -> Step:
     redeemed = _copy(record)
     redeemed.attempts = min(record.attempts, record.evaluations - ticket.evaluation)
     redeemed.last_redeemed = ticket.evaluation
+    signer = ticket.signer_key
+    if signer and (not record.account_key or signer == record.pending_key):
+        redeemed = _cancelled(redeemed)
+        redeemed.account_key = signer
     return Step(Kind.RELEASE, write=redeemed)
 
 
@@ -246,16 +395,25 @@ def register(
     never match a key that was deleted and made again.
     """
     if at_base(current, ticket):
-        return Step(Kind.REGISTERED, write=_copy(new))
+        registered = _copy(new)
+        # Never below what the key held: a recover start signed before this registration and
+        # held back by a frontend stays a replay (`fresh`).
+        if current.record is not None:
+            registered.last_auth_ms = max(new.last_auth_ms, current.record.last_auth_ms)
+        return Step(Kind.REGISTERED, write=registered)
     if is_this_registration(current, new):
         return Step(Kind.REGISTERED)
     return Step(Kind.STALE)
 
 
-def reserve(current: Current) -> Step:
+def reserve(current: Current, signer: Signer) -> Step:
     """Register start: make an absent key exist with the secret-free RESERVED placeholder, so
     that the registration's ticket names a real write; an existing key is left as it is (a
-    tampered value too: the finish may replace it)."""
+    tampered value too: the finish may replace it). A key bound to another account key than
+    the signer's is refused (AUTH_REFUSED): a frontend cannot re-register someone's account."""
+    denied = authorize(current, signer)
+    if denied is not None:
+        return denied
     if current.meta.exists:
         return Step(Kind.RESERVED)
     return Step(Kind.RESERVED, write=sealed_pb2.Record(state=RESERVED))

@@ -24,6 +24,12 @@ class DecryptError(ProtocolError):
     """
 
 
+class SignatureError(ProtocolError):
+    """A request's account signature is missing, malformed or does not verify (issue 17).
+
+    One error for every cause; the request must change nothing."""
+
+
 class AuthenticationError(ProtocolError):
     """OPAQUE authentication failed.
 

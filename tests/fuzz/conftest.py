@@ -7,22 +7,15 @@ in tests/integration/bad_input_wire.py, shared with the bad-input integration te
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.cluster import Cluster
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from bad_input_wire import Account, Wire, register_account
+from bad_input_wire import Account, Wire, register_account, wire
 
-
-@pytest.fixture(scope="module")
-def wire(cluster: Cluster) -> Iterator[Wire]:
-    with Wire.started(cluster) as w:
-        yield w
+__all__ = ["account", "wire"]
 
 
 @pytest.fixture

@@ -4,6 +4,10 @@ Every case is built around a *safe* genuine request (status, a stateless registe
 recover_finish with a forged ticket): were a mutation ever to come through intact, it still could
 not count a guess or change a record. Sealed plaintexts are checked locally before they are sent:
 anything the node would take for a state-changing operation is never sent (`Case.skip`).
+
+Genuine first steps are signed by the account key (issue 17) the record is bound to; a
+plaintext the node decrypts and parses as a first step but that carries no valid signature is
+refused with UNAUTHENTICATED (nothing applied).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from bad_input_wire import INVALID_ARGUMENT, OK, seal_plaintext
+from bad_input_wire import INVALID_ARGUMENT, OK, UNAUTHENTICATED, seal_plaintext
 from google.protobuf.message import DecodeError
 from hypothesis import strategies as st
 
 from bkv.v1 import envelope_pb2
+from client.session import AUTH_CLOCK
 from vault_protocol import opaque
+from vault_protocol.account_auth import AccountSigner, sign_request
 from vault_protocol.continuation import seal_continued
 from vault_protocol.envelope import BUCKETS, PROTOCOL_VERSION, FleetKey, pad, seal_request, unpad
 from vault_protocol.errors import ProtocolError
@@ -28,6 +34,9 @@ Draw = Callable[..., object]
 ONLY_INVALID = frozenset({INVALID_ARGUMENT})
 STATUS_BEGIN = envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS)
 OK_OR_INVALID = frozenset({OK, INVALID_ARGUMENT})
+# A random plaintext may parse as a first step that carries no valid signature.
+OK_INVALID_OR_UNSIGNED = frozenset({OK, INVALID_ARGUMENT, UNAUTHENTICATED})
+Sign = Callable[[envelope_pb2.VaultRequest], None]
 SAFE_OPS = frozenset({"status", "register_start", "recover_finish"})
 ACCOUNT_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-"
 
@@ -75,8 +84,17 @@ def _base_request(
 BASE_KINDS = st.sampled_from(["status", "register_start", "recover_finish"])
 
 
+def signing(fleet: FleetKey, account_id: str, signer: AccountSigner) -> Sign:
+    """Signs a first step for `account_id` as its client would (a fresh ts_ms each time)."""
+
+    def sign(request: envelope_pb2.VaultRequest) -> None:
+        sign_request(request, fleet.fleet_id, account_id, signer, AUTH_CLOCK.next())
+
+    return sign
+
+
 def _genuine(
-    fleet: FleetKey, account_id: str, kind: str, rnd: random.Random
+    fleet: FleetKey, account_id: str, kind: str, rnd: random.Random, sign: Sign
 ) -> tuple[bytes, bytes, frozenset[grpc.StatusCode]]:
     request, expect = _base_request(kind, rnd)
     response_key = os.urandom(32)
@@ -87,6 +105,7 @@ def _genuine(
         )
         return sealed, response_key, expect
     request.response_key = response_key
+    sign(request)
     return seal_request(fleet, account_id, request), response_key, expect
 
 
@@ -138,16 +157,18 @@ def _would_change_state(plaintext: bytes) -> bool:
 
 
 @st.composite
-def envelope_case(draw: st.DrawFn, fleet: FleetKey, account_id: str) -> Case:
-    """One bad (or, rarely, untouched) envelope for `account_id`."""
+def envelope_case(draw: st.DrawFn, fleet: FleetKey, account_id: str, signer: AccountSigner) -> Case:
+    """One bad (or, rarely, untouched) envelope for `account_id`, whose first steps `signer`
+    (the account key its record is bound to, or any key for an unregistered id) signs."""
     rnd = draw(st.randoms(use_true_random=False))
+    sign = signing(fleet, account_id, signer)
     recipe = draw(
         st.sampled_from(["random", "mutated", "fields", "plaintext", "wrong-info", "genuine"])
     )
     if recipe == "random":
         return Case("random", draw(st.binary(max_size=2048)), ONLY_INVALID)
     kind = draw(BASE_KINDS)
-    base, response_key, expect = _genuine(fleet, account_id, kind, rnd)
+    base, response_key, expect = _genuine(fleet, account_id, kind, rnd, sign)
     if recipe == "genuine":
         return Case(f"genuine/{kind}", base, expect, response_key)
     if recipe == "mutated":
@@ -167,7 +188,7 @@ def envelope_case(draw: st.DrawFn, fleet: FleetKey, account_id: str) -> Case:
         fleet_id = rnd.randbytes(16)
         envelope = seal_plaintext(fleet, account_id, plaintext, info_fleet_id=fleet_id)
         return Case("wrong-info/fleet", envelope, ONLY_INVALID)
-    return _plaintext_case(draw, rnd, fleet, account_id)
+    return _plaintext_case(draw, rnd, fleet, account_id, sign)
 
 
 def _fields_case(
@@ -248,7 +269,7 @@ def _continued_fields_case(
 
 @st.composite
 def _inner_request(
-    draw: st.DrawFn, rnd: random.Random
+    draw: st.DrawFn, rnd: random.Random, sign: Sign
 ) -> tuple[str, bytes, bytes | None, frozenset[grpc.StatusCode]]:
     """A plaintext the node will decrypt fine: (label, plaintext, response key, expect)."""
     key = os.urandom(32)
@@ -262,7 +283,7 @@ def _inner_request(
         size = draw(st.sampled_from([0, 1, 100, 511, 512, 513, 1024, 2000]))
         return shape, rnd.randbytes(size), None, ONLY_INVALID
     if shape == "padded-random":
-        return shape, pad(draw(st.binary(max_size=300))), None, OK_OR_INVALID
+        return shape, pad(draw(st.binary(max_size=300))), None, OK_INVALID_OR_UNSIGNED
     if shape == "bad-key":
         size = draw(st.sampled_from([0, 1, 16, 31, 33, 64]))
         request = envelope_pb2.VaultRequest(
@@ -279,6 +300,7 @@ def _inner_request(
                 registration_request=draw(st.binary(max_size=64))
             ),
         )
+        sign(request)
         return shape, pad(request.SerializeToString()), key, OK_OR_INVALID
     if shape == "finish-random":
         request = envelope_pb2.VaultRequest(
@@ -291,11 +313,21 @@ def _inner_request(
         padded = bytearray(pad(status))
         padded[draw(st.integers(4 + len(status), len(padded) - 1))] ^= draw(st.integers(1, 255))
         return shape, bytes(padded), None, ONLY_INVALID
-    # Unknown fields inside a genuine request: protobuf ignores them, the request stands.
-    return shape, pad(status + b"\xfa\x01\x02hi"), key, frozenset({OK})
+    # Unknown fields inside a genuine request: protobuf keeps them, and the signature covers
+    # them as they are (signed with them: the request stands; added after: refused).
+    unknown = envelope_pb2.VaultRequest.FromString(status + b"\xfa\x01\x02hi")
+    sign(unknown)
+    if draw(st.booleans()):
+        return shape, pad(unknown.SerializeToString(deterministic=True)), key, frozenset({OK})
+    signed_alone = envelope_pb2.VaultRequest(response_key=key, begin=STATUS_BEGIN)
+    sign(signed_alone)
+    added = signed_alone.SerializeToString(deterministic=True) + b"\xfa\x01\x02hi"
+    return "unknown-fields-unsigned", pad(added), None, frozenset({UNAUTHENTICATED})
 
 
-def _plaintext_case(draw: st.DrawFn, rnd: random.Random, fleet: FleetKey, account_id: str) -> Case:
-    label, plaintext, key, expect = draw(_inner_request(rnd))
+def _plaintext_case(
+    draw: st.DrawFn, rnd: random.Random, fleet: FleetKey, account_id: str, sign: Sign
+) -> Case:
+    label, plaintext, key, expect = draw(_inner_request(rnd, sign))
     envelope = seal_plaintext(fleet, account_id, plaintext)
     return Case(f"plaintext/{label}", envelope, expect, key, skip=_would_change_state(plaintext))

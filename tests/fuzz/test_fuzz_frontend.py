@@ -57,7 +57,7 @@ def test_relay_envelopes(wire: Wire, account: Account) -> None:
     turn = [0]
 
     @fuzz_settings(300)
-    @given(case=envelope_case(wire.fleet, account.id))
+    @given(case=envelope_case(wire.fleet, account.id, account.key.signer))
     def run(case: Case) -> None:
         if case.skip:
             return

@@ -50,7 +50,7 @@ def open_case(draw: st.DrawFn, wire: Wire, account: Account) -> tuple[str, str, 
         )
     )
     sealed_for = target if draw(st.booleans()) and valid_account(target) else account.id
-    case = draw(envelope_case(wire.fleet, sealed_for))
+    case = draw(envelope_case(wire.fleet, sealed_for, account.key.signer))
     node = draw(st.sampled_from(wire.node_names))
     return target, sealed_for, case, node
 

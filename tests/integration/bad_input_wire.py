@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
 from bkv.v1 import envelope_pb2, frontend_pb2, node_pb2
 from client.config import ClientConfig, load_config, load_fleet_key
-from client.session import AccountKey, login_request
+from client.session import AUTH_CLOCK, AccountKey, login_request
 from client.vault import VaultClient
 from deploy.cluster import Cluster
+from vault_protocol.account_auth import AccountSigner, sign_request
 from vault_protocol.backup_key import BackupKey
 from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import (
@@ -179,6 +181,13 @@ class Wire:
 # -- frontend calls ------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def wire(cluster: Cluster) -> Iterator[Wire]:
+    """The fixture every user of this module takes (integration and fuzz conftests)."""
+    with Wire.started(cluster) as w:
+        yield w
+
+
 def get_challenge(channel: grpc.Channel, account_id: str) -> Answer:
     request = frontend_pb2.ChallengeRequest(account_id=account_id)
     return call_raw(channel, frontend_method("GetChallenge"), request.SerializeToString())
@@ -254,12 +263,18 @@ class Continued:
 
 # The step keys of every step 1 answered here, by its ticket (what a client keeps between steps).
 _STEP_KEYS: dict[bytes, StepKeys] = {}
+# The account keys of the accounts made here (`register_account`), which sign their step 1s.
+_SIGNERS: dict[str, AccountSigner] = {}
 
 
 def seal(
-    fleet: FleetKey, account_id: str, request: envelope_pb2.VaultRequest | Continued
+    fleet: FleetKey,
+    account_id: str,
+    request: envelope_pb2.VaultRequest | Continued,
+    signer: AccountSigner | None = None,
 ) -> Sealed:
-    """A genuine envelope: a step 1 (`seal_request`, a fresh response key), or a step 2
+    """A genuine envelope: a step 1 (`seal_request`, a fresh response key, signed by `signer`
+    or by the key of an account `register_account` made; unsigned for any other), or a step 2
     (`seal_continued` under the keys of its ticket's step 1; an unknown ticket gets keys of
     no step 1, an empty one is sent empty as a frontend could)."""
     if isinstance(request, Continued):
@@ -275,6 +290,9 @@ def seal(
         return Sealed(blob, keys.answer2)
     request.response_key = secrets.token_bytes(32)
     keys = StepKeys.derive(bytes(request.response_key))
+    signer = signer or _SIGNERS.get(account_id)
+    if signer is not None:
+        sign_request(request, fleet.fleet_id, account_id, signer, AUTH_CLOCK.next())
     return Sealed(seal_request(fleet, account_id, request), keys.answer1, keys)
 
 
@@ -347,6 +365,7 @@ def register_account(
     """Create an account key, log in, register a fresh backup key behind a random password."""
     account_id = f"{prefix}-{secrets.token_hex(8)}"
     key = AccountKey.create(key_dir, account_id)
+    _SIGNERS[account_id] = key.signer
     client = VaultClient(wire.config, account_id=account_id, key_dir=key_dir, ksf=IdentityKsf())
     password = secrets.token_hex(16).encode()
     backup_key = client.register(password, max_attempts=max_attempts)

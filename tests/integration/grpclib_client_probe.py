@@ -97,6 +97,7 @@ async def probe(args: dict[str, Any]) -> dict[str, Any]:
 
         # A genuine sealed status request (vault_protocol imports no grpcio either).
         # Protocol 3: a Begin, then the status question continued under step 1's keys.
+        from vault_protocol.account_auth import AccountSigner, sign_request
         from vault_protocol.continuation import StepKeys, seal_continued
         from vault_protocol.envelope import FleetKey, open_response, seal_request
 
@@ -108,6 +109,9 @@ async def probe(args: dict[str, Any]) -> dict[str, Any]:
             response_key=response_key,
             begin=envelope_pb2.Begin(op=envelope_pb2.Begin.Op.OP_STATUS),
         )
+        # Signed by the account key, as every first step (issue 17).
+        signer = AccountSigner.from_private_key(key)
+        sign_request(request, fleet.fleet_id, account, signer, time.time_ns() // 1_000_000)
         reply = await stub.Relay(
             frontend_pb2.RelayRequest(envelope=seal_request(fleet, account, request)),
             metadata=auth,

@@ -10,7 +10,6 @@ Here a ticket replayed after a successful finish stands for the stale-ticket cas
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,6 @@ from bad_input_wire import (
 )
 
 from bkv.v1 import envelope_pb2
-from deploy.cluster import Cluster
 from vault_protocol import opaque
 from vault_protocol.backup_key import open_transport, unwrap_key
 from vault_protocol.envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, pad
@@ -50,12 +48,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 OPAQUE = opaque.OpaqueConfig(ksf=IdentityKsf())
 MAX_ATTEMPTS = 10  # local-3dc's default
 Outcome = envelope_pb2.Outcome
-
-
-@pytest.fixture(scope="module")
-def wire(cluster: Cluster) -> Iterator[Wire]:
-    with Wire.started(cluster) as w:
-        yield w
 
 
 @pytest.fixture

@@ -23,10 +23,14 @@ import pytest
 from bkv.v1 import envelope_pb2, node_pb2, node_pb2_grpc
 from client import InvalidPassword, Locked, NotRegistered, Unavailable, VaultClient
 from client.config import ksf_named, load_config
+from client.errors import StaleSignature
+from client.session import AUTH_CLOCK, AccountKey
 from deploy.cluster import Cluster
 from deploy.configs import Layout
 from deploy.demo import run_scenario
+from vault_common.wire import parse_account_refusal
 from vault_protocol import envelope, opaque
+from vault_protocol.account_auth import sign_request
 from vault_protocol.continuation import StepKeys
 from vault_protocol.errors import AuthenticationError
 
@@ -34,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 PASSWORD = "a long and correct passphrase"
+STALE_TRIES = 40  # fresh signatures per concurrent guess (see test_guess_limit_under_concurrency)
 
 
 def client_for(cluster: Cluster, key_dir: Path, *, reverse: bool = False, **kw) -> VaultClient:
@@ -111,31 +116,51 @@ def test_guess_limit_under_concurrency(healthy_cluster: Cluster, key_dir: Path) 
     assert len(stubs) == 6
     barrier = threading.Barrier(50)
 
+    # Every guess is signed by the account key, and the vault takes one account's signed guesses
+    # in the order of their timestamps: under this much concurrency many come too late, are
+    # refused as stale (nothing applied) and are signed again, as a caller that insists would.
+    signer = AccountKey.load(key_dir, account).signer
+
     def via_frontend(i: int) -> str:
         with client_for(healthy_cluster, key_dir, account_id=account, reverse=i % 4 == 1) as c:
             c.login()
             barrier.wait(timeout=60)
-            try:
-                c.recover(f"wrong password {i}")
-            except InvalidPassword:
-                return "invalid_password"
-            except Locked:
-                return "locked"
-            return "ok"
+            for _ in range(STALE_TRIES):
+                try:
+                    c.recover(f"wrong password {i}")
+                except InvalidPassword:
+                    return "invalid_password"
+                except Locked:
+                    return "locked"
+                except StaleSignature:
+                    continue
+                return "ok"
+            return "stale"
 
     def via_node(i: int) -> str:
         state, ke1 = opaque.login_start(f"wrong password {i}".encode(), os.urandom)
         response_key = os.urandom(32)
-        sealed = envelope.seal_request(
-            fleet,
-            account,
-            envelope_pb2.VaultRequest(
-                response_key=response_key, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
-            ),
+        request = envelope_pb2.VaultRequest(
+            response_key=response_key, recover_start=envelope_pb2.RecoverStart(ke1=ke1)
         )
         stub = stubs[(i // 2) % len(stubs)][0]
         barrier.wait(timeout=60)
-        reply = stub.Open(node_pb2.OpenRequest(account_id=account, envelope=sealed), timeout=30)
+        floor = 0
+        for _ in range(STALE_TRIES):
+            sign_request(request, fleet.fleet_id, account, signer, AUTH_CLOCK.next(floor))
+            sealed = envelope.seal_request(fleet, account, request)
+            try:
+                reply = stub.Open(
+                    node_pb2.OpenRequest(account_id=account, envelope=sealed), timeout=30
+                )
+                break
+            except grpc.RpcError as err:
+                refusal = parse_account_refusal(err.details() or "")
+                if refusal is None or refusal[0] != "stale":
+                    raise
+                floor = refusal[1]
+        else:
+            return "stale"
         answer = envelope.open_response(
             StepKeys.derive(response_key).answer1, reply.sealed_response
         )
@@ -281,6 +306,7 @@ def test_frontend_that_swaps_the_account_is_rejected_by_the_node(
     request = envelope_pb2.VaultRequest(
         response_key=os.urandom(32), recover_start=envelope_pb2.RecoverStart(ke1=ke1)
     )
+    sign_request(request, fleet.fleet_id, vault.account_id, vault.account.signer, AUTH_CLOCK.next())
     sealed = envelope.seal_request(fleet, vault.account_id, request)
     before = evaluations(healthy_cluster)
     stub, channel = node_stub(healthy_cluster)

@@ -5,7 +5,6 @@ the challenge's lifetime gives no second session, on the issuing frontend or on 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,8 @@ from bad_input_wire import OK, UNAUTHENTICATED, Wire, get_challenge, login_with
 
 from bkv.v1 import frontend_pb2
 from client.session import AccountKey, login_request
-from deploy.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module")
-def wire(cluster: Cluster) -> Iterator[Wire]:
-    cluster.start_all()
-    w = Wire(cluster)
-    yield w
-    w.close()
 
 
 def _challenge(wire: Wire, frontend: int, account_id: str) -> bytes:

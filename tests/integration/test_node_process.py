@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from account_keys import signed
 from etcd_fixtures import ROOT, SecureEtcd
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hsm_fixtures import provision_tokens
@@ -91,6 +92,7 @@ class NodeUnderTest:
         else:
             request.response_key = os.urandom(32)
             keys = StepKeys.derive(request.response_key)
+            signed(request, self.fleet.fleet_id, account)
             envelope = seal_request(self.fleet, account, request)
             answer_key = keys.answer1
         with self.channel() as ch:

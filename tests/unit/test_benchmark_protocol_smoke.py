@@ -16,5 +16,10 @@ def test_protocol_benchmark_writes_json(tmp_path: Path) -> None:
     report = json.loads(report_file.read_text())
     # Every recovery performs the OPRF evaluation, the server key share and three 3DH products.
     assert report["recovery"]["ristretto_mults_per_recovery"] >= 5
-    assert set(report["ops"]) >= {"oprf_blind_evaluate", "server_ke2", "envelope_open"}
+    assert set(report["ops"]) >= {
+        "oprf_blind_evaluate",
+        "server_ke2",
+        "envelope_open",
+        "account_signature_verify",
+    }
     assert report["backup_file"]["encrypt_mb_per_s"] > 0

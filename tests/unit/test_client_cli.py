@@ -16,7 +16,14 @@ from test_client_vault import FE, FakeFrontends
 
 from client import cli
 from client.config import ClientConfig, load_config
-from client.errors import ProtocolError, RateLimited, Unavailable
+from client.errors import (
+    AccountKeyRefused,
+    ClockAhead,
+    ProtocolError,
+    RateLimited,
+    StaleSignature,
+    Unavailable,
+)
 from client.vault import VaultClient
 from vault_protocol.ksf import IdentityKsf
 
@@ -213,6 +220,9 @@ def test_authentication_failure_is_exit_7(run: Run) -> None:
         (RateLimited(1.5), 6, "rate_limited"),
         (ProtocolError("x"), 1, "protocol"),
         (RuntimeError(SECRET), 1, "protocol"),
+        (AccountKeyRefused(), 7, "account_key"),
+        (ClockAhead(), 7, "clock"),
+        (StaleSignature(5), 6, "stale_signature"),
     ],
 )
 def test_error_classes_map_to_exit_codes(
@@ -450,3 +460,44 @@ def test_the_password_never_appears_in_any_output(run: Run) -> None:
         _code, out, err = run(*argv, stdin=stdin)
         outputs.append(out + err)
     assert all(SECRET not in o for o in outputs)
+
+
+def test_account_change_key_replaces_the_key_and_keeps_the_backup_key(run: Run) -> None:
+    run("account", "create")
+    run.passwords = [SECRET, SECRET]
+    _, out, _ = run("--json", "register")
+    key = json.loads(out)["key"]
+    before = json.loads(run("--json", "account", "show")[1])["public_key"]
+    code, out, err = run("--json", "account", "change-key", "--password-stdin", stdin=SECRET)
+    assert code == 0, err
+    after = json.loads(out)["public_key"]
+    assert (
+        after != before and json.loads(run("--json", "account", "show")[1])["public_key"] == after
+    )
+    assert run.frontends.accounts["alice"].hex() == after
+    code, out, _ = run("--json", "recover", "--password-stdin", stdin=SECRET)
+    assert code == 0 and json.loads(out)["key"] == key
+    assert SECRET not in out
+
+
+def test_key_loss_new_device_rebind_request_and_status(run: Run, tmp_path: Path) -> None:
+    run("account", "create")
+    run("register", "--password-stdin", stdin=SECRET)
+    new_dir = tmp_path / "new-device"
+    code, out, err = run("--key-dir", str(new_dir), "--json", "account", "create", "--no-login")
+    assert code == 0, err
+    new_key = json.loads(out)["public_key"]
+    # Before the operator's rebind the frontends refuse the new key.
+    assert run("--key-dir", str(new_dir), "status")[0] == 7
+    run.frontends.accounts["alice"] = bytes.fromhex(new_key)  # the operator's half (fake)
+    run.frontends.tokens.clear()
+    code, out, err = run("--key-dir", str(new_dir), "--json", "account", "rebind-request")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["rebind_pending"] and shown["rebind_key"] == new_key
+    code, out, err = run("--key-dir", str(new_dir), "account", "rebind-request")
+    assert code == 0 and "rebind pending to key" in out and "matures" in out
+    # The vault refuses the new key until the delay (7 days here) has passed.
+    code, out, _ = run("--key-dir", str(new_dir), "--json", "status")
+    assert code == 7 and json.loads(out)["error"] == "account_key"
+    assert "bound to another account key" in json.loads(out)["message"]

@@ -187,3 +187,28 @@ def test_other_unavailable_answers_may_have_been_applied() -> None:
     for details in ("Socket closed", "no vault node available", ""):
         error = error_from_status(_Unavailable(details))
         assert isinstance(error, Unavailable) and error.sent is True
+
+
+def test_a_vaults_account_refusal_becomes_its_typed_error() -> None:
+    """Only the fixed forms of vault_common.wire are read (issue 17); a frontend's own
+    UNAUTHENTICATED stays a session refusal."""
+    from client.errors import AccountKeyRefused, ClockAhead, StaleSignature
+    from vault_common.wire import account_refusal_details
+
+    def mapped(details: str) -> VaultError:
+        return error_from_status(
+            FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, (("bkv-not-applied", "1"),), details)
+        )
+
+    key = mapped(account_refusal_details("key"))
+    assert isinstance(key, AccountKeyRefused) and not key.retry_safe
+    assert "bound to another account key" in str(key) and "cannot help" in str(key)
+    stale = mapped(account_refusal_details("stale", 1_700_000_000_123))
+    assert isinstance(stale, StaleSignature) and stale.floor_ms == 1_700_000_000_123
+    assert stale.retry_safe
+    assert isinstance(mapped(account_refusal_details("clock")), ClockAhead)
+    signature = mapped(account_refusal_details("signature"))
+    assert type(signature) is ProtocolError
+    for other in ("", "bad session", "account signature refused: stale timestamp, last accepted "
+                  "ts_ms=12x", account_refusal_details("key") + " and more"):  # fmt: skip
+        assert type(mapped(other)) is Unauthenticated

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from account_keys import account_signer
 from inproc_cluster import InProcessCluster
 
 from bkv.v1 import envelope_pb2
@@ -56,7 +57,10 @@ def vault(inproc_cluster: InProcessCluster) -> Vault:
 
 def _ctx(vault: Vault, account: str = ACCOUNT) -> FlowContext:
     return FlowContext(
-        fleet=vault.fleet, account_id=account, opaque=opaque.OpaqueConfig(ksf=IdentityKsf())
+        fleet=vault.fleet,
+        account_id=account,
+        signer=account_signer(account),
+        opaque=opaque.OpaqueConfig(ksf=IdentityKsf()),
     )
 
 
@@ -217,7 +221,9 @@ def test_password_is_nfc_normalised(vault: Vault) -> None:
 def test_real_argon2_fast_preset_round_trip(vault: Vault) -> None:
     from client.config import ksf_named
 
-    ctx = FlowContext(vault.fleet, ACCOUNT, opaque.OpaqueConfig(ksf=ksf_named("fast")))
+    ctx = FlowContext(
+        vault.fleet, ACCOUNT, account_signer(ACCOUNT), opaque.OpaqueConfig(ksf=ksf_named("fast"))
+    )
     send = vault.send_for(ACCOUNT)
     key = protocol.run(protocol.register_flow(ctx, PASSWORD), send)
     assert protocol.run(protocol.recover_flow(ctx, PASSWORD), send) == key
@@ -232,7 +238,10 @@ def test_recovery_stretches_as_the_registration_did(vault: Vault) -> None:
 
     def ctx(ksf: Argon2idKsf) -> FlowContext:
         return FlowContext(
-            fleet=vault.fleet, account_id=ACCOUNT, opaque=opaque.OpaqueConfig(ksf=ksf)
+            fleet=vault.fleet,
+            account_id=ACCOUNT,
+            signer=account_signer(ACCOUNT),
+            opaque=opaque.OpaqueConfig(ksf=ksf),
         )
 
     key = protocol.run(protocol.register_flow(ctx(fast), PASSWORD), send)

@@ -223,3 +223,23 @@ def test_async_loop_makes_the_same_decisions() -> None:
     with pytest.raises(Unavailable):
         asyncio.run(go())
     assert len(calls) == 2 and t.sleeps == [0.05]
+
+
+def test_a_stale_signature_is_signed_again_once_at_once() -> None:
+    from client.errors import StaleSignature
+
+    def state(resignable: bool) -> RetryState:
+        return RetryState(
+            RetryPolicy(), counts_guess=True, resignable=resignable, clock=lambda: 0.0,
+            uniform=lambda: 0.5,
+        )  # fmt: skip
+
+    first = state(True)
+    assert first.resign_floor_ms is None
+    assert first.after_failure(StaleSignature(41)) == 0.0 and first.resign_floor_ms == 41
+    assert first.after_failure(StaleSignature(43)) is None  # never a second time
+    assert state(False).after_failure(StaleSignature(41)) is None  # a second step: no
+    # A stale refusal applied nothing: the guess step still has its one retry after it.
+    after = state(True)
+    after.after_failure(StaleSignature(41))
+    assert after.after_failure(Unavailable()) is not None

@@ -30,6 +30,8 @@ from client.errors import (
 )
 from client.retry import RetryPolicy
 from client.session import AccountKey, Session
+from vault_node.server import status_for, trailers_for
+from vault_node.service import ServiceError
 from vault_protocol.ksf import IdentityKsf
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -101,14 +103,39 @@ class FakeFrontends:
             token = f"tok-{self.next_token}"
             self.tokens[token] = request.account_id
             return frontend_pb2.LoginReply(session_token=token, expires_at_ms=2**62)
+        if method == "ChangeKey":
+            return self._change_key(request)
         if method == "Relay":
             header = dict(metadata or ()).get("authorization", "")
             account = self.tokens.get(header.removeprefix("Bearer "))
             if account is None:
                 raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED)
-            sealed = self.vault.handle(account, request.envelope)
+            try:
+                sealed = self.vault.handle(account, request.envelope)
+            except ServiceError as exc:  # passed on as a frontend passes a node's status on
+                code, details = status_for(exc)
+                raise FakeRpcError(code, trailers_for(exc), details) from None
             return frontend_pb2.RelayReply(sealed_response=sealed)
         raise AssertionError(method)
+
+    def _change_key(self, request: Any) -> frontend_pb2.LoginReply:
+        """As frontend_chatd.accounts.Accounts.change_key: both keys sign; CAS on the binding."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        message = b"bkv-v1 change key" + request.challenge + request.new_public_key
+        Ed25519PublicKey.from_public_bytes(request.new_public_key).verify(
+            request.new_signature, message
+        )
+        bound = self.accounts.get(request.account_id)
+        if bound != request.new_public_key:
+            if bound != request.public_key:
+                raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED)
+            Ed25519PublicKey.from_public_bytes(bound).verify(request.signature, message)
+            self.accounts[request.account_id] = request.new_public_key
+        self.next_token += 1
+        token = f"tok-{self.next_token}"
+        self.tokens[token] = request.account_id
+        return frontend_pb2.LoginReply(session_token=token, expires_at_ms=2**62)
 
 
 class AsyncFakeFrontends:

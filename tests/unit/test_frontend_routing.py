@@ -346,6 +346,25 @@ def test_relay_passes_node_statuses_without_retry() -> None:
         assert result.status.retry_after_ms == "250"
 
 
+def test_a_nodes_account_refusal_is_passed_on_with_nothing_applied() -> None:
+    """The node refused the request's account signature (issue 17): the client's own answer,
+    passed on without trying another node; any other UNAUTHENTICATED from a node is about the
+    frontend itself (an outage to the client)."""
+    from vault_common.wire import account_refusal_details
+
+    details = account_refusal_details("stale", 42)
+    err = rpc_error(grpc.StatusCode.UNAUTHENTICATED, details, [("bkv-not-applied", "1")])
+    result, calls = run_relay([A1, B1], {"a1": err, "b1": b"never"})
+    assert isinstance(result, NodeRejected) and calls == ["a1"]
+    assert result.status.details == details and result.status.not_applied
+    answer = to_status(result)
+    assert answer.code == grpc.StatusCode.UNAUTHENTICATED and answer.message == details
+    assert answer.trailing == (("bkv-not-applied", "1"),)
+    other = rpc_error(grpc.StatusCode.UNAUTHENTICATED, "certificate not accepted")
+    result, _ = run_relay([A1, B1], {"a1": other, "b1": b"never"})
+    assert isinstance(result, NoNodeAvailable)
+
+
 def test_relay_deadline_is_not_retried() -> None:
     err = rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
     result, calls = run_relay([A1, B1], {"a1": err, "b1": b"never"})

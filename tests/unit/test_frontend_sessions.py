@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from inproc_cluster import MemoryKeyStore
 
 from frontend_chatd.accounts import (
+    CHANGE_KEY_CONTEXT,
     LOGIN_CONTEXT,
     Accounts,
     Enrollment,
@@ -27,6 +28,7 @@ from frontend_chatd.sessions import (
     check_account_id,
     issuer_id,
 )
+from vault_common.account_binding import encode_binding
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
@@ -401,3 +403,62 @@ def test_log_account_tags_are_keyed() -> None:
     assert tag != account_tag(other.log_tag_key, "+15551234567")
     assert keys.log_tag_key not in (keys.token_key, keys.challenge_key)
     assert account_tag(keys.log_tag_key, "") == "-"
+
+
+# --- key change and the operator's second key (issue 17) -----------------------------------------
+
+
+def change_key(
+    accounts: Accounts,
+    account: str,
+    old: Ed25519PrivateKey,
+    new: Ed25519PrivateKey,
+    *,
+    old_signs: Ed25519PrivateKey | None = None,
+) -> str:
+    challenge = accounts.challenge(account)
+    message = CHANGE_KEY_CONTEXT + challenge + _raw(new)
+    signature = (old_signs or old).sign(message)
+    result = asyncio.run(
+        accounts.change_key(account, _raw(old), _raw(new), challenge, signature, new.sign(message))
+    )
+    return result.token
+
+
+def test_a_key_change_needs_both_signatures_and_moves_the_binding() -> None:
+    clock = FakeClock()
+    accounts, store = make_accounts(clock)
+    old, new, mallory = (Ed25519PrivateKey.generate() for _ in range(3))
+    login(accounts, "alice", old)
+    with pytest.raises(Unauthenticated):  # the bound key did not consent
+        change_key(accounts, "alice", old, new, old_signs=mallory)
+    with pytest.raises(Unauthenticated):  # someone else's key claims to be the bound one
+        change_key(accounts, "alice", mallory, new)
+    assert store.keys["alice"] == _raw(old)
+    token = change_key(accounts, "alice", old, new)
+    assert tokens(clock).verify(token).account_id == "alice"
+    assert store.keys["alice"] == _raw(new)
+    with pytest.raises(Unauthenticated, match="another key"):
+        login(accounts, "alice", old)
+    login(accounts, "alice", new)
+    change_key(accounts, "alice", old, new)  # a retry whose answer was lost: answered again
+    assert store.keys["alice"] == _raw(new)
+
+
+def test_an_operator_added_key_logs_in_but_cannot_change_keys() -> None:
+    """After a key loss the operator binds the new device's key beside the old one: both log
+    in (the old device can still reach the vault and cancel there); only the first key may
+    change keys, so the added one cannot shut the old device out."""
+    clock = FakeClock()
+    accounts, store = make_accounts(clock)
+    old, added, third = (Ed25519PrivateKey.generate() for _ in range(3))
+    login(accounts, "alice", old)
+    store.keys["alice"] = encode_binding([_raw(old), _raw(added)])
+    login(accounts, "alice", old)
+    login(accounts, "alice", added)
+    with pytest.raises(Unauthenticated):
+        login(accounts, "alice", third)
+    with pytest.raises(Unauthenticated):
+        change_key(accounts, "alice", added, third)
+    change_key(accounts, "alice", old, third)
+    assert store.keys["alice"] == _raw(third)

@@ -143,3 +143,18 @@ def test_load_checks_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[node\n")
     with pytest.raises(ConfigError, match="cannot read"):
         NodeConfig.load(tmp_path / "bad.toml")
+
+
+def test_the_account_key_settings_are_validated() -> None:
+    """Key loss's rebind delay (0..365 days, 7 by default) and the bound on a signed request's
+    timestamp ahead of the node's clock (1..86400 s, 600 by default): issue 17."""
+    config = NodeConfig.from_mapping(tomllib.loads(EXAMPLE))
+    assert config.node.account_rebind_delay_s == 7 * 86_400
+    assert config.node.account_auth_max_future_s == 600
+    data = tomllib.loads(EXAMPLE)
+    data["node"]["account_rebind_delay_s"] = -1
+    data["node"]["account_auth_max_future_s"] = 0
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.from_mapping(data)
+    joined = "\n".join(info.value.problems)
+    assert "node.account_rebind_delay_s" in joined and "node.account_auth_max_future_s" in joined

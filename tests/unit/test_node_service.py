@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+from account_keys import account_signer, signed
 
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import envelope_pb2
@@ -36,6 +38,7 @@ from vault_node.store import MemoryRecordStore, Snapshot, StoreUnavailable, Writ
 from vault_node.witness_core import Ref
 from vault_node.witnessing import LocalWitnesses
 from vault_protocol import opaque
+from vault_protocol.account_auth import AccountSigner
 from vault_protocol.backup_key import BackupKey, open_transport, unwrap_key, wrap_key
 from vault_protocol.continuation import StepKeys, seal_continued
 from vault_protocol.envelope import FleetKey, open_response, seal_request
@@ -132,6 +135,10 @@ class Harness:
         self.service = self.node()
         self.fleet = FleetKey(self.token.kem_public_key())
         self.step_keys: dict[bytes, StepKeys] = {}  # by the ticket each step 1 answered
+        # The client's ts_ms of signed requests: strictly increasing, behind the node's clock.
+        self.timestamps = itertools.count(self.clock.now - 86_400_000)
+        # Who signs each account's first steps (default: the account's own test key).
+        self.signers: dict[str, AccountSigner] = {}
 
     def node(self, **overrides: Any) -> VaultService:
         """Another vault node of the same fleet, on the same store and witnesses (caches of its
@@ -174,12 +181,17 @@ class Harness:
     def evaluations(self) -> int:
         return self.log.count("oprf")
 
+    def signer(self, account: str = ACCOUNT) -> AccountSigner:
+        return self.signers.get(account) or account_signer(account)
+
     async def first(
         self, request: envelope_pb2.VaultRequest, account: str = ACCOUNT, as_account: str = ""
     ) -> envelope_pb2.VaultResponse:
-        """Step 1 (HPKE); its answer's ticket and keys are kept for the step 2 that follows."""
+        """Step 1 (signed by the account's signer, HPKE); its answer's ticket and keys are kept
+        for the step 2 that follows."""
         request.response_key = os.urandom(32)
         keys = StepKeys.derive(request.response_key)
+        signed(request, self.fleet.fleet_id, account, self.signer(account), next(self.timestamps))
         sealed = seal_request(self.fleet, account, request)
         reply = open_response(
             keys.answer1, await self.service.handle(as_account or account, sealed)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62kv/v1/envelope.proto\x12\x06\x62kv.v1\"!\n\x0e\x45nvelopeHeader\x12\x0f\n\x07version\x18\x01 \x01(\r\"T\n\x0eSealedEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66leet_id\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nc\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"i\n\x11\x43ontinuedEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66leet_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ticket\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\"3\n\x0eSealedResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"-\n\rRegisterStart\x12\x1c\n\x14registration_request\x18\x01 \x01(\x0c\"~\n\x0eRegisterFinish\x12\x1b\n\x13registration_record\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x1e\n\x03ksf\x18\x05 \x01(\x0b\x32\x11.bkv.v1.KsfParamsJ\x04\x08\x04\x10\x05\"\\\n\tKsfParams\x12\x1a\n\x12\x61rgon2id_time_cost\x18\x01 \x01(\r\x12\x16\n\x0e\x61rgon2id_lanes\x18\x02 \x01(\r\x12\x1b\n\x13\x61rgon2id_memory_kib\x18\x03 \x01(\r\"\x1b\n\x0cRecoverStart\x12\x0b\n\x03ke1\x18\x01 \x01(\x0c\"\"\n\rRecoverFinish\x12\x0b\n\x03ke3\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"]\n\x05\x42\x65gin\x12\x1c\n\x02op\x18\x01 \x01(\x0e\x32\x10.bkv.v1.Begin.Op\"6\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\r\n\tOP_STATUS\x10\x01\x12\r\n\tOP_DELETE\x10\x02\"\x0f\n\rDeleteRequest\"\x0f\n\rStatusRequest\"\xe0\x02\n\x0cVaultRequest\x12\x14\n\x0cresponse_key\x18\x01 \x01(\x0c\x12/\n\x0eregister_start\x18\x02 \x01(\x0b\x32\x15.bkv.v1.RegisterStartH\x00\x12\x31\n\x0fregister_finish\x18\x03 \x01(\x0b\x32\x16.bkv.v1.RegisterFinishH\x00\x12-\n\rrecover_start\x18\x04 \x01(\x0b\x32\x14.bkv.v1.RecoverStartH\x00\x12/\n\x0erecover_finish\x18\x05 \x01(\x0b\x32\x15.bkv.v1.RecoverFinishH\x00\x12\'\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x15.bkv.v1.DeleteRequestH\x00\x12\'\n\x06status\x18\x07 \x01(\x0b\x32\x15.bkv.v1.StatusRequestH\x00\x12\x1e\n\x05\x62\x65gin\x18\x08 \x01(\x0b\x32\r.bkv.v1.BeginH\x00\x42\x04\n\x02op\"9\n\x12RegisterStartReply\x12\x1d\n\x15registration_response\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"\x15\n\x13RegisterFinishReply\"F\n\x11RecoverStartReply\x12\x0b\n\x03ke2\x18\x01 \x01(\x0c\x12\x1e\n\x03ksf\x18\x03 \x01(\x0b\x32\x11.bkv.v1.KsfParamsJ\x04\x08\x02\x10\x03\"\x0c\n\nBeginReply\"-\n\x12RecoverFinishReply\x12\x17\n\x0ftransported_key\x18\x01 \x01(\x0c\"\x1e\n\x0b\x44\x65leteReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"G\n\x0bStatusReply\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x0e\n\x06locked\x18\x02 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\"\xc5\x03\n\rVaultResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.bkv.v1.Outcome\x12\x14\n\x0cguesses_left\x18\x02 \x01(\r\x12\x34\n\x0eregister_start\x18\x03 \x01(\x0b\x32\x1a.bkv.v1.RegisterStartReplyH\x00\x12\x36\n\x0fregister_finish\x18\x04 \x01(\x0b\x32\x1b.bkv.v1.RegisterFinishReplyH\x00\x12\x32\n\rrecover_start\x18\x05 \x01(\x0b\x32\x19.bkv.v1.RecoverStartReplyH\x00\x12\x34\n\x0erecover_finish\x18\x06 \x01(\x0b\x32\x1a.bkv.v1.RecoverFinishReplyH\x00\x12%\n\x06\x64\x65lete\x18\x07 \x01(\x0b\x32\x13.bkv.v1.DeleteReplyH\x00\x12%\n\x06status\x18\x08 \x01(\x0b\x32\x13.bkv.v1.StatusReplyH\x00\x12#\n\x05\x62\x65gin\x18\t \x01(\x0b\x32\x12.bkv.v1.BeginReplyH\x00\x12\x0e\n\x06ticket\x18\n \x01(\x0c\x12\x18\n\x10max_attempts_cap\x18\x0b \x01(\rB\x07\n\x05reply*\x95\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x1c\n\x18OUTCOME_INVALID_PASSWORD\x10\x02\x12\x12\n\x0eOUTCOME_LOCKED\x10\x03\x12\x1a\n\x16OUTCOME_NOT_REGISTERED\x10\x04\x12\x13\n\x0fOUTCOME_REFUSED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62kv/v1/envelope.proto\x12\x06\x62kv.v1\"!\n\x0e\x45nvelopeHeader\x12\x0f\n\x07version\x18\x01 \x01(\r\"T\n\x0eSealedEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66leet_id\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nc\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"i\n\x11\x43ontinuedEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66leet_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ticket\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\"3\n\x0eSealedResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"F\n\rRegisterStart\x12\x1c\n\x14registration_request\x18\x01 \x01(\x0c\x12\x17\n\x0fnew_account_key\x18\x02 \x01(\x0c\"~\n\x0eRegisterFinish\x12\x1b\n\x13registration_record\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x1e\n\x03ksf\x18\x05 \x01(\x0b\x32\x11.bkv.v1.KsfParamsJ\x04\x08\x04\x10\x05\"\\\n\tKsfParams\x12\x1a\n\x12\x61rgon2id_time_cost\x18\x01 \x01(\r\x12\x16\n\x0e\x61rgon2id_lanes\x18\x02 \x01(\r\x12\x1b\n\x13\x61rgon2id_memory_kib\x18\x03 \x01(\r\"\x1b\n\x0cRecoverStart\x12\x0b\n\x03ke1\x18\x01 \x01(\x0c\"\"\n\rRecoverFinish\x12\x0b\n\x03ke3\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"l\n\x05\x42\x65gin\x12\x1c\n\x02op\x18\x01 \x01(\x0e\x32\x10.bkv.v1.Begin.Op\"E\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\r\n\tOP_STATUS\x10\x01\x12\r\n\tOP_DELETE\x10\x02\x12\r\n\tOP_REBIND\x10\x03\"\x0f\n\rDeleteRequest\"\x0f\n\rStatusRequest\"C\n\x0b\x41\x63\x63ountAuth\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\r\n\x05ts_ms\x18\x02 \x01(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x83\x03\n\x0cVaultRequest\x12\x14\n\x0cresponse_key\x18\x01 \x01(\x0c\x12/\n\x0eregister_start\x18\x02 \x01(\x0b\x32\x15.bkv.v1.RegisterStartH\x00\x12\x31\n\x0fregister_finish\x18\x03 \x01(\x0b\x32\x16.bkv.v1.RegisterFinishH\x00\x12-\n\rrecover_start\x18\x04 \x01(\x0b\x32\x14.bkv.v1.RecoverStartH\x00\x12/\n\x0erecover_finish\x18\x05 \x01(\x0b\x32\x15.bkv.v1.RecoverFinishH\x00\x12\'\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x15.bkv.v1.DeleteRequestH\x00\x12\'\n\x06status\x18\x07 \x01(\x0b\x32\x15.bkv.v1.StatusRequestH\x00\x12\x1e\n\x05\x62\x65gin\x18\x08 \x01(\x0b\x32\r.bkv.v1.BeginH\x00\x12!\n\x04\x61uth\x18\t \x01(\x0b\x32\x13.bkv.v1.AccountAuthB\x04\n\x02op\"9\n\x12RegisterStartReply\x12\x1d\n\x15registration_response\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"\x15\n\x13RegisterFinishReply\"F\n\x11RecoverStartReply\x12\x0b\n\x03ke2\x18\x01 \x01(\x0c\x12\x1e\n\x03ksf\x18\x03 \x01(\x0b\x32\x11.bkv.v1.KsfParamsJ\x04\x08\x02\x10\x03\"\x0c\n\nBeginReply\"-\n\x12RecoverFinishReply\x12\x17\n\x0ftransported_key\x18\x01 \x01(\x0c\"\x1e\n\x0b\x44\x65leteReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\xaf\x01\n\x0bStatusReply\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x0e\n\x06locked\x18\x02 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x16\n\x0erebind_pending\x18\x04 \x01(\x08\x12\x1c\n\x14rebind_matures_at_ms\x18\x05 \x01(\x04\x12\x12\n\nrebind_key\x18\x06 \x01(\x0c\x12\x1c\n\x14rebind_cancelled_key\x18\x07 \x01(\x0c\"\xc5\x03\n\rVaultResponse\x12 \n\x07outcome\x18\x01 \x01(\x0e\x32\x0f.bkv.v1.Outcome\x12\x14\n\x0cguesses_left\x18\x02 \x01(\r\x12\x34\n\x0eregister_start\x18\x03 \x01(\x0b\x32\x1a.bkv.v1.RegisterStartReplyH\x00\x12\x36\n\x0fregister_finish\x18\x04 \x01(\x0b\x32\x1b.bkv.v1.RegisterFinishReplyH\x00\x12\x32\n\rrecover_start\x18\x05 \x01(\x0b\x32\x19.bkv.v1.RecoverStartReplyH\x00\x12\x34\n\x0erecover_finish\x18\x06 \x01(\x0b\x32\x1a.bkv.v1.RecoverFinishReplyH\x00\x12%\n\x06\x64\x65lete\x18\x07 \x01(\x0b\x32\x13.bkv.v1.DeleteReplyH\x00\x12%\n\x06status\x18\x08 \x01(\x0b\x32\x13.bkv.v1.StatusReplyH\x00\x12#\n\x05\x62\x65gin\x18\t \x01(\x0b\x32\x12.bkv.v1.BeginReplyH\x00\x12\x0e\n\x06ticket\x18\n \x01(\x0c\x12\x18\n\x10max_attempts_cap\x18\x0b \x01(\rB\x07\n\x05reply*\x95\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x1c\n\x18OUTCOME_INVALID_PASSWORD\x10\x02\x12\x12\n\x0eOUTCOME_LOCKED\x10\x03\x12\x1a\n\x16OUTCOME_NOT_REGISTERED\x10\x04\x12\x13\n\x0fOUTCOME_REFUSED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bkv.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1909
-  _globals['_OUTCOME']._serialized_end=2058
+  _globals['_OUTCOME']._serialized_start=2158
+  _globals['_OUTCOME']._serialized_end=2307
   _globals['_ENVELOPEHEADER']._serialized_start=33
   _globals['_ENVELOPEHEADER']._serialized_end=66
   _globals['_SEALEDENVELOPE']._serialized_start=68
@@ -42,39 +42,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEALEDRESPONSE']._serialized_start=261
   _globals['_SEALEDRESPONSE']._serialized_end=312
   _globals['_REGISTERSTART']._serialized_start=314
-  _globals['_REGISTERSTART']._serialized_end=359
-  _globals['_REGISTERFINISH']._serialized_start=361
-  _globals['_REGISTERFINISH']._serialized_end=487
-  _globals['_KSFPARAMS']._serialized_start=489
-  _globals['_KSFPARAMS']._serialized_end=581
-  _globals['_RECOVERSTART']._serialized_start=583
-  _globals['_RECOVERSTART']._serialized_end=610
-  _globals['_RECOVERFINISH']._serialized_start=612
-  _globals['_RECOVERFINISH']._serialized_end=646
-  _globals['_BEGIN']._serialized_start=648
-  _globals['_BEGIN']._serialized_end=741
-  _globals['_BEGIN_OP']._serialized_start=687
-  _globals['_BEGIN_OP']._serialized_end=741
-  _globals['_DELETEREQUEST']._serialized_start=743
-  _globals['_DELETEREQUEST']._serialized_end=758
-  _globals['_STATUSREQUEST']._serialized_start=760
-  _globals['_STATUSREQUEST']._serialized_end=775
-  _globals['_VAULTREQUEST']._serialized_start=778
-  _globals['_VAULTREQUEST']._serialized_end=1130
-  _globals['_REGISTERSTARTREPLY']._serialized_start=1132
-  _globals['_REGISTERSTARTREPLY']._serialized_end=1189
-  _globals['_REGISTERFINISHREPLY']._serialized_start=1191
-  _globals['_REGISTERFINISHREPLY']._serialized_end=1212
-  _globals['_RECOVERSTARTREPLY']._serialized_start=1214
-  _globals['_RECOVERSTARTREPLY']._serialized_end=1284
-  _globals['_BEGINREPLY']._serialized_start=1286
-  _globals['_BEGINREPLY']._serialized_end=1298
-  _globals['_RECOVERFINISHREPLY']._serialized_start=1300
-  _globals['_RECOVERFINISHREPLY']._serialized_end=1345
-  _globals['_DELETEREPLY']._serialized_start=1347
-  _globals['_DELETEREPLY']._serialized_end=1377
-  _globals['_STATUSREPLY']._serialized_start=1379
-  _globals['_STATUSREPLY']._serialized_end=1450
-  _globals['_VAULTRESPONSE']._serialized_start=1453
-  _globals['_VAULTRESPONSE']._serialized_end=1906
+  _globals['_REGISTERSTART']._serialized_end=384
+  _globals['_REGISTERFINISH']._serialized_start=386
+  _globals['_REGISTERFINISH']._serialized_end=512
+  _globals['_KSFPARAMS']._serialized_start=514
+  _globals['_KSFPARAMS']._serialized_end=606
+  _globals['_RECOVERSTART']._serialized_start=608
+  _globals['_RECOVERSTART']._serialized_end=635
+  _globals['_RECOVERFINISH']._serialized_start=637
+  _globals['_RECOVERFINISH']._serialized_end=671
+  _globals['_BEGIN']._serialized_start=673
+  _globals['_BEGIN']._serialized_end=781
+  _globals['_BEGIN_OP']._serialized_start=712
+  _globals['_BEGIN_OP']._serialized_end=781
+  _globals['_DELETEREQUEST']._serialized_start=783
+  _globals['_DELETEREQUEST']._serialized_end=798
+  _globals['_STATUSREQUEST']._serialized_start=800
+  _globals['_STATUSREQUEST']._serialized_end=815
+  _globals['_ACCOUNTAUTH']._serialized_start=817
+  _globals['_ACCOUNTAUTH']._serialized_end=884
+  _globals['_VAULTREQUEST']._serialized_start=887
+  _globals['_VAULTREQUEST']._serialized_end=1274
+  _globals['_REGISTERSTARTREPLY']._serialized_start=1276
+  _globals['_REGISTERSTARTREPLY']._serialized_end=1333
+  _globals['_REGISTERFINISHREPLY']._serialized_start=1335
+  _globals['_REGISTERFINISHREPLY']._serialized_end=1356
+  _globals['_RECOVERSTARTREPLY']._serialized_start=1358
+  _globals['_RECOVERSTARTREPLY']._serialized_end=1428
+  _globals['_BEGINREPLY']._serialized_start=1430
+  _globals['_BEGINREPLY']._serialized_end=1442
+  _globals['_RECOVERFINISHREPLY']._serialized_start=1444
+  _globals['_RECOVERFINISHREPLY']._serialized_end=1489
+  _globals['_DELETEREPLY']._serialized_start=1491
+  _globals['_DELETEREPLY']._serialized_end=1521
+  _globals['_STATUSREPLY']._serialized_start=1524
+  _globals['_STATUSREPLY']._serialized_end=1699
+  _globals['_VAULTRESPONSE']._serialized_start=1702
+  _globals['_VAULTRESPONSE']._serialized_end=2155
 # @@protoc_insertion_point(module_scope)

@@ -62,10 +62,12 @@ class SealedResponse(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class RegisterStart(_message.Message):
-    __slots__ = ("registration_request",)
+    __slots__ = ("registration_request", "new_account_key")
     REGISTRATION_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    NEW_ACCOUNT_KEY_FIELD_NUMBER: _ClassVar[int]
     registration_request: bytes
-    def __init__(self, registration_request: _Optional[bytes] = ...) -> None: ...
+    new_account_key: bytes
+    def __init__(self, registration_request: _Optional[bytes] = ..., new_account_key: _Optional[bytes] = ...) -> None: ...
 
 class RegisterFinish(_message.Message):
     __slots__ = ("registration_record", "wrapped_key", "max_attempts", "ksf")
@@ -108,9 +110,11 @@ class Begin(_message.Message):
         OP_UNSPECIFIED: _ClassVar[Begin.Op]
         OP_STATUS: _ClassVar[Begin.Op]
         OP_DELETE: _ClassVar[Begin.Op]
+        OP_REBIND: _ClassVar[Begin.Op]
     OP_UNSPECIFIED: Begin.Op
     OP_STATUS: Begin.Op
     OP_DELETE: Begin.Op
+    OP_REBIND: Begin.Op
     OP_FIELD_NUMBER: _ClassVar[int]
     op: Begin.Op
     def __init__(self, op: _Optional[_Union[Begin.Op, str]] = ...) -> None: ...
@@ -123,8 +127,18 @@ class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AccountAuth(_message.Message):
+    __slots__ = ("public_key", "ts_ms", "signature")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    ts_ms: int
+    signature: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., ts_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class VaultRequest(_message.Message):
-    __slots__ = ("response_key", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status", "begin")
+    __slots__ = ("response_key", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status", "begin", "auth")
     RESPONSE_KEY_FIELD_NUMBER: _ClassVar[int]
     REGISTER_START_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FINISH_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +147,7 @@ class VaultRequest(_message.Message):
     DELETE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     response_key: bytes
     register_start: RegisterStart
     register_finish: RegisterFinish
@@ -141,7 +156,8 @@ class VaultRequest(_message.Message):
     delete: DeleteRequest
     status: StatusRequest
     begin: Begin
-    def __init__(self, response_key: _Optional[bytes] = ..., register_start: _Optional[_Union[RegisterStart, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinish, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStart, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinish, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ...) -> None: ...
+    auth: AccountAuth
+    def __init__(self, response_key: _Optional[bytes] = ..., register_start: _Optional[_Union[RegisterStart, _Mapping]] = ..., register_finish: _Optional[_Union[RegisterFinish, _Mapping]] = ..., recover_start: _Optional[_Union[RecoverStart, _Mapping]] = ..., recover_finish: _Optional[_Union[RecoverFinish, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., auth: _Optional[_Union[AccountAuth, _Mapping]] = ...) -> None: ...
 
 class RegisterStartReply(_message.Message):
     __slots__ = ("registration_response",)
@@ -178,14 +194,22 @@ class DeleteReply(_message.Message):
     def __init__(self, existed: _Optional[bool] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("registered", "locked", "max_attempts")
+    __slots__ = ("registered", "locked", "max_attempts", "rebind_pending", "rebind_matures_at_ms", "rebind_key", "rebind_cancelled_key")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REBIND_PENDING_FIELD_NUMBER: _ClassVar[int]
+    REBIND_MATURES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REBIND_KEY_FIELD_NUMBER: _ClassVar[int]
+    REBIND_CANCELLED_KEY_FIELD_NUMBER: _ClassVar[int]
     registered: bool
     locked: bool
     max_attempts: int
-    def __init__(self, registered: _Optional[bool] = ..., locked: _Optional[bool] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    rebind_pending: bool
+    rebind_matures_at_ms: int
+    rebind_key: bytes
+    rebind_cancelled_key: bytes
+    def __init__(self, registered: _Optional[bool] = ..., locked: _Optional[bool] = ..., max_attempts: _Optional[int] = ..., rebind_pending: _Optional[bool] = ..., rebind_matures_at_ms: _Optional[int] = ..., rebind_key: _Optional[bytes] = ..., rebind_cancelled_key: _Optional[bytes] = ...) -> None: ...
 
 class VaultResponse(_message.Message):
     __slots__ = ("outcome", "guesses_left", "register_start", "register_finish", "recover_start", "recover_finish", "delete", "status", "begin", "ticket", "max_attempts_cap")

@@ -38,6 +38,22 @@ class LoginReply(_message.Message):
     expires_at_ms: int
     def __init__(self, session_token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
 
+class ChangeKeyRequest(_message.Message):
+    __slots__ = ("account_id", "public_key", "new_public_key", "challenge", "signature", "new_signature")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEW_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    NEW_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    public_key: bytes
+    new_public_key: bytes
+    challenge: bytes
+    signature: bytes
+    new_signature: bytes
+    def __init__(self, account_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., new_public_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., new_signature: _Optional[bytes] = ...) -> None: ...
+
 class RelayRequest(_message.Message):
     __slots__ = ("envelope",)
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]

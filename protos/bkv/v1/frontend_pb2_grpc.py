@@ -44,6 +44,11 @@ class FrontendStub:
                 request_serializer=bkv_dot_v1_dot_frontend__pb2.LoginRequest.SerializeToString,
                 response_deserializer=bkv_dot_v1_dot_frontend__pb2.LoginReply.FromString,
                 _registered_method=True)
+        self.ChangeKey = channel.unary_unary(
+                '/bkv.v1.Frontend/ChangeKey',
+                request_serializer=bkv_dot_v1_dot_frontend__pb2.ChangeKeyRequest.SerializeToString,
+                response_deserializer=bkv_dot_v1_dot_frontend__pb2.LoginReply.FromString,
+                _registered_method=True)
         self.Relay = channel.unary_unary(
                 '/bkv.v1.Frontend/Relay',
                 request_serializer=bkv_dot_v1_dot_frontend__pb2.RelayRequest.SerializeToString,
@@ -62,6 +67,14 @@ class FrontendServicer:
 
     def Login(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeKey(self, request, context):
+        """Key change: UNAUTHENTICATED when a signature does not check or `public_key` is not the
+        bound key; nothing changes then.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -86,6 +99,11 @@ def add_FrontendServicer_to_server(servicer, server):
             'Login': grpc.unary_unary_rpc_method_handler(
                     servicer.Login,
                     request_deserializer=bkv_dot_v1_dot_frontend__pb2.LoginRequest.FromString,
+                    response_serializer=bkv_dot_v1_dot_frontend__pb2.LoginReply.SerializeToString,
+            ),
+            'ChangeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeKey,
+                    request_deserializer=bkv_dot_v1_dot_frontend__pb2.ChangeKeyRequest.FromString,
                     response_serializer=bkv_dot_v1_dot_frontend__pb2.LoginReply.SerializeToString,
             ),
             'Relay': grpc.unary_unary_rpc_method_handler(
@@ -147,6 +165,33 @@ class Frontend:
             target,
             '/bkv.v1.Frontend/Login',
             bkv_dot_v1_dot_frontend__pb2.LoginRequest.SerializeToString,
+            bkv_dot_v1_dot_frontend__pb2.LoginReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bkv.v1.Frontend/ChangeKey',
+            bkv_dot_v1_dot_frontend__pb2.ChangeKeyRequest.SerializeToString,
             bkv_dot_v1_dot_frontend__pb2.LoginReply.FromString,
             options,
             channel_credentials,

@@ -29,7 +29,7 @@ class Sealed(_message.Message):
     def __init__(self, key_name: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme", "ksf_params")
+    __slots__ = ("state", "opaque_record", "wrapped_key", "attempts", "max_attempts", "generation", "evaluations", "last_redeemed", "version", "credential_scheme", "ksf_params", "account_key", "last_auth_ms", "pending_key", "pending_since_ms")
     STATE_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_RECORD_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,10 @@ class Record(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_SCHEME_FIELD_NUMBER: _ClassVar[int]
     KSF_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_AUTH_MS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_KEY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
     state: RecordState
     opaque_record: bytes
     wrapped_key: bytes
@@ -52,26 +56,34 @@ class Record(_message.Message):
     version: int
     credential_scheme: int
     ksf_params: bytes
-    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ..., ksf_params: _Optional[bytes] = ...) -> None: ...
+    account_key: bytes
+    last_auth_ms: int
+    pending_key: bytes
+    pending_since_ms: int
+    def __init__(self, state: _Optional[_Union[RecordState, str]] = ..., opaque_record: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., generation: _Optional[bytes] = ..., evaluations: _Optional[int] = ..., last_redeemed: _Optional[int] = ..., version: _Optional[int] = ..., credential_scheme: _Optional[int] = ..., ksf_params: _Optional[bytes] = ..., account_key: _Optional[bytes] = ..., last_auth_ms: _Optional[int] = ..., pending_key: _Optional[bytes] = ..., pending_since_ms: _Optional[int] = ...) -> None: ...
 
 class RegistrationTicket(_message.Message):
-    __slots__ = ("record_id", "generation", "base_revision", "expires_at_ms", "base_create_revision", "base_version")
+    __slots__ = ("record_id", "generation", "base_revision", "expires_at_ms", "base_create_revision", "base_version", "account_key", "auth_ms")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     BASE_CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_KEY_FIELD_NUMBER: _ClassVar[int]
+    AUTH_MS_FIELD_NUMBER: _ClassVar[int]
     record_id: bytes
     generation: bytes
     base_revision: int
     expires_at_ms: int
     base_create_revision: int
     base_version: int
-    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., base_create_revision: _Optional[int] = ..., base_version: _Optional[int] = ...) -> None: ...
+    account_key: bytes
+    auth_ms: int
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., base_revision: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., base_create_revision: _Optional[int] = ..., base_version: _Optional[int] = ..., account_key: _Optional[bytes] = ..., auth_ms: _Optional[int] = ...) -> None: ...
 
 class Ticket(_message.Message):
-    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version", "op", "request_key", "answer_key", "registration", "void", "closed_outcome")
+    __slots__ = ("record_id", "generation", "evaluation", "expected_client_mac", "session_key", "expires_at_ms", "create_revision", "version", "op", "request_key", "answer_key", "registration", "void", "closed_outcome", "signer_key", "rebind_cancelled_key")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[Ticket.Op]
@@ -98,6 +110,8 @@ class Ticket(_message.Message):
     REGISTRATION_FIELD_NUMBER: _ClassVar[int]
     VOID_FIELD_NUMBER: _ClassVar[int]
     CLOSED_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_KEY_FIELD_NUMBER: _ClassVar[int]
+    REBIND_CANCELLED_KEY_FIELD_NUMBER: _ClassVar[int]
     record_id: bytes
     generation: bytes
     evaluation: int
@@ -112,7 +126,9 @@ class Ticket(_message.Message):
     registration: RegistrationTicket
     void: bool
     closed_outcome: int
-    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ..., op: _Optional[_Union[Ticket.Op, str]] = ..., request_key: _Optional[bytes] = ..., answer_key: _Optional[bytes] = ..., registration: _Optional[_Union[RegistrationTicket, _Mapping]] = ..., void: _Optional[bool] = ..., closed_outcome: _Optional[int] = ...) -> None: ...
+    signer_key: bytes
+    rebind_cancelled_key: bytes
+    def __init__(self, record_id: _Optional[bytes] = ..., generation: _Optional[bytes] = ..., evaluation: _Optional[int] = ..., expected_client_mac: _Optional[bytes] = ..., session_key: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ..., op: _Optional[_Union[Ticket.Op, str]] = ..., request_key: _Optional[bytes] = ..., answer_key: _Optional[bytes] = ..., registration: _Optional[_Union[RegistrationTicket, _Mapping]] = ..., void: _Optional[bool] = ..., closed_outcome: _Optional[int] = ..., signer_key: _Optional[bytes] = ..., rebind_cancelled_key: _Optional[bytes] = ...) -> None: ...
 
 class StoreCheckpoint(_message.Message):
     __slots__ = ("sequence", "cluster_id", "high_water", "alarm", "alarm_revision", "alarmed_groups", "accepted_at_ms")
