@@ -21,7 +21,11 @@ revision and read_revision of that commit; no revision when the record was locke
 made the absent key, committed), `tampered` (a stored value that does not open at its etcd
 metadata, refused: no write, no evaluation; `read_revision` is the refused value's
 mod_revision), `rollback` (the node's store guard saw etcd behind what it had seen, or another
-cluster: the node stops serving; a store event with an empty `record_id`).
+cluster: the node stops serving; a store event with an empty `record_id`), `reseal` (a fleet
+rotation wrote the record back unchanged under the current epoch's key, committed; counters as
+they were), `fleet` (the node took its token's fleet key epochs, at start or at a reload: a
+store event whose `fleet` field holds the accepted epochs, the seal epoch and their fleet ids,
+`format_fleet_line`).
 
 The reader is tolerant: the optional fields may be missing, unknown fields are ignored, and a
 torn last line (a node killed mid-write) is dropped; an unknown event or a bad value is an error.
@@ -57,15 +61,18 @@ EventName = Literal[
     "register",
     "delete",
     "not_registered",
+    "reseal",
+    "fleet",
 ]
 EVENTS: frozenset[str] = frozenset(get_args(EventName))
 # Events that commit a write to etcd, and so carry the revision of that commit.
 COMMITTING_EVENTS = frozenset(
-    {"evaluate", "lock", "success", "bad_mac", "register", "delete", "reserve"}
+    {"evaluate", "lock", "success", "bad_mac", "register", "delete", "reserve", "reseal"}
 )
 # Events whose commit was decided on the value etcd held at `read_revision`.
 DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})
-STORE_EVENTS = frozenset({"rollback"})  # about the store, not one record: record_id is ""
+# About the store or the node, not one record: record_id is "".
+STORE_EVENTS = frozenset({"rollback", "fleet"})
 
 
 def format_line(
@@ -104,6 +111,18 @@ def format_line(
         "read_revision": read_revision,
     }
     entry.update((k, v) for k, v in optional.items() if v is not None)
+    return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
+def format_fleet_line(*, ts_ms: int, node: str, fleet: Mapping[str, object]) -> str:
+    """The `fleet` line: the key epochs a node took from its token (public values only:
+    epochs and fleet ids), e.g. `{"accepted": [1, 2], "seal": 1, "fleet_ids": {...}}`.
+
+    >>> format_fleet_line(ts_ms=1000, node="n1", fleet={"accepted": [1], "seal": 1})
+    '{"ts":1.0,"node":"n1","record_id":"","event":"fleet","fleet":{"accepted":[1],"seal":1}}\\n'
+    """
+    entry = {"ts": ts_ms / 1000, "node": node, "record_id": "", "event": "fleet",
+             "fleet": dict(fleet)}  # fmt: skip
     return json.dumps(entry, separators=(",", ":")) + "\n"
 
 

@@ -8,6 +8,10 @@
 * `bkv-new-challenge: 1` on an UNAUTHENTICATED Login: the challenge was already spent (or was
   issued by another frontend); nothing was granted, and the client may log in again at once with
   a fresh challenge from the frontend it calls.
+* `UNKNOWN_FLEET_DETAILS`, the details of a vault node's FAILED_PRECONDITION for an envelope
+  that names a fleet key the node does not hold (retired by a rotation): nothing was applied;
+  the client fetches the fleet's signed announcement (`Frontend.GetFleet`) and sends its first
+  step again, once. The frontend passes node details on unchanged.
 
 >>> trailer((("Retry-After-Ms", b"1500"),), RETRY_AFTER_MS_KEY)
 '1500'
@@ -27,6 +31,7 @@ AUTHORIZATION_KEY = "authorization"
 NEW_CHALLENGE_KEY = "bkv-new-challenge"
 NEW_CHALLENGE = ((NEW_CHALLENGE_KEY, "1"),)
 BEARER_PREFIX = "Bearer "
+UNKNOWN_FLEET_DETAILS = "bkv-unknown-fleet: envelope sealed to a fleet key this vault does not hold"
 # What gRPC's own channel says when a call found no connection at all: nothing was sent.
 NEVER_CONNECTED_PREFIX = "failed to connect to all addresses"
 

@@ -1,4 +1,5 @@
-"""`python -m vault_node --config node.toml`: run one vault node until SIGTERM or SIGINT."""
+"""`python -m vault_node --config node.toml`: run one vault node until SIGTERM or SIGINT; SIGHUP
+makes it take its token's fleet key epochs again (vault_node.fleet_keys)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ async def _run(config: NodeConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        # SIGHUP: take the token's fleet state again (a fleet rotation's steps); requests in
+        # flight go on. The task is kept until done (the loop holds only weak references).
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await server.start()
     except Exception as exc:  # noqa: BLE001 (startup failure: say what, exit non-zero)

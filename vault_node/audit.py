@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
-from vault_common.audit_line import EventName, format_line
+from vault_common.audit_line import EventName, format_fleet_line, format_line
 
 AUDIT_TAIL_BYTES = 1 << 20
 
@@ -77,6 +77,13 @@ class AuditLog:
             evaluation=evaluation,
             read_revision=read_revision,
         )
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
+
+    def write_fleet(self, fleet: dict[str, object]) -> None:
+        """The `fleet` line: the key epochs the node took (vault_node.fleet_keys)."""
+        line = format_fleet_line(ts_ms=self._clock_ms(), node=self._node, fleet=fleet)
         with self._lock:
             self._stream.write(line)
             self._stream.flush()

@@ -8,6 +8,8 @@ from typing import Any
 
 from vault_common.metrics_http import metrics_address_problems
 from vault_common.toml_config import TomlReadError, read_toml
+from vault_protocol.fleet import MAX_CONTEXT_BYTES
+from vault_protocol.opaque import DEFAULT_CONTEXT
 
 MAX_ATTEMPTS_LIMIT = 100
 """Highest `max_attempts_cap` an operator may configure (the client keeps it as a sanity bound)."""
@@ -46,6 +48,13 @@ class NodeSection:
     # host:port of the Prometheus metrics endpoint (HTTP, /metrics); "" = none. An IP address
     # that is not public (loopback on the local cluster); port 0 picks a free one (tests).
     metrics_address: str = ""
+    # The fleet's OPAQUE context string (RFC 9807), UTF-8, the same on every node and in the
+    # fleet's signed announcement; "" is valid (an app on an implementation that fixes an
+    # empty context). Changing it breaks every login until clients change theirs.
+    opaque_context: str = DEFAULT_CONTEXT.decode("ascii")
+    # Records per second this node re-seals in the background during a fleet rotation's
+    # overlap (vault_node.reseal).
+    reseal_rate_per_s: int = 50
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,10 @@ class NodeConfig:
         if not 0 <= n.compact_delay_ms <= 60_000:
             out.append("node.compact_delay_ms must be in 0..60000")
         out += metrics_address_problems("node.metrics_address", n.metrics_address)
+        if len(n.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES:
+            out.append(f"node.opaque_context must be at most {MAX_CONTEXT_BYTES} bytes (UTF-8)")
+        if not 1 <= n.reseal_rate_per_s <= 10_000:
+            out.append("node.reseal_rate_per_s must be in 1..10000")
         if not self.etcd.server_name or self.etcd.server_name.strip() != self.etcd.server_name:
             out.append("etcd.server_name must be a non-empty TLS name")
         if not self.etcd.endpoints:

@@ -262,6 +262,7 @@ class NodeMetrics:
 
     def token_op(self, op: str, key: str, seconds: float) -> None:
         if op in self._token_ops:
+            key = key.partition(".")[0]  # one label per key, whatever its fleet epoch
             key = key if key in self._token_keys else "other"
             self._token.get((op, key)).observe(seconds)
 
@@ -344,17 +345,17 @@ class MeteredToken:
     def _timed(self, op: str, key: str, started: float) -> None:
         self._metrics.token_op(op, key, time.perf_counter() - started)
 
-    def ecdh(self, peer_point: bytes) -> bytes:
+    def ecdh(self, peer_point: bytes, label: str = "kem") -> bytes:
         started = time.perf_counter()
         try:
-            return bytes(self._token.ecdh(peer_point))
+            return bytes(self._token.ecdh(peer_point, label))
         finally:
             self._timed("ecdh", "kem", started)
 
-    def kem_public_key(self) -> bytes:
+    def kem_public_key(self, label: str = "kem") -> bytes:
         started = time.perf_counter()
         try:
-            return bytes(self._token.kem_public_key())
+            return bytes(self._token.kem_public_key(label))
         finally:
             self._timed("kem_public_key", "kem", started)
 
