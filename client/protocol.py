@@ -86,10 +86,15 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True)
 class Outbound:
-    """An envelope a flow wants relayed to the vault."""
+    """An envelope a flow wants relayed to the vault.
+
+    `reseal` (first steps only) seals the same request to another fleet key: the relay sends it
+    once when the vault answers that it no longer holds the key of `envelope` (a rotated fleet,
+    nothing applied) and the client learnt the new one (client.core)."""
 
     step: Step
     envelope: bytes = field(repr=False)
+    reseal: Callable[[FleetKey], bytes] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Outbound(step={self.step.value}, {len(self.envelope)} bytes)"
@@ -173,7 +178,13 @@ def _first(
     response_key = ctx.rng(RESPONSE_KEY_BYTES)
     request.response_key = response_key
     keys = StepKeys.derive(response_key)
-    sealed = yield Outbound(step, seal_request(ctx.fleet, ctx.account_id, request))
+
+    def seal(fleet: FleetKey) -> bytes:
+        return seal_request(fleet, ctx.account_id, request)
+
+    # The step 2 that follows names ctx's fleet id even when step 1 went out resealed to a
+    # newer key: a vault takes a step 2 naming any fleet id it accepts or retired.
+    sealed = yield Outbound(step, seal(ctx.fleet), reseal=seal)
     response = _open(keys.answer1, sealed)
     if not response.ticket:
         # Every step-1 answer carries one, whatever its outcome (protocol 3).

@@ -29,6 +29,7 @@ from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
 from vault_common.toml_config import TomlReadError, read_toml
 from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
+from vault_protocol.fleet import MAX_CONTEXT_BYTES
 
 Role = Literal["etcd", "node", "frontend"]
 
@@ -74,6 +75,10 @@ class Options:
         centre that has vault nodes. A data centre without vault nodes has no witness.
     record_groups: how many groups the records fall into (one witnessed head each), written to
         every node.toml: 1..65536, the same on every node.
+    opaque_context: the fleet's OPAQUE context string (RFC 9807; UTF-8, at most 1024 bytes,
+        "" allowed): written to every node.toml and client.toml and signed into the fleet's
+        announcement. The default is the product's, "BKV-v1"; an app whose clients run another
+        RFC 9807 implementation sets that implementation's (one popular one fixes "").
     """
 
     etcd_fsync: bool = True
@@ -91,6 +96,7 @@ class Options:
     etcd_gomaxprocs: int = 0
     witnesses_per_dc: int = 1
     record_groups: int = 256
+    opaque_context: str = "BKV-v1"
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -131,6 +137,8 @@ class Options:
             out.append("options.witnesses_per_dc must be >= 1")
         if not 1 <= self.record_groups <= MAX_RECORD_GROUPS:
             out.append(f"options.record_groups must be between 1 and {MAX_RECORD_GROUPS}")
+        if len(self.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES:
+            out.append(f"options.opaque_context must be at most {MAX_CONTEXT_BYTES} bytes (UTF-8)")
         return out
 
 

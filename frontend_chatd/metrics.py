@@ -32,7 +32,7 @@ from frontend_chatd.relay import OpenCall
 from frontend_chatd.routing import NodeInfo
 from vault_common.metrics_http import process_registry
 
-RPCS = ("GetChallenge", "Login", "Relay")
+RPCS = ("GetChallenge", "Login", "Relay", "GetFleet")
 # The gRPC status the frontend answered, lower case, and "rate_limited" for its own refusals
 # (RESOURCE_EXHAUSTED from a rate limit; "resource_exhausted" is then an oversized request).
 OUTCOMES = (

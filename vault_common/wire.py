@@ -31,6 +31,9 @@ AUTHORIZATION_KEY = "authorization"
 NEW_CHALLENGE_KEY = "bkv-new-challenge"
 NEW_CHALLENGE = ((NEW_CHALLENGE_KEY, "1"),)
 BEARER_PREFIX = "Bearer "
+# The etcd key of the fleet's signed key announcement: written by the operator (root), read by
+# the frontends for `Frontend.GetFleet`; its signature, not etcd, is what a client trusts.
+FLEET_ANNOUNCEMENT_KEY = "/bkv/v1/fleet/announcement"
 UNKNOWN_FLEET_DETAILS = "bkv-unknown-fleet: envelope sealed to a fleet key this vault does not hold"
 # What gRPC's own channel says when a call found no connection at all: nothing was sent.
 NEVER_CONNECTED_PREFIX = "failed to connect to all addresses"

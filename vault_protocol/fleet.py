@@ -46,6 +46,7 @@ __all__ = [
     "FleetAnnouncement",
     "FleetRootKey",
     "check_context",
+    "parse_announcement",
     "sign_announcement",
     "signing_input",
 ]
@@ -187,19 +188,32 @@ class FleetRootKey:
         return _parse(bytes(outer.announcement))
 
 
+def parse_announcement(payload: bytes) -> FleetAnnouncement:
+    """A serialized `FleetAnnouncement`, checked for consistency; `InvalidInput` otherwise.
+
+    Not a verification: the signer checks with it what it is about to sign; clients take an
+    announcement only through `FleetRootKey.verify`."""
+    if len(payload) > MAX_ANNOUNCEMENT_BYTES:
+        raise InvalidInput("the fleet announcement is oversized")
+    try:
+        message = fleet_pb2.FleetAnnouncement.FromString(payload)
+    except DecodeError:
+        raise InvalidInput("the fleet announcement does not parse") from None
+    announcement = FleetAnnouncement(
+        epoch=message.epoch,
+        kem_public_key=bytes(message.kem_public_key),
+        opaque_context=bytes(message.opaque_context),
+        issued_at_ms=message.issued_at_ms,
+    )
+    if bytes(message.fleet_id) != announcement.fleet_id:
+        raise InvalidInput("the fleet announcement names another fleet id than its key's")
+    return announcement
+
+
 def _parse(payload: bytes) -> FleetAnnouncement:
     """A signed payload, checked for consistency (the root key signed it: a bug, not an attack,
     if it is inconsistent; refused all the same)."""
     try:
-        message = fleet_pb2.FleetAnnouncement.FromString(payload)
-        announcement = FleetAnnouncement(
-            epoch=message.epoch,
-            kem_public_key=bytes(message.kem_public_key),
-            opaque_context=bytes(message.opaque_context),
-            issued_at_ms=message.issued_at_ms,
-        )
-    except (DecodeError, InvalidInput) as exc:
+        return parse_announcement(payload)
+    except InvalidInput as exc:
         raise AnnouncementRefused(f"the signed fleet announcement is malformed: {exc}") from None
-    if bytes(message.fleet_id) != announcement.fleet_id:
-        raise AnnouncementRefused("the signed fleet announcement names another fleet id")
-    return announcement
