@@ -44,6 +44,7 @@ from client.fleet import FleetView
 from client.protocol import FlowContext, Outbound, Step
 from client.retry import Pause, RetryPolicy, RetryState, retrying
 from client.session import AccountKey, Session, login_request, new_account_id, wall_clock_ms
+from vault_protocol.envelope import addressed_fleet
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
@@ -231,7 +232,7 @@ class ClientCore:
         not learn it again. A missing file is fine; a refused one is ignored (logged)."""
         where = Path(path)
         try:
-            self._learnt(where.read_bytes())
+            self.fleet.learn(where.read_bytes())  # quietly: it was said when it was learnt
         except FileNotFoundError:
             pass
         except (OSError, FleetAnnouncementRefused) as exc:
@@ -342,8 +343,9 @@ class ClientCore:
                 # the fleet's new key from its signed announcement and send step 1 again, once.
                 if resealed or outbound.reseal is None or not self.fleet.can_learn:
                     raise
-                if not (yield from self.fleet_plan()):
-                    raise
+                yield from self.fleet_plan()  # a login may have learnt it already
+                if self.fleet.key.fleet_id == addressed_fleet(request.envelope):
+                    raise  # no newer key than the refused one
                 request = frontend_pb2.RelayRequest(envelope=outbound.reseal(self.fleet.key))
                 resealed = True
 

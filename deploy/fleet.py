@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 ROOT_TOKEN_LABEL = "bkv-fleet-root"  # noqa: S105 - a token label, not a secret
 ETCD_TIMEOUT_S = 20.0
+ETCD_TRIES = 4
 T = TypeVar("T")
 
 
@@ -114,10 +115,19 @@ class EtcdAsRoot:
             finally:
                 await client.close()
 
-        try:
-            return asyncio.run(go())
-        except Exception as exc:  # one message, the cause chained
-            raise DeployError(f"etcd (as root): {type(exc).__name__}: {exc}") from exc
+        from etcd_client.errors import EtcdUnavailable
+
+        for attempt in range(ETCD_TRIES):
+            try:
+                return asyncio.run(go())
+            except EtcdUnavailable as exc:
+                # A member restarting, or a loaded machine's handshake timing out: try again.
+                if attempt == ETCD_TRIES - 1:
+                    raise DeployError(f"etcd (as root): {exc}") from exc
+                time.sleep(0.2 * 2**attempt)
+            except Exception as exc:  # one message, the cause chained
+                raise DeployError(f"etcd (as root): {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def publish(self, signed: bytes) -> None:
         """Put the signed announcement where the frontends read it."""

@@ -90,7 +90,11 @@ def held_labels(token: Token) -> list[str]:
     def run(session: Any) -> list[str]:
         labels: set[str] = set()
         for obj in session.get_objects():
-            if obj.object_class not in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+            if obj.object_class not in (
+                ObjectClass.SECRET_KEY,
+                ObjectClass.PRIVATE_KEY,
+                ObjectClass.PUBLIC_KEY,
+            ):
                 continue
             try:
                 label = str(obj[Attribute.LABEL])
