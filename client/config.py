@@ -113,7 +113,8 @@ class ClientConfig:
             out.append(f"cluster.fleet_public_key: no such file {self.fleet_public_key}")
         if not re.fullmatch(r"[0-9a-fA-F]{32}", self.fleet_id or ""):
             out.append("cluster.fleet_id must be 32 hex digits")
-        if not isinstance(self.fleet_epoch, int) or not 1 <= self.fleet_epoch <= MAX_EPOCH:
+        epoch = self.fleet_epoch
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= MAX_EPOCH:
             out.append(f"cluster.fleet_epoch must be an integer in 1..{MAX_EPOCH}")
         if self.fleet_root_key and not os.path.isfile(self.fleet_root_key):
             out.append(f"cluster.fleet_root_key: no such file {self.fleet_root_key}")

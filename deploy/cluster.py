@@ -763,6 +763,20 @@ class Cluster:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def reload(self, name: str) -> None:
+        """SIGHUP to a vault node's program (not its supervisor): it takes its token's fleet
+        state again. Only a live program of the recorded group is signalled."""
+        proc = self.process(name)
+        if proc.role != "node":
+            raise UnknownProcessError(f"{name} is not a vault node")
+        pid = self.child_pid(name)
+        if proc.running is None or pid is None or pid not in processes.group_pids(proc.running):
+            raise ClusterStateError(
+                f"vault node {name} is not running: start it (it takes its token's fleet state "
+                "as it starts)"
+            )
+        os.kill(pid, signal.SIGHUP)
+
     def stop_process(self, name: str) -> None:
         """SIGSTOP the process and its supervisor (a hung process: it holds its sockets)."""
         self._signal(name, signal.SIGSTOP)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploy import fleet as fleet_root
 from deploy.configs import client_toml
-from deploy.errors import DeployError
+from deploy.errors import ClusterStateError, DeployError
 from deploy.etcd_auth import HEADS_PREFIX, NODES_PREFIX, RECORDS_PREFIX
 from vault_node import ceremony
 from vault_node.config import NodeConfig
@@ -270,16 +269,10 @@ class Rotation:
         state `reached` accepts."""
         names = [n.name for n in self.cluster.topology.nodes]
         for name in names:
-            pid = self.cluster.child_pid(name)
-            if pid is None:
-                raise RotationError(
-                    f"vault node {name} is not running: start it (it takes its token's fleet "
-                    "state as it starts), then run this step again"
-                )
             try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                raise RotationError(f"vault node {name} (pid {pid}) is gone: start it") from None
+                self.cluster.reload(name)
+            except (ClusterStateError, ProcessLookupError) as exc:
+                raise RotationError(f"{exc}; then run this step again") from exc
         deadline = self.clock() + self.timeout_s
         while True:
             reports = self._fleet_reports()
