@@ -11,6 +11,7 @@ nothing applied, and no token holds an object of epoch 1's rotated keys.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections import Counter
@@ -178,6 +179,13 @@ def test_no_recovery_failed_and_every_client_crossed_to_the_new_key(run: Run) ->
     assert "reseal" in {e.event for e in run.audit}
     fleet_lines = [e for e in run.audit if e.event == "fleet"]
     assert len(fleet_lines) >= 4 * 3  # each node: start, and 3 reloads (install, switch, retire)
+    log = (run.cluster.layout.rotation_dir / "log.jsonl").read_text().splitlines()
+    steps = {e["step"]: e["seconds"] for e in map(json.loads, log) if e["event"] == "done"}
+    print(
+        f"rotation {run.rotation_s:.1f} s, steps {steps}; recoveries "
+        f"{[w.outcomes['ok'] for w in run.load]} (after it {[w.after_rotation for w in run.load]})"
+        f", reseal lines {sum(e.event == 'reseal' for e in run.audit)}"
+    )
 
 
 @pytest.mark.timeout(300)
