@@ -233,8 +233,10 @@ class Keyring:
 
     @property
     def stale_record_labels(self) -> frozenset[str]:
-        """Accepted `record` labels other than the seal epoch's: what a re-seal pass rewrites."""
-        return frozenset(k.record for e, k in self.epochs.items() if e != self.seal)
+        """Accepted `record` labels of epochs older than the seal epoch: what a re-seal pass
+        rewrites. Never a newer one: while the nodes switch one by one, a node that still
+        seals with the old epoch must not re-seal back what a switched node sealed."""
+        return frozenset(k.record for e, k in self.epochs.items() if e < self.seal)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready (public values only): epochs, seal epoch and fleet ids."""

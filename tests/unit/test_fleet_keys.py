@@ -93,6 +93,9 @@ def test_a_keyring_names_each_epochs_keys_and_refuses_keys_the_token_lacks() -> 
         load_keyring(token, FleetState().accepting(2))
     assert missing.value.labels == ["kem.2", "record.2", "ticket.2"]
     token.install(token.material.with_epoch(2))
+    # Installed, not switched: nothing is stale (a node still sealing with epoch 1 must not
+    # re-seal back what a switched node sealed with epoch 2).
+    assert load_keyring(token, FleetState().accepting(2)).stale_record_labels == frozenset()
     both = load_keyring(token, FleetState().accepting(2).sealing(2))
     old_id = first.sealing.fleet.fleet_id
     new_id = both.sealing.fleet.fleet_id

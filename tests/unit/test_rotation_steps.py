@@ -130,3 +130,26 @@ def test_an_unknown_fleet_refusal_is_told_apart_from_a_stale_step() -> None:
     stale = FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, details="stale request")
     error = error_from_status(stale)
     assert isinstance(error, StaleRequest) and not isinstance(error, UnknownFleetKey)
+
+
+def test_node_and_topology_take_the_fleets_opaque_context_validated() -> None:
+    import tomllib
+
+    from test_node_config import EXAMPLE
+
+    from deploy.topology import Options
+    from vault_node.config import ConfigError, NodeConfig
+
+    data = tomllib.loads(EXAMPLE)
+    assert NodeConfig.from_mapping(data).node.opaque_context == "BKV-v1"  # the default
+    data["node"]["opaque_context"] = ""
+    assert NodeConfig.from_mapping(data).node.opaque_context == ""  # allowed: "" is a context
+    data["node"]["opaque_context"] = "é" * 600  # 1200 bytes of UTF-8
+    data["node"]["reseal_rate_per_s"] = 0
+    with pytest.raises(ConfigError) as raised:
+        NodeConfig.from_mapping(data)
+    assert {"node.opaque_context", "node.reseal_rate_per_s"} <= {
+        p.split(" ")[0] for p in raised.value.problems
+    }
+    assert Options(opaque_context="").problems() == []
+    assert any("opaque_context" in p for p in Options(opaque_context="x" * 1025).problems())
