@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bkv.v1 import envelope_pb2
 from client import protocol
 from vault_node.audit import MemoryAudit
@@ -25,6 +27,7 @@ from vault_node.soft_token import SoftToken
 from vault_node.store import MemoryRecordStore
 from vault_node.witnessing import LocalWitnesses
 from vault_protocol import opaque
+from vault_protocol.account_auth import AccountSigner
 from vault_protocol.envelope import FleetKey
 from vault_protocol.ksf import IdentityKsf
 
@@ -75,7 +78,10 @@ class Node:
             metrics=self.metrics,
         )  # fmt: skip
         self.context = protocol.FlowContext(
-            fleet=FleetKey(token.kem_public_key()), account_id="bench", opaque=CONFIG
+            fleet=FleetKey(token.kem_public_key()),
+            account_id="bench",
+            signer=AccountSigner.from_private_key(Ed25519PrivateKey.generate()),
+            opaque=CONFIG,
         )
         self.service_cpu_s = 0.0  # CPU seconds spent in the node's handler (client excluded)
 

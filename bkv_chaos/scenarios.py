@@ -19,6 +19,10 @@
 |                      | the snapshot bumped past every node's mark with the nodes running|
 |                      | and holds; heal: the operator accepts the store (`storage_replay`|
 |                      | over every record written since the snapshot)                    |
+| rotate               | the operator rotates the fleet's keys (`rotate-fleet`, all six   |
+|                      | steps) under the load: the clients, pinned to the old key, learn |
+|                      | the new one; the old keys are destroyed at the end. Its window is|
+|                      | the whole rotation (slow: it waits out a ticket's life)          |
 
 `all` runs each in turn. A fault's window starts once it is in place and ends when the heal
 begins, so that the fail-closed check never counts a request served after the heal.
@@ -335,6 +339,24 @@ class Rollback:
             shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclass
+class RotateFleet:
+    """The operator replaces the fleet's kem, record and ticket keys while the load runs
+    (deploy/rotation.py): install, reload, announce, switch, reseal, retire. Expected: every
+    invariant holds (the checker's, from the history and the audit lines: the guess limit,
+    lockouts, no lost write), and the load's clients, which pin the old key, cross to the new
+    one (the history shows no failed recovery for it). Not healed: the new epoch stays."""
+
+    name: str = "rotate"
+
+    def run(self, ctx: FaultContext, hold_s: float) -> list[Fault]:
+        faults: list[Fault] = []
+        with _window(ctx, self.name, "fleet keys", faults):
+            state = ctx.cluster.rotate_fleet()
+        ctx.echo(f"  fleet rotated to epoch {state.epoch}; the old keys are destroyed")
+        return faults
+
+
 def make_password_for(ctx: FaultContext) -> str:
     """A fresh password from the run's seeded generator (bkv_chaos.load.make_password)."""
     from bkv_chaos.load import make_password
@@ -353,6 +375,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "partition-dc": PartitionDc,
     "insider": Insider,
     ROLLBACK: Rollback,
+    "rotate": RotateFleet,
 }
 
 

@@ -14,6 +14,7 @@ from client.errors import (
     BadInput,
     ChallengeRefused,
     ConfigError,
+    FleetAnnouncementRefused,
     InvalidPassword,
     Locked,
     NotRegistered,
@@ -23,6 +24,7 @@ from client.errors import (
     StaleRequest,
     Unauthenticated,
     Unavailable,
+    UnknownFleetKey,
     VaultError,
 )
 from client.protocol import Status
@@ -38,6 +40,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "CorruptBackup",
+    "FleetAnnouncementRefused",
     "InvalidPassword",
     "Locked",
     "NotRegistered",
@@ -49,6 +52,7 @@ __all__ = [
     "Status",
     "Unauthenticated",
     "Unavailable",
+    "UnknownFleetKey",
     "VaultClient",
     "VaultError",
     "decrypt_backup",

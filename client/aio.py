@@ -72,6 +72,11 @@ class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[No
         """Get a fresh session token (GetChallenge → sign → Login)."""
         await adrive(self.login_plan(), self._perform)
 
+    async def refresh_fleet(self) -> int:
+        """As `VaultClient.refresh_fleet`."""
+        await adrive(self.fleet_plan(), self._perform)
+        return self.fleet.epoch
+
     # -- vault operations -----------------------------------------------------------------------
 
     async def register(

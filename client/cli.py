@@ -21,7 +21,9 @@ on a terminal, else reads one line of stdin; `register` without it escrows a fre
 prints it. `register --key-file -` cannot be combined with `--password-stdin` (one stdin).
 
 `--config` defaults to `$BKV_CONFIG`, then `./client.toml`; `--account` to `$BKV_ACCOUNT`; the
-account key file lives beside the config unless `--key-dir`. Hidden: `--ksf fast` (or
+account key file lives beside the config unless `--key-dir`. A rotated fleet key learnt from
+the fleet's signed announcement (client.toml pins the root key that signs it) is kept in
+`<config>.fleet` beside the config and verified again at each start. Hidden: `--ksf fast` (or
 `$BKV_KSF=fast`) uses a much weaker Argon2id (t=1, p=1, 256 KiB) — load tests only.
 
 Exit codes: 0 success; 2 usage or bad input; 3 wrong password; 4 locked; 5 not registered;
@@ -255,12 +257,21 @@ def make_client(args: argparse.Namespace) -> VaultClient:
     ksf = args.ksf or os.environ.get("BKV_KSF") or None
     if ksf is not None and ksf not in KSF_NAMES:
         raise BadInput(f"BKV_KSF must be one of {', '.join(KSF_NAMES)}")
-    return VaultClient(
+    client = VaultClient(
         load_config(config_path(args)),
         account_id=account_id(args),
         key_dir=key_dir(args),
         ksf=ksf,
     )
+    # A rotated fleet key, once learnt from its signed announcement, is kept beside the config
+    # (verified again at every start), so that this client seals to it from then on.
+    client.remember_fleet(learned_fleet_path(args))
+    return client
+
+
+def learned_fleet_path(args: argparse.Namespace) -> Path:
+    """Where `bkv` keeps the last fleet announcement it took: `<config>.fleet` beside it."""
+    return config_path(args).resolve().with_suffix(".fleet")
 
 
 def _read_password(args: argparse.Namespace, io: Io, *, confirm: bool) -> str:

@@ -7,6 +7,11 @@ ca = "/abs/pki/cluster-ca.pem"                        # CA of the frontends' TLS
 server_name = "localhost"                             # TLS name checked on those certificates
 fleet_public_key = "/abs/fleet/fleet.pub"             # PEM: the pinned HPKE key of the HSM fleet
 fleet_id = "hex of 16 bytes"                          # must match the key above
+fleet_epoch = 1                                       # the epoch of that key (default 1)
+fleet_root_key = "/abs/fleet/root.pub"                # PEM: the pinned fleet root key that signs
+                                                      # announcements of rotated keys (optional)
+opaque_context = "BKV-v1"                             # the fleet's OPAQUE context (optional:
+                                                      # else the fleet's announced one)
 # insecure = true                                     # plaintext gRPC: tests only
 
 [client]                                              # optional, every field has a default
@@ -38,6 +43,7 @@ from vault_common.toml_config import TomlReadError, read_toml, unknown_keys
 
 if TYPE_CHECKING:
     from vault_protocol.envelope import FleetKey
+    from vault_protocol.fleet import FleetRootKey
     from vault_protocol.ksf import Ksf
 
 KSF_NAMES = ("default", "fast")
@@ -73,6 +79,9 @@ class ClientConfig:
     fleet_public_key: str
     fleet_id: str
     insecure: bool = False
+    fleet_epoch: int = 1
+    fleet_root_key: str = ""  # "" = none pinned: the client cannot learn a rotated fleet key
+    opaque_context: str | None = None  # None: the fleet's announced one, else "BKV-v1"
     ksf: str = "default"
     call_timeout_s: float = 15.0
     connect_timeout_s: float = 1.0
@@ -83,6 +92,8 @@ class ClientConfig:
 
     def problems(self) -> list[str]:
         """Every problem with this configuration (empty when it is usable)."""
+        from vault_protocol.fleet import MAX_CONTEXT_BYTES, MAX_EPOCH
+
         out: list[str] = []
         if not self.frontends:
             out.append("cluster.frontends must list at least one host:port")
@@ -102,6 +113,18 @@ class ClientConfig:
             out.append(f"cluster.fleet_public_key: no such file {self.fleet_public_key}")
         if not re.fullmatch(r"[0-9a-fA-F]{32}", self.fleet_id or ""):
             out.append("cluster.fleet_id must be 32 hex digits")
+        epoch = self.fleet_epoch
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= MAX_EPOCH:
+            out.append(f"cluster.fleet_epoch must be an integer in 1..{MAX_EPOCH}")
+        if self.fleet_root_key and not os.path.isfile(self.fleet_root_key):
+            out.append(f"cluster.fleet_root_key: no such file {self.fleet_root_key}")
+        if self.opaque_context is not None and (
+            not isinstance(self.opaque_context, str)
+            or len(self.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES
+        ):
+            out.append(
+                f"cluster.opaque_context must be a string of at most {MAX_CONTEXT_BYTES} bytes"
+            )
         if self.ksf not in KSF_NAMES:
             out.append(f"client.ksf must be one of {', '.join(KSF_NAMES)}")
         for name in ("call_timeout_s", "connect_timeout_s", "overall_deadline_s"):
@@ -125,7 +148,10 @@ class ClientConfig:
         return replace(self, **changes).validate()
 
 
-_CLUSTER_KEYS = {"frontends", "ca", "server_name", "fleet_public_key", "fleet_id", "insecure"}
+_CLUSTER_KEYS = {
+    "frontends", "ca", "server_name", "fleet_public_key", "fleet_id", "insecure", "fleet_epoch",
+    "fleet_root_key", "opaque_context",
+}  # fmt: skip
 _CLIENT_KEYS = {f.name for f in fields(ClientConfig)} - _CLUSTER_KEYS - {"source"}
 
 
@@ -170,6 +196,9 @@ def load_config(path: str | os.PathLike[str]) -> ClientConfig:
         fleet_public_key=path_of(cluster.get("fleet_public_key", "")),
         fleet_id=str(cluster.get("fleet_id", "")),
         insecure=insecure is True,
+        fleet_epoch=cluster.get("fleet_epoch", 1),
+        fleet_root_key=path_of(cluster.get("fleet_root_key", "")),
+        opaque_context=cluster.get("opaque_context"),
         **{k: client[k] for k in client if k in _CLIENT_KEYS},
         source=str(p),
     )
@@ -177,6 +206,21 @@ def load_config(path: str | os.PathLike[str]) -> ClientConfig:
     if problems:
         raise ConfigError(f"{p}: " + "; ".join(problems))
     return cfg
+
+
+def load_root_key(config: ClientConfig) -> FleetRootKey | None:
+    """The pinned fleet root key, or None when client.toml pins none."""
+    from vault_protocol.errors import InvalidInput
+    from vault_protocol.fleet import FleetRootKey
+
+    if not config.fleet_root_key:
+        return None
+    try:
+        return FleetRootKey.from_pem(Path(config.fleet_root_key).read_bytes())
+    except OSError:
+        raise ConfigError(f"cannot read the fleet root key {config.fleet_root_key}") from None
+    except InvalidInput:
+        raise ConfigError(f"{config.fleet_root_key} is not an Ed25519 fleet root key") from None
 
 
 def load_fleet_key(config: ClientConfig) -> FleetKey:

@@ -17,6 +17,7 @@ their decisions are the same by construction.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -29,17 +30,27 @@ import grpc
 
 from bkv.v1 import frontend_pb2
 from client import protocol
-from client.config import ClientConfig, default_config_path, ksf_named, load_config, load_fleet_key
+from client.config import (
+    ClientConfig,
+    default_config_path,
+    ksf_named,
+    load_config,
+    load_fleet_key,
+    load_root_key,
+)
 from client.errors import (
     AccountKeyRefused,
     BadInput,
     ChallengeRefused,
+    FleetAnnouncementRefused,
     ProtocolError,
     Unauthenticated,
     Unavailable,
+    UnknownFleetKey,
     VaultError,
     error_from_status,
 )
+from client.fleet import FleetView
 from client.protocol import FlowContext, Outbound, Step
 from client.retry import Pause, RetryPolicy, RetryState, retrying
 from client.session import (
@@ -52,10 +63,12 @@ from client.session import (
     wall_clock_ms,
 )
 from vault_protocol.backup_key import BackupKey
+from vault_protocol.envelope import addressed_fleet
 from vault_protocol.ksf import Ksf
 from vault_protocol.opaque import OpaqueConfig
 
-METHODS = ("GetChallenge", "Login", "ChangeKey", "Relay")
+METHODS = ("GetChallenge", "Login", "ChangeKey", "Relay", "GetFleet")
+log = logging.getLogger(__name__)
 LOGIN_PAIRS = 3  # GetChallenge + Login pairs per login (a spent challenge costs one)
 
 
@@ -218,7 +231,10 @@ class ClientCore(Generic[ConnectorT, SleepT]):
             config.frontends, preferred=min(int(uniform() * count), count - 1)
         )
         self._account: AccountKey | None = None
-        self._fleet: Any = None
+        self._view: FleetView | None = None
+        # Called with the signed bytes of each announcement the client takes (the CLI keeps
+        # them beside client.toml: `remember_fleet`).
+        self.on_fleet_learned: Callable[[bytes], None] | None = None
         self._closed = False
 
     @classmethod
@@ -270,15 +286,59 @@ class ClientCore(Generic[ConnectorT, SleepT]):
             uniform=self._uniform,
         )
 
+    @property
+    def fleet(self) -> FleetView:
+        """The fleet key (and epoch) this client seals to: its pin, or a newer one it learnt."""
+        if self._view is None:
+            configured = self.config.opaque_context
+            self._view = FleetView(
+                load_fleet_key(self.config),
+                self.config.fleet_epoch,
+                load_root_key(self.config),
+                None if configured is None else configured.encode("utf-8"),
+            )
+        return self._view
+
+    def remember_fleet(self, path: str | os.PathLike[str]) -> None:
+        """Take the announcement kept in `path` by an earlier run (verified again, as any), and
+        keep there every one learnt from now on: a client that learnt a rotated fleet key need
+        not learn it again. A missing file is fine; a refused one is ignored (logged)."""
+        where = Path(path)
+        try:
+            self.fleet.learn(where.read_bytes())  # quietly: it was said when it was learnt
+        except FileNotFoundError:
+            pass
+        except (OSError, FleetAnnouncementRefused) as exc:
+            log.warning("ignoring the fleet announcement kept in %s: %s", where, exc)
+
+        def keep(signed: bytes) -> None:
+            tmp = where.with_name(where.name + ".tmp")
+            tmp.write_bytes(signed)
+            os.replace(tmp, where)
+
+        self.on_fleet_learned = keep
+
+    def _learnt(self, signed: bytes) -> bool:
+        """`FleetView.learn`, said aloud when the key changed."""
+        if not self.fleet.learn(signed):
+            return False
+        view = self.fleet
+        log.warning(
+            "the fleet's key was rotated: now sealing to epoch %d (fleet id %s), learnt from "
+            "its announcement signed by the pinned root key", view.epoch, view.key.fleet_id.hex()
+        )  # fmt: skip
+        if self.on_fleet_learned is not None:
+            self.on_fleet_learned(signed)
+        return True
+
     def _context(self, signing: AccountKey | None = None) -> FlowContext:
         """The flows' context, signed by the account's key (or `signing`: a key change's)."""
-        if self._fleet is None:
-            self._fleet = load_fleet_key(self.config)
+        view = self.fleet
         return FlowContext(
-            fleet=self._fleet,
+            fleet=view.key,
             account_id=self.account.account_id,
             signer=(signing or self.account).signer,
-            opaque=OpaqueConfig(ksf=self._ksf),
+            opaque=OpaqueConfig(context=view.opaque_context(), ksf=self._ksf),
             rng=self._rng,
             auth_clock=self._auth_clock,
         )
@@ -317,6 +377,9 @@ class ClientCore(Generic[ConnectorT, SleepT]):
                     raise
                 continue
             self._session.store(reply)
+            # Each login also looks for a rotated fleet key, so that a client with an old pin
+            # learns the new one during the overlap, before the old one is retired.
+            yield from self._fleet_check()
             return
         raise AssertionError("unreachable")
 
@@ -350,18 +413,42 @@ class ClientCore(Generic[ConnectorT, SleepT]):
         yield RunPlan(self.change_key_plan(new))
         self._account = new.adopt(self.key_dir)
 
+    def fleet_plan(self) -> CallPlan:
+        """GetFleet -> verify -> take it if newer; True when the fleet key changed.
+        `FleetAnnouncementRefused` for a forged, unsigned or older announcement."""
+        reply = yield from self.rpc_plan("GetFleet", frontend_pb2.FleetRequest())
+        if not reply.announcement:
+            return False  # none published (a cluster made before fleet rotation existed)
+        return self._learnt(bytes(reply.announcement))
+
+    def _fleet_check(self) -> CallPlan:
+        """`fleet_plan` at login, when a root key is pinned: a refused announcement keeps the
+        pinned key (logged), a fleet with another OPAQUE context fails (`ConfigError`)."""
+        if not self.config.fleet_root_key:
+            return  # nothing to verify an announcement with (and the pin is loaded on use)
+        try:
+            yield from self.fleet_plan()
+        except FleetAnnouncementRefused as exc:
+            log.warning("fleet announcement refused, keeping epoch %d: %s", self.fleet.epoch, exc)
+        except (Unavailable, ProtocolError) as exc:
+            # An older frontend without GetFleet, or none reachable: the login stands.
+            log.info("no fleet announcement at login (%s)", type(exc).__name__)
+        self.fleet.opaque_context()  # ConfigError at once if the fleet uses another context
+
     def relay_plan(self, outbound: Outbound) -> CallPlan:
         """One flow step through a frontend -> the sealed answer (bytes)."""
         state = self._step_retry(outbound.step)  # shared across the re-login below
+        sending = [outbound.envelope]  # step 1 may go out resealed to a newer fleet key, once
 
         def request() -> frontend_pb2.RelayRequest:
             # Every retry of a first step is signed afresh (client.retry), past the vault's
-            # last accepted timestamp after a stale refusal.
+            # last accepted timestamp after a stale refusal (to the key it was last sealed to).
             if outbound.resign is None or not state.tries:
-                return frontend_pb2.RelayRequest(envelope=outbound.envelope)
+                return frontend_pb2.RelayRequest(envelope=sending[0])
             return frontend_pb2.RelayRequest(envelope=outbound.resign(state.resign_floor_ms or 0))
 
-        for auth_try in range(2):
+        relogged = resealed = False
+        while True:
             if self._session.token() is None:
                 yield NeedSession()
             try:
@@ -373,9 +460,19 @@ class ClientCore(Generic[ConnectorT, SleepT]):
                 # The frontend refused the session before relaying: no guess was counted, so
                 # one fresh login and one more try are safe.
                 self._session.invalidate()
-                if auth_try == 1:
+                if relogged:
                     raise
-        raise AssertionError("unreachable")
+                relogged = True
+            except UnknownFleetKey:
+                # The vault retired the key this step was sealed to, and applied nothing: learn
+                # the fleet's new key from its signed announcement and send step 1 again, once.
+                if resealed or outbound.reseal is None or not self.fleet.can_learn:
+                    raise
+                yield from self.fleet_plan()  # a login may have learnt it already
+                if self.fleet.key.fleet_id == addressed_fleet(sending[0]):
+                    raise  # no newer key than the refused one
+                sending[0] = outbound.reseal(self.fleet.key)  # signed afresh for that fleet
+                resealed = True
 
     def rpc_plan(
         self, method: str, request: Any, *, metadata: Any = None, state: RetryState | None = None

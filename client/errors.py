@@ -27,6 +27,7 @@ from vault_common.wire import (
     NEW_CHALLENGE_KEY,
     NOT_APPLIED_KEY,
     RETRY_AFTER_MS_KEY,
+    UNKNOWN_FLEET_DETAILS,
     parse_account_refusal,
     trailer,
 )
@@ -209,6 +210,23 @@ class StaleRequest(ProtocolError):
     code = "stale"
 
 
+class UnknownFleetKey(ProtocolError):
+    """The vault no longer holds the fleet key this client sealed to (the operator rotated the
+    fleet and retired it), and no newer key could be learnt from a signed announcement. Nothing
+    was applied. Retry: not as is; the client already fetched the announcement and resent the
+    step once. Pin the fleet's current key (client.toml) or its root key (`fleet_root_key`)."""
+
+    code = "fleet_key"
+
+
+class FleetAnnouncementRefused(ProtocolError):
+    """A fleet key announcement the client refused: unsigned, signed by another key than the
+    pinned fleet root key, malformed, older than the epoch it holds, or another key for that
+    epoch. The client keeps the key it had. Retry: not as is; the frontend may be lying."""
+
+    code = "fleet_announcement"
+
+
 class ConfigError(VaultError):
     """client.toml or an argument is invalid; the message lists every problem. Retry: never."""
 
@@ -270,12 +288,8 @@ def _never_connected(err: _StatusCarrier) -> bool:
     one more retry of a step, which it can cause anyway by replaying the envelope; the vault
     counts every evaluation itself.
     """
-    details = getattr(err, "details", None)
-    try:
-        text = details() if callable(details) else ""
-    except Exception:  # noqa: BLE001 - no details: assume it was sent (the safe side)
-        return False
-    return isinstance(text, str) and text.startswith(NEVER_CONNECTED_PREFIX)
+    # No details: assume it was sent (the safe side).
+    return _details(err).startswith(NEVER_CONNECTED_PREFIX)
 
 
 # The vault node's INVALID_ARGUMENT for an envelope of another protocol version
@@ -286,15 +300,20 @@ _VERSION_DETAILS = re.compile(
 )
 
 
-def _version_mismatch(err: _StatusCarrier) -> VaultError | None:
-    """A ProtocolError naming both versions, or None. The message is composed here from two
-    parsed integers: no free text of the server's reaches the caller."""
+def _details(err: _StatusCarrier) -> str:
+    """The call's details text ("" when there is none); untrusted: only ever compared."""
     details = getattr(err, "details", None)
     try:
         text = details() if callable(details) else ""
-    except Exception:  # noqa: BLE001 - no details: not a version refusal
-        return None
-    match = _VERSION_DETAILS.match(text) if isinstance(text, str) else None
+    except Exception:  # noqa: BLE001 - no details
+        return ""
+    return text if isinstance(text, str) else ""
+
+
+def _version_mismatch(err: _StatusCarrier) -> VaultError | None:
+    """A ProtocolError naming both versions, or None. The message is composed here from two
+    parsed integers: no free text of the server's reaches the caller."""
+    match = _VERSION_DETAILS.match(_details(err))
     if match is None:
         return None
     vault, ours = int(match.group(1)), int(match.group(2))
@@ -361,6 +380,10 @@ def error_from_status(err: _StatusCarrier, *, where: str = "") -> VaultError:
     if code is grpc.StatusCode.DATA_LOSS:
         return RecordTampered(f"the vault refused the stored record (DATA_LOSS){suffix}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:
+        if _details(err) == UNKNOWN_FLEET_DETAILS:
+            # The fixed text of a node that does not hold the envelope's fleet key; trusting it
+            # buys only a fetch of the signed announcement, which the client verifies.
+            return UnknownFleetKey(f"the vault does not hold this client's fleet key{suffix}")
         return StaleRequest(f"the vault refused a stale step (FAILED_PRECONDITION){suffix}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         sent = not (

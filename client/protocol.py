@@ -98,11 +98,15 @@ class Outbound:
 
     `resign(floor_ms)`, on a first step: the same request signed again with a fresh ts_ms past
     `floor_ms` and sealed again (same response key, so the flow's step keys stay valid); None on
-    a second step, which carries no signature."""
+    a second step, which carries no signature. `reseal(fleet)` (first steps only) signs and
+    seals the same request to another fleet key: the relay sends it once when the vault answers
+    that it no longer holds the key of `envelope` (a rotated fleet, nothing applied) and the
+    client learnt the new one (client.core); a later `resign` keeps that key."""
 
     step: Step
     envelope: bytes = field(repr=False)
     resign: Callable[[int], bytes] | None = field(default=None, repr=False, compare=False)
+    reseal: Callable[[FleetKey], bytes] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Outbound(step={self.step.value}, {len(self.envelope)} bytes)"
@@ -202,14 +206,23 @@ def _first(
     request.response_key = response_key
     keys = StepKeys.derive(response_key)
 
-    def signed(floor_ms: int = 0) -> bytes:
-        # The signature covers the whole request, its response key included: step 2, sealed
-        # under keys derived from it, needs none of its own.
-        ts_ms = ctx.auth_clock(floor_ms)
-        sign_request(request, ctx.fleet.fleet_id, ctx.account_id, ctx.signer, ts_ms)
-        return seal_request(ctx.fleet, ctx.account_id, request)
+    sealed_to = [ctx.fleet]  # the fleet key step 1 goes to (a rotation may change it once)
 
-    sealed = yield Outbound(step, signed(), resign=signed)
+    def signed(floor_ms: int = 0) -> bytes:
+        # The signature covers the whole request, its response key included, and the fleet id
+        # it is sealed to: step 2, sealed under keys derived from it, needs none of its own.
+        fleet = sealed_to[0]
+        ts_ms = ctx.auth_clock(floor_ms)
+        sign_request(request, fleet.fleet_id, ctx.account_id, ctx.signer, ts_ms)
+        return seal_request(fleet, ctx.account_id, request)
+
+    def resealed(fleet: FleetKey) -> bytes:
+        sealed_to[0] = fleet
+        return signed()
+
+    # The step 2 that follows names ctx's fleet id even when step 1 went out resealed to a
+    # newer key: a vault takes a step 2 naming any fleet id it accepts or retired.
+    sealed = yield Outbound(step, signed(), resign=signed, reseal=resealed)
     response = _open(keys.answer1, sealed)
     if not response.ticket:
         # Every step-1 answer carries one, whatever its outcome (protocol 3).

@@ -93,6 +93,13 @@ class VaultClient(ClientCore[Connector, Callable[[float], None]]):
         """Get a fresh session token (GetChallenge → sign → Login)."""
         drive(self.login_plan(), self._perform)
 
+    def refresh_fleet(self) -> int:
+        """Fetch the fleet's signed key announcement and take it if it is newer than the key
+        this client seals to (logins do it too); the epoch sealed to now.
+        `FleetAnnouncementRefused` for an unsigned, forged or older one (the key stays)."""
+        drive(self.fleet_plan(), self._perform)
+        return self.fleet.epoch
+
     # -- vault operations -----------------------------------------------------------------------
 
     def register(

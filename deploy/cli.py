@@ -8,6 +8,7 @@ bkv-cluster stop-process NAME | cont-process NAME
 bkv-cluster etcdctl [--dir DIR] [--member NAME]... -- ARGS...   (as etcd's root, over TLS)
 bkv-cluster maintain [--dir DIR] [--defrag]   (compact etcd now; defragment member by member)
 bkv-cluster rebind-account [--dir DIR] [--replace] ACCOUNT PUBLIC_KEY_HEX   (key loss, etcd root)
+bkv-cluster rotate-fleet [--dir DIR] [--step STEP] [--force]   (new fleet keys, no downtime)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from deploy import account_rebind, etcd_maintain
 from deploy.cluster import ROLE_ORDER, Cluster, ProcessStatus, UpReport
 from deploy.errors import DeployError
+from deploy.rotation import STEPS as ROTATION_STEPS
 from deploy.topology import default_topology_path, load_topology
 
 
@@ -114,6 +116,20 @@ def _parser() -> argparse.ArgumentParser:
         "--replace", action="store_true",
         help="bind the new key alone (once the vault's rebind has matured and bound it)",
     )  # fmt: skip
+    rotate = sub.add_parser(
+        "rotate-fleet", parents=[common],
+        help="replace the fleet's kem, record and ticket keys while the cluster serves",
+        description="Runs the pending steps of a fleet key rotation (a new one when none is "
+        f"under way): {', '.join(ROTATION_STEPS)}. Each step is logged in DIR/rotation/ and "
+        "resumable; see deploy/README.md for running them across hosts.",
+    )  # fmt: skip
+    rotate.add_argument("--step", choices=ROTATION_STEPS, default=None,
+                        help="run only this step (the next pending one)")  # fmt: skip
+    rotate.add_argument("--force", action="store_true",
+                        help="reseal/retire: go on although values that do not open (tampered) "
+                        "still name the old key")  # fmt: skip
+    rotate.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the vault nodes at each reload")  # fmt: skip
     sub.add_parser("down", parents=[common], help="stop every process (data is kept)")
     for name, what in (
         ("kill-dc", "SIGKILL every process of a data centre"),
@@ -167,6 +183,14 @@ def run(args: argparse.Namespace) -> int:
         print(
             account_rebind.report(cluster.rebind_account(args.account, key, replace=args.replace))
         )
+    elif command == "rotate-fleet":
+        state = cluster.rotate_fleet(args.step, force=args.force, timeout_s=args.timeout)
+        if state.target:
+            print(f"rotation to epoch {state.target}: done {', '.join(state.done) or '-'}; "
+                  f"next {state.pending[0]}")  # fmt: skip
+        else:
+            print(f"fleet epoch {state.epoch}: rotation finished "
+                  f"({time.monotonic() - started:.1f} s)")  # fmt: skip
     elif command == "down":
         cluster.down()
         print(f"stopped every process of {cluster.directory}")

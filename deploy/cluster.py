@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import account_rebind, etcd, etcd_auth, etcd_maintain, processes
+from deploy import fleet as fleet_root
 from deploy.ceremony import Fleet, create_node_token, load_fleet, run_fleet_ceremony
 from deploy.configs import (
     Layout,
@@ -44,6 +45,7 @@ from deploy.errors import (
 )
 from deploy.health import TlsFiles, grpc_serving
 from deploy.pki import create_pki, write_private
+from deploy.rotation import Rotation, RotationState
 from deploy.state import (
     OUTDATED,
     STATE_VERSION,
@@ -226,6 +228,10 @@ class Cluster:
         urls = self.etcd_client_urls()
         leader = etcd.find_leader(list(urls.values()), tls)
         return next((name for name, url in urls.items() if url == leader), None)
+
+    def etcd_as_root(self) -> fleet_root.EtcdAsRoot:
+        """Small etcd calls as root (the fleet announcement, membership, key names)."""
+        return fleet_root.EtcdAsRoot(self.etcd_endpoints(), self.etcd_identity())
 
     def etcd_identity(self, user: str = etcd.ROOT_USER) -> etcd.EtcdIdentity:
         """The etcd CA and the client certificate of etcd user `user` (root: the admin)."""
@@ -475,6 +481,14 @@ class Cluster:
             )  # fmt: skip
         with self._phase(phases, "key ceremony"):
             fleet = run_fleet_ceremony(tokens, self.layout.fleet_dir, etcd_cluster_id=cluster_id)
+        with self._phase(phases, "fleet root"):
+            # The root key that signs this fleet's key announcements (a token of its own,
+            # operators only); epoch 1's announcement goes where the frontends read it.
+            fleet_root.create_root(self.layout)
+            first = fleet_root.new_announcement(
+                1, fleet.public_key, topology.options.opaque_context
+            )
+            self.etcd_as_root().publish(fleet_root.sign(self.layout, first))
         with self._phase(phases, "configuration"):
             self._write_configs(topology, tokens, metrics_ports)
             state = replace(
@@ -761,6 +775,20 @@ class Cluster:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def reload(self, name: str) -> None:
+        """SIGHUP to a vault node's program (not its supervisor): it takes its token's fleet
+        state again. Only a live program of the recorded group is signalled."""
+        proc = self.process(name)
+        if proc.role != "node":
+            raise UnknownProcessError(f"{name} is not a vault node")
+        pid = self.child_pid(name)
+        if proc.running is None or pid is None or pid not in processes.group_pids(proc.running):
+            raise ClusterStateError(
+                f"vault node {name} is not running: start it (it takes its token's fleet state "
+                "as it starts)"
+            )
+        os.kill(pid, signal.SIGHUP)
+
     def stop_process(self, name: str) -> None:
         """SIGSTOP the process and its supervisor (a hung process: it holds its sockets)."""
         self._signal(name, signal.SIGSTOP)
@@ -784,3 +812,12 @@ class Cluster:
 
     def fleet_id(self) -> bytes:
         return load_fleet(self.layout.fleet_dir).fleet_id
+
+    def rotate_fleet(
+        self, step: str | None = None, *, force: bool = False, timeout_s: float = 120.0
+    ) -> RotationState:
+        """`bkv-cluster rotate-fleet`: every pending step of a fleet key rotation (a new one
+        when none is under way), or only `step` (deploy/rotation.py). Holds a lock of its own,
+        not the directory's: processes may be started and stopped meanwhile."""
+        with locked(self.layout.rotation_dir / ".lock"):
+            return Rotation(self, echo=self.echo, timeout_s=timeout_s).run(step, force=force)

@@ -64,6 +64,25 @@ class Layout:
         return self.root / "fleet"
 
     @property
+    def fleet_root_key(self) -> Path:
+        """The fleet root public key (PEM) clients pin to verify key announcements."""
+        return self.fleet_dir / "root.pub"
+
+    @property
+    def fleet_root_token(self) -> Path:
+        """The fleet root key's own token (operators only; never a node's)."""
+        return self.root / "hsm-root"
+
+    def announcement(self, epoch: int) -> Path:
+        """The signed announcement of fleet epoch `epoch` (what etcd carries to frontends)."""
+        return self.fleet_dir / f"announcement-{epoch}.bin"
+
+    @property
+    def rotation_dir(self) -> Path:
+        """`rotate-fleet`'s state, log and the ceremony files of an unfinished install."""
+        return self.root / "rotation"
+
+    @property
     def state_file(self) -> Path:
         return self.root / "cluster.json"
 
@@ -167,6 +186,7 @@ def node_toml(
         "lease_ttl_s": topology.options.lease_ttl_s,
         "account_rebind_delay_s": topology.options.account_rebind_delay_s,
         "audit_log": str(layout.audit_log(node.name)),
+        "opaque_context": topology.options.opaque_context,
     }  # fmt: skip
     if metrics_port:
         section["metrics_address"] = f"{topology.host_of(node.dc)}:{metrics_port}"
@@ -226,16 +246,23 @@ def frontend_toml(
     })  # fmt: skip
 
 
-def client_toml(topology: Topology, layout: Layout, fleet_pub: Path, fleet_id: bytes) -> str:
-    return dumps({
-        "cluster": {
-            "frontends": [f"{topology.host_of(f.dc)}:{f.port}" for f in topology.frontends],
-            "ca": str(layout.pki.cluster_ca.cert),
-            "server_name": "localhost",
-            "fleet_public_key": str(fleet_pub),
-            "fleet_id": fleet_id.hex(),
-        },
-    })  # fmt: skip
+def client_toml(
+    topology: Topology, layout: Layout, fleet_pub: Path, fleet_id: bytes, fleet_epoch: int = 1
+) -> str:
+    """The pins a client starts from: the kem key of `fleet_epoch`, and the fleet root key that
+    signs the announcements of later ones (absent from clusters made before it existed)."""
+    cluster: dict[str, Value] = {
+        "frontends": [f"{topology.host_of(f.dc)}:{f.port}" for f in topology.frontends],
+        "ca": str(layout.pki.cluster_ca.cert),
+        "server_name": "localhost",
+        "fleet_public_key": str(fleet_pub),
+        "fleet_id": fleet_id.hex(),
+        "fleet_epoch": fleet_epoch,
+        "opaque_context": topology.options.opaque_context,
+    }
+    if layout.fleet_root_key.exists():
+        cluster["fleet_root_key"] = str(layout.fleet_root_key)
+    return dumps({"cluster": cluster})
 
 
 @dataclass(frozen=True)

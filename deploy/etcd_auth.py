@@ -6,8 +6,9 @@ user (`deploy.pki` issues one certificate per user). Every process gets only wha
 * `bkv-node-<node>`, roles `bkv-node` and `bkv-member-<node>`: reads and writes every sealed
   record and every record group's head (`/bkv/v1/heads/`, which the witnesses vouch for);
   writes its own membership key `/bkv/v1/nodes/<dc>/<node>` and no other.
-* `bkv-frontend-<fe>`, role `bkv-frontend`: reads node membership; reads and writes accounts
-  and sessions; no record at all.
+* `bkv-frontend-<fe>`, role `bkv-frontend`: reads node membership and the fleet's signed key
+  announcement (`/bkv/v1/fleet/`, written by the operator as root, vouched for by its signature
+  alone); reads and writes accounts and sessions; no record at all.
 * `root`, role `root`: everything (operators and the launcher: bootstrap, compaction,
   defragmentation, snapshots).
 
@@ -33,7 +34,7 @@ from deploy.pki import ETCD_TLS_NAME
 if TYPE_CHECKING:  # etcd_client is imported where used: the topology module imports this one
     from deploy.etcd import EtcdIdentity
     from deploy.topology import Topology
-    from etcd_client import AuthPlan, Permission
+    from etcd_client import AuthPlan, EtcdClientConfig, Permission
     from etcd_client.types import PermissionType
 
 ROOT_USER = "root"
@@ -50,10 +51,11 @@ HEADS_PREFIX = "/bkv/v1/heads/"  # each record group's head, written with every 
 NODES_PREFIX = "/bkv/v1/nodes/"
 ACCOUNTS_PREFIX = "/bkv/v1/accounts/"
 SESSIONS_PREFIX = "/bkv/v1/sessions/"
+FLEET_PREFIX = "/bkv/v1/fleet/"  # the signed key announcement (vault_common.wire)
 
 # The prefixes every vault node reads and writes: the one place to add a node-wide prefix.
 NODE_READWRITE_PREFIXES: tuple[str, ...] = (RECORDS_PREFIX, HEADS_PREFIX)
-FRONTEND_READ_PREFIXES: tuple[str, ...] = (NODES_PREFIX,)
+FRONTEND_READ_PREFIXES: tuple[str, ...] = (NODES_PREFIX, FLEET_PREFIX)
 FRONTEND_READWRITE_PREFIXES: tuple[str, ...] = (ACCOUNTS_PREFIX, SESSIONS_PREFIX)
 
 
@@ -148,6 +150,21 @@ def user_name_problems(topology: Topology) -> list[str]:
 BOOTSTRAP_TIMEOUT_S = 30.0
 
 
+def client_config(endpoints: Sequence[str], identity: EtcdIdentity) -> EtcdClientConfig:
+    """An etcd client configuration over TLS as the etcd user of `identity`."""
+    from etcd_client import EtcdClientConfig, EtcdTls
+
+    return EtcdClientConfig(
+        endpoints=tuple(endpoints),
+        tls=EtcdTls(
+            ca=str(identity.ca),
+            cert=str(identity.cert),
+            key=str(identity.key),
+            server_name=ETCD_TLS_NAME,
+        ),
+    )
+
+
 def bootstrap(
     endpoints: Sequence[str],
     identity: EtcdIdentity,
@@ -158,17 +175,9 @@ def bootstrap(
     """Create `plan`'s roles and users and turn auth on (idempotent: `bootstrap_auth`), then
     return the etcd cluster id. `identity` is root's (any certificate of the etcd CA passes
     while auth is still off; from then on only root may change users and roles)."""
-    from etcd_client import EtcdClient, EtcdClientConfig, EtcdTls, bootstrap_auth
+    from etcd_client import EtcdClient, bootstrap_auth
 
-    config = EtcdClientConfig(
-        endpoints=tuple(endpoints),
-        tls=EtcdTls(
-            ca=str(identity.ca),
-            cert=str(identity.cert),
-            key=str(identity.key),
-            server_name=ETCD_TLS_NAME,
-        ),
-    )
+    config = client_config(endpoints, identity)
 
     async def run() -> int:
         client = EtcdClient(config)

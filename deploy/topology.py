@@ -30,6 +30,7 @@ from deploy.pki import CertPaths, Pki
 from vault_common.event_loop import EVENT_LOOPS
 from vault_common.toml_config import TomlReadError, read_toml
 from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
+from vault_protocol.fleet import MAX_CONTEXT_BYTES
 
 Role = Literal["etcd", "node", "frontend"]
 
@@ -77,6 +78,10 @@ class Options:
     account_rebind_delay_s: key loss: how long a rebind to a new account key waits in the vault
         before the new key may sign (node.account_rebind_delay_s): 0..365 days, 7 days by
         default; the test cluster uses seconds.
+    opaque_context: the fleet's OPAQUE context string (RFC 9807; UTF-8, at most 1024 bytes,
+        "" allowed): written to every node.toml and client.toml and signed into the fleet's
+        announcement. The default is the product's, "BKV-v1"; an app whose clients run another
+        RFC 9807 implementation sets that implementation's (one popular one fixes "").
     """
 
     etcd_fsync: bool = True
@@ -95,6 +100,7 @@ class Options:
     witnesses_per_dc: int = 1
     record_groups: int = 256
     account_rebind_delay_s: int = 7 * 86_400
+    opaque_context: str = "BKV-v1"
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -137,6 +143,8 @@ class Options:
             out.append(f"options.record_groups must be between 1 and {MAX_RECORD_GROUPS}")
         if not 0 <= self.account_rebind_delay_s <= 365 * 86_400:
             out.append("options.account_rebind_delay_s must be between 0 and 31536000")
+        if len(self.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES:
+            out.append(f"options.opaque_context must be at most {MAX_CONTEXT_BYTES} bytes (UTF-8)")
         return out
 
 

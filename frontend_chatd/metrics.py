@@ -31,7 +31,7 @@ from frontend_chatd.relay import OpenCall
 from frontend_chatd.routing import NodeInfo
 from vault_common.metrics_http import Children, process_registry
 
-RPCS = ("GetChallenge", "Login", "ChangeKey", "Relay")
+RPCS = ("GetChallenge", "Login", "ChangeKey", "Relay", "GetFleet")
 # The gRPC status the frontend answered, lower case, and "rate_limited" for its own refusals
 # (RESOURCE_EXHAUSTED from a rate limit; "resource_exhausted" is then an oversized request).
 OUTCOMES = (

@@ -27,6 +27,7 @@ from frontend_chatd.accounts import (
     LoginResult,
 )
 from frontend_chatd.config import FrontendConfig
+from frontend_chatd.fleet import FleetAnnouncements, FleetUnavailable
 from frontend_chatd.metrics import FrontendMetrics
 from frontend_chatd.ratelimit import RateLimited, TokenBucketLimiter
 from frontend_chatd.relay import (
@@ -97,7 +98,7 @@ def to_status(error: BaseException) -> StatusReply:
         )
     if isinstance(error, RequestTooLarge):
         return StatusReply(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    if isinstance(error, AccountStoreUnavailable) or (
+    if isinstance(error, AccountStoreUnavailable | FleetUnavailable) or (
         isinstance(error, NoNodeAvailable) and not error.maybe_applied
     ):
         # Nothing reached a node that could have counted an attempt: the client may retry.
@@ -152,8 +153,10 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
         max_request_bytes: int,
         log_tag_key: bytes,
         metrics: FrontendMetrics | None = None,
+        fleet: FleetAnnouncements | None = None,
     ) -> None:
         self._metrics = metrics or FrontendMetrics(process_collectors=False)
+        self._fleet = fleet
         self._log_tag_key = log_tag_key
         self._accounts = accounts
         self._tokens = tokens
@@ -253,6 +256,16 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc
 
         return await self._handle("Relay", context, body)
 
+    async def GetFleet(
+        self, request: frontend_pb2.FleetRequest, context: Any
+    ) -> frontend_pb2.FleetReply:
+        async def body(call: _Call) -> frontend_pb2.FleetReply:
+            # No session: the announcement is public, and the client trusts only its signature.
+            announcement = b"" if self._fleet is None else await self._fleet.current()
+            return frontend_pb2.FleetReply(announcement=announcement)
+
+        return await self._handle("GetFleet", context, body)
+
 
 def _session_reply(result: LoginResult) -> frontend_pb2.LoginReply:
     return frontend_pb2.LoginReply(
@@ -314,6 +327,7 @@ class FrontendServer:
             max_request_bytes=limits.max_request_bytes,
             log_tag_key=keys.log_tag_key,
             metrics=self.metrics,
+            fleet=FleetAnnouncements.from_etcd(self.etcd, time.monotonic),
         )
         self.server: Any = None
         self.port = 0

@@ -13,9 +13,10 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from deploy.cluster import Cluster
 from deploy.topology import default_topology_path, load_topology
@@ -25,10 +26,13 @@ TEST_REBIND_DELAY_S = 3
 
 
 @contextmanager
-def own_cluster(prefix: str, *, one_node_per_dc: bool = False) -> Iterator[Cluster]:
+def own_cluster(
+    prefix: str, *, one_node_per_dc: bool = False, options: Mapping[str, Any] | None = None
+) -> Iterator[Cluster]:
     """The default local topology up with fsync off (and a rebind delay of seconds);
     `one_node_per_dc`: only each data centre's `-1` node (the witnesses), for tests that stop
-    and restore the whole store."""
+    and restore the whole store; `options`: topology options to change (e.g. a short
+    `ticket_ttl_s`)."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     c = Cluster(root / "cluster")
     try:
@@ -42,6 +46,10 @@ def own_cluster(prefix: str, *, one_node_per_dc: bool = False) -> Iterator[Clust
         if one_node_per_dc:
             topology = dataclasses.replace(
                 topology, nodes=tuple(n for n in topology.nodes if n.name.endswith("-1"))
+            )
+        if options:
+            topology = dataclasses.replace(
+                topology, options=dataclasses.replace(topology.options, **options)
             )
         c.up(topology, fsync=False)
         yield c

@@ -10,8 +10,10 @@ accepts only certificates of the frontend CA. Everything runs on one asyncio loo
 background thread, so a test can use the blocking client.
 
 What a test uses of `Cluster` it finds here under the same names: `up()`, `down()`,
-`exists()`, `directory`, `client_config_path` (a client.toml naming the frontends, the CA and
-the fleet key), `fleet_id()`. What it omits (the integration tier has it):
+`exists()`, `directory`, `client_config_path` (a client.toml naming the frontends, the CA, the
+fleet key and the fleet root key), `fleet_id()`. A fleet rotation's steps are `rotate(step)`, as
+`bkv-cluster rotate-fleet` runs them (tokens, reloads, the announcement the frontend serves).
+What it omits (the integration tier has it):
 etcd (no quorum loss, no compaction, no rollback guard or checkpoints), PKCS#11 (keys in
 memory), node membership and leases (the frontend's node table is filled once), processes and
 their supervision (nothing to kill, stop or restart), audit log files (each node's audit is a
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import threading
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bkv.store.v1 import sealed_pb2
@@ -43,6 +48,7 @@ from bkv.v1 import frontend_pb2_grpc, node_pb2, node_pb2_grpc
 from client.protocol import Outbound
 from deploy.pki import CertPaths, Issued, issue_client, issue_server, make_ca
 from frontend_chatd.accounts import Accounts, Enrollment
+from frontend_chatd.fleet import FleetAnnouncements
 from frontend_chatd.ratelimit import TokenBucketLimiter
 from frontend_chatd.relay import Relay, stub_open_call
 from frontend_chatd.routing import NodeChannels, NodeInfo, NodeTable
@@ -50,8 +56,10 @@ from frontend_chatd.server import FrontendServicer
 from frontend_chatd.sessions import Challenges, SessionKeys, SessionTokens, issuer_id
 from vault_common.channels import mtls_channel_credentials
 from vault_node.audit import MemoryAudit
+from vault_node.fleet_keys import epoch_labels, load_keyring, read_fleet_state, write_fleet_state
 from vault_node.heads import group_of, next_head, open_head
 from vault_node.records import open_record, seal_record
+from vault_node.reseal import Resealer
 from vault_node.server import VaultNodeServicer
 from vault_node.service import ServiceConfig, TokenServerKeys, VaultService
 from vault_node.soft_token import SoftToken
@@ -59,6 +67,8 @@ from vault_node.store import MemoryRecordStore
 from vault_node.witness_core import Ref
 from vault_node.witnessing import LocalWitnesses
 from vault_protocol.envelope import FleetKey
+from vault_protocol.fleet import FleetAnnouncement, FleetRootKey, sign_announcement
+from vault_protocol.opaque import DEFAULT_CONTEXT
 
 T = TypeVar("T")
 NODES = (("dc-a-1", "dc-a"), ("dc-b-1", "dc-b"), ("dc-c-1", "dc-c"))
@@ -143,9 +153,16 @@ class InProcessCluster:
         max_attempts: int = 10,
         record_groups: int = 16,
         rebind_delay_ms: int = 7 * 86_400_000,
+        opaque_context: bytes = DEFAULT_CONTEXT,
     ) -> None:
         self._directory = directory
         self._node_specs = tuple(nodes)
+        self.opaque_context = opaque_context
+        # The fleet root key (a token of its own in a real cluster) and the signed announcement
+        # of the current epoch, which the frontend serves (GetFleet).
+        self.root_key = ed25519.Ed25519PrivateKey.generate()
+        self.epoch = 1
+        self.announcement = b""
         self._max_attempts = max_attempts
         self._rebind_delay_ms = rebind_delay_ms
         self._record_groups = record_groups
@@ -181,6 +198,7 @@ class InProcessCluster:
         if self._loop is not None:
             raise RuntimeError("the in-process cluster is already up")
         self._directory.mkdir(parents=True, exist_ok=True)
+        self.announce()
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=loop.run_forever, name="inproc-cluster")
@@ -245,6 +263,52 @@ class InProcessCluster:
         version, its group's head advanced and witnessed): for records no client can make."""
         self.run(self._rewrite(self.nodes[node].token, account_id, change))
 
+    def announce(self) -> bytes:
+        """Sign the current epoch's announcement with the root key; the frontend serves it."""
+        kem = epoch_labels(self.epoch)[0]
+        announcement = FleetAnnouncement(
+            self.epoch, self.fleet_token.kem_public_key(kem), self.opaque_context
+        )
+        self.announcement = sign_announcement(announcement, self.root_key.sign)
+        return self.announcement
+
+    def rotate(self, step: str) -> None:
+        """One step of a fleet rotation to the next epoch (deploy/rotation.py): "install" (the
+        new keys into every token, both epochs accepted), "announce", "switch" (seal with it),
+        "reseal" (one re-seal pass on the first node), "retire" (stop accepting the old epoch,
+        destroy its keys). Every node reloads after a change of its token."""
+        self.run(self._rotate(step))
+
+    async def _rotate(self, step: str) -> None:
+        new = max(e for node in self.nodes for e in read_fleet_state(node.token).accepted)
+        if step == "install":
+            new += 1
+            self.fleet_token.install(self.fleet_token.material.with_epoch(new))
+        elif step == "announce":
+            self.epoch = new
+            self.announce()
+            return
+        elif step == "reseal":
+            service = self.nodes[0].service
+            await Resealer(service, self.store, rate_per_s=1e6, placeholder_delay_s=0).run_once()
+            return
+        for node in self.nodes:
+            token, state = node.token, read_fleet_state(node.token)
+            old = state.accepted[0]
+            if step == "install":
+                token.install(self.fleet_token.material)
+                state = state.accepting(new)
+            elif step == "switch":
+                state = state.sealing(new)
+            elif step == "retire":
+                state = state.retiring(
+                    old, FleetKey(token.kem_public_key(epoch_labels(old)[0])).fleet_id
+                )
+            write_fleet_state(token, state)
+            node.service.use_keyring(load_keyring(token, read_fleet_state(token)))
+            if step == "retire":
+                token.destroy(epoch_labels(old))
+
     # -- internals, on the loop --
 
     async def _open(self, node: int, request: node_pb2.OpenRequest) -> bytes:
@@ -302,7 +366,8 @@ class InProcessCluster:
                 token=token, store=self.store, keys=TokenServerKeys.derive(token),
                 config=ServiceConfig(node_name=name, default_max_attempts=self._max_attempts,
                                      record_groups=self._record_groups,
-                                     rebind_delay_ms=self._rebind_delay_ms),
+                                     rebind_delay_ms=self._rebind_delay_ms,
+                                     opaque_context=self.opaque_context),
                 clock_ms=_wall_clock_ms, rng=os.urandom, audit=audit, witnesses=self.witnesses,
             )  # fmt: skip
             servicer = VaultNodeServicer()
@@ -347,6 +412,7 @@ class InProcessCluster:
             peer_limiter=TokenBucketLimiter("peer", 200.0, 400, time.monotonic),
             max_request_bytes=65_536,
             log_tag_key=keys.log_tag_key,
+            fleet=FleetAnnouncements(self._current_announcement, _no_cache()),
         )
         health_servicer = health.aio.HealthServicer()
         for service in ("", "bkv.v1.Frontend"):
@@ -371,9 +437,17 @@ class InProcessCluster:
             await self._channels.close()
             self._channels = None
 
+    async def _current_announcement(self) -> bytes:
+        return self.announcement
+
     def _write_client_config(self) -> None:
         fleet_pub = self._directory / "fleet.pub"
         fleet_pub.write_bytes(FleetKey(self.fleet_token.kem_public_key()).to_pem())
+        root_pub = self._directory / "root.pub"
+        raw = self.root_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        root_pub.write_bytes(FleetRootKey(raw).to_pem())
         frontends = ", ".join(f'"{address}"' for address in self.frontends)
         self.client_config_path.write_text(
             "[cluster]\n"
@@ -382,4 +456,12 @@ class InProcessCluster:
             'server_name = "localhost"\n'
             f'fleet_public_key = "{fleet_pub}"\n'
             f'fleet_id = "{self.fleet_id().hex()}"\n'
+            f'fleet_root_key = "{root_pub}"\n'
         )
+
+
+def _no_cache() -> Callable[[], float]:
+    """A clock that moves a minute per reading: the frontend's announcement cache never hits
+    (a test publishes and reads at once)."""
+    ticks = itertools.count(step=60)
+    return lambda: float(next(ticks))

@@ -24,8 +24,11 @@ mod_revision), `rollback` (the node's store guard saw etcd behind what it had se
 cluster: the node stops serving; a store event with an empty `record_id`), `auth_refused` (a
 step 1 whose account signature does not admit it: missing or invalid, another key than the
 record's, a replayed or too-future ts_ms; no write, no evaluation), `rebind` (key loss: a pending
-rebind key committed, no guess) and `rebind_cancel` (the bound key signed: the pending rebind
-erased, committed).
+rebind key committed, no guess), `rebind_cancel` (the bound key signed: the pending rebind
+erased, committed), `reseal` (a fleet rotation wrote the record back unchanged under the
+current epoch's key, committed; counters as they were), `fleet` (the node took its token's
+fleet key epochs, at start or at a reload: a store event whose `fleet` field holds the accepted
+epochs, the seal epoch and their fleet ids, `format_fleet_line`).
 
 The reader is tolerant: the optional fields may be missing, unknown fields are ignored, and a
 torn last line (a node killed mid-write) is dropped; an unknown event or a bad value is an error.
@@ -64,6 +67,8 @@ EventName = Literal[
     "auth_refused",
     "rebind",
     "rebind_cancel",
+    "reseal",
+    "fleet",
 ]
 EVENTS: frozenset[str] = frozenset(get_args(EventName))
 # Events that commit a write to etcd, and so carry the revision of that commit.
@@ -78,11 +83,13 @@ COMMITTING_EVENTS = frozenset(
         "reserve",
         "rebind",
         "rebind_cancel",
+        "reseal",
     }
 )
 # Events whose commit was decided on the value etcd held at `read_revision`.
 DECIDED_EVENTS = frozenset({"evaluate", "lock", "success"})
-STORE_EVENTS = frozenset({"rollback"})  # about the store, not one record: record_id is ""
+# About the store or the node, not one record: record_id is "".
+STORE_EVENTS = frozenset({"rollback", "fleet"})
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,18 @@ def format_line(entry: AuditEntry, *, ts_ms: int, node: str) -> str:
     }
     line.update((k, v) for k, v in optional.items() if v is not None)
     return json.dumps(line, separators=(",", ":")) + "\n"
+
+
+def format_fleet_line(*, ts_ms: int, node: str, fleet: Mapping[str, object]) -> str:
+    """The `fleet` line: the key epochs a node took from its token (public values only:
+    epochs and fleet ids), e.g. `{"accepted": [1, 2], "seal": 1, "fleet_ids": {...}}`.
+
+    >>> format_fleet_line(ts_ms=1000, node="n1", fleet={"accepted": [1], "seal": 1})
+    '{"ts":1.0,"node":"n1","record_id":"","event":"fleet","fleet":{"accepted":[1],"seal":1}}\\n'
+    """
+    entry = {"ts": ts_ms / 1000, "node": node, "record_id": "", "event": "fleet",
+             "fleet": dict(fleet)}  # fmt: skip
+    return json.dumps(entry, separators=(",", ":")) + "\n"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@
   nothing applied, with `bkv-not-applied: 1`) carries details of one fixed form per reason,
   `account_refusal_details`; the frontend passes it on (it tells the node's from its own
   refusals by the prefix) and the client reads it back with `parse_account_refusal`.
+* `UNKNOWN_FLEET_DETAILS`, the details of a vault node's FAILED_PRECONDITION for an envelope
+  that names a fleet key the node does not hold (retired by a rotation): nothing was applied;
+  the client fetches the fleet's signed announcement (`Frontend.GetFleet`) and sends its first
+  step again, once. The frontend passes node details on unchanged.
 
 >>> trailer((("Retry-After-Ms", b"1500"),), RETRY_AFTER_MS_KEY)
 '1500'
@@ -32,6 +36,10 @@ AUTHORIZATION_KEY = "authorization"
 NEW_CHALLENGE_KEY = "bkv-new-challenge"
 NEW_CHALLENGE = ((NEW_CHALLENGE_KEY, "1"),)
 BEARER_PREFIX = "Bearer "
+# The etcd key of the fleet's signed key announcement: written by the operator (root), read by
+# the frontends for `Frontend.GetFleet`; its signature, not etcd, is what a client trusts.
+FLEET_ANNOUNCEMENT_KEY = "/bkv/v1/fleet/announcement"
+UNKNOWN_FLEET_DETAILS = "bkv-unknown-fleet: envelope sealed to a fleet key this vault does not hold"
 # What gRPC's own channel says when a call found no connection at all: nothing was sent.
 NEVER_CONNECTED_PREFIX = "failed to connect to all addresses"
 

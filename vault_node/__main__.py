@@ -1,9 +1,12 @@
-"""`python -m vault_node --config node.toml`: run one vault node until SIGTERM or SIGINT."""
+"""`python -m vault_node --config node.toml`: run one vault node until SIGTERM or SIGINT; SIGHUP
+makes it take its token's fleet key epochs again (vault_node.fleet_keys)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 
 from vault_common.event_loop import add_event_loop_option, run_on, stop_on_signals
@@ -16,6 +19,17 @@ log = logging.getLogger("vault_node")
 async def _run(config: NodeConfig) -> int:
     server = VaultNodeServer(config)
     stop = stop_on_signals()
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        # SIGHUP: take the token's fleet state again (a fleet rotation's steps); requests in
+        # flight go on. The task is kept until done (the loop holds only weak references).
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await server.start()
     except Exception as exc:  # noqa: BLE001 (startup failure: say what, exit non-zero)

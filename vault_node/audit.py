@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TextIO
 
-from vault_common.audit_line import AuditEntry, EventName, format_line
+from vault_common.audit_line import AuditEntry, EventName, format_fleet_line, format_line
 
 AUDIT_TAIL_BYTES = 1 << 20
 
@@ -69,6 +69,13 @@ class AuditLog(AuditSink):
 
     def record(self, entry: AuditEntry) -> None:
         line = format_line(entry, ts_ms=self._clock_ms(), node=self._node)
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
+
+    def write_fleet(self, fleet: dict[str, object]) -> None:
+        """The `fleet` line: the key epochs the node took (vault_node.fleet_keys)."""
+        line = format_fleet_line(ts_ms=self._clock_ms(), node=self._node, fleet=fleet)
         with self._lock:
             self._stream.write(line)
             self._stream.flush()

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault_node.softhsm import SoftHsmError, TokenSpec, create_token
+from vault_node.token_api import FIRST_EPOCH
 
 FLEET_PUB: Final = "fleet.pub"
 FLEET_JSON: Final = "fleet.json"
@@ -82,17 +83,20 @@ class FleetPublic:
         )
 
 
-def load_fleet_public(out_dir: Path) -> FleetPublic:
-    """Read `fleet.pub` from `out_dir` and check `fleet.json`'s id against it."""
-    key = serialization.load_pem_public_key((out_dir / FLEET_PUB).read_bytes())
+def load_fleet_public(
+    out_dir: Path, pub_name: str = FLEET_PUB, json_name: str = FLEET_JSON
+) -> FleetPublic:
+    """Read `fleet.pub` (a rotation's `fleet-<epoch>.pub`) from `out_dir` and check its JSON's
+    fleet id against it."""
+    key = serialization.load_pem_public_key((out_dir / pub_name).read_bytes())
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise ValueError(f"{out_dir / FLEET_PUB} is not a P-256 public key")
+        raise ValueError(f"{out_dir / pub_name} is not a P-256 public key")
     fleet = FleetPublic.from_point(
         key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     )
-    meta = json.loads((out_dir / FLEET_JSON).read_text(encoding="utf-8"))
+    meta = json.loads((out_dir / json_name).read_text(encoding="utf-8"))
     if meta.get("fleet_id") != fleet.fleet_id.hex():
-        raise ValueError(f"{out_dir / FLEET_JSON} does not match {FLEET_PUB}")
+        raise ValueError(f"{out_dir / json_name} does not match {pub_name}")
     return fleet
 
 
@@ -100,7 +104,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_nodes(nodes: Sequence[TokenSpec], out_dir: Path) -> None:
+def _check_nodes(nodes: Sequence[TokenSpec], out_dir: Path, published: Sequence[str] = ()) -> None:
     problems: list[str] = []
     if not nodes:
         problems.append("no node tokens given")
@@ -113,7 +117,7 @@ def _check_nodes(nodes: Sequence[TokenSpec], out_dir: Path) -> None:
         seen.add(key)
     if len({spec.token_label for spec in nodes}) != len(nodes):
         problems.append("node token labels must be unique (they name the nodes)")
-    for name in (FLEET_PUB, FLEET_JSON):
+    for name in published:
         if (out_dir / name).exists():
             # Overwriting a pinned fleet key would orphan every client that pinned it.
             problems.append(f"{out_dir / name} already exists")
@@ -197,67 +201,14 @@ def run_ceremony(
         raise CeremonyError("-", "check", "etcd_cluster_id must be an unsigned 64-bit number")
     pin = ["--etcd-cluster-id", f"{etcd_cluster_id:016x}"] if etcd_cluster_id else []
     out_dir = out_dir.resolve()
-    _check_nodes(nodes, out_dir)
-    workers = max(1, min(len(nodes), max_parallel or os.cpu_count() or 1))
+    _check_nodes(nodes, out_dir, (FLEET_PUB, FLEET_JSON))
+    workers = _workers(nodes, max_parallel)
     work = Path(tempfile.mkdtemp(prefix="bkv-ceremony-", dir=work_root))
-    done: list[str] = []
     try:
-        try:
-            ceremony = create_token(work / "ceremony-token", "bkv-ceremony")
-        except SoftHsmError as exc:
-            raise CeremonyError(_CEREMONY, "init ceremony token", str(exc)) from None
-        generated = work / "generated.json"
-        _step("fleet-generate", ceremony, _CEREMONY, out_file=generated)
-
-        def transport(spec: TokenSpec) -> None:
-            _step("node-transport", spec, spec.token_label, out_file=work / f"{_safe(spec)}.point")
-
-        _parallel(transport, nodes, workers)
-        fleet = FleetPublic.from_point(bytes.fromhex(_read(generated)["kem_point"]))
-        wrap_request = work / "wrap.json"
-        wrap_request.write_text(
-            json.dumps(
-                {
-                    "kem_point": fleet.public_key.hex(),
-                    "nodes": [
-                        {
-                            "token_label": spec.token_label,
-                            "transport_point": _read(work / f"{_safe(spec)}.point")[
-                                "transport_point"
-                            ],
-                            "out": str(work / f"{_safe(spec)}.blob"),
-                        }
-                        for spec in nodes
-                    ],
-                }
-            ),
-            encoding="utf-8",
-        )
-        _step("fleet-wrap", ceremony, _CEREMONY, in_file=wrap_request)
-        shutil.rmtree(work / "ceremony-token")  # its keys are already destroyed by fleet-wrap
-
-        def unwrap(spec: TokenSpec) -> None:
-            result = work / f"{_safe(spec)}.done"
-            _step(
-                "node-unwrap",
-                spec,
-                spec.token_label,
-                in_file=work / f"{_safe(spec)}.blob",
-                out_file=result,
-                extra=pin,
-            )
-            if _read(result).get("kem_point") != fleet.public_key.hex():
-                raise CeremonyError(spec.token_label, "node-unwrap", "kem point mismatch")
-            done.append(spec.token_label)
-
-        try:
-            _parallel(unwrap, nodes, workers)
-        except CeremonyError as exc:
-            if done:
-                reason = f"{exc.reason} (already provisioned, re-initialise: {', '.join(done)})"
-                raise CeremonyError(exc.node, exc.step, reason) from None
-            raise
-        out_dir.mkdir(parents=True, exist_ok=True)
+        fleet = _generate_and_wrap(nodes, work, workers, FIRST_EPOCH)
+        done = _unwrap_all(nodes, work, workers, fleet, pin)
+        if len(done) != len(nodes):
+            raise AssertionError("every node is provisioned or an error was raised")
         meta = {
             "fleet_id": fleet.fleet_id.hex(),
             "etcd_cluster_id": f"{etcd_cluster_id:016x}" if etcd_cluster_id else "",
@@ -265,13 +216,156 @@ def run_ceremony(
             "curve": "P-256",
             "nodes": [spec.token_label for spec in nodes],
         }
-        _write_atomic(out_dir / FLEET_PUB, fleet.pem())
-        _write_atomic(out_dir / FLEET_JSON, (json.dumps(meta, indent=1) + "\n").encode())
+        _publish(out_dir, FLEET_PUB, FLEET_JSON, fleet, meta)
         return fleet
     finally:
         # Blobs are wrapped (not secret) but have no use after the ceremony; the ceremony token
         # directory goes too, whatever happened.
         shutil.rmtree(work, ignore_errors=True)
+
+
+def rotation_files(epoch: int) -> tuple[str, str]:
+    """(public key PEM, metadata JSON) file names of a rotation's `epoch` in the fleet folder."""
+    return f"fleet-{epoch}.pub", f"fleet-{epoch}.json"
+
+
+def run_rotation_ceremony(
+    nodes: Sequence[TokenSpec],
+    out_dir: Path,
+    epoch: int,
+    work: Path,
+    *,
+    now: Callable[[], datetime] = _now,
+    max_parallel: int | None = None,
+) -> FleetPublic:
+    """A fleet rotation's install: new `kem`, `record` and `ticket` keys of `epoch` (> 1) made
+    once and carried into every token of `nodes` (provisioned with the fleet already), which
+    then accept the epoch (sealing stays as it was); writes out_dir/fleet-<epoch>.pub/.json.
+
+    Resumable: the exchanged files live in `work` (kept until every token holds the keys; they
+    are wrapped for one token each, not secret). Run again after an interruption: a ceremony
+    interrupted before its keys were wrapped for every node starts over with new keys (no token
+    holds them yet); after that, only the tokens that lack them are provisioned from their blob.
+    """
+    if epoch <= FIRST_EPOCH:
+        raise CeremonyError("-", "check", "a rotation makes an epoch above the first")
+    out_dir = out_dir.resolve()
+    _check_nodes(nodes, out_dir)
+    pub_name, json_name = rotation_files(epoch)
+    work.mkdir(parents=True, exist_ok=True)
+    workers = _workers(nodes, max_parallel)
+    wrapped = work / "wrapped.json"  # the keys are wrapped for every node: never make new ones
+    if not wrapped.exists():
+        for stale in work.iterdir():  # an interrupted start: nothing of it reached a node
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        fleet = _generate_and_wrap(nodes, work, workers, epoch)
+        _write_atomic(wrapped, json.dumps({"kem_point": fleet.public_key.hex()}).encode())
+    fleet = FleetPublic.from_point(bytes.fromhex(_read(wrapped)["kem_point"]))
+    _unwrap_all(nodes, work, workers, fleet, [])
+    meta = {
+        "fleet_id": fleet.fleet_id.hex(),
+        "epoch": epoch,
+        "created": now().isoformat(timespec="seconds"),
+        "curve": "P-256",
+        "nodes": [spec.token_label for spec in nodes],
+    }
+    _publish(out_dir, pub_name, json_name, fleet, meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return fleet
+
+
+def token_step(
+    step: str, spec: TokenSpec, *, epoch: int = FIRST_EPOCH, payload: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run one `ceremony_cli` step that answers with JSON (fleet-seal, fleet-retire,
+    fleet-destroy, fleet-status, root-generate, root-sign) on `spec`'s token in a subprocess;
+    `payload` is its `--in` file. Raises `CeremonyError` naming the token and the step."""
+    with tempfile.TemporaryDirectory(prefix="bkv-step-") as scratch:
+        out = Path(scratch) / "out.json"
+        in_file = None
+        if payload is not None:
+            in_file = Path(scratch) / "in.json"
+            in_file.write_text(json.dumps(payload), encoding="utf-8")
+        _step(step, spec, spec.token_label, in_file=in_file, out_file=out,
+              extra=["--epoch", str(epoch)])  # fmt: skip
+        return _read(out)
+
+
+def _workers(nodes: Sequence[TokenSpec], max_parallel: int | None) -> int:
+    return max(1, min(len(nodes), max_parallel or os.cpu_count() or 1))
+
+
+def _publish(
+    out_dir: Path, pub_name: str, json_name: str, fleet: FleetPublic, meta: dict[str, Any]
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / pub_name, fleet.pem())
+    _write_atomic(out_dir / json_name, (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def _generate_and_wrap(
+    nodes: Sequence[TokenSpec], work: Path, workers: int, epoch: int
+) -> FleetPublic:
+    """A ceremony token in `work` makes `epoch`'s keys, every node a transport pair, and the
+    ceremony wraps the keys into one blob file per node, then destroys its own copies."""
+    epoch_arg = ["--epoch", str(epoch)]
+    try:
+        ceremony = create_token(work / "ceremony-token", "bkv-ceremony")
+    except SoftHsmError as exc:
+        raise CeremonyError(_CEREMONY, "init ceremony token", str(exc)) from None
+    generated = work / "generated.json"
+    _step("fleet-generate", ceremony, _CEREMONY, out_file=generated, extra=epoch_arg)
+
+    def transport(spec: TokenSpec) -> None:
+        point = work / f"{_safe(spec)}.point"
+        _step("node-transport", spec, spec.token_label, out_file=point, extra=epoch_arg)
+
+    _parallel(transport, nodes, workers)
+    fleet = FleetPublic.from_point(bytes.fromhex(_read(generated)["kem_point"]))
+    wrap_request = work / "wrap.json"
+    requests = [
+        {
+            "token_label": spec.token_label,
+            "transport_point": _read(work / f"{_safe(spec)}.point")["transport_point"],
+            "out": str(work / f"{_safe(spec)}.blob"),
+        }
+        for spec in nodes
+    ]
+    wrap = {"kem_point": fleet.public_key.hex(), "epoch": epoch, "nodes": requests}
+    wrap_request.write_text(json.dumps(wrap), encoding="utf-8")
+    _step("fleet-wrap", ceremony, _CEREMONY, in_file=wrap_request)
+    shutil.rmtree(work / "ceremony-token")  # its keys are already destroyed by fleet-wrap
+    return fleet
+
+
+def _unwrap_all(
+    nodes: Sequence[TokenSpec],
+    work: Path,
+    workers: int,
+    fleet: FleetPublic,
+    extra: Sequence[str],
+) -> list[str]:
+    """Every node unwraps its blob (those with a `.done` file did already); the labels done."""
+    done: list[str] = []
+
+    def unwrap(spec: TokenSpec) -> None:
+        result = work / f"{_safe(spec)}.done"
+        if not result.exists():
+            blob = work / f"{_safe(spec)}.blob"
+            _step("node-unwrap", spec, spec.token_label, in_file=blob, out_file=result,
+                  extra=extra)  # fmt: skip
+        if _read(result).get("kem_point") != fleet.public_key.hex():
+            raise CeremonyError(spec.token_label, "node-unwrap", "kem point mismatch")
+        done.append(spec.token_label)
+
+    try:
+        _parallel(unwrap, nodes, workers)
+    except CeremonyError as exc:
+        if done:
+            reason = f"{exc.reason} (already provisioned: {', '.join(sorted(done))})"
+            raise CeremonyError(exc.node, exc.step, reason) from None
+        raise
+    return done
 
 
 def _safe(spec: TokenSpec) -> str:

@@ -25,6 +25,22 @@ JSON files that hold public points and wrapped (encrypted) keys only, never a PI
                              Accepting a rolled-back store gives back the guesses spent since the
                              point it was rolled back to: only for a store known to be current.
 
+A fleet rotation (`bkv-cluster rotate-fleet`; docs/architecture.md "Fleet key rotation") runs the
+four ceremony steps above with `--epoch N` (N > 1): only the rotated keys `kem.N`, `record.N`,
+`ticket.N` are made and carried; node-transport takes a provisioned token, node-unwrap adds the
+keys and makes the token's fleet state accept epoch N (sealing stays as it was). Then, on every
+node token, each followed by a reload of its node (SIGHUP):
+
+    fleet-seal --epoch N     the node seals with epoch N (it must accept it)
+    fleet-retire --epoch N   the node stops accepting epoch N (its fleet id is remembered)
+    fleet-destroy --epoch N  destroy epoch N's keys; refused while the fleet state accepts it
+    fleet-status             print the fleet state and the fleet key labels the token holds
+
+and on the fleet root token (operators only):
+
+    root-generate --out F    make the Ed25519 fleet root key (non-extractable); F: its public key
+    root-sign --in F --out G sign the announcement in F (hex of a serialized FleetAnnouncement)
+
 Exit status 0 on success; otherwise one line `error: ...` on stderr (no secrets) and status 1.
 """
 
@@ -36,7 +52,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +63,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
 from bkv.store.v1 import sealed_pb2
+from vault_node import fleet_steps
 from vault_node.checkpoint import (
     CLUSTER_PIN_LABEL,
     CheckpointError,
@@ -55,6 +72,7 @@ from vault_node.checkpoint import (
     pinned_cluster_id,
     write_state,
 )
+from vault_node.fleet_keys import FleetStateError, read_fleet_state, write_fleet_state
 from vault_node.hsm import (
     FLEET_LABELS,
     KEM_LABEL,
@@ -67,6 +85,7 @@ from vault_node.hsm import (
 )
 from vault_node.softhsm import SoftHsmError, TokenSpec
 from vault_node.store_guard import GuardState
+from vault_node.token_api import FIRST_EPOCH, MAX_EPOCH, ROTATED_LABELS, epoch_label
 
 WITNESS_HEADS_LABEL: Final = "witness_heads"  # vault_node.witness_server.HEADS_LABEL
 
@@ -137,6 +156,20 @@ FLEET_KEYS: Final = (
     ),
 )
 assert tuple(k.label for k in FLEET_KEYS) == FLEET_LABELS
+
+
+def keys_of_epoch(epoch: int) -> tuple[FleetKeySpec, ...]:
+    """The keys a ceremony makes for fleet `epoch`: the whole fleet for epoch 1; for a
+    rotation's epoch n > 1 only the rotated ones (`kem.n`, `record.n`, `ticket.n`), since
+    `oprf_seed`, `ake_seed`, `id_mac` and `witness` are never rotated (vault_node.fleet_keys)."""
+    if epoch == FIRST_EPOCH:
+        return FLEET_KEYS
+    return tuple(
+        replace(spec, label=epoch_label(spec.label, epoch))
+        for spec in FLEET_KEYS
+        if spec.label in ROTATED_LABELS
+    )
+
 
 # EC private keys have no ENCRYPT/VERIFY/WRAP attributes; python-pkcs11's unwrap template sets
 # every capability and SoftHSM then answers AttributeTypeInvalid. DEFAULT drops them.
@@ -225,13 +258,15 @@ def _hex_field(value: dict[str, Any], name: str) -> bytes:
 # --- steps ------------------------------------------------------------------------------------
 
 
-def fleet_generate(session: Any) -> dict[str, Any]:
-    """Ceremony token: make the fleet keys and the ceremony transport key pair."""
-    for label in (*FLEET_LABELS, CEREMONY_TRANSPORT):
+def fleet_generate(session: Any, epoch: int = FIRST_EPOCH) -> dict[str, Any]:
+    """Ceremony token: make the fleet keys (of `epoch`: `keys_of_epoch`) and the ceremony
+    transport key pair."""
+    specs = keys_of_epoch(epoch)
+    for label in (*(spec.label for spec in specs), CEREMONY_TRANSPORT):
         if _objects_labelled(session, label):
             raise CeremonyStepError(f"ceremony token already holds {label!r}: use a fresh token")
     kem_point = b""
-    for spec in FLEET_KEYS:
+    for spec in specs:
         # EXTRACTABLE only so that they can be wrapped for the nodes; SENSITIVE so that their
         # value can never be read in clear, even here.
         if spec.key_type == KeyType.EC:
@@ -247,28 +282,44 @@ def fleet_generate(session: Any) -> dict[str, Any]:
             template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
         )
     transport_public, _ = _p256_keypair(session, CEREMONY_TRANSPORT, extractable=False)
-    return {"ceremony_point": _point_of(transport_public).hex(), "kem_point": kem_point.hex()}
+    return {
+        "ceremony_point": _point_of(transport_public).hex(),
+        "kem_point": kem_point.hex(),
+        "epoch": epoch,
+    }
 
 
-def node_transport(session: Any) -> dict[str, Any]:
-    """Node token: refuse if provisioned; make a fresh transport key pair, return its point."""
-    present = [label for label in FLEET_LABELS if _objects_labelled(session, label)]
-    if present:
-        raise CeremonyStepError(
-            f"token is already provisioned (holds {', '.join(present)}); "
-            "re-initialise it to join a new fleet"
-        )
+def node_transport(session: Any, epoch: int = FIRST_EPOCH) -> dict[str, Any]:
+    """Node token: refuse if provisioned (for a rotation's epoch: unless it holds a fleet and
+    none of the epoch's keys); make a fresh transport key pair, return its point."""
+    if epoch == FIRST_EPOCH:
+        present = [label for label in FLEET_LABELS if _objects_labelled(session, label)]
+        if present:
+            raise CeremonyStepError(
+                f"token is already provisioned (holds {', '.join(present)}); "
+                "re-initialise it to join a new fleet"
+            )
+    else:
+        if not _objects_labelled(session, "oprf_seed"):
+            raise CeremonyStepError("token holds no fleet: a rotation adds to a provisioned one")
+        labels = [spec.label for spec in keys_of_epoch(epoch)]
+        present = [label for label in labels if _objects_labelled(session, label)]
+        if present:
+            raise CeremonyStepError(f"token already holds epoch {epoch}'s {', '.join(present)}")
     for stale in _objects_labelled(session, NODE_TRANSPORT):
         stale.destroy()  # left by an aborted ceremony; a transport key is single-use anyway
     public, _ = _p256_keypair(session, NODE_TRANSPORT, extractable=False)
     return {"transport_point": _point_of(public).hex()}
 
 
-def fleet_wrap(session: Any, requests: Sequence[dict[str, Any]], kem_point: bytes) -> None:
+def fleet_wrap(
+    session: Any, requests: Sequence[dict[str, Any]], kem_point: bytes, epoch: int = FIRST_EPOCH
+) -> None:
     """Ceremony token: write one blob file per node, then destroy every key in the token."""
     ceremony_private = _one(session, CEREMONY_TRANSPORT, ObjectClass.PRIVATE_KEY)
     ceremony_point = _point_of(_one(session, CEREMONY_TRANSPORT, ObjectClass.PUBLIC_KEY))
-    keys = [_one(session, spec.label, spec.object_class) for spec in FLEET_KEYS]
+    specs = keys_of_epoch(epoch)
+    keys = [_one(session, spec.label, spec.object_class) for spec in specs]
     try:
         for request in requests:
             node_point = _hex_field(request, "transport_point")
@@ -277,7 +328,7 @@ def fleet_wrap(session: Any, requests: Sequence[dict[str, Any]], kem_point: byte
             try:
                 blobs = {
                     spec.label: bytes(kek.wrap_key(key, mechanism=WRAP_MECHANISM)).hex()
-                    for spec, key in zip(FLEET_KEYS, keys, strict=True)
+                    for spec, key in zip(specs, keys, strict=True)
                 }
             finally:
                 kek.destroy()
@@ -289,6 +340,7 @@ def fleet_wrap(session: Any, requests: Sequence[dict[str, Any]], kem_point: byte
                     "ceremony_point": ceremony_point.hex(),
                     "node_point": node_point.hex(),
                     "kem_point": kem_point.hex(),
+                    "epoch": epoch,
                     "keys": blobs,
                 },
             )
@@ -298,25 +350,43 @@ def fleet_wrap(session: Any, requests: Sequence[dict[str, Any]], kem_point: byte
             obj.destroy()
 
 
+def blob_epoch(blob: dict[str, Any]) -> int:
+    """The fleet epoch a blob file carries keys of (files without one: epoch 1)."""
+    epoch = blob.get("epoch", FIRST_EPOCH)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= MAX_EPOCH:
+        raise CeremonyStepError("blob file names no valid fleet epoch")
+    return epoch
+
+
 def node_unwrap(session: Any, blob: dict[str, Any]) -> dict[str, Any]:
-    """Node token: unwrap the fleet keys non-extractable, store the kem public key, check it."""
+    """Node token: unwrap the fleet keys (of the blob's epoch) non-extractable, store the kem
+    public key, check it. A rotation's blob whose keys the token already holds, with the same
+    kem point, is done already (a resumed rotation): nothing changes."""
     if blob.get("version") != BLOB_VERSION:
         raise CeremonyStepError("unsupported blob file version")
+    epoch = blob_epoch(blob)
+    specs = keys_of_epoch(epoch)
+    kem_label = specs[0].label
+    kem_point = _hex_field(blob, "kem_point")
+    if epoch != FIRST_EPOCH and _objects_labelled(session, kem_label):
+        held = _point_of(_one(session, kem_label, ObjectClass.PUBLIC_KEY))
+        if held != kem_point:
+            raise CeremonyStepError(f"token holds another {kem_label!r}: a stale rotation")
+        return {"kem_point": kem_point.hex(), "epoch": epoch, "already": True}
     node_private = _one(session, NODE_TRANSPORT, ObjectClass.PRIVATE_KEY)
     node_public = _one(session, NODE_TRANSPORT, ObjectClass.PUBLIC_KEY)
     if _point_of(node_public) != _hex_field(blob, "node_point"):
         raise CeremonyStepError(
             "blob file was made for another transport key (stale or wrong node)"
         )
-    kem_point = _hex_field(blob, "kem_point")
     validate_p256_point(kem_point)
     wrapped = blob.get("keys")
-    if not isinstance(wrapped, dict) or set(wrapped) != set(FLEET_LABELS):
+    if not isinstance(wrapped, dict) or set(wrapped) != {spec.label for spec in specs}:
         raise CeremonyStepError("blob file does not hold exactly the fleet keys")
     created: list[Any] = []
     kek = _derive_kek(node_private, _hex_field(blob, "ceremony_point"), MechanismFlag.UNWRAP)
     try:
-        for spec in FLEET_KEYS:
+        for spec in specs:
             template: dict[Any, Any] = {
                 # Non-extractable from birth: no later call can take the key out of this token.
                 Attribute.TOKEN: True,
@@ -349,7 +419,7 @@ def node_unwrap(session: Any, blob: dict[str, Any]) -> dict[str, Any]:
                     Attribute.KEY_TYPE: KeyType.EC,
                     Attribute.EC_PARAMS: P256_EC_PARAMS,
                     Attribute.EC_POINT: encode_ec_point(kem_point),
-                    Attribute.LABEL: KEM_LABEL,
+                    Attribute.LABEL: kem_label,
                     Attribute.TOKEN: True,
                     Attribute.PRIVATE: False,
                 }
@@ -364,7 +434,7 @@ def node_unwrap(session: Any, blob: dict[str, Any]) -> dict[str, Any]:
         kek.destroy()
     node_private.destroy()
     node_public.destroy()
-    return {"kem_point": kem_point.hex()}
+    return {"kem_point": kem_point.hex(), "epoch": epoch}
 
 
 def _check_kem(private: Any, kem_point: bytes) -> None:
@@ -405,6 +475,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--etcd-cluster-id", type=_cluster_id, default=0)
     parser.add_argument("--accept-cluster-id", type=_cluster_id, default=0)
     parser.add_argument("--account", default="")
+    parser.add_argument("--epoch", type=int, default=FIRST_EPOCH)
     parser.add_argument(
         "--forget-only",
         action="store_true",
@@ -423,6 +494,12 @@ STEPS: Final = (
     "store-alarm-clear",
     "witness-reset",
     "record-id",
+    "fleet-seal",
+    "fleet-retire",
+    "fleet-destroy",
+    "fleet-status",
+    "root-generate",
+    "root-sign",
 )
 
 
@@ -460,23 +537,40 @@ def run_step(
     accept_cluster_id: int = 0,
     account: str = "",
     forget_only: bool = False,
+    epoch: int = FIRST_EPOCH,
 ) -> None:
     """Run one step on the token of `spec` in this process."""
+    if not FIRST_EPOCH <= epoch <= MAX_EPOCH:
+        raise CeremonyStepError(f"--epoch must be in {FIRST_EPOCH}..{MAX_EPOCH}")
     with Token.open(spec, read_write=True) as token:
-        if step == "fleet-generate":
-            _write_json(_need(out_file, "--out"), token.run_in_session(fleet_generate))
+        if step in FLEET_STEPS:
+            _fleet_step(step, token, in_file, out_file, epoch)
+        elif step == "fleet-generate":
+            generated = token.run_in_session(lambda session: fleet_generate(session, epoch))
+            _write_json(_need(out_file, "--out"), generated)
         elif step == "node-transport":
-            _write_json(_need(out_file, "--out"), token.run_in_session(node_transport))
+            point = token.run_in_session(lambda session: node_transport(session, epoch))
+            _write_json(_need(out_file, "--out"), point)
         elif step == "fleet-wrap":
             request = _read_json(_need(in_file, "--in"))
             nodes = request.get("nodes")
             if not isinstance(nodes, list):
                 raise CeremonyStepError("wrap request has no node list")
             kem_point = _hex_field(request, "kem_point")
-            token.run_in_session(lambda session: fleet_wrap(session, nodes, kem_point))
+            wrap_epoch = request.get("epoch", FIRST_EPOCH)
+            if not isinstance(wrap_epoch, int) or isinstance(wrap_epoch, bool):
+                raise CeremonyStepError("wrap request names no valid epoch")
+            token.run_in_session(lambda session: fleet_wrap(session, nodes, kem_point, wrap_epoch))
         elif step == "node-unwrap":
             blob = _read_json(_need(in_file, "--in"))
             result = token.run_in_session(lambda session: node_unwrap(session, blob))
+            if blob_epoch(blob) != FIRST_EPOCH:
+                # The node accepts the new epoch from its next reload; it still seals with the
+                # one it had (switching is a separate step, once every node holds the keys).
+                state = read_fleet_state(token)
+                if blob_epoch(blob) not in state.accepted:
+                    state = write_fleet_state(token, state.accepting(blob_epoch(blob)))
+                result["fleet_state"] = state.describe()
             if etcd_cluster_id:
                 # The node refuses any other etcd cluster from its first start on.
                 token.replace_data(CLUSTER_PIN_LABEL, encode_cluster_id(etcd_cluster_id))
@@ -498,6 +592,35 @@ def run_step(
             print(token.hmac_sha256("id_mac", account.encode("utf-8")).hex())
         else:
             raise CeremonyStepError(f"unknown step {step!r}")
+
+
+FLEET_STEPS: Final = frozenset(
+    {"fleet-seal", "fleet-retire", "fleet-destroy", "fleet-status", "root-generate", "root-sign"}
+)
+
+
+def _fleet_step(
+    step: str, token: Token, in_file: Path | None, out_file: Path | None, epoch: int
+) -> None:
+    """A rotation step on a node token, or a step on the fleet root token (fleet_steps)."""
+    result: dict[str, Any]
+    if step == "fleet-seal":
+        result = fleet_steps.seal_with(token, epoch).describe()
+    elif step == "fleet-retire":
+        result = fleet_steps.retire(token, epoch).describe()
+    elif step == "fleet-destroy":
+        result = {"destroyed": fleet_steps.destroy(token, epoch), **fleet_steps.status(token)}
+    elif step == "fleet-status":
+        result = fleet_steps.status(token)
+    elif step == "root-generate":
+        result = token.run_in_session(fleet_steps.root_generate)
+    else:  # root-sign
+        payload = _hex_field(_read_json(_need(in_file, "--in")), "announcement")
+        result = token.run_in_session(lambda session: fleet_steps.root_sign(session, payload))
+    if out_file is not None:
+        _write_json(out_file, result)
+    else:
+        print(json.dumps(result, sort_keys=True))
 
 
 def store_status(token: Token) -> dict[str, Any]:
@@ -556,10 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             accept_cluster_id=args.accept_cluster_id,
             account=args.account,
             forget_only=args.forget_only,
+            epoch=args.epoch,
         )
     except (
         CeremonyStepError,
         CheckpointError,
+        FleetStateError,
+        fleet_steps.FleetStepError,
         HsmError,
         SoftHsmError,
         OSError,

@@ -8,6 +8,8 @@ from typing import Any
 
 from vault_common.metrics_http import metrics_address_problems
 from vault_common.toml_config import TomlReadError, read_toml
+from vault_protocol.fleet import MAX_CONTEXT_BYTES
+from vault_protocol.opaque import DEFAULT_CONTEXT
 
 MAX_ATTEMPTS_LIMIT = 100
 """Highest `max_attempts_cap` an operator may configure (the client keeps it as a sanity bound)."""
@@ -51,6 +53,13 @@ class NodeSection:
     account_rebind_delay_s: int = 7 * 86_400
     # A signed request whose ts_ms is this far ahead of the node's clock is refused. 1..86400.
     account_auth_max_future_s: int = 600
+    # The fleet's OPAQUE context string (RFC 9807), UTF-8, the same on every node and in the
+    # fleet's signed announcement; "" is valid (an app on an implementation that fixes an
+    # empty context). Changing it breaks every login until clients change theirs.
+    opaque_context: str = DEFAULT_CONTEXT.decode("ascii")
+    # Records per second this node re-seals in the background during a fleet rotation's
+    # overlap (vault_node.reseal).
+    reseal_rate_per_s: int = 50
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,10 @@ class NodeConfig:
         if not 1 <= n.account_auth_max_future_s <= 86_400:
             out.append("node.account_auth_max_future_s must be in 1..86400")
         out += metrics_address_problems("node.metrics_address", n.metrics_address)
+        if len(n.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES:
+            out.append(f"node.opaque_context must be at most {MAX_CONTEXT_BYTES} bytes (UTF-8)")
+        if not 1 <= n.reseal_rate_per_s <= 10_000:
+            out.append("node.reseal_rate_per_s must be in 1..10000")
         if not self.etcd.server_name or self.etcd.server_name.strip() != self.etcd.server_name:
             out.append("etcd.server_name must be a non-empty TLS name")
         if not self.etcd.endpoints:

@@ -25,7 +25,15 @@ from google.protobuf.message import DecodeError
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import witness_pb2
 from vault_node.key_meta import ABSENT, KeyMeta, StoredValue
-from vault_node.records import RECORD_KEY, Rng, TokenOps, open_sealed, seal_sealed
+from vault_node.records import (
+    FIRST_KEYS,
+    Rng,
+    SealKeys,
+    TokenOps,
+    open_sealed,
+    seal_sealed,
+    sealed_key_name,
+)
 from vault_protocol.errors import DecryptError
 
 HEADS_PREFIX = b"/bkv/v1/heads/"
@@ -73,6 +81,7 @@ class Head:
     meta: KeyMeta  # the etcd metadata of the head key (the CAS compares its mod_revision)
     entries: dict[bytes, bytes] = field(default_factory=dict, repr=False)
     recent: tuple[bytes, ...] = ()  # hashes of versions version-2, version-3, ...
+    sealed_with: str = ""  # the token key its sealed value names ("" for the empty head)
 
     def ancestor(self, version: int) -> bytes | None:
         """The hash of this head's ancestor at `version` (below its own), if it lists it."""
@@ -97,12 +106,14 @@ def empty_head(group: int) -> Head:
     return Head(group, 0, ZERO_HASH, ZERO_HASH, ABSENT)
 
 
-def open_head(token: TokenOps, group: int, stored: StoredValue | None) -> Head:
+def open_head(
+    token: TokenOps, group: int, stored: StoredValue | None, keys: SealKeys = FIRST_KEYS
+) -> Head:
     """The head of `group` from etcd's value (or the empty head); `DecryptError` for anything
-    that does not open under the `record` key for this group or is malformed."""
+    that does not open under an accepted `record` key for this group or is malformed."""
     if stored is None:
         return empty_head(group)
-    plaintext = open_sealed(token, RECORD_KEY, stored.value, head_aad(group))
+    plaintext = open_sealed(token, keys.record_opens, stored.value, head_aad(group))
     try:
         head = sealed_pb2.GroupHead.FromString(plaintext)
     except DecodeError:
@@ -120,12 +131,18 @@ def open_head(token: TokenOps, group: int, stored: StoredValue | None) -> Head:
     if len(entries) != len(head.entries):
         raise DecryptError("sealed data failed to open")
     return Head(
-        group, head.version, head.prev, head_hash(stored.value), stored.meta, entries, recent
-    )
+        group, head.version, head.prev, head_hash(stored.value), stored.meta, entries, recent,
+        sealed_key_name(stored.value) or "",
+    )  # fmt: skip
 
 
 def next_head(
-    token: TokenOps, head: Head, record_id: bytes, sealed_record: bytes | None, rng: Rng
+    token: TokenOps,
+    head: Head,
+    record_id: bytes,
+    sealed_record: bytes | None,
+    rng: Rng,
+    keys: SealKeys = FIRST_KEYS,
 ) -> tuple[bytes, Head]:
     """The sealed successor of `head` with the record's entry set to the digest of
     `sealed_record` (None: the record is gone), and the successor as a `Head` (its metadata
@@ -146,8 +163,10 @@ def next_head(
             sealed_pb2.HeadEntry(record_id=rid, digest=d) for rid, d in sorted(entries.items())
         ],
     )
-    sealed = seal_sealed(token, RECORD_KEY, message.SerializeToString(), head_aad(head.group), rng)
+    plaintext = message.SerializeToString()
+    sealed = seal_sealed(token, keys.record, plaintext, head_aad(head.group), rng)
     successor = Head(
-        head.group, head.version + 1, head.hash, head_hash(sealed), head.meta, entries, recent
-    )
+        head.group, head.version + 1, head.hash, head_hash(sealed), head.meta, entries, recent,
+        keys.record,
+    )  # fmt: skip
     return sealed, successor

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar, cast
 
@@ -61,7 +61,9 @@ from vault_node.token_api import (
     check_data_label,
     check_fleet_label,
     check_gcm,
+    check_kem_label,
     check_label,
+    label_epoch,
     validate_p256_point,
 )
 
@@ -210,7 +212,7 @@ class Token:
         self._spec = spec
         self._session: Any = session
         self._keys: dict[tuple[str, ObjectClass], Any] = {}
-        self._kem_public: bytes | None = None
+        self._kem_public: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         return f"Token(label={self._spec.token_label!r}, open={self._session is not None})"
@@ -258,6 +260,16 @@ class Token:
             raise HsmError(f"token {self.label!r} is closed")
         return fn(self._session)
 
+    def forget_keys(self) -> None:
+        """Drop every cached key handle, so the next use finds the key again. After another
+        process (the key ceremony, `ceremony_cli`) added or destroyed keys in this token: a
+        running session sees such changes, but a cached handle of a destroyed key is dead."""
+        _run(self._forget)
+
+    def _forget(self) -> None:
+        self._keys.clear()
+        self._kem_public.clear()
+
     def _key(self, label: str, object_class: ObjectClass) -> Any:
         """The key object called `label` (PKCS#11 thread only); handles are cached."""
         cached = self._keys.get((label, object_class))
@@ -281,13 +293,15 @@ class Token:
 
     # -- ECDH (HPKE decapsulation) --
 
-    def ecdh(self, peer_point: bytes) -> bytes:
-        """ECDH between the `kem` private key and `peer_point` (65-byte uncompressed): 32 bytes."""
+    def ecdh(self, peer_point: bytes, label: str = KEM_LABEL) -> bytes:
+        """ECDH between the `kem` private key (`label`: of another fleet epoch, "kem.2") and
+        `peer_point` (65-byte uncompressed): 32 bytes."""
+        check_kem_label(label)
         validate_p256_point(peer_point)
-        return _run(self._ecdh, peer_point)
+        return _run(self._ecdh, peer_point, label)
 
-    def _ecdh(self, peer_point: bytes) -> bytes:
-        private = self._key(KEM_LABEL, ObjectClass.PRIVATE_KEY)
+    def _ecdh(self, peer_point: bytes, label: str) -> bytes:
+        private = self._key(label, ObjectClass.PRIVATE_KEY)
         try:
             # The DH output has to leave the token (RFC 9180's key schedule runs in Python),
             # so it is derived into a session-only, non-sensitive secret, read, and destroyed.
@@ -313,14 +327,16 @@ class Token:
             raise HsmError("token returned an ECDH secret of the wrong length")
         return value
 
-    def kem_public_key(self) -> bytes:
-        """The fleet's `kem` public key as a 65-byte uncompressed P-256 point."""
-        if self._kem_public is None:
-            self._kem_public = _run(self._read_kem_public)
-        return self._kem_public
+    def kem_public_key(self, label: str = KEM_LABEL) -> bytes:
+        """The fleet's `kem` public key (`label`: of another epoch) as a 65-byte P-256 point."""
+        check_kem_label(label)
+        cached = self._kem_public.get(label)
+        if cached is None:
+            cached = self._kem_public[label] = _run(self._read_kem_public, label)
+        return cached
 
-    def _read_kem_public(self) -> bytes:
-        public = self._key(KEM_LABEL, ObjectClass.PUBLIC_KEY)
+    def _read_kem_public(self, label: str) -> bytes:
+        public = self._key(label, ObjectClass.PUBLIC_KEY)
         return decode_ec_point(bytes(public[Attribute.EC_POINT]))
 
     # -- AES-256-GCM --
@@ -441,8 +457,7 @@ class Token:
         return _run(self._attributes, label)
 
     def _attributes(self, label: str) -> dict[str, bool]:
-        object_class = ObjectClass.PRIVATE_KEY if label == KEM_LABEL else ObjectClass.SECRET_KEY
-        key = self._key(label, object_class)
+        key = self._key(label, _object_class(label))
         found: dict[str, bool] = {}
         for name in _ATTRIBUTE_NAMES:
             try:
@@ -451,16 +466,20 @@ class Token:
                 continue  # not every token reports every attribute
         return found
 
-    def missing_fleet_keys(self) -> list[str]:
-        """Labels of fleet keys this token lacks (empty when fully provisioned)."""
-        return _run(self._missing)
+    def missing_fleet_keys(self, labels: Sequence[str] = FLEET_LABELS) -> list[str]:
+        """Labels of fleet keys (of `labels`, default the first epoch's whole fleet) this token
+        lacks: empty when fully provisioned. A kem key needs its public half as well."""
+        for label in labels:
+            check_fleet_label(label)
+        return _run(self._missing, tuple(labels))
 
-    def _missing(self) -> list[str]:
+    def _missing(self, labels: tuple[str, ...]) -> list[str]:
         missing: list[str] = []
-        for label in FLEET_LABELS:
-            object_class = ObjectClass.PRIVATE_KEY if label == KEM_LABEL else ObjectClass.SECRET_KEY
+        for label in labels:
             try:
-                self._key(label, object_class)
+                self._key(label, _object_class(label))
+                if label_epoch(label)[0] == KEM_LABEL:
+                    self._key(label, ObjectClass.PUBLIC_KEY)
             except HsmKeyMissing:
                 missing.append(label)
         return missing
@@ -486,6 +505,11 @@ def _open_session(spec: TokenSpec, pin: str, read_write: bool) -> Any:
         raise HsmLoginError(
             f"login to token {spec.token_label!r} failed: {type(exc).__name__}"
         ) from None
+
+
+def _object_class(label: str) -> ObjectClass:
+    """The object class of fleet key `label`: the kem keys are EC private keys."""
+    return ObjectClass.PRIVATE_KEY if label_epoch(label)[0] == KEM_LABEL else ObjectClass.SECRET_KEY
 
 
 def _gcm(nonce: bytes, aad: bytes) -> pkcs11.GCMParams:

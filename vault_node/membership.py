@@ -19,7 +19,8 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from vault_common.tasks import cancel_and_wait
 from vault_node.store import NODES_PREFIX, LeaseStore, StoreUnavailable
@@ -33,15 +34,20 @@ class MemberInfo:
     name: str
     dc: str
     address: str
+    # The fleet key epochs the node took from its token (`Keyring.describe`): a progress report
+    # for the operator's `rotate-fleet`, which waits until every node shows the epochs it set.
+    # Nobody decides anything on it (etcd could forge it: it would only hurry an operator).
+    fleet: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
         return f"{NODES_PREFIX}{self.dc}/{self.name}"
 
     def value(self) -> bytes:
-        return json.dumps(
-            {"name": self.name, "dc": self.dc, "address": self.address}, separators=(",", ":")
-        ).encode("utf-8")
+        entry: dict[str, Any] = {"name": self.name, "dc": self.dc, "address": self.address}
+        if self.fleet is not None:
+            entry["fleet"] = self.fleet
+        return json.dumps(entry, separators=(",", ":")).encode("utf-8")
 
 
 class Membership:
@@ -95,6 +101,16 @@ class Membership:
             self._reported = state
             log.info("membership %s: serving=%s", self._info.key, state)
             self._on_change(state)
+
+    async def update(self, info: MemberInfo) -> None:
+        """Announce `info` from now on (a reload changed the node's fleet epochs): put at once
+        on the current lease when registered, else at the next registration."""
+        self._info = info
+        if self._lease is not None and self._registered:
+            try:
+                await self._store.put_leased(info.key, info.value(), self._lease)
+            except StoreUnavailable:
+                log.info("membership value not updated now; the next registration puts it")
 
     async def register_once(self) -> None:
         """Grant a lease and put the membership key (raises `StoreUnavailable`)."""

@@ -264,6 +264,7 @@ class NodeMetrics:
 
     def token_op(self, op: str, key: str, seconds: float) -> None:
         if op in self._token_ops:
+            key = key.partition(".")[0]  # one label per key, whatever its fleet epoch
             key = key if key in self._token_keys else "other"
             self._token.get((op, key)).observe(seconds)
 
@@ -320,11 +321,11 @@ class MeteredToken:
         finally:
             self._metrics.token_op(op, key, time.perf_counter() - started)
 
-    def ecdh(self, peer_point: bytes) -> bytes:
-        return self._timed("ecdh", "kem", self._token.ecdh, peer_point)
+    def ecdh(self, peer_point: bytes, label: str = "kem") -> bytes:
+        return self._timed("ecdh", "kem", self._token.ecdh, peer_point, label)
 
-    def kem_public_key(self) -> bytes:
-        return self._timed("kem_public_key", "kem", self._token.kem_public_key)
+    def kem_public_key(self, label: str = "kem") -> bytes:
+        return self._timed("kem_public_key", "kem", self._token.kem_public_key, label)
 
     def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._timed(

@@ -17,6 +17,7 @@ RESERVED placeholder of register start, sealed for version 1 with create_revisio
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
@@ -84,6 +85,35 @@ def _written_at(meta: KeyMeta) -> tuple[int, int]:
     return meta.create_revision, meta.version
 
 
+@dataclass(frozen=True)
+class SealKeys:
+    """Which token keys seal and which open, in the fleet's key epoch (vault_node.fleet_keys).
+
+    A `Sealed` names the key it was sealed with (`key_name`), so a value is opened with the key
+    it names, provided that key is one the node accepts now; new values are sealed with the
+    current epoch's key. Outside a rotation both are the first epoch's `record` and `ticket`.
+    """
+
+    record: str = RECORD_KEY
+    ticket: str = TICKET_KEY
+    record_opens: frozenset[str] = field(default=frozenset({RECORD_KEY}))
+    ticket_opens: frozenset[str] = field(default=frozenset({TICKET_KEY}))
+
+
+FIRST_KEYS = SealKeys()
+
+
+def sealed_key_name(blob: bytes) -> str | None:
+    """The key a stored `Sealed` says it was sealed with, without opening it (None when the
+    bytes are no `Sealed`): what a re-seal pass looks for."""
+    if len(blob) > MAX_SEALED_BYTES:
+        return None
+    try:
+        return str(sealed_pb2.Sealed.FromString(blob).key_name)
+    except DecodeError:
+        return None
+
+
 def seal_sealed(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rng: Rng) -> bytes:
     """A serialized `Sealed` of `plaintext` under token key `key_name`, bound to `aad`."""
     nonce = rng(NONCE_LEN)
@@ -94,18 +124,22 @@ def seal_sealed(token: TokenOps, key_name: str, plaintext: bytes, aad: bytes, rn
     return bytes(sealed.SerializeToString())
 
 
-def open_sealed(token: TokenOps, key_name: str, blob: bytes, aad: bytes) -> bytes:
-    """The plaintext of `seal_sealed`'s output; one `DecryptError` for every failure."""
+def open_sealed(token: TokenOps, key_names: str | frozenset[str], blob: bytes, aad: bytes) -> bytes:
+    """The plaintext of `seal_sealed`'s output, opened with the key it names if that is one of
+    `key_names`; one `DecryptError` for every failure."""
     if len(blob) > MAX_SEALED_BYTES:
         raise DecryptError("sealed data failed to open")
     try:
         sealed = sealed_pb2.Sealed.FromString(blob)
     except DecodeError:
         raise DecryptError("sealed data failed to open") from None
-    if sealed.key_name != key_name or len(sealed.nonce) != NONCE_LEN:
+    accepted = frozenset({key_names}) if isinstance(key_names, str) else key_names
+    # Security: only a key the node accepts now, whatever name storage put there (a retired
+    # epoch's key is destroyed anyway; a name of another purpose is refused here).
+    if sealed.key_name not in accepted or len(sealed.nonce) != NONCE_LEN:
         raise DecryptError("sealed data failed to open")
     try:
-        return token.aes_gcm_open(key_name, sealed.nonce, sealed.ciphertext, aad)
+        return token.aes_gcm_open(sealed.key_name, sealed.nonce, sealed.ciphertext, aad)
     except Exception:  # noqa: BLE001
         # One error for every cause (tag, length, token refusal): nothing to learn from failures.
         raise DecryptError("sealed data failed to open") from None
@@ -122,23 +156,32 @@ def _parse(message_type: type[M], plaintext: bytes) -> M:
 
 
 def seal_record(
-    token: TokenOps, record_id: bytes, record: sealed_pb2.Record, stored_at: KeyMeta, rng: Rng
+    token: TokenOps,
+    record_id: bytes,
+    record: sealed_pb2.Record,
+    stored_at: KeyMeta,
+    rng: Rng,
+    keys: SealKeys = FIRST_KEYS,
 ) -> bytes:
-    """Serialized `Sealed` of `record` under the `record` key, for the key `record_id` at
-    `stored_at`: the metadata the key will have once this value's write commits."""
+    """Serialized `Sealed` of `record` under the (current epoch's) `record` key, for the key
+    `record_id` at `stored_at`: the metadata the key will have once this value's write
+    commits."""
     placeholder = record.state == sealed_pb2.RECORD_STATE_RESERVED
     if placeholder != (stored_at.version == 1):
         # A secret never goes into a value whose create_revision is not bound (version 1).
         raise ValueError("only the RESERVED placeholder is a key's first value")
     aad = record_aad(record_id, *_written_at(stored_at))
-    return seal_sealed(token, RECORD_KEY, record.SerializeToString(), aad, rng)
+    return seal_sealed(token, keys.record, record.SerializeToString(), aad, rng)
 
 
-def open_record(token: TokenOps, record_id: bytes, stored: StoredValue) -> sealed_pb2.Record:
+def open_record(
+    token: TokenOps, record_id: bytes, stored: StoredValue, keys: SealKeys = FIRST_KEYS
+) -> sealed_pb2.Record:
     """Open a sealed record read from etcd at the metadata etcd returned it with; `DecryptError`
     for any failure, a value written back from elsewhere or earlier included."""
     aad = record_aad(record_id, *_written_at(stored.meta))
-    record = _parse(sealed_pb2.Record, open_sealed(token, RECORD_KEY, stored.value, aad))
+    plaintext = open_sealed(token, keys.record_opens, stored.value, aad)
+    record = _parse(sealed_pb2.Record, plaintext)
     if (record.state == sealed_pb2.RECORD_STATE_RESERVED) != (stored.meta.version == 1):
         raise DecryptError("sealed data failed to open")
     return record

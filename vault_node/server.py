@@ -15,6 +15,7 @@ import os
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,24 @@ from vault_common.channels import mtls_channel_credentials
 from vault_common.decode_guard import MALFORMED, RejectUndecodable, lenient
 from vault_common.metrics_http import MetricsServer
 from vault_common.tasks import cancel_and_wait
-from vault_common.wire import NOT_APPLIED, account_refusal_details
+from vault_common.wire import (
+    NOT_APPLIED,  # on an UNAVAILABLE that wrote nothing
+    UNKNOWN_FLEET_DETAILS,
+    account_refusal_details,
+)
 from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
 from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
+from vault_node.fleet_keys import FleetStateError, Keyring, load_keyring, read_fleet_state
 from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
 from vault_node.metrics import NodeMetrics, RequestMeter
+from vault_node.records import FIRST_KEYS
+from vault_node.reseal import Resealer
 from vault_node.service import (
     AccountRefused,
+    MAX_CLOCK_SKEW_MS,
     BadRequest,
     Precondition,
     RecordCorrupt,
@@ -47,12 +56,14 @@ from vault_node.service import (
     StoreRefused,
     TokenServerKeys,
     Unavailable,
+    UnknownFleet,
     UnsupportedProtocol,
     VaultService,
     WriteUnconfirmed,
 )
 from vault_node.store import EtcdStore
 from vault_node.store_guard import StoreGuard
+from vault_node.token_api import HsmError
 from vault_node.witness_core import Ref
 from vault_node.witness_server import WitnessServer
 from vault_node.witnessing import CaptureEndpoint, PeerWitness, RemoteWitnesses
@@ -94,6 +105,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAUTHENTICATED, account_refusal_details(exc.reason, exc.floor_ms)
     if isinstance(exc, BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, "the vault node refused the request"
+    if isinstance(exc, UnknownFleet):
+        # Fixed text the client recognises (it then learns the fleet's new key); the fleet id
+        # travels in the clear, so naming the refusal tells the frontend nothing.
+        return grpc.StatusCode.FAILED_PRECONDITION, UNKNOWN_FLEET_DETAILS
     if isinstance(exc, Precondition):
         return grpc.StatusCode.FAILED_PRECONDITION, "stale request: start the operation again"
     if isinstance(exc, Unavailable):
@@ -308,6 +323,9 @@ class VaultNodeServer:
         self._witness: WitnessServer | None = None
         self._witness_server: grpc.aio.Server | None = None
         self._witnesses: RemoteWitnesses | None = None
+        self._resealer: Resealer | None = None
+        self._keyring: Keyring | None = None
+        self._member: MemberInfo | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported: int | None = None
@@ -353,6 +371,11 @@ class VaultNodeServer:
         self._token = token
         keys = TokenServerKeys.derive(token)
         log.info("token %s open, AKE key pair derived", self.config.hsm.token_label)
+        # The fleet key epochs the operator set in the token (never from etcd); a token whose
+        # state names a key it lacks does not start.
+        keyring = load_keyring(token, read_fleet_state(token))
+        self._keyring = keyring
+        self._log_keyring(keyring, "at start")
 
         node = self.config.node
         guard = self._open_guard(token)
@@ -368,7 +391,9 @@ class VaultNodeServer:
             guard,
             observe=self.metrics.etcd_call,
         )
-        member = MemberInfo(name=node.name, dc=node.dc, address=node.advertise)
+        member = MemberInfo(node.name, node.dc, node.advertise, fleet=keyring.describe())
+        self._member = member
+        self._audit.write_fleet(keyring.describe())
         store = self._store
         self._membership = Membership(
             self._store,
@@ -405,6 +430,7 @@ class VaultNodeServer:
                 auth_max_future_ms=node.account_auth_max_future_s * 1000,
                 ticket_ttl_ms=node.ticket_ttl_s * 1000,
                 record_groups=self.config.witness.groups,
+                opaque_context=node.opaque_context.encode("utf-8"),
             ),
             clock_ms=_wall_clock_ms,
             rng=os.urandom,
@@ -418,7 +444,15 @@ class VaultNodeServer:
             witnesses=witnesses,
             group_alarms=guard,
             metrics=self.metrics,
+            keyring=keyring,
         )
+        # A placeholder of the old epoch is erased only once no registration ticket issued
+        # before this node switched sealing can still name it (twice a ticket's life).
+        self._resealer = Resealer(
+            self._servicer.service, self._store, rate_per_s=node.reseal_rate_per_s,
+            placeholder_delay_s=2 * (node.ticket_ttl_s + MAX_CLOCK_SKEW_MS / 1000),
+        )  # fmt: skip
+        self._resealer.start()
         self._checkpointer.start()
         self._compactor.start()
         self._membership.start()
@@ -458,6 +492,44 @@ class VaultNodeServer:
             self._witness.start(self._witnesses, store_heads=self._store_heads(token, w.groups))
         return self._witnesses
 
+    def _log_keyring(self, keyring: Keyring, when: str) -> None:
+        described = keyring.describe()
+        log.info(
+            "fleet keys %s: epochs %s accepted, sealing with epoch %d (fleet ids %s)",
+            when, described["accepted"], keyring.seal, described["fleet_ids"],
+        )  # fmt: skip
+
+    async def reload(self) -> bool:
+        """Take the token's fleet state again (SIGHUP; `bkv-cluster rotate-fleet` sends it after
+        each change it made in the tokens): the new keyring serves every request from then on,
+        requests in flight are not dropped. A state naming a key the token lacks is refused and
+        the node keeps what it had (logged); True when the new state was taken."""
+        service = self._servicer.service
+        if service is None or self._token is None:
+            log.warning("reload before the node started: ignored")
+            return False
+        token = self._token
+        try:
+            token.forget_keys()  # another process added or destroyed keys in the token
+            keyring = load_keyring(token, read_fleet_state(token))
+        except (FleetStateError, HsmError) as exc:
+            log.error(
+                "fleet reload refused, keeping epochs %s (sealing with %d): %s",
+                list(service.keyring.accepted), service.keyring.seal, exc,
+            )  # fmt: skip
+            return False
+        service.use_keyring(keyring)
+        self._keyring = keyring
+        self._log_keyring(keyring, "reloaded")
+        if self._audit is not None:
+            self._audit.write_fleet(keyring.describe())
+        if self._resealer is not None:
+            self._resealer.keyring_changed(keyring)
+        if self._membership is not None and self._member is not None:
+            self._member = replace(self._member, fleet=keyring.describe())
+            await self._membership.update(self._member)
+        return True
+
     def _store_heads(self, token: Any, groups: int) -> Callable[[], Awaitable[list[Ref]]]:
         """Every group's head in etcd, opened with the token: what a witness an operator reset
         (`ceremony_cli witness-reset`, the store accepted as it is) adopts as its own."""
@@ -466,11 +538,12 @@ class VaultNodeServer:
 
         async def read() -> list[Ref]:
             refs: list[Ref] = []
+            keys = self._keyring.seal_keys if self._keyring is not None else FIRST_KEYS
             for group, stored in await store.read_heads():
                 if not 0 <= group < groups:
                     continue
                 try:
-                    head = open_head(token, group, stored)
+                    head = open_head(token, group, stored, keys)
                 except DecryptError:
                     # Security: only heads a vault node sealed are adopted; this one stays
                     # unknown (its group's writes answer BEHIND until someone fixes it).
@@ -563,6 +636,8 @@ class VaultNodeServer:
                 log.exception("could not write the witness's last checkpoint")
         if self._witnesses is not None:
             await self._witnesses.close()
+        if self._resealer is not None:
+            await self._resealer.stop()
         if self._compactor is not None:
             await self._compactor.stop()
         if self._membership is not None:

@@ -25,6 +25,7 @@ from bkv.v1 import envelope_pb2
 from vault_node import tickets, transitions
 from vault_node.audit import AuditSink
 from vault_node.config import DEFAULT_MAX_ATTEMPTS_CAP, MAX_ATTEMPTS_LIMIT
+from vault_node.fleet_keys import Keyring, first_epoch_keyring
 from vault_node.heads import Head, group_of, next_head, open_head
 from vault_node.key_meta import ABSENT, KeyMeta
 from vault_node.lru import Lru
@@ -34,6 +35,7 @@ from vault_node.records import (
     credential_identifier,
     open_record,
     seal_record,
+    sealed_key_name,
 )
 from vault_node.store import RecordStore, Snapshot, StoreUnavailable
 from vault_node.store_guard import StoreRolledBack
@@ -45,8 +47,8 @@ from vault_protocol.backup_key import WRAPPED_KEY_LEN, seal_transport
 from vault_protocol.continuation import StepKeys, open_continued, parse_continued
 from vault_protocol.envelope import (
     MAX_ENVELOPE_BYTES,
-    FleetKey,
     UnsupportedVersion,
+    addressed_fleet,
     check_header,
     is_continued,
     open_request,
@@ -98,6 +100,13 @@ class UnsupportedProtocol(BadRequest):
 class Precondition(ServiceError):
     """A ticket that is expired, stale or already used, or a registration whose record changed
     since its start (FAILED_PRECONDITION). Nothing changed."""
+
+
+class UnknownFleet(Precondition):
+    """An envelope names a fleet key this node does not hold: retired by a fleet rotation, or
+    never this fleet's (FAILED_PRECONDITION with details the client recognises,
+    vault_common.wire.UNKNOWN_FLEET_DETAILS). Nothing was opened or changed: the client fetches
+    the fleet's signed announcement and sends its first step again, once."""
 
 
 class Unavailable(ServiceError):
@@ -266,6 +275,7 @@ class VaultService:
         witnesses: Witnessing,
         group_alarms: GroupAlarms | None = None,
         metrics: NodeMetrics | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         config.validate()
         self._metrics = metrics or NodeMetrics(process_collectors=False)
@@ -287,7 +297,9 @@ class VaultService:
         # A lock or delete committed at this revision: etcd's history before it still holds
         # the erased record, so the node has it compacted (vault_node.compactor).
         self._on_erased = on_erased
-        self._fleet = FleetKey(token.kem_public_key())
+        # The fleet's key epochs (vault_node.fleet_keys): which kem key a fleet id names, which
+        # record and ticket keys open and which seal. Replaced whole at a reload (`use_keyring`).
+        self._keyring = keyring or first_epoch_keyring(token)
         self._opaque = opaque.OpaqueConfig(context=config.opaque_context, ksf=_KsfUnused())
         # record_id = HMAC(id_mac, account) is deterministic and no secret from the node (it is
         # the etcd key): caching it saves one token call per request.
@@ -299,7 +311,18 @@ class VaultService:
 
     @property
     def fleet_id(self) -> bytes:
-        return self._fleet.fleet_id
+        """The fleet id of the epoch this node seals with (what new clients are given)."""
+        return self._keyring.sealing.fleet.fleet_id
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Take `keyring` for every request from now on (a reload after the operator changed
+        the token's fleet state). Requests in flight finish on whichever keys they reach: the
+        rotation's steps make sure every node opens what any node seals at each point."""
+        self._keyring = keyring
 
     async def handle(
         self, account_id: str, envelope: bytes, meter: RequestMeter | None = None
@@ -325,19 +348,30 @@ class VaultService:
                 raise InvalidInput("envelope too large")
             check_header(envelope)  # the version before anything else, refused by name
             continued = is_continued(envelope)
+            fleet_id = addressed_fleet(envelope)
         except UnsupportedVersion as exc:
             raise UnsupportedProtocol(str(exc)) from exc
         except InvalidInput as exc:
             raise BadRequest("envelope could not be opened") from exc
+        keyring = self._keyring
         if continued:
-            return await self._handle_continued(account_id, account, envelope, meter)
+            # Step 2 uses no kem key (its ticket decides): a retired epoch's id is still taken,
+            # so a recovery that began just before a retirement still finishes.
+            if not keyring.knows(fleet_id):
+                raise UnknownFleet(f"envelope names fleet {fleet_id.hex()}, not held here")
+            return await self._handle_continued(account_id, account, envelope, fleet_id, meter)
+        epoch = keyring.by_fleet_id(fleet_id)
+        if epoch is None:
+            # Refused by name before any token work: the client learns the new fleet key from
+            # the signed announcement and seals step 1 again (nothing was applied).
+            raise UnknownFleet(f"envelope names fleet {fleet_id.hex()}, not held here")
         try:
             request = open_request(
                 envelope,
                 account_id,
-                self._fleet.fleet_id,
-                self._token.ecdh,
-                self._fleet.public_key_bytes,
+                fleet_id,
+                lambda point: self._token.ecdh(point, epoch.kem),
+                epoch.fleet.public_key_bytes,
             )
             keys = StepKeys.derive(request.response_key)
         except (InvalidInput, DecryptError) as exc:
@@ -347,22 +381,27 @@ class VaultService:
         if meter is not None:
             meter.opened(op)
         record_id = self._checked_record_id(account)
-        signer = self._signer(request, account_id, record_id)
+        signer = self._signer(request, account_id, fleet_id, record_id)
         response = await self._guarded(self._first_step(request, keys, account, record_id, signer))
         if meter is not None:
             meter.answered(op, response.outcome)
         return seal_response(keys.answer1, response, self._rng)
 
     async def _handle_continued(
-        self, account_id: str, account: bytes, envelope: bytes, meter: RequestMeter | None
+        self,
+        account_id: str,
+        account: bytes,
+        envelope: bytes,
+        fleet_id: bytes,
+        meter: RequestMeter | None,
     ) -> bytes:
         """Step 2: the ticket (token AES-GCM), then its checks, then the request (software)."""
         try:
-            sealed = parse_continued(envelope, self._fleet.fleet_id)
+            sealed = parse_continued(envelope, fleet_id)
         except InvalidInput as exc:
             raise BadRequest("envelope could not be opened") from exc
         try:
-            ticket = tickets.open_(self._token, sealed.ticket)
+            ticket = tickets.open_(self._token, sealed.ticket, self._keyring.seal_keys)
         except DecryptError as exc:
             raise BadRequest("ticket could not be opened") from exc
         record_id = self._record_id(account)
@@ -372,7 +411,7 @@ class VaultService:
         try:
             # The AAD binds the account and this very ticket: a frontend that swapped either
             # gets a failed open, and nothing is applied.
-            request = open_continued(sealed, account_id, self._fleet.fleet_id, ticket.request_key)
+            request = open_continued(sealed, account_id, fleet_id, ticket.request_key)
         except (InvalidInput, DecryptError) as exc:
             raise BadRequest("envelope could not be opened") from exc
         op = request.WhichOneof("op")
@@ -389,14 +428,15 @@ class VaultService:
         return seal_response(ticket.answer_key, response, self._rng)
 
     def _signer(
-        self, request: envelope_pb2.VaultRequest, account_id: str, record_id: bytes
+        self, request: envelope_pb2.VaultRequest, account_id: str, fleet_id: bytes, record_id: bytes
     ) -> Signer:
         """Who signed this step 1 (vault_protocol.account_auth), checked before anything is
         read, written or evaluated; `AccountRefused` otherwise. Step 2 carries no signature:
         it opens only under keys derived from this step's response key, which the signature
-        covers and only the signer knew."""
+        covers and only the signer knew. The transcript names the fleet the envelope was sealed
+        to (either key of a rotation's overlap), as the client signed it."""
         try:
-            proof = account_auth.verify_request(request, self._fleet.fleet_id, account_id)
+            proof = account_auth.verify_request(request, fleet_id, account_id)
         except SignatureError:
             self._auth_refused(record_id, "signature")
         now = self._clock_ms()
@@ -519,7 +559,7 @@ class VaultService:
             expires_at_ms=self._clock_ms() + self._config.ticket_ttl_ms,
             **fields,
         )
-        return tickets.seal(self._token, ticket, self._rng)
+        return tickets.seal(self._token, ticket, self._rng, self._keyring.seal_keys)
 
     # -- records --
 
@@ -552,8 +592,9 @@ class VaultService:
         the record's digest."""
         group = self._group(record_id)
         stored = snapshot.record
+        keys = self._keyring.seal_keys
         try:
-            head = open_head(self._token, group, snapshot.head)
+            head = open_head(self._token, group, snapshot.head, keys)
         except DecryptError:
             self._records.pop(record_id)
             return Current(ABSENT if stored is None else stored.meta, None, tampered=True)
@@ -567,12 +608,13 @@ class VaultService:
             self._records.pop(record_id)
             return Current(ABSENT, None, head=head)
         try:
-            record = open_record(self._token, record_id, stored)
+            record = open_record(self._token, record_id, stored, keys)
         except DecryptError:
             # Not written here by a vault node (or damaged): never cached, never evaluated.
             self._records.pop(record_id)
             return Current(stored.meta, None, tampered=True, head=head)
-        current = Current(stored.meta, record, head=head)
+        sealed_with = sealed_key_name(stored.value) or ""
+        current = Current(stored.meta, record, head=head, sealed_with=sealed_with)
         known = self._records.get(record_id)
         if known is None or stored.meta.mod_revision >= known.meta.mod_revision:
             self._records.put(record_id, current)
@@ -595,6 +637,7 @@ class VaultService:
         head)`, or `(0, the key as the failed CAS read it, the head it would have written)`."""
         head = current.head
         assert head is not None
+        keys = self._keyring.seal_keys  # new values are sealed with the seal epoch's key
         sealed: bytes | None = None
         if not step.erase:
             assert step.write is not None
@@ -602,8 +645,8 @@ class VaultService:
             stored_at = current.meta.successor() if current.meta.exists else KeyMeta(0, 0, 1)
             record = step.write
             record.version = stored_at.version  # the etcd version it is sealed for
-            sealed = seal_record(self._token, record_id, record, stored_at, self._rng)
-        sealed_head, new_head = next_head(self._token, head, record_id, sealed, self._rng)
+            sealed = seal_record(self._token, record_id, record, stored_at, self._rng, keys)
+        sealed_head, new_head = next_head(self._token, head, record_id, sealed, self._rng, keys)
         try:
             revision, conflict = await self._store.write(
                 record_id, sealed, current.meta, head.group, sealed_head, head.meta
@@ -627,7 +670,9 @@ class VaultService:
         if step.erase:
             self._records.pop(record_id)
             return revision, Current(ABSENT, None, head=new_head), new_head
-        after = Current(current.meta.after_write(revision), step.write, head=new_head)
+        after = Current(
+            current.meta.after_write(revision), step.write, head=new_head, sealed_with=keys.record
+        )
         self._records.put(record_id, after)
         return revision, after, new_head
 
@@ -702,8 +747,9 @@ class VaultService:
         lazily: it only forgives guesses, so losing it to a rollback costs its user, never
         gains an attacker, and the next write of the group extends it. So is a wrong finish's
         unchanged rewrite, so that the two finishes take the same path."""
-        # A rewrite (a wrong finish) is captured as lazily as a release: it changes nothing.
-        lazy = step.kind in (Kind.RELEASE, Kind.REWRITE)
+        # A rewrite (a wrong finish) and a rotation's re-seal are captured as lazily as a
+        # release: they change nothing.
+        lazy = step.kind in (Kind.RELEASE, Kind.REWRITE, Kind.RESEAL)
         result = await self._witnesses.capture(base, head, lazy=lazy)
         if result.rollback:
             self._rollback(record_id, base, result)
@@ -1147,6 +1193,44 @@ class VaultService:
         return envelope_pb2.VaultResponse(
             outcome=Outcome.OUTCOME_OK, guesses_left=transitions.guesses_left(record), status=reply
         )
+
+    # -- fleet rotation: re-seal (vault_node.reseal runs the pass) --
+
+    async def reseal(self, record_id: bytes, *, erase_placeholder: bool = False) -> bool:
+        """Write `record_id`'s record back unchanged so that it and its group's head are sealed
+        with the seal epoch's `record` key (`transitions.reseal`): through `_apply`, so the
+        head, the witnesses and the guess counter stay as every other write keeps them.
+        `record_id` may be `reseal.head_only_id(group)` (no account has it): the group's head
+        alone. True when it wrote; raises what a request would (`RecordTampered`, ...)."""
+        if self._store_alarm():
+            raise StoreRefused("the store was rolled back; this node refuses to serve")
+        if not self._serving():
+            raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
+        self._check_group(record_id)
+        label = self._keyring.sealing.record
+
+        def decide(current: Current) -> Step:
+            return transitions.reseal(current, label, erase_placeholder=erase_placeholder)
+
+        try:
+            applied = await self._apply(record_id, decide, await self._read(record_id))
+        except StoreRolledBack as exc:
+            raise StoreRefused("the store was rolled back; this node refuses to serve") from exc
+        except StoreUnavailable as exc:
+            raise Unavailable("etcd is unavailable; nothing was written") from exc
+        if not applied.revision:
+            return False
+        record = applied.current.record
+        self._audit.write(
+            "reseal", record_id,
+            record.attempts if record is not None else None,
+            record.max_attempts if record is not None else None,
+            revision=applied.revision,
+            generation=record.generation if record is not None else None,
+            read_revision=applied.current.meta.mod_revision,
+        )  # fmt: skip
+        return True
+
 
 
 def _account_bytes(account_id: str) -> bytes:

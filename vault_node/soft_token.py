@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -31,13 +31,18 @@ from vault_node.token_api import (
     HMAC_SHA256_LABELS,
     HMAC_SHA512_LABELS,
     KEM_LABEL,
+    ROTATED_LABELS,
     HsmDecryptError,
     HsmError,
     HsmKeyMissing,
     NodeToken,
     check_data_label,
+    check_fleet_label,
     check_gcm,
+    check_kem_label,
     check_label,
+    epoch_label,
+    label_epoch,
     validate_p256_point,
 )
 
@@ -61,30 +66,68 @@ class FleetMaterial:
 
     kem_private: bytes | None = field(default=None, repr=False)  # 32-byte big-endian scalar
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)  # by fleet label
+    # The kem keys of later fleet epochs ("kem.2": scalar), which a rotation adds; their
+    # `record.n` and `ticket.n` are in `secrets`.
+    later_kems: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
     def generate(cls, rng: Rng = os.urandom) -> FleetMaterial:
         """A whole fleet's keys, made from `rng` (deterministic when `rng` is)."""
-        scalar = int.from_bytes(rng(40), "big") % (P256_ORDER - 1) + 1  # 64 spare bits: no bias
         secrets = {label: rng(SECRET_SIZES[label]) for label in FLEET_LABELS[1:]}
-        return cls(kem_private=scalar.to_bytes(32, "big"), secrets=secrets)
+        return cls(kem_private=_scalar(rng), secrets=secrets)
+
+    def with_epoch(self, epoch: int, rng: Rng = os.urandom) -> FleetMaterial:
+        """This fleet plus new `kem`, `record` and `ticket` keys of `epoch` (> 1): what a
+        rotation's ceremony makes and carries into every token (`SoftToken.install`)."""
+        kem, record, ticket = (epoch_label(base, epoch) for base in ROTATED_LABELS)
+        if epoch <= 1 or kem in self.later_kems:
+            raise ValueError(f"epoch {epoch} exists already or is not a later epoch")
+        return FleetMaterial(
+            kem_private=self.kem_private,
+            secrets={**self.secrets, record: rng(32), ticket: rng(32)},
+            later_kems={**self.later_kems, kem: _scalar(rng)},
+        )
+
+    def labels(self) -> list[str]:
+        """Every key label this material holds."""
+        held = [KEM_LABEL] if self.kem_private is not None else []
+        return held + list(self.secrets) + list(self.later_kems)
 
     def validate(self) -> None:
         problems = []
-        if self.kem_private is not None and (
-            len(self.kem_private) != 32
-            or not 1 <= int.from_bytes(self.kem_private, "big") < P256_ORDER
-        ):
-            problems.append("kem_private must be a 32-byte P-256 scalar in [1, n)")
+        for label, scalar in (("kem_private", self.kem_private), *self.later_kems.items()):
+            if scalar is not None and (
+                len(scalar) != 32 or not 1 <= int.from_bytes(scalar, "big") < P256_ORDER
+            ):
+                problems.append(f"{label} must be a 32-byte P-256 scalar in [1, n)")
+        for label in self.later_kems:
+            if _base(label) != KEM_LABEL or label == KEM_LABEL:
+                problems.append(f"{label!r} is not a later epoch's kem key")
         for label, value in self.secrets.items():
-            if label not in SECRET_SIZES:
+            if _base(label) not in SECRET_SIZES:
                 problems.append(f"{label!r} is not a secret fleet key")
-            elif label in AES_LABELS and len(value) != 32:
+            elif _base(label) in AES_LABELS and len(value) != 32:
                 problems.append(f"{label!r} must be 32 bytes (AES-256)")
             elif not value:
                 problems.append(f"{label!r} must not be empty")
         if problems:
             raise ValueError("invalid fleet material: " + "; ".join(problems))
+
+
+def _scalar(rng: Rng) -> bytes:
+    """A random P-256 private scalar (64 spare bits: no bias)."""
+    return (int.from_bytes(rng(40), "big") % (P256_ORDER - 1) + 1).to_bytes(32, "big")
+
+
+def _base(label: str) -> str:
+    try:
+        return label_epoch(label)[0]
+    except HsmError:
+        return label
+
+
+def _private(scalar: bytes) -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
 
 
 class SoftToken:
@@ -103,21 +146,46 @@ class SoftToken:
         read_write: bool = True,
     ) -> None:
         material = material if material is not None else FleetMaterial.generate(rng)
-        material.validate()
-        self._material = material
         self._label = label
         self._read_write = read_write
         self._open = True
-        self._kem = (
-            None
-            if material.kem_private is None
-            else ec.derive_private_key(int.from_bytes(material.kem_private, "big"), ec.SECP256R1())
-        )
-        self._aes = {k: AESGCM(v) for k, v in material.secrets.items() if k in AES_LABELS}
-        self._secrets = {k: bytes(v) for k, v in material.secrets.items() if k not in AES_LABELS}
-        self._kem_public: bytes | None = None
+        self._kems: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self._aes: dict[str, AESGCM] = {}
+        self._secrets: dict[str, bytes] = {}
+        self._kem_public: dict[str, bytes] = {}  # read once and kept, as the real token does
+        self._material = FleetMaterial()
+        self.install(material)
         self.data: dict[str, list[bytes]] = {}  # data objects by label
         self.data_writes = 0
+
+    def install(self, material: FleetMaterial) -> None:
+        """Hold every key of `material` (those held already stay): what the key ceremony does
+        to a token, at its provisioning or when a rotation adds an epoch's keys."""
+        material.validate()
+        self._material = material
+        if material.kem_private is not None:
+            self._kems[KEM_LABEL] = _private(material.kem_private)
+        for kem_label, scalar in material.later_kems.items():
+            self._kems[kem_label] = _private(scalar)
+        for key_label, value in material.secrets.items():
+            if _base(key_label) in AES_LABELS:
+                self._aes[key_label] = AESGCM(value)
+            else:
+                self._secrets[key_label] = bytes(value)
+
+    def destroy(self, labels: Collection[str]) -> None:
+        """Destroy the keys `labels` (a retired epoch's), as the ceremony's `fleet-destroy`
+        does in a real token: every later use raises `HsmKeyMissing`."""
+        for label in labels:
+            check_fleet_label(label)
+            self._kems.pop(label, None)
+            self._kem_public.pop(label, None)
+            self._aes.pop(label, None)
+            self._secrets.pop(label, None)
+
+    def held_labels(self) -> list[str]:
+        """Every fleet key label this token holds (what `ceremony_cli fleet-status` lists)."""
+        return sorted({*self._kems, *self._aes, *self._secrets})
 
     def __repr__(self) -> str:
         return f"SoftToken(label={self._label!r}, open={self._open})"
@@ -126,9 +194,16 @@ class SoftToken:
     def label(self) -> str:
         return self._label
 
+    @property
+    def material(self) -> FleetMaterial:
+        """The fleet keys last installed (a rotation's test makes the next epoch from them)."""
+        return self._material
+
     def same_fleet(self, label: str | None = None) -> SoftToken:
         """Another token holding the same fleet keys (a second node); data objects its own."""
-        return SoftToken(self._material, label=label or self._label, read_write=self._read_write)
+        twin = SoftToken(self._material, label=label or self._label, read_write=self._read_write)
+        twin.destroy([held for held in twin.held_labels() if held not in self.held_labels()])
+        return twin
 
     def close(self) -> None:
         """End the session (idempotent); key and data operations then raise `HsmError`."""
@@ -146,11 +221,12 @@ class SoftToken:
         if not self._open:
             raise HsmError(f"token {self._label!r} is closed")
 
-    def _private_kem(self) -> ec.EllipticCurvePrivateKey:
+    def _private_kem(self, label: str) -> ec.EllipticCurvePrivateKey:
         self._check_open()
-        if self._kem is None:
-            raise HsmKeyMissing(KEM_LABEL)
-        return self._kem
+        key = self._kems.get(label)
+        if key is None:
+            raise HsmKeyMissing(label)
+        return key
 
     def _aes_key(self, label: str) -> AESGCM:
         self._check_open()
@@ -168,22 +244,25 @@ class SoftToken:
 
     # -- the operations of token_api.TokenOps --
 
-    def ecdh(self, peer_point: bytes) -> bytes:
+    def ecdh(self, peer_point: bytes, label: str = KEM_LABEL) -> bytes:
+        check_kem_label(label)
         validate_p256_point(peer_point)
-        private = self._private_kem()
+        private = self._private_kem(label)
         peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), peer_point)
         return private.exchange(ec.ECDH(), peer)
 
-    def kem_public_key(self) -> bytes:
-        if self._kem_public is None:  # read once and kept, as the real token does
-            self._kem_public = (
-                self._private_kem()
+    def kem_public_key(self, label: str = KEM_LABEL) -> bytes:
+        check_kem_label(label)
+        cached = self._kem_public.get(label)
+        if cached is None:
+            cached = self._kem_public[label] = (
+                self._private_kem(label)
                 .public_key()
                 .public_bytes(
                     serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
                 )
             )
-        return self._kem_public
+        return cached
 
     def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         check_gcm(label, nonce)
@@ -228,11 +307,18 @@ class SoftToken:
 
     # -- inspection --
 
-    def missing_fleet_keys(self) -> list[str]:
-        """Labels of fleet keys this token lacks (empty when fully provisioned)."""
+    def missing_fleet_keys(self, labels: Sequence[str] = FLEET_LABELS) -> list[str]:
+        """Labels of fleet keys (of `labels`, default the first epoch's whole fleet) this token
+        lacks: empty when fully provisioned."""
+        for label in labels:
+            check_fleet_label(label)
         self._check_open()
-        held = set(self._aes) | set(self._secrets) | ({KEM_LABEL} if self._kem else set())
-        return [label for label in FLEET_LABELS if label not in held]
+        held = set(self.held_labels())
+        return [label for label in labels if label not in held]
+
+    def forget_keys(self) -> None:
+        """As `Token.forget_keys`: cached public keys are read again."""
+        self._kem_public.clear()
 
 
 def _satisfies_node_token(token: SoftToken) -> NodeToken:

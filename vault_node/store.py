@@ -188,6 +188,15 @@ class MemoryRecordStore:
         await asyncio.sleep(0)
         self.compacted = max(self.compacted, min(revision, self.revision))
 
+    async def scan_records(self, start: bytes, limit: int) -> list[tuple[bytes, StoredValue]]:
+        await asyncio.sleep(0)
+        ids = sorted(rid for rid in self.data if rid.hex() >= start.hex())[:limit]
+        return [(rid, self.data[rid]) for rid in ids]
+
+    async def read_heads(self) -> list[tuple[int, StoredValue]]:
+        await asyncio.sleep(0)
+        return sorted(self.heads.items())
+
 
 def _stored(kv: KeyValue) -> StoredValue:
     return StoredValue(kv.value, KeyMeta(kv.create_revision, kv.mod_revision, kv.version))
@@ -313,6 +322,28 @@ class EtcdStore:
                 continue  # not a head key of ours
             heads.append((group, _stored(kv)))
         return heads
+
+    async def scan_records(self, start: bytes, limit: int) -> list[tuple[bytes, StoredValue]]:
+        """Up to `limit` records from record id `start` on, in etcd key order (a linearizable
+        range through the guard): what a fleet rotation's re-seal pass walks (vault_node.reseal).
+        """
+        self._guard.check()
+        floor = self._guard.floor()
+        first = record_key(start) if start else RECORDS_PREFIX
+        result = await self._call(
+            "scan_records",
+            lambda: self._client.range(first, range_end=prefix_end(RECORDS_PREFIX), limit=limit),
+        )
+        self._observe(result.header, floor)
+        out: list[tuple[bytes, StoredValue]] = []
+        for kv in result.kvs:
+            try:
+                record_id = bytes.fromhex(kv.key[len(RECORDS_PREFIX) :].decode("ascii"))
+            except ValueError:
+                continue  # not a record key of ours
+            if record_id:
+                out.append((record_id, _stored(kv)))
+        return out
 
     async def compact(self, revision: int) -> None:
         async def compact_once() -> None:

@@ -18,7 +18,7 @@ True
 from __future__ import annotations
 
 from bkv.store.v1 import sealed_pb2
-from vault_node.records import TICKET_KEY, Rng, TokenOps, open_sealed, seal_sealed
+from vault_node.records import FIRST_KEYS, Rng, SealKeys, TokenOps, open_sealed, seal_sealed
 from vault_protocol.errors import DecryptError
 
 TICKET_AAD = b"bkv-v3 ticket"
@@ -50,17 +50,20 @@ def _unpad(padded: bytes) -> bytes:
     return padded[_LENGTH_PREFIX:end]
 
 
-def seal(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:
-    """Serialized `Sealed` of `ticket`, padded to `PADDED_LEN`, under the fleet's `ticket` key
-    (any node of the fleet can open it)."""
+def seal(
+    token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng, keys: SealKeys = FIRST_KEYS
+) -> bytes:
+    """Serialized `Sealed` of `ticket`, padded to `PADDED_LEN`, under the fleet's (current
+    epoch's) `ticket` key (any node of the fleet can open it)."""
     plaintext = _pad(ticket.SerializeToString(deterministic=True))
-    return seal_sealed(token, TICKET_KEY, plaintext, TICKET_AAD, rng)
+    return seal_sealed(token, keys.ticket, plaintext, TICKET_AAD, rng)
 
 
-def open_(token: TokenOps, blob: bytes) -> sealed_pb2.Ticket:
-    """Open a ticket a step 2 brought back; `DecryptError` for any failure (a protocol-2
-    ticket, a forged, altered or truncated one included)."""
-    padded = open_sealed(token, TICKET_KEY, blob, TICKET_AAD)
+def open_(token: TokenOps, blob: bytes, keys: SealKeys = FIRST_KEYS) -> sealed_pb2.Ticket:
+    """Open a ticket a step 2 brought back (with the accepted `ticket` key it names);
+    `DecryptError` for any failure (a protocol-2 ticket, a forged, altered or truncated one
+    included)."""
+    padded = open_sealed(token, keys.ticket_opens, blob, TICKET_AAD)
     try:
         return sealed_pb2.Ticket.FromString(_unpad(padded))
     except DecryptError:

@@ -17,10 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 __all__ = [
     "AES_LABELS",
     "DATA_LABELS",
+    "FIRST_EPOCH",
     "FLEET_LABELS",
     "HMAC_SHA256_LABELS",
     "HMAC_SHA512_LABELS",
     "KEM_LABEL",
+    "MAX_EPOCH",
+    "ROTATED_LABELS",
     "DataObjects",
     "HsmDecryptError",
     "HsmError",
@@ -33,7 +36,10 @@ __all__ = [
     "check_data_label",
     "check_fleet_label",
     "check_gcm",
+    "check_kem_label",
     "check_label",
+    "epoch_label",
+    "label_epoch",
     "validate_p256_point",
 ]
 
@@ -44,8 +50,16 @@ HMAC_SHA512_LABELS: Final = frozenset({"oprf_seed", "ake_seed"})
 # make and check them, nobody without one (etcd, a frontend, the network) can forge one.
 HMAC_SHA256_LABELS: Final = frozenset({"id_mac", "witness"})
 FLEET_LABELS: Final = (KEM_LABEL, "record", "ticket", "oprf_seed", "ake_seed", "id_mac", "witness")
-# Data objects a node keeps in its own token (vault_node.checkpoint): never key material.
-DATA_LABELS: Final = frozenset({"store_checkpoint", "etcd_cluster", "witness_heads"})
+# The keys a fleet rotation replaces (vault_node.fleet_keys), one set per epoch: epoch 1 keeps the
+# labels above, epoch n > 1 labels them "kem.n", "record.n", "ticket.n". The others are never
+# rotated: a new `oprf_seed` or `ake_seed` would invalidate every password, a new `id_mac` would
+# move every record to another etcd key, and `witness` MACs answers between live nodes.
+ROTATED_LABELS: Final = (KEM_LABEL, "record", "ticket")
+FIRST_EPOCH: Final = 1
+MAX_EPOCH: Final = 65_535
+# Data objects a node keeps in its own token (vault_node.checkpoint, vault_node.fleet_keys):
+# never key material.
+DATA_LABELS: Final = frozenset({"store_checkpoint", "etcd_cluster", "witness_heads", "fleet_state"})
 P256_POINT_LEN: Final = 65
 GCM_NONCE_LEN: Final = 12
 GCM_TAG_LEN: Final = 16
@@ -89,12 +103,12 @@ class HsmDecryptError(HsmError):
 class TokenOps(Protocol):
     """The fleet-key operations of the request logic (labels are the fleet key labels)."""
 
-    def ecdh(self, peer_point: bytes) -> bytes:
-        """ECDH with the `kem` private key: the 32-byte x-coordinate."""
+    def ecdh(self, peer_point: bytes, label: str = KEM_LABEL) -> bytes:
+        """ECDH with the `kem` private key (of the epoch `label` names): the x-coordinate."""
         ...
 
-    def kem_public_key(self) -> bytes:
-        """The fleet `kem` public key as a 65-byte uncompressed point."""
+    def kem_public_key(self, label: str = KEM_LABEL) -> bytes:
+        """The fleet `kem` public key (of the epoch `label` names), a 65-byte point."""
         ...
 
     def aes_gcm_seal(self, label: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -139,6 +153,49 @@ class NodeToken(TokenOps, DataObjects, Protocol):
         ...
 
 
+# --- epoch labels ------------------------------------------------------------------------------
+
+
+def epoch_label(base: str, epoch: int) -> str:
+    """The label of rotated key `base` ("kem", "record", "ticket") in fleet epoch `epoch`.
+
+    >>> epoch_label("record", 1), epoch_label("record", 2)
+    ('record', 'record.2')
+    """
+    if base not in ROTATED_LABELS:
+        raise HsmInputError(f"{base!r} is not a key that rotates ({list(ROTATED_LABELS)})")
+    if not FIRST_EPOCH <= epoch <= MAX_EPOCH:
+        raise HsmInputError(f"a fleet epoch is in {FIRST_EPOCH}..{MAX_EPOCH}")
+    # Epoch 1 keeps the labels tokens and records had before rotation existed.
+    return base if epoch == FIRST_EPOCH else f"{base}.{epoch}"
+
+
+def label_epoch(label: str) -> tuple[str, int]:
+    """`(base, epoch)` of a fleet key label; epoch 1 for a label without a suffix.
+
+    >>> label_epoch("ticket.3"), label_epoch("id_mac")
+    (('ticket', 3), ('id_mac', 1))
+    """
+    base, sep, suffix = label.partition(".")
+    if not sep:
+        return label, FIRST_EPOCH
+    # Canonical digits only ("record.02" is not "record.2"): one label per key, no aliases.
+    if base not in ROTATED_LABELS or not suffix.isdigit() or suffix != str(int(suffix)):
+        raise HsmInputError(f"unknown fleet key label {label!r}")
+    epoch = int(suffix)
+    if not FIRST_EPOCH < epoch <= MAX_EPOCH:
+        raise HsmInputError(f"unknown fleet key label {label!r}")
+    return base, epoch
+
+
+def _base_of(label: str) -> str:
+    """The base label of `label` ("record.2" -> "record"), or `label` itself when it is none."""
+    try:
+        return label_epoch(label)[0]
+    except HsmInputError:
+        return label
+
+
 # --- input checks (both tokens run the same ones, in the same order) ---------------------------
 
 
@@ -154,7 +211,7 @@ def validate_p256_point(point: bytes) -> None:
 
 
 def check_gcm(label: str, nonce: bytes) -> None:
-    check_label(label, AES_LABELS, "AES-GCM")
+    check_label(_base_of(label), AES_LABELS, "AES-GCM")
     if len(nonce) != GCM_NONCE_LEN:
         raise HsmInputError(f"AES-GCM nonce must be {GCM_NONCE_LEN} bytes")
 
@@ -165,8 +222,13 @@ def check_data_label(label: str) -> None:
 
 
 def check_fleet_label(label: str) -> None:
-    if label not in FLEET_LABELS:
+    if label not in FLEET_LABELS and _base_of(label) == label:
         raise HsmInputError(f"unknown fleet key label {label!r}")
+
+
+def check_kem_label(label: str) -> None:
+    if _base_of(label) != KEM_LABEL:
+        raise HsmInputError(f"key {label!r} is not a kem key")
 
 
 def check_label(label: str, allowed: frozenset[str], operation: str) -> None:

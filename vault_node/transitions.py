@@ -48,6 +48,7 @@ class Current:
     record: sealed_pb2.Record | None = None
     tampered: bool = False
     head: Head | None = None
+    sealed_with: str = ""  # the token key the record's value names ("" when it has none)
 
     @property
     def registered(self) -> bool:
@@ -89,6 +90,7 @@ class Kind(enum.Enum):
     REGISTERED = "registered"  # write (or a retry of this very registration: no write)
     RESERVED = "reserved"  # register start: the absent key reserved (write), or already there
     DELETED = "deleted"  # erase the key (or nothing to erase)
+    RESEAL = "reseal"  # write: the record unchanged under the fleet's current key (rotation)
 
 
 @dataclass(frozen=True)
@@ -436,3 +438,29 @@ def guesses_left(record: sealed_pb2.Record) -> int:
     if record.state == LOCKED:
         return 0
     return max(0, int(record.max_attempts) - int(record.attempts))
+
+
+def reseal(current: Current, seal_label: str, *, erase_placeholder: bool) -> Step:
+    """A fleet rotation's re-seal (vault_node.reseal): the record written back unchanged, so
+    that it and its group's head are sealed with the current epoch's `record` key
+    (`seal_label`); nothing when both already are.
+
+    A RESERVED placeholder cannot be written again (only a key's first value is one): it is
+    erased instead when `erase_placeholder` (absent and reserved answer alike, and no
+    registration ticket can still name it), else left for a later pass. A key that is absent
+    while its group's head is not yet re-sealed gets its head rewritten alone (an erase of
+    nothing). Security: no counter, generation or state changes, so no guess is granted or
+    forgiven; the write goes through the same compare-and-swap and head as any other.
+    """
+    head = current.head
+    head_stale = head is not None and head.version > 0 and head.sealed_with != seal_label
+    if current.tampered:
+        return Step(Kind.TAMPERED)
+    record = current.record
+    if record is None:
+        return Step(Kind.RESEAL, erase=True) if head_stale else Step(Kind.NOT_REGISTERED)
+    if current.sealed_with == seal_label and not head_stale:
+        return Step(Kind.RESEAL)
+    if record.state == RESERVED:
+        return Step(Kind.RESEAL, erase=True) if erase_placeholder else Step(Kind.RESERVED)
+    return Step(Kind.RESEAL, write=_copy(record))

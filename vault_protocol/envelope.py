@@ -39,6 +39,7 @@ __all__ = [
     "RESPONSE_MIN_BUCKET",
     "FleetKey",
     "UnsupportedVersion",
+    "addressed_fleet",
     "check_header",
     "envelope_info",
     "is_continued",
@@ -94,6 +95,16 @@ def check_header(envelope: bytes) -> None:
     header = parse_message(envelope_pb2.EnvelopeHeader, envelope, "envelope")
     if header.version != PROTOCOL_VERSION:
         raise UnsupportedVersion(header.version)
+
+
+def addressed_fleet(envelope: bytes) -> bytes:
+    """The fleet id an envelope (either kind, size-checked by the caller) names in the clear:
+    field 2 of both. `InvalidInput` when it is not a fleet id's length; whether the fleet is
+    known is the node's question (a rotated fleet's nodes accept more than one)."""
+    fleet_id = bytes(parse_message(envelope_pb2.SealedEnvelope, envelope, "envelope").fleet_id)
+    if len(fleet_id) != FLEET_ID_LEN:
+        raise InvalidInput(f"fleet id must be {FLEET_ID_LEN} bytes")
+    return fleet_id
 
 
 def is_continued(envelope: bytes) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from bad_input_wire import INVALID_ARGUMENT, OK, UNAUTHENTICATED, seal_plaintext
+from bad_input_wire import FAILED_PRECONDITION, INVALID_ARGUMENT, OK, UNAUTHENTICATED, seal_plaintext
 from google.protobuf.message import DecodeError
 from hypothesis import strategies as st
 
@@ -112,8 +112,21 @@ def _genuine(
 def _changed(
     result: bytes, base: bytes, expect: frozenset[grpc.StatusCode]
 ) -> frozenset[grpc.StatusCode]:
-    """Any byte changed in a canonical, authenticated envelope must fail to open."""
-    return expect if result == base else ONLY_INVALID
+    """Any byte changed in a canonical, authenticated envelope must fail to open; one whose
+    (16-byte) fleet id changed names a fleet key the vault does not hold, refused by name
+    (FAILED_PRECONDITION, nothing applied either)."""
+    if result == base:
+        return expect
+    return ONLY_INVALID | {FAILED_PRECONDITION} if _other_fleet(result, base) else ONLY_INVALID
+
+
+def _other_fleet(result: bytes, base: bytes) -> bool:
+    """Whether `result` parses with a fleet id of a fleet id's length other than `base`'s."""
+    try:
+        got = envelope_pb2.SealedEnvelope.FromString(result).fleet_id
+    except DecodeError:  # unparsable: no fleet id at all
+        return False
+    return len(got) == 16 and got != envelope_pb2.SealedEnvelope.FromString(base).fleet_id
 
 
 # -- byte mutations --------------------------------------------------------------------------------

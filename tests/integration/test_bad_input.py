@@ -38,6 +38,7 @@ from bad_input_wire import (
 )
 
 from bkv.v1 import envelope_pb2
+from vault_common.wire import UNKNOWN_FLEET_DETAILS
 from vault_protocol import opaque
 from vault_protocol.backup_key import open_transport, unwrap_key
 from vault_protocol.envelope import MAX_ENVELOPE_BYTES, PROTOCOL_VERSION, pad
@@ -160,9 +161,16 @@ def test_envelope_for_another_fleet(wire: Wire, watch: Watch, account: Account) 
             wire.fleet, account.id, pad(request.SerializeToString()), version=PROTOCOL_VERSION + 1
         ),
     }
+    # A fleet id the vault holds no key for is refused by name (the client then fetches the
+    # fleet's signed announcement): FAILED_PRECONDITION, nothing applied, like the others.
+    unknown_fleet = {"sealed to another fleet", "our key, claims another fleet id"}
     for name, envelope in cases.items():
         answer = relay(wire.frontend(0), account.token, envelope)
-        assert answer.code == INVALID_ARGUMENT, (name, answer)
+        if name in unknown_fleet:
+            assert answer.code == FAILED_PRECONDITION, (name, answer)
+            assert answer.details == UNKNOWN_FLEET_DETAILS, (name, answer)
+        else:
+            assert answer.code == INVALID_ARGUMENT, (name, answer)
     watch.assert_unharmed()
     assert_account_intact(account)
 

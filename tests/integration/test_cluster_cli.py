@@ -80,8 +80,8 @@ def test_up_status_kill_dc_start_dc_down(cluster_dir: Path) -> None:
     phases = [re.split(r"\s{2,}", line)[0] for line in table]
     # One line per phase, in this order: etcd is locked down before any node or frontend runs.
     assert phases[: phases.index("total") + 1] == [
-        "certificates", "tokens", "etcd", "etcd auth", "key ceremony", "configuration",
-        "vault nodes", "frontends", "total",
+        "certificates", "tokens", "etcd", "etcd auth", "key ceremony", "fleet root",
+        "configuration", "vault nodes", "frontends", "total",
     ]  # fmt: skip
     cluster_id = json.loads((cluster_dir / "cluster.json").read_text())["etcd_cluster_id"]
     assert f"etcd cluster id: {cluster_id}" in up.stdout
@@ -89,6 +89,8 @@ def test_up_status_kill_dc_start_dc_down(cluster_dir: Path) -> None:
     client = tomllib.loads((cluster_dir / "client.toml").read_text())["cluster"]
     assert len(client["frontends"]) == 2 and len(bytes.fromhex(client["fleet_id"])) == 16
     assert Path(client["fleet_public_key"]).is_file() and Path(client["ca"]).is_file()
+    # The fleet root key that signs key announcements, and epoch 1 pinned (fleet rotation).
+    assert Path(client["fleet_root_key"]).is_file() and client["fleet_epoch"] == 1
 
     rows = status_rows(cluster_dir)
     assert len(rows) == 11

@@ -53,6 +53,7 @@ def test_frontend_role_reads_nodes_and_owns_accounts_and_sessions_but_no_record(
     plan = cluster_auth_plan(TOPOLOGY)
     assert plan.roles["bkv-frontend"] == (
         _prefix(b"/bkv/v1/nodes/", "read"),
+        _prefix(b"/bkv/v1/fleet/", "read"),  # the signed key announcement it serves (GetFleet)
         _prefix(b"/bkv/v1/accounts/", "readwrite"),
         _prefix(b"/bkv/v1/sessions/", "readwrite"),
     )

@@ -176,7 +176,8 @@ class Harness:
 
     def record(self, account: str = ACCOUNT) -> sealed_pb2.Record:
         stored = self.store.data[self.record_id(account)]
-        return open_record(self.token, self.record_id(account), stored)
+        keys = self.service.keyring.seal_keys  # any epoch the node accepts (fleet rotation)
+        return open_record(self.token, self.record_id(account), stored, keys)
 
     def evaluations(self) -> int:
         return self.log.count("oprf")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62kv/v1/frontend.proto\x12\x06\x62kv.v1\"&\n\x10\x43hallengeRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"#\n\x0e\x43hallengeReply\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\"v\n\x0cLoginRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tchallenge\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x18\n\x10\x65nrollment_token\x18\x05 \x01(\t\":\n\nLoginReply\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\"\x8f\x01\n\x10\x43hangeKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x16\n\x0enew_public_key\x18\x03 \x01(\x0c\x12\x11\n\tchallenge\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x15\n\rnew_signature\x18\x06 \x01(\x0c\" \n\x0cRelayRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"%\n\nRelayReply\x12\x17\n\x0fsealed_response\x18\x01 \x01(\x0c\x32\xed\x01\n\x08\x46rontend\x12@\n\x0cGetChallenge\x12\x18.bkv.v1.ChallengeRequest\x1a\x16.bkv.v1.ChallengeReply\x12\x31\n\x05Login\x12\x14.bkv.v1.LoginRequest\x1a\x12.bkv.v1.LoginReply\x12\x39\n\tChangeKey\x12\x18.bkv.v1.ChangeKeyRequest\x1a\x12.bkv.v1.LoginReply\x12\x31\n\x05Relay\x12\x14.bkv.v1.RelayRequest\x1a\x12.bkv.v1.RelayReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62kv/v1/frontend.proto\x12\x06\x62kv.v1\"&\n\x10\x43hallengeRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"#\n\x0e\x43hallengeReply\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\"v\n\x0cLoginRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tchallenge\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x18\n\x10\x65nrollment_token\x18\x05 \x01(\t\":\n\nLoginReply\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\"\x8f\x01\n\x10\x43hangeKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x16\n\x0enew_public_key\x18\x03 \x01(\x0c\x12\x11\n\tchallenge\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x15\n\rnew_signature\x18\x06 \x01(\x0c\" \n\x0cRelayRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"%\n\nRelayReply\x12\x17\n\x0fsealed_response\x18\x01 \x01(\x0c\"\x0e\n\x0c\x46leetRequest\"\"\n\nFleetReply\x12\x14\n\x0c\x61nnouncement\x18\x01 \x01(\x0c\x32\xa3\x02\n\x08\x46rontend\x12@\n\x0cGetChallenge\x12\x18.bkv.v1.ChallengeRequest\x1a\x16.bkv.v1.ChallengeReply\x12\x31\n\x05Login\x12\x14.bkv.v1.LoginRequest\x1a\x12.bkv.v1.LoginReply\x12\x39\n\tChangeKey\x12\x18.bkv.v1.ChangeKeyRequest\x1a\x12.bkv.v1.LoginReply\x12\x31\n\x05Relay\x12\x14.bkv.v1.RelayRequest\x1a\x12.bkv.v1.RelayReply\x12\x34\n\x08GetFleet\x12\x14.bkv.v1.FleetRequest\x1a\x12.bkv.v1.FleetReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYREQUEST']._serialized_end=468
   _globals['_RELAYREPLY']._serialized_start=470
   _globals['_RELAYREPLY']._serialized_end=507
-  _globals['_FRONTEND']._serialized_start=510
-  _globals['_FRONTEND']._serialized_end=747
+  _globals['_FLEETREQUEST']._serialized_start=509
+  _globals['_FLEETREQUEST']._serialized_end=523
+  _globals['_FLEETREPLY']._serialized_start=525
+  _globals['_FLEETREPLY']._serialized_end=559
+  _globals['_FRONTEND']._serialized_start=562
+  _globals['_FRONTEND']._serialized_end=853
 # @@protoc_insertion_point(module_scope)

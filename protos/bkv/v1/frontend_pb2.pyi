@@ -65,3 +65,13 @@ class RelayReply(_message.Message):
     SEALED_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     sealed_response: bytes
     def __init__(self, sealed_response: _Optional[bytes] = ...) -> None: ...
+
+class FleetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetReply(_message.Message):
+    __slots__ = ("announcement",)
+    ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
+    announcement: bytes
+    def __init__(self, announcement: _Optional[bytes] = ...) -> None: ...

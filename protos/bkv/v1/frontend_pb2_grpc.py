@@ -54,6 +54,11 @@ class FrontendStub:
                 request_serializer=bkv_dot_v1_dot_frontend__pb2.RelayRequest.SerializeToString,
                 response_deserializer=bkv_dot_v1_dot_frontend__pb2.RelayReply.FromString,
                 _registered_method=True)
+        self.GetFleet = channel.unary_unary(
+                '/bkv.v1.Frontend/GetFleet',
+                request_serializer=bkv_dot_v1_dot_frontend__pb2.FleetRequest.SerializeToString,
+                response_deserializer=bkv_dot_v1_dot_frontend__pb2.FleetReply.FromString,
+                _registered_method=True)
 
 
 class FrontendServicer:
@@ -88,6 +93,14 @@ class FrontendServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFleet(self, request, context):
+        """The fleet's current signed key announcement, for clients to learn a rotated fleet key. No
+        session needed (it is public); the client trusts only its signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FrontendServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_FrontendServicer_to_server(servicer, server):
                     servicer.Relay,
                     request_deserializer=bkv_dot_v1_dot_frontend__pb2.RelayRequest.FromString,
                     response_serializer=bkv_dot_v1_dot_frontend__pb2.RelayReply.SerializeToString,
+            ),
+            'GetFleet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleet,
+                    request_deserializer=bkv_dot_v1_dot_frontend__pb2.FleetRequest.FromString,
+                    response_serializer=bkv_dot_v1_dot_frontend__pb2.FleetReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class Frontend:
             '/bkv.v1.Frontend/Relay',
             bkv_dot_v1_dot_frontend__pb2.RelayRequest.SerializeToString,
             bkv_dot_v1_dot_frontend__pb2.RelayReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bkv.v1.Frontend/GetFleet',
+            bkv_dot_v1_dot_frontend__pb2.FleetRequest.SerializeToString,
+            bkv_dot_v1_dot_frontend__pb2.FleetReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -179,3 +179,15 @@ class WitnessCheckpoint(_message.Message):
     heads: _containers.RepeatedScalarFieldContainer[bytes]
     adopt_store: bool
     def __init__(self, sequence: _Optional[int] = ..., heads: _Optional[_Iterable[bytes]] = ..., adopt_store: _Optional[bool] = ...) -> None: ...
+
+class FleetState(_message.Message):
+    __slots__ = ("sequence", "accepted", "seal", "retired_fleet_ids")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    SEAL_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FLEET_IDS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    accepted: _containers.RepeatedScalarFieldContainer[int]
+    seal: int
+    retired_fleet_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sequence: _Optional[int] = ..., accepted: _Optional[_Iterable[int]] = ..., seal: _Optional[int] = ..., retired_fleet_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
