@@ -46,8 +46,8 @@ from vault_node.metrics import NodeMetrics, RequestMeter
 from vault_node.records import FIRST_KEYS
 from vault_node.reseal import Resealer
 from vault_node.service import (
-    AccountRefused,
     MAX_CLOCK_SKEW_MS,
+    AccountRefused,
     BadRequest,
     Precondition,
     RecordCorrupt,

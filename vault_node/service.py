@@ -1232,7 +1232,6 @@ class VaultService:
         return True
 
 
-
 def _account_bytes(account_id: str) -> bytes:
     account = account_id.encode("utf-8")
     if not account or len(account) > MAX_ACCOUNT_ID_BYTES:

@@ -327,14 +327,11 @@ class EtcdStore:
         """Up to `limit` records from record id `start` on, in etcd key order (a linearizable
         range through the guard): what a fleet rotation's re-seal pass walks (vault_node.reseal).
         """
-        self._guard.check()
-        floor = self._guard.floor()
         first = record_key(start) if start else RECORDS_PREFIX
-        result = await self._call(
+        result = await self._guarded(
             "scan_records",
             lambda: self._client.range(first, range_end=prefix_end(RECORDS_PREFIX), limit=limit),
         )
-        self._observe(result.header, floor)
         out: list[tuple[bytes, StoredValue]] = []
         for kv in result.kvs:
             try:

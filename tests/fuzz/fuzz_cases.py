@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from bad_input_wire import FAILED_PRECONDITION, INVALID_ARGUMENT, OK, UNAUTHENTICATED, seal_plaintext
+from bad_input_wire import (
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    OK,
+    UNAUTHENTICATED,
+    seal_plaintext,
+)
 from google.protobuf.message import DecodeError
 from hypothesis import strategies as st
 
