@@ -150,6 +150,7 @@ def witness_table(topology: Topology, node: VaultNode, layout: Layout) -> dict[s
     }
     if serve:
         table["journal"] = str(layout.witness_journal(node.name))
+    table["capture_streams"] = topology.options.witness_capture_streams
     return table
 
 

@@ -28,7 +28,7 @@ from deploy.errors import TopologyError
 from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
 from vault_common.toml_config import TomlReadError, read_toml
-from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
+from vault_node.config import MAX_CAPTURE_STREAMS, MAX_RECORD_GROUPS, MAX_WITNESSES
 
 Role = Literal["etcd", "node", "frontend"]
 
@@ -74,6 +74,9 @@ class Options:
         centre that has vault nodes. A data centre without vault nodes has no witness.
     record_groups: how many groups the records fall into (one witnessed head each), written to
         every node.toml: 1..65536, the same on every node.
+    witness_capture_streams: long-lived capture streams each vault node keeps per peer witness
+        (node.toml `witness.capture_streams`); 0 = one unary call per capture. Measured in
+        docs/performance.md (tenth session).
     """
 
     etcd_fsync: bool = True
@@ -91,6 +94,7 @@ class Options:
     etcd_gomaxprocs: int = 0
     witnesses_per_dc: int = 1
     record_groups: int = 256
+    witness_capture_streams: int = 4
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -131,6 +135,10 @@ class Options:
             out.append("options.witnesses_per_dc must be >= 1")
         if not 1 <= self.record_groups <= MAX_RECORD_GROUPS:
             out.append(f"options.record_groups must be between 1 and {MAX_RECORD_GROUPS}")
+        if not 0 <= self.witness_capture_streams <= MAX_CAPTURE_STREAMS:
+            out.append(
+                f"options.witness_capture_streams must be between 0 and {MAX_CAPTURE_STREAMS}"
+            )
         return out
 
 

@@ -81,6 +81,7 @@ class HsmSection:
 
 MAX_RECORD_GROUPS = 65_536
 MAX_WITNESSES = 15
+MAX_CAPTURE_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class WitnessSection:
     # The longest the witness's token checkpoint trails its journal (witness_server.py says
     # what that window means); it also goes after CHECKPOINT_CAPTURES new heads.
     checkpoint_interval_ms: int = 5000
+    # Long-lived Captures streams this node keeps per peer witness (one capture at a time on
+    # each; answers MAC'd under a per-stream session key); 0 = a unary Capture per capture.
+    capture_streams: int = 4
 
     def peer_map(self) -> dict[str, str]:
         """Witness name -> host:port (malformed entries are left out; `problems` names them)."""
@@ -148,6 +152,8 @@ class WitnessSection:
             out.append("witness.client_ca must be an absolute path when witness.serve is on")
         if not 50 <= self.checkpoint_interval_ms <= 60_000:
             out.append("witness.checkpoint_interval_ms must be in 50..60000")
+        if not 0 <= self.capture_streams <= MAX_CAPTURE_STREAMS:
+            out.append(f"witness.capture_streams must be in 0..{MAX_CAPTURE_STREAMS}")
         return out
 
 

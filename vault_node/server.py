@@ -442,15 +442,21 @@ class VaultNodeServer:
             self._witness_server = server
             log.info("witness %s listening on %s (node client CA only)", own, w.listen)
         credentials = channel_credentials(w.ca, w.client_cert, w.client_key)
+
+        def witness_mac(data: bytes) -> bytes:
+            return bytes(token.hmac_sha256("witness", data))
+
         endpoints: list[CaptureEndpoint] = [
             self._witness
             if name == own and self._witness is not None
-            else PeerWitness(name, address, credentials)
+            else PeerWitness(
+                name, address, credentials, streams=w.capture_streams, session=witness_mac
+            )
             for name, address in sorted(peers.items())
         ]
         self._witnesses = RemoteWitnesses(
-            endpoints, len(peers), lambda data: bytes(token.hmac_sha256("witness", data)),
-            os.urandom, local=own if self._witness is not None else None,
+            endpoints, len(peers), witness_mac, os.urandom,
+            local=own if self._witness is not None else None,
         )  # fmt: skip
         if self._witness is not None:
             self._witness.start(self._witnesses, store_heads=self._store_heads(token, w.groups))
@@ -555,6 +561,8 @@ class VaultNodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self._health.enter_graceful_shutdown()
+        if self._witness is not None:
+            self._witness.close_streams()  # peers' idle capture streams would hold the stop
         if self._witness_server is not None:
             await self._witness_server.stop(grace_s)
         if self._witness is not None:
