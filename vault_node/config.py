@@ -9,6 +9,8 @@ from typing import Any
 from vault_common.metrics_http import metrics_address_problems
 from vault_common.toml_config import TomlReadError, read_toml
 
+MAX_GROUP_COMMIT_US = 100_000  # a write never waits longer than this for others
+MAX_GROUP_COMMIT_BATCH = 64  # vault_node.group_commit.MAX_BATCH (etcd allows 128 ops per txn)
 MAX_ATTEMPTS_LIMIT = 100
 """Highest `max_attempts_cap` an operator may configure (the client keeps it as a sanity bound)."""
 DEFAULT_MAX_ATTEMPTS_CAP = 20
@@ -43,6 +45,10 @@ class NodeSection:
     checkpoint_interval_ms: int = 1000
     # A lock or delete has etcd compacted up to its revision after this delay (coalescing).
     compact_delay_ms: int = 500
+    # Group commit (vault_node/group_commit.py): record writes that arrive within this many
+    # microseconds go to etcd as one transaction of at most `group_commit_max` writes; 0 = off.
+    group_commit_us: int = 0
+    group_commit_max: int = 16
     # host:port of the Prometheus metrics endpoint (HTTP, /metrics); "" = none. An IP address
     # that is not public (loopback on the local cluster); port 0 picks a free one (tests).
     metrics_address: str = ""
@@ -190,6 +196,10 @@ class NodeConfig:
             out.append("node.checkpoint_interval_ms must be in 50..60000")
         if not 0 <= n.compact_delay_ms <= 60_000:
             out.append("node.compact_delay_ms must be in 0..60000")
+        if not 0 <= n.group_commit_us <= MAX_GROUP_COMMIT_US:
+            out.append(f"node.group_commit_us must be in 0..{MAX_GROUP_COMMIT_US}")
+        if not 2 <= n.group_commit_max <= MAX_GROUP_COMMIT_BATCH:
+            out.append(f"node.group_commit_max must be in 2..{MAX_GROUP_COMMIT_BATCH}")
         out += metrics_address_problems("node.metrics_address", n.metrics_address)
         if not self.etcd.server_name or self.etcd.server_name.strip() != self.etcd.server_name:
             out.append("etcd.server_name must be a non-empty TLS name")

@@ -33,6 +33,7 @@ from vault_node.audit import AuditLog, high_water_from_audit
 from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
 from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
+from vault_node.group_commit import GroupCommitStore
 from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
 from vault_node.metrics import NodeMetrics, RequestMeter
@@ -49,7 +50,7 @@ from vault_node.service import (
     VaultService,
     WriteUnconfirmed,
 )
-from vault_node.store import EtcdStore
+from vault_node.store import EtcdStore, RecordStore
 from vault_node.store_guard import StoreGuard
 from vault_node.witness_core import Ref
 from vault_node.witness_server import WitnessServer
@@ -296,6 +297,7 @@ class VaultNodeServer:
         self._witness: WitnessServer | None = None
         self._witness_server: grpc.aio.Server | None = None
         self._witnesses: RemoteWitnesses | None = None
+        self._batches: GroupCommitStore | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported: int | None = None
@@ -387,9 +389,14 @@ class VaultNodeServer:
         )
         self._compactor = Compactor(store.compact, delay_s=node.compact_delay_ms / 1000)
         witnesses = await self._start_witnessing(token)
+        records: RecordStore = self._store
+        if node.group_commit_us:
+            records = self._batches = GroupCommitStore(
+                self._store, window_s=node.group_commit_us / 1e6, max_batch=node.group_commit_max
+            )
         self._servicer.service = VaultService(
             token=token,
-            store=self._store,
+            store=records,
             keys=keys,
             config=ServiceConfig(
                 node_name=node.name,
@@ -583,6 +590,8 @@ class VaultNodeServer:
                 log.exception("could not write the last store checkpoint")
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._batches is not None:
+            await self._batches.close()
         if self._store is not None:
             await self._store.close()
         if self._token is not None:
