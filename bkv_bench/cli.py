@@ -34,6 +34,7 @@ from bkv_bench import ceilings as ceil
 from bkv_bench import report
 from bkv_bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
 from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_text
+from bkv_bench.floor import Floor, floor_text, measure_floor
 from bkv_bench.histogram import Recorder
 from bkv_bench.loops import Budget, closed_loop, open_loop
 from bkv_bench.plot import plot
@@ -168,6 +169,13 @@ def _ceiling_args(p: argparse.ArgumentParser) -> None:
         help="also measure the machine's ceilings: etcd CAS, gRPC, server crypto, and the "
         "recovery path without its work (needs the etcd endpoints)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the floor (the work a recovery cannot do without: bkv_bench.floor) and "
+        "the etcd CAS ceiling it takes etcd's part from; bench.json floor, cpu_efficiency "
+        "(implied by --ceilings)",
+    )
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
 
 
@@ -189,6 +197,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         ksf=args.ksf,
         rate=args.rate,
         ceilings=args.ceilings,
+        floor=args.floor or args.ceilings,
         ceiling_seconds=args.ceiling_seconds,
         seed=args.seed,
         marks=tuple(args.mark),
@@ -267,7 +276,9 @@ async def run_bench(
             failed = await workload.cleanup()
             if failed:
                 echo(f"cleanup: {failed} bench accounts could not be deleted")
-    measured = await _ceilings(config, etcd, shape or ceil.PathShape(), echo)
+    shape = shape or ceil.PathShape()
+    measured = await _ceilings(config, etcd, shape, echo)
+    floor = await _floor(config, measured, echo)
     return BenchRun(
         summaries=tuple(recorder.summary(op, elapsed) for op in recorder.ops()),
         combined=recorder.combined(elapsed),
@@ -278,6 +289,7 @@ async def run_bench(
         ceilings=tuple(measured),
         pools=Pools(*pool_sizes(config.accounts, config.mix)),
         cpu=used,
+        floor=floor,
     )
 
 
@@ -349,15 +361,20 @@ async def _ceilings(
 ) -> list[ceil.Ceiling]:
     """The machine's ceilings after the measured phase (none without --ceilings)."""
     measured: list[ceil.Ceiling] = []
-    if not config.ceilings:
+    if not (config.ceilings or config.floor):
         return measured
-    echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
+    if config.ceilings:
+        echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
     if etcd is not None:
         measured.append(
-            await ceil.etcd_cas_ceiling(etcd, config.concurrency, config.ceiling_seconds)
+            await ceil.etcd_cas_ceiling(
+                etcd, config.concurrency, config.ceiling_seconds, shape.etcd_pids
+            )
         )
     else:
         echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
+    if not config.ceilings:
+        return measured  # --floor alone: the CAS ceiling for etcd's CPU per transaction
     measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
     measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
     if etcd is not None:
@@ -365,6 +382,17 @@ async def _ceilings(
             await ceil.shape_ceiling(etcd, config.concurrency, config.ceiling_seconds, shape)
         )
     return measured
+
+
+async def _floor(config: BenchConfig, ceilings: Sequence[ceil.Ceiling], echo: Any) -> Floor | None:
+    """The floor of one recovery, measured now (None without --floor or --ceilings)."""
+    if not config.floor:
+        return None
+    echo("floor: the work a recovery cannot do without (token, OPAQUE, client, etcd)")
+    cas = next((c for c in ceilings if c.name == "etcd_cas"), None)
+    etcd_ms = cas.notes.get("etcd_cpu_ms_per_txn") if cas is not None else None
+    seconds = min(config.ceiling_seconds, 2.0)
+    return await asyncio.to_thread(measure_floor, seconds, etcd_ms, config.ksf)
 
 
 def etcd_config(args: argparse.Namespace, cluster: Cluster | None) -> EtcdClientConfig | None:
@@ -408,13 +436,24 @@ def cluster_facts(cluster: Cluster | None) -> ClusterFacts:
 def cluster_pids(cluster: Cluster | None) -> dict[str, list[int]]:
     """The running cluster processes' PIDs by role (etcd, node, frontend), for the CPU meter."""
     pids: dict[str, list[int]] = {}
+    for role, pid, _ in cluster_processes(cluster):
+        pids.setdefault(role, []).append(pid)
+    return pids
+
+
+def cluster_processes(cluster: Cluster | None) -> list[tuple[str, int, str]]:
+    """(role, PID, name) of every running cluster process; a witness node's name says so
+    (`dc-a-node-1 (witness)`), so that bench.json's CPU by process tells witnesses apart."""
     if cluster is None or not cluster.exists():
-        return pids
+        return []
+    witnesses = set(cluster.witness_nodes())
+    out: list[tuple[str, int, str]] = []
     for proc in cluster.state().processes:
         pid = cluster.child_pid(proc.name)
         if pid:
-            pids.setdefault(proc.role, []).append(pid)
-    return pids
+            name = f"{proc.name} (witness)" if proc.name in witnesses else proc.name
+            out.append((proc.role, pid, name))
+    return out
 
 
 def out_dir(base: Path) -> Path:
@@ -490,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         marks=config.marks,
         started_at=started_at,
         cpu=run.cpu,
+        floor=run.floor,
     )
     write_and_print(args.out, result, config)
     return 0
@@ -524,7 +564,7 @@ def _run_on_cluster(
                 max_inflight=args.max_inflight,
                 progress=sys.stderr if sys.stderr.isatty() else None,
                 echo=_echo,
-                cpu=CpuMeter(pids),
+                cpu=CpuMeter(pids, names={pid: n for _, pid, n in cluster_processes(cluster)}),
                 shape=shape,
             )
         )
@@ -581,6 +621,8 @@ def write_and_print(base: Path, result: BenchResult, config: BenchConfig) -> Non
     doc = result.to_json()
     if "cpu" in doc:
         print(cpu_text(doc["cpu"]))
+    if result.floor is not None:
+        print(floor_text(result.floor, doc.get("cpu_efficiency")))
     text = report.ceilings_text(result)
     if text:
         print(text)

@@ -28,7 +28,12 @@ from deploy.errors import TopologyError
 from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
 from vault_common.toml_config import TomlReadError, read_toml
-from vault_node.config import MAX_CAPTURE_STREAMS, MAX_RECORD_GROUPS, MAX_WITNESSES
+from vault_node.config import (
+    MAX_CAPTURE_STREAMS,
+    MAX_GROUP_COMMIT_US,
+    MAX_RECORD_GROUPS,
+    MAX_WITNESSES,
+)
 
 Role = Literal["etcd", "node", "frontend"]
 
@@ -77,6 +82,9 @@ class Options:
     witness_capture_streams: long-lived capture streams each vault node keeps per peer witness
         (node.toml `witness.capture_streams`); 0 = one unary call per capture. Measured in
         docs/performance.md (tenth session).
+    group_commit_us: group commit window of every vault node (node.toml
+        `node.group_commit_us`): record writes arriving within it share one etcd transaction;
+        0 = off. Measured in docs/performance.md (tenth session).
     """
 
     etcd_fsync: bool = True
@@ -95,6 +103,7 @@ class Options:
     witnesses_per_dc: int = 1
     record_groups: int = 256
     witness_capture_streams: int = 4
+    group_commit_us: int = 0
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -139,6 +148,8 @@ class Options:
             out.append(
                 f"options.witness_capture_streams must be between 0 and {MAX_CAPTURE_STREAMS}"
             )
+        if not 0 <= self.group_commit_us <= MAX_GROUP_COMMIT_US:
+            out.append(f"options.group_commit_us must be between 0 and {MAX_GROUP_COMMIT_US}")
         return out
 
 
