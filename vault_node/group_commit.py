@@ -85,6 +85,7 @@ class GroupCommitStore:
         self._max_batch = max_batch
         self._open: _Batch | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self.writes = 0  # writes asked for
         self.batches = 0  # transactions of more than one write (for tests and logs)
         self.batched = 0  # writes they carried
 
@@ -103,6 +104,7 @@ class GroupCommitStore:
         head: bytes,
         expected_head: KeyMeta,
     ) -> WriteResult:
+        self.writes += 1
         write = Write(record_id, value, expected, group, head, expected_head)
         batch = self._open
         if batch is not None and group in batch.groups:
@@ -191,3 +193,7 @@ class GroupCommitStore:
             self._close(self._open)
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
+        log.info(
+            "group commit: %d writes, %d of them in %d shared transactions",
+            self.writes, self.batched, self.batches,
+        )  # fmt: skip
