@@ -39,7 +39,7 @@ from bkv_bench.histogram import Recorder
 from bkv_bench.loops import Budget, closed_loop, open_loop
 from bkv_bench.plot import plot
 from bkv_bench.result import BenchResult, BenchRun, ClusterFacts, Pools, RunConfig, Setup
-from bkv_bench.topology import bench_topology
+from bkv_bench.topology import BENCH_NODES_PER_DC, bench_topology
 from bkv_bench.workload import BenchSetupError, Workload, pool_sizes
 from client.config import load_config
 from client.errors import VaultError
@@ -98,7 +98,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", type=Path, help="cluster directory for --cluster-up (default: temp)")
     p.add_argument("--topology", type=Path, help="topology TOML for --cluster-up")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--nodes-per-dc", type=int, help="vault nodes per data centre")
+    size.add_argument(
+        "--nodes-per-dc",
+        type=int,
+        help="vault nodes per data centre (default: 1 with the bundled topology, else the "
+        "topology's own)",
+    )
     size.add_argument("--nodes", type=int, help="vault nodes in all, spread over the DCs")
     p.add_argument(
         "--keep-limits",
@@ -478,9 +483,12 @@ def cluster_for(args: argparse.Namespace, echo: Any) -> Iterator[tuple[Path, Clu
     temp = None if args.dir else tempfile.mkdtemp(prefix="bkv-bench-cluster-")
     cluster = Cluster(args.dir or Path(temp or "."), echo=echo)
     base = load_topology(args.topology or default_topology_path())
+    nodes_per_dc = args.nodes_per_dc
+    if nodes_per_dc is None and args.nodes is None and args.topology is None:
+        nodes_per_dc = BENCH_NODES_PER_DC  # the bench's layout (bkv_bench.topology)
     topology = bench_topology(
         base,
-        nodes_per_dc=args.nodes_per_dc,
+        nodes_per_dc=nodes_per_dc,
         nodes=args.nodes,
         keep_limits=args.keep_limits,
         event_loop=args.event_loop,
