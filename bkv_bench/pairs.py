@@ -19,10 +19,11 @@ Writes `OUT/<timestamp>/pairs.json` and `pairs.png` (each pair's ratios) and pri
 figure is asserted: it is a report.
 
 **Tree against tree.** `--tree-a DIR` (or `--tree-b`) runs that side from another source tree
-with its own virtual environment (`DIR/.venv/bin/python -P -m MODULE`, `DIR` and `DIR/protos`
-first on its path; `--module-a`/`--module-b` name its bench module, `bkv_bench.cli` by default,
-`deploy.bench.cli` before the tools had a package of their own). A tree side's arguments are
-passed as they are, unchecked here (its own bench checks them); the run's cwd stays this one.
+with its own virtual environment (`DIR/.venv/bin/python -m MODULE` in `DIR`, with `DIR` and
+`DIR/protos` first on its path, so that every process it starts runs that tree's code too;
+`--module-a`/`--module-b` name its bench module, `bkv_bench.cli` by default, `deploy.bench.cli`
+before the tools had a package of their own). A tree side's arguments are passed unchecked here
+(its own bench checks them), the values of --config, --topology, --dir and --out made absolute.
 To compare with an old commit, outside this repository:
 
     git worktree add /tmp/old f7ab7e0 && (cd /tmp/old && bash scripts/setup.sh)   # or git archive
@@ -152,10 +153,32 @@ def check_bench_args(argv: Sequence[str], what: str) -> None:
         raise PairsError(f"{what}: {err}") from None
 
 
+# Arguments whose value is a path: made absolute before a tree side runs in its tree.
+PATH_FLAGS = ("--config", "--topology", "--dir", "--out")
+
+
+def absolute_paths(argv: Sequence[str], here: Path) -> list[str]:
+    """`argv` with the values of PATH_FLAGS made absolute against `here`.
+
+    >>> absolute_paths(["--config", "c/client.toml", "--out=r", "--seed", "1"], Path("/w"))
+    ['--config', '/w/c/client.toml', '--out=/w/r', '--seed', '1']
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if eq and flag in PATH_FLAGS:
+            arg = f"{flag}={here / value}"
+        elif i and argv[i - 1] in PATH_FLAGS:
+            arg = str(here / arg)
+        out.append(arg)
+    return out
+
+
 def tree_bench(tree: Path, module: str = "bkv_bench.cli") -> BenchMain:
     """A bench main that runs `module` from source tree `tree` with the tree's own virtual
-    environment, in a child process (`-P`: this directory is not put first on its path, so
-    relative paths in the arguments still mean what they mean here)."""
+    environment, in a child process whose working directory is the tree (so that the processes
+    it starts in turn, `python -m ...` each, import the tree's code too); path arguments are
+    made absolute first."""
     python = tree / ".venv" / "bin" / "python"
 
     def run(argv: Sequence[str]) -> int:
@@ -164,7 +187,8 @@ def tree_bench(tree: Path, module: str = "bkv_bench.cli") -> BenchMain:
             path.append(os.environ["PYTHONPATH"])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
         done = subprocess.run(
-            [str(python), "-P", "-m", module, *argv],
+            [str(python), "-m", module, *absolute_paths(argv, Path.cwd())],
+            cwd=tree,
             env=env,
             timeout=TREE_RUN_TIMEOUT_S,
             check=False,

@@ -192,3 +192,12 @@ def test_a_tree_without_its_venv_or_module_is_refused(
     assert pairs.main([*argv, "--module-b", "oldbench.cli", *COMMON], bench_main=bench) == 2
     assert "has no .venv" in capsys.readouterr().err
     assert bench.calls == []
+
+
+def test_a_tree_sides_path_arguments_are_made_absolute() -> None:
+    here = Path("/work/here")
+    argv = ["--config", "c/client.toml", "--topology=t.toml", "--seed", "1", "--dir", "/abs"]
+    assert pairs.absolute_paths(argv, here) == [
+        "--config", "/work/here/c/client.toml", "--topology=/work/here/t.toml", "--seed", "1",
+        "--dir", "/abs",
+    ]  # fmt: skip
