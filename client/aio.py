@@ -42,16 +42,18 @@ INLINE_KSF_KIB_PASSES = 1024  # Argon2id memory x passes run on the loop (1 MiB:
 
 
 def _cheap_ksf(ksf: Ksf) -> bool:
-    """Whether `ksf` is cheap enough to run on the event loop (see `AsyncVaultClient._run`).
+    """Whether `ksf` is cheap enough to run on the event loop (see `AsyncVaultClient._run`):
+    the identity, or Argon2id with little memory and few passes; any other KSF (a subclass
+    too: its cost is not known here) goes to a worker thread.
 
     >>> _cheap_ksf(Argon2idKsf(time_cost=1, lanes=1, memory_kib=256))
     True
     >>> _cheap_ksf(Argon2idKsf())
     False
     """
-    if isinstance(ksf, IdentityKsf):
+    if type(ksf) is IdentityKsf:
         return True
-    return isinstance(ksf, Argon2idKsf) and ksf.memory_kib * ksf.time_cost <= INLINE_KSF_KIB_PASSES
+    return type(ksf) is Argon2idKsf and ksf.memory_kib * ksf.time_cost <= INLINE_KSF_KIB_PASSES
 
 
 class AsyncVaultClient(ClientCore):
