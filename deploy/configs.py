@@ -168,8 +168,7 @@ def node_toml(
         "lease_ttl_s": topology.options.lease_ttl_s,
         "audit_log": str(layout.audit_log(node.name)),
     }  # fmt: skip
-    if topology.options.group_commit_us:
-        section["group_commit_us"] = topology.options.group_commit_us
+    section["group_commit_us"] = topology.options.group_commit_us
     if metrics_port:
         section["metrics_address"] = f"{topology.host_of(node.dc)}:{metrics_port}"
     return dumps({

@@ -83,8 +83,8 @@ class Options:
         (node.toml `witness.capture_streams`); 0 = one unary call per capture. Measured in
         docs/performance.md (tenth session).
     group_commit_us: group commit window of every vault node (node.toml
-        `node.group_commit_us`): record writes arriving within it share one etcd transaction;
-        0 = off. Measured in docs/performance.md (tenth session).
+        `node.group_commit_us`, 1000): record writes arriving within it share one etcd
+        transaction; 0 = off. Measured in docs/performance.md (tenth session).
     """
 
     etcd_fsync: bool = True
@@ -103,7 +103,7 @@ class Options:
     witnesses_per_dc: int = 1
     record_groups: int = 256
     witness_capture_streams: int = 4
-    group_commit_us: int = 0
+    group_commit_us: int = 1000
 
     def problems(self) -> list[str]:
         out: list[str] = []
