@@ -28,7 +28,6 @@ is this floor over the measured CPU per recovery of every process.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -39,10 +38,11 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bkv.v1 import envelope_pb2
 from bkv_bench import server_work
+from bkv_bench.protocol_cost import MultCounter
 from client.config import ksf_named
 from client.protocol import FlowContext, Outbound, recover_flow
 from vault_protocol import continuation, envelope, opaque, ristretto
@@ -56,7 +56,6 @@ TOKEN_TIMEOUT_S = 120.0
 ACCOUNT = server_work.ACCOUNT
 CREDENTIAL = ACCOUNT.encode()
 TICKET_BYTES = server_work.TICKET_PADDED + 28 + 16  # a sealed ticket's size: nonce, tag, framing
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -185,30 +184,6 @@ def _measure_token(seconds: float) -> dict[str, float]:
 # -- software parts, in this process ---------------------------------------------------------------
 
 
-class _Mults:
-    """Counts ristretto255 multiplications (both entry points) while `run` runs."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def run(self, fn: Callable[[], T]) -> T:
-        sm, bm = ristretto.scalar_mult, ristretto.base_mult
-
-        def scalar_mult(s: bytes, p: bytes) -> bytes:
-            self.count += 1
-            return sm(s, p)
-
-        def base_mult(s: bytes) -> bytes:
-            self.count += 1
-            return bm(s)
-
-        ristretto.scalar_mult, ristretto.base_mult = scalar_mult, base_mult  # type: ignore[assignment]
-        try:
-            return fn()
-        finally:
-            ristretto.scalar_mult, ristretto.base_mult = sm, bm  # type: ignore[assignment]
-
-
 def _advance(flow: Generator[Outbound, bytes, BackupKey], answer: bytes | None) -> Outbound:
     return next(flow) if answer is None else flow.send(answer)
 
@@ -274,13 +249,14 @@ class SoftwareVault:
             fleet=self.work.fleet, account_id=ACCOUNT, opaque=self.client_opaque, rng=os.urandom
         )
         flow = recover_flow(ctx, self.password)
-        mults = _Mults()
         spent = 0.0
         answer: bytes | None = None
+        mults = MultCounter()
         while True:
             t0 = time.process_time()
             try:
-                outbound = mults.run(functools.partial(_advance, flow, answer))
+                with mults:
+                    outbound = _advance(flow, answer)
             except StopIteration as done:
                 spent += time.process_time() - t0
                 if done.value != self.key:
@@ -319,12 +295,8 @@ def server_costs(seconds: float) -> dict[str, float]:
 
     scalar = ristretto.random_scalar(rng)
     point = ristretto.base_mult(ristretto.random_scalar(rng))
-    counter = _Mults()
-    counter.run(
-        lambda: opaque.server_login_start(
-            work.record, CREDENTIAL, work.ke1, work.keys, work.config, rng
-        )
-    )
+    with MultCounter() as counter:
+        opaque.server_login_start(work.record, CREDENTIAL, work.ke1, work.keys, work.config, rng)
     mults = counter.count
     return {
         "hpke_open_software": cpu_us(

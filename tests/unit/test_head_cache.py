@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import pytest
 from inproc_cluster import InProcessVault
 
 from client.protocol import FlowContext, recover_flow, register_flow, run
-from vault_node.key_meta import KeyMeta
 from vault_node.service import ServiceConfig, TokenServerKeys, VaultService
 from vault_node.store import MemoryRecordStore, WriteResult
 from vault_protocol import opaque
@@ -35,16 +35,8 @@ class Conflicts(MemoryRecordStore):
         super().__init__()
         self.conflicts = 0
 
-    async def write(
-        self,
-        record_id: bytes,
-        value: bytes | None,
-        expected: KeyMeta,
-        group: int,
-        head: bytes,
-        expected_head: KeyMeta,
-    ) -> WriteResult:
-        result = await super().write(record_id, value, expected, group, head, expected_head)
+    async def write(self, *args: Any, **kwargs: Any) -> WriteResult:  # type: ignore[override]
+        result = await super().write(*args, **kwargs)
         self.conflicts += result[0] == 0
         return result
 

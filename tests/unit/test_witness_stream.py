@@ -10,7 +10,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -96,6 +96,36 @@ def writer(endpoint: PeerWitness, mac: Callable[[bytes], bytes]) -> RemoteWitnes
     return RemoteWitnesses([endpoint], 1, mac, os.urandom)
 
 
+Body = Callable[[PeerWitness, list[grpc.aio.Server], int], Awaitable[None]]
+
+
+def with_peer(
+    state: WitnessServer,
+    session: Callable[[bytes], bytes],
+    body: Body,
+    *,
+    streams: int = 4,
+    unary_only: bool = False,
+) -> None:
+    """Serve `state` on loopback, give `body` a PeerWitness to it (and the servers, the last
+    one running, and the port, for a restart), then stop and close everything."""
+
+    async def go() -> None:
+        port = free_port()
+        servers = [await serve(state, port, unary_only=unary_only)]
+        endpoint = peer(port, session, streams)
+        try:
+            await body(endpoint, servers, port)
+        finally:
+            await endpoint.close()
+            await servers[-1].stop(None)
+
+    try:
+        asyncio.run(go())
+    finally:
+        state.close()
+
+
 def test_captures_share_streams_with_one_token_hmac_per_stream_and_side(tmp_path: Path) -> None:
     fleet = SoftToken()
     served = Counted(fleet.same_fleet())
@@ -103,54 +133,31 @@ def test_captures_share_streams_with_one_token_hmac_per_stream_and_side(tmp_path
     state._mac = served  # type: ignore[method-assign]
     writers = Counted(fleet)
 
-    async def go() -> None:
-        port = free_port()
-        server = await serve(state, port)
-        endpoint = peer(port, writers, streams=4)
+    async def body(endpoint: PeerWitness, servers: list[grpc.aio.Server], port: int) -> None:
         client = writer(endpoint, writers)
-        try:
-            # 12 groups at once over at most 4 streams (the rest as unary calls), then 20
-            # captures one after another, which reuse one stream and need no token at all.
-            results = await asyncio.gather(
-                *(client.capture(head(0, g), head(1, g)) for g in range(12))
-            )
-            assert all(r.captured for r in results)
-            opened = writers.calls
-            assert served.calls == opened  # the unary answers' MACs, and one key per stream
-            for v in range(2, 22):
-                assert (await client.capture(head(v - 1), head(v))).captured
-            assert writers.calls == opened and served.calls == opened
-            assert state.state.latest(3).version == 21
-        finally:
-            await endpoint.close()
-            await server.stop(None)
+        # 12 groups at once over at most 4 streams (the rest as unary calls), then 20 captures
+        # one after another, which reuse one stream and need no token at all.
+        results = await asyncio.gather(*(client.capture(head(0, g), head(1, g)) for g in range(12)))
+        assert all(r.captured for r in results)
+        opened = writers.calls
+        assert served.calls == opened  # the unary answers' MACs, and one key per stream
+        for v in range(2, 22):
+            assert (await client.capture(head(v - 1), head(v))).captured
+        assert writers.calls == opened and served.calls == opened
+        assert state.state.latest(3).version == 21
 
-    try:
-        asyncio.run(go())
-    finally:
-        state.close()
+    with_peer(state, writers, body)
 
 
 def test_answers_under_another_fleets_session_key_count_for_nothing(tmp_path: Path) -> None:
-    fleet = SoftToken()
-    state = witness(tmp_path, fleet.same_fleet())
+    state = witness(tmp_path, SoftToken().same_fleet())
     stranger = Counted(SoftToken())  # a token of another fleet: its witness key is not ours
 
-    async def go() -> None:
-        port = free_port()
-        server = await serve(state, port)
-        endpoint = peer(port, stranger)
-        try:
-            for v in (1, 2):  # the first opens the stream, the second reuses it
-                assert not (await writer(endpoint, stranger).capture(head(v - 1), head(v))).captured
-        finally:
-            await endpoint.close()
-            await server.stop(None)
+    async def body(endpoint: PeerWitness, servers: list[grpc.aio.Server], port: int) -> None:
+        for v in (1, 2):  # the first opens the stream, the second reuses it
+            assert not (await writer(endpoint, stranger).capture(head(v - 1), head(v))).captured
 
-    try:
-        asyncio.run(go())
-    finally:
-        state.close()
+    with_peer(state, stranger, body)
 
 
 def test_a_stopping_witness_ends_its_streams_and_a_broken_stream_falls_back(
@@ -160,34 +167,24 @@ def test_a_stopping_witness_ends_its_streams_and_a_broken_stream_falls_back(
     state = witness(tmp_path, fleet.same_fleet())
     mac = Counted(fleet)
 
-    async def go() -> None:
-        port = free_port()
-        server = await serve(state, port)
-        endpoint = peer(port, mac, streams=1)
+    async def body(endpoint: PeerWitness, servers: list[grpc.aio.Server], port: int) -> None:
         client = writer(endpoint, mac)
-        try:
-            assert (await client.capture(head(0), head(1))).captured  # the stream stays open
-            started = time.monotonic()
-            state.close_streams()
-            await server.stop(10.0)  # would wait its whole grace for an open stream
-            assert time.monotonic() - started < 5.0
-            server = await serve(state, port)
-            # The pool's stream ended with the old server: the capture goes out again as a
-            # unary call once the channel has reconnected (within its backoff, at most 1 s).
-            for _ in range(100):
-                if (await client.capture(head(1), head(2))).captured:
-                    break
-                await asyncio.sleep(0.05)
-            assert state.state.latest(3).version == 2
-            assert (await client.capture(head(2), head(3))).captured  # a new stream
-        finally:
-            await endpoint.close()
-            await server.stop(None)
+        assert (await client.capture(head(0), head(1))).captured  # the stream stays open
+        started = time.monotonic()
+        state.close_streams()
+        await servers[-1].stop(10.0)  # would wait its whole grace for an open stream
+        assert time.monotonic() - started < 5.0
+        servers.append(await serve(state, port))
+        # The pool's stream ended with the old server: the capture goes out again as a unary
+        # call once the channel has reconnected (within its backoff, at most 1 s).
+        for _ in range(100):
+            if (await client.capture(head(1), head(2))).captured:
+                break
+            await asyncio.sleep(0.05)
+        assert state.state.latest(3).version == 2
+        assert (await client.capture(head(2), head(3))).captured  # a new stream
 
-    try:
-        asyncio.run(go())
-    finally:
-        state.close()
+    with_peer(state, mac, body, streams=1)
 
 
 def test_a_witness_without_the_stream_gets_unary_calls(tmp_path: Path) -> None:
@@ -195,25 +192,15 @@ def test_a_witness_without_the_stream_gets_unary_calls(tmp_path: Path) -> None:
     state = witness(tmp_path, fleet.same_fleet())
     mac = Counted(fleet)
 
-    async def go() -> None:
-        port = free_port()
-        server = await serve(state, port, unary_only=True)
-        endpoint = peer(port, mac)
+    async def body(endpoint: PeerWitness, servers: list[grpc.aio.Server], port: int) -> None:
         client = writer(endpoint, mac)
-        try:
-            assert (await client.capture(head(0), head(1))).captured  # UNIMPLEMENTED, then unary
-            assert endpoint.unary_until > time.monotonic()
-            calls = mac.calls
-            assert (await client.capture(head(1), head(2))).captured
-            assert mac.calls == calls + 1  # a unary answer: its MAC checked in the token
-        finally:
-            await endpoint.close()
-            await server.stop(None)
+        assert (await client.capture(head(0), head(1))).captured  # UNIMPLEMENTED, then unary
+        assert endpoint.unary_until > time.monotonic()
+        calls = mac.calls
+        assert (await client.capture(head(1), head(2))).captured
+        assert mac.calls == calls + 1  # a unary answer: its MAC checked in the token
 
-    try:
-        asyncio.run(go())
-    finally:
-        state.close()
+    with_peer(state, mac, body, unary_only=True)
 
 
 @pytest.mark.parametrize("nonce", [b"", b"short"], ids=["no-nonce", "short-nonce"])
