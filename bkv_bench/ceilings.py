@@ -130,9 +130,13 @@ async def _delete_prefix(etcd: EtcdClientConfig, prefix: bytes) -> None:
         await client.close()
 
 
-async def etcd_cas_ceiling(etcd: EtcdClientConfig, concurrency: int, seconds: float) -> Ceiling:
+async def etcd_cas_ceiling(
+    etcd: EtcdClientConfig, concurrency: int, seconds: float, etcd_pids: Sequence[int] = ()
+) -> Ceiling:
     """CAS transactions shaped as a vault node's record write, one key per worker, over TLS with
-    the identity `etcd` names (the cluster's admin: only it may write under /bkv-bench/)."""
+    the identity `etcd` names (the cluster's admin: only it may write under /bkv-bench/). With
+    the members' PIDs, their CPU per transaction too (notes `etcd_cpu_ms_per_txn`: the floor's
+    etcd part, bkv_bench.floor)."""
     prefix = BENCH_PREFIX + secrets.token_hex(4).encode() + b"/cas/"
     client = EtcdClient(etcd)
     conflicts = 0
@@ -157,13 +161,19 @@ async def etcd_cas_ceiling(etcd: EtcdClientConfig, concurrency: int, seconds: fl
                 assert isinstance(found, RangeResult)
                 revisions[index] = found.kvs[0].mod_revision if found.kvs else 0
 
+        meter = CpuMeter({"etcd": list(etcd_pids)})
+        meter.start()
         ok, errors, elapsed = await _timed_workers(concurrency, seconds, step)
+        used = meter.stop()
     finally:
         try:
             await client.delete(prefix, range_end=prefix_end(prefix))
         finally:
             await client.close()
-    return Ceiling("etcd_cas", ok, elapsed, concurrency, errors, {"conflicts": conflicts})
+    notes: dict[str, Any] = {"conflicts": conflicts}
+    if etcd_pids and ok and not used.missing:
+        notes["etcd_cpu_ms_per_txn"] = round(used.seconds["etcd"] * 1000 / ok, 4)
+    return Ceiling("etcd_cas", ok, elapsed, concurrency, errors, notes)
 
 
 # -- gRPC --------------------------------------------------------------------------------------

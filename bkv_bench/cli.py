@@ -32,11 +32,12 @@ from bkv_bench import ceilings as ceil
 from bkv_bench import report
 from bkv_bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
 from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_text
+from bkv_bench.floor import Floor, floor_text, measure_floor
 from bkv_bench.histogram import Recorder
 from bkv_bench.loops import Budget, closed_loop, open_loop
 from bkv_bench.plot import plot
 from bkv_bench.result import BenchResult, BenchRun, ClusterFacts, Pools, RunConfig, Setup
-from bkv_bench.topology import bench_topology
+from bkv_bench.topology import BENCH_NODES_PER_DC, bench_topology
 from bkv_bench.workload import BenchSetupError, Workload, pool_sizes
 from client.config import load_config
 from client.errors import VaultError
@@ -96,7 +97,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", type=Path, help="cluster directory for --cluster-up (default: temp)")
     p.add_argument("--topology", type=Path, help="topology TOML for --cluster-up")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--nodes-per-dc", type=int, help="vault nodes per data centre")
+    size.add_argument(
+        "--nodes-per-dc",
+        type=int,
+        help="vault nodes per data centre (default: 1 with the bundled topology, else the "
+        "topology's own)",
+    )
     size.add_argument("--nodes", type=int, help="vault nodes in all, spread over the DCs")
     p.add_argument(
         "--keep-limits",
@@ -165,6 +171,13 @@ def _ceiling_args(p: argparse.ArgumentParser) -> None:
         help="also measure the machine's ceilings: etcd CAS, gRPC, server crypto, and the "
         "recovery path without its work (needs the etcd endpoints)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the floor (the work a recovery cannot do without: bkv_bench.floor) and "
+        "the etcd CAS ceiling it takes etcd's part from; bench.json floor, cpu_efficiency "
+        "(implied by --ceilings)",
+    )
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
 
 
@@ -186,6 +199,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         ksf=args.ksf,
         rate=args.rate,
         ceilings=args.ceilings,
+        floor=args.floor or args.ceilings,
         ceiling_seconds=args.ceiling_seconds,
         seed=args.seed,
         marks=tuple(args.mark),
@@ -264,7 +278,9 @@ async def run_bench(
             failed = await workload.cleanup()
             if failed:
                 echo(f"cleanup: {failed} bench accounts could not be deleted")
-    measured = await _ceilings(config, etcd, shape or ceil.PathShape(), echo)
+    shape = shape or ceil.PathShape()
+    measured = await _ceilings(config, etcd, shape, echo)
+    floor = await _floor(config, measured, echo)
     return BenchRun(
         summaries=tuple(recorder.summary(op, elapsed) for op in recorder.ops()),
         combined=recorder.combined(elapsed),
@@ -275,6 +291,7 @@ async def run_bench(
         ceilings=tuple(measured),
         pools=Pools(*pool_sizes(config.accounts, config.mix)),
         cpu=used,
+        floor=floor,
     )
 
 
@@ -344,15 +361,20 @@ async def _ceilings(
 ) -> list[ceil.Ceiling]:
     """The machine's ceilings after the measured phase (none without --ceilings)."""
     measured: list[ceil.Ceiling] = []
-    if not config.ceilings:
+    if not (config.ceilings or config.floor):
         return measured
-    echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
+    if config.ceilings:
+        echo("ceilings: etcd CAS, gRPC, crypto, the recovery path without its work")
     if etcd is not None:
         measured.append(
-            await ceil.etcd_cas_ceiling(etcd, config.concurrency, config.ceiling_seconds)
+            await ceil.etcd_cas_ceiling(
+                etcd, config.concurrency, config.ceiling_seconds, shape.etcd_pids
+            )
         )
     else:
         echo("ceilings: no etcd endpoints known (pass --etcd): skipping the CAS ceiling")
+    if not config.ceilings:
+        return measured  # --floor alone: the CAS ceiling for etcd's CPU per transaction
     measured.append(await ceil.grpc_ceiling(config.concurrency, config.ceiling_seconds))
     measured.append(ceil.crypto_ceiling(config.ceiling_seconds))
     if etcd is not None:
@@ -360,6 +382,17 @@ async def _ceilings(
             await ceil.shape_ceiling(etcd, config.concurrency, config.ceiling_seconds, shape)
         )
     return measured
+
+
+async def _floor(config: BenchConfig, ceilings: Sequence[ceil.Ceiling], echo: Any) -> Floor | None:
+    """The floor of one recovery, measured now (None without --floor or --ceilings)."""
+    if not config.floor:
+        return None
+    echo("floor: the work a recovery cannot do without (token, OPAQUE, client, etcd)")
+    cas = next((c for c in ceilings if c.name == "etcd_cas"), None)
+    etcd_ms = cas.notes.get("etcd_cpu_ms_per_txn") if cas is not None else None
+    seconds = min(config.ceiling_seconds, 2.0)
+    return await asyncio.to_thread(measure_floor, seconds, etcd_ms, config.ksf)
 
 
 def etcd_config(args: argparse.Namespace, cluster: Cluster | None) -> EtcdClientConfig | None:
@@ -403,13 +436,24 @@ def cluster_facts(cluster: Cluster | None) -> ClusterFacts:
 def cluster_pids(cluster: Cluster | None) -> dict[str, list[int]]:
     """The running cluster processes' PIDs by role (etcd, node, frontend), for the CPU meter."""
     pids: dict[str, list[int]] = {}
+    for role, pid, _ in cluster_processes(cluster):
+        pids.setdefault(role, []).append(pid)
+    return pids
+
+
+def cluster_processes(cluster: Cluster | None) -> list[tuple[str, int, str]]:
+    """(role, PID, name) of every running cluster process; a witness node's name says so
+    (`dc-a-node-1 (witness)`), so that bench.json's CPU by process tells witnesses apart."""
     if cluster is None or not cluster.exists():
-        return pids
+        return []
+    witnesses = set(cluster.witness_nodes())
+    out: list[tuple[str, int, str]] = []
     for proc in cluster.state().processes:
         pid = cluster.child_pid(proc.name)
         if pid:
-            pids.setdefault(proc.role, []).append(pid)
-    return pids
+            name = f"{proc.name} (witness)" if proc.name in witnesses else proc.name
+            out.append((proc.role, pid, name))
+    return out
 
 
 def out_dir(base: Path) -> Path:
@@ -434,9 +478,12 @@ def cluster_for(args: argparse.Namespace, echo: Any) -> Iterator[tuple[Path, Clu
     temp = None if args.dir else tempfile.mkdtemp(prefix="bkv-bench-cluster-")
     cluster = Cluster(args.dir or Path(temp or "."), echo=echo)
     base = load_topology(args.topology or default_topology_path())
+    nodes_per_dc = args.nodes_per_dc
+    if nodes_per_dc is None and args.nodes is None and args.topology is None:
+        nodes_per_dc = BENCH_NODES_PER_DC  # the bench's layout (bkv_bench.topology)
     topology = bench_topology(
         base,
-        nodes_per_dc=args.nodes_per_dc,
+        nodes_per_dc=nodes_per_dc,
         nodes=args.nodes,
         keep_limits=args.keep_limits,
         event_loop=args.event_loop,
@@ -485,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         marks=config.marks,
         started_at=started_at,
         cpu=run.cpu,
+        floor=run.floor,
     )
     write_and_print(args.out, result, config)
     return 0
@@ -519,7 +567,7 @@ def _run_on_cluster(
                 max_inflight=args.max_inflight,
                 progress=sys.stderr if sys.stderr.isatty() else None,
                 echo=_echo,
-                cpu=CpuMeter(pids),
+                cpu=CpuMeter(pids, names={pid: n for _, pid, n in cluster_processes(cluster)}),
                 shape=shape,
             ),
         )
@@ -576,6 +624,8 @@ def write_and_print(base: Path, result: BenchResult, config: BenchConfig) -> Non
     doc = result.to_json()
     if "cpu" in doc:
         print(cpu_text(doc["cpu"]))
+    if result.floor is not None:
+        print(floor_text(result.floor, doc.get("cpu_efficiency")))
     text = report.ceilings_text(result)
     if text:
         print(text)

@@ -96,7 +96,9 @@ class BenchConfig:
     accounts: accounts registered in the setup phase (split into pools by the mix).
     ksf: the client's Argon2id preset ("fast" for load tests, "default" otherwise).
     rate: open loop when > 0: operations started per second at fixed intervals.
-    ceilings: also measure the etcd CAS, gRPC and crypto ceilings in this run.
+    ceilings: also measure the etcd CAS, gRPC and crypto ceilings in this run (and the floor).
+    floor: measure the floor, the work a recovery cannot do without (bkv_bench.floor), and the
+        etcd CAS ceiling it takes its etcd part from.
     ceiling_seconds: how long each ceiling measurement runs.
     seed: seeds the choice of operations and accounts (not the cryptography).
     """
@@ -110,6 +112,7 @@ class BenchConfig:
     ksf: str = "fast"
     rate: float = 0.0
     ceilings: bool = False
+    floor: bool = False
     ceiling_seconds: float = 3.0
     seed: int = 1
     marks: tuple[tuple[float, str], ...] = field(default=())

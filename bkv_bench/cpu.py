@@ -45,10 +45,12 @@ def read_proc(pid: int) -> tuple[int, float] | None:
 
 @dataclass(frozen=True)
 class CpuUsed:
-    """CPU seconds per role over one phase, and the processes that could not be counted."""
+    """CPU seconds per role over one phase, and the processes that could not be counted;
+    `by_process`: per named process (a witness node apart from the others, say)."""
 
     seconds: dict[str, float]
     missing: tuple[int, ...] = field(default=())
+    by_process: dict[str, float] = field(default_factory=dict)
 
 
 class CpuMeter:
@@ -60,8 +62,11 @@ class CpuMeter:
         *,
         own: Callable[[], float] = time.process_time,
         read: Reader = read_proc,
+        names: Mapping[int, str] | None = None,
     ) -> None:
+        """`names`: a name per PID, for `CpuUsed.by_process` (unnamed processes: roles only)."""
         self._pids = {role: tuple(p) for role, p in pids.items()}
+        self._names = dict(names or {})
         self._own = own
         self._read = read
         self._before: dict[int, tuple[int, float] | None] = {}
@@ -74,6 +79,7 @@ class CpuMeter:
     def stop(self) -> CpuUsed:
         own = self._own() - self._own_before
         seconds: dict[str, float] = {}
+        by_process: dict[str, float] = {}
         missing: list[int] = []
         for role, pids in self._pids.items():
             total = 0.0
@@ -83,9 +89,11 @@ class CpuMeter:
                     missing.append(pid)  # gone, or another process under a reused PID
                     continue
                 total += after[1] - before[1]
+                if pid in self._names:
+                    by_process[self._names[pid]] = after[1] - before[1]
             seconds[role] = total
         seconds["bench"] = own
-        return CpuUsed(seconds, tuple(missing))
+        return CpuUsed(seconds, tuple(missing), by_process)
 
 
 def cpu_json(used: CpuUsed, *, ops: int, elapsed_s: float) -> dict[str, Any]:
@@ -93,12 +101,18 @@ def cpu_json(used: CpuUsed, *, ops: int, elapsed_s: float) -> dict[str, Any]:
     total = sum(used.seconds.values())
     per_op = {role: round(s * 1000 / ops, 2) if ops else None for role, s in used.seconds.items()}
     per_op["total"] = round(total * 1000 / ops, 2) if ops else None
-    return {
+    out: dict[str, Any] = {
         "seconds": {role: round(s, 3) for role, s in used.seconds.items()},
         "ms_per_op": per_op,
         "cores_busy": round(total / elapsed_s, 2) if elapsed_s > 0 else None,
         "missing_pids": list(used.missing),
     }
+    if used.by_process:
+        out["by_process_ms_per_op"] = {
+            name: round(s * 1000 / ops, 2) if ops else None
+            for name, s in sorted(used.by_process.items())
+        }
+    return out
 
 
 def cpu_text(cpu: Mapping[str, Any]) -> str:

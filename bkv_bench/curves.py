@@ -395,15 +395,16 @@ def _with_cluster(
 ) -> dict[str, Any]:
     """The sweep on a cluster started here (bkv-bench's load-test limits), stopped and removed
     after: its directory holds tokens and keys, which must not stay in a results folder."""
-    from bkv_bench.topology import bench_topology
+    from bkv_bench.topology import BENCH_NODES_PER_DC, bench_topology
     from deploy.cluster import Cluster
     from deploy.topology import default_topology_path, load_topology
 
     base = load_topology(topology_path or default_topology_path())
+    per_dc = BENCH_NODES_PER_DC if topology_path is None else None  # as bkv-bench's default
     temp = tempfile.mkdtemp(prefix="bkv-curves-cluster-")
     cluster = Cluster(Path(temp))
     try:
-        cluster.up(bench_topology(base), fsync=fsync)
+        cluster.up(bench_topology(base, nodes_per_dc=per_dc), fsync=fsync)
         return sweep(config, ["--config", str(cluster.client_config_path)], runner, node_sweep_args)
     finally:
         try:

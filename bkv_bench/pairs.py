@@ -17,14 +17,29 @@ duration or count; each run's bench.json and bench.png stay under `OUT/<timestam
 
 Writes `OUT/<timestamp>/pairs.json` and `pairs.png` (each pair's ratios) and prints a table. No
 figure is asserted: it is a report.
+
+**Tree against tree.** `--tree-a DIR` (or `--tree-b`) runs that side from another source tree
+with its own virtual environment (`DIR/.venv/bin/python -m MODULE` in `DIR`, with `DIR` and
+`DIR/protos` first on its path, so that every process it starts runs that tree's code too;
+`--module-a`/`--module-b` name its bench module, `bkv_bench.cli` by default, `deploy.bench.cli`
+before the tools had a package of their own). A tree side's arguments are passed unchecked here
+(its own bench checks them), the values of --config, --topology, --dir and --out made absolute.
+To compare with an old commit, outside this repository:
+
+    git worktree add /tmp/old f7ab7e0 && (cd /tmp/old && bash scripts/setup.sh)   # or git archive
+    python -m bkv_bench.pairs --pairs 5 --tree-a /tmp/old --module-a deploy.bench.cli \
+        --label-a f7ab7e0 --label-b this-tree --a="" --b="" \
+        -- --cluster-up --fsync --mix recover=100 --concurrency 16 --duration 15 --ksf fast
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +56,7 @@ from bkv_bench.config import BenchConfigError
 from bkv_bench.curves import BenchMain, CurvesError, Runner, point
 
 MAX_PAIRS = 50
+TREE_RUN_TIMEOUT_S = 1800.0  # one bench run of another tree (its own --max-seconds bounds it)
 # metric → True when a higher B/A ratio means B is better.
 METRICS: dict[str, bool] = {
     "throughput_per_s": True,
@@ -137,6 +153,59 @@ def check_bench_args(argv: Sequence[str], what: str) -> None:
         raise PairsError(f"{what}: {err}") from None
 
 
+# Arguments whose value is a path: made absolute before a tree side runs in its tree.
+PATH_FLAGS = ("--config", "--topology", "--dir", "--out")
+
+
+def absolute_paths(argv: Sequence[str], here: Path) -> list[str]:
+    """`argv` with the values of PATH_FLAGS made absolute against `here`.
+
+    >>> absolute_paths(["--config", "c/client.toml", "--out=r", "--seed", "1"], Path("/w"))
+    ['--config', '/w/c/client.toml', '--out=/w/r', '--seed', '1']
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if eq and flag in PATH_FLAGS:
+            arg = f"{flag}={here / value}"
+        elif i and argv[i - 1] in PATH_FLAGS:
+            arg = str(here / arg)
+        out.append(arg)
+    return out
+
+
+def tree_bench(tree: Path, module: str = "bkv_bench.cli") -> BenchMain:
+    """A bench main that runs `module` from source tree `tree` with the tree's own virtual
+    environment, in a child process whose working directory is the tree (so that the processes
+    it starts in turn, `python -m ...` each, import the tree's code too); path arguments are
+    made absolute first."""
+    python = tree / ".venv" / "bin" / "python"
+
+    def run(argv: Sequence[str]) -> int:
+        path = [str(tree), str(tree / "protos")]
+        if os.environ.get("PYTHONPATH"):
+            path.append(os.environ["PYTHONPATH"])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        done = subprocess.run(
+            [str(python), "-m", module, *absolute_paths(argv, Path.cwd())],
+            cwd=tree,
+            env=env,
+            timeout=TREE_RUN_TIMEOUT_S,
+            check=False,
+        )
+        return done.returncode
+
+    return run
+
+
+def check_tree(tree: Path, module: str, what: str) -> None:
+    """Refuse a tree without its own virtual environment or without the bench module."""
+    if not (tree / ".venv" / "bin" / "python").is_file():
+        raise PairsError(f"{what}: {tree} has no .venv (run its scripts/setup.sh)")
+    if not (tree / Path(*module.split("."))).with_suffix(".py").is_file():
+        raise PairsError(f"{what}: {tree} has no module {module}")
+
+
 def run_pairs(
     pairs: int,
     common: Sequence[str],
@@ -144,11 +213,14 @@ def run_pairs(
     b: Sequence[str],
     runner: Runner,
     op: str = "recover",
+    runner_b: Runner | None = None,
 ) -> dict[str, Any]:
-    """Run every pair in `order` and collect the points, their ratios and the summary."""
+    """Run every pair in `order` and collect the points, their ratios and the summary (side B
+    with `runner_b` when it runs another tree)."""
     points: list[dict[str, Any]] = [{} for _ in range(pairs)]
+    runners = {"a": runner, "b": runner_b or runner}
     for i, side in order(pairs):
-        doc = runner.run(f"pair-{i + 1}-{side}", [*common, *(a if side == "a" else b)])
+        doc = runners[side].run(f"pair-{i + 1}-{side}", [*common, *(a if side == "a" else b)])
         if op not in doc["ops"]:
             raise PairsError(f"run pair-{i + 1}-{side} made no {op!r} operation")
         points[i][side] = {**point(doc, op), "bench_json": doc["_path"]}
@@ -163,9 +235,11 @@ def run_pairs(
 def table(result: Mapping[str, Any]) -> str:
     """Each pair's figures and ratios, then the summary."""
     la, lb = result["labels"]["a"], result["labels"]["b"]
+    trees = result.get("trees") or {}
+    where = {side: f" (tree {trees[side]})" if trees.get(side) else "" for side in ("a", "b")}
     lines = [
-        f"A = {la}: {' '.join(result['args']['a']) or '(no extra arguments)'}",
-        f"B = {lb}: {' '.join(result['args']['b']) or '(no extra arguments)'}",
+        f"A = {la}{where['a']}: {' '.join(result['args']['a']) or '(no extra arguments)'}",
+        f"B = {lb}{where['b']}: {' '.join(result['args']['b']) or '(no extra arguments)'}",
         f"{'pair':>4} {'first':>5} {'A ops/s':>8} {'B ops/s':>8} {'B/A':>6} "
         f"{'A cpu ms':>8} {'B cpu ms':>8} {'B/A':>6} {'A p99':>7} {'B p99':>7} {'B/A':>6}",
     ]
@@ -229,6 +303,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-a", default="A")
     p.add_argument("--label-b", default="B")
     p.add_argument("--op", default="recover", help="the operation compared (default recover)")
+    for side in ("a", "b"):
+        p.add_argument(
+            f"--tree-{side}",
+            type=Path,
+            help=f"run side {side.upper()} from this source tree with its own .venv",
+        )
+        p.add_argument(
+            f"--module-{side}",
+            default="bkv_bench.cli",
+            help=f"side {side.upper()}'s bench module in its tree (default bkv_bench.cli)",
+        )
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("common", nargs=argparse.REMAINDER, help="-- then bkv-bench arguments of both")
     return p
@@ -242,23 +327,36 @@ def main(argv: Sequence[str] | None = None, bench_main: BenchMain = cli.main) ->
             raise PairsError(f"--pairs must be between 1 and {MAX_PAIRS}")
         a = bench_args(args.a, "--a")
         b = bench_args(args.b, "--b")
-        if a == b:
+        trees = {"a": args.tree_a, "b": args.tree_b}
+        if a == b and trees["a"] == trees["b"]:
             raise PairsError("--a and --b are the same: there is nothing to compare")
         refuse_own_flags(common, "the common arguments")
-        check_bench_args([*common, *a], "side A")
-        check_bench_args([*common, *b], "side B")
+        for side, extra in (("a", a), ("b", b)):
+            tree = trees[side]
+            if tree is None:
+                check_bench_args([*common, *extra], f"side {side.upper()}")
+            else:
+                check_tree(tree.resolve(), getattr(args, f"module_{side}"), f"--tree-{side}")
     except PairsError as err:
         print(f"pairs: {err}", file=sys.stderr)
         return 2
-    out = cli.out_dir(args.out)
+    out = cli.out_dir(args.out.resolve())
+
+    def runner(side: str) -> Runner:
+        tree = trees[side]
+        if tree is None:
+            return Runner(out, bench_main)
+        return Runner(out, tree_bench(tree.resolve(), getattr(args, f"module_{side}")))
+
     try:
-        result = run_pairs(args.pairs, common, a, b, Runner(out, bench_main), args.op)
+        result = run_pairs(args.pairs, common, a, b, runner("a"), args.op, runner_b=runner("b"))
     except (CurvesError, PairsError) as err:
         print(f"pairs: {err}", file=sys.stderr)
         return 1
     result = {
         "labels": {"a": args.label_a, "b": args.label_b},
         "args": {"common": common, "a": a, "b": b},
+        "trees": {side: str(tree.resolve()) if tree else None for side, tree in trees.items()},
         "op": args.op,
         **result,
     }

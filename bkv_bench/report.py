@@ -15,6 +15,7 @@ from typing import Any
 
 from bkv_bench.ceilings import Ceiling
 from bkv_bench.cpu import CpuUsed
+from bkv_bench.floor import Floor
 from bkv_bench.histogram import OpSummary
 from bkv_bench.result import BenchResult, Machine, RunConfig, Setup
 
@@ -32,6 +33,7 @@ def build(
     marks: Sequence[tuple[float, str]] = (),
     started_at: str = "",
     cpu: CpuUsed | None = None,
+    floor: Floor | None = None,
 ) -> BenchResult:
     """The whole run as one `BenchResult`, with this machine's facts taken now (at the end)."""
     return BenchResult(
@@ -47,6 +49,7 @@ def build(
         ceilings=tuple(ceilings),
         cpu=cpu,
         started_at=started_at,
+        floor=floor,
     )
 
 

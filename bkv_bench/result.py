@@ -15,6 +15,7 @@ from typing import Any
 
 from bkv_bench.ceilings import CAS_PER_RECOVERY, ROUND_TRIPS_PER_RECOVERY, Ceiling
 from bkv_bench.cpu import CpuUsed, cpu_json
+from bkv_bench.floor import Floor, efficiency
 from bkv_bench.histogram import OpSummary
 
 # The target: recoveries at 50% of the etcd bound (CAS ceiling / CAS_PER_RECOVERY).
@@ -165,6 +166,7 @@ class BenchRun:
     ceilings: tuple[Ceiling, ...]
     pools: Pools
     cpu: CpuUsed | None
+    floor: Floor | None = None
 
 
 def op_json(s: OpSummary) -> dict[str, Any]:
@@ -254,6 +256,7 @@ class BenchResult:
     ceilings: tuple[Ceiling, ...] = ()
     cpu: CpuUsed | None = None
     started_at: str = ""
+    floor: Floor | None = None
 
     @property
     def recoveries_ok_per_s(self) -> float:
@@ -278,4 +281,10 @@ class BenchResult:
             doc["versus_ceilings"] = versus_ceilings(self.recoveries_ok_per_s, doc["ceilings"])
         if self.cpu is not None:
             doc["cpu"] = cpu_json(self.cpu, ops=self.total.count, elapsed_s=self.elapsed_s)
+        if self.floor is not None:
+            # The floor over the CPU every process spent per operation: the share of the
+            # cluster's CPU that is unavoidable work (meaningful with --mix recover=100).
+            doc["floor"] = self.floor.to_json()
+            total = doc.get("cpu", {}).get("ms_per_op", {}).get("total")
+            doc["cpu_efficiency"] = efficiency(self.floor.ms_per_recovery, total)
         return doc

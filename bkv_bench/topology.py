@@ -12,6 +12,12 @@ from dataclasses import replace
 
 from deploy.topology import FrontendLimits, Topology, VaultNode
 
+# Vault nodes per data centre when the bundled topology is used and no size is given: one node
+# per data centre cost 0.68x the CPU per recovery of two, with 1.69x the throughput and half the
+# p99, in three alternating pairs (docs/performance.md, tenth session). The bundled topology keeps
+# two (the tests' failover inside a data centre); `--nodes-per-dc 2` measures that layout.
+BENCH_NODES_PER_DC = 1
+
 BENCH_LIMITS = FrontendLimits(
     account_rate_per_s=1000.0,
     account_burst=2000,

@@ -28,10 +28,29 @@ from client.driver import adrive
 from client.protocol import Done, Outbound, Status
 from client.retry import Pause
 from vault_protocol.backup_key import BackupKey
+from vault_protocol.ksf import Argon2idKsf, IdentityKsf, Ksf
 
 __all__ = ["AioGrpcConnector", "AsyncConnector", "AsyncVaultClient"]
 
 T = TypeVar("T")
+
+
+INLINE_KSF_KIB_PASSES = 1024  # Argon2id memory x passes run on the loop (1 MiB: ~1 ms here)
+
+
+def _cheap_ksf(ksf: Ksf) -> bool:
+    """Whether `ksf` is cheap enough to run on the event loop (see `AsyncVaultClient._run`):
+    the identity, or Argon2id with little memory and few passes; any other KSF (a subclass
+    too: its cost is not known here) goes to a worker thread.
+
+    >>> _cheap_ksf(Argon2idKsf(time_cost=1, lanes=1, memory_kib=256))
+    True
+    >>> _cheap_ksf(Argon2idKsf())
+    False
+    """
+    if type(ksf) is IdentityKsf:
+        return True
+    return type(ksf) is Argon2idKsf and ksf.memory_kib * ksf.time_cost <= INLINE_KSF_KIB_PASSES
 
 
 class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[None]]]):
@@ -127,7 +146,11 @@ class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[No
     async def _run(self, flow: protocol.Flow[T]) -> T:
         # Only the advance that runs the KSF (Argon2id: a fifth of a second by default) goes to a
         # worker thread; the others (a blind, an HPKE seal or open: well under a millisecond)
-        # run on the loop, which saves two thread hops per recovery.
+        # run on the loop, which saves two thread hops per recovery. A cheap KSF (the "fast"
+        # load-test preset: about a millisecond with OPAQUE's math) runs on the loop too: the
+        # hop and its GIL hand-offs cost the load generator more CPU than the step itself
+        # (docs/performance.md, tenth session).
+        inline = _cheap_ksf(self._ksf)
         step = protocol.advance(flow)
         while not isinstance(step, Done):
             try:
@@ -135,7 +158,7 @@ class AsyncVaultClient(ClientCore[AsyncConnector, Callable[[float], Awaitable[No
             except BaseException as err:  # noqa: BLE001 - thrown into the flow, which re-raises
                 step = protocol.advance(flow, None, err)
                 continue
-            if step.step.runs_ksf_next:
+            if step.step.runs_ksf_next and not inline:
                 step = await asyncio.to_thread(protocol.advance, flow, answer)
             else:
                 step = protocol.advance(flow, answer)

@@ -169,6 +169,7 @@ def witness_table(topology: Topology, node: VaultNode, layout: Layout) -> dict[s
     }
     if serve:
         table["journal"] = str(layout.witness_journal(node.name))
+    table["capture_streams"] = topology.options.witness_capture_streams
     return table
 
 
@@ -188,6 +189,7 @@ def node_toml(
         "audit_log": str(layout.audit_log(node.name)),
         "opaque_context": topology.options.opaque_context,
     }  # fmt: skip
+    section["group_commit_us"] = topology.options.group_commit_us
     if metrics_port:
         section["metrics_address"] = f"{topology.host_of(node.dc)}:{metrics_port}"
     return dumps({

@@ -29,7 +29,12 @@ from deploy.etcd_auth import cluster_users, user_name_problems
 from deploy.pki import CertPaths, Pki
 from vault_common.event_loop import EVENT_LOOPS
 from vault_common.toml_config import TomlReadError, read_toml
-from vault_node.config import MAX_RECORD_GROUPS, MAX_WITNESSES
+from vault_node.config import (
+    MAX_CAPTURE_STREAMS,
+    MAX_GROUP_COMMIT_US,
+    MAX_RECORD_GROUPS,
+    MAX_WITNESSES,
+)
 from vault_protocol.fleet import MAX_CONTEXT_BYTES
 
 Role = Literal["etcd", "node", "frontend"]
@@ -82,6 +87,12 @@ class Options:
         "" allowed): written to every node.toml and client.toml and signed into the fleet's
         announcement. The default is the product's, "BKV-v1"; an app whose clients run another
         RFC 9807 implementation sets that implementation's (one popular one fixes "").
+    witness_capture_streams: long-lived capture streams each vault node keeps per peer witness
+        (node.toml `witness.capture_streams`); 0 = one unary call per capture. Measured in
+        docs/performance.md (tenth session).
+    group_commit_us: group commit window of every vault node (node.toml
+        `node.group_commit_us`, 1000): record writes arriving within it share one etcd
+        transaction; 0 = off. Measured in docs/performance.md (tenth session).
     """
 
     etcd_fsync: bool = True
@@ -101,6 +112,8 @@ class Options:
     record_groups: int = 256
     account_rebind_delay_s: int = 7 * 86_400
     opaque_context: str = "BKV-v1"
+    witness_capture_streams: int = 4
+    group_commit_us: int = 1000
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -145,6 +158,12 @@ class Options:
             out.append("options.account_rebind_delay_s must be between 0 and 31536000")
         if len(self.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES:
             out.append(f"options.opaque_context must be at most {MAX_CONTEXT_BYTES} bytes (UTF-8)")
+        if not 0 <= self.witness_capture_streams <= MAX_CAPTURE_STREAMS:
+            out.append(
+                f"options.witness_capture_streams must be between 0 and {MAX_CAPTURE_STREAMS}"
+            )
+        if not 0 <= self.group_commit_us <= MAX_GROUP_COMMIT_US:
+            out.append(f"options.group_commit_us must be between 0 and {MAX_GROUP_COMMIT_US}")
         return out
 
 

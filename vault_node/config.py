@@ -11,6 +11,8 @@ from vault_common.toml_config import TomlReadError, read_toml
 from vault_protocol.fleet import MAX_CONTEXT_BYTES
 from vault_protocol.opaque import DEFAULT_CONTEXT
 
+MAX_GROUP_COMMIT_US = 100_000  # a write never waits longer than this for others
+MAX_GROUP_COMMIT_BATCH = 64  # vault_node.group_commit.MAX_BATCH (etcd allows 128 ops per txn)
 MAX_ATTEMPTS_LIMIT = 100
 """Highest `max_attempts_cap` an operator may configure (the client keeps it as a sanity bound)."""
 DEFAULT_MAX_ATTEMPTS_CAP = 20
@@ -45,6 +47,11 @@ class NodeSection:
     checkpoint_interval_ms: int = 1000
     # A lock or delete has etcd compacted up to its revision after this delay (coalescing).
     compact_delay_ms: int = 500
+    # Group commit (vault_node/group_commit.py): record writes that arrive within this many
+    # microseconds go to etcd as one transaction of at most `group_commit_max` writes; 0 = off.
+    # 1 ms measured: 0.72 of etcd's CPU per recovery (docs/performance.md, tenth session).
+    group_commit_us: int = 1000
+    group_commit_max: int = 16
     # host:port of the Prometheus metrics endpoint (HTTP, /metrics); "" = none. An IP address
     # that is not public (loopback on the local cluster); port 0 picks a free one (tests).
     metrics_address: str = ""
@@ -95,6 +102,7 @@ class HsmSection:
 
 MAX_RECORD_GROUPS = 65_536
 MAX_WITNESSES = 15
+MAX_CAPTURE_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,9 @@ class WitnessSection:
     # The longest the witness's token checkpoint trails its journal (witness_server.py says
     # what that window means); it also goes after CHECKPOINT_CAPTURES new heads.
     checkpoint_interval_ms: int = 5000
+    # Long-lived Captures streams this node keeps per peer witness (one capture at a time on
+    # each; answers MAC'd under a per-stream session key); 0 = a unary Capture per capture.
+    capture_streams: int = 4
 
     def peer_map(self) -> dict[str, str]:
         """Witness name -> host:port (malformed entries are left out; `problems` names them)."""
@@ -162,6 +173,8 @@ class WitnessSection:
             out.append("witness.client_ca must be an absolute path when witness.serve is on")
         if not 50 <= self.checkpoint_interval_ms <= 60_000:
             out.append("witness.checkpoint_interval_ms must be in 50..60000")
+        if not 0 <= self.capture_streams <= MAX_CAPTURE_STREAMS:
+            out.append(f"witness.capture_streams must be in 0..{MAX_CAPTURE_STREAMS}")
         return out
 
 
@@ -202,6 +215,10 @@ class NodeConfig:
             out.append("node.account_rebind_delay_s must be in 0..31536000 (365 days)")
         if not 1 <= n.account_auth_max_future_s <= 86_400:
             out.append("node.account_auth_max_future_s must be in 1..86400")
+        if not 0 <= n.group_commit_us <= MAX_GROUP_COMMIT_US:
+            out.append(f"node.group_commit_us must be in 0..{MAX_GROUP_COMMIT_US}")
+        if not 2 <= n.group_commit_max <= MAX_GROUP_COMMIT_BATCH:
+            out.append(f"node.group_commit_max must be in 2..{MAX_GROUP_COMMIT_BATCH}")
         out += metrics_address_problems("node.metrics_address", n.metrics_address)
         if len(n.opaque_context.encode("utf-8")) > MAX_CONTEXT_BYTES:
             out.append(f"node.opaque_context must be at most {MAX_CONTEXT_BYTES} bytes (UTF-8)")

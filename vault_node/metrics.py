@@ -78,6 +78,7 @@ AUDIT_EVENTS: tuple[AuditEvent, ...] = get_args(EventName)  # the audit line's o
 ETCD_CALLS = (
     "read",
     "write",
+    "write_many",
     "read_heads",
     "probe",
     "compact",

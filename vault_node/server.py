@@ -40,6 +40,7 @@ from vault_node.checkpoint import Checkpointer, latest_checkpoint, load_state
 from vault_node.compactor import Compactor
 from vault_node.config import NodeConfig
 from vault_node.fleet_keys import FleetStateError, Keyring, load_keyring, read_fleet_state
+from vault_node.group_commit import GroupCommitStore
 from vault_node.heads import open_head
 from vault_node.membership import MemberInfo, Membership
 from vault_node.metrics import NodeMetrics, RequestMeter
@@ -61,7 +62,7 @@ from vault_node.service import (
     VaultService,
     WriteUnconfirmed,
 )
-from vault_node.store import EtcdStore
+from vault_node.store import EtcdStore, RecordStore
 from vault_node.store_guard import StoreGuard
 from vault_node.token_api import HsmError
 from vault_node.witness_core import Ref
@@ -326,6 +327,7 @@ class VaultNodeServer:
         self._resealer: Resealer | None = None
         self._keyring: Keyring | None = None
         self._member: MemberInfo | None = None
+        self._batches: GroupCommitStore | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._reported: int | None = None
@@ -418,9 +420,14 @@ class VaultNodeServer:
         )
         self._compactor = Compactor(store.compact, delay_s=node.compact_delay_ms / 1000)
         witnesses = await self._start_witnessing(token)
+        records: RecordStore = self._store
+        if node.group_commit_us:
+            records = self._batches = GroupCommitStore(
+                self._store, window_s=node.group_commit_us / 1e6, max_batch=node.group_commit_max
+            )
         self._servicer.service = VaultService(
             token=token,
-            store=self._store,
+            store=records,
             keys=keys,
             config=ServiceConfig(
                 node_name=node.name,
@@ -478,15 +485,21 @@ class VaultNodeServer:
             self._witness_server = server
             log.info("witness %s listening on %s (node client CA only)", own, w.listen)
         credentials = mtls_channel_credentials(w.ca, w.client_cert, w.client_key)
+
+        def witness_mac(data: bytes) -> bytes:
+            return bytes(token.hmac_sha256("witness", data))
+
         endpoints: list[CaptureEndpoint] = [
             self._witness
             if name == own and self._witness is not None
-            else PeerWitness(name, address, credentials)
+            else PeerWitness(
+                name, address, credentials, streams=w.capture_streams, session=witness_mac
+            )
             for name, address in sorted(peers.items())
         ]
         self._witnesses = RemoteWitnesses(
-            endpoints, len(peers), lambda data: bytes(token.hmac_sha256("witness", data)),
-            os.urandom, local=own if self._witness is not None else None,
+            endpoints, len(peers), witness_mac, os.urandom,
+            local=own if self._witness is not None else None,
         )  # fmt: skip
         if self._witness is not None:
             self._witness.start(self._witnesses, store_heads=self._store_heads(token, w.groups))
@@ -627,6 +640,8 @@ class VaultNodeServer:
         """Graceful stop: NOT_SERVING, revoke the lease, drain calls, close etcd and the token."""
         await cancel_and_wait(self._health_task)
         await self._health.enter_graceful_shutdown()
+        if self._witness is not None:
+            self._witness.close_streams()  # peers' idle capture streams would hold the stop
         if self._witness_server is not None:
             await self._witness_server.stop(grace_s)
         if self._witness is not None:
@@ -649,6 +664,8 @@ class VaultNodeServer:
                 log.exception("could not write the last store checkpoint")
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._batches is not None:
+            await self._batches.close()
         if self._store is not None:
             await self._store.close()
         if self._token is not None:

@@ -308,6 +308,11 @@ class VaultService:
         # *compare* of an optimistic CAS (see `_cached`). They stay inside the node process, the
         # HSM boundary, which opens every record it serves anyway.
         self._records: Lru[bytes, Current] = Lru(config.record_cache_size)
+        # The newest head this node has seen of each group (read or written): a cached record's
+        # own head goes stale whenever another record of its group is written, here or on
+        # another node, and a write on a stale head only meets a conflict (one more etcd round
+        # trip). Used like the record cache, only as a CAS compare and the base of the next head.
+        self._heads: dict[int, Head] = {}
 
     @property
     def fleet_id(self) -> bytes:
@@ -581,7 +586,24 @@ class VaultService:
         current = self._records.get(record_id)
         if current is None or not usable(current):
             return None
+        head = current.head
+        newer = self._heads.get(head.group) if head is not None else None
+        if (
+            head is not None
+            and newer is not None
+            and newer.meta.mod_revision > head.meta.mod_revision
+        ):
+            # Security: as the record entry, only a compare: a head that is no longer etcd's
+            # fails the CAS (which returns the current one), and a current one is etcd's content
+            # as this node opened or wrote it, so the next head built on it lists what etcd holds.
+            return replace(current, head=newer)
         return current
+
+    def _note_head(self, head: Head) -> None:
+        """Remember `head` as its group's newest known, if it is newer than the one kept."""
+        known = self._heads.get(head.group)
+        if known is None or head.meta.mod_revision > known.meta.mod_revision:
+            self._heads[head.group] = head
 
     def _group(self, record_id: bytes) -> int:
         return group_of(record_id, self._config.record_groups)
@@ -604,6 +626,7 @@ class VaultService:
             self._records.pop(record_id)
             meta = ABSENT if stored is None else stored.meta
             return Current(meta, None, tampered=True, head=head)
+        self._note_head(head)
         if stored is None:
             self._records.pop(record_id)
             return Current(ABSENT, None, head=head)
@@ -667,6 +690,7 @@ class VaultService:
             assert conflict is not None
             return 0, self._open(record_id, conflict), new_head
         new_head = replace(new_head, meta=head.meta.after_write(revision))
+        self._note_head(new_head)
         if step.erase:
             self._records.pop(record_id)
             return revision, Current(ABSENT, None, head=new_head), new_head

@@ -33,6 +33,8 @@ them with the fleet's `witness` key in their token.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ WINDOW = 256  # heads per group a witness remembers
 MAX_DELAY_VERSIONS = 64  # how far behind a delayed (late) capture may plausibly be
 CAPTURE_MAC_PREFIX = b"bkv-v1 witness capture"
 HEADS_MAC_PREFIX = b"bkv-v1 witness heads"
+SESSION_KEY_PREFIX = b"bkv-v1 witness session"
 NONCE_LEN = 16
 
 
@@ -102,6 +105,25 @@ def heads_mac_input(witness: str, nonce: bytes, ready: bool, heads: Iterable[Ref
     parts = [HEADS_MAC_PREFIX, len(name).to_bytes(2, "big"), name, nonce, bytes([ready])]
     parts += [_ref_bytes(ref) for ref in sorted(heads, key=lambda r: r.group)]
     return b"".join(parts)
+
+
+def session_key_input(witness: str, writer_nonce: bytes, witness_nonce: bytes) -> bytes:
+    """What a capture stream's session key is the token HMAC (fleet `witness` key) of: the
+    witness's name and both sides' fresh nonces. Its prefix differs from every other input MAC'd
+    under that key, so a session key is never a MAC either side sends, nor the other way round."""
+    name = witness.encode("utf-8")
+    return b"".join(
+        (SESSION_KEY_PREFIX, len(name).to_bytes(2, "big"), name, writer_nonce, witness_nonce)
+    )
+
+
+def session_mac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 under a capture stream's session key, in software.
+
+    Security: the key is the token's HMAC over `session_key_input`, so only a holder of the
+    fleet's `witness` key (a token) can make it; it lives in the memory of the two vault-node
+    processes of one stream (the HSM boundary, like the records they open) and dies with it."""
+    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 class WitnessState:

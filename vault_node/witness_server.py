@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from bkv.store.v1 import sealed_pb2
@@ -32,12 +34,15 @@ from vault_common.tasks import cancel_and_wait
 from vault_node.checkpoint import DataObjects
 from vault_node.heads import HASH_LEN, RECENT
 from vault_node.witness_core import (
+    NONCE_LEN,
     Ref,
     Verdict,
     WitnessState,
     capture_mac_input,
     heads_mac_input,
     majority,
+    session_key_input,
+    session_mac,
 )
 from vault_node.witnessing import RemoteWitnesses, verify_heads
 
@@ -108,8 +113,10 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         journal: Path,
         *,
         checkpoint_interval_s: float,
+        rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.name = name
+        self._rng = rng
         self._token = token
         self._journal_path = journal
         self._witnesses = witnesses
@@ -132,6 +139,8 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         self._behind_after = 0.0
         self._unsaved = 0  # heads journalled since the last token checkpoint
         self._due = asyncio.Event()  # set once `_unsaved` reaches CHECKPOINT_CAPTURES
+        self._streams: set[asyncio.Task[Any]] = set()  # the open Captures calls' tasks
+        self._closing: set[asyncio.Task[Any]] = set()  # those `close_streams` ended
 
     def _mac(self, data: bytes) -> bytes:
         return bytes(self._token.hmac_sha256("witness", data))
@@ -194,11 +203,18 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
         """Judge a capture (`judge`) and answer MAC'd: the gRPC answer to a peer."""
+        return self.answer(request, self._mac)
+
+    def answer(
+        self, request: witness_pb2.CaptureRequest, mac: Callable[[bytes], bytes]
+    ) -> witness_pb2.CaptureReply:
+        """Judge a capture (`judge`) and answer it MAC'd with `mac` (the token's witness key,
+        or a capture stream's session key)."""
         verdict, held = self.judge(request)
         head = Ref.of(request.head)
-        mac = self._mac(capture_mac_input(self.name, request.nonce, int(verdict), head, held))
+        tag = mac(capture_mac_input(self.name, request.nonce, int(verdict), head, held))
         return witness_pb2.CaptureReply(
-            witness=self.name, verdict=int(verdict), held=held.message(), mac=mac
+            witness=self.name, verdict=int(verdict), held=held.message(), mac=tag
         )
 
     def judge(self, request: witness_pb2.CaptureRequest) -> tuple[Verdict, Ref]:
@@ -240,6 +256,53 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
 
     async def Heads(self, request: Any, context: Any) -> Any:
         return await self.heads(request)
+
+    async def Captures(self, frames: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """A writer's long-lived capture stream: one capture at a time, each judged and
+        journalled exactly as a unary `Capture`, its answer MAC'd under the stream's session
+        key (witness.proto). Ended by `close_streams` when the witness stops."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+        try:
+            key = b""
+            mac: Callable[[bytes], bytes] = self._mac  # replaced by the session's at once
+            async for frame in frames:
+                opening = not key
+                if len(frame.session_nonce) != (NONCE_LEN if opening else 0):
+                    # Only a vault node reaches this port (mTLS); one that sends what ours never
+                    # send is cut off, and nothing of the frame is logged.
+                    log.warning("capture stream: a malformed frame, stream closed")
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed frame")
+                own_nonce = b""
+                if opening:
+                    own_nonce = self._rng(NONCE_LEN)
+                    # Security: the session key is the token's HMAC over both fresh nonces: no
+                    # one without the fleet's witness key can MAC an answer on this stream, and
+                    # no answer of another stream (another key) is taken for one of this.
+                    key = self._mac(session_key_input(self.name, frame.session_nonce, own_nonce))
+                    mac = functools.partial(session_mac, key)
+                reply = self.answer(frame.capture, mac)
+                yield witness_pb2.CaptureFrameReply(
+                    id=frame.id, reply=reply, session_nonce=own_nonce
+                )
+        except asyncio.CancelledError:
+            if task not in self._closing:
+                raise  # the writer went away: gRPC cancelled the call
+            # `close_streams`: end the call with a status (OK) rather than leave it open, which
+            # a graceful server stop would wait for.
+            self._closing.discard(task)
+        finally:
+            if task is not None:
+                self._streams.discard(task)
+
+    def close_streams(self) -> None:
+        """End every open capture stream (at a stop: a graceful server stop would otherwise
+        wait its whole grace period for the writers' idle streams). Their writers ask again
+        over a new stream or a unary call, as after any broken stream."""
+        for task in list(self._streams):
+            self._closing.add(task)
+            task.cancel()
 
     # -- catch-up and the background loop --
 

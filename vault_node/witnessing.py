@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ from vault_node.witness_core import (
     capture_mac_input,
     heads_mac_input,
     majority,
+    session_key_input,
+    session_mac,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ Rng = Callable[[int], bytes]
 CAPTURE_TIMEOUT_S = 2.0
 CAPTURE_RETRIES = 3
 RETRY_BACKOFF_S = (0.02, 0.06, 0.15)
+CAPTURE_STREAMS = 4  # capture streams per peer witness by default (witness.capture_streams)
+UNARY_ONLY_S = 60.0  # a witness without the Captures stream is asked again after this long
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ class LocalWitnesses:
 
 
 class CaptureEndpoint(Protocol):
-    """A witness this node can reach: its own (in-process) or a peer's (gRPC)."""
+    """A witness this node can reach: its own (in-process) or a peer's (gRPC). A `PeerWitness`
+    also has `ask`, whose answers may be MAC'd under a capture stream's session key."""
 
     name: str
 
@@ -141,10 +148,51 @@ class CaptureEndpoint(Protocol):
     async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply: ...
 
 
-class PeerWitness:
-    """A peer witness over node-to-node mTLS (this node's node-client certificate)."""
+@dataclass(frozen=True)
+class Answer:
+    """A witness's capture answer and the session key its MAC is under (None: the fleet's
+    witness key, checked in the token)."""
 
-    def __init__(self, name: str, address: str, credentials: grpc.ChannelCredentials) -> None:
+    reply: witness_pb2.CaptureReply
+    session_key: bytes | None = None
+
+
+class _Stream:
+    """One long-lived Captures call and its session (the key once the first answer came)."""
+
+    __slots__ = ("call", "key", "nonce")
+
+    def __init__(self, call: Any, nonce: bytes) -> None:
+        self.call = call
+        self.nonce = nonce
+        self.key = b""
+
+
+class PeerWitness:
+    """A peer witness over node-to-node mTLS (this node's node-client certificate).
+
+    Captures go over a pool of up to `streams` long-lived `Captures` streams (one capture at a
+    time on each, like the frontend's pool of OpenStream streams: about half the CPU per message
+    of a unary call), each answered under the stream's session key, which both sides derive in
+    their token once per stream (`session`: the token's HMAC under the witness key). When every
+    stream is busy, or `streams` is 0, a capture is a unary `Capture` (token MAC per answer).
+    The rules are the unary call's: a capture not answered within CAPTURE_TIMEOUT_S raises
+    TimeoutError and counts as no answer; a stream that breaks is dropped and the capture asked
+    once more as a unary call (a capture is idempotent at a witness: a head it holds is
+    CAPTURED again); a witness without the stream (UNIMPLEMENTED) gets unary calls for a while.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials: grpc.ChannelCredentials,
+        *,
+        streams: int = 0,
+        session: Callable[[bytes], bytes] | None = None,
+        rng: Rng = os.urandom,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.address = address
         self._channel = grpc.aio.secure_channel(
@@ -153,18 +201,96 @@ class PeerWitness:
             options=reconnect_backoff(initial_ms=100, max_ms=1000),
         )
         self._stub = witness_pb2_grpc.WitnessStub(self._channel)
+        self._size = streams if session is not None else 0
+        self._session = session
+        self._rng = rng
+        self._clock = clock
+        self._idle: list[_Stream] = []
+        self._open = 0
+        self._ids = itertools.count(1)
+        self.unary_until = 0.0
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
+        """A unary Capture (its answer MAC'd under the fleet's witness key)."""
         reply: witness_pb2.CaptureReply = await self._stub.Capture(
             request, timeout=CAPTURE_TIMEOUT_S
         )
         return reply
+
+    async def ask(self, request: witness_pb2.CaptureRequest) -> Answer:
+        """A capture over an idle or new stream of the pool, else a unary call."""
+        stream = self._checkout()
+        if stream is None:
+            return Answer(await self.capture(request))
+        try:
+            reply = await asyncio.wait_for(self._exchange(stream, request), CAPTURE_TIMEOUT_S)
+        except TimeoutError:
+            self._drop(stream)  # it may be stuck: no capture queues behind this one
+            raise
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as exc:
+            self._drop(stream)
+            if isinstance(exc, grpc.aio.AioRpcError) and (
+                exc.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                log.info("witness %s has no capture stream: unary calls", self.name)
+                self.unary_until = self._clock() + UNARY_ONLY_S
+            # A capture is idempotent at a witness, so asking again cannot count anything
+            # twice; a witness that is really gone fails this call too (no answer).
+            return Answer(await self.capture(request))
+        except BaseException:
+            self._drop(stream)  # cancelled by our caller
+            raise
+        self._idle.append(stream)
+        return Answer(reply, stream.key)
+
+    def _checkout(self) -> _Stream | None:
+        if not self._size or self.unary_until > self._clock():
+            return None
+        while self._idle:
+            stream = self._idle.pop()
+            if not stream.call.done():
+                return stream
+            self._open -= 1  # ended while idle (the witness stopped or the connection closed)
+        if self._open >= self._size:
+            return None
+        self._open += 1
+        return _Stream(self._stub.Captures(), self._rng(NONCE_LEN))
+
+    def _drop(self, stream: _Stream) -> None:
+        self._open -= 1
+        stream.call.cancel()
+
+    async def _exchange(
+        self, stream: _Stream, request: witness_pb2.CaptureRequest
+    ) -> witness_pb2.CaptureReply:
+        opening = not stream.key
+        frame = witness_pb2.CaptureFrame(
+            id=next(self._ids), capture=request, session_nonce=stream.nonce if opening else b""
+        )
+        await stream.call.write(frame)
+        reply = await stream.call.read()
+        if reply is grpc.aio.EOF or reply.id != frame.id:
+            raise ConnectionError("capture stream ended or answered out of turn")
+        if len(reply.session_nonce) != (NONCE_LEN if opening else 0):
+            raise ConnectionError("capture stream: a malformed session nonce")
+        if opening:
+            assert self._session is not None
+            # Security: the stream's key comes from our own token over both nonces; an answer
+            # MAC'd under anything else fails the check in RemoteWitnesses._verify.
+            stream.key = self._session(
+                session_key_input(self.name, stream.nonce, reply.session_nonce)
+            )
+        result: witness_pb2.CaptureReply = reply.reply
+        return result
 
     async def heads(self, request: witness_pb2.HeadsRequest) -> witness_pb2.HeadsReply:
         reply: witness_pb2.HeadsReply = await self._stub.Heads(request, timeout=CAPTURE_TIMEOUT_S)
         return reply
 
     async def close(self) -> None:
+        for stream in self._idle:
+            stream.call.cancel()
+        self._idle.clear()
         await self._channel.close()
 
 
@@ -195,11 +321,19 @@ class RemoteWitnesses:
         self._lazy: set[asyncio.Task[CaptureResult]] = set()
         self._missed = False
 
-    def _verify(self, endpoint: CaptureEndpoint, nonce: bytes, head: Ref, reply: Any) -> bool:
+    def _verify(
+        self,
+        endpoint: CaptureEndpoint,
+        nonce: bytes,
+        head: Ref,
+        reply: Any,
+        session_key: bytes | None = None,
+    ) -> bool:
         if reply.witness != endpoint.name:
             return False
         held = Ref.of(reply.held)
-        expected = self._mac(capture_mac_input(reply.witness, nonce, reply.verdict, head, held))
+        data = capture_mac_input(reply.witness, nonce, reply.verdict, head, held)
+        expected = session_mac(session_key, data) if session_key else self._mac(data)
         # Security: a frontend, the network or etcd cannot make a witness's answer: the MAC
         # needs the fleet's witness key, inside the tokens.
         return bool(len(reply.mac) == len(expected) and _equal(reply.mac, expected))
@@ -216,11 +350,17 @@ class RemoteWitnesses:
             # This node's own witness, in this process: no network between them, no MAC needed.
             verdict, held = judge(request)
             return verdict, held
+        asker = getattr(endpoint, "ask", None)
         try:
-            reply = await endpoint.capture(request)
+            answer = (
+                await asker(request)
+                if asker is not None
+                else Answer(await endpoint.capture(request))
+            )
         except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
             log.debug("witness %s did not answer: %s", endpoint.name, type(exc).__name__)
             return None
+        reply, key = answer.reply, answer.session_key
         if round_ is not None and round_.settled:
             # The round was already decided (a majority captured, or a verified rollback) and
             # its result returned: nothing reads this answer any more, so it can neither grant
@@ -230,7 +370,7 @@ class RemoteWitnesses:
             # forged answer can neither raise an alarm nor, being ignored, hide one.
             if reply.verdict == Verdict.CAPTURED:
                 return None
-            if not self._verify(endpoint, request.nonce, head, reply):
+            if not self._verify(endpoint, request.nonce, head, reply, key):
                 log.error("witness %s answered late with a bad MAC: ignored", endpoint.name)
                 return None
             if reply.verdict == Verdict.ROLLBACK:
@@ -239,7 +379,7 @@ class RemoteWitnesses:
                     "holds version %d", endpoint.name, head.group, reply.held.version,
                 )  # fmt: skip
             return None
-        if not self._verify(endpoint, request.nonce, head, reply):
+        if not self._verify(endpoint, request.nonce, head, reply, key):
             log.error("witness %s answered with a bad MAC: ignored", endpoint.name)
             return None
         try:

@@ -78,8 +78,23 @@ def test_closed_loop_with_ceilings(
     cpu = doc["cpu"]
     assert set(cpu["seconds"]) == {"etcd", "node", "frontend", "bench"}
     assert all(s >= 0 for s in cpu["seconds"].values()) and cpu["ms_per_op"]["total"] > 0
+    # Every process by name, the witnesses marked as such.
+    witnesses = {f"{name} (witness)" for name in cluster.witness_nodes()}
+    assert witnesses <= set(cpu["by_process_ms_per_op"])
+    # The floor (implied by --ceilings): every part measured, etcd's from the CAS ceiling.
+    floor = doc["floor"]
+    assert set(floor["parts"]) == {"token_ecdh", "hpke_open_software", "ristretto255_server",
+                                   "token_aes_gcm", "token_hmac_oprf", "client_crypto",
+                                   "etcd_txn"} and floor["missing"] == []  # fmt: skip
+    assert all(part["ms"] > 0 for part in floor["parts"].values())
+    assert (
+        0
+        < doc["cpu_efficiency"]
+        == pytest.approx(floor["ms_per_recovery"] / cpu["ms_per_op"]["total"], abs=1e-3)
+    )
     printed = capsys.readouterr().out
     assert "p99.9 ms" in printed and "etcd CAS" in printed and "CPU per operation" in printed
+    assert "floor (unavoidable work per recovery)" in printed and "CPU efficiency" in printed
 
 
 def test_open_loop(tmp_path: Path, cluster: Cluster) -> None:
@@ -131,3 +146,22 @@ def test_pairs_on_the_cluster(tmp_path: Path, cluster: Cluster) -> None:
     loops = {json.loads(Path(pair[s]["bench_json"]).read_text())["config"]["event_loop"]
              for s in ("a", "b")}  # fmt: skip
     assert loops == {"uvloop", "asyncio"}
+
+
+def test_pairs_with_a_side_from_a_source_tree(tmp_path: Path, cluster: Cluster) -> None:
+    """`--tree-b`: side B runs from a source tree with its own .venv, in a child process (here
+    this repository's own tree, which has one), against the session cluster."""
+    from bkv_bench import pairs
+
+    tree = Path(__file__).resolve().parents[2]
+    out = tmp_path / "pairs"
+    argv = ["--pairs", "1", "--tree-b", str(tree), "--label-b", "tree", "--out", str(out),
+            "--", "--config", str(cluster.client_config_path), "--mix", "recover=100",
+            "--ksf", "fast", "--accounts", "4", "--count", "6", "--concurrency", "2"]  # fmt: skip
+    assert pairs.main(argv) == 0
+    (result_dir,) = out.iterdir()
+    result = json.loads((result_dir / "pairs.json").read_text())
+    assert result["trees"] == {"a": None, "b": str(tree)}
+    (pair,) = result["pairs"]
+    assert (pair["a"]["ok"], pair["b"]["ok"]) == (6, 6)
+    assert Path(pair["b"]["bench_json"]).is_file()

@@ -15,9 +15,10 @@ import pytest
 from etcd_fixtures import ROOT, SecureEtcd
 
 from deploy.etcd_auth import frontend_grants, node_grants
+from vault_node.group_commit import GroupCommitStore
 from vault_node.key_meta import ABSENT, KeyMeta, StoredValue
 from vault_node.membership import MemberInfo, Membership
-from vault_node.store import EtcdStore, Snapshot, StoreUnavailable, record_key
+from vault_node.store import EtcdStore, Snapshot, StoreUnavailable, Write, record_key
 from vault_node.store_guard import GuardState, StoreGuard, StoreRolledBack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -142,6 +143,38 @@ def test_concurrent_compare_and_swap_loses_no_increment(etcd_member: SecureEtcd)
         final = (await store.read(rid, G)).record
         assert final is not None and final.value == b"20" and final.meta.version == 21
         assert conflicts > 0
+
+    with_store(etcd_member, body)
+
+
+def test_a_batched_write_commits_all_or_returns_every_key(etcd_member: SecureEtcd) -> None:
+    """EtcdStore.write_many (group commit's transaction): every record and head of the batch
+    at one revision, or nothing and each write's two keys as the transaction read them."""
+
+    async def body(store: EtcdStore) -> None:
+        rids = [os.urandom(32) for _ in range(3)]
+        writes = [Write(r, b"v%d" % i, ABSENT, 10 + i, b"h%d" % i, ABSENT)
+                  for i, r in enumerate(rids)]  # fmt: skip
+        revision, read = await store.write_many(writes)
+        assert revision > 0 and read == ()
+        first = [await store.read(r, 10 + i) for i, r in enumerate(rids)]
+        for i, snapshot in enumerate(first):
+            assert snapshot.record is not None and snapshot.head is not None
+            assert snapshot.record.meta == KeyMeta(revision, revision, 1)
+            assert (snapshot.record.value, snapshot.head.value) == (b"v%d" % i, b"h%d" % i)
+        # One stale compare (the second write still says ABSENT): nothing of the batch.
+        metas = [(s.record.meta, s.head.meta) for s in first if s.record and s.head]
+        pairs = enumerate(zip(rids, metas, strict=True))
+        again = [Write(r, b"w", rec if i != 1 else ABSENT, 10 + i, b"g", head)
+                 for i, (r, (rec, head)) in pairs]  # fmt: skip
+        assert await store.write_many(again) == (0, tuple(first))
+        # Group commit over the real store: the two good writes commit, the stale one conflicts.
+        batched = GroupCommitStore(store, window_s=0.005, max_batch=8)
+        results = await asyncio.gather(*(
+            batched.write(w.record_id, w.value, w.expected, w.group, w.head, w.expected_head)
+            for w in again
+        ))  # fmt: skip
+        assert results[1] == (0, first[1]) and results[0][0] and results[2][0]
 
     with_store(etcd_member, body)
 

@@ -113,3 +113,74 @@ def test_a_failed_run_stops_with_exit_code_1(tmp_path: Path) -> None:
     )
     assert code == 1 and len(failing.calls) == 1
     assert not list(tmp_path.glob("*/pairs.json"))
+
+
+FAKE_TREE_BENCH = """
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+factor = 0.5 if "--fast" in args else 1.0
+doc = {"ops": {"recover": {"count": 10, "ok": 10, "errors": {}, "throughput_per_s": 100.0 / factor,
+       "latency_ms": {"p50": 20.0, "p90": 40.0, "p99": 40.0, "p999": 40.0, "max": 40.0}}},
+       "cpu": {"ms_per_op": {"total": 10.0 * factor}}, "tree": __file__}
+out = Path(args[args.index("--out") + 1]) / "20261123T000000Z"
+out.mkdir(parents=True)
+(out / "bench.json").write_text(json.dumps(doc))
+"""
+
+
+def fake_tree(root: Path) -> Path:
+    """A source tree with a .venv of its own and a bench module that writes a bench.json."""
+    import sys
+
+    tree = root / "old-tree"
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (tree / "oldbench").mkdir()
+    (tree / "oldbench" / "__init__.py").write_text("")
+    (tree / "oldbench" / "cli.py").write_text(FAKE_TREE_BENCH)
+    return tree
+
+
+def test_a_side_runs_from_another_tree_with_its_own_python(tmp_path: Path) -> None:
+    tree = fake_tree(tmp_path)
+    bench = PairsBench()
+    code = pairs.main(
+        ["--pairs", "2", "--tree-a", str(tree), "--module-a", "oldbench.cli", "--a=--fast",
+         "--b=", "--label-a", "old", "--label-b", "new", "--out", str(tmp_path / "out"),
+         *COMMON],
+        bench_main=bench,
+    )  # fmt: skip
+    assert code == 0
+    (result_dir,) = (tmp_path / "out").iterdir()
+    result = json.loads((result_dir / "pairs.json").read_text())
+    assert result["trees"] == {"a": str(tree.resolve()), "b": None}
+    assert len(bench.calls) == 2  # side B in this process; side A ran in the tree, twice
+    for pair in result["pairs"]:
+        doc = json.loads(Path(pair["a"]["bench_json"]).read_text())
+        assert doc["tree"] == str(tree / "oldbench" / "cli.py")
+    assert result["summary"]["cpu_ms_per_op"]["median"] == pytest.approx(2.0)
+    assert "A = old (tree " in pairs.table(result)
+
+
+def test_a_tree_without_its_venv_or_module_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = fake_tree(tmp_path)
+    bench = PairsBench()
+    argv = ["--tree-b", str(tree), "--out", str(tmp_path / "out")]
+    assert pairs.main([*argv, "--module-b", "nothing.here", *COMMON], bench_main=bench) == 2
+    assert "has no module nothing.here" in capsys.readouterr().err
+    (tree / ".venv" / "bin" / "python").unlink()
+    assert pairs.main([*argv, "--module-b", "oldbench.cli", *COMMON], bench_main=bench) == 2
+    assert "has no .venv" in capsys.readouterr().err
+    assert bench.calls == []
+
+
+def test_a_tree_sides_path_arguments_are_made_absolute() -> None:
+    here = Path("/work/here")
+    argv = ["--config", "c/client.toml", "--topology=t.toml", "--seed", "1", "--dir", "/abs"]
+    assert pairs.absolute_paths(argv, here) == [
+        "--config", "/work/here/c/client.toml", "--topology=/work/here/t.toml", "--seed", "1",
+        "--dir", "/abs",
+    ]  # fmt: skip

@@ -262,3 +262,40 @@ def test_the_scenarios_show_the_decisions(
     # Backoff with jitter (u = 0.5) between the tries of a step that counts no guess.
     [(_, _, _, slept)] = record("other steps backoff")
     assert slept == [0.025, 0.05, 0.1]
+
+
+@pytest.mark.parametrize(("ksf", "hops"), [("fast", 0), ("costly", 2)])
+def test_the_ksf_step_runs_on_the_loop_only_when_the_ksf_is_cheap(
+    config_for: Callable[[InProcessVault, str], ClientConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    ksf: str,
+    hops: int,
+) -> None:
+    """A cheap KSF (the fast load-test preset) runs on the event loop: a worker-thread hop
+    costs more than it; anything costlier keeps its step off the loop (register and recover:
+    two hops)."""
+    import client.aio as aio
+    from vault_protocol.ksf import Argon2idKsf
+
+    threads: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        threads.append(fn)
+        return await to_thread(fn, *args)
+
+    monkeypatch.setattr(aio.asyncio, "to_thread", counted)
+    chosen = Argon2idKsf(1, 1, 256) if ksf == "fast" else Argon2idKsf(1, 1, 4096)
+    vault = InProcessVault()
+    fe = RecordingFrontends(vault)
+
+    async def go() -> None:
+        async with AsyncVaultClient(
+            config_for(vault, ksf), connector=AsyncFakeFrontends(fe), account_id="k", ksf=chosen
+        ) as client:
+            await client.create_account()
+            key = await client.register(PASSWORD)
+            assert await client.recover(PASSWORD) == key
+
+    asyncio.run(go())
+    assert len(threads) == hops

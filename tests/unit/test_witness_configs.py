@@ -65,6 +65,7 @@ def test_witnesses_serve_and_journal_and_the_others_do_not(tmp_path: Path) -> No
             "client_cert": str(pki / f"{node.name}-node-client.pem"),
             "client_key": str(pki / f"{node.name}-node-client.key"),
             "client_ca": str(pki / "node-client-ca.pem"),
+            "capture_streams": 4,
         }
         if node.name in WITNESSES:
             journal = tmp_path / "logs" / f"{node.name}.witness.jsonl"
@@ -75,7 +76,7 @@ def test_witnesses_serve_and_journal_and_the_others_do_not(tmp_path: Path) -> No
             }  # fmt: skip
             # The key order of docs/architecture.md.
             assert list(w) == ["groups", "name", "serve", "listen", "peers", "ca", "client_cert",
-                               "client_key", "client_ca", "journal"]  # fmt: skip
+                               "client_key", "client_ca", "journal", "capture_streams"]  # fmt: skip
         else:
             assert w == {**common, "serve": False}, node.name  # no listen, no journal
             assert node.witness_port == 0

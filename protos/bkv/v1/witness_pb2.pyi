@@ -73,3 +73,23 @@ class HeadsReply(_message.Message):
     mac: bytes
     ready: bool
     def __init__(self, witness: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., mac: _Optional[bytes] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class CaptureFrame(_message.Message):
+    __slots__ = ("id", "capture", "session_nonce")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_NONCE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    capture: CaptureRequest
+    session_nonce: bytes
+    def __init__(self, id: _Optional[int] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., session_nonce: _Optional[bytes] = ...) -> None: ...
+
+class CaptureFrameReply(_message.Message):
+    __slots__ = ("id", "reply", "session_nonce")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_NONCE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    reply: CaptureReply
+    session_nonce: bytes
+    def __init__(self, id: _Optional[int] = ..., reply: _Optional[_Union[CaptureReply, _Mapping]] = ..., session_nonce: _Optional[bytes] = ...) -> None: ...

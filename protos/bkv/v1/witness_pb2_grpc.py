@@ -44,6 +44,11 @@ class WitnessStub:
                 request_serializer=bkv_dot_v1_dot_witness__pb2.HeadsRequest.SerializeToString,
                 response_deserializer=bkv_dot_v1_dot_witness__pb2.HeadsReply.FromString,
                 _registered_method=True)
+        self.Captures = channel.stream_stream(
+                '/bkv.v1.Witness/Captures',
+                request_serializer=bkv_dot_v1_dot_witness__pb2.CaptureFrame.SerializeToString,
+                response_deserializer=bkv_dot_v1_dot_witness__pb2.CaptureFrameReply.FromString,
+                _registered_method=True)
 
 
 class WitnessServicer:
@@ -61,6 +66,12 @@ class WitnessServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Captures(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WitnessServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_WitnessServicer_to_server(servicer, server):
                     servicer.Heads,
                     request_deserializer=bkv_dot_v1_dot_witness__pb2.HeadsRequest.FromString,
                     response_serializer=bkv_dot_v1_dot_witness__pb2.HeadsReply.SerializeToString,
+            ),
+            'Captures': grpc.stream_stream_rpc_method_handler(
+                    servicer.Captures,
+                    request_deserializer=bkv_dot_v1_dot_witness__pb2.CaptureFrame.FromString,
+                    response_serializer=bkv_dot_v1_dot_witness__pb2.CaptureFrameReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +145,33 @@ class Witness:
             '/bkv.v1.Witness/Heads',
             bkv_dot_v1_dot_witness__pb2.HeadsRequest.SerializeToString,
             bkv_dot_v1_dot_witness__pb2.HeadsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Captures(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bkv.v1.Witness/Captures',
+            bkv_dot_v1_dot_witness__pb2.CaptureFrame.SerializeToString,
+            bkv_dot_v1_dot_witness__pb2.CaptureFrameReply.FromString,
             options,
             channel_credentials,
             insecure,
