@@ -83,9 +83,10 @@ def test_closed_loop_with_ceilings(
     assert witnesses <= set(cpu["by_process_ms_per_op"])
     # The floor (implied by --ceilings): every part measured, etcd's from the CAS ceiling.
     floor = doc["floor"]
-    assert set(floor["parts"]) == {"token_ecdh", "hpke_open_software", "ristretto255_server",
-                                   "token_aes_gcm", "token_hmac_oprf", "client_crypto",
-                                   "etcd_txn"} and floor["missing"] == []  # fmt: skip
+    assert set(floor["parts"]) == {
+        "token_ecdh", "hpke_open_software", "ristretto255_server", "token_aes_gcm",
+        "token_hmac_oprf", "account_verify", "client_crypto", "etcd_txn",
+    } and floor["missing"] == []  # fmt: skip
     assert all(part["ms"] > 0 for part in floor["parts"].values())
     assert (
         0
