@@ -27,8 +27,8 @@ before the tools had a package of their own). A tree side's arguments are passed
 To compare with an old commit, outside this repository:
 
     git worktree add /tmp/old f7ab7e0 && (cd /tmp/old && bash scripts/setup.sh)   # or git archive
-    python -m bkv_bench.pairs --pairs 5 --tree-a /tmp/old --module-a deploy.bench.cli \
-        --label-a f7ab7e0 --label-b this-tree --a="" --b="" \
+    python -m bkv_bench.pairs --pairs 5 --tree-a /tmp/old --module-a deploy.bench.cli \\
+        --label-a f7ab7e0 --label-b this-tree --a="" --b="" \\
         -- --cluster-up --fsync --mix recover=100 --concurrency 16 --duration 15 --ksf fast
 """
 

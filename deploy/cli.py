@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from deploy import account_rebind, etcd_maintain
 from deploy.cluster import ROLE_ORDER, Cluster, ProcessStatus, UpReport
@@ -78,6 +79,25 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="live status of every process")
     status.add_argument("--metrics", action="store_true",
                         help="also list each node's and frontend's metrics endpoint")  # fmt: skip
+    _add_etcd_commands(sub, common)
+    _add_key_commands(sub, common)
+    sub.add_parser("down", parents=[common], help="stop every process (data is kept)")
+    for name, what in (
+        ("kill-dc", "SIGKILL every process of a data centre"),
+        ("start-dc", "restart a data centre on its data and wait for health"),
+        ("kill", "SIGKILL one process and its supervisor"),
+        ("start", "start one process on its data and wait for health"),
+        ("stop", "stop one process gracefully"),
+        ("crash", "SIGKILL only the program; its supervisor restarts it"),
+        ("stop-process", "SIGSTOP one process (it hangs, holding its sockets)"),
+        ("cont-process", "SIGCONT a process stopped with stop-process"),
+    ):
+        sub.add_parser(name, parents=[common], help=what).add_argument("name")
+    return parser
+
+
+def _add_etcd_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """etcdctl as root, and the maintenance pass."""
     ctl = sub.add_parser(
         "etcdctl", parents=[common],
         help="run etcdctl against the cluster's etcd as root (TLS, client certificate)",
@@ -102,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="defragment every member, one at a time, after compacting",
     )
+
+
+def _add_key_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The operator's key commands: an account's key-loss rebind, the fleet's key rotation."""
     rebind = sub.add_parser(
         "rebind-account", parents=[common],
         help="key loss: let a new account key log in at the frontends (as etcd root)",
@@ -130,68 +154,64 @@ def _parser() -> argparse.ArgumentParser:
                         "still name the old key")  # fmt: skip
     rotate.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for the vault nodes at each reload")  # fmt: skip
-    sub.add_parser("down", parents=[common], help="stop every process (data is kept)")
-    for name, what in (
-        ("kill-dc", "SIGKILL every process of a data centre"),
-        ("start-dc", "restart a data centre on its data and wait for health"),
-    ):
-        sub.add_parser(name, parents=[common], help=what).add_argument("name")
-    for name, what in (
-        ("kill", "SIGKILL one process and its supervisor"),
-        ("start", "start one process on its data and wait for health"),
-        ("stop", "stop one process gracefully"),
-        ("crash", "SIGKILL only the program; its supervisor restarts it"),
-        ("stop-process", "SIGSTOP one process (it hangs, holding its sockets)"),
-        ("cont-process", "SIGCONT a process stopped with stop-process"),
-    ):
-        sub.add_parser(name, parents=[common], help=what).add_argument("name")
-    return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    cluster = Cluster(args.dir, echo=print)
+def _up(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    topology = None if args.topology is None else load_topology(args.topology)
+    report = cluster.up(topology, fsync=False if args.no_fsync else None)
+    print(phases_table(report))
+    statuses = cluster.status()
+    print(status_table(statuses))
+    print(metrics_table(statuses))
+    print(f"etcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
+    print(f"client configuration: {cluster.client_config_path}")
+    print(f"prometheus scrape configuration: {cluster.layout.prometheus_config}")
+    print(f"up in {time.monotonic() - started:.1f} s (fsync {'on' if report.fsync else 'off'})")
+    return 0
+
+
+def _status(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    statuses = cluster.status()
+    print(status_table(statuses))
+    print(f"\netcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
+    if args.metrics:
+        print(f"\n{metrics_table(statuses)}")
+    return 0
+
+
+def _etcdctl(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    args_ = list(args.args)
+    if args_[:1] == ["--"]:
+        args_ = args_[1:]
+    return cluster.etcdctl(*args_, members=args.member, capture=False, timeout=None).returncode
+
+
+def _maintain(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    print("\n".join(etcd_maintain.report_lines(cluster.maintain(defrag=args.defrag))))
+    return 0
+
+
+def _rebind_account(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    key = account_rebind.parse_public_key(args.public_key)
+    print(account_rebind.report(cluster.rebind_account(args.account, key, replace=args.replace)))
+    return 0
+
+
+def _rotate_fleet(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    state = cluster.rotate_fleet(args.step, force=args.force, timeout_s=args.timeout)
+    if state.target:
+        print(f"rotation to epoch {state.target}: done {', '.join(state.done) or '-'}; "
+              f"next {state.pending[0]}")  # fmt: skip
+    else:
+        print(f"fleet epoch {state.epoch}: rotation finished "
+              f"({time.monotonic() - started:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _process_command(cluster: Cluster, args: argparse.Namespace, started: float) -> int:
+    """down, and the commands on one data centre or one process."""
     command: str = args.command
-    started = time.monotonic()
-    if command == "up":
-        topology = None if args.topology is None else load_topology(args.topology)
-        report = cluster.up(topology, fsync=False if args.no_fsync else None)
-        print(phases_table(report))
-        statuses = cluster.status()
-        print(status_table(statuses))
-        print(metrics_table(statuses))
-        print(f"etcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
-        print(f"client configuration: {cluster.client_config_path}")
-        print(f"prometheus scrape configuration: {cluster.layout.prometheus_config}")
-        print(f"up in {time.monotonic() - started:.1f} s (fsync {'on' if report.fsync else 'off'})")
-    elif command == "status":
-        statuses = cluster.status()
-        print(status_table(statuses))
-        print(f"\netcd cluster id: {cluster.state().etcd_cluster_id or '-'}")
-        if args.metrics:
-            print(f"\n{metrics_table(statuses)}")
-    elif command == "etcdctl":
-        args_ = list(args.args)
-        if args_[:1] == ["--"]:
-            args_ = args_[1:]
-        done = cluster.etcdctl(*args_, members=args.member, capture=False, timeout=None)
-        return done.returncode
-    elif command == "maintain":
-        maintained = cluster.maintain(defrag=args.defrag)
-        print("\n".join(etcd_maintain.report_lines(maintained)))
-    elif command == "rebind-account":
-        key = account_rebind.parse_public_key(args.public_key)
-        print(
-            account_rebind.report(cluster.rebind_account(args.account, key, replace=args.replace))
-        )
-    elif command == "rotate-fleet":
-        state = cluster.rotate_fleet(args.step, force=args.force, timeout_s=args.timeout)
-        if state.target:
-            print(f"rotation to epoch {state.target}: done {', '.join(state.done) or '-'}; "
-                  f"next {state.pending[0]}")  # fmt: skip
-        else:
-            print(f"fleet epoch {state.epoch}: rotation finished "
-                  f"({time.monotonic() - started:.1f} s)")  # fmt: skip
-    elif command == "down":
+    if command == "down":
         cluster.down()
         print(f"stopped every process of {cluster.directory}")
     elif command == "kill-dc":
@@ -200,19 +220,34 @@ def run(args: argparse.Namespace) -> int:
     elif command == "start-dc":
         cluster.start_dc(args.name)
         print(f"data centre {args.name} healthy in {time.monotonic() - started:.1f} s")
-    elif command == "kill":
-        cluster.kill(args.name)
-    elif command == "start":
-        cluster.start(args.name)
-    elif command == "stop":
-        cluster.stop(args.name)
     elif command == "crash":
         print(f"killed pid {cluster.crash(args.name)}; its supervisor restarts it")
-    elif command == "stop-process":
-        cluster.stop_process(args.name)
-    elif command == "cont-process":
-        cluster.cont_process(args.name)
+    else:
+        one: dict[str, Callable[[str], object]] = {
+            "kill": cluster.kill,
+            "start": cluster.start,
+            "stop": cluster.stop,
+            "stop-process": cluster.stop_process,
+            "cont-process": cluster.cont_process,
+        }
+        one[command](args.name)
     return 0
+
+
+_COMMANDS: dict[str, Callable[[Cluster, argparse.Namespace, float], int]] = {
+    "up": _up,
+    "status": _status,
+    "etcdctl": _etcdctl,
+    "maintain": _maintain,
+    "rebind-account": _rebind_account,
+    "rotate-fleet": _rotate_fleet,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    handler = _COMMANDS.get(args.command, _process_command)
+    return handler(Cluster(args.dir, echo=print), args, started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

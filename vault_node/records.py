@@ -1,5 +1,5 @@
-"""Records at rest, login and registration tickets, sealed with AES-256-GCM under keys that never
-leave the token.
+"""Records at rest, and the sealing every token-sealed value shares (records, protocol 3's tickets
+in `vault_node.tickets`, group heads), with AES-256-GCM under keys that never leave the token.
 
 `TokenOps` (vault_node.token_api) is the slice of the token that the request logic needs; tests
 pass the software token. Every failure to open a record or a ticket is one `DecryptError` (no
@@ -31,9 +31,6 @@ NONCE_LEN = 12
 RECORD_KEY = "record"
 TICKET_KEY = "ticket"
 RECORD_AAD_PREFIX = b"bkv-v2 record "  # format 2: bound to etcd metadata (sealed.proto)
-TICKET_AAD = b"bkv-v1 ticket"
-# A different AAD under the same key: a login ticket never opens as a registration ticket.
-REGISTRATION_TICKET_AAD = b"bkv-v1 registration ticket"
 MAX_SEALED_BYTES = 16 * 1024
 
 Rng = Callable[[int], bytes]
@@ -185,26 +182,3 @@ def open_record(
     if (record.state == sealed_pb2.RECORD_STATE_RESERVED) != (stored.meta.version == 1):
         raise DecryptError("sealed data failed to open")
     return record
-
-
-def seal_ticket(token: TokenOps, ticket: sealed_pb2.Ticket, rng: Rng) -> bytes:
-    """Serialized `Sealed` of `ticket` under the fleet's `ticket` key (any node can open it)."""
-    return seal_sealed(token, TICKET_KEY, ticket.SerializeToString(), TICKET_AAD, rng)
-
-
-def open_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.Ticket:
-    """Open a ticket the client sent back; `DecryptError` for any failure."""
-    return _parse(sealed_pb2.Ticket, open_sealed(token, TICKET_KEY, blob, TICKET_AAD))
-
-
-def seal_registration_ticket(
-    token: TokenOps, ticket: sealed_pb2.RegistrationTicket, rng: Rng
-) -> bytes:
-    """Serialized `Sealed` of a registration ticket under the `ticket` key, its own AAD."""
-    return seal_sealed(token, TICKET_KEY, ticket.SerializeToString(), REGISTRATION_TICKET_AAD, rng)
-
-
-def open_registration_ticket(token: TokenOps, blob: bytes) -> sealed_pb2.RegistrationTicket:
-    """Open a registration ticket the client sent back; `DecryptError` for any failure."""
-    plaintext = open_sealed(token, TICKET_KEY, blob, REGISTRATION_TICKET_AAD)
-    return _parse(sealed_pb2.RegistrationTicket, plaintext)

@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import protocol2_tickets
 import pytest
 from account_keys import account_signer, signed
 
@@ -933,8 +934,8 @@ def test_records_and_tickets_fail_with_one_error() -> None:
     at = KeyMeta(create_revision=7, mod_revision=9, version=3)
     blob = seal_record(token, rid, sealed_pb2.Record(attempts=3), at, os.urandom)
     assert open_record(token, rid, StoredValue(blob, at)).attempts == 3
-    ticket = records.seal_ticket(token, sealed_pb2.Ticket(evaluation=7), os.urandom)
-    assert records.open_ticket(token, ticket).evaluation == 7
+    ticket = tickets.seal(token, sealed_pb2.Ticket(evaluation=7), os.urandom)
+    assert tickets.open_(token, ticket).evaluation == 7
     tampered = bytearray(blob)
     tampered[-1] ^= 1
     for bad in (bytes(tampered), b"", b"\xff\xff", ticket):
@@ -943,7 +944,7 @@ def test_records_and_tickets_fail_with_one_error() -> None:
     with pytest.raises(DecryptError):
         open_record(token, os.urandom(32), StoredValue(blob, at))
     with pytest.raises(DecryptError):
-        records.open_ticket(token, blob)
+        tickets.open_(token, blob)
 
 
 def test_a_sealed_record_opens_only_at_the_etcd_metadata_it_was_written_at() -> None:
@@ -1093,8 +1094,8 @@ def test_registration_tickets_are_checked() -> None:
             os.urandom,
         )
         # Protocol-2 tickets (other AADs) never open.
-        v2_login = records.seal_ticket(h.token, sealed_pb2.Ticket(), os.urandom)
-        v2_registration = records.seal_registration_ticket(
+        v2_login = protocol2_tickets.seal_login_ticket(h.token, sealed_pb2.Ticket(), os.urandom)
+        v2_registration = protocol2_tickets.seal_registration_ticket(
             h.token, sealed_pb2.RegistrationTicket(record_id=h.record_id()), os.urandom
         )
         bob_ticket = bob_finish.ticket
@@ -1729,8 +1730,10 @@ def test_tickets_have_one_size_and_protocol_2_tickets_never_open() -> None:
     assert len(small) == len(big)
     assert tickets.open_(token, big).evaluation == 2**63
     for bad in (
-        records.seal_ticket(token, sealed_pb2.Ticket(evaluation=1), os.urandom),
-        records.seal_registration_ticket(token, sealed_pb2.RegistrationTicket(), os.urandom),
+        protocol2_tickets.seal_login_ticket(token, sealed_pb2.Ticket(evaluation=1), os.urandom),
+        protocol2_tickets.seal_registration_ticket(
+            token, sealed_pb2.RegistrationTicket(), os.urandom
+        ),
         big[:-1],
         b"",
     ):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bkv.store.v1 import sealed_pb2
-from vault_node import records
+from vault_node import records, tickets
 from vault_node.key_meta import KeyMeta, StoredValue
 from vault_node.soft_token import SoftToken
 from vault_protocol.errors import DecryptError
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 TOKEN = SoftToken()
 WRITTEN_AT = KeyMeta(create_revision=41, mod_revision=57, version=6)
 RECORD_ID = os.urandom(32)
-TICKET = records.seal_ticket(
+TICKET = tickets.seal(
     TOKEN,
     sealed_pb2.Ticket(
         record_id=RECORD_ID,
@@ -28,6 +28,9 @@ TICKET = records.seal_ticket(
         expected_client_mac=os.urandom(64),
         session_key=os.urandom(64),
         expires_at_ms=1_700_000_000_000,
+        op=sealed_pb2.Ticket.Op.OP_RECOVER,
+        request_key=os.urandom(32),
+        answer_key=os.urandom(32),
     ),
     os.urandom,
 )
@@ -56,7 +59,7 @@ def _flip(blob: bytes, index: int, delta: int) -> bytes:
 @given(index=st.integers(min_value=0), delta=st.integers(min_value=1, max_value=255))
 def test_any_single_byte_change_to_a_ticket_is_rejected(index: int, delta: int) -> None:
     with pytest.raises(DecryptError):
-        records.open_ticket(TOKEN, _flip(TICKET, index, delta))
+        tickets.open_(TOKEN, _flip(TICKET, index, delta))
 
 
 @given(index=st.integers(min_value=0), delta=st.integers(min_value=1, max_value=255))
@@ -85,5 +88,5 @@ def test_a_record_opens_at_no_other_key_metadata(
 
 
 def test_untampered_ticket_and_record_open() -> None:
-    assert records.open_ticket(TOKEN, TICKET).evaluation == 3
+    assert tickets.open_(TOKEN, TICKET).evaluation == 3
     assert records.open_record(TOKEN, RECORD_ID, StoredValue(RECORD, WRITTEN_AT)).attempts == 2
