@@ -18,8 +18,10 @@ from bkv_bench.cpu import CpuUsed, cpu_json
 from bkv_bench.floor import Floor, efficiency
 from bkv_bench.histogram import OpSummary
 
-# The issue's target: recoveries at 50% of the etcd bound (CAS ceiling / CAS_PER_RECOVERY).
-TARGET_FRACTION = 0.5
+# Issue 16's target: recoveries at 35% of the etcd bound (CAS ceiling / CAS_PER_RECOVERY); the
+# earlier 50% (issue 6) stays the long-term mark.
+TARGET_FRACTION = 0.35
+LONG_TERM_FRACTION = 0.5
 
 # bench.json's `ceilings` key for each ceiling's name.
 CEILING_KEYS = {

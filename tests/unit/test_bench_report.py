@@ -70,7 +70,7 @@ def test_table_and_ceiling_text() -> None:
     doc = report.build(config=run_config(), summaries=summaries, combined=r.combined(3.0),
                        elapsed_s=3.0, series=[], substituted={}, setup=Setup(),
                        ceilings=[Ceiling("etcd_cas", 300, 1.0, 8)])  # fmt: skip
-    assert "target 50%: meets" in report.ceilings_text(doc)
+    assert "target 35%: meets (long-term 50%)" in report.ceilings_text(doc)
 
 
 def test_plot_writes_a_png_with_marks_and_gaps(tmp_path: Path) -> None:
