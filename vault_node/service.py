@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from bkv.store.v1 import sealed_pb2
 from bkv.v1 import envelope_pb2
@@ -48,10 +48,9 @@ from vault_protocol.continuation import StepKeys, open_continued, parse_continue
 from vault_protocol.envelope import (
     MAX_ENVELOPE_BYTES,
     UnsupportedVersion,
-    addressed_fleet,
     check_header,
-    is_continued,
     open_request,
+    route,
     seal_response,
 )
 from vault_protocol.errors import AuthenticationError, DecryptError, InvalidInput, SignatureError
@@ -61,6 +60,7 @@ log = logging.getLogger(__name__)
 
 Outcome = envelope_pb2.Outcome
 Rng = Callable[[int], bytes]
+T = TypeVar("T")
 
 GENERATION_LEN = 16
 TicketOp = sealed_pb2.Ticket.Op
@@ -339,21 +339,14 @@ class VaultService:
         step 2 (`ContinuedEnvelope`: its ticket opened in the token, its request in software
         with the key the ticket holds).
         """
-        # First: a latched store alarm refuses with DATA_LOSS even while the node also fails
-        # closed for etcd (after a restore both hold), so no frontend fails the account over.
-        if self._store_alarm():
-            raise StoreRefused("the store was rolled back; this node refuses to serve")
-        # Fail closed: without a fresh etcd round trip no request is served at all.
-        if not self._serving():
-            raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
+        self._check_serving()
         account = _account_bytes(account_id)
         try:
             # Size first: nothing larger than any legitimate envelope is parsed.
             if not isinstance(envelope, bytes) or len(envelope) > MAX_ENVELOPE_BYTES:
                 raise InvalidInput("envelope too large")
             check_header(envelope)  # the version before anything else, refused by name
-            continued = is_continued(envelope)
-            fleet_id = addressed_fleet(envelope)
+            continued, fleet_id = route(envelope)  # one parse: the kind and the fleet named
         except UnsupportedVersion as exc:
             raise UnsupportedProtocol(str(exc)) from exc
         except InvalidInput as exc:
@@ -506,9 +499,17 @@ class VaultService:
         if self._groups.group_alarmed(self._group(record_id)):
             raise StoreRefused("this record's group was rolled back; refused until cleared")
 
-    async def _guarded(
-        self, work: Coroutine[Any, Any, envelope_pb2.VaultResponse]
-    ) -> envelope_pb2.VaultResponse:
+    def _check_serving(self) -> None:
+        """Refuse before any work when this node may not serve."""
+        # First: a latched store alarm refuses with DATA_LOSS even while the node also fails
+        # closed for etcd (after a restore both hold), so no frontend fails the account over.
+        if self._store_alarm():
+            raise StoreRefused("the store was rolled back; this node refuses to serve")
+        # Fail closed: without a fresh etcd round trip no request is served at all.
+        if not self._serving():
+            raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
+
+    async def _guarded(self, work: Coroutine[Any, Any, T]) -> T:
         try:
             return await work
         except StoreRolledBack as exc:
@@ -1226,22 +1227,17 @@ class VaultService:
         head, the witnesses and the guess counter stay as every other write keeps them.
         `record_id` may be `reseal.head_only_id(group)` (no account has it): the group's head
         alone. True when it wrote; raises what a request would (`RecordTampered`, ...)."""
-        if self._store_alarm():
-            raise StoreRefused("the store was rolled back; this node refuses to serve")
-        if not self._serving():
-            raise Unavailable("vault node is not serving (no etcd quorum or not registered)")
+        self._check_serving()
         self._check_group(record_id)
         label = self._keyring.sealing.record
 
         def decide(current: Current) -> Step:
             return transitions.reseal(current, label, erase_placeholder=erase_placeholder)
 
-        try:
-            applied = await self._apply(record_id, decide, await self._read(record_id))
-        except StoreRolledBack as exc:
-            raise StoreRefused("the store was rolled back; this node refuses to serve") from exc
-        except StoreUnavailable as exc:
-            raise Unavailable("etcd is unavailable; nothing was written") from exc
+        async def rewrite() -> Applied:
+            return await self._apply(record_id, decide, await self._read(record_id))
+
+        applied = await self._guarded(rewrite())
         if not applied.revision:
             return False
         record = applied.current.record

@@ -97,22 +97,28 @@ def check_header(envelope: bytes) -> None:
         raise UnsupportedVersion(header.version)
 
 
-def addressed_fleet(envelope: bytes) -> bytes:
-    """The fleet id an envelope (either kind, size-checked by the caller) names in the clear:
-    field 2 of both. `InvalidInput` when it is not a fleet id's length; whether the fleet is
-    known is the node's question (a rotated fleet's nodes accept more than one)."""
-    fleet_id = bytes(parse_message(envelope_pb2.SealedEnvelope, envelope, "envelope").fleet_id)
+def route(envelope: bytes) -> tuple[bool, bytes]:
+    """What a node needs before it opens `envelope` (either kind, size-checked by the caller),
+    from one parse: whether it is a step-2 `ContinuedEnvelope` rather than a step-1
+    `SealedEnvelope` (only the latter carries an HPKE `enc`; each kind's own parser then refuses
+    any field of the other), and the fleet id it names in the clear (field 2 of both).
+    `InvalidInput` when that is not a fleet id's length; whether the fleet is known is the
+    node's question (a rotated fleet's nodes accept more than one)."""
+    sealed = parse_message(envelope_pb2.SealedEnvelope, envelope, "envelope")
+    fleet_id = bytes(sealed.fleet_id)
     if len(fleet_id) != FLEET_ID_LEN:
         raise InvalidInput(f"fleet id must be {FLEET_ID_LEN} bytes")
-    return fleet_id
+    return not sealed.enc, fleet_id
+
+
+def addressed_fleet(envelope: bytes) -> bytes:
+    """The fleet id `envelope` names in the clear (`route`)."""
+    return route(envelope)[1]
 
 
 def is_continued(envelope: bytes) -> bool:
-    """Whether `envelope` (size-checked by the caller) is a step-2 `ContinuedEnvelope` rather
-    than a step-1 `SealedEnvelope`: only the latter carries an HPKE `enc`. Each kind's own
-    parser then refuses any field of the other (canonical encoding)."""
-    sealed = parse_message(envelope_pb2.SealedEnvelope, envelope, "envelope")
-    return not sealed.enc
+    """Whether `envelope` is a step-2 `ContinuedEnvelope` (`route`)."""
+    return route(envelope)[0]
 
 
 class FleetKey:
