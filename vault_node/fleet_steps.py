@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.exceptions import ObjectHandleInvalid
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault_node.fleet_keys import (
@@ -32,7 +33,7 @@ from vault_node.fleet_keys import (
     write_fleet_state,
 )
 from vault_node.hsm import Token
-from vault_node.token_api import FLEET_LABELS, HsmError, label_epoch
+from vault_node.token_api import FLEET_LABELS, HsmInputError, label_epoch
 from vault_protocol.envelope import FleetKey
 from vault_protocol.errors import InvalidInput
 from vault_protocol.fleet import FleetRootKey, parse_announcement, sign_announcement
@@ -85,27 +86,45 @@ def destroy(token: Token, epoch: int) -> int:
 
 
 def held_labels(token: Token) -> list[str]:
-    """The fleet key labels (of every epoch) the token holds objects of."""
+    """The fleet key labels (of every epoch) the token holds objects of.
+
+    The running node shares this token and replaces its checkpoint objects all the time, so a
+    handle found here may be gone when it is read: the search asks for key classes only (keys
+    change only in the ceremony's own steps), and a handle that vanished meanwhile is skipped
+    or, if it broke the search itself, the search starts again (bounded).
+    """
 
     def run(session: Any) -> list[str]:
         labels: set[str] = set()
-        for obj in session.get_objects():
-            if obj.object_class not in (
-                ObjectClass.SECRET_KEY,
-                ObjectClass.PRIVATE_KEY,
-                ObjectClass.PUBLIC_KEY,
-            ):
-                continue
-            try:
-                label = str(obj[Attribute.LABEL])
-                label_epoch(label)
-            except (HsmError, KeyError, ValueError):
-                continue
-            if label in FLEET_LABELS or "." in label:
-                labels.add(label)
+        for object_class in KEY_CLASSES:
+            for obj in session.get_objects({Attribute.CLASS: object_class}):
+                try:
+                    label = str(obj[Attribute.LABEL])
+                except ObjectHandleInvalid:
+                    continue  # destroyed by another process since the search found it
+                if (label in FLEET_LABELS or "." in label) and _is_epoch_label(label):
+                    labels.add(label)
         return sorted(labels)
 
-    return token.run_in_session(run)
+    for attempt in range(SEARCH_ATTEMPTS):
+        try:
+            return token.run_in_session(run)
+        except ObjectHandleInvalid:
+            if attempt == SEARCH_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+KEY_CLASSES: Final = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+SEARCH_ATTEMPTS: Final = 3
+
+
+def _is_epoch_label(label: str) -> bool:
+    try:
+        label_epoch(label)
+    except HsmInputError:
+        return False
+    return True
 
 
 def status(token: Token) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pkcs11.exceptions import (
     AttributeTypeInvalid,
     MultipleTokensReturned,
     NoSuchToken,
+    ObjectHandleInvalid,
     PKCS11Error,
     UserAlreadyLoggedIn,
 )
@@ -93,6 +94,7 @@ __all__ = [
 T = TypeVar("T")
 
 DATA_APPLICATION: Final = "bkv"
+DATA_READ_ATTEMPTS: Final = 5  # searches of a data object that another process replaces meanwhile
 P256_EC_PARAMS: Final = encode_named_curve_parameters("secp256r1")
 _ATTRIBUTE_NAMES: Final = (
     "SENSITIVE",
@@ -422,7 +424,15 @@ class Token:
         )
 
     def _read_data(self, label: str) -> list[bytes]:
-        return [bytes(obj[Attribute.VALUE]) for obj in self._data_objects(label)]
+        # Another process (the running node, when the ceremony reads its checkpoint) may
+        # replace the object between the search and the read. It makes the new object before
+        # it destroys the old, so a search made again finds the newer one: bounded retries.
+        for _ in range(DATA_READ_ATTEMPTS):
+            try:
+                return [bytes(obj[Attribute.VALUE]) for obj in self._data_objects(label)]
+            except ObjectHandleInvalid:
+                continue
+        raise HsmError(f"data object {label!r} kept changing while read")
 
     def _replace_data(self, label: str, value: bytes) -> None:
         older = self._data_objects(label)

@@ -263,6 +263,23 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
             results = list(pool.map(lambda _: need().ecdh(peer), range(count)))
         return len(set(results))
 
+    def churn(label: str, count: int) -> int:
+        """Replace data object `label` `count` times, as a running node rewrites its
+        checkpoint: each new object made before the older one is destroyed."""
+        for i in range(count):
+            need().replace_data(label, b"value %d" % i)
+        return count
+
+    def read_many(label: str, count: int) -> list[int]:
+        """How many values each of `count` reads of `label` found."""
+        return [len(need().read_data(label)) for _ in range(count)]
+
+    def held_many(count: int) -> list[list[str]]:
+        """`count` listings of the fleet key labels (as `ceremony_cli fleet-status` makes)."""
+        from vault_node.fleet_steps import held_labels
+
+        return [held_labels(need()) for _ in range(count)]
+
     for line in sys.stdin:
         request = json.loads(line)
         args = _decode(request["args"])
@@ -292,6 +309,12 @@ def _serve() -> None:  # pragma: no cover - runs in the probe process
                 result = async_burst(**args)
             elif op == "threads_burst":
                 result = threads_burst(**args)
+            elif op == "churn":
+                result = churn(**args)
+            elif op == "read_many":
+                result = read_many(**args)
+            elif op == "held_many":
+                result = held_many(**args)
             elif op == "close":
                 need().close()
                 result = None

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,36 @@ def test_fleet_keys_are_sensitive_and_never_leave(probes: list[TokenProbe], labe
         with pytest.raises(ProbeError) as raised:
             probe.call("read_value", label=label)
         assert raised.value.kind == "AttributeSensitive"
+
+
+@pytest.mark.timeout(120)
+def test_readers_in_another_process_survive_a_node_rewriting_its_data_objects(
+    provisioned: tuple[list[TokenSpec], FleetPublic],
+) -> None:
+    """A running node replaces its checkpoint objects while the key ceremony (another process)
+    reads them or lists the token's keys (`fleet-status`, `store-status`): a handle the search
+    found may be destroyed before it is read. CI saw `ObjectHandleInvalid` end a fleet
+    rotation that way. Every read still finds a value, every listing every fleet key."""
+    specs, _ = provisioned
+    label, rounds = "store_checkpoint", 300
+    with (
+        TokenProbe(specs[0], read_write=True) as writer,
+        TokenProbe(specs[0]) as reader,
+    ):
+        writer.call("replace_data", label=label, value=b"first")
+        churned: list[int] = []
+        thread = threading.Thread(
+            target=lambda: churned.append(writer.call("churn", label=label, count=rounds))
+        )
+        thread.start()
+        try:
+            counts = reader.call("read_many", label=label, count=rounds)
+            listings = reader.call("held_many", count=rounds // 10)
+        finally:
+            thread.join(timeout=100)
+    assert churned == [rounds]
+    assert min(counts) >= 1  # the newer object is made before the older is destroyed
+    assert all(set(FLEET_LABELS) <= set(listed) for listed in listings)
 
 
 @pytest.mark.parametrize("label", ["record", "ticket", "oprf_seed"])
