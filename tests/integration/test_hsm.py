@@ -102,13 +102,13 @@ def test_fleet_keys_are_sensitive_and_never_leave(probes: list[TokenProbe], labe
 
 @pytest.mark.timeout(120)
 def test_readers_in_another_process_survive_a_node_rewriting_its_data_objects(
-    provisioned: tuple[list[TokenSpec], FleetPublic],
+    tmp_path: Path,
 ) -> None:
     """A running node replaces its checkpoint objects while the key ceremony (another process)
     reads them or lists the token's keys (`fleet-status`, `store-status`): a handle the search
     found may be destroyed before it is read. CI saw `ObjectHandleInvalid` end a fleet
     rotation that way. Every read still finds a value, every listing every fleet key."""
-    specs, _ = provisioned
+    specs, _ = provision_tokens(tmp_path, ["churned"])  # its own: the data object stays
     label, rounds = "store_checkpoint", 300
     with (
         TokenProbe(specs[0], read_write=True) as writer,
