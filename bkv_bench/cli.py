@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from bkv_bench import ceilings as ceil
 from bkv_bench import report
+from bkv_bench.calls import CallMeter, CallsCounted, calls_text
 from bkv_bench.config import DEFAULT_MIX, BenchConfig, BenchConfigError, Mix
 from bkv_bench.cpu import CpuMeter, CpuUsed, cpu_text
 from bkv_bench.floor import Floor, floor_text, measure_floor
@@ -262,6 +263,7 @@ async def run_bench(
     echo: Any,
     cpu: CpuMeter | None = None,
     shape: ceil.PathShape | None = None,
+    calls: CallMeter | None = None,
 ) -> BenchRun:
     """Setup, measured phase, ceilings, cleanup."""
     client_config = load_config(client_toml)
@@ -271,8 +273,8 @@ async def run_bench(
         workload = Workload(client_config, Path(key_dir), ksf=config.ksf, recorder=recorder)
         try:
             setup = await _setup(workload, config, echo, clock)
-            elapsed, used = await _measured_phase(
-                workload, config, recorder, max_inflight, progress, cpu, clock
+            elapsed, used, counted = await _measured_phase(
+                workload, config, recorder, max_inflight, progress, (cpu, calls), clock
             )
         finally:
             failed = await workload.cleanup()
@@ -292,6 +294,7 @@ async def run_bench(
         pools=Pools(*pool_sizes(config.accounts, config.mix)),
         cpu=used,
         floor=floor,
+        calls=counted,
     )
 
 
@@ -315,14 +318,18 @@ async def _measured_phase(
     recorder: Recorder,
     max_inflight: int,
     progress: TextIO | None,
-    cpu: CpuMeter | None,
+    meters: tuple[CpuMeter | None, CallMeter | None],
     clock: Clock,
-) -> tuple[float, CpuUsed | None]:
-    """The closed or open loop until the budget is spent: (elapsed seconds, CPU used)."""
+) -> tuple[float, CpuUsed | None, CallsCounted | None]:
+    """The closed or open loop until the budget is spent: (elapsed seconds, CPU used, the
+    nodes' calls counted)."""
+    cpu, calls = meters
     rng = random.Random(config.seed)  # picks operations, not secrets
     recorder.start = start = clock()
     if cpu is not None:
         cpu.start()
+    if calls is not None:
+        calls.start()
     if config.count:
         budget = Budget(config.count, start + config.max_seconds)
     else:
@@ -353,7 +360,8 @@ async def _measured_phase(
             await cancel_and_wait(ticker)
             progress.write("\n")
     elapsed = clock() - start
-    return elapsed, (cpu.stop() if cpu is not None else None)
+    used = cpu.stop() if cpu is not None else None
+    return elapsed, used, (calls.stop() if calls is not None else None)
 
 
 async def _ceilings(
@@ -456,6 +464,14 @@ def cluster_processes(cluster: Cluster | None) -> list[tuple[str, int, str]]:
     return out
 
 
+def node_metrics(cluster: Cluster) -> dict[str, str]:
+    """Vault node name -> host:port of its metrics endpoint (the call counts' source)."""
+    if not cluster.exists():
+        return {}
+    nodes = {n.name for n in cluster.topology.nodes}
+    return {name: a for name, a in cluster.metrics_addresses().items() if name in nodes and a}
+
+
 def out_dir(base: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = base / stamp
@@ -532,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         marks=config.marks,
         started_at=started_at,
         cpu=run.cpu,
+        calls=run.calls,
         floor=run.floor,
     )
     write_and_print(args.out, result, config)
@@ -569,6 +586,7 @@ def _run_on_cluster(
                 echo=_echo,
                 cpu=CpuMeter(pids, names={pid: n for _, pid, n in cluster_processes(cluster)}),
                 shape=shape,
+                calls=CallMeter(node_metrics(cluster)) if cluster is not None else None,
             ),
         )
     return run, facts
@@ -624,6 +642,8 @@ def write_and_print(base: Path, result: BenchResult, config: BenchConfig) -> Non
     doc = result.to_json()
     if "cpu" in doc:
         print(cpu_text(doc["cpu"]))
+    if "calls_per_op" in doc:
+        print(calls_text(doc["calls_per_op"]))
     if result.floor is not None:
         print(floor_text(result.floor, doc.get("cpu_efficiency")))
     text = report.ceilings_text(result)

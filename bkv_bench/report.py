@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bkv_bench.calls import CallsCounted
 from bkv_bench.ceilings import Ceiling
 from bkv_bench.cpu import CpuUsed
 from bkv_bench.floor import Floor
@@ -34,6 +35,7 @@ def build(
     started_at: str = "",
     cpu: CpuUsed | None = None,
     floor: Floor | None = None,
+    calls: CallsCounted | None = None,
 ) -> BenchResult:
     """The whole run as one `BenchResult`, with this machine's facts taken now (at the end)."""
     return BenchResult(
@@ -50,6 +52,7 @@ def build(
         cpu=cpu,
         started_at=started_at,
         floor=floor,
+        calls=calls,
     )
 
 

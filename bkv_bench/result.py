@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bkv_bench.calls import CallsCounted, calls_json
 from bkv_bench.ceilings import CAS_PER_RECOVERY, ROUND_TRIPS_PER_RECOVERY, Ceiling
 from bkv_bench.cpu import CpuUsed, cpu_json
 from bkv_bench.floor import Floor, efficiency
@@ -169,6 +170,7 @@ class BenchRun:
     pools: Pools
     cpu: CpuUsed | None
     floor: Floor | None = None
+    calls: CallsCounted | None = None
 
 
 def op_json(s: OpSummary) -> dict[str, Any]:
@@ -259,6 +261,7 @@ class BenchResult:
     cpu: CpuUsed | None = None
     started_at: str = ""
     floor: Floor | None = None
+    calls: CallsCounted | None = None
 
     @property
     def recoveries_ok_per_s(self) -> float:
@@ -283,6 +286,8 @@ class BenchResult:
             doc["versus_ceilings"] = versus_ceilings(self.recoveries_ok_per_s, doc["ceilings"])
         if self.cpu is not None:
             doc["cpu"] = cpu_json(self.cpu, ops=self.total.count, elapsed_s=self.elapsed_s)
+        if self.calls is not None:
+            doc["calls_per_op"] = calls_json(self.calls, ops=self.total.count)
         if self.floor is not None:
             # The floor over the CPU every process spent per operation: the share of the
             # cluster's CPU that is unavoidable work (meaningful with --mix recover=100).

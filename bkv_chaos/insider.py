@@ -450,6 +450,8 @@ BUMP_KEY = b"/bkv/insider/bump"  # root may write anywhere; no vault process rea
 BUMP_CONCURRENCY = 64  # writes in flight at once (one revision each)
 BUMP_MARGIN = 200  # revisions more than the store had: writes that land before the restore
 MEMBER_START_TIMEOUT_S = 30.0
+PORT_ATTEMPTS = 3  # a temporary member started again on other ports when one was taken
+LOG_TAIL_CHARS = 600  # of a temporary member's log, in the error when it fails to start
 MEMBER_STOP_GRACE_S = 5.0
 
 
@@ -621,6 +623,20 @@ class TemporaryMember:
                 continue
 
 
+class MemberStartError(InsiderError):
+    """A temporary member exited or never became healthy; the message ends with its log's last
+    lines (the log itself goes with the test's cluster directory)."""
+
+    def __init__(self, member: str, what: str, log: Path) -> None:
+        try:
+            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        except OSError:
+            tail = ""
+        super().__init__(f"temporary etcd member {member} {what}; {log} ends with: {tail}")
+        # Its ports were free when chosen, yet another process may bind them before it does.
+        self.port_taken = "address already in use" in tail
+
+
 def _start_members(
     cluster: Cluster, plans: Sequence[tuple[str, list[str], Path, str]]
 ) -> list[TemporaryMember]:
@@ -635,7 +651,7 @@ def _start_members(
             if dead or time.monotonic() > deadline:
                 what = "exited" if dead else "did not become healthy"
                 name = (dead or members)[0]
-                raise InsiderError(f"temporary etcd member {name.member} {what}; see {name.log}")
+                raise MemberStartError(name.member, what, name.log)
             time.sleep(0.1)
     except BaseException:
         for member in members:
@@ -823,21 +839,7 @@ def fork_member(
             shutil.rmtree(data)
         data.parent.mkdir(parents=True, exist_ok=True)
         _restore_data(cluster, snapshot, member, data)
-        host = cluster.topology.host_of(cluster.process(member).dc)
-        client_port, peer_port = free_ports(host, 2)
-        url = f"https://{host}:{client_port}"
-        log = cluster.layout.etcd_log(member).with_suffix(".fork.log")
-        argv = [
-            *_with_flags(
-                _member_argv(cluster, member, data, log),
-                {"--listen-client-urls": url, "--advertise-client-urls": url,
-                 "--listen-peer-urls": f"https://{host}:{peer_port}"},
-            ),
-            # One member of the old cluster id: the others leave its membership, and it
-            # never dials them (they still dial its old peer port, where nothing listens).
-            "--force-new-cluster",
-        ]  # fmt: skip
-        (fork.server,) = _start_members(cluster, [(member, argv, log, f"{host}:{client_port}")])
+        fork.server = _start_fork(cluster, member, data)
         status = _bump_writes(cluster, [fork.endpoint], bump)
         fork.revision_after, fork.cluster_id = status.revision, status.cluster_id
         if status.cluster_id != cluster_id:
@@ -855,6 +857,33 @@ def fork_member(
         heal_fork(cluster, fork)
         raise
     return fork
+
+
+def _start_fork(cluster: Cluster, member: str, data: Path) -> TemporaryMember:
+    """`member` alone on `data`, on client and peer ports of its own; other ports when another
+    process took one of them between their choice and etcd's bind (bounded)."""
+    host = cluster.topology.host_of(cluster.process(member).dc)
+    log = cluster.layout.etcd_log(member).with_suffix(".fork.log")
+    for attempt in range(PORT_ATTEMPTS):
+        client_port, peer_port = free_ports(host, 2)
+        url = f"https://{host}:{client_port}"
+        argv = [
+            *_with_flags(
+                _member_argv(cluster, member, data, log),
+                {"--listen-client-urls": url, "--advertise-client-urls": url,
+                 "--listen-peer-urls": f"https://{host}:{peer_port}"},
+            ),
+            # One member of the old cluster id: the others leave its membership, and it
+            # never dials them (they still dial its old peer port, where nothing listens).
+            "--force-new-cluster",
+        ]  # fmt: skip
+        try:
+            (server,) = _start_members(cluster, [(member, argv, log, f"{host}:{client_port}")])
+            return server
+        except MemberStartError as exc:
+            if not exc.port_taken or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def heal_fork(cluster: Cluster, fork: Fork) -> None:

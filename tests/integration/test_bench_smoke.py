@@ -166,3 +166,24 @@ def test_pairs_with_a_side_from_a_source_tree(tmp_path: Path, cluster: Cluster) 
     (pair,) = result["pairs"]
     assert (pair["a"]["ok"], pair["b"]["ok"]) == (6, 6)
     assert Path(pair["b"]["bench_json"]).is_file()
+
+
+def test_calls_per_recovery_from_the_nodes_own_counters(tmp_path: Path, cluster: Cluster) -> None:
+    """bench.json's `calls_per_op`, read from every vault node's metrics: a recovery of protocol
+    3 opens one envelope (one ECDH in a token: its finish is sealed with step 1's key) and runs
+    the OPRF once; its two record writes reach etcd as at most two transactions."""
+    out = tmp_path / "results"
+    argv = ["--config", str(cluster.client_config_path), "--mix", "recover=100",
+            "--ksf", "fast", "--accounts", "4", "--concurrency", "4", "--count", "24",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    (bench_json,) = out.glob("*/bench.json")
+    doc = json.loads(bench_json.read_text())
+    assert doc["total"]["count"] == doc["ops"]["recover"]["ok"] == 24
+    calls = doc["calls_per_op"]
+    assert calls["missing_nodes"] == []
+    token = calls["token"]
+    print(f"calls per recovery: {calls}")
+    assert token["ecdh kem"] == token["hmac_sha512 oprf_seed"] == 1.0
+    assert token["aes_gcm_seal ticket"] == token["aes_gcm_open ticket"] == 1.0
+    assert 0 < calls["etcd"]["write"] + calls["etcd"].get("write_many", 0) <= 2.0
