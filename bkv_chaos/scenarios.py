@@ -354,6 +354,9 @@ class RotateFleet:
         with _window(ctx, self.name, "fleet keys", faults):
             state = ctx.cluster.rotate_fleet()
         ctx.echo(f"  fleet rotated to epoch {state.epoch}; the old keys are destroyed")
+        # The load then runs on the new keys alone for the hold: a rotation that took the whole
+        # slot (a loaded machine) would otherwise leave no operation after it to check.
+        ctx.wait(hold_s)
         return faults
 
 
