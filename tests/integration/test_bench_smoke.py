@@ -186,4 +186,5 @@ def test_calls_per_recovery_from_the_nodes_own_counters(tmp_path: Path, cluster:
     print(f"calls per recovery: {calls}")
     assert token["ecdh kem"] == token["hmac_sha512 oprf_seed"] == 1.0
     assert token["aes_gcm_seal ticket"] == token["aes_gcm_open ticket"] == 1.0
-    assert 0 < calls["etcd"]["write"] + calls["etcd"].get("write_many", 0) <= 2.0
+    record_writes = calls["etcd"].get("write", 0) + calls["etcd"].get("write_many", 0)
+    assert 0 < record_writes <= 2.0  # a group commit carries several records in one
