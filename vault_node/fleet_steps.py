@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
-from pkcs11.exceptions import ObjectHandleInvalid
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault_node.fleet_keys import (
@@ -88,35 +87,24 @@ def destroy(token: Token, epoch: int) -> int:
 def held_labels(token: Token) -> list[str]:
     """The fleet key labels (of every epoch) the token holds objects of.
 
-    The running node shares this token and replaces its checkpoint objects all the time, so a
-    handle found here may be gone when it is read: the search asks for key classes only (keys
-    change only in the ceremony's own steps), and a handle that vanished meanwhile is skipped
-    or, if it broke the search itself, the search starts again (bounded).
+    The running node shares this token and replaces its checkpoint objects all the time: the
+    search asks for key classes only (keys change only in the ceremony's own steps), and runs
+    as a `run_search`, made again if a handle it found was gone when read.
     """
 
     def run(session: Any) -> list[str]:
         labels: set[str] = set()
         for object_class in KEY_CLASSES:
             for obj in session.get_objects({Attribute.CLASS: object_class}):
-                try:
-                    label = str(obj[Attribute.LABEL])
-                except ObjectHandleInvalid:
-                    continue  # destroyed by another process since the search found it
+                label = str(obj[Attribute.LABEL])
                 if (label in FLEET_LABELS or "." in label) and _is_epoch_label(label):
                     labels.add(label)
         return sorted(labels)
 
-    for attempt in range(SEARCH_ATTEMPTS):
-        try:
-            return token.run_in_session(run)
-        except ObjectHandleInvalid:
-            if attempt == SEARCH_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+    return token.run_search(run)
 
 
 KEY_CLASSES: Final = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-SEARCH_ATTEMPTS: Final = 3
 
 
 def _is_epoch_label(label: str) -> bool:

@@ -94,7 +94,7 @@ __all__ = [
 T = TypeVar("T")
 
 DATA_APPLICATION: Final = "bkv"
-DATA_READ_ATTEMPTS: Final = 5  # searches of a data object that another process replaces meanwhile
+SEARCH_ATTEMPTS: Final = 5  # searches made again when another process destroyed what one found
 P256_EC_PARAMS: Final = encode_named_curve_parameters("secp256r1")
 _ATTRIBUTE_NAMES: Final = (
     "SENSITIVE",
@@ -256,6 +256,20 @@ class Token:
     def run_in_session(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(session)` on the PKCS#11 thread (for the key ceremony and tests only)."""
         return cast(T, _run(self._call, fn))
+
+    def run_search(self, fn: Callable[[Any], T]) -> T:
+        """`run_in_session` for a search over objects that another process may destroy
+        meanwhile (the running node replaces its checkpoint objects all the time): run again,
+        bounded, when a handle found was gone when read."""
+        return cast(T, _run(self._search, fn))
+
+    def _search(self, fn: Callable[[Any], T]) -> T:
+        for _ in range(SEARCH_ATTEMPTS):
+            try:
+                return self._call(fn)
+            except ObjectHandleInvalid:
+                continue
+        raise HsmError(f"objects in token {self.label!r} kept vanishing while searched")
 
     def _call(self, fn: Callable[[Any], T]) -> T:
         if self._session is None:
@@ -424,15 +438,11 @@ class Token:
         )
 
     def _read_data(self, label: str) -> list[bytes]:
-        # Another process (the running node, when the ceremony reads its checkpoint) may
-        # replace the object between the search and the read. It makes the new object before
-        # it destroys the old, so a search made again finds the newer one: bounded retries.
-        for _ in range(DATA_READ_ATTEMPTS):
-            try:
-                return [bytes(obj[Attribute.VALUE]) for obj in self._data_objects(label)]
-            except ObjectHandleInvalid:
-                continue
-        raise HsmError(f"data object {label!r} kept changing while read")
+        # The writer makes the new object before it destroys the old, so a search made again
+        # after a vanished handle finds the newer one.
+        return self._search(
+            lambda _session: [bytes(obj[Attribute.VALUE]) for obj in self._data_objects(label)]
+        )
 
     def _replace_data(self, label: str, value: bytes) -> None:
         older = self._data_objects(label)
