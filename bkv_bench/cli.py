@@ -325,11 +325,12 @@ async def _measured_phase(
     nodes' calls counted)."""
     cpu, calls = meters
     rng = random.Random(config.seed)  # picks operations, not secrets
+    if calls is not None:
+        calls.start()  # before the phase and the CPU meter start (read after both end): the
+        # scrapes' own time and CPU, in the nodes and here, stay out of the phase's figures
     recorder.start = start = clock()
     if cpu is not None:
         cpu.start()
-    if calls is not None:
-        calls.start()
     if config.count:
         budget = Budget(config.count, start + config.max_seconds)
     else:

@@ -637,11 +637,24 @@ class MemberStartError(InsiderError):
         self.port_taken = "address already in use" in tail
 
 
-def _start_members(
-    cluster: Cluster, plans: Sequence[tuple[str, list[str], Path, str]]
-) -> list[TemporaryMember]:
-    """Start (member, argv, log, endpoint) each as a `TemporaryMember` and wait until every one
-    is healthy (a leader elected); on a failure stop them all and raise InsiderError."""
+Plan = tuple[str, list[str], Path, str]  # member, argv, log, endpoint (host:port)
+
+
+def _start_members(cluster: Cluster, plan: Callable[[], Sequence[Plan]]) -> list[TemporaryMember]:
+    """Start each of `plan()` as a `TemporaryMember` and wait until every one is healthy (a
+    leader elected). On a failure stop them all; when etcd found a port taken (free when
+    chosen, bound by another process since), make a new plan, with other ports (bounded);
+    otherwise raise MemberStartError."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return _start_planned(cluster, plan())
+        except MemberStartError as exc:
+            if not exc.port_taken or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_planned(cluster: Cluster, plans: Sequence[Plan]) -> list[TemporaryMember]:
     members = [TemporaryMember(cluster, *plan) for plan in plans]
     tls = etcd.probe_context(cluster.etcd_identity())
     deadline = time.monotonic() + MEMBER_START_TIMEOUT_S
@@ -757,17 +770,21 @@ def restore_snapshot(
 
 def _bump_offline(cluster: Cluster, members: Sequence[str], bump: int) -> StoreStatus:
     """Run the restored `members` on client ports of their own, bump, stop them."""
-    plans = []
-    for member in members:
-        host, port = _free_endpoint(cluster.topology.host_of(cluster.process(member).dc))
-        url = f"https://{host}:{port}"
-        log = cluster.layout.etcd_log(member).with_suffix(".bump.log")
-        argv = _with_flags(
-            _member_argv(cluster, member, cluster.layout.etcd_data(member), log),
-            {"--listen-client-urls": url, "--advertise-client-urls": url},
-        )
-        plans.append((member, argv, log, f"{host}:{port}"))
-    running = _start_members(cluster, plans)
+
+    def plan() -> list[Plan]:
+        plans = []
+        for member in members:
+            host, port = _free_endpoint(cluster.topology.host_of(cluster.process(member).dc))
+            url = f"https://{host}:{port}"
+            log = cluster.layout.etcd_log(member).with_suffix(".bump.log")
+            argv = _with_flags(
+                _member_argv(cluster, member, cluster.layout.etcd_data(member), log),
+                {"--listen-client-urls": url, "--advertise-client-urls": url},
+            )
+            plans.append((member, argv, log, f"{host}:{port}"))
+        return plans
+
+    running = _start_members(cluster, plan)
     try:
         return _bump_writes(cluster, [m.endpoint for m in running], bump)
     finally:
@@ -860,11 +877,11 @@ def fork_member(
 
 
 def _start_fork(cluster: Cluster, member: str, data: Path) -> TemporaryMember:
-    """`member` alone on `data`, on client and peer ports of its own; other ports when another
-    process took one of them between their choice and etcd's bind (bounded)."""
+    """`member` alone on `data`, on client and peer ports of its own."""
     host = cluster.topology.host_of(cluster.process(member).dc)
     log = cluster.layout.etcd_log(member).with_suffix(".fork.log")
-    for attempt in range(PORT_ATTEMPTS):
+
+    def plan() -> list[Plan]:
         client_port, peer_port = free_ports(host, 2)
         url = f"https://{host}:{client_port}"
         argv = [
@@ -877,13 +894,10 @@ def _start_fork(cluster: Cluster, member: str, data: Path) -> TemporaryMember:
             # never dials them (they still dial its old peer port, where nothing listens).
             "--force-new-cluster",
         ]  # fmt: skip
-        try:
-            (server,) = _start_members(cluster, [(member, argv, log, f"{host}:{client_port}")])
-            return server
-        except MemberStartError as exc:
-            if not exc.port_taken or attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+        return [(member, argv, log, f"{host}:{client_port}")]
+
+    (server,) = _start_members(cluster, plan)
+    return server
 
 
 def heal_fork(cluster: Cluster, fork: Fork) -> None:
