@@ -10,7 +10,10 @@ keeps the differences of the nodes' own counters:
   by the witness, one by the writer's check; a capture stream's answers are MAC'd in software);
 * `bkv_node_etcd_call_duration_seconds_count{call}`: the store's etcd calls (`write`,
   `write_many` for a group commit, `probe`, ...);
-* `bkv_node_cas_conflicts_total` and `bkv_node_cas_retries_total`.
+* `bkv_node_cas_conflicts_total` and `bkv_node_cas_retries_total`;
+* `bkv_node_witness_captures_total{kind}`: how each committed write's head was witnessed
+  (`majority`, `lazy`, `local`, `confirm`), and `bkv_node_witness_asks_total{how}`: the capture
+  requests sent to peer witnesses (`stream`, `unary`), each answered by one peer.
 
 Divided by the operations the load generator completed in the phase, this is bench.json's
 `calls_per_op`. Phase boundaries cut a few operations in two, so read it to two digits.
@@ -45,6 +48,8 @@ COUNTED: Final = (
     ("bkv_node_etcd_call_duration_seconds_count", "etcd", ("call",)),
     ("bkv_node_cas_conflicts_total", "cas", ()),
     ("bkv_node_cas_retries_total", "cas", ()),
+    ("bkv_node_witness_captures_total", "captures", ("kind",)),
+    ("bkv_node_witness_asks_total", "peer_asks", ("how",)),
 )
 
 
@@ -116,7 +121,7 @@ def calls_json(counted: CallsCounted, *, ops: int) -> dict[str, Any]:
     for (section, call), value in sorted(counted.counts.items()):
         if value and ops:
             out.setdefault(section, {})[call] = round(value / ops, 3)
-    for section in ("token", "etcd"):
+    for section in ("token", "etcd", "peer_asks"):
         out[f"{section}_total"] = round(sum(out.get(section, {}).values()), 3)
     out["missing_nodes"] = list(counted.missing)
     return out
@@ -126,7 +131,9 @@ def calls_text(calls: Mapping[str, Any]) -> str:
     """One line: token operations and etcd calls per operation, the largest first."""
     token = sorted(calls.get("token", {}).items(), key=lambda kv: -kv[1])
     shown = ", ".join(f"{name} {n:.2f}" for name, n in token[:4])
+    captures = ", ".join(f"{k} {n:.2f}" for k, n in sorted(calls.get("captures", {}).items()))
     return (
         f"calls per operation (vault nodes' own counters): token {calls['token_total']:.2f} "
-        f"({shown}), etcd {calls['etcd_total']:.2f}"
+        f"({shown}), etcd {calls['etcd_total']:.2f}, witness captures ({captures or 'none'}) "
+        f"with {calls.get('peer_asks_total', 0.0):.2f} peer asks"
     )

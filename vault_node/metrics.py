@@ -93,6 +93,10 @@ ETCD_CALLS = (
 TOKEN_OPS = ("ecdh", "kem_public_key", "aes_gcm_seal", "aes_gcm_open", "hmac_sha512",
              "hmac_sha256")  # fmt: skip
 TOKEN_KEYS = ("kem", "record", "ticket", "oprf_seed", "ake_seed", "id_mac", "witness", "other")
+# How a node had the head of each of its committed writes witnessed (VaultService._witness), and
+# how its capture requests went to peer witnesses (PeerWitness).
+WITNESS_CAPTURES = ("majority", "lazy", "local", "confirm")
+WITNESS_ASKS = ("stream", "unary")
 
 # Seconds. Requests: 0.5 ms (a status from the cache) .. 10 s (etcd elections, witness
 # timeouts). Token operations: 10 µs .. 50 ms.
@@ -185,6 +189,17 @@ class NodeMetrics:
             "bkv_node_token_op_duration_seconds", "PKCS#11 token operations, by operation and "
             "fleet key label", ("op", "key"), registry=r, buckets=TOKEN_BUCKETS,
         )  # fmt: skip
+        self.witness_captures = Counter(
+            "bkv_node_witness_captures", "heads this node had witnessed, by kind: majority "
+            "(awaited: a guess, lock, delete or registration), lazy (sent, not awaited), local "
+            "(a finish on a head this node saw witnessed: its own witness only, no message), "
+            "confirm (a head read from etcd, before writing on it)", ("kind",), registry=r,
+        )  # fmt: skip
+        self.witness_asks = Counter(
+            "bkv_node_witness_asks", "capture requests this node sent to peer witnesses, by "
+            "transport (stream: a pooled Captures stream; unary: a Capture call)", ("how",),
+            registry=r,
+        )  # fmt: skip
         self.serving = Gauge(
             "bkv_node_serving", "1 while the node serves (registered, etcd fresh, no alarm)",
             registry=r,
@@ -253,6 +268,16 @@ class NodeMetrics:
 
     def cas_gave_up(self) -> None:
         self.cas_exhausted.inc()
+
+    # -- witnesses --
+
+    def witness_capture(self, kind: str) -> None:
+        if kind in WITNESS_CAPTURES:
+            self.witness_captures.labels(kind).inc()
+
+    def witness_ask(self, how: str) -> None:
+        if how in WITNESS_ASKS:
+            self.witness_asks.labels(how).inc()
 
     # -- etcd and the token --
 

@@ -493,7 +493,12 @@ class VaultNodeServer:
             self._witness
             if name == own and self._witness is not None
             else PeerWitness(
-                name, address, credentials, streams=w.capture_streams, session=witness_mac
+                name,
+                address,
+                credentials,
+                streams=w.capture_streams,
+                session=witness_mac,
+                on_ask=self.metrics.witness_ask,
             )
             for name, address in sorted(peers.items())
         ]

@@ -292,6 +292,10 @@ class VaultService:
         self._witnesses = witnesses
         # A write of this node may sit in etcd unwitnessed (`_confirm`): check before writing.
         self._unwitnessed = False
+        # Per group, the hash of the newest head this node itself saw a majority of witnesses
+        # capture (`_witness`: a finish written on it needs no peer's capture). At most one
+        # entry per group.
+        self._witnessed: dict[int, bytes] = {}
         # Groups a witness showed rolled back: refused (latched; in the store guard's checkpoint).
         self._groups: GroupAlarms = group_alarms or MemoryGroupAlarms()
         # A lock or delete committed at this revision: etcd's history before it still holds
@@ -745,11 +749,13 @@ class VaultService:
             self._tampered(record_id, current)
         assert current.head is not None
         result = await self._witnesses.confirm(current.head)
+        self._metrics.witness_capture("confirm")
         if result.rollback:
             self._rollback(record_id, current.head, result)
         if not result.captured:
             raise Unavailable("the witnesses cannot vouch for the group's head; nothing written")
         self._unwitnessed = False
+        self._witnessed[current.head.group] = current.head.hash
         return current
 
     def _rollback(self, record_id: bytes, base: Head, result: CaptureResult) -> NoReturn:
@@ -768,13 +774,27 @@ class VaultService:
 
     async def _witness(self, record_id: bytes, base: Head, head: Head, step: Step) -> None:
         """A majority of witnesses must capture `head` before a guess is evaluated, a lock or a
-        delete is confirmed, or a registration acknowledged. The finish (RELEASE) is captured
-        lazily: it only forgives guesses, so losing it to a rollback costs its user, never
-        gains an attacker, and the next write of the group extends it. So is a wrong finish's
-        unchanged rewrite, so that the two finishes take the same path."""
-        # A rewrite (a wrong finish) and a rotation's re-seal are captured as lazily as a
-        # release: they change nothing.
+        delete is confirmed, or a registration acknowledged. The finish (RELEASE) only forgives
+        guesses, so losing it to a rollback costs its user, never gains an attacker: written on
+        a head this node saw a majority capture, only this node's own witness is told (no
+        message), and the group's next write carries it to the others (its capture names the
+        finish's head and, as `base_prev`, the witnessed one, which every witness bridges).
+        Written on any other head, it is captured lazily (sent, not awaited), so that heads
+        nobody captured never pile up past what a witness can bridge (heads.RECENT). A wrong
+        finish's unchanged rewrite takes the same path as a release, so the two finishes look
+        alike; a rotation's re-seal, which changes nothing either, is captured lazily."""
+        if (
+            step.kind in (Kind.RELEASE, Kind.REWRITE)
+            and self._witnessed.get(base.group) == base.hash
+        ):
+            # Security: at most one head stands uncaptured on top of a witnessed one this way
+            # (the next finish on it is captured lazily, the next counting write in full), and
+            # a rollback of it can only undo a release, as a lost lazy capture can.
+            self._witnesses.note(base, head)
+            self._metrics.witness_capture("local")
+            return
         lazy = step.kind in (Kind.RELEASE, Kind.REWRITE, Kind.RESEAL)
+        self._metrics.witness_capture("lazy" if lazy else "majority")
         result = await self._witnesses.capture(base, head, lazy=lazy)
         if result.rollback:
             self._rollback(record_id, base, result)
@@ -784,6 +804,8 @@ class VaultService:
             # The write is in etcd, unwitnessed: nothing is evaluated or answered on it.
             log.warning("write to group %d not witnessed: %s", base.group, result.answers)
             raise WriteUnconfirmed("the witnesses did not confirm the write")
+        if not lazy:
+            self._witnessed[head.group] = head.hash
 
     def _tampered(self, record_id: bytes, current: Current) -> None:
         """Refuse a record storage wrote: audit line, operator log line, DATA_LOSS."""

@@ -81,6 +81,12 @@ class Witnessing(Protocol):
         """Whether a lazy capture failed since the last call (its head may be unwitnessed)."""
         ...
 
+    def note(self, base: Head, head: Head) -> None:
+        """Tell only this node's own witness, in process, that `head` follows `base`: no peer
+        is asked and nothing is awaited (`VaultService._witness`: a finish on a head this node
+        saw witnessed; the group's next capture carries it to the others)."""
+        ...
+
 
 def predecessor(head: Head) -> Head:
     """`head`'s predecessor as far as a capture needs it (ref and its own ancestors), from the
@@ -109,10 +115,12 @@ def _tally(answers: Mapping[str, tuple[Verdict, Ref]], witnesses: int, base: Hea
 class LocalWitnesses:
     """Witness states in this process (unit tests; the fleet's logic without its network)."""
 
-    def __init__(self, names: Sequence[str], groups: int) -> None:
+    def __init__(self, names: Sequence[str], groups: int, *, local: str | None = None) -> None:
         self.states = {name: WitnessState(groups, ready=True) for name in names}
         self.down: set[str] = set()  # witnesses that do not answer
+        self.local = local  # the witness `note` tells (None: nobody, a node with no witness)
         self.calls = 0
+        self.noted = 0
         self.missed = False
 
     async def capture(self, base: Head, head: Head, *, lazy: bool = False) -> CaptureResult:
@@ -135,6 +143,13 @@ class LocalWitnesses:
     def take_missed(self) -> bool:
         missed, self.missed = self.missed, False
         return missed
+
+    def note(self, base: Head, head: Head) -> None:
+        self.noted += 1
+        if self.local is not None and self.local not in self.down:
+            self.states[self.local].capture(
+                Ref.of(base.ref), base.prev, Ref.of(head.ref), base.recent
+            )
 
 
 class CaptureEndpoint(Protocol):
@@ -192,9 +207,12 @@ class PeerWitness:
         session: Callable[[bytes], bytes] | None = None,
         rng: Rng = os.urandom,
         clock: Callable[[], float] = time.monotonic,
+        on_ask: Callable[[str], None] = lambda how: None,
     ) -> None:
+        """`on_ask(how)`: called for every capture sent, `how` "stream" or "unary" (metrics)."""
         self.name = name
         self.address = address
+        self._on_ask = on_ask
         self._channel = grpc.aio.secure_channel(
             address,
             credentials,
@@ -212,6 +230,7 @@ class PeerWitness:
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
         """A unary Capture (its answer MAC'd under the fleet's witness key)."""
+        self._on_ask("unary")
         reply: witness_pb2.CaptureReply = await self._stub.Capture(
             request, timeout=CAPTURE_TIMEOUT_S
         )
@@ -222,6 +241,7 @@ class PeerWitness:
         stream = self._checkout()
         if stream is None:
             return Answer(await self.capture(request))
+        self._on_ask("stream")
         try:
             reply = await asyncio.wait_for(self._exchange(stream, request), CAPTURE_TIMEOUT_S)
         except TimeoutError:
@@ -406,6 +426,17 @@ class RemoteWitnesses:
         missed, self._missed = self._missed, False
         return missed
 
+    def note(self, base: Head, head: Head) -> None:
+        judge = next(
+            (getattr(e, "judge", None) for e in self._endpoints if e.name == self._local), None
+        )
+        if judge is None:
+            return
+        # In process: no answer is MAC'd, so the request needs no fresh nonce.
+        verdict, _ = judge(_request(bytes(NONCE_LEN), base, head))
+        if verdict is not Verdict.CAPTURED:
+            self._missed = True  # as a lazy capture that failed: the next write confirms first
+
     def _lazy_done(self, task: asyncio.Task[CaptureResult]) -> None:
         self._lazy.discard(task)
         if task.cancelled():
@@ -420,11 +451,8 @@ class RemoteWitnesses:
                 log.error("a lazy capture met a rollback: %s", task.result().rollback)
 
     async def _capture(self, base: Head, head: Head) -> CaptureResult:
-        nonce = self._rng(NONCE_LEN)
         new = Ref.of(head.ref)
-        request = witness_pb2.CaptureRequest(
-            nonce=nonce, base=base.ref, base_prev=base.prev, head=head.ref, base_recent=base.recent
-        )
+        request = _request(self._rng(NONCE_LEN), base, head)
         answers: dict[str, tuple[Verdict, Ref]] = {}
         pending = list(self._endpoints)
         need = majority(self._witnesses)
@@ -483,6 +511,12 @@ class RemoteWitnesses:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+
+def _request(nonce: bytes, base: Head, head: Head) -> witness_pb2.CaptureRequest:
+    return witness_pb2.CaptureRequest(
+        nonce=nonce, base=base.ref, base_prev=base.prev, head=head.ref, base_recent=base.recent
+    )
 
 
 class _Round:

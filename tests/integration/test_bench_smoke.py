@@ -188,3 +188,9 @@ def test_calls_per_recovery_from_the_nodes_own_counters(tmp_path: Path, cluster:
     assert token["aes_gcm_seal ticket"] == token["aes_gcm_open ticket"] == 1.0
     record_writes = calls["etcd"].get("write", 0) + calls["etcd"].get("write_many", 0)
     assert 0 < record_writes <= 2.0  # a group commit carries several records in one
+    # Each committed write's head witnessed once: the evaluation by a majority (awaited), the
+    # finish by this node's own witness alone when it wrote on a head it saw witnessed, else
+    # lazily (another node's write came between).
+    captures = calls["captures"]
+    assert captures["majority"] == 1.0
+    assert captures.get("local", 0) + captures.get("lazy", 0) == pytest.approx(1.0)

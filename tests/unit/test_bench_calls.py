@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bkv_bench.calls import CallMeter, calls_json, calls_text, counts
+from bkv_bench.calls import CallMeter, CallsCounted, calls_json, calls_text, counts
 from vault_node.metrics import NodeMetrics
 
 pytestmark = pytest.mark.unit
@@ -27,11 +27,20 @@ def test_counts_read_the_nodes_real_metric_names() -> None:
         m.token_seconds.labels(op="ecdh", key="kem").observe(0.001)
     m.etcd_seconds.labels(call="write_many").observe(0.002)
     m.cas_conflicts.inc(2)
+    m.witness_capture("majority")
+    m.witness_capture("local")
+    m.witness_capture("local")
+    m.witness_capture("no such kind")  # a fixed label set: ignored
+    m.witness_ask("stream")
     got = counts(page(m))
     assert got[("token", "ecdh kem")] == 3
     assert got[("etcd", "write_many")] == 1
     assert got[("cas", "cas_conflicts")] == 2
-    assert all(section in {"token", "etcd", "cas"} for section, _ in got)
+    assert got[("captures", "majority")] == 1 and got[("captures", "local")] == 2
+    assert got[("peer_asks", "stream")] == 1
+    assert all(section in {"token", "etcd", "cas", "captures", "peer_asks"} for section, _ in got)
+    doc = calls_json(CallsCounted(got), ops=1)
+    assert "witness captures (local 2.00, majority 1.00) with 1.00 peer asks" in calls_text(doc)
 
 
 def test_the_meter_diffs_each_node_and_names_the_unreadable_ones() -> None:
@@ -69,5 +78,6 @@ def test_a_node_down_at_the_start_is_missing_not_zero() -> None:
     assert calls_json(counted, ops=0) == {
         "token_total": 0,
         "etcd_total": 0,
+        "peer_asks_total": 0,
         "missing_nodes": ["node-a"],
     }

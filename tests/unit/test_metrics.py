@@ -170,6 +170,8 @@ def test_labels_hold_no_account_record_id_or_secret() -> None:
         "event": set(node_metrics.AUDIT_EVENTS),
         "call": set(node_metrics.ETCD_CALLS),
         "key": set(node_metrics.TOKEN_KEYS),
+        "kind": set(node_metrics.WITNESS_CAPTURES),
+        "how": set(node_metrics.WITNESS_ASKS),
     }
     for family in h.metrics.registry.collect():
         for sample in family.samples:
@@ -179,6 +181,10 @@ def test_labels_hold_no_account_record_id_or_secret() -> None:
                 assert value in allowed[name], (sample.name, name, value)
     text = exposition(h.metrics.registry)
     assert account not in text and h.record_id(account).hex() not in text
+    # Its writes' heads: reserve, register and two evaluations awaited; both finishes on a head
+    # this node saw witnessed, told to its own witness only.
+    assert h.value("bkv_node_witness_captures_total", kind="majority") == 4
+    assert h.value("bkv_node_witness_captures_total", kind="local") == 2
 
 
 def test_contention_is_counted_as_conflicts_and_retries() -> None:
