@@ -96,7 +96,7 @@ TOKEN_KEYS = ("kem", "record", "ticket", "oprf_seed", "ake_seed", "id_mac", "wit
 # How a node had the head of each of its committed writes witnessed (VaultService._witness), and
 # how its capture requests went to peer witnesses (PeerWitness).
 WITNESS_CAPTURES = ("majority", "lazy", "local", "confirm")
-WITNESS_ASKS = ("stream", "unary")
+WITNESS_ASKS = ("stream", "unary", "told")
 
 # Seconds. Requests: 0.5 ms (a status from the cache) .. 10 s (etcd elections, witness
 # timeouts). Token operations: 10 µs .. 50 ms.
@@ -197,7 +197,8 @@ class NodeMetrics:
         )  # fmt: skip
         self.witness_asks = Counter(
             "bkv_node_witness_asks", "capture requests this node sent to peer witnesses, by "
-            "transport (stream: a pooled Captures stream; unary: a Capture call)", ("how",),
+            "transport (stream: a pooled Captures stream; unary: a Capture call; told: a frame "
+            "that only tells a peer the captures a majority took without it)", ("how",),
             registry=r,
         )  # fmt: skip
         self.serving = Gauge(

@@ -48,6 +48,7 @@ CAPTURE_MAC_PREFIX = b"bkv-v1 witness capture"
 HEADS_MAC_PREFIX = b"bkv-v1 witness heads"
 SESSION_KEY_PREFIX = b"bkv-v1 witness session"
 NONCE_LEN = 16
+MAX_TOLD = 64  # captures one stream frame tells a witness it was not asked (witness.proto)
 
 
 class Verdict(enum.IntEnum):

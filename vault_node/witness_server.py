@@ -34,6 +34,7 @@ from vault_common.tasks import cancel_and_wait
 from vault_node.checkpoint import DataObjects
 from vault_node.heads import HASH_LEN, RECENT
 from vault_node.witness_core import (
+    MAX_TOLD,
     NONCE_LEN,
     Ref,
     Verdict,
@@ -282,6 +283,11 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
                     # no answer of another stream (another key) is taken for one of this.
                     key = self._mac(session_key_input(self.name, frame.session_nonce, own_nonce))
                     mac = functools.partial(session_mac, key)
+                for told in frame.told[:MAX_TOLD]:
+                    self.judge(told)  # answered to no one: a ROLLBACK is logged by `judge`
+                if not frame.HasField("capture"):
+                    yield witness_pb2.CaptureFrameReply(id=frame.id, session_nonce=own_nonce)
+                    continue
                 reply = self.answer(frame.capture, mac)
                 yield witness_pb2.CaptureFrameReply(
                     id=frame.id, reply=reply, session_nonce=own_nonce

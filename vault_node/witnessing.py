@@ -11,6 +11,13 @@ Implementations: `LocalWitnesses` (in-process witness states: unit tests) and
 `RemoteWitnesses` (the fleet's witnesses over node-to-node mTLS, answers MAC-verified in the
 token; the node may itself be one of them).
 
+Asking only as many as needed: a capture goes first to this node's own witness and to as many
+peers as a majority still needs, taking turns among peers that answer; the others are asked
+too when those fail or have not answered within HEDGE_S. A peer that was not asked is told the
+capture on its next stream frame (`PeerWitness.tell`; at the latest after TELL_FLUSH_S), so its
+chains stay current and it can bridge the group's next capture if it is asked then. Only peers
+with capture streams are left out this way; without streams every witness is asked.
+
 `confirm(head)` has a majority capture a head read from etcd (as the successor of its
 predecessor, from the hashes it lists): a node that may have left a head in etcd unwitnessed
 (a capture without majority, an etcd write of unknown outcome, a failed lazy capture) confirms the
@@ -22,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +45,7 @@ from bkv.v1 import witness_pb2, witness_pb2_grpc
 from vault_common.channels import reconnect_backoff
 from vault_node.heads import ZERO_HASH, Head
 from vault_node.witness_core import (
+    MAX_TOLD,
     NONCE_LEN,
     Ref,
     Verdict,
@@ -55,6 +65,9 @@ CAPTURE_RETRIES = 3
 RETRY_BACKOFF_S = (0.02, 0.06, 0.15)
 CAPTURE_STREAMS = 4  # capture streams per peer witness by default (witness.capture_streams)
 UNARY_ONLY_S = 60.0  # a witness without the Captures stream is asked again after this long
+HEDGE_S = 0.1  # the peers not asked first are asked too when no majority answered by then
+SUSPECT_S = 5.0  # a peer that failed or was slow is not asked first for this long
+TELL_FLUSH_S = 0.2  # captures waiting to be told to a peer go alone after this long
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,48 @@ class PeerWitness:
         self._open = 0
         self._ids = itertools.count(1)
         self.unary_until = 0.0
+        self.suspect_until = 0.0  # RemoteWitnesses: not asked first until then
+        self._told: deque[witness_pb2.CaptureRequest] = deque(maxlen=MAX_TOLD)
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    @property
+    def tells(self) -> bool:
+        """Whether captures it was not asked can reach it on its streams (`tell`)."""
+        return bool(self._size) and self.unary_until <= self._clock()
+
+    def tell(self, request: witness_pb2.CaptureRequest) -> None:
+        """Queue a capture a majority took without this peer: it rides on the next frame sent
+        to it, or goes alone after TELL_FLUSH_S. The oldest are dropped past MAX_TOLD (the
+        witness then bridges what it can and catches up on the rest, as after a restart)."""
+        self._told.append(request)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(TELL_FLUSH_S, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush = None
+        if self._told:
+            task = asyncio.get_running_loop().create_task(self._send_told())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _send_told(self) -> None:
+        stream = self._checkout()
+        if stream is None:
+            if self._told and self.tells:  # every stream busy: their next frames carry them
+                self._flush = asyncio.get_running_loop().call_later(TELL_FLUSH_S, self._flush_soon)
+            return
+        self._on_ask("told")
+        try:
+            await asyncio.wait_for(self._exchange(stream, None), CAPTURE_TIMEOUT_S)
+        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as exc:
+            self._drop(stream)
+            log.debug("witness %s was not told: %s", self.name, type(exc).__name__)
+            return
+        except BaseException:
+            self._drop(stream)
+            raise
+        self._idle.append(stream)
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
         """A unary Capture (its answer MAC'd under the fleet's witness key)."""
@@ -281,11 +336,18 @@ class PeerWitness:
         stream.call.cancel()
 
     async def _exchange(
-        self, stream: _Stream, request: witness_pb2.CaptureRequest
+        self, stream: _Stream, request: witness_pb2.CaptureRequest | None
     ) -> witness_pb2.CaptureReply:
+        """One frame and its reply: `request` (None: the frame only tells) and what waits to be
+        told (lost with the frame if the stream breaks: the witness bridges or catches up)."""
         opening = not stream.key
+        told = list(self._told)
+        self._told.clear()
         frame = witness_pb2.CaptureFrame(
-            id=next(self._ids), capture=request, session_nonce=stream.nonce if opening else b""
+            id=next(self._ids),
+            capture=request,
+            session_nonce=stream.nonce if opening else b"",
+            told=told,
         )
         await stream.call.write(frame)
         reply = await stream.call.read()
@@ -308,6 +370,10 @@ class PeerWitness:
         return reply
 
     async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+        for task in list(self._flushing):
+            task.cancel()
         for stream in self._idle:
             stream.call.cancel()
         self._idle.clear()
@@ -340,6 +406,7 @@ class RemoteWitnesses:
         self._local = local
         self._lazy: set[asyncio.Task[CaptureResult]] = set()
         self._missed = False
+        self._turn = itertools.count()
 
     def _verify(
         self,
@@ -454,34 +521,71 @@ class RemoteWitnesses:
         new = Ref.of(head.ref)
         request = _request(self._rng(NONCE_LEN), base, head)
         answers: dict[str, tuple[Verdict, Ref]] = {}
-        pending = list(self._endpoints)
         need = majority(self._witnesses)
         deadline = self._clock() + CAPTURE_TIMEOUT_S
+        first, rest = self._first_asked()
         for attempt in range(CAPTURE_RETRIES):
             round_ = _Round()
-            results = await _first_enough(
-                [(e, self._ask(e, request, new, round_)) for e in pending],
+            results, unasked = await _first_enough(
+                first,
+                rest,
+                functools.partial(self._ask, request=request, head=new, round_=round_),
                 lambda got: _enough(got, answers, need, self._witnesses),
+                HEDGE_S,
+                self._suspect,
             )
             round_.settled = True  # answers still in flight are read by nobody from now on
             for endpoint, answer in results.items():
                 if answer is not None:
                     answers[endpoint.name] = answer
             tally = _tally(answers, self._witnesses, base)
+            if tally.captured:
+                for endpoint in unasked:
+                    # Security: nothing counts on a told capture (its answer goes to no one);
+                    # the majority above holds the head, this keeps the peer's chain current.
+                    getattr(endpoint, "tell", lambda request: None)(request)
             if tally.captured or tally.rollback:
                 return tally
             # A witness one capture behind (a lazy capture still in flight) or still catching
             # up after a restart: ask those again, briefly. Never past the deadline.
-            pending = [
+            first = [
                 e
                 for e in self._endpoints
                 if answers.get(e.name, (Verdict.BEHIND, new))[0]
                 in (Verdict.BEHIND, Verdict.NOT_READY)
             ]
-            if not pending or self._clock() >= deadline or attempt + 1 == CAPTURE_RETRIES:
+            rest = list[CaptureEndpoint]()
+            if not first or self._clock() >= deadline or attempt + 1 == CAPTURE_RETRIES:
                 return tally
             await asyncio.sleep(RETRY_BACKOFF_S[attempt])
         return _tally(answers, self._witnesses, base)
+
+    def _first_asked(self) -> tuple[list[CaptureEndpoint], list[CaptureEndpoint]]:
+        """Whom a capture asks at once (this node's own witness and as many peers as a majority
+        still needs, taking turns, peers that failed lately last) and whom only if those do
+        not make a majority in time (peers that can be told what they missed; any other peer
+        is asked at once, as it could not catch up otherwise)."""
+        local = [e for e in self._endpoints if e.name == self._local]
+        peers = [e for e in self._endpoints if e.name != self._local]
+        if not peers:
+            return local, []
+        turn = next(self._turn) % len(peers)
+        now = self._clock()
+        order = sorted(
+            peers[turn:] + peers[:turn], key=lambda e: getattr(e, "suspect_until", 0.0) > now
+        )
+        need = max(0, majority(self._witnesses) - len(local))
+        first, rest = local + order[:need], list[CaptureEndpoint]()
+        for endpoint in order[need:]:
+            (rest if getattr(endpoint, "tells", False) else first).append(endpoint)
+        return first, rest
+
+    def _suspect(self, endpoints: Sequence[CaptureEndpoint]) -> None:
+        """Peers that failed or did not answer in time: asked first by no capture for a while."""
+        until = self._clock() + SUSPECT_S
+        for endpoint in endpoints:
+            if hasattr(endpoint, "suspect_until"):
+                endpoint.suspect_until = until
 
     async def heads_from_peers(
         self, exclude: str, verify: Callable[[witness_pb2.HeadsReply, bytes], bool]
@@ -549,21 +653,43 @@ def _enough(
 
 
 async def _first_enough(
-    calls: Sequence[tuple[CaptureEndpoint, Awaitable[tuple[Verdict, Ref] | None]]],
+    first: Sequence[CaptureEndpoint],
+    rest: Sequence[CaptureEndpoint],
+    ask: Callable[[CaptureEndpoint], Awaitable[tuple[Verdict, Ref] | None]],
     enough: Callable[[Mapping[CaptureEndpoint, tuple[Verdict, Ref] | None]], bool],
-) -> dict[CaptureEndpoint, tuple[Verdict, Ref] | None]:
-    """Run the calls concurrently; return once `enough` says so (the rest finish in the
-    background and still update their witnesses) or all have answered."""
-    tasks = {asyncio.ensure_future(call): endpoint for endpoint, call in calls}
+    hedge_s: float,
+    suspect: Callable[[Sequence[CaptureEndpoint]], None],
+) -> tuple[dict[CaptureEndpoint, tuple[Verdict, Ref] | None], list[CaptureEndpoint]]:
+    """Ask `first` concurrently, and `rest` as well as soon as one of `first` failed or did not
+    capture, all of them answered, or `hedge_s` passed (those still silent, or failed, are
+    `suspect`); return once `enough` says so (the rest finish in the background and still
+    update their witnesses) or all asked have answered: the answers, and whom it never asked."""
+    loop = asyncio.get_running_loop()
+    tasks = {asyncio.ensure_future(ask(e)): e for e in first}
     got: dict[CaptureEndpoint, tuple[Verdict, Ref] | None] = {}
     pending = set(tasks)
-    while pending:
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    waiting = list(rest)
+    hedge_at = loop.time() + hedge_s
+    while pending or waiting:
+        short = [e for e, a in got.items() if a is None or a[0] is not Verdict.CAPTURED]
+        late = loop.time() >= hedge_at
+        if waiting and (not pending or short or late):
+            silent = [tasks[t] for t in pending] if late else []
+            suspect([e for e, a in got.items() if a is None] + silent)
+            for endpoint in waiting:
+                task = asyncio.ensure_future(ask(endpoint))
+                tasks[task] = endpoint
+                pending.add(task)
+            waiting = []
+        timeout = max(0.0, hedge_at - loop.time()) if waiting else None
+        done, pending = await asyncio.wait(
+            pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in done:
             got[tasks[task]] = task.result()
         if enough(got):
             break
-    return got
+    return got, waiting
 
 
 def verify_heads(mac: Callable[[bytes], bytes]) -> Callable[[witness_pb2.HeadsReply, bytes], bool]:

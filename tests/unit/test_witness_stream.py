@@ -233,3 +233,137 @@ def test_a_stream_that_does_not_open_with_a_session_nonce_is_refused(
         asyncio.run(go())
     finally:
         state.close()
+
+
+class Trio:
+    """Three witnesses of one fleet: w1 this node's own (in process), w2 and w3 peers served
+    on loopback, each reached over capture streams; peer asks counted by transport."""
+
+    def __init__(self, root: Path) -> None:
+        self.fleet = SoftToken()
+        self.states = {
+            name: WitnessServer(
+                name, 16, 3, self.fleet.same_fleet(), root / f"{name}.jsonl",
+                checkpoint_interval_s=60,
+            )
+            for name in ("w1", "w2", "w3")
+        }  # fmt: skip
+        for state in self.states.values():
+            state.state.ready = True
+        self.asks: dict[str, list[str]] = {"w2": [], "w3": []}
+        self.servers: dict[str, grpc.aio.Server] = {}
+        self.peers: dict[str, PeerWitness] = {}
+
+    async def start(self) -> RemoteWitnesses:
+        for name in ("w2", "w3"):
+            port = free_port()
+            self.servers[name] = await serve(self.states[name], port)
+            self.peers[name] = PeerWitness(
+                name,
+                f"127.0.0.1:{port}",
+                grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP),
+                streams=4,
+                session=Counted(self.fleet),
+                on_ask=self.asks[name].append,
+            )
+        mac = Counted(self.fleet)
+        endpoints = [self.states["w1"], self.peers["w2"], self.peers["w3"]]
+        return RemoteWitnesses(endpoints, 3, mac, os.urandom, local="w1")
+
+    def latest(self, group: int = 3) -> dict[str, int]:
+        return {name: s.state.latest(group).version for name, s in self.states.items()}
+
+    async def stop(self) -> None:
+        for peer in self.peers.values():
+            await peer.close()
+        for server in self.servers.values():
+            await server.stop(None)
+        for state in self.states.values():
+            state.close()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_capture_asks_one_peer_and_tells_the_other_on_its_next_frame(tmp_path: Path) -> None:
+    """Own witness plus one peer make the majority; the peers take turns, and each is told
+    the captures it was not asked on its next frame (the last one alone, after a short wait),
+    so both hold every head and bridge whatever comes next."""
+    trio = Trio(tmp_path)
+
+    async def go() -> None:
+        client = await trio.start()
+        try:
+            for v in range(1, 21):
+                result = await client.capture(head(v - 1), head(v))
+                assert result.captured and len(result.answers) == 2, result.answers
+            asked = {name: asks.count("stream") for name, asks in trio.asks.items()}
+            assert asked == {"w2": 10, "w3": 10}  # one peer per capture, taking turns
+            await until(lambda: trio.latest() == {"w1": 20, "w2": 20, "w3": 20})
+            assert sum(asks.count("told") for asks in trio.asks.values()) == 1  # the last one
+        finally:
+            await trio.stop()
+
+    asyncio.run(go())
+
+
+def test_a_peer_that_is_down_is_passed_over_and_the_other_asked(tmp_path: Path) -> None:
+    """w3 stopped: a capture that asked it first asks w2 at once (its call failed), and w3 is
+    not asked first again for a while; every capture still has its majority."""
+    trio = Trio(tmp_path)
+
+    async def go() -> None:
+        client = await trio.start()
+        try:
+            assert (await client.capture(head(0), head(1))).captured
+            await trio.servers["w3"].stop(None)
+            trio.states["w3"].close_streams()
+            for v in range(2, 12):
+                assert (await client.capture(head(v - 1), head(v))).captured
+            assert trio.latest()["w2"] == 11 and trio.latest()["w1"] == 11
+            assert trio.peers["w3"].suspect_until > time.monotonic()
+            # After the first failure, w3 is asked only as the hedge of a capture, never first.
+            assert trio.asks["w2"].count("stream") >= 10
+        finally:
+            await trio.stop()
+
+    asyncio.run(go())
+
+
+def test_a_frame_that_only_tells_is_judged_and_answered_with_its_id_alone(tmp_path: Path) -> None:
+    state = witness(tmp_path, SoftToken())
+
+    async def go() -> None:
+        port = free_port()
+        server = await serve(state, port)
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{port}", grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        )
+        try:
+            call = witness_pb2_grpc.WitnessStub(channel).Captures()
+            told = [
+                witness_pb2.CaptureRequest(
+                    nonce=os.urandom(16), base=head(v - 1).ref, base_prev=head(v - 1).prev,
+                    head=head(v).ref,
+                )
+                for v in (1, 2, 3)
+            ]  # fmt: skip
+            await call.write(
+                witness_pb2.CaptureFrame(id=7, told=told, session_nonce=os.urandom(16))
+            )
+            reply = await call.read()
+            assert reply.id == 7 and not reply.HasField("reply") and len(reply.session_nonce) == 16
+            assert state.state.latest(3).version == 3
+            call.cancel()
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    try:
+        asyncio.run(go())
+    finally:
+        state.close()

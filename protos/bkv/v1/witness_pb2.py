@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62kv/v1/witness.proto\x12\x06\x62kv.v1\"7\n\x07HeadRef\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\"\x85\x01\n\x0e\x43\x61ptureRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x1d\n\x04\x62\x61se\x18\x02 \x01(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x11\n\tbase_prev\x18\x03 \x01(\x0c\x12\x1d\n\x04head\x18\x04 \x01(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x13\n\x0b\x62\x61se_recent\x18\x05 \x03(\x0c\"t\n\x0c\x43\x61ptureReply\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.bkv.v1.CaptureVerdict\x12\x1d\n\x04held\x18\x03 \x01(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x0b\n\x03mac\x18\x04 \x01(\x0c\"\x1d\n\x0cHeadsRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"Y\n\nHeadsReply\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12\x1e\n\x05heads\x18\x02 \x03(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\x12\r\n\x05ready\x18\x04 \x01(\x08\"Z\n\x0c\x43\x61ptureFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x07\x63\x61pture\x18\x02 \x01(\x0b\x32\x16.bkv.v1.CaptureRequest\x12\x15\n\rsession_nonce\x18\x03 \x01(\x0c\"[\n\x11\x43\x61ptureFrameReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x05reply\x18\x02 \x01(\x0b\x32\x14.bkv.v1.CaptureReply\x12\x15\n\rsession_nonce\x18\x03 \x01(\x0c*\xa8\x01\n\x0e\x43\x61ptureVerdict\x12\x1f\n\x1b\x43\x41PTURE_VERDICT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41PTURE_VERDICT_CAPTURED\x10\x01\x12\x1a\n\x16\x43\x41PTURE_VERDICT_BEHIND\x10\x02\x12\x1c\n\x18\x43\x41PTURE_VERDICT_ROLLBACK\x10\x03\x12\x1d\n\x19\x43\x41PTURE_VERDICT_NOT_READY\x10\x04\x32\xb6\x01\n\x07Witness\x12\x37\n\x07\x43\x61pture\x12\x16.bkv.v1.CaptureRequest\x1a\x14.bkv.v1.CaptureReply\x12\x31\n\x05Heads\x12\x14.bkv.v1.HeadsRequest\x1a\x12.bkv.v1.HeadsReply\x12?\n\x08\x43\x61ptures\x12\x14.bkv.v1.CaptureFrame\x1a\x19.bkv.v1.CaptureFrameReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62kv/v1/witness.proto\x12\x06\x62kv.v1\"7\n\x07HeadRef\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\"\x85\x01\n\x0e\x43\x61ptureRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x1d\n\x04\x62\x61se\x18\x02 \x01(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x11\n\tbase_prev\x18\x03 \x01(\x0c\x12\x1d\n\x04head\x18\x04 \x01(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x13\n\x0b\x62\x61se_recent\x18\x05 \x03(\x0c\"t\n\x0c\x43\x61ptureReply\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.bkv.v1.CaptureVerdict\x12\x1d\n\x04held\x18\x03 \x01(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x0b\n\x03mac\x18\x04 \x01(\x0c\"\x1d\n\x0cHeadsRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"Y\n\nHeadsReply\x12\x0f\n\x07witness\x18\x01 \x01(\t\x12\x1e\n\x05heads\x18\x02 \x03(\x0b\x32\x0f.bkv.v1.HeadRef\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\x12\r\n\x05ready\x18\x04 \x01(\x08\"\x80\x01\n\x0c\x43\x61ptureFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x07\x63\x61pture\x18\x02 \x01(\x0b\x32\x16.bkv.v1.CaptureRequest\x12\x15\n\rsession_nonce\x18\x03 \x01(\x0c\x12$\n\x04told\x18\x04 \x03(\x0b\x32\x16.bkv.v1.CaptureRequest\"[\n\x11\x43\x61ptureFrameReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x05reply\x18\x02 \x01(\x0b\x32\x14.bkv.v1.CaptureReply\x12\x15\n\rsession_nonce\x18\x03 \x01(\x0c*\xa8\x01\n\x0e\x43\x61ptureVerdict\x12\x1f\n\x1b\x43\x41PTURE_VERDICT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41PTURE_VERDICT_CAPTURED\x10\x01\x12\x1a\n\x16\x43\x41PTURE_VERDICT_BEHIND\x10\x02\x12\x1c\n\x18\x43\x41PTURE_VERDICT_ROLLBACK\x10\x03\x12\x1d\n\x19\x43\x41PTURE_VERDICT_NOT_READY\x10\x04\x32\xb6\x01\n\x07Witness\x12\x37\n\x07\x43\x61pture\x12\x16.bkv.v1.CaptureRequest\x1a\x14.bkv.v1.CaptureReply\x12\x31\n\x05Heads\x12\x14.bkv.v1.HeadsRequest\x1a\x12.bkv.v1.HeadsReply\x12?\n\x08\x43\x61ptures\x12\x14.bkv.v1.CaptureFrame\x1a\x19.bkv.v1.CaptureFrameReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bkv.v1.witness_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPTUREVERDICT']._serialized_start=651
-  _globals['_CAPTUREVERDICT']._serialized_end=819
+  _globals['_CAPTUREVERDICT']._serialized_start=690
+  _globals['_CAPTUREVERDICT']._serialized_end=858
   _globals['_HEADREF']._serialized_start=32
   _globals['_HEADREF']._serialized_end=87
   _globals['_CAPTUREREQUEST']._serialized_start=90
@@ -43,10 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADSREQUEST']._serialized_end=372
   _globals['_HEADSREPLY']._serialized_start=374
   _globals['_HEADSREPLY']._serialized_end=463
-  _globals['_CAPTUREFRAME']._serialized_start=465
-  _globals['_CAPTUREFRAME']._serialized_end=555
-  _globals['_CAPTUREFRAMEREPLY']._serialized_start=557
-  _globals['_CAPTUREFRAMEREPLY']._serialized_end=648
-  _globals['_WITNESS']._serialized_start=822
-  _globals['_WITNESS']._serialized_end=1004
+  _globals['_CAPTUREFRAME']._serialized_start=466
+  _globals['_CAPTUREFRAME']._serialized_end=594
+  _globals['_CAPTUREFRAMEREPLY']._serialized_start=596
+  _globals['_CAPTUREFRAMEREPLY']._serialized_end=687
+  _globals['_WITNESS']._serialized_start=861
+  _globals['_WITNESS']._serialized_end=1043
 # @@protoc_insertion_point(module_scope)

@@ -75,14 +75,16 @@ class HeadsReply(_message.Message):
     def __init__(self, witness: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., mac: _Optional[bytes] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class CaptureFrame(_message.Message):
-    __slots__ = ("id", "capture", "session_nonce")
+    __slots__ = ("id", "capture", "session_nonce", "told")
     ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
     SESSION_NONCE_FIELD_NUMBER: _ClassVar[int]
+    TOLD_FIELD_NUMBER: _ClassVar[int]
     id: int
     capture: CaptureRequest
     session_nonce: bytes
-    def __init__(self, id: _Optional[int] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., session_nonce: _Optional[bytes] = ...) -> None: ...
+    told: _containers.RepeatedCompositeFieldContainer[CaptureRequest]
+    def __init__(self, id: _Optional[int] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., session_nonce: _Optional[bytes] = ..., told: _Optional[_Iterable[_Union[CaptureRequest, _Mapping]]] = ...) -> None: ...
 
 class CaptureFrameReply(_message.Message):
     __slots__ = ("id", "reply", "session_nonce")
