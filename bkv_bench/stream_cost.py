@@ -11,7 +11,11 @@ client certificates, as on the frontend-node link) on uvloop; its handlers do no
 * `mux-N`: N streams, each carrying many requests at once: request ids, a future per request, a
   reader task per stream, writes serialised by a lock; the server runs a task per frame;
 * `pool-N`: N long-lived request/response streams, each carrying one request at a time (write a
-  frame, read its reply), checked out of an idle list: what frontend_chatd/streams.py does.
+  frame, read its reply), checked out of an idle list: what frontend_chatd/streams.py does;
+* `tls-N`: no gRPC at all: N long-lived mutual-TLS connections (Python's ssl on uvloop, the same
+  certificates), each carrying one request at a time as a 4-byte length and the same
+  `OpenFrame` protobuf, answered with an `OpenFrameReply` the same way: the floor under any
+  transport this code could write itself between frontend and node (`--tls 0` leaves it out).
 
 CPU is utime + stime of the server process from /proc (bkv_bench.cpu.read_proc) and this
 process's own process time, over the measured messages only (after a warm-up). Prints one line
@@ -26,6 +30,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -96,6 +101,64 @@ async def _serve(pki: Path, mux: bool, port_file: Path) -> None:
     await server.start()
     port_file.write_text(str(port))
     await server.wait_for_termination()
+
+
+async def _serve_tls(pki: Path, port_file: Path) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS, as on the frontend-node link
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                frame = node_pb2.OpenFrame.FromString(await reader.readexactly(size))
+                out = node_pb2.OpenFrameReply(id=frame.id, sealed_response=SEALED)
+                data = out.SerializeToString()
+                writer.write(len(data).to_bytes(4, "big") + data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=context)
+    port_file.write_text(str(server.sockets[0].getsockname()[1]))
+    async with server:
+        await server.serve_forever()
+
+
+async def _tls(pki: Path, port: int, n: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
+    context.load_cert_chain(pki / "client.pem", pki / "client.key")
+    idle = [
+        await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        for _ in range(n)
+    ]
+    opened = list(idle)
+    free = asyncio.Condition()
+    ids = itertools.count(1)
+
+    async def send(_i: int) -> None:
+        async with free:
+            await free.wait_for(lambda: bool(idle))
+            reader, writer = idle.pop()
+        rid = next(ids)
+        frame = node_pb2.OpenFrame(
+            id=rid, account_id="account-0001", envelope=ENVELOPE, deadline_ms=5000
+        ).SerializeToString()
+        writer.write(len(frame).to_bytes(4, "big") + frame)
+        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5.0), "big")
+        reply = node_pb2.OpenFrameReply.FromString(await reader.readexactly(size))
+        assert reply.id == rid
+        async with free:
+            idle.append((reader, writer))
+            free.notify()
+
+    async def close() -> None:
+        for _, writer in opened:
+            writer.close()
+
+    return send, close
 
 
 # ---- client variants --------------------------------------------------------------------------
@@ -201,9 +264,10 @@ async def measure(
 ) -> dict[str, float]:
     """One variant against a fresh server: µs of CPU per message, server and client."""
     port_file = pki / f"port-{os.getpid()}-{time.monotonic_ns()}"
+    flag = {"mux": ["--mux"], "tls": ["--tls"]}.get(variant, [])
     server = subprocess.Popen(
         [sys.executable, "-m", "bkv_bench.stream_cost", "serve", "--pki", str(pki),
-         "--port-file", str(port_file)] + (["--mux"] if variant == "mux" else []),
+         "--port-file", str(port_file), *flag],
     )  # fmt: skip
     try:
         while not port_file.exists() or not port_file.read_text():
@@ -217,7 +281,10 @@ async def measure(
             certificate_chain=(pki / "client.pem").read_bytes(),
         )
         async with grpc.aio.secure_channel(f"localhost:{port}", creds) as channel:
-            send, close = await VARIANTS[variant](channel, streams)
+            if variant == "tls":
+                send, close = await _tls(pki, port, streams)
+            else:
+                send, close = await VARIANTS[variant](channel, streams)
             await _drive(send, WARMUP, concurrency)
             before = read_proc(server.pid)
             own = time.process_time()
@@ -255,6 +322,7 @@ def make_pki(directory: Path) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = [("unary", 0)] + [(f"mux-{n}", n) for n in args.mux_streams]
     variants += [(f"pool-{args.pool}", args.pool)]
+    variants += [(f"tls-{args.tls}", args.tls)] if args.tls else []
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         pki = Path(tmp)
@@ -293,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--pki", type=Path, required=True)
     serve.add_argument("--port-file", type=Path, required=True)
     serve.add_argument("--mux", action="store_true")
+    serve.add_argument("--tls", action="store_true")
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pool", type=int, default=16, help="streams in the request/response pool")
+    p.add_argument("--tls", type=int, default=16, help="connections of the TLS variant (0: none)")
     p.add_argument(
         "--mux-streams",
         type=lambda s: [int(x) for x in s.split(",") if x],
@@ -305,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.command == "serve":
-        uvloop.run(_serve(args.pki, args.mux, args.port_file))
+        if args.tls:
+            uvloop.run(_serve_tls(args.pki, args.port_file))
+        else:
+            uvloop.run(_serve(args.pki, args.mux, args.port_file))
         return 0
     report = uvloop.run(run(args))
     print(json.dumps(report["median"], indent=2))
