@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -206,11 +207,9 @@ def test_a_witness_without_the_stream_gets_unary_calls(tmp_path: Path) -> None:
     with_peer(state, mac, body, unary_only=True)
 
 
-@pytest.mark.parametrize("nonce", [b"", b"short"], ids=["no-nonce", "short-nonce"])
-def test_a_stream_that_does_not_open_with_a_session_nonce_is_refused(
-    tmp_path: Path, nonce: bytes
-) -> None:
-    state = witness(tmp_path, SoftToken())
+def on_raw_stream(state: WitnessServer, body: Callable[[Any], Awaitable[None]]) -> None:
+    """Serve `state` on loopback and give `body` one raw `Captures` call to it (frames written
+    by hand, as a misbehaving or newer writer could), then stop and close everything."""
 
     async def go() -> None:
         port = free_port()
@@ -219,15 +218,7 @@ def test_a_stream_that_does_not_open_with_a_session_nonce_is_refused(
             f"127.0.0.1:{port}", grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
         )
         try:
-            call = witness_pb2_grpc.WitnessStub(channel).Captures()
-            request = witness_pb2.CaptureRequest(
-                nonce=os.urandom(16), base=head(0).ref, base_prev=ZERO_HASH, head=head(1).ref
-            )
-            await call.write(witness_pb2.CaptureFrame(id=1, capture=request, session_nonce=nonce))
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await call.read()
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert state.state.latest(3).version == 0  # nothing captured
+            await body(witness_pb2_grpc.WitnessStub(channel).Captures())
         finally:
             await channel.close()
             await server.stop(None)
@@ -236,6 +227,25 @@ def test_a_stream_that_does_not_open_with_a_session_nonce_is_refused(
         asyncio.run(go())
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("nonce", [b"", b"short"], ids=["no-nonce", "short-nonce"])
+def test_a_stream_that_does_not_open_with_a_session_nonce_is_refused(
+    tmp_path: Path, nonce: bytes
+) -> None:
+    state = witness(tmp_path, SoftToken())
+
+    async def body(call: Any) -> None:
+        request = witness_pb2.CaptureRequest(
+            nonce=os.urandom(16), base=head(0).ref, base_prev=ZERO_HASH, head=head(1).ref
+        )
+        await call.write(witness_pb2.CaptureFrame(id=1, capture=request, session_nonce=nonce))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert state.state.latest(3).version == 0  # nothing captured
+
+    on_raw_stream(state, body)
 
 
 class Trio:
@@ -348,33 +358,18 @@ def test_a_peer_that_is_down_is_passed_over_and_the_other_asked(
 def test_a_frame_that_only_tells_is_judged_and_answered_with_its_id_alone(tmp_path: Path) -> None:
     state = witness(tmp_path, SoftToken())
 
-    async def go() -> None:
-        port = free_port()
-        server = await serve(state, port)
-        channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{port}", grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-        )
-        try:
-            call = witness_pb2_grpc.WitnessStub(channel).Captures()
-            told = [
-                witness_pb2.CaptureRequest(
-                    nonce=os.urandom(16), base=head(v - 1).ref, base_prev=head(v - 1).prev,
-                    head=head(v).ref,
-                )
-                for v in (1, 2, 3)
-            ]  # fmt: skip
-            await call.write(
-                witness_pb2.CaptureFrame(id=7, told=told, session_nonce=os.urandom(16))
+    async def body(call: Any) -> None:
+        told = [
+            witness_pb2.CaptureRequest(
+                nonce=os.urandom(16), base=head(v - 1).ref, base_prev=head(v - 1).prev,
+                head=head(v).ref,
             )
-            reply = await call.read()
-            assert reply.id == 7 and not reply.HasField("reply") and len(reply.session_nonce) == 16
-            assert state.state.latest(3).version == 3
-            call.cancel()
-        finally:
-            await channel.close()
-            await server.stop(None)
+            for v in (1, 2, 3)
+        ]  # fmt: skip
+        await call.write(witness_pb2.CaptureFrame(id=7, told=told, session_nonce=os.urandom(16)))
+        reply = await call.read()
+        assert reply.id == 7 and not reply.HasField("reply") and len(reply.session_nonce) == 16
+        assert state.state.latest(3).version == 3
+        call.cancel()
 
-    try:
-        asyncio.run(go())
-    finally:
-        state.close()
+    on_raw_stream(state, body)
