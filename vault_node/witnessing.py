@@ -222,7 +222,8 @@ class PeerWitness:
         clock: Callable[[], float] = time.monotonic,
         on_ask: Callable[[str], None] = lambda how: None,
     ) -> None:
-        """`on_ask(how)`: called for every capture sent, `how` "stream" or "unary" (metrics)."""
+        """`on_ask(how)`: called for every frame or call sent, `how` "stream", "unary" or
+        "told" (a frame that only tells; metrics)."""
         self.name = name
         self.address = address
         self._on_ask = on_ask
@@ -273,15 +274,9 @@ class PeerWitness:
             return
         self._on_ask("told")
         try:
-            await asyncio.wait_for(self._exchange(stream, None), CAPTURE_TIMEOUT_S)
+            await self._use(stream, None)
         except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as exc:
-            self._drop(stream)
             log.debug("witness %s was not told: %s", self.name, type(exc).__name__)
-            return
-        except BaseException:
-            self._drop(stream)
-            raise
-        self._idle.append(stream)
 
     async def capture(self, request: witness_pb2.CaptureRequest) -> witness_pb2.CaptureReply:
         """A unary Capture (its answer MAC'd under the fleet's witness key)."""
@@ -298,12 +293,8 @@ class PeerWitness:
             return Answer(await self.capture(request))
         self._on_ask("stream")
         try:
-            reply = await asyncio.wait_for(self._exchange(stream, request), CAPTURE_TIMEOUT_S)
-        except TimeoutError:
-            self._drop(stream)  # it may be stuck: no capture queues behind this one
-            raise
+            reply = await self._use(stream, request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as exc:
-            self._drop(stream)
             if isinstance(exc, grpc.aio.AioRpcError) and (
                 exc.code() == grpc.StatusCode.UNIMPLEMENTED
             ):
@@ -312,11 +303,21 @@ class PeerWitness:
             # A capture is idempotent at a witness, so asking again cannot count anything
             # twice; a witness that is really gone fails this call too (no answer).
             return Answer(await self.capture(request))
+        return Answer(reply, stream.key)
+
+    async def _use(
+        self, stream: _Stream, request: witness_pb2.CaptureRequest | None
+    ) -> witness_pb2.CaptureReply:
+        """One exchange on a checked-out stream, bounded by CAPTURE_TIMEOUT_S: the stream goes
+        back to the idle list after it, and is dropped on any failure (a timeout: it may be
+        stuck, so nothing queues behind it; a cancellation by our caller), which is raised."""
+        try:
+            reply = await asyncio.wait_for(self._exchange(stream, request), CAPTURE_TIMEOUT_S)
         except BaseException:
-            self._drop(stream)  # cancelled by our caller
+            self._drop(stream)
             raise
         self._idle.append(stream)
-        return Answer(reply, stream.key)
+        return reply
 
     def _checkout(self) -> _Stream | None:
         if not self._size or self.unary_until > self._clock():
@@ -404,6 +405,9 @@ class RemoteWitnesses:
         self._rng = rng
         self._clock = clock
         self._local = local
+        # This node's own witness (at most one endpoint) and the peers: whom a capture asks first.
+        self._own = [e for e in self._endpoints if e.name == local]
+        self._peers = [e for e in self._endpoints if e.name != local]
         self._lazy: set[asyncio.Task[CaptureResult]] = set()
         self._missed = False
         self._turn = itertools.count()
@@ -494,9 +498,7 @@ class RemoteWitnesses:
         return missed
 
     def note(self, base: Head, head: Head) -> None:
-        judge = next(
-            (getattr(e, "judge", None) for e in self._endpoints if e.name == self._local), None
-        )
+        judge = getattr(self._own[0], "judge", None) if self._own else None
         if judge is None:
             return
         # In process: no answer is MAC'd, so the request needs no fresh nonce.
@@ -565,10 +567,9 @@ class RemoteWitnesses:
         still needs, taking turns, peers that failed lately last) and whom only if those do
         not make a majority in time (peers that can be told what they missed; any other peer
         is asked at once, as it could not catch up otherwise)."""
-        local = [e for e in self._endpoints if e.name == self._local]
-        peers = [e for e in self._endpoints if e.name != self._local]
+        local, peers = self._own, self._peers
         if not peers:
-            return local, []
+            return list(local), []
         turn = next(self._turn) % len(peers)
         now = self._clock()
         order = sorted(
