@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import uvloop
@@ -50,6 +50,7 @@ from deploy.pki import CertPaths, issue_client, issue_server, make_ca
 ENVELOPE = b"\x01" * 1100
 SEALED = b"\x02" * 600
 WARMUP = 500
+T = TypeVar("T")
 
 
 # ---- server (a separate process) -------------------------------------------------------------
@@ -135,14 +136,11 @@ async def _tls(pki: Path, port: int, n: int) -> tuple[Send, Callable[[], Awaitab
         for _ in range(n)
     ]
     opened = list(idle)
-    free = asyncio.Condition()
-    ids = itertools.count(1)
 
-    async def send(_i: int) -> None:
-        async with free:
-            await free.wait_for(lambda: bool(idle))
-            reader, writer = idle.pop()
-        rid = next(ids)
+    async def exchange(
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], rid: int
+    ) -> None:
+        reader, writer = connection
         frame = node_pb2.OpenFrame(
             id=rid, account_id="account-0001", envelope=ENVELOPE, deadline_ms=5000
         ).SerializeToString()
@@ -150,15 +148,12 @@ async def _tls(pki: Path, port: int, n: int) -> tuple[Send, Callable[[], Awaitab
         size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5.0), "big")
         reply = node_pb2.OpenFrameReply.FromString(await reader.readexactly(size))
         assert reply.id == rid
-        async with free:
-            idle.append((reader, writer))
-            free.notify()
 
     async def close() -> None:
         for _, writer in opened:
             writer.close()
 
-    return send, close
+    return _pooled(idle, exchange), close
 
 
 # ---- client variants --------------------------------------------------------------------------
@@ -214,32 +209,41 @@ async def _mux(channel: Any, n: int) -> tuple[Send, Callable[[], Awaitable[None]
     return send, close
 
 
-async def _pool(channel: Any, n: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    stub = node_pb2_grpc.VaultNodeStub(channel)
-    idle = [stub.OpenStream() for _ in range(n)]
+def _pooled(idle: list[T], exchange: Callable[[T, int], Awaitable[None]]) -> Send:
+    """A send that takes an idle item (stream or connection) of the pool, waiting for one,
+    makes one request/reply `exchange` on it under a fresh id, and gives it back."""
     free = asyncio.Condition()
     ids = itertools.count(1)
 
     async def send(_i: int) -> None:
         async with free:
             await free.wait_for(lambda: bool(idle))
-            call = idle.pop()
-        rid = next(ids)
+            item = idle.pop()
+        await exchange(item, next(ids))
+        async with free:
+            idle.append(item)
+            free.notify()
+
+    return send
+
+
+async def _pool(channel: Any, n: int) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    stub = node_pb2_grpc.VaultNodeStub(channel)
+    idle = [stub.OpenStream() for _ in range(n)]
+
+    async def exchange(call: Any, rid: int) -> None:
         frame = node_pb2.OpenFrame(
             id=rid, account_id="account-0001", envelope=ENVELOPE, deadline_ms=5000
         )
         await call.write(frame)
         reply = await asyncio.wait_for(call.read(), 5.0)
         assert reply.id == rid
-        async with free:
-            idle.append(call)
-            free.notify()
 
     async def close() -> None:
         for call in idle:
             await call.done_writing()
 
-    return send, close
+    return _pooled(idle, exchange), close
 
 
 VARIANTS: dict[str, Callable[[Any, int], Awaitable[tuple[Send, Callable[[], Awaitable[None]]]]]] = {
