@@ -13,7 +13,10 @@ keeps the differences of the nodes' own counters:
 * `bkv_node_cas_conflicts_total` and `bkv_node_cas_retries_total`;
 * `bkv_node_witness_captures_total{kind}`: how each committed write's head was witnessed
   (`majority`, `lazy`, `local`, `confirm`), and `bkv_node_witness_asks_total{how}`: the capture
-  requests sent to peer witnesses (`stream`, `unary`), each answered by one peer.
+  requests sent to peer witnesses (`stream`, `unary`), each answered by one peer;
+* `bkv_node_witness_verdicts_total{verdict, source}`: what the witnesses answered (`captured
+  asked`, `behind asked`: a peer whose chain lacked the capture's base, so the writer asked
+  another; `captured told`, ...).
 
 Divided by the operations the load generator completed in the phase, this is bench.json's
 `calls_per_op`. Phase boundaries cut a few operations in two, so read it to two digits.
@@ -50,6 +53,7 @@ COUNTED: Final = (
     ("bkv_node_cas_retries_total", "cas", ()),
     ("bkv_node_witness_captures_total", "captures", ("kind",)),
     ("bkv_node_witness_asks_total", "peer_asks", ("how",)),
+    ("bkv_node_witness_verdicts_total", "verdicts", ("verdict", "source")),
 )
 
 
@@ -132,8 +136,9 @@ def calls_text(calls: Mapping[str, Any]) -> str:
     token = sorted(calls.get("token", {}).items(), key=lambda kv: -kv[1])
     shown = ", ".join(f"{name} {n:.2f}" for name, n in token[:4])
     captures = ", ".join(f"{k} {n:.2f}" for k, n in sorted(calls.get("captures", {}).items()))
+    refused = sum(n for k, n in calls.get("verdicts", {}).items() if not k.startswith("captured"))
     return (
         f"calls per operation (vault nodes' own counters): token {calls['token_total']:.2f} "
         f"({shown}), etcd {calls['etcd_total']:.2f}, witness captures ({captures or 'none'}) "
-        f"with {calls.get('peer_asks_total', 0.0):.2f} peer asks"
+        f"with {calls.get('peer_asks_total', 0.0):.2f} peer asks, {refused:.2f} not captured"
     )

@@ -97,6 +97,7 @@ TOKEN_KEYS = ("kem", "record", "ticket", "oprf_seed", "ake_seed", "id_mac", "wit
 # how its capture requests went to peer witnesses (PeerWitness).
 WITNESS_CAPTURES = ("majority", "lazy", "local", "confirm")
 WITNESS_ASKS = ("stream", "unary", "told")
+WITNESS_VERDICTS = ("captured", "behind", "rollback", "not_ready")
 
 # Seconds. Requests: 0.5 ms (a status from the cache) .. 10 s (etcd elections, witness
 # timeouts). Token operations: 10 µs .. 50 ms.
@@ -201,6 +202,12 @@ class NodeMetrics:
             "that only tells a peer the captures a majority took without it)", ("how",),
             registry=r,
         )  # fmt: skip
+        self.witness_verdicts = Counter(
+            "bkv_node_witness_verdicts", "captures this node's witness judged, by verdict "
+            "(captured, behind: its chain lacks the base, rollback, not_ready) and source "
+            "(asked: answered to the writer; told: taken by a majority without it, answered to "
+            "no one)", ("verdict", "source"), registry=r,
+        )  # fmt: skip
         self.serving = Gauge(
             "bkv_node_serving", "1 while the node serves (registered, etcd fresh, no alarm)",
             registry=r,
@@ -279,6 +286,10 @@ class NodeMetrics:
     def witness_ask(self, how: str) -> None:
         if how in WITNESS_ASKS:
             self.witness_asks.labels(how).inc()
+
+    def witness_verdict(self, verdict: str, told: bool) -> None:
+        if verdict in WITNESS_VERDICTS:
+            self.witness_verdicts.labels(verdict, "told" if told else "asked").inc()
 
     # -- etcd and the token --
 

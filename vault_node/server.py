@@ -475,6 +475,7 @@ class VaultNodeServer:
             self._witness = WitnessServer(
                 own, w.groups, len(peers), token, Path(w.journal),
                 checkpoint_interval_s=w.checkpoint_interval_ms / 1000,
+                on_verdict=lambda v, told: self.metrics.witness_verdict(v.name.lower(), told),
             )  # fmt: skip
             server = _grpc_server(RejectUndecodable())
             witness_pb2_grpc.add_WitnessServicer_to_server(self._witness, server)

@@ -115,9 +115,11 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
         *,
         checkpoint_interval_s: float,
         rng: Callable[[int], bytes] = os.urandom,
+        on_verdict: Callable[[Verdict, bool], None] = lambda verdict, told: None,
     ) -> None:
         self.name = name
         self._rng = rng
+        self._on_verdict = on_verdict  # metrics: each judgement, and whether it was only told
         self._token = token
         self._journal_path = journal
         self._witnesses = witnesses
@@ -218,8 +220,11 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
             witness=self.name, verdict=int(verdict), held=held.message(), mac=tag
         )
 
-    def judge(self, request: witness_pb2.CaptureRequest) -> tuple[Verdict, Ref]:
-        """Judge a capture (witness_core.WitnessState.capture) and journal it."""
+    def judge(
+        self, request: witness_pb2.CaptureRequest, *, told: bool = False
+    ) -> tuple[Verdict, Ref]:
+        """Judge a capture (witness_core.WitnessState.capture) and journal it; `told`: a
+        capture a majority took without this witness, answered to no one."""
         base, head = Ref.of(request.base), Ref.of(request.head)
         groups = self.state.groups
         recent = [bytes(h) for h in request.base_recent]
@@ -235,6 +240,7 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
             verdict, held = self.state.capture(base, bytes(request.base_prev), head, recent)
             if verdict is Verdict.CAPTURED and held != before:
                 self._record([held])
+        self._on_verdict(verdict, told)
         if verdict is Verdict.BEHIND:
             self._catch_up_soon()
         if verdict is Verdict.ROLLBACK:
@@ -284,7 +290,7 @@ class WitnessServer(witness_pb2_grpc.WitnessServicer):  # type: ignore[misc]
                     key = self._mac(session_key_input(self.name, frame.session_nonce, own_nonce))
                     mac = functools.partial(session_mac, key)
                 for told in frame.told[:MAX_TOLD]:
-                    self.judge(told)  # answered to no one: a ROLLBACK is logged by `judge`
+                    self.judge(told, told=True)  # answered to no one; `judge` logs a ROLLBACK
                 if not frame.HasField("capture"):
                     yield witness_pb2.CaptureFrameReply(id=frame.id, session_nonce=own_nonce)
                     continue

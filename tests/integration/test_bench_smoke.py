@@ -194,3 +194,9 @@ def test_calls_per_recovery_from_the_nodes_own_counters(tmp_path: Path, cluster:
     captures = calls["captures"]
     assert captures["majority"] == 1.0
     assert captures.get("local", 0) + captures.get("lazy", 0) == pytest.approx(1.0)
+    # The witnesses' own counts: the majority's two answers (own witness and a peer) and the
+    # finish's capture by at least one witness; the first assertion fails if a witness's
+    # verdicts are not counted at all.
+    verdicts = calls["verdicts"]
+    assert verdicts["captured asked"] >= 2.0
+    assert verdicts.get("rollback asked", 0) == verdicts.get("rollback told", 0) == 0

@@ -32,15 +32,24 @@ def test_counts_read_the_nodes_real_metric_names() -> None:
     m.witness_capture("local")
     m.witness_capture("no such kind")  # a fixed label set: ignored
     m.witness_ask("stream")
+    m.witness_verdict("captured", told=False)
+    m.witness_verdict("behind", told=False)
+    m.witness_verdict("captured", told=True)
+    m.witness_verdict("no such verdict", told=False)  # a fixed label set: ignored
     got = counts(page(m))
     assert got[("token", "ecdh kem")] == 3
     assert got[("etcd", "write_many")] == 1
     assert got[("cas", "cas_conflicts")] == 2
     assert got[("captures", "majority")] == 1 and got[("captures", "local")] == 2
     assert got[("peer_asks", "stream")] == 1
-    assert all(section in {"token", "etcd", "cas", "captures", "peer_asks"} for section, _ in got)
+    assert got[("verdicts", "captured asked")] == 1 and got[("verdicts", "behind asked")] == 1
+    assert got[("verdicts", "captured told")] == 1
+    sections = {"token", "etcd", "cas", "captures", "peer_asks", "verdicts"}
+    assert all(section in sections for section, _ in got)
     doc = calls_json(CallsCounted(got), ops=1)
-    assert "witness captures (local 2.00, majority 1.00) with 1.00 peer asks" in calls_text(doc)
+    text = calls_text(doc)
+    assert "witness captures (local 2.00, majority 1.00) with 1.00 peer asks" in text
+    assert "1.00 not captured" in text  # the one `behind`
 
 
 def test_the_meter_diffs_each_node_and_names_the_unreadable_ones() -> None:

@@ -172,6 +172,8 @@ def test_labels_hold_no_account_record_id_or_secret() -> None:
         "key": set(node_metrics.TOKEN_KEYS),
         "kind": set(node_metrics.WITNESS_CAPTURES),
         "how": set(node_metrics.WITNESS_ASKS),
+        "verdict": set(node_metrics.WITNESS_VERDICTS),
+        "source": {"asked", "told"},
     }
     for family in h.metrics.registry.collect():
         for sample in family.samples:

@@ -250,14 +250,19 @@ def test_a_stream_that_does_not_open_with_a_session_nonce_is_refused(
 
 class Trio:
     """Three witnesses of one fleet: w1 this node's own (in process), w2 and w3 peers served
-    on loopback, each reached over capture streams; peer asks counted by transport."""
+    on loopback, each reached over capture streams; peer asks counted by transport, and each
+    witness's verdicts as (verdict, told) pairs."""
 
     def __init__(self, root: Path) -> None:
         self.fleet = SoftToken()
+        self.verdicts: dict[str, list[tuple[str, bool]]] = {"w1": [], "w2": [], "w3": []}
         self.states = {
             name: WitnessServer(
                 name, 16, 3, self.fleet.same_fleet(), root / f"{name}.jsonl",
                 checkpoint_interval_s=60,
+                on_verdict=lambda v, told, name=name: self.verdicts[name].append(
+                    (v.name.lower(), told)
+                ),
             )
             for name in ("w1", "w2", "w3")
         }  # fmt: skip
@@ -323,6 +328,11 @@ def test_a_capture_asks_one_peer_and_tells_the_other_on_its_next_frame(
             await until(lambda: trio.latest() == {"w1": 20, "w2": 20, "w3": 20})
             # The last capture's tell went in a frame of its own (more if the run was slow).
             assert sum(asks.count("told") for asks in trio.asks.values()) >= 1
+            # Each peer judged ten captures asked and the other ten told, every one captured.
+            for name in ("w2", "w3"):
+                got = sorted(trio.verdicts[name])
+                assert got == [("captured", False)] * 10 + [("captured", True)] * 10, got
+            assert trio.verdicts["w1"] == [("captured", False)] * 20
         finally:
             await trio.stop()
 
