@@ -16,7 +16,10 @@ the median ratio, its range, and in how many pairs B was better. Every run is on
 duration or count; each run's bench.json and bench.png stay under `OUT/<timestamp>/runs/`.
 
 Writes `OUT/<timestamp>/pairs.json` and `pairs.png` (each pair's ratios) and prints a table. No
-figure is asserted: it is a report.
+figure is asserted: it is a report. When the two sides ran different layouts (vault nodes,
+frontends, etcd members, from each bench.json), the table says so: `--topology FILE` brings that
+topology's node count (two per data centre in deploy/local-3dc.toml) where the bench's own layout
+has one, so an option tried through a topology file needs `--nodes-per-dc` on both sides.
 
 **Tree against tree.** `--tree-a DIR` (or `--tree-b`) runs that side from another source tree
 with its own virtual environment (`DIR/.venv/bin/python -m MODULE` in `DIR`, with `DIR` and
@@ -64,6 +67,8 @@ METRICS: dict[str, bool] = {
     "p50": False,
     "p99": False,
 }
+# bench.json config keys that make a run's process layout.
+LAYOUT = ("nodes", "frontends", "etcd_members")
 # Arguments the tool sets itself on every run.
 _OWN_FLAGS = ("--out",)
 
@@ -223,7 +228,8 @@ def run_pairs(
         doc = runners[side].run(f"pair-{i + 1}-{side}", [*common, *(a if side == "a" else b)])
         if op not in doc["ops"]:
             raise PairsError(f"run pair-{i + 1}-{side} made no {op!r} operation")
-        points[i][side] = {**point(doc, op), "bench_json": doc["_path"]}
+        layout = {key: doc.get("config", {}).get(key) for key in LAYOUT}
+        points[i][side] = {**point(doc, op), "bench_json": doc["_path"], "layout": layout}
         points[i].setdefault("first", side)
     ratios = [pair_ratios(p["a"], p["b"]) for p in points]
     return {
@@ -258,6 +264,12 @@ def table(result: Mapping[str, Any]) -> str:
             f"{num(r['cpu_ms_per_op'], 6, 3)} {num(a['p99'], 7, 1)} {num(b['p99'], 7, 1)} "
             f"{num(r['p99'], 6, 3)}"
         )
+    layouts = {side: _layouts(result["pairs"], side) for side in ("a", "b")}
+    if layouts["a"] != layouts["b"]:
+        lines.append(
+            f"note: the sides ran different layouts: A {layouts['a']}; B {layouts['b']} "
+            "(a --topology file brings its own node count: give --nodes-per-dc to both)"
+        )
     for metric, s in result["summary"].items():
         if s["median"] is None:
             lines.append(f"{metric}: no figures")
@@ -267,6 +279,14 @@ def table(result: Mapping[str, Any]) -> str:
             f"B better in {s['b_better']} of {s['pairs']} pairs"
         )
     return "\n".join(lines)
+
+
+def _layouts(pairs: Sequence[Mapping[str, Any]], side: str) -> str:
+    """The layouts one side ran, as text ("3 nodes, 2 frontends, 3 etcd_members")."""
+    seen = {
+        ", ".join(f"{p[side].get('layout', {}).get(key)} {key}" for key in LAYOUT) for p in pairs
+    }
+    return " or ".join(sorted(seen))
 
 
 def plot_pairs(path: Path, result: Mapping[str, Any]) -> None:

@@ -87,6 +87,35 @@ def test_pairs_report_the_ratio_despite_a_drifting_machine(tmp_path: Path) -> No
     assert "B better in 0 of 4 pairs" in text and "A = uvloop: --event-loop uvloop" in text
 
 
+class TopologyBench(PairsBench):
+    """A run given `--topology` starts that topology's six nodes; the bench's own layout has
+    three (bkv_bench.cli without --nodes-per-dc)."""
+
+    def document(self, args: list[str]) -> dict[str, Any]:
+        nodes = 6 if "--topology" in args else 3
+        config = {"nodes": nodes, "frontends": 2, "etcd_members": 3}
+        return {**super().document(args), "config": config}
+
+
+def test_the_table_says_when_the_sides_ran_different_layouts(tmp_path: Path) -> None:
+    bench = TopologyBench(slowdown=1.0)
+    argv = ["--pairs", "2", "--a=", "--b=--topology /tmp/t.toml", "--out", str(tmp_path),
+            "--", "--cluster-up", "--count", "10", "--mix", "recover=100"]  # fmt: skip
+    assert pairs.main(argv, bench_main=bench) == 0
+    (result_dir,) = tmp_path.iterdir()
+    result = json.loads((result_dir / "pairs.json").read_text())
+    assert result["pairs"][0]["b"]["layout"] == {"nodes": 6, "frontends": 2, "etcd_members": 3}
+    text = pairs.table(result)
+    assert (
+        "note: the sides ran different layouts: A 3 nodes, 2 frontends, 3 etcd_members; "
+        "B 6 nodes, 2 frontends, 3 etcd_members" in text
+    )
+    # The same layout on both sides: no note.
+    for p in result["pairs"]:
+        p["b"]["layout"] = p["a"]["layout"]
+    assert "different layouts" not in pairs.table(result)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
