@@ -103,7 +103,10 @@ class Recorder:
         """One finished operation: its latency when it succeeded, else the error type."""
         self._count[op] += 1
         index = max(0, math.floor((finished_at - self.start) / self.bucket_s))
-        bucket = self._buckets.setdefault(index, Bucket())
+        # Not setdefault(index, Bucket()): that builds a histogram (tens of KB) on every call.
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = Bucket()
         bucket.count += 1
         if error is not None:
             self._errors.setdefault(op, Counter())[error] += 1
@@ -112,7 +115,10 @@ class Recorder:
         if latency_s is None:
             raise ValueError("a successful operation needs a latency")
         us = _us(latency_s)
-        self._hist.setdefault(op, new_histogram()).record_value(us)
+        histogram = self._hist.get(op)
+        if histogram is None:
+            histogram = self._hist[op] = new_histogram()
+        histogram.record_value(us)
         bucket.histogram.record_value(us)
 
     def summary(self, op: str, elapsed_s: float) -> OpSummary:

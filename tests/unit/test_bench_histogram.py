@@ -2,6 +2,7 @@
 
 import pytest
 
+from bkv_bench import histogram
 from bkv_bench.histogram import Recorder
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -50,3 +51,23 @@ def test_series_has_one_point_per_second_including_gaps() -> None:
     assert series[1]["throughput_per_s"] == 0.0 and series[1]["p50_ms"] is None
     assert series[2]["errors"] == 1
     assert series[2]["throughput_per_s"] == pytest.approx(2.0)  # 1 op in the last 0.5 s
+
+
+def test_a_record_builds_no_histogram_it_does_not_keep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One histogram per operation and one per second, built once: a histogram is tens of KB,
+    and building one per record cost the load generator about 60 µs per operation, counted in
+    bench.json's CPU per operation."""
+    built: list[object] = []
+    real = histogram.HdrHistogram
+
+    def counting(*args: object) -> object:
+        built.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(histogram, "HdrHistogram", counting)
+    r = Recorder(start=0.0)
+    for i in range(100):
+        r.record("recover", 0.5 + i / 1000, 0.02)  # all in the first second
+    r.record("recover", 1.5, None, error="Unavailable")  # an error builds its bucket only
+    assert len(built) == 3  # "recover", second 0, second 1
+    assert r.summary("recover", 2.0).count == 101
