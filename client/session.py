@@ -73,6 +73,10 @@ class AccountKey:
         self.account_id = check_account_id(account_id)
         self._private = private_key
         self.path = path
+        # Derived once: every step-1 request carries it (`signer`).
+        self._public = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
 
     def __repr__(self) -> str:
         return f"AccountKey(account_id={self.account_id!r}, path={str(self.path)!r})"
@@ -80,9 +84,7 @@ class AccountKey:
     @property
     def public_key(self) -> bytes:
         """The raw 32-byte Ed25519 public key (safe to show)."""
-        return self._private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        return self._public
 
     def sign_challenge(self, challenge: bytes) -> bytes:
         """Ed25519 signature over `b"bkv-v1 login" || challenge`."""
