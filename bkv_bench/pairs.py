@@ -266,9 +266,14 @@ def table(result: Mapping[str, Any]) -> str:
         )
     layouts = {side: _layouts(result["pairs"], side) for side in ("a", "b")}
     if layouts["a"] != layouts["b"]:
+        nodes = {side: _layouts(result["pairs"], side, ("nodes",)) for side in ("a", "b")}
+        hint = (
+            " (a --topology file brings its own node count: give --nodes-per-dc to both)"
+            if nodes["a"] != nodes["b"]
+            else ""
+        )
         lines.append(
-            f"note: the sides ran different layouts: A {layouts['a']}; B {layouts['b']} "
-            "(a --topology file brings its own node count: give --nodes-per-dc to both)"
+            f"note: the sides ran different layouts: A {layouts['a']}; B {layouts['b']}{hint}"
         )
     for metric, s in result["summary"].items():
         if s["median"] is None:
@@ -281,11 +286,9 @@ def table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _layouts(pairs: Sequence[Mapping[str, Any]], side: str) -> str:
+def _layouts(pairs: Sequence[Mapping[str, Any]], side: str, keys: Sequence[str] = LAYOUT) -> str:
     """The layouts one side ran, as text ("3 nodes, 2 frontends, 3 etcd_members")."""
-    seen = {
-        ", ".join(f"{p[side].get('layout', {}).get(key)} {key}" for key in LAYOUT) for p in pairs
-    }
+    seen = {", ".join(f"{p[side].get('layout', {}).get(key)} {key}" for key in keys) for p in pairs}
     return " or ".join(sorted(seen))
 
 

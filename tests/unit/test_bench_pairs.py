@@ -110,6 +110,12 @@ def test_the_table_says_when_the_sides_ran_different_layouts(tmp_path: Path) -> 
         "note: the sides ran different layouts: A 3 nodes, 2 frontends, 3 etcd_members; "
         "B 6 nodes, 2 frontends, 3 etcd_members" in text
     )
+    assert "give --nodes-per-dc to both" in text
+    # Only the frontends differ: the note without the node-count hint.
+    for p in result["pairs"]:
+        p["b"]["layout"] = {**p["a"]["layout"], "frontends": 1}
+    text = pairs.table(result)
+    assert "B 3 nodes, 1 frontends, 3 etcd_members" in text and "--nodes-per-dc" not in text
     # The same layout on both sides: no note.
     for p in result["pairs"]:
         p["b"]["layout"] = p["a"]["layout"]
