@@ -408,6 +408,10 @@ class RemoteWitnesses:
         # This node's own witness (at most one endpoint) and the peers: whom a capture asks first.
         self._own = [e for e in self._endpoints if e.name == local]
         self._peers = [e for e in self._endpoints if e.name != local]
+        # The own witness's in-process judgement (asked by `_ask`, told by `note`), if any.
+        self._judge: Callable[..., tuple[Verdict, Ref]] | None = (
+            getattr(self._own[0], "judge", None) if self._own else None
+        )
         self._lazy: set[asyncio.Task[CaptureResult]] = set()
         self._missed = False
         self._turn = itertools.count()
@@ -436,10 +440,9 @@ class RemoteWitnesses:
         head: Ref,
         round_: _Round | None = None,
     ) -> tuple[Verdict, Ref] | None:
-        judge = getattr(endpoint, "judge", None) if endpoint.name == self._local else None
-        if judge is not None:
+        if self._judge is not None and endpoint.name == self._local:
             # This node's own witness, in this process: no network between them, no MAC needed.
-            verdict, held = judge(request)
+            verdict, held = self._judge(request)
             return verdict, held
         asker = getattr(endpoint, "ask", None)
         try:
@@ -498,11 +501,10 @@ class RemoteWitnesses:
         return missed
 
     def note(self, base: Head, head: Head) -> None:
-        judge = getattr(self._own[0], "judge", None) if self._own else None
-        if judge is None:
+        if self._judge is None:
             return
         # In process: no answer is MAC'd, so the request needs no fresh nonce.
-        verdict, _ = judge(_request(bytes(NONCE_LEN), base, head))
+        verdict, _ = self._judge(_request(bytes(NONCE_LEN), base, head))
         if verdict is not Verdict.CAPTURED:
             self._missed = True  # as a lazy capture that failed: the next write confirms first
 
